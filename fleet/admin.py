@@ -1,0 +1,306 @@
+"""The Django admin: where operators edit nodes, pools, profiles, policies and prices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+
+from fleet import catalog
+from fleet.models import ApiKey, Decision, Gpu, Instance, MigDevice, ModelProfile, Node, Policy, Pool, PriceRate, Team
+from fleet.policies.settings import SCHEMAS
+
+GIB = 1024**3
+
+
+class GpuInline(admin.TabularInline):
+    model = Gpu
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = readonly_fields = ("index", "model_name", "uuid", "memory_total_bytes", "mig_capable", "mig_mode")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    list_display = ("name", "status", "simulated", "address", "gpu_count", "agent_version", "last_seen_at")
+    list_filter = ("status", "simulated")
+    search_fields = ("name", "address")
+    readonly_fields = ("address", "agent_version", "status", "last_seen_at", "token_prefix", "created_at")
+    fields = ("name", "labels", "simulated", *readonly_fields)
+    inlines = [GpuInline]
+    actions = ["rotate_token"]
+
+    @admin.display(description="GPUs")
+    def gpu_count(self, obj: Node) -> int:
+        return obj.gpus.count()
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
+        return super().get_queryset(request).prefetch_related("gpus")
+
+    def save_model(self, request: HttpRequest, obj: Node, form: Any, change: bool) -> None:
+        token = None if change else obj.issue_token()
+        super().save_model(request, obj, form, change)
+        if token:
+            messages.warning(request, f"Agent token for {obj.name} (shown once, store it now): {token}")
+
+    @admin.action(description="Issue a new agent token (the old one stops working)")
+    def rotate_token(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        for node in queryset:
+            token = node.issue_token()
+            node.save(update_fields=["token_hash", "token_prefix"])
+            messages.warning(request, f"New agent token for {node.name} (shown once): {token}")
+
+
+class MigDeviceInline(admin.TabularInline):
+    model = MigDevice
+    extra = 0
+    fields = ("profile", "uuid", "gpu_instance_id", "compute_instance_id", "memory_total_bytes")
+
+
+@admin.register(MigDevice)
+class MigDeviceAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "gpu", "profile", "uuid", "memory_total_bytes")
+    list_filter = ("profile",)
+    list_select_related = ("gpu__node",)
+    search_fields = ("uuid", "gpu__uuid", "gpu__node__name")
+
+
+@admin.register(Gpu)
+class GpuAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "node", "index", "model_name", "memory_gib", "mig_mode")
+    list_filter = ("model_name", "mig_mode", "node__simulated")
+    search_fields = ("uuid", "node__name", "model_name")
+    list_select_related = ("node",)
+    readonly_fields = ("node", "index", "uuid", "model_name", "memory_total_bytes", "mig_capable")
+    inlines = [MigDeviceInline]
+
+    @admin.display(description="memory (GiB)")
+    def memory_gib(self, obj: Gpu) -> str:
+        return f"{obj.memory_total_bytes / GIB:.1f}"
+
+
+@admin.register(ModelProfile)
+class ModelProfileAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "use_case",
+        "model",
+        "quantization",
+        "kv_cache_dtype",
+        "max_model_len",
+        "max_num_seqs",
+        "enable_prefix_caching",
+        "enable_sleep_mode",
+    )
+    list_filter = ("use_case", "quantization", "kv_cache_dtype", "enable_prefix_caching")
+    search_fields = ("name", "model", "served_name")
+    readonly_fields = ("memory_arithmetic",)
+    fieldsets = (
+        (None, {"fields": ("name", "use_case", "image", "model", "served_name", "tokenizer", "notes")}),
+        (
+            "vLLM settings",
+            {
+                "fields": (
+                    "context_limit",
+                    "max_model_len",
+                    "max_num_seqs",
+                    "dtype",
+                    "quantization",
+                    "kv_cache_dtype",
+                    "enable_prefix_caching",
+                    "enable_sleep_mode",
+                    "gpu_memory_utilization",
+                )
+            },
+        ),
+        ("Container", {"fields": ("extra_args", "env", "volumes")}),
+        ("Memory", {"fields": ("memory_arithmetic",)}),
+    )
+
+    @admin.display(description="GPU memory arithmetic")
+    def memory_arithmetic(self, obj: ModelProfile) -> str:
+        spec = obj.spec
+        if spec is None:
+            return "Unknown architecture: add the model to the catalogue to see its memory needs."
+        kv_bytes = catalog.KV_CACHE_DTYPE_BYTES.get(obj.kv_cache_dtype, 2)
+        per_token = spec.kv_bytes_per_token(kv_bytes)
+        bits = catalog.QUANTIZATION_BITS.get(obj.quantization, 16)
+        weights = spec.weight_bytes(bits)
+        kv_total = per_token * obj.max_model_len
+        return format_html(
+            "KV cache per token: 2 × {} layers × {} KV heads × {} head dim × {} B = {} KiB.<br>"
+            "One {}-token sequence: {} GiB of KV cache.<br>"
+            "Weights: {} parameters × {} bits ≈ {} GiB.",
+            spec.layers,
+            spec.kv_heads,
+            spec.head_dim,
+            kv_bytes,
+            f"{per_token / 1024:g}",
+            f"{obj.max_model_len:,}",
+            f"{kv_total / GIB:.2f}",
+            f"{spec.parameters:,}",
+            f"{bits:g}",
+            f"{weights / GIB:.2f}",
+        )
+
+
+class InstanceInline(admin.TabularInline):
+    model = Instance
+    extra = 0
+    show_change_link = True
+    fields = ("gpu", "mig_device", "desired_state", "actual_state", "generation", "endpoint", "last_request_at")
+    readonly_fields = ("actual_state", "generation", "endpoint", "last_request_at")
+    raw_id_fields = ("gpu", "mig_device")
+
+
+@admin.register(Pool)
+class PoolAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "tier",
+        "isolation",
+        "model_profile",
+        "gpu_model",
+        "sla_label",
+        "band",
+        "min_instances",
+        "max_instances",
+        "enabled",
+    )
+    list_filter = ("tier", "isolation", "enabled", "model_profile")
+    list_select_related = ("model_profile",)
+    search_fields = ("name",)
+    inlines = [InstanceInline]
+    fieldsets = (
+        (None, {"fields": ("name", "tier", "isolation", "model_profile", "gpu_model", "mig_profile", "enabled")}),
+        ("Service level", {"fields": ("sla_metric", "sla_percentile", "sla_latency_ms")}),
+        ("Capacity", {"fields": ("util_band_low", "util_band_high", "min_instances", "max_instances")}),
+        ("Idle and pre-warm", {"fields": ("idle_minimize_after_s", "idle_stop_after_s", "prewarm_margin_s")}),
+    )
+
+    @admin.display(description="SLA")
+    def sla_label(self, obj: Pool) -> str:
+        return obj.sla_label
+
+    @admin.display(description="utilization band")
+    def band(self, obj: Pool) -> str:
+        return f"{obj.util_band_low:.0%}–{obj.util_band_high:.0%}"
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "pool", "gpu", "desired_state", "actual_state", "generation", "last_request_at")
+    list_filter = ("pool", "desired_state", "actual_state", "pool__tier")
+    list_select_related = ("pool", "gpu__node")
+    raw_id_fields = ("gpu", "mig_device")
+    readonly_fields = (
+        "actual_state",
+        "generation",
+        "endpoint",
+        "container_id",
+        "created_at",
+        "desired_changed_at",
+        "actual_changed_at",
+        "ready_at",
+        "last_request_at",
+    )
+
+
+@admin.register(Policy)
+class PolicyAdmin(admin.ModelAdmin):
+    list_display = ("kind", "pool", "enabled", "updated_at")
+    list_filter = ("kind", "enabled")
+    list_select_related = ("pool",)
+    readonly_fields = ("settings_reference",)
+    fields = ("kind", "pool", "enabled", "settings", "settings_reference")
+
+    @admin.display(description="settings this kind takes")
+    def settings_reference(self, obj: Policy) -> str:
+        schema = SCHEMAS.get(obj.kind)
+        if not schema:
+            return "Choose a kind and save to see its settings."
+        rows = format_html_join(
+            "",
+            "<li><code>{}</code>: default {}{}{}</li>",
+            (
+                (
+                    key,
+                    setting.default,
+                    f", from {setting.minimum} to {setting.maximum}" if setting.minimum is not None else "",
+                    f". {setting.help}" if setting.help else "",
+                )
+                for key, setting in schema.items()
+            ),
+        )
+        return format_html("<ul>{}</ul>", rows)
+
+
+@admin.register(PriceRate)
+class PriceRateAdmin(admin.ModelAdmin):
+    list_display = ("gpu_model", "node", "price_per_gpu_hour", "currency", "effective_from", "source")
+    list_filter = ("currency", "gpu_model")
+    search_fields = ("gpu_model", "source")
+    date_hierarchy = "effective_from"
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("name", "prefix", "created_at", "revoked_at", "last_used_at")
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "created_at")
+    prepopulated_fields = {"slug": ("name",)}
+    search_fields = ("name", "slug")
+    inlines = [ApiKeyInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "team", "prefix", "created_at", "revoked_at", "last_used_at")
+    list_filter = ("team",)
+    list_select_related = ("team",)
+    readonly_fields = ("prefix", "created_at", "revoked_at", "last_used_at")
+    actions = ["revoke"]
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        secret = None if change else obj.issue()
+        super().save_model(request, obj, form, change)
+        if secret:
+            messages.warning(request, f"API key for {obj.team} (shown once, store it now): {secret}")
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset.filter(revoked_at__isnull=True):
+            key.revoke()
+            key.save(update_fields=["revoked_at"])
+        messages.success(request, "Keys revoked; requests with them now get 401.")
+
+
+@admin.register(Decision)
+class DecisionAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "policy_kind", "action", "pool", "instance", "reason")
+    list_filter = ("policy_kind", "action", "pool")
+    list_select_related = ("pool", "instance__pool")
+    search_fields = ("reason",)
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,111 @@
+"""GPU hosts and what the agent on each reports about its GPUs."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from fleet import catalog
+from fleet.tokens import token_generate, token_hash, token_prefix
+
+
+class Node(models.Model):
+    """A GPU host running one agent."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending (never reported)"
+        ONLINE = "online", "online"
+        STALE = "stale", "stale (reports late)"
+        OFFLINE = "offline", "offline"
+        DRAINING = "draining", "draining"
+
+    name = models.SlugField(max_length=100, unique=True)
+    address = models.CharField(max_length=255, blank=True, help_text="Host name or IP the agent reported.")
+    labels = models.JSONField(default=dict, blank=True, help_text='Free-form labels, e.g. {"zone": "a"}.')
+    agent_version = models.CharField(max_length=50, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    simulated = models.BooleanField(default=False, help_text="Part of the simulated demo fleet, not a real host.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_prefix = models.CharField(max_length=16, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["status", "last_seen_at"], name="node_status_seen")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def issue_token(self) -> str:
+        """Replace the agent token; the plain token is returned once and never stored."""
+        token = token_generate(kind="gfn")
+        self.token_hash = token_hash(token)
+        self.token_prefix = token_prefix(token)
+        return token
+
+
+class Gpu(models.Model):
+    class MigMode(models.TextChoices):
+        UNSUPPORTED = "unsupported", "not supported"
+        DISABLED = "disabled", "disabled"
+        ENABLED = "enabled", "enabled"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=64, unique=True)
+    model_name = models.CharField(max_length=100)
+    memory_total_bytes = models.PositiveBigIntegerField()
+    mig_capable = models.BooleanField(default=False)
+    mig_mode = models.CharField(max_length=16, choices=MigMode.choices, default=MigMode.UNSUPPORTED)
+
+    class Meta:
+        ordering = ["node__name", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="gpu_node_index_unique")]
+        indexes = [models.Index(fields=["model_name"], name="gpu_model_name")]
+
+    def __str__(self) -> str:
+        return f"{self.node.name}/gpu{self.index} ({self.model_name})"
+
+    @property
+    def mig_enabled(self) -> bool:
+        return self.mig_mode == self.MigMode.ENABLED
+
+    def clean(self) -> None:
+        if self.mig_mode == self.MigMode.ENABLED and catalog.gpu_supports_mig(self.model_name) is False:
+            raise ValidationError(
+                {"mig_mode": f"{self.model_name} has no MIG: MIG exists on {', '.join(catalog.MIG_FAMILIES)} only."}
+            )
+
+
+class MigDevice(models.Model):
+    """A MIG slice of a GPU, reported by the agent where MIG is enabled."""
+
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="mig_devices")
+    uuid = models.CharField(max_length=64, unique=True)
+    profile = models.CharField(max_length=32, help_text="MIG profile, e.g. 1g.10gb.")
+    gpu_instance_id = models.PositiveSmallIntegerField()
+    compute_instance_id = models.PositiveSmallIntegerField(default=0)
+    memory_total_bytes = models.PositiveBigIntegerField()
+
+    class Meta:
+        ordering = ["gpu", "gpu_instance_id", "compute_instance_id"]
+
+    def __str__(self) -> str:
+        return f"{self.gpu}:{self.profile}#{self.gpu_instance_id}"
+
+    @property
+    def slices(self) -> int:
+        """Compute slices out of seven: the device's share of its GPU's price."""
+        return catalog.mig_slices(self.profile)
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.gpu_id and not self.gpu.mig_enabled:
+            errors["gpu"] = f"{self.gpu} has MIG {self.gpu.get_mig_mode_display()}; a MIG device needs MIG enabled."
+        try:
+            catalog.mig_slices(self.profile)
+        except ValueError as exc:
+            errors["profile"] = str(exc)
+        if errors:
+            raise ValidationError(errors)
