@@ -10,7 +10,21 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from fleet import catalog
-from fleet.models import ApiKey, Decision, Gpu, Instance, MigDevice, ModelProfile, Node, Policy, Pool, PriceRate, Team
+from fleet.models import (
+    ApiKey,
+    Decision,
+    Gpu,
+    Instance,
+    InstanceEvent,
+    JoinToken,
+    MigDevice,
+    ModelProfile,
+    Node,
+    Policy,
+    Pool,
+    PriceRate,
+    Team,
+)
 from fleet.policies.settings import SCHEMAS
 
 GIB = 1024**3
@@ -62,6 +76,24 @@ class MigDeviceInline(admin.TabularInline):
     model = MigDevice
     extra = 0
     fields = ("profile", "uuid", "gpu_instance_id", "compute_instance_id", "memory_total_bytes")
+
+
+@admin.register(JoinToken)
+class JoinTokenAdmin(admin.ModelAdmin):
+    list_display = ("name", "token_prefix", "uses", "max_uses", "expires_at", "revoked_at", "created_at")
+    readonly_fields = ("token_prefix", "uses", "created_at")
+    fields = ("name", "max_uses", "expires_at", "revoked_at", *readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: JoinToken, form: Any, change: bool) -> None:
+        token = None if change else obj.issue_token()
+        super().save_model(request, obj, form, change)
+        if token:
+            panel = request.build_absolute_uri("/").rstrip("/")
+            messages.warning(
+                request,
+                f"Join token (shown once): {token}  On each new host run: "
+                f"python -m agents --panel {panel} --join-token {token}",
+            )
 
 
 @admin.register(MigDevice)
@@ -211,6 +243,20 @@ class InstanceAdmin(admin.ModelAdmin):
         "ready_at",
         "last_request_at",
     )
+
+
+@admin.register(InstanceEvent)
+class InstanceEventAdmin(admin.ModelAdmin):
+    list_display = ("at", "instance", "state", "generation", "gpu")
+    list_filter = ("state",)
+    list_select_related = ("instance__pool", "gpu__node")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Policy)

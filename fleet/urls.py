@@ -3,11 +3,15 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from fleet import agent_api
+
 admin.site.site_header = "GPU fleet control panel"
 admin.site.site_title = "GPU fleet"
 admin.site.index_title = "Fleet, pools and policies"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/agent/v1/register", agent_api.register, name="agent-register"),
+    path("api/agent/v1/report", agent_api.report, name="agent-report"),
     path("", include("dashboard.urls")),
 ]

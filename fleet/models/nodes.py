@@ -29,6 +29,12 @@ class Node(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_prefix = models.CharField(max_length=16, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    nvml_available = models.BooleanField(null=True, blank=True, help_text="Whether the agent could use NVML.")
+    nvml_reason = models.CharField(max_length=1000, blank=True, help_text="Why NVML is unusable, as the agent said.")
+    last_seq = models.PositiveBigIntegerField(default=0, help_text="Newest report stored; older ones are duplicates.")
+    reports_dropped = models.PositiveBigIntegerField(
+        default=0, help_text="Reports the agent's buffer lost while the panel was unreachable."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -109,3 +115,28 @@ class MigDevice(models.Model):
             errors["profile"] = str(exc)
         if errors:
             raise ValidationError(errors)
+
+
+class JoinToken(models.Model):
+    """Lets new hosts register themselves; single- or multi-use, optionally expiring."""
+
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'rack 4 rollout'.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_prefix = models.CharField(max_length=16, editable=False)
+    max_uses = models.PositiveIntegerField(null=True, blank=True, default=1, help_text="Empty: unlimited.")
+    uses = models.PositiveIntegerField(default=0, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token_prefix}…)"
+
+    def issue_token(self) -> str:
+        token = token_generate(kind="gfj")
+        self.token_hash = token_hash(token)
+        self.token_prefix = token_prefix(token)
+        return token

@@ -233,8 +233,12 @@ class Instance(models.Model):
     generation = models.PositiveBigIntegerField(
         default=1, help_text="Bumped on every change of desired state; the agent acts on the newest."
     )
+    actual_generation = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Generation of the container the agent last reported."
+    )
     endpoint = models.URLField(blank=True)
     container_id = models.CharField(max_length=80, blank=True)
+    last_error = models.TextField(blank=True, help_text="The agent's last error for this instance.")
     created_at = models.DateTimeField(auto_now_add=True)
     desired_changed_at = models.DateTimeField(auto_now_add=True)
     actual_changed_at = models.DateTimeField(null=True, blank=True)
@@ -271,3 +275,23 @@ class Instance(models.Model):
             errors["gpu"] = f"Pool {self.pool} runs on {self.pool.gpu_model}; {self.gpu} is a {self.gpu.model_name}."
         if errors:
             raise ValidationError(errors)
+
+
+class InstanceEvent(models.Model):
+    """Each change of an instance's actual state: the history allocation and spend are computed from."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    state = models.CharField(max_length=16, choices=Instance.Actual.choices)
+    generation = models.PositiveBigIntegerField(null=True, blank=True)
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    mig_device = models.ForeignKey(
+        "fleet.MigDevice", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["instance", "at", "id"]
+        indexes = [models.Index(fields=["instance", "at"], name="instance_event_time")]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} {self.state} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,223 @@
+"""The wire protocol between agents and the panel, version 1.
+
+Both sides validate with these models: the agent builds reports with them, the panel
+parses every report with them before it stores anything, so a report is accepted whole
+or refused whole. Every list and string is bounded: a misbehaving agent cannot make the
+panel allocate without limit. No Django here; the agent imports this module.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROTOCOL_VERSION = 1
+MAX_REPORTS_PER_BATCH = 720  # an hour of 5 s reports, buffered while the panel was away
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+Text = Annotated[str, Field(max_length=255)]
+Pct = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=2**62)]
+Timestamp = Annotated[float, Field(gt=1_000_000_000, lt=10_000_000_000, allow_inf_nan=False)]
+
+InstanceState = Literal["starting", "ready", "sleeping", "stopping", "stopped", "failed", "unknown"]
+DesiredState = Literal["running", "sleeping", "stopped"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MigDevice(Strict):
+    uuid: Text
+    profile: Annotated[str, Field(max_length=32)] = ""
+    gpu_instance_id: Annotated[int, Field(ge=0, le=64)]
+    compute_instance_id: Annotated[int, Field(ge=0, le=64)] = 0
+    memory_total_bytes: Count
+    memory_used_bytes: Count | None = None
+
+
+class GpuProcess(Strict):
+    pid: Annotated[int, Field(ge=0)]
+    used_memory_bytes: Count | None = None
+
+
+class GpuSample(Strict):
+    """One GPU at one moment; None where NVML could not answer."""
+
+    index: Annotated[int, Field(ge=0, le=63)]
+    uuid: Text
+    name: Text
+    memory_total_bytes: Count
+    memory_used_bytes: Count | None = None
+    memory_reserved_bytes: Count | None = None
+    utilization_gpu_pct: Pct | None = None
+    utilization_memory_pct: Pct | None = None
+    sm_activity_pct: Pct | None = None
+    power_watts: NonNegative | None = None
+    power_limit_watts: NonNegative | None = None
+    energy_joules: NonNegative | None = None
+    temperature_c: Annotated[float, Field(ge=-50, le=200)] | None = None
+    sm_clock_mhz: Count | None = None
+    mem_clock_mhz: Count | None = None
+    pstate: Annotated[int, Field(ge=0, le=32)] | None = None
+    throttle_reasons: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = []
+    ecc_uncorrected_volatile: Count | None = None
+    mig_enabled: bool | None = None
+    mig_devices: Annotated[list[MigDevice], Field(max_length=64)] = []
+    processes: Annotated[list[GpuProcess], Field(max_length=256)] = []
+
+
+class Histogram(Strict):
+    """Observations in the window: cumulative counts at each finite bucket bound, and the total.
+
+    The +Inf bucket is ``count``; leaving it out of ``bounds`` keeps the body plain JSON.
+    """
+
+    bounds: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(max_length=64)]
+    counts: Annotated[list[NonNegative], Field(max_length=64)]
+    count: NonNegative
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Histogram:
+        if len(self.bounds) != len(self.counts):
+            raise ValueError("bounds and counts differ in length")
+        if any(b <= a for a, b in pairwise(self.bounds)):
+            raise ValueError("bounds must increase")
+        if any(b < a for a, b in pairwise([*self.counts, self.count])):
+            raise ValueError("cumulative counts must not decrease")
+        return self
+
+
+class InstanceSample(Strict):
+    """What the agent saw of one managed vLLM server over the last window."""
+
+    instance_id: Annotated[int, Field(ge=1)]
+    generation: Annotated[int, Field(ge=1)]
+    state: InstanceState
+    container_id: Annotated[str, Field(max_length=80)] = ""
+    endpoint: Annotated[str, Field(max_length=255)] = ""
+    error: Annotated[str, Field(max_length=2000)] = ""
+    requests_waiting: NonNegative | None = None
+    requests_running: NonNegative | None = None
+    kv_cache_usage: Ratio | None = None
+    request_rate: NonNegative | None = None
+    prompt_tokens_rate: NonNegative | None = None
+    generation_tokens_rate: NonNegative | None = None
+    ttft_p50_s: NonNegative | None = None
+    ttft_p95_s: NonNegative | None = None
+    e2e_p50_s: NonNegative | None = None
+    e2e_p95_s: NonNegative | None = None
+    ttft_histogram: Histogram | None = None
+    e2e_histogram: Histogram | None = None
+
+
+class ForeignContainer(Strict):
+    """A container the agent does not manage (or no longer should), reported, never touched."""
+
+    container_id: Annotated[str, Field(max_length=80)]
+    name: Text = ""
+    image: Text = ""
+    managed: bool = False
+    instance_id: int | None = None
+    gpu_uuids: Annotated[list[Text], Field(max_length=64)] = []
+
+
+class ActionResult(Strict):
+    instance_id: Annotated[int, Field(ge=1)]
+    generation: Annotated[int, Field(ge=1)]
+    action: Annotated[str, Field(max_length=32)]
+    ok: bool
+    error: Annotated[str, Field(max_length=2000)] = ""
+
+
+class HostInfo(Strict):
+    hostname: Text
+    agent_version: Annotated[str, Field(max_length=50)]
+    nvml_available: bool
+    nvml_reason: Annotated[str, Field(max_length=1000)] = ""
+    driver_version: Annotated[str, Field(max_length=50)] = ""
+
+
+class Report(Strict):
+    """One sampling interval of one host."""
+
+    seq: Annotated[int, Field(ge=1)]
+    sampled_at: Timestamp
+    host: HostInfo
+    gpus: Annotated[list[GpuSample], Field(max_length=64)] = []
+    instances: Annotated[list[InstanceSample], Field(max_length=256)] = []
+    containers: Annotated[list[ForeignContainer], Field(max_length=256)] = []
+    action_results: Annotated[list[ActionResult], Field(max_length=256)] = []
+
+
+class Batch(Strict):
+    """Reports in the order they were sampled; ``dropped`` counts those the buffer lost."""
+
+    version: Literal[1]
+    node: Name
+    reports: Annotated[list[Report], Field(min_length=1, max_length=MAX_REPORTS_PER_BATCH)]
+    dropped: Count = 0
+
+
+class InstanceSpec(Strict):
+    """What to run for one instance: the profile's vLLM settings and where."""
+
+    image: Text
+    model: Text
+    served_name: Text
+    max_model_len: int
+    max_num_seqs: int
+    dtype: str
+    quantization: str
+    kv_cache_dtype: str
+    enable_prefix_caching: bool
+    enable_sleep_mode: bool
+    gpu_memory_utilization: float
+    extra_args: list[str]
+    env: dict[str, str]
+    volumes: dict[str, str]
+    gpu_uuids: list[str]
+    mig_uuids: list[str]
+
+
+class DesiredInstance(Strict):
+    instance_id: int
+    generation: int
+    state: DesiredState
+    spec: InstanceSpec
+
+
+class Reply(Strict):
+    ack_seq: int
+    desired: list[DesiredInstance]
+    report_interval_s: float
+
+
+class Registration(Strict):
+    join_token: Annotated[str, Field(min_length=8, max_length=200)]
+    name: Name
+    hostname: Text
+    agent_version: Annotated[str, Field(max_length=50)]
+    labels: Annotated[
+        dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=255)]], Field(max_length=32)
+    ] = {}
+
+
+class Registered(Strict):
+    node: str
+    node_token: str
+    report_interval_s: float
+
+
+def error_summary(errors: list[dict[str, Any]], limit: int = 10) -> list[str]:
+    """pydantic's errors as short lines: ``reports.0.gpus.1.utilization_gpu_pct: ...``."""
+    lines = [f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"... and {len(errors) - limit} more")
+    return lines

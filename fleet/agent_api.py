@@ -1,0 +1,108 @@
+"""HTTP endpoints the agents call: register with a join token, then report every interval.
+
+Bodies are JSON, optionally gzip-compressed; both the wire size and the decompressed size
+are capped before parsing, and every error is a JSON body with a message that says what
+is wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+from pydantic import BaseModel, ValidationError
+
+from agents import protocol
+from fleet.ingest import IngestError, node_authenticate, node_register, report_ingest
+
+View = Callable[[HttpRequest], JsonResponse]
+M = TypeVar("M", bound=BaseModel)
+
+
+def error_response(status: int, message: str, details: list[str] | None = None) -> JsonResponse:
+    body: dict[str, Any] = {"error": {"message": message}}
+    if details:
+        body["error"]["details"] = details
+    return JsonResponse(body, status=status)
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    """The request body, decompressed, refused early when it is too large either way."""
+    limit = protocol.MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if not declared.isdigit() or int(declared) > limit:
+        raise IngestError(413, f"body larger than {limit} bytes")
+    raw = request.read(limit + 1)
+    if len(raw) > limit:
+        raise IngestError(413, f"body larger than {limit} bytes")
+    encoding = request.META.get("HTTP_CONTENT_ENCODING", "identity").lower()
+    if encoding == "identity":
+        return raw
+    if encoding != "gzip":
+        raise IngestError(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+    decompressor = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        body = decompressor.decompress(raw, limit + 1)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise IngestError(400, f"body is not valid gzip: {exc}") from exc
+    if len(body) > limit or decompressor.unconsumed_tail:
+        raise IngestError(413, f"decompressed body larger than {limit} bytes")
+    return body
+
+
+def _parse(request: HttpRequest, model: type[M]) -> M:
+    body = _read_body(request)
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IngestError(400, f"body is not JSON: {exc}") from exc
+    if isinstance(data, dict) and model is protocol.Batch and data.get("version") != protocol.PROTOCOL_VERSION:
+        raise IngestError(400, f"unsupported protocol version {data.get('version')!r}; this panel speaks 1")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise IngestError(400, "report refused, nothing stored", protocol.error_summary(exc.errors())) from exc
+
+
+def _bearer(request: HttpRequest) -> str:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise IngestError(401, "missing 'Authorization: Bearer <node token>'")
+    return token.strip()
+
+
+def _refusals(view: View) -> View:
+    def wrapped(request: HttpRequest) -> JsonResponse:
+        try:
+            return view(request)
+        except IngestError as exc:
+            return error_response(exc.status, exc.message, exc.details)
+
+    return wrapped
+
+
+@csrf_exempt
+@require_POST
+@_refusals
+def register(request: HttpRequest) -> JsonResponse:
+    registration = _parse(request, protocol.Registration)
+    node, token = node_register(registration=registration)
+    reply = protocol.Registered(node=node.name, node_token=token, report_interval_s=5.0)
+    return JsonResponse(reply.model_dump(), status=201)
+
+
+@csrf_exempt
+@require_POST
+@_refusals
+def report(request: HttpRequest) -> JsonResponse:
+    node = node_authenticate(token=_bearer(request))
+    batch = _parse(request, protocol.Batch)
+    reply = report_ingest(node=node, batch=batch)
+    return JsonResponse(reply.model_dump())

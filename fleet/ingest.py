@@ -1,0 +1,301 @@
+"""Registration and report ingest: where agents' words become rows.
+
+A batch is stored whole, in one transaction, or not at all; the reply that
+acknowledges it is built only after the commit, so an agent that sees the
+acknowledgement can drop its buffer. Reports are numbered: one the panel has already
+stored (the reply was lost and the agent sent it again) is acknowledged and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from itertools import pairwise
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from agents import protocol
+from fleet import catalog
+from fleet.events import event_publish
+from fleet.models import (
+    Gpu,
+    GpuSample,
+    Instance,
+    InstanceEvent,
+    InstanceSample,
+    JoinToken,
+    MigDevice,
+    Node,
+)
+from fleet.tokens import token_hash
+
+REPORT_INTERVAL_S = 5.0
+
+
+class IngestError(Exception):
+    """A request the panel refuses; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str, details: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = list(details)
+
+
+def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
+    """Spend one use of a join token on a new node; return the node and its token (shown once)."""
+    now = timezone.now()
+    usable = JoinToken.objects.filter(
+        Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")),
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+        token_hash=token_hash(registration.join_token),
+        revoked_at__isnull=True,
+    )
+    with transaction.atomic():
+        if usable.update(uses=F("uses") + 1) != 1:
+            raise IngestError(401, "join token unknown, expired, revoked or used up")
+        node = Node(
+            name=registration.name,
+            address=registration.hostname,
+            agent_version=registration.agent_version,
+            labels=registration.labels,
+        )
+        token = node.issue_token()
+        try:
+            with transaction.atomic():
+                node.save()
+        except IntegrityError as exc:
+            raise IngestError(409, f"a node named {registration.name!r} exists; rotate its token in the admin") from exc
+    event_publish(kind="node", payload={"node": node.name, "status": node.status})
+    return node, token
+
+
+def node_authenticate(*, token: str) -> Node:
+    node = Node.objects.filter(token_hash=token_hash(token)).first()
+    if node is None:
+        raise IngestError(401, "unknown node token")
+    return node
+
+
+def _when(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
+    """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes."""
+    uuids = [gpu.uuid for gpu in gpus]
+    taken = list(Gpu.objects.filter(uuid__in=uuids).exclude(node=node).values_list("uuid", flat=True)[:5])
+    if taken:
+        raise IngestError(403, "GPUs already registered to another node", taken)
+    existing = {gpu.uuid: gpu for gpu in Gpu.objects.filter(node=node)}
+    for reading in gpus:
+        mig_mode = (
+            Gpu.MigMode.UNSUPPORTED
+            if reading.mig_enabled is None
+            else (Gpu.MigMode.ENABLED if reading.mig_enabled else Gpu.MigMode.DISABLED)
+        )
+        values = dict(
+            index=reading.index,
+            model_name=reading.name,
+            memory_total_bytes=reading.memory_total_bytes,
+            mig_capable=reading.mig_enabled is not None or bool(catalog.gpu_supports_mig(reading.name)),
+            mig_mode=mig_mode,
+        )
+        gpu = existing.get(reading.uuid)
+        if gpu is None:
+            Gpu.objects.filter(node=node, index=reading.index).exclude(uuid=reading.uuid).delete()
+            existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
+        elif any(getattr(gpu, key) != value for key, value in values.items()):
+            Gpu.objects.filter(pk=gpu.pk).update(**values)
+        _sync_mig_devices(existing[reading.uuid], reading.mig_devices)
+    return existing
+
+
+def _sync_mig_devices(gpu: Gpu, devices: list[protocol.MigDevice]) -> None:
+    reported = {device.uuid for device in devices}
+    MigDevice.objects.filter(gpu=gpu).exclude(uuid__in=reported).delete()
+    for device in devices:
+        MigDevice.objects.update_or_create(
+            uuid=device.uuid,
+            defaults=dict(
+                gpu=gpu,
+                profile=device.profile or "1g.unknown",
+                gpu_instance_id=device.gpu_instance_id,
+                compute_instance_id=device.compute_instance_id,
+                memory_total_bytes=device.memory_total_bytes,
+            ),
+        )
+
+
+def _gpu_sample(gpu: Gpu, at: datetime, reading: protocol.GpuSample) -> GpuSample:
+    return GpuSample(
+        gpu=gpu,
+        at=at,
+        utilization_gpu_pct=reading.utilization_gpu_pct,
+        sm_activity_pct=reading.sm_activity_pct,
+        memory_used_bytes=reading.memory_used_bytes,
+        memory_total_bytes=reading.memory_total_bytes,
+        power_watts=reading.power_watts,
+        power_limit_watts=reading.power_limit_watts,
+        energy_joules=reading.energy_joules,
+        temperature_c=reading.temperature_c,
+        sm_clock_mhz=reading.sm_clock_mhz,
+        mem_clock_mhz=reading.mem_clock_mhz,
+        pstate=reading.pstate,
+        throttle_reasons=list(reading.throttle_reasons),
+        ecc_uncorrected=reading.ecc_uncorrected_volatile,
+    )
+
+
+def _instance_sample(instance_id: int, at: datetime, reading: protocol.InstanceSample) -> InstanceSample:
+    return InstanceSample(
+        instance_id=instance_id,
+        at=at,
+        state=reading.state,
+        requests_waiting=reading.requests_waiting,
+        requests_running=reading.requests_running,
+        kv_cache_usage=reading.kv_cache_usage,
+        request_rate=reading.request_rate,
+        prompt_tokens_rate=reading.prompt_tokens_rate,
+        generation_tokens_rate=reading.generation_tokens_rate,
+        ttft_p50_s=reading.ttft_p50_s,
+        ttft_p95_s=reading.ttft_p95_s,
+        e2e_p50_s=reading.e2e_p50_s,
+        e2e_p95_s=reading.e2e_p95_s,
+        ttft_histogram=reading.ttft_histogram.model_dump() if reading.ttft_histogram else None,
+        e2e_histogram=reading.e2e_histogram.model_dump() if reading.e2e_histogram else None,
+    )
+
+
+def node_instances(node: Node) -> Q:
+    return Q(gpu__node=node) | Q(mig_device__gpu__node=node)
+
+
+def _apply_instance_states(node: Node, latest: dict[int, tuple[datetime, protocol.InstanceSample]]) -> list[int]:
+    """Record each instance's newest actual state; return the ids whose state changed."""
+    changed = []
+    instances = Instance.objects.filter(node_instances(node), pk__in=latest).select_related("gpu", "mig_device")
+    for instance in instances:
+        at, reading = latest[instance.pk]
+        state_changed = reading.state != instance.actual_state or reading.generation != instance.actual_generation
+        updates = dict(
+            actual_state=reading.state,
+            actual_generation=reading.generation,
+            container_id=reading.container_id,
+            endpoint=reading.endpoint,
+            last_error=reading.error,
+        )
+        if state_changed:
+            updates["actual_changed_at"] = at
+            if reading.state == Instance.Actual.READY:
+                updates["ready_at"] = at
+            InstanceEvent.objects.create(
+                instance=instance,
+                at=at,
+                state=reading.state,
+                generation=reading.generation,
+                gpu=instance.gpu,
+                mig_device=instance.mig_device,
+            )
+            changed.append(instance.pk)
+        Instance.objects.filter(pk=instance.pk).update(**updates)
+    return changed
+
+
+def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
+    """Store a batch whole or refuse it whole; reply with the node's desired state."""
+    if batch.node != node.name:
+        raise IngestError(403, f"this token belongs to node {node.name!r}, not {batch.node!r}")
+    seqs = [report.seq for report in batch.reports]
+    if any(later <= earlier for earlier, later in pairwise(seqs)):
+        raise IngestError(400, "reports must be in increasing seq order")
+
+    reported_ids = {sample.instance_id for report in batch.reports for sample in report.instances}
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        fresh = [report for report in batch.reports if report.seq > locked.last_seq]
+        foreign = reported_ids - set(Instance.objects.filter(node_instances(node)).values_list("pk", flat=True))
+        if foreign:
+            raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
+        changed: list[int] = []
+        if fresh:
+            changed = _store(locked, fresh, batch.dropped)
+    if changed or fresh:
+        event_publish(
+            kind="report",
+            payload={"node": node.name, "reports": len(fresh), "instances_changed": changed},
+        )
+    return protocol.Reply(
+        ack_seq=max(seqs[-1], locked.last_seq), desired=desired_for(node), report_interval_s=REPORT_INTERVAL_S
+    )
+
+
+def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int]:
+    newest = reports[-1]
+    gpus = _sync_gpus(node, newest.gpus)
+    gpu_rows: list[GpuSample] = []
+    instance_rows: list[InstanceSample] = []
+    latest: dict[int, tuple[datetime, protocol.InstanceSample]] = {}
+    for report in reports:
+        at = _when(report.sampled_at)
+        for reading in report.gpus:
+            gpu = gpus.get(reading.uuid)
+            if gpu is not None:
+                gpu_rows.append(_gpu_sample(gpu, at, reading))
+        for sample in report.instances:
+            instance_rows.append(_instance_sample(sample.instance_id, at, sample))
+            latest[sample.instance_id] = (at, sample)
+    GpuSample.objects.bulk_create(gpu_rows, batch_size=1000)
+    InstanceSample.objects.bulk_create(instance_rows, batch_size=1000)
+    changed = _apply_instance_states(node, latest)
+    Node.objects.filter(pk=node.pk).update(
+        last_seq=newest.seq,
+        last_seen_at=timezone.now(),
+        status=Node.Status.ONLINE,
+        address=newest.host.hostname,
+        agent_version=newest.host.agent_version,
+        nvml_available=newest.host.nvml_available,
+        nvml_reason=newest.host.nvml_reason,
+        reports_dropped=F("reports_dropped") + dropped,
+    )
+    return changed
+
+
+def _spec(instance: Instance) -> protocol.InstanceSpec:
+    profile = instance.pool.model_profile
+    return protocol.InstanceSpec(
+        image=profile.image,
+        model=profile.model,
+        served_name=profile.served_name,
+        max_model_len=profile.max_model_len,
+        max_num_seqs=profile.max_num_seqs,
+        dtype=profile.dtype,
+        quantization=profile.quantization,
+        kv_cache_dtype=profile.kv_cache_dtype,
+        enable_prefix_caching=profile.enable_prefix_caching,
+        enable_sleep_mode=profile.enable_sleep_mode,
+        gpu_memory_utilization=profile.gpu_memory_utilization,
+        extra_args=list(profile.extra_args),
+        env=dict(profile.env),
+        volumes=dict(profile.volumes),
+        gpu_uuids=[instance.gpu.uuid] if instance.gpu and not instance.mig_device else [],
+        mig_uuids=[instance.mig_device.uuid] if instance.mig_device else [],
+    )
+
+
+def desired_for(node: Node) -> list[protocol.DesiredInstance]:
+    """Every instance placed on the node that is, or should be, holding something."""
+    instances = (
+        Instance.objects.filter(node_instances(node))
+        .exclude(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
+        .select_related("pool__model_profile", "gpu", "mig_device")
+        .order_by("pk")
+    )
+    return [
+        protocol.DesiredInstance(
+            instance_id=instance.pk, generation=instance.generation, state=instance.desired_state, spec=_spec(instance)
+        )
+        for instance in instances
+    ]
