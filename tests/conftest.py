@@ -9,6 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.require import in_ci, require
+from tests.support.vllm_server import vllm_server
+
+pytest_plugins = ["tests.support.docker_engine"]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -58,4 +61,4 @@ def in_memory_channel_layer(settings):  # type: ignore[no-untyped-def]
     channel_layers.backends.clear()
 
 
-__all__ = ["in_ci"]
+__all__ = ["in_ci", "vllm_server"]

@@ -1,0 +1,521 @@
+"""The agent loop: sense, report, receive the desired state, reconcile.
+
+Every interval the agent reads its GPUs and the servers it runs into one report, puts
+it in a bounded buffer, and sends everything buffered, oldest first. Only a reply from
+the panel makes it act on containers: while the panel is away, containers stay as
+they are (fail-static) and reports wait in the buffer; when it overflows the oldest
+are dropped and counted, and the count travels with the next delivered batch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from agents import protocol
+from agents.nvml import GpuReading, HostReading
+from agents.reconcile import ActionResult, DesiredInstance, Sleep, Wake, apply, reconcile
+from agents.runtime import ContainerState, Runtime, RuntimeFailure, vllm_container_spec
+from agents.scrape import ScrapeError, Snapshot, WindowStats, delta, scrape
+
+AGENT_VERSION = "0.1.0"
+PORT_LABEL = "gpufleet.port"
+MAX_BACKOFF_S = 60.0
+_MIG_PROFILE = re.compile(r"(\d+g\.\d+gb)")
+
+log = logging.getLogger("gpufleet.agent")
+
+
+class GpuSource(Protocol):
+    def read(self) -> HostReading: ...
+
+
+def node_name_default() -> str:
+    """The host name, lower-cased and reduced to what the panel accepts as a node name."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
+    return name or "gpu-host"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    panel_url: str
+    state_dir: Path
+    node_name: str = field(default_factory=node_name_default)
+    interval_s: float = 5.0
+    image_allowlist: tuple[str, ...] = ("vllm/vllm-openai:*",)
+    port_range: tuple[int, int] = (8100, 8199)
+    buffer_size: int = 720
+    advertise_host: str = "127.0.0.1"
+    probe_timeout_s: float = 2.0
+    panel_timeout_s: float = 15.0
+
+    def image_allowed(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
+
+
+class AgentState:
+    """What must survive a restart: the node token and the last report number, in one file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        data = json.loads(path.read_text()) if path.exists() else {}
+        self.node_name: str | None = data.get("node_name")
+        self.node_token: str | None = data.get("node_token")
+        self.last_seq: int = int(data.get("last_seq", 0))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        body = {"node_name": self.node_name, "node_token": self.node_token, "last_seq": self.last_seq}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(body, handle)
+        os.replace(tmp, self.path)
+
+    def next_seq(self) -> int:
+        """Increasing across restarts even if the state file is lost: the clock is a floor."""
+        self.last_seq = max(self.last_seq + 1, int(time.time() * 1000))
+        return self.last_seq
+
+
+class ReportBuffer:
+    """Reports not yet acknowledged, oldest first, at most ``size`` of them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._reports: deque[protocol.Report] = deque()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._reports)
+
+    def add(self, report: protocol.Report) -> None:
+        if len(self._reports) >= self.size:
+            self._reports.popleft()
+            self.dropped += 1
+        self._reports.append(report)
+
+    def oldest(self, limit: int) -> list[protocol.Report]:
+        return [self._reports[i] for i in range(min(limit, len(self._reports)))]
+
+    def ack(self, seq: int) -> None:
+        while self._reports and self._reports[0].seq <= seq:
+            self._reports.popleft()
+
+    def discard(self, reports: Iterable[protocol.Report]) -> None:
+        """Give up on reports the panel refused as invalid, counting them as dropped."""
+        refused = {report.seq for report in reports}
+        kept = [report for report in self._reports if report.seq not in refused]
+        self.dropped += len(self._reports) - len(kept)
+        self._reports = deque(kept)
+
+
+class PanelRefused(Exception):
+    """The panel answered with a 4xx: retrying the same request will not help."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"panel refused with HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+class HttpSleepControl:
+    """vLLM sleep mode over HTTP: POST /sleep?level=N and POST /wake_up."""
+
+    def __init__(self, client: httpx.Client, host: str, timeout_s: float = 30.0) -> None:
+        self.client, self.host, self.timeout_s = client, host, timeout_s
+
+    def _post(self, port: int, path: str) -> None:
+        response = self.client.post(f"http://{self.host}:{port}{path}", timeout=self.timeout_s)
+        response.raise_for_status()
+
+    def sleep(self, action: Sleep) -> None:
+        self._post(action.port, f"/sleep?level={action.level}")
+
+    def wake_up(self, action: Wake) -> None:
+        self._post(action.port, "/wake_up")
+
+
+def gpu_sample(reading: GpuReading) -> protocol.GpuSample | None:
+    """The report's view of one NVML reading; None for a GPU NVML could not identify."""
+    if reading.uuid is None or reading.memory_total_bytes is None:
+        return None
+    mig_devices = [
+        protocol.MigDevice(
+            uuid=mig.uuid,
+            profile=(match.group(1) if (match := _MIG_PROFILE.search(mig.name or "")) else ""),
+            gpu_instance_id=mig.gpu_instance_id or 0,
+            memory_total_bytes=mig.memory_total_bytes or 0,
+            memory_used_bytes=mig.memory_used_bytes,
+        )
+        for mig in reading.mig_devices
+        if mig.uuid
+    ]
+    return protocol.GpuSample(
+        index=reading.index,
+        uuid=reading.uuid,
+        name=reading.name or "unknown",
+        memory_total_bytes=reading.memory_total_bytes,
+        memory_used_bytes=reading.memory_used_bytes,
+        memory_reserved_bytes=reading.memory_reserved_bytes,
+        utilization_gpu_pct=reading.utilization_gpu_pct,
+        utilization_memory_pct=reading.utilization_memory_pct,
+        sm_activity_pct=reading.sm_activity_pct,
+        power_watts=reading.power_watts,
+        power_limit_watts=reading.power_limit_watts,
+        energy_joules=reading.energy_joules,
+        temperature_c=reading.temperature_c,
+        sm_clock_mhz=reading.sm_clock_mhz,
+        mem_clock_mhz=reading.mem_clock_mhz,
+        pstate=reading.pstate,
+        throttle_reasons=reading.throttle_reasons or [],
+        ecc_uncorrected_volatile=reading.ecc_uncorrected_volatile,
+        mig_enabled=reading.mig_mode_current,
+        mig_devices=mig_devices,
+        processes=[
+            protocol.GpuProcess(pid=process.pid, used_memory_bytes=process.used_memory_bytes)
+            for process in reading.processes or []
+        ],
+    )
+
+
+def _histogram(stats: WindowStats | None, key: str) -> protocol.Histogram | None:
+    histogram = stats.histograms.get(key) if stats else None
+    if histogram is None:
+        return None
+    finite = [
+        (bound, count) for bound, count in zip(histogram.bounds, histogram.counts, strict=True) if bound != float("inf")
+    ]
+    return protocol.Histogram(
+        bounds=[bound for bound, _ in finite], counts=[count for _, count in finite], count=histogram.count
+    )
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        gpus: GpuSource,
+        runtime: Runtime,
+        http: httpx.Client,
+        state: AgentState | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.gpus = gpus
+        self.runtime = runtime
+        self.http = http
+        self.state = state or AgentState(config.state_dir / "state.json")
+        self.clock = clock
+        self.buffer = ReportBuffer(config.buffer_size)
+        self.desired: dict[int, protocol.DesiredInstance] = {}
+        self.asleep: set[str] = set()
+        self.failures = 0
+        self.next_delivery = 0.0
+        self._snapshots: dict[tuple[str, int], Snapshot] = {}
+        self._results: list[protocol.ActionResult] = []
+        self._dropped_reported = 0
+
+    # -- registration -------------------------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        return bool(self.state.node_token)
+
+    def register(self, join_token: str, labels: dict[str, str] | None = None) -> None:
+        body = protocol.Registration(
+            join_token=join_token,
+            name=self.config.node_name,
+            hostname=socket.gethostname(),
+            agent_version=AGENT_VERSION,
+            labels=labels or {},
+        )
+        response = self.http.post(
+            f"{self.config.panel_url}/api/agent/v1/register",
+            json=body.model_dump(),
+            timeout=self.config.panel_timeout_s,
+        )
+        if response.status_code >= 400:
+            raise PanelRefused(response.status_code, response.text)
+        registered = protocol.Registered.model_validate(response.json())
+        self.state.node_name, self.state.node_token = registered.node, registered.node_token
+        self.state.save()
+        log.info("registered as node %s", registered.node)
+
+    # -- sensing ------------------------------------------------------------------------
+
+    def _probe(self, port: int, path: str) -> httpx.Response | None:
+        try:
+            return self.http.get(
+                f"http://{self.config.advertise_host}:{port}{path}", timeout=self.config.probe_timeout_s
+            )
+        except httpx.HTTPError:
+            return None
+
+    def _instance_sample(self, container: ContainerState) -> protocol.InstanceSample | None:
+        if not container.instance_id.isdigit():
+            return None
+        port = int(container.labels.get(PORT_LABEL, "0"))
+        endpoint = f"http://{self.config.advertise_host}:{port}" if port else ""
+        common = dict(
+            instance_id=int(container.instance_id),
+            generation=max(container.generation, 1),
+            container_id=container.container_id[:80],
+            endpoint=endpoint,
+        )
+        if not container.running:
+            return protocol.InstanceSample(
+                state="failed" if container.status in {"exited", "dead"} else "starting",
+                error=container.error
+                or (f"exit code {container.exit_code}" if container.exit_code is not None else ""),
+                **common,
+            )
+        health = self._probe(port, "/health") if port else None
+        if health is None or health.status_code != 200:
+            return protocol.InstanceSample(state="starting", **common)
+        state = "sleeping" if container.instance_id in self.asleep else "ready"
+        stats, gauges = self._window(container, endpoint)
+        return protocol.InstanceSample(
+            state=state,
+            requests_waiting=gauges.get("requests_waiting"),
+            requests_running=gauges.get("requests_running"),
+            kv_cache_usage=gauges.get("kv_cache_usage"),
+            request_rate=stats.requests_per_s if stats else None,
+            prompt_tokens_rate=stats.prompt_tokens_per_s if stats else None,
+            generation_tokens_rate=stats.generation_tokens_per_s if stats else None,
+            ttft_p50_s=stats.ttft_p50_s if stats else None,
+            ttft_p95_s=stats.ttft_p95_s if stats else None,
+            e2e_p50_s=stats.e2e_p50_s if stats else None,
+            e2e_p95_s=stats.e2e_p95_s if stats else None,
+            ttft_histogram=_histogram(stats, "ttft"),
+            e2e_histogram=_histogram(stats, "e2e"),
+            **common,
+        )
+
+    def _window(self, container: ContainerState, endpoint: str) -> tuple[WindowStats | None, dict[str, float | None]]:
+        """Stats since the previous scrape of the same container generation."""
+        key = (container.instance_id, container.generation)
+        try:
+            snapshot = scrape(endpoint, self.http, timeout=self.config.probe_timeout_s)
+        except ScrapeError as exc:
+            log.warning("scrape of instance %s failed: %s", container.instance_id, exc)
+            return None, {}
+        previous = self._snapshots.get(key)
+        self._snapshots[key] = snapshot
+        stats = delta(previous, snapshot) if previous and snapshot.timestamp > previous.timestamp else None
+        return stats, snapshot.gauges
+
+    def sense(self) -> protocol.Report:
+        reading = self.gpus.read()
+        try:
+            containers = self.runtime.list_managed()
+            runtime_error = ""
+        except RuntimeFailure as exc:
+            containers, runtime_error = [], str(exc)
+        instances = [sample for c in containers if (sample := self._instance_sample(c)) is not None]
+        present = {sample.instance_id for sample in instances}
+        for wanted in self.desired.values():
+            if wanted.state == "stopped" and wanted.instance_id not in present:
+                instances.append(
+                    protocol.InstanceSample(
+                        instance_id=wanted.instance_id, generation=wanted.generation, state="stopped"
+                    )
+                )
+        orphans = [
+            protocol.ForeignContainer(
+                container_id=c.container_id[:80],
+                name=c.name or "",
+                managed=True,
+                instance_id=int(c.instance_id) if c.instance_id.isdigit() else None,
+            )
+            for c in containers
+            if not c.instance_id.isdigit() or int(c.instance_id) not in self.desired
+        ]
+        results, self._results = self._results, []
+        host = protocol.HostInfo(
+            hostname=socket.gethostname()[:255],
+            agent_version=AGENT_VERSION,
+            nvml_available=reading.available,
+            nvml_reason=(reading.unavailable_reason or "")[:1000] if not reading.available else runtime_error[:1000],
+            driver_version=reading.driver_version or "",
+        )
+        return protocol.Report(
+            seq=self.state.next_seq(),
+            sampled_at=self.clock(),
+            host=host,
+            gpus=[sample for gpu in reading.gpus if (sample := gpu_sample(gpu)) is not None],
+            instances=instances,
+            containers=orphans,
+            action_results=results,
+        )
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def deliver(self) -> protocol.Reply | None:
+        """Send the buffer, oldest first; the reply acknowledges what the panel committed."""
+        reports = self.buffer.oldest(protocol.MAX_REPORTS_PER_BATCH)
+        if not reports:
+            return None
+        dropped = self.buffer.dropped - self._dropped_reported
+        batch = protocol.Batch(
+            version=1, node=self.state.node_name or self.config.node_name, reports=reports, dropped=dropped
+        )
+        body = gzip.compress(batch.model_dump_json().encode(), compresslevel=5)
+        headers = {
+            "Authorization": f"Bearer {self.state.node_token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
+        response = self.http.post(
+            f"{self.config.panel_url}/api/agent/v1/report",
+            content=body,
+            headers=headers,
+            timeout=self.config.panel_timeout_s,
+        )
+        if 400 <= response.status_code < 500 and response.status_code not in {401, 408, 429}:
+            self.buffer.discard(reports)
+            raise PanelRefused(response.status_code, response.text)
+        response.raise_for_status()
+        reply = protocol.Reply.model_validate(response.json())
+        self._dropped_reported += dropped
+        self.buffer.ack(reply.ack_seq)
+        self.state.save()
+        return reply
+
+    # -- acting -------------------------------------------------------------------------
+
+    def _port_for(self, instance_id: str, containers: list[ContainerState], taken: set[int]) -> int:
+        for container in containers:
+            if container.instance_id == instance_id and container.labels.get(PORT_LABEL, "").isdigit():
+                return int(container.labels[PORT_LABEL])
+        low, high = self.config.port_range
+        for port in range(low, high + 1):
+            if port not in taken and _port_free(self.config.advertise_host, port):
+                return port
+        raise RuntimeFailure(f"no free port in {low}-{high}")
+
+    def act(self, reply: protocol.Reply) -> list[ActionResult]:
+        """Make the containers match the desired state in the reply."""
+        self.desired = {item.instance_id: item for item in reply.desired}
+        containers = self.runtime.list_managed()
+        taken = {int(c.labels[PORT_LABEL]) for c in containers if c.labels.get(PORT_LABEL, "").isdigit()}
+        wanted: list[DesiredInstance] = []
+        for item in reply.desired:
+            instance_id = str(item.instance_id)
+            if item.state == "stopped":
+                wanted.append(DesiredInstance(instance_id, item.generation, "stopped"))
+                continue
+            if not self.config.image_allowed(item.spec.image):
+                self._refuse(item, f"image {item.spec.image!r} is not in this agent's allowlist")
+                continue
+            try:
+                port = self._port_for(instance_id, containers, taken)
+                taken.add(port)
+                spec = vllm_container_spec(
+                    instance_id=instance_id,
+                    generation=item.generation,
+                    profile=item.spec.model_dump(),
+                    port=port,
+                    node_name=self.state.node_name or self.config.node_name,
+                    gpu_uuids=item.spec.gpu_uuids,
+                    mig_uuids=item.spec.mig_uuids,
+                    labels={PORT_LABEL: str(port)},
+                )
+            except (ValueError, RuntimeFailure) as exc:
+                self._refuse(item, str(exc))
+                continue
+            wanted.append(DesiredInstance(instance_id, item.generation, item.state, spec))
+        actions = reconcile(wanted, containers, asleep=frozenset(self.asleep))
+        results = apply(actions, self.runtime, sleep_control=HttpSleepControl(self.http, self.config.advertise_host))
+        for result in results:
+            self._record(result)
+        return results
+
+    def _refuse(self, item: protocol.DesiredInstance, why: str) -> None:
+        log.error("instance %s refused: %s", item.instance_id, why)
+        self._results.append(
+            protocol.ActionResult(
+                instance_id=item.instance_id, generation=item.generation, action="refuse", ok=False, error=why
+            )
+        )
+
+    def _record(self, result: ActionResult) -> None:
+        action = result.action
+        spec = getattr(action, "spec", None)
+        instance_id = spec.instance_id if spec else getattr(action, "instance_id", None)
+        if instance_id is None:
+            return
+        if result.ok and isinstance(action, Sleep):
+            self.asleep.add(instance_id)
+        elif (result.ok and isinstance(action, Wake)) or spec is not None:
+            self.asleep.discard(instance_id)
+        if not instance_id.isdigit():
+            return
+        generation = spec.generation if spec else getattr(action, "generation", 1)
+        self._results.append(
+            protocol.ActionResult(
+                instance_id=int(instance_id),
+                generation=max(generation, 1),
+                action=type(action).__name__.lower(),
+                ok=result.ok,
+                error=(result.error or "")[:2000],
+            )
+        )
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def tick(self) -> protocol.Reply | None:
+        """One interval: sense, buffer, and (unless backing off) deliver and act."""
+        self.buffer.add(self.sense())
+        if self.clock() < self.next_delivery:
+            return None
+        try:
+            reply = self.deliver()
+        except (httpx.HTTPError, PanelRefused) as exc:
+            self.failures += 1
+            backoff = min(MAX_BACKOFF_S, self.config.interval_s * 2 ** min(self.failures, 6))
+            self.next_delivery = self.clock() + backoff
+            log.warning(
+                "panel unreachable or refused (%s); %d reports buffered; retry in %.0f s",
+                exc,
+                len(self.buffer),
+                backoff,
+            )
+            return None
+        self.failures, self.next_delivery = 0, 0.0
+        if reply is not None:
+            self.act(reply)
+        return reply
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            started = self.clock()
+            try:
+                self.tick()
+            except Exception:  # the loop must outlive any one bad interval
+                log.exception("agent tick failed")
+            stop.wait(max(0.0, self.config.interval_s - (self.clock() - started)))
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,167 @@
+"""The agent loop against a real panel on loopback: register, report, buffer, reconcile."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agents import protocol
+from agents.agent import Agent, AgentConfig, AgentState, ReportBuffer
+from agents.nvml import HostReading, NvmlBackend, convert
+from fleet.models import Gpu, GpuSample, Instance, JoinToken, ModelProfile, Node
+from tests.agents.test_reconcile import FakeRuntime
+from tests.factories import make_instance, make_pool
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nvml"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class RecordedGpus:
+    """Replays real H100 readings recorded by agents.record_nvml, one per read."""
+
+    def __init__(self) -> None:
+        document = json.loads(next(iter(sorted(FIXTURES.glob("*-load-*.json")))).read_text())
+        self.readings = [convert(sample["raw"]) for sample in document["samples"]]
+        self.reads = 0
+
+    def read(self) -> HostReading:
+        reading = self.readings[self.reads % len(self.readings)]
+        self.reads += 1
+        return reading
+
+
+def join_token() -> str:
+    token = JoinToken(name="test", max_uses=None)
+    secret = token.issue_token()
+    token.save()
+    return secret
+
+
+def make_agent(panel_url: str, tmp_path: Path, name: str = "h100-a", **config: Any) -> Agent:
+    settings = AgentConfig(panel_url=panel_url, state_dir=tmp_path, node_name=name, **config)
+    return Agent(settings, gpus=RecordedGpus(), runtime=FakeRuntime(), http=httpx.Client())
+
+
+def registered_agent(live_server: Any, tmp_path: Path, **config: Any) -> Agent:
+    agent = make_agent(live_server.url, tmp_path, **config)
+    agent.register(join_token())
+    return agent
+
+
+def test_register_keeps_the_token_in_a_private_state_file(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path)
+    path = tmp_path / "state.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    reloaded = AgentState(path)
+    assert reloaded.node_name == "h100-a" and reloaded.node_token == agent.state.node_token
+    assert Node.objects.filter(name="h100-a").exists()
+
+
+def test_a_tick_reports_real_h100_readings_to_the_panel(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path)
+    reply = agent.tick()
+    assert reply is not None and reply.desired == []
+    gpu = Gpu.objects.get(node__name="h100-a")
+    assert gpu.model_name == "NVIDIA H100 80GB HBM3"
+    assert gpu.uuid.startswith("GPU-")
+    sample = GpuSample.objects.get(gpu=gpu)
+    assert sample.power_watts is not None and sample.power_watts > 0
+    assert len(agent.buffer) == 0
+
+
+def test_reports_buffered_while_the_panel_is_away_arrive_in_order(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path)
+    real_url = agent.config.panel_url
+    object.__setattr__(agent.config, "panel_url", "http://127.0.0.1:9")  # discard port: nothing listens
+    for _ in range(5):
+        agent.next_delivery = 0.0  # skip the backoff wait: the test controls time
+        assert agent.tick() is None
+    assert len(agent.buffer) == 5 and agent.failures == 5
+    seqs = [report.seq for report in agent.buffer.oldest(10)]
+    object.__setattr__(agent.config, "panel_url", real_url)
+    agent.next_delivery = 0.0
+    assert agent.tick() is not None
+    assert len(agent.buffer) == 0
+    stored = list(GpuSample.objects.order_by("id").values_list("at", flat=True))
+    assert len(stored) == 6 and stored == sorted(stored)
+    assert Node.objects.get(name="h100-a").last_seq == max(seqs) + (agent.state.last_seq - max(seqs))
+
+
+def test_buffer_overflow_drops_the_oldest_and_the_panel_learns_how_many(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path, buffer_size=3)
+    real_url = agent.config.panel_url
+    object.__setattr__(agent.config, "panel_url", "http://127.0.0.1:9")
+    for _ in range(7):
+        agent.next_delivery = 0.0
+        agent.tick()
+    assert (len(agent.buffer), agent.buffer.dropped) == (3, 4)
+    object.__setattr__(agent.config, "panel_url", real_url)
+    agent.next_delivery = 0.0
+    agent.tick()
+    node = Node.objects.get(name="h100-a")
+    assert node.reports_dropped == 5  # the 8th report pushed one more out before delivery
+    assert GpuSample.objects.count() == 3
+
+
+def test_a_refused_batch_is_dropped_not_retried_forever() -> None:
+    buffer = ReportBuffer(10)
+    host = protocol.HostInfo(hostname="h", agent_version="0", nvml_available=False)
+    reports = [protocol.Report(seq=n, sampled_at=time.time(), host=host) for n in (1, 2, 3)]
+    for report in reports:
+        buffer.add(report)
+    buffer.discard(reports[:2])
+    assert [r.seq for r in buffer.oldest(10)] == [3] and buffer.dropped == 2
+
+
+def place(agent: Agent, image: str | None = None) -> Instance:
+    """Report once so the panel knows the GPU, then place an instance of a chat pool on it."""
+    agent.tick()
+    pool = make_pool()
+    if image is not None:
+        ModelProfile.objects.filter(pk=pool.model_profile_id).update(image=image)
+    return make_instance(pool, Gpu.objects.get(node__name=agent.config.node_name))
+
+
+def test_the_agent_starts_what_the_panel_wants_and_reports_it(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path)
+    instance = place(agent)
+    agent.tick()
+    runtime: FakeRuntime = agent.runtime  # type: ignore[assignment]
+    assert runtime.calls == [("start", str(instance.pk), 1)]
+    started = runtime.list_managed()[0]
+    assert started.labels["gpufleet.port"] == "8100"
+    agent.tick()
+    instance.refresh_from_db()
+    assert instance.actual_state == "starting"  # no /health answers on the fake: not ready
+    assert instance.endpoint == "http://127.0.0.1:8100"
+
+
+def test_an_image_outside_the_allowlist_is_refused_and_reported(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path)
+    instance = place(agent, image="evil/miner:latest")
+    agent.tick()
+    runtime: FakeRuntime = agent.runtime  # type: ignore[assignment]
+    assert runtime.calls == []
+    report = agent.sense()
+    refusal = report.action_results[0]
+    assert (refusal.instance_id, refusal.action, refusal.ok) == (instance.pk, "refuse", False)
+    assert "not in this agent's allowlist" in refusal.error
+
+
+def test_a_host_without_nvml_reports_why_and_invents_no_gpu(live_server: Any, tmp_path: Path) -> None:
+    agent = registered_agent(live_server, tmp_path)
+    agent.gpus = NvmlBackend()
+    if agent.gpus.read().available:
+        pytest.skip("this host has an NVIDIA driver; the no-driver path is covered on machines without one")
+    agent.tick()
+    node = Node.objects.get(name="h100-a")
+    assert node.nvml_available is False
+    assert "NVML" in node.nvml_reason
+    assert not Gpu.objects.filter(node=node).exists()
