@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+WHEELHOUSE ?= var/wheelhouse
 
-.PHONY: run test lint format migrate admin bench clean
+.PHONY: run test lint format migrate admin bench agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,10 @@ run: admin
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Wheels of the agent's dependencies, which the panel serves to GPU hosts (set PANEL's AGENT_WHEELHOUSE).
+agent-wheels: | $(BIN)/python
+	$(BIN)/pip download --quiet --only-binary=:all: -r agents/requirements.txt -d $(WHEELHOUSE)
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/agent_overhead.py

@@ -62,6 +62,7 @@ class AgentConfig:
     advertise_host: str = "127.0.0.1"
     probe_timeout_s: float = 2.0
     panel_timeout_s: float = 15.0
+    attach_gpus: bool = True
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
@@ -350,7 +351,8 @@ class Agent:
             hostname=socket.gethostname()[:255],
             agent_version=AGENT_VERSION,
             nvml_available=reading.available,
-            nvml_reason=(reading.unavailable_reason or "")[:1000] if not reading.available else runtime_error[:1000],
+            nvml_reason=(reading.unavailable_reason or "")[:1000],
+            runtime_reason=runtime_error[:1000],
             driver_version=reading.driver_version or "",
         )
         return protocol.Report(
@@ -431,8 +433,8 @@ class Agent:
                     profile=item.spec.model_dump(),
                     port=port,
                     node_name=self.state.node_name or self.config.node_name,
-                    gpu_uuids=item.spec.gpu_uuids,
-                    mig_uuids=item.spec.mig_uuids,
+                    gpu_uuids=item.spec.gpu_uuids if self.config.attach_gpus else (),
+                    mig_uuids=item.spec.mig_uuids if self.config.attach_gpus else (),
                     labels={PORT_LABEL: str(port)},
                 )
             except (ValueError, RuntimeFailure) as exc:

@@ -141,6 +141,7 @@ class HostInfo(Strict):
     agent_version: Annotated[str, Field(max_length=50)]
     nvml_available: bool
     nvml_reason: Annotated[str, Field(max_length=1000)] = ""
+    runtime_reason: Annotated[str, Field(max_length=1000)] = ""
     driver_version: Annotated[str, Field(max_length=50)] = ""
 
 

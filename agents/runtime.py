@@ -92,6 +92,7 @@ class ContainerSpec:
     mem_limit: str | None = None
     shm_size: str | None = None
     init: bool = True
+    ipc_host: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -235,8 +236,8 @@ def vllm_container_spec(
     only through the agent; without it, it binds 0.0.0.0 inside its own network
     namespace and the port is published on the host's 127.0.0.1 only.
 
-    Optional profile keys left out (or None) leave the flag out, so vLLM's own default
-    applies. ``--disable-log-stats`` is refused: it empties /metrics.
+    Optional profile keys left out (None or empty) leave the flag out, so vLLM's own
+    default applies. ``--disable-log-stats`` is refused: it empties /metrics.
     """
     if not profile.get("image") or not profile.get("model"):
         raise ValueError("profile needs at least 'image' and 'model'")
@@ -258,7 +259,7 @@ def vllm_container_spec(
         ("kv_cache_dtype", "--kv-cache-dtype"),
     ):
         value = profile.get(key)
-        if value is not None:
+        if value not in (None, ""):
             args += [flag, str(value)]
     prefix_caching = profile.get("enable_prefix_caching")
     if prefix_caching is not None:
@@ -268,7 +269,7 @@ def vllm_container_spec(
         if not 0 < float(utilization) <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
         args += ["--gpu-memory-utilization", str(float(utilization))]
-    if profile.get("dtype") is not None:
+    if profile.get("dtype") not in (None, ""):
         args += ["--dtype", str(profile["dtype"])]
 
     env = {str(k): str(v) for k, v in (profile.get("env") or {}).items()}
@@ -323,6 +324,9 @@ def docker_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "init": spec.init,
         "detach": True,
     }
+    if spec.ipc_host:
+        # PyTorch workers share tensors through /dev/shm; Docker's default 64 MB is too small.
+        kwargs["ipc_mode"] = "host"
     if spec.host_network:
         kwargs["network_mode"] = "host"
     else:

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from fleet import catalog
+from fleet.agent_dist import install_command
 from fleet.models import (
     ApiKey,
     Decision,
@@ -46,7 +47,18 @@ class NodeAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "simulated", "address", "gpu_count", "agent_version", "last_seen_at")
     list_filter = ("status", "simulated")
     search_fields = ("name", "address")
-    readonly_fields = ("address", "agent_version", "status", "last_seen_at", "token_prefix", "created_at")
+    readonly_fields = (
+        "address",
+        "agent_version",
+        "status",
+        "last_seen_at",
+        "nvml_available",
+        "nvml_reason",
+        "runtime_reason",
+        "reports_dropped",
+        "token_prefix",
+        "created_at",
+    )
     fields = ("name", "labels", "simulated", *readonly_fields)
     inlines = [GpuInline]
     actions = ["rotate_token"]
@@ -88,11 +100,8 @@ class JoinTokenAdmin(admin.ModelAdmin):
         token = None if change else obj.issue_token()
         super().save_model(request, obj, form, change)
         if token:
-            panel = request.build_absolute_uri("/").rstrip("/")
             messages.warning(
-                request,
-                f"Join token (shown once): {token}  On each new host run: "
-                f"python -m agents --panel {panel} --join-token {token}",
+                request, f"Join token (shown once): {token}  On each new host run: {install_command(request, token)}"
             )
 
 

@@ -258,6 +258,7 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
         agent_version=newest.host.agent_version,
         nvml_available=newest.host.nvml_available,
         nvml_reason=newest.host.nvml_reason,
+        runtime_reason=newest.host.runtime_reason,
         reports_dropped=F("reports_dropped") + dropped,
     )
     return changed

@@ -112,6 +112,10 @@ TEMPLATES = [
 ]
 
 VAR_DIR = Path(os.environ.get("FLEET_VAR_DIR", BASE_DIR / "var"))
+# Where hosts reach the panel, for install commands; empty: the URL of the request.
+PANEL_URL = os.environ.get("PANEL_URL", "").strip()
+# Wheels of the agent's dependencies, served to hosts that reach no package index.
+AGENT_WHEELHOUSE = Path(os.environ.get("AGENT_WHEELHOUSE", VAR_DIR / "wheelhouse"))
 
 if DATABASE_URL:
     DATABASES = {

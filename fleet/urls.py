@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from fleet import agent_api
+from fleet import agent_api, agent_dist
 
 admin.site.site_header = "GPU fleet control panel"
 admin.site.site_title = "GPU fleet"
@@ -13,5 +13,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/agent/v1/register", agent_api.register, name="agent-register"),
     path("api/agent/v1/report", agent_api.report, name="agent-report"),
+    path("agent/install.sh", agent_dist.install_script, name="agent-install"),
+    path("agent/gpufleet-agent.tar.gz", agent_dist.agent_tarball, name="agent-tarball"),
+    path("agent/wheels/", agent_dist.wheel_index, name="agent-wheels"),
+    path("agent/wheels/<str:name>", agent_dist.wheel_file, name="agent-wheel"),
     path("", include("dashboard.urls")),
 ]

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.require import in_ci, require
+from tests.support.vllm_container import vllm_container_profile
 from tests.support.vllm_server import vllm_server
 
 pytest_plugins = ["tests.support.docker_engine"]
@@ -61,4 +62,4 @@ def in_memory_channel_layer(settings):  # type: ignore[no-untyped-def]
     channel_layers.backends.clear()
 
 
-__all__ = ["in_ci", "vllm_server"]
+__all__ = ["in_ci", "vllm_container_profile", "vllm_server"]

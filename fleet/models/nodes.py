@@ -31,6 +31,9 @@ class Node(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     nvml_available = models.BooleanField(null=True, blank=True, help_text="Whether the agent could use NVML.")
     nvml_reason = models.CharField(max_length=1000, blank=True, help_text="Why NVML is unusable, as the agent said.")
+    runtime_reason = models.CharField(
+        max_length=1000, blank=True, help_text="Why the container runtime is unusable, as the agent said."
+    )
     last_seq = models.PositiveBigIntegerField(default=0, help_text="Newest report stored; older ones are duplicates.")
     reports_dropped = models.PositiveBigIntegerField(
         default=0, help_text="Reports the agent's buffer lost while the panel was unreachable."

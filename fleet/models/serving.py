@@ -47,7 +47,7 @@ class ModelProfile(models.Model):
     max_num_seqs = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
     dtype = models.CharField(
         max_length=16,
-        choices=[("auto", "auto"), ("bfloat16", "bfloat16"), ("float16", "float16")],
+        choices=[("auto", "auto"), ("bfloat16", "bfloat16"), ("float16", "float16"), ("float32", "float32 (CPU)")],
         default="auto",
     )
     quantization = models.CharField(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import stat
 import time
 from pathlib import Path
@@ -13,28 +12,13 @@ import pytest
 
 from agents import protocol
 from agents.agent import Agent, AgentConfig, AgentState, ReportBuffer
-from agents.nvml import HostReading, NvmlBackend, convert
+from agents.nvml import NvmlBackend
 from fleet.models import Gpu, GpuSample, Instance, JoinToken, ModelProfile, Node
 from tests.agents.test_reconcile import FakeRuntime
 from tests.factories import make_instance, make_pool
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nvml"
+from tests.support.agent_process import RecordedGpus
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class RecordedGpus:
-    """Replays real H100 readings recorded by agents.record_nvml, one per read."""
-
-    def __init__(self) -> None:
-        document = json.loads(next(iter(sorted(FIXTURES.glob("*-load-*.json")))).read_text())
-        self.readings = [convert(sample["raw"]) for sample in document["samples"]]
-        self.reads = 0
-
-    def read(self) -> HostReading:
-        reading = self.readings[self.reads % len(self.readings)]
-        self.reads += 1
-        return reading
 
 
 def join_token() -> str:

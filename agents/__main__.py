@@ -1,0 +1,154 @@
+"""Run the host agent: ``python -m agents --panel URL --join-token TOKEN``.
+
+The first run registers the host with a join token and keeps the node token in the
+state directory; later runs (a restart, a reboot) reuse it and need no join token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import docker
+import httpx
+
+from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, node_name_default
+from agents.nvml import NvmlBackend
+from agents.runtime import ContainerState, DockerRuntime, RuntimeFailure
+
+log = logging.getLogger("gpufleet.agent")
+
+
+class UnavailableRuntime:
+    """Stands in when the Docker engine cannot be reached: every call says why.
+
+    The agent still senses and reports (the panel shows the reason) instead of dying.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def list_managed(self) -> list[ContainerState]:
+        raise RuntimeFailure(self.reason)
+
+    def start(self, spec: object) -> ContainerState:
+        raise RuntimeFailure(self.reason)
+
+    def stop(self, instance_id: str, timeout_s: int, generation: int | None = None) -> None:
+        raise RuntimeFailure(self.reason)
+
+    def remove(self, instance_id: str, generation: int | None = None) -> None:
+        raise RuntimeFailure(self.reason)
+
+    def logs_tail(self, instance_id: str, lines: int = 100, generation: int | None = None) -> str:
+        raise RuntimeFailure(self.reason)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m agents", description=__doc__)
+    parser.add_argument("--panel", default=env("GPUFLEET_PANEL"), help="panel base URL (env GPUFLEET_PANEL)")
+    parser.add_argument("--join-token", default=env("GPUFLEET_JOIN_TOKEN"), help="needed on the first run only")
+    parser.add_argument("--name", default=env("GPUFLEET_NODE_NAME") or node_name_default())
+    parser.add_argument("--state-dir", type=Path, default=Path(env("GPUFLEET_STATE_DIR", "/var/lib/gpufleet-agent")))
+    parser.add_argument("--config", type=Path, help="JSON file with any of the options below, by their long names")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between reports")
+    parser.add_argument(
+        "--allow-image",
+        action="append",
+        dest="allow_images",
+        metavar="PATTERN",
+        help="image pattern this host may run (repeatable; default vllm/vllm-openai:*)",
+    )
+    parser.add_argument("--port-range", default="8100-8199", help="ports for the servers this host runs")
+    parser.add_argument("--buffer-size", type=int, default=720, help="reports kept while the panel is away")
+    parser.add_argument("--advertise-host", default="127.0.0.1", help="address the gateway reaches servers on")
+    parser.add_argument("--no-gpu-devices", action="store_true", help="start containers without GPU devices")
+    parser.add_argument("--once", action="store_true", help="one report, then exit")
+    parser.add_argument("--version", action="version", version=AGENT_VERSION)
+    args = parser.parse_args(argv)
+    if args.config:
+        for key, value in json.loads(args.config.read_text()).items():
+            setattr(args, key.replace("-", "_"), value)
+    if not args.panel:
+        parser.error("--panel (or GPUFLEET_PANEL) is required")
+    return args
+
+
+def config_from(args: argparse.Namespace) -> AgentConfig:
+    low, _, high = str(args.port_range).partition("-")
+    return AgentConfig(
+        panel_url=str(args.panel).rstrip("/"),
+        state_dir=Path(args.state_dir),
+        node_name=args.name,
+        interval_s=float(args.interval),
+        image_allowlist=tuple(args.allow_images or ("vllm/vllm-openai:*",)),
+        port_range=(int(low), int(high or low)),
+        buffer_size=int(args.buffer_size),
+        advertise_host=args.advertise_host,
+        attach_gpus=not args.no_gpu_devices,
+    )
+
+
+def docker_runtime(node_name: str) -> DockerRuntime | UnavailableRuntime:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        log.error("Docker engine unreachable: %s", exc)
+        return UnavailableRuntime(f"Docker engine unreachable: {exc}")
+    return DockerRuntime(client, node_name)
+
+
+def register_until_done(agent: Agent, join_token: str | None, stop: threading.Event) -> bool:
+    """Register, retrying while the panel is unreachable; False if refused or stopped."""
+    if agent.registered:
+        return True
+    if not join_token:
+        log.error("not registered yet: pass --join-token (from the panel's 'Add a host' page)")
+        return False
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            agent.register(join_token)
+            return True
+        except PanelRefused as exc:
+            log.error("registration refused: %s", exc)
+            return False
+        except httpx.HTTPError as exc:
+            log.warning("panel unreachable (%s); retrying in %.0f s", exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 60.0)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    config = config_from(args)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with httpx.Client() as http:
+        agent = Agent(config, gpus=NvmlBackend(), runtime=docker_runtime(config.node_name), http=http)
+        if not register_until_done(agent, args.join_token, stop):
+            return 2
+        log.info("agent %s reporting to %s every %.0f s", AGENT_VERSION, config.panel_url, config.interval_s)
+        if args.once:
+            started = time.monotonic()
+            agent.tick()
+            log.info("one report in %.2f s; %d left buffered", time.monotonic() - started, len(agent.buffer))
+            return 0 if len(agent.buffer) == 0 else 1
+        agent.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The panel hands out the agent itself: install script, code and wheels.
+
+GPU hosts may reach nothing but the panel, so a host installs with one line that talks
+to the panel alone: ``curl -fsSL PANEL/agent/install.sh | sudo sh -s -- --join-token T``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import re
+import tarfile
+from pathlib import Path
+
+from django.conf import settings
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET
+
+AGENTS_DIR = Path(settings.BASE_DIR) / "agents"
+WHEEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.(whl|tar\.gz)$")
+
+
+def panel_url(request: HttpRequest) -> str:
+    """The URL hosts reach the panel at: ``PANEL_URL`` if set, else the one this request used."""
+    return (getattr(settings, "PANEL_URL", "") or request.build_absolute_uri("/")).rstrip("/")
+
+
+def install_command(request: HttpRequest, join_token: str) -> str:
+    return f"curl -fsSL {panel_url(request)}/agent/install.sh | sudo sh -s -- --join-token {join_token}"
+
+
+@require_GET
+def install_script(request: HttpRequest) -> HttpResponse:
+    unit = render_to_string("agent/gpufleet-agent.service", {"prefix": "$PREFIX"}).strip()
+    script = render_to_string("agent/install.sh", {"panel": panel_url(request), "unit": unit})
+    return HttpResponse(script, content_type="text/x-shellscript; charset=utf-8")
+
+
+def _agent_files() -> list[Path]:
+    return sorted([*AGENTS_DIR.glob("*.py"), AGENTS_DIR / "requirements.txt"])
+
+
+@functools.lru_cache(maxsize=2)
+def _tarball(fingerprint: str) -> bytes:
+    """The agent package as a tar.gz; cached per content fingerprint."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in _agent_files():
+            info = tar.gettarinfo(str(path), arcname=f"agents/{path.name}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+def agent_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in _agent_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@require_GET
+def agent_tarball(request: HttpRequest) -> HttpResponse:
+    fingerprint = agent_fingerprint()
+    response = HttpResponse(_tarball(fingerprint), content_type="application/gzip")
+    response["Content-Disposition"] = 'attachment; filename="gpufleet-agent.tar.gz"'
+    response["ETag"] = f'"{fingerprint}"'
+    return response
+
+
+def wheelhouse() -> Path:
+    return Path(getattr(settings, "AGENT_WHEELHOUSE", Path(settings.VAR_DIR) / "wheelhouse"))
+
+
+@require_GET
+def wheel_index(request: HttpRequest) -> HttpResponse:
+    """A flat HTML index that ``pip install --find-links`` reads."""
+    files = sorted(p.name for p in wheelhouse().glob("*") if WHEEL_NAME.match(p.name)) if wheelhouse().is_dir() else []
+    links = "\n".join(f'<a href="{name}">{name}</a><br>' for name in files)
+    return HttpResponse(f"<!doctype html><html><body>\n{links}\n</body></html>\n")
+
+
+@require_GET
+def wheel_file(request: HttpRequest, name: str) -> FileResponse:
+    if not WHEEL_NAME.match(name):
+        raise Http404("no such file")
+    path = wheelhouse() / name
+    if not path.is_file():
+        raise Http404("no such file")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=name)

@@ -1,0 +1,103 @@
+"""The panel hands out the agent: a one-line install that needs nothing but the panel."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.test import Client
+
+from fleet.models import JoinToken, Node
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_install_script_is_valid_shell_naming_the_panel(client: Client, settings: Any) -> None:
+    settings.ALLOWED_HOSTS = ["panel.internal"]
+    response = client.get("/agent/install.sh", HTTP_HOST="panel.internal:8000")
+    assert response.status_code == 200
+    script = response.content.decode()
+    assert script.startswith("#!/bin/sh\n")
+    assert 'PANEL="http://panel.internal:8000"' in script
+    assert "ExecStart=$PREFIX/venv/bin/python -m agents" in script
+    assert "&quot;" not in script and "&#x27;" not in script
+    check = subprocess.run(["sh", "-n"], input=script, text=True, capture_output=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_tarball_carries_the_agent_and_nothing_of_the_panel(client: Client) -> None:
+    response = client.get("/agent/gpufleet-agent.tar.gz")
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+        names = set(tar.getnames())
+    expected = {f"agents/{path.name}" for path in (ROOT / "agents").glob("*.py")} | {"agents/requirements.txt"}
+    assert names == expected
+    assert "agents/__main__.py" in names and "agents/protocol.py" in names
+
+
+def test_wheel_paths_cannot_escape_the_wheelhouse(client: Client) -> None:
+    assert client.get("/agent/wheels/..%2Fsettings.py").status_code == 404
+    assert client.get("/agent/wheels/not-there-1.0-py3-none-any.whl").status_code == 404
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_one_line_install_registers_the_host(live_server: Any, tmp_path: Path, settings: Any) -> None:
+    """Runs the served script for real (no systemd): venv, wheels from the panel, first report."""
+    from tests.support.require import require
+
+    wheels = Path(os.environ.get("AGENT_WHEELHOUSE", ROOT / "var" / "wheelhouse"))
+    require(any(wheels.glob("pydantic-*.whl")), f"no agent wheels in {wheels}; run: make agent-wheels")
+    settings.AGENT_WHEELHOUSE = wheels
+    token = JoinToken(name="install test", max_uses=1)
+    secret = token.issue_token()
+    token.save()
+    script = httpx.get(f"{live_server.url}/agent/install.sh").text
+    prefix, state = tmp_path / "agent", tmp_path / "state"
+    install = subprocess.run(
+        [
+            "sh",
+            "-s",
+            "--",
+            "--join-token",
+            secret,
+            "--name",
+            "installed-host",
+            "--prefix",
+            str(prefix),
+            "--state-dir",
+            str(state),
+            "--no-systemd",
+            "--python",
+            sys.executable,
+        ],
+        input=script,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    env_file = prefix / "agent.env"
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    run = subprocess.run(
+        [str(prefix / "venv" / "bin" / "python"), "-m", "agents", "--once"],
+        cwd=prefix,
+        env={**env, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    node = Node.objects.get(name="installed-host")
+    assert node.last_seq > 0 and node.nvml_available is not None
+    assert (state / "state.json").exists()
