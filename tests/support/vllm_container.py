@@ -32,7 +32,14 @@ def _rootfs() -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         # /sbin stays a real folder: Docker mounts its init process at /sbin/docker-init.
-        directories = (("tmp", 0o1777), ("usr", 0o755), ("etc", 0o755), ("sbin", 0o755), ("proc", 0o555), ("sys", 0o555))
+        directories = (
+            ("tmp", 0o1777),
+            ("usr", 0o755),
+            ("etc", 0o755),
+            ("sbin", 0o755),
+            ("proc", 0o555),
+            ("sys", 0o555),
+        )
         for directory, mode in directories:
             info = tarfile.TarInfo(directory)
             info.type, info.mode = tarfile.DIRTYPE, mode
