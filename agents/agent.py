@@ -346,6 +346,7 @@ class Agent:
             for c in containers
             if not c.instance_id.isdigit() or int(c.instance_id) not in self.desired
         ]
+        orphans.extend(self._foreign_gpu_users())
         results, self._results = self._results, []
         host = protocol.HostInfo(
             hostname=socket.gethostname()[:255],
@@ -364,6 +365,26 @@ class Agent:
             containers=orphans,
             action_results=results,
         )
+
+    def _foreign_gpu_users(self) -> list[protocol.ForeignContainer]:
+        lister = getattr(self.runtime, "list_foreign_gpu_users", None)
+        if lister is None:
+            return []
+        try:
+            users = lister()
+        except RuntimeFailure as exc:
+            log.warning("could not list foreign containers: %s", exc)
+            return []
+        return [
+            protocol.ForeignContainer(
+                container_id=user.container_id[:80],
+                name=user.name[:255],
+                image=user.image[:255],
+                managed=False,
+                gpu_uuids=[gpu[:255] for gpu in user.gpus[:64]],
+            )
+            for user in users
+        ]
 
     # -- delivery -----------------------------------------------------------------------
 

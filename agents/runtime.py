@@ -159,6 +159,33 @@ class ContainerState:
         return self.status in {"running", "restarting"}
 
 
+@dataclass(frozen=True)
+class ForeignGpuUser:
+    """A container this agent does not manage that holds GPUs."""
+
+    container_id: str
+    name: str
+    image: str
+    gpus: tuple[str, ...]
+
+
+def gpu_devices_of(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """GPUs a container was given: Docker device requests, or NVIDIA's runtime variable.
+
+    ``("all",)`` where it asked for every GPU; empty where it has none.
+    """
+    devices: list[str] = []
+    for request in (attrs.get("HostConfig") or {}).get("DeviceRequests") or []:
+        capabilities = [cap for group in request.get("Capabilities") or [] for cap in group]
+        if "gpu" in capabilities or request.get("Driver") == "nvidia":
+            devices.extend(request.get("DeviceIDs") or (["all"] if request.get("Count") else []))
+    for variable in (attrs.get("Config") or {}).get("Env") or []:
+        key, _, value = variable.partition("=")
+        if key == "NVIDIA_VISIBLE_DEVICES" and value not in {"", "void", "none"}:
+            devices.extend(value.split(","))
+    return tuple(dict.fromkeys(devices))
+
+
 class Runtime(Protocol):
     """What reconcile's ``apply`` needs from a container runtime."""
 
@@ -429,6 +456,26 @@ class DockerRuntime:
         with self._errors("listing managed containers"):
             states = [self._state(c) for c in self._find()]
         return sorted(states, key=lambda s: (s.instance_id, s.generation, s.container_id))
+
+    def list_foreign_gpu_users(self) -> list[ForeignGpuUser]:
+        """Running containers this agent does not manage that were given GPUs.
+
+        They are reported so the panel does not place work on those GPUs, and never
+        touched: they may be somebody's experiment or another scheduler's job.
+        """
+        with self._errors("listing foreign containers"):
+            found = []
+            for container in self.client.containers.list(ignore_removed=True):
+                labels = (container.attrs.get("Config") or {}).get("Labels") or {}
+                if labels.get(MANAGED_LABEL) == "true" and labels.get(NODE_LABEL) == self.node_name:
+                    continue
+                gpus = gpu_devices_of(container.attrs)
+                if gpus:
+                    image = (container.attrs.get("Config") or {}).get("Image") or ""
+                    found.append(
+                        ForeignGpuUser(container.id, (container.attrs.get("Name") or "").lstrip("/"), image, gpus)
+                    )
+        return found
 
     def _get_by_name(self, name: str) -> Any | None:
         try:

@@ -56,6 +56,7 @@ class NodeAdmin(admin.ModelAdmin):
         "nvml_reason",
         "runtime_reason",
         "reports_dropped",
+        "containers",
         "token_prefix",
         "created_at",
     )

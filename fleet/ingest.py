@@ -259,6 +259,7 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
         nvml_available=newest.host.nvml_available,
         nvml_reason=newest.host.nvml_reason,
         runtime_reason=newest.host.runtime_reason,
+        containers=[container.model_dump() for container in newest.containers],
         reports_dropped=F("reports_dropped") + dropped,
     )
     return changed

@@ -34,6 +34,11 @@ class Node(models.Model):
     runtime_reason = models.CharField(
         max_length=1000, blank=True, help_text="Why the container runtime is unusable, as the agent said."
     )
+    containers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Containers the agent reported but does not run for the panel: orphans and foreign GPU users.",
+    )
     last_seq = models.PositiveBigIntegerField(default=0, help_text="Newest report stored; older ones are duplicates.")
     reports_dropped = models.PositiveBigIntegerField(
         default=0, help_text="Reports the agent's buffer lost while the panel was unreachable."

@@ -29,6 +29,7 @@ from agents.runtime import (
     RuntimeFailure,
     Volume,
     docker_create_kwargs,
+    gpu_devices_of,
     vllm_container_spec,
 )
 from tests.support.docker_engine import INDEX_BODY, free_port
@@ -506,3 +507,39 @@ def test_container_state_running_covers_restarting() -> None:
         return ContainerState("a", 1, "c", status, None, None, {})
 
     assert [state(s).running for s in ("running", "restarting", "exited", "created")] == [True, True, False, False]
+
+
+@pytest.mark.services
+def test_foreign_gpu_containers_are_listed_and_left_alone(
+    docker_client: docker.DockerClient, test_image: str, docker_test_labels: dict[str, str], node_name: str
+) -> None:
+    """Someone's own container holding GPUs is reported; containers without GPUs are not."""
+    common = dict(labels=docker_test_labels, network_mode="host", detach=True, command=["/bin/busybox", "sleep", "300"])
+    foreign = docker_client.containers.run(test_image, environment={"NVIDIA_VISIBLE_DEVICES": "GPU-1,GPU-2"}, **common)
+    plain = docker_client.containers.run(test_image, **common)
+    try:
+        runtime = DockerRuntime(docker_client, node_name)
+        users = {user.container_id: user for user in runtime.list_foreign_gpu_users()}
+        assert users[foreign.id].gpus == ("GPU-1", "GPU-2")
+        assert users[foreign.id].image == test_image
+        assert plain.id not in users
+        desired: list[DesiredInstance] = []
+        apply(reconcile(desired, runtime.list_managed()), runtime)
+        foreign.reload()
+        assert foreign.status == "running"
+    finally:
+        for container in (foreign, plain):
+            container.remove(force=True)
+
+
+def test_gpu_devices_of_reads_device_requests_and_the_nvidia_variable() -> None:
+    attrs = {
+        "HostConfig": {
+            "DeviceRequests": [{"Driver": "", "Count": 0, "DeviceIDs": ["GPU-a"], "Capabilities": [["gpu"]]}]
+        },
+        "Config": {"Env": ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=GPU-b"]},
+    }
+    assert gpu_devices_of(attrs) == ("GPU-a", "GPU-b")
+    assert gpu_devices_of({"HostConfig": {"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}}) == ("all",)
+    assert gpu_devices_of({"Config": {"Env": ["NVIDIA_VISIBLE_DEVICES=void"]}}) == ()
+    assert gpu_devices_of({}) == ()

@@ -313,3 +313,17 @@ def test_a_host_without_nvml_reports_the_reason_and_no_gpus(agent: Agent) -> Non
 
 def test_get_is_not_allowed(agent: Agent) -> None:
     assert agent.client.get(reverse("agent-report")).status_code == 405
+
+
+def test_reported_orphan_and_foreign_containers_are_kept_on_the_node(agent: Agent) -> None:
+    body = batch("gpu-a", report(1))
+    body["reports"][0]["containers"] = [
+        {"container_id": "f00", "name": "someones-notebook", "image": "jupyter:1", "gpu_uuids": ["GPU-aaaa-0"]},
+        {"container_id": "0rph", "name": "gpufleet-77-g1", "managed": True, "instance_id": 77},
+    ]
+    assert agent.post(body).status_code == 200
+    agent.node.refresh_from_db()
+    assert [(c["name"], c["managed"]) for c in agent.node.containers] == [
+        ("someones-notebook", False),
+        ("gpufleet-77-g1", True),
+    ]
