@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.require import in_ci, require
+from tests.support.browser import browser, page
 from tests.support.vllm_container import vllm_container_profile
 from tests.support.vllm_server import vllm_server
 
@@ -62,4 +63,4 @@ def in_memory_channel_layer(settings):  # type: ignore[no-untyped-def]
     channel_layers.backends.clear()
 
 
-__all__ = ["in_ci", "vllm_container_profile", "vllm_server"]
+__all__ = ["browser", "in_ci", "page", "vllm_container_profile", "vllm_server"]
