@@ -6,4 +6,5 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("hosts/add/", views.hosts_add, name="hosts-add"),
 ]

@@ -57,6 +57,7 @@ def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
         if usable.update(uses=F("uses") + 1) != 1:
             raise IngestError(401, "join token unknown, expired, revoked or used up")
         node = Node(
+            join_token=JoinToken.objects.get(token_hash=token_hash(registration.join_token)),
             name=registration.name,
             address=registration.hostname,
             agent_version=registration.agent_version,
@@ -68,7 +69,7 @@ def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
                 node.save()
         except IntegrityError as exc:
             raise IngestError(409, f"a node named {registration.name!r} exists; rotate its token in the admin") from exc
-    event_publish(kind="node", payload={"node": node.name, "status": node.status})
+    event_publish(kind="node", payload={"node": node.name, "status": node.status, "join_token": node.join_token_id})
     return node, token
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from fleet.models import Instance, Node, Pool
+from fleet.models import Instance, JoinToken, Node, Pool
 
 
 def nodes_overview() -> QuerySet[Node]:
@@ -25,3 +25,8 @@ def pools_overview() -> QuerySet[Pool]:
         )
         .order_by("tier", "name")
     )
+
+
+def join_tokens_recent(limit: int = 10) -> list[JoinToken]:
+    """The newest join tokens with the hosts that registered with each."""
+    return list(JoinToken.objects.prefetch_related("nodes").order_by("-created_at")[:limit])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -9,7 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from fleet.events import event_publish
-from fleet.models import ApiKey, Decision, Instance, Node, Policy, Team
+from fleet.models import ApiKey, Decision, Instance, JoinToken, Node, Policy, Team
 
 
 def node_create(*, name: str, labels: dict[str, str] | None = None, simulated: bool = False) -> tuple[Node, str]:
@@ -25,6 +26,15 @@ def node_token_rotate(*, node: Node) -> str:
     token = node.issue_token()
     node.save(update_fields=["token_hash", "token_prefix"])
     return token
+
+
+def join_token_create(*, name: str, max_uses: int | None, expires_at: datetime | None) -> tuple[JoinToken, str]:
+    """A token new hosts register with; the secret is returned once and stored hashed."""
+    token = JoinToken(name=name, max_uses=max_uses, expires_at=expires_at)
+    secret = token.issue_token()
+    token.full_clean()
+    token.save()
+    return token, secret
 
 
 def api_key_create(*, team: Team, name: str) -> tuple[ApiKey, str]:

@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.require import in_ci, require
+from tests.support.asgi_server import asgi_live_server
 from tests.support.browser import browser, page
+from tests.support.require import in_ci, require
 from tests.support.vllm_container import vllm_container_profile
 from tests.support.vllm_server import vllm_server
 
@@ -63,4 +64,4 @@ def in_memory_channel_layer(settings):  # type: ignore[no-untyped-def]
     channel_layers.backends.clear()
 
 
-__all__ = ["browser", "in_ci", "page", "vllm_container_profile", "vllm_server"]
+__all__ = ["asgi_live_server", "browser", "in_ci", "page", "vllm_container_profile", "vllm_server"]

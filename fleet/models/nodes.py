@@ -29,6 +29,9 @@ class Node(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_prefix = models.CharField(max_length=16, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    join_token = models.ForeignKey(
+        "fleet.JoinToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="nodes", editable=False
+    )
     nvml_available = models.BooleanField(null=True, blank=True, help_text="Whether the agent could use NVML.")
     nvml_reason = models.CharField(max_length=1000, blank=True, help_text="Why NVML is unusable, as the agent said.")
     runtime_reason = models.CharField(
