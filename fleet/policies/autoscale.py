@@ -76,7 +76,8 @@ def _pool(
         return _out(snapshot, pool, reason, policy_id, ())
     if len(active) > pool.max_instances:
         reason = f"pool {pool.name} has {len(active)} instances, maximum {pool.max_instances}"
-        return _in(pool, active, reason, policy_id, ())
+        surplus = [i for i in active if i.desired_state != RUNNING or len(serving) > pool.min_instances]
+        return _in(pool, surplus, reason, policy_id, ())
     count = int(settings["breach_windows"])
     windows = pool.windows[-count:]
     if len(windows) < count:
