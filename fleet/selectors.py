@@ -289,6 +289,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
             ready_at=i.ready_at,
             last_request_at=i.last_request_at,
             expires_at=i.expires_at,
+            desired_changed_at=i.desired_changed_at,
             requests_running=getattr(latest_instance.get(i.pk), "requests_running", None),
             requests_waiting=getattr(latest_instance.get(i.pk), "requests_waiting", None),
         )

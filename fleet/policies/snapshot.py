@@ -77,6 +77,7 @@ class InstanceView:
     ready_at: datetime | None = None
     last_request_at: datetime | None = None
     expires_at: datetime | None = None
+    desired_changed_at: datetime | None = None
     requests_running: float | None = None
     requests_waiting: float | None = None
 
@@ -91,8 +92,12 @@ class InstanceView:
 
     @property
     def idle_since(self) -> datetime:
-        """The last request, or when it last became ready, or when it was created."""
-        return max(moment for moment in (self.last_request_at, self.ready_at, self.created_at) if moment is not None)
+        """The newest of its last request, when it last became ready and, while it should serve,
+        when it was told to (a launch or a wake must not be undone before it could serve)."""
+        moments = [self.last_request_at, self.ready_at]
+        if self.desired_state == RUNNING:
+            moments.append(self.desired_changed_at)
+        return max((moment for moment in moments if moment is not None), default=self.created_at)
 
 
 @dataclass(frozen=True)

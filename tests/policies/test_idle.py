@@ -97,3 +97,9 @@ def test_a_disabled_policy_decides_nothing_for_its_pool() -> None:
 def test_mig_instances_are_judged_by_their_queue_alone() -> None:
     on_mig = instance(1, last_request_at=ago(700), mig_device_id=4)
     assert decide({}, [on_mig], [gpu(1, utilization_pct=None, mig_enabled=True)]) == [(1, "stop", "stopped")]
+
+
+def test_a_freshly_woken_instance_is_not_stopped_before_it_could_serve() -> None:
+    woken = instance(1, actual_state="sleeping", last_request_at=ago(3000), desired_changed_at=ago(5))
+    assert decide(SLEEPY, [woken]) == []
+    assert decide(SLEEPY, [instance(1, actual_state="sleeping", last_request_at=ago(3000))]) == [(1, "stop", "stopped")]

@@ -39,6 +39,7 @@ class Command(BaseCommand):
     def run_due(self) -> None:
         """Run each enabled interval task whose interval has passed, as beat would, and record the run."""
         now = timezone.now()
+        app.loader.import_default_modules()
         for task in PeriodicTask.objects.filter(enabled=True, interval__isnull=False).select_related("interval"):
             every = timedelta(**{task.interval.period: task.interval.every})
             if task.last_run_at is not None and now - task.last_run_at < every:
