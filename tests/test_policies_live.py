@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from fleet.models import Decision, GpuSample, Instance, InstanceSample, Node
-from fleet.schedule import EVALUATE_NAME, EVALUATE_TASK
+from fleet.schedule import EVALUATE_NAME, EVALUATE_TASK, schedule_install
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 from tests.support.require import require
 
@@ -98,6 +98,7 @@ def test_scheduled_evaluations_on_two_workers_stop_each_idle_instance_once(
     redis_url: str, request: pytest.FixtureRequest
 ) -> None:
     instances = _idle_fleet()
+    schedule_install(IntervalSchedule=IntervalSchedule, PeriodicTask=PeriodicTask)  # a transactional test flushed it
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     PeriodicTask.objects.filter(name=EVALUATE_NAME).update(interval=every_second)
     request.getfixturevalue("celery_processes")
