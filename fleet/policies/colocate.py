@@ -74,7 +74,7 @@ def colocate(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> li
             )
         )
     free_now = {
-        gpu.id: free
+        gpu.id: (gpu, free)
         for gpu in snapshot.gpus
         if gpu.id not in preempted_on
         and _usable(snapshot, gpu)
@@ -84,25 +84,23 @@ def colocate(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> li
     }
     waiting = sorted((j for j in snapshot.batch_jobs if j.state in WAITING), key=lambda j: (-j.priority, j.created_at))
     for job in waiting:
-        fitting = [gpu_id for gpu_id, free in free_now.items() if free >= job.memory_bytes + margin]
+        fitting = [(free, gpu) for gpu, free in free_now.values() if free >= job.memory_bytes + margin]
         if not fitting:
             continue
-        gpu_id = min(fitting, key=lambda g: (free_now[g], g))
-        gpu = snapshot.gpu(gpu_id)
-        assert gpu is not None
+        free, gpu = min(fitting, key=lambda pair: (pair[0], pair[1].id))
         actions.append(
             StartBatchJob(
                 kind=KIND,
                 action="colocate",
-                reason=f"batch job {job.id} on {gpu.node_name}/{gpu.model_name}: {gib(free_now[gpu_id])} free "
+                reason=f"batch job {job.id} on {gpu.node_name}/{gpu.model_name}: {gib(free)} free "
                 f">= {gib(job.memory_bytes)} needed + {gib(margin)} margin, duty cycle {gpu.utilization_pct:.0f}% "
                 f"< {max_duty}%",
-                inputs={"gpu": gpu_id, "free_bytes": free_now[gpu_id], "duty_cycle_pct": gpu.utilization_pct},
+                inputs={"gpu": gpu.id, "free_bytes": free, "duty_cycle_pct": gpu.utilization_pct},
                 policy_id=policy_id,
                 job_id=job.id,
                 generation=job.generation,
-                gpu_id=gpu_id,
+                gpu_id=gpu.id,
             )
         )
-        free_now[gpu_id] -= job.memory_bytes
+        free_now[gpu.id] = (gpu, free - job.memory_bytes)
     return actions

@@ -55,27 +55,35 @@ def _prewarm(
         return []
     longest = max(int(settings["lookback_days"]) for p in pools if (settings := config.for_pool(p)))
     times = selectors.pool_request_times(pool_ids=pools, since=now - timedelta(days=longest), until=now, source=source)
-    profiles = {}
-    for pool_id in pools:
-        settings = config.for_pool(pool_id)
-        assert settings is not None
-        profiles[pool_id] = traffic_profile_learn(
+    profiles = {
+        pool_id: traffic_profile_learn(
             times.get(pool_id, []),
             now=now,
             lookback_days=int(settings["lookback_days"]),
             slot_minutes=int(settings["slot_minutes"]),
         )
+        for pool_id in pools
+        if (settings := config.for_pool(pool_id)) is not None
+    }
     return prewarm(snapshot, config, now, profiles)
 
 
 def action_apply(*, action: Action, policies: dict[int, Policy]) -> Decision:
     """Apply one action through the service that claims, logs and publishes it."""
     policy = policies.get(action.policy_id) if action.policy_id is not None else None
-    common = dict(reason=action.reason, kind=action.kind, policy=policy, inputs=dict(action.inputs))
+    reason, kind, inputs = action.reason, action.kind, dict(action.inputs)
     if isinstance(action, DesireInstance):
         instance = Instance.objects.get(pk=action.instance_id)
         instance.generation = action.generation
-        return services.instance_desire(instance=instance, state=action.state, action=action.action, **common)
+        return services.instance_desire(
+            instance=instance,
+            state=action.state,
+            action=action.action,
+            reason=reason,
+            kind=kind,
+            policy=policy,
+            inputs=inputs,
+        )
     if isinstance(action, LaunchInstance):
         return services.instance_launch(
             pool=Pool.objects.get(pk=action.pool_id),
@@ -84,18 +92,24 @@ def action_apply(*, action: Action, policies: dict[int, Policy]) -> Decision:
             active_seen=action.active_seen,
             action=action.action,
             expires_at=action.expires_at,
-            **common,
+            reason=reason,
+            kind=kind,
+            policy=policy,
+            inputs=inputs,
         )
     if isinstance(action, StartBatchJob):
         job = BatchJob.objects.get(pk=action.job_id)
         job.generation = action.generation
-        return services.batch_job_start(job=job, gpu=Gpu.objects.get(pk=action.gpu_id), **common)
+        return services.batch_job_start(
+            job=job, gpu=Gpu.objects.get(pk=action.gpu_id), reason=reason, kind=kind, policy=policy, inputs=inputs
+        )
     if isinstance(action, PreemptBatchJob):
         job = BatchJob.objects.get(pk=action.job_id)
         job.generation = action.generation
-        return services.batch_job_preempt(job=job, **common)
+        return services.batch_job_preempt(job=job, reason=reason, kind=kind, policy=policy, inputs=inputs)
     if isinstance(action, StopOrphan):
-        return services.orphan_stop_request(orphan=OrphanContainer.objects.get(pk=action.orphan_id), **common)
+        orphan = OrphanContainer.objects.get(pk=action.orphan_id)
+        return services.orphan_stop_request(orphan=orphan, reason=reason, kind=kind, policy=policy, inputs=inputs)
     raise TypeError(f"unknown action {action!r}")
 
 
