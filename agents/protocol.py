@@ -194,10 +194,31 @@ class DesiredInstance(Strict):
     spec: InstanceSpec
 
 
+class DesiredBatchJob(Strict):
+    """A co-located batch job: run it on these GPUs (``running``) or stop its container (``stopped``)."""
+
+    job_id: int
+    generation: int
+    state: Literal["running", "stopped"]
+    image: str
+    command: list[str]
+    memory_bytes: int
+    gpu_uuids: list[str]
+
+
 class Reply(Strict):
+    """The node's desired state.
+
+    ``batch_jobs`` and ``stop_containers`` (orphans the reaper wants stopped) were added
+    after version 1 shipped: they default to empty and the panel leaves them out of the
+    body while empty, so agents that predate them keep parsing every reply.
+    """
+
     ack_seq: int
     desired: list[DesiredInstance]
     report_interval_s: float
+    batch_jobs: list[DesiredBatchJob] = []
+    stop_containers: list[str] = []
 
 
 class Registration(Strict):

@@ -13,6 +13,7 @@ from fleet import catalog
 from fleet.agent_dist import install_command
 from fleet.models import (
     ApiKey,
+    BatchJob,
     Decision,
     Gpu,
     Instance,
@@ -21,6 +22,7 @@ from fleet.models import (
     MigDevice,
     ModelProfile,
     Node,
+    OrphanContainer,
     Policy,
     Pool,
     PriceRate,
@@ -238,7 +240,16 @@ class PoolAdmin(admin.ModelAdmin):
 
 @admin.register(Instance)
 class InstanceAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "pool", "gpu", "desired_state", "actual_state", "generation", "last_request_at")
+    list_display = (
+        "__str__",
+        "pool",
+        "gpu",
+        "desired_state",
+        "actual_state",
+        "generation",
+        "last_request_at",
+        "expires_at",
+    )
     list_filter = ("pool", "desired_state", "actual_state", "pool__tier")
     list_select_related = ("pool", "gpu__node")
     raw_id_fields = ("gpu", "mig_device")
@@ -349,11 +360,35 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(Decision)
 class DecisionAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "policy_kind", "action", "pool", "instance", "reason")
+    list_display = ("created_at", "policy_kind", "action", "pool", "instance", "batch_job", "reason")
     list_filter = ("policy_kind", "action", "pool")
-    list_select_related = ("pool", "instance__pool")
+    list_select_related = ("pool", "instance__pool", "batch_job")
     search_fields = ("reason",)
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BatchJob)
+class BatchJobAdmin(admin.ModelAdmin):
+    """Jobs are queued here; the co-location policy alone starts and preempts them."""
+
+    list_display = ("name", "state", "priority", "memory_bytes", "gpu", "started_at", "preemptions")
+    list_filter = ("state",)
+    list_select_related = ("gpu__node",)
+    readonly_fields = ("state", "generation", "gpu", "started_at", "preempted_at", "finished_at", "preemptions")
+
+
+@admin.register(OrphanContainer)
+class OrphanContainerAdmin(admin.ModelAdmin):
+    """What agents report that nobody asked for; the reaper marks them for stopping after a grace period."""
+
+    list_display = ("__str__", "name", "instance_id", "first_seen_at", "last_seen_at", "stop_requested_at")
+    list_select_related = ("node",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -105,4 +105,4 @@ def report(request: HttpRequest) -> JsonResponse:
     node = node_authenticate(token=_bearer(request))
     batch = _parse(request, protocol.Batch)
     reply = report_ingest(node=node, batch=batch)
-    return JsonResponse(reply.model_dump())
+    return JsonResponse(reply.model_dump(exclude_defaults=True))

@@ -20,6 +20,7 @@ from agents import protocol
 from fleet import catalog
 from fleet.events import event_publish
 from fleet.models import (
+    BatchJob,
     Gpu,
     GpuSample,
     Instance,
@@ -28,6 +29,7 @@ from fleet.models import (
     JoinToken,
     MigDevice,
     Node,
+    OrphanContainer,
 )
 from fleet.tokens import token_hash
 
@@ -174,8 +176,14 @@ def node_instances(node: Node) -> Q:
     return Q(gpu__node=node) | Q(mig_device__gpu__node=node)
 
 
-def _apply_instance_states(node: Node, latest: dict[int, tuple[datetime, protocol.InstanceSample]]) -> list[int]:
-    """Record each instance's newest actual state; return the ids whose state changed."""
+def _apply_instance_states(
+    node: Node, latest: dict[int, tuple[datetime, protocol.InstanceSample]], requested: dict[int, datetime]
+) -> list[int]:
+    """Record each instance's newest actual state and last request; return the ids whose state changed.
+
+    ``requested`` holds, per instance, the newest sample time with a request rate above
+    zero: idle reclaim measures idleness from it.
+    """
     changed = []
     instances = Instance.objects.filter(node_instances(node), pk__in=latest).select_related("gpu", "mig_device")
     for instance in instances:
@@ -188,6 +196,10 @@ def _apply_instance_states(node: Node, latest: dict[int, tuple[datetime, protoco
             endpoint=reading.endpoint,
             last_error=reading.error,
         )
+        if instance.pk in requested and (
+            instance.last_request_at is None or requested[instance.pk] > instance.last_request_at
+        ):
+            updates["last_request_at"] = requested[instance.pk]
         if state_changed:
             updates["actual_changed_at"] = at
             if reading.state == Instance.Actual.READY:
@@ -229,7 +241,15 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
             payload={"node": node.name, "reports": len(fresh), "instances_changed": changed},
         )
     return protocol.Reply(
-        ack_seq=max(seqs[-1], locked.last_seq), desired=desired_for(node), report_interval_s=REPORT_INTERVAL_S
+        ack_seq=max(seqs[-1], locked.last_seq),
+        desired=desired_for(node),
+        report_interval_s=REPORT_INTERVAL_S,
+        batch_jobs=batch_jobs_for(node),
+        stop_containers=list(
+            OrphanContainer.objects.filter(node=node, stop_requested_at__isnull=False)
+            .order_by("first_seen_at")
+            .values_list("container_id", flat=True)
+        ),
     )
 
 
@@ -239,6 +259,7 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
     gpu_rows: list[GpuSample] = []
     instance_rows: list[InstanceSample] = []
     latest: dict[int, tuple[datetime, protocol.InstanceSample]] = {}
+    requested: dict[int, datetime] = {}
     for report in reports:
         at = _when(report.sampled_at)
         for reading in report.gpus:
@@ -248,9 +269,12 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
         for sample in report.instances:
             instance_rows.append(_instance_sample(sample.instance_id, at, sample))
             latest[sample.instance_id] = (at, sample)
+            if sample.request_rate:
+                requested[sample.instance_id] = at
     GpuSample.objects.bulk_create(gpu_rows, batch_size=1000)
     InstanceSample.objects.bulk_create(instance_rows, batch_size=1000)
-    changed = _apply_instance_states(node, latest)
+    changed = _apply_instance_states(node, latest, requested)
+    _record_orphans(node, _when(newest.sampled_at), newest.containers)
     Node.objects.filter(pk=node.pk).update(
         last_seq=newest.seq,
         last_seen_at=timezone.now(),
@@ -264,6 +288,31 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
         reports_dropped=F("reports_dropped") + dropped,
     )
     return changed
+
+
+def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignContainer]) -> None:
+    """Keep one row per managed container nobody wants, with when it was first seen, for the reaper.
+
+    A container that is no longer reported is gone (or wanted again): its row goes too.
+    """
+    orphans = {c.container_id: c for c in containers if c.managed}
+    OrphanContainer.objects.filter(node=node).exclude(container_id__in=list(orphans)).delete()
+    known = set(OrphanContainer.objects.filter(node=node).values_list("container_id", flat=True))
+    OrphanContainer.objects.filter(node=node, container_id__in=known).update(last_seen_at=at)
+    OrphanContainer.objects.bulk_create(
+        [
+            OrphanContainer(
+                node=node,
+                container_id=container_id,
+                name=c.name,
+                instance_id=c.instance_id,
+                first_seen_at=at,
+                last_seen_at=at,
+            )
+            for container_id, c in orphans.items()
+            if container_id not in known
+        ]
+    )
 
 
 def _spec(instance: Instance) -> protocol.InstanceSpec:
@@ -301,4 +350,26 @@ def desired_for(node: Node) -> list[protocol.DesiredInstance]:
             instance_id=instance.pk, generation=instance.generation, state=instance.desired_state, spec=_spec(instance)
         )
         for instance in instances
+    ]
+
+
+def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
+    """Batch jobs to run on the node's GPUs, and preempted ones whose container there must stop."""
+    jobs = (
+        BatchJob.objects.filter(gpu__node=node, state__in=[BatchJob.State.RUNNING, BatchJob.State.PREEMPTED])
+        .select_related("gpu")
+        .order_by("pk")
+    )
+    return [
+        protocol.DesiredBatchJob(
+            job_id=job.pk,
+            generation=job.generation,
+            state="running" if job.state == BatchJob.State.RUNNING else "stopped",
+            image=job.image,
+            command=list(job.command),
+            memory_bytes=job.memory_bytes,
+            gpu_uuids=[job.gpu.uuid],
+        )
+        for job in jobs
+        if job.gpu is not None
     ]

@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q, QuerySet, Sum
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from statistics import median
+from typing import Any
 
-from fleet.models import Instance, JoinToken, Node, Pool
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.utils import timezone
+
+from fleet.ingest import REPORT_INTERVAL_S
+from fleet.models import (
+    BatchJob,
+    Decision,
+    Gpu,
+    GpuSample,
+    Instance,
+    InstanceEvent,
+    InstanceSample,
+    JoinToken,
+    MigDevice,
+    Node,
+    OrphanContainer,
+    Policy,
+    Pool,
+)
+from fleet.policies.settings import SCHEMAS, policy_settings_validate
+from fleet.policies.snapshot import (
+    HOLDING,
+    BatchJobView,
+    FleetSnapshot,
+    GpuView,
+    InstanceView,
+    MigView,
+    OrphanView,
+    PolicyConfig,
+    PoolView,
+    PoolWindow,
+    histogram_quantile,
+)
+from fleet.policies.vram import vram_estimate
+
+log = logging.getLogger(__name__)
 
 
 def nodes_overview() -> QuerySet[Node]:
@@ -24,6 +66,311 @@ def pools_overview() -> QuerySet[Pool]:
             instances_sleeping=Count("instances", filter=Q(instances__actual_state=Instance.Actual.SLEEPING)),
         )
         .order_by("tier", "name")
+    )
+
+
+# -- what policies see -----------------------------------------------------------------
+
+SAMPLE_FRESH_S = 120
+WINDOW_S = 60
+WINDOWS = 6
+COLD_STARTS_CONSIDERED = 20
+
+RequestTimesSource = Callable[[list[int], datetime, datetime], dict[int, list[datetime]]]
+
+
+def request_times_from_samples(pool_ids: list[int], since: datetime, until: datetime) -> dict[int, list[datetime]]:
+    """Request timestamps rebuilt from the request rate each instance reported.
+
+    The interim source for pre-warm: each sample with a rate stands for rate x report
+    interval requests at its time. The gateway's request log, which has every request's
+    time, replaces it: pass a source reading that log to ``pool_request_times``.
+    """
+    times: dict[int, list[datetime]] = defaultdict(list)
+    rows = InstanceSample.objects.filter(
+        instance__pool_id__in=pool_ids, at__gte=since, at__lt=until, request_rate__gt=0
+    ).values_list("instance__pool_id", "at", "request_rate")
+    for pool_id, at, rate in rows.iterator(chunk_size=5000):
+        times[pool_id].extend([at] * max(1, round(rate * REPORT_INTERVAL_S)))
+    return dict(times)
+
+
+def pool_request_times(
+    *, pool_ids: list[int], since: datetime, until: datetime, source: RequestTimesSource | None = None
+) -> dict[int, list[datetime]]:
+    """Request timestamps per pool for the traffic profile, from ``source`` (default: sample rates)."""
+    return (source or request_times_from_samples)(pool_ids, since, until)
+
+
+def policy_configs() -> dict[str, PolicyConfig]:
+    """Each policy kind's settings, fleet-wide and per pool, defaults filled in; disabled ones None.
+
+    A row whose stored settings no longer validate counts as disabled, logged, rather than
+    letting one bad edit stop every policy.
+    """
+    fleet: dict[str, Mapping[str, Any] | None] = {}
+    pools: dict[str, dict[int, Mapping[str, Any] | None]] = defaultdict(dict)
+    ids: dict[str, dict[int | None, int]] = defaultdict(dict)
+    for policy in Policy.objects.filter(kind__in=list(SCHEMAS)):
+        values: Mapping[str, Any] | None = None
+        if policy.enabled:
+            try:
+                values = policy_settings_validate(kind=policy.kind, settings=policy.settings)
+            except ValidationError as exc:
+                log.warning("policy %s disabled by invalid settings: %s", policy, "; ".join(exc.messages))
+        ids[policy.kind][policy.pool_id] = policy.pk
+        if policy.pool_id is None:
+            fleet[policy.kind] = values
+        else:
+            pools[policy.kind][policy.pool_id] = values
+    return {
+        kind: PolicyConfig(kind=kind, fleet=fleet.get(kind), pools=pools[kind], policy_ids=ids[kind])
+        for kind in SCHEMAS
+    }
+
+
+def _latest(rows: Iterable[Any], key: str) -> dict[int, Any]:
+    latest: dict[int, Any] = {}
+    for row in rows:
+        latest.setdefault(getattr(row, key), row)
+    return latest
+
+
+def _cold_starts(pool_ids: list[int]) -> dict[int, float]:
+    """Median starting -> ready seconds over each pool's recent starts."""
+    durations: dict[int, list[float]] = defaultdict(list)
+    events = (
+        InstanceEvent.objects.filter(instance__pool_id__in=pool_ids)
+        .order_by("instance_id", "at", "id")
+        .values_list("instance_id", "instance__pool_id", "state", "at")
+    )
+    started: dict[int, datetime] = {}
+    for instance_id, pool_id, state, at in events.iterator(chunk_size=5000):
+        if state == Instance.Actual.STARTING:
+            started[instance_id] = at
+        elif state == Instance.Actual.READY and instance_id in started:
+            durations[pool_id].append((at - started.pop(instance_id)).total_seconds())
+        else:
+            started.pop(instance_id, None)
+    return {pool_id: median(values[-COLD_STARTS_CONSIDERED:]) for pool_id, values in durations.items()}
+
+
+def _window_latency(pool: Pool, samples: list[InstanceSample]) -> float | None:
+    key = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
+    merged: dict[tuple[float, ...], list[float]] = {}
+    for sample in samples:
+        histogram = getattr(sample, f"{key}_histogram")
+        if histogram and histogram.get("count"):
+            bounds = tuple(histogram["bounds"])
+            into = merged.setdefault(bounds, [0.0] * (len(bounds) + 1))
+            for index, value in enumerate([*histogram["counts"], histogram["count"]]):
+                into[index] += value
+    if merged:
+        bounds, sums = max(merged.items(), key=lambda item: item[1][-1])
+        seconds = histogram_quantile(
+            quantile=pool.sla_percentile / 100, bounds=list(bounds), counts=sums[:-1], count=sums[-1]
+        )
+        return None if seconds is None else seconds * 1000
+    if pool.sla_percentile not in (50, 95):
+        return None
+    values = [v for s in samples if (v := getattr(s, f"{key}_p{pool.sla_percentile}_s")) is not None]
+    return max(values) * 1000 if values else None
+
+
+def _pool_windows(
+    pool: Pool, serving: list[Instance], gpu_rows: list[GpuSample], instance_rows: list[InstanceSample], now: datetime
+) -> tuple[PoolWindow, ...]:
+    """The last WINDOWS windows of WINDOW_S, oldest first.
+
+    Utilization is the mean duty cycle of the GPUs the pool's serving instances run on; on
+    MIG slices, where NVML has no duty cycle, it is running requests over ``max_num_seqs``.
+    The queue is the sum over instances of their mean ``requests_waiting``.
+    """
+    gpu_ids = {i.gpu_id for i in serving if i.gpu_id and not i.mig_device_id}
+    ids = {i.pk for i in serving}
+    windows = []
+    for back in range(WINDOWS, 0, -1):
+        start, end = now - timedelta(seconds=back * WINDOW_S), now - timedelta(seconds=(back - 1) * WINDOW_S)
+        duty = [
+            s.utilization_gpu_pct / 100
+            for s in gpu_rows
+            if s.gpu_id in gpu_ids and start <= s.at < end and s.utilization_gpu_pct is not None
+        ]
+        mine = [s for s in instance_rows if s.instance_id in ids and start <= s.at < end]
+        if not duty and mine:
+            seqs = pool.model_profile.max_num_seqs
+            duty = [(s.requests_running or 0) / seqs for s in mine if s.requests_running is not None]
+        waiting: dict[int, list[float]] = defaultdict(list)
+        for s in mine:
+            if s.requests_waiting is not None:
+                waiting[s.instance_id].append(s.requests_waiting)
+        windows.append(
+            PoolWindow(
+                start=start,
+                end=end,
+                utilization=sum(duty) / len(duty) if duty else None,
+                queue=sum(sum(v) / len(v) for v in waiting.values()) if waiting else None,
+                latency_ms=_window_latency(pool, mine),
+            )
+        )
+    return tuple(windows)
+
+
+def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
+    """The fleet as policies see it: enabled pools, their instances, GPUs and recent telemetry."""
+    now = now or timezone.now()
+    fresh = now - timedelta(seconds=SAMPLE_FRESH_S)
+    history = now - timedelta(seconds=WINDOW_S * WINDOWS)
+    pools = list(Pool.objects.filter(enabled=True).select_related("model_profile"))
+    pool_ids = [pool.pk for pool in pools]
+    instances = list(Instance.objects.filter(pool_id__in=pool_ids).order_by("id"))
+    gpus = list(Gpu.objects.select_related("node").order_by("id"))
+    jobs = list(BatchJob.objects.exclude(state=BatchJob.State.DONE))
+    gpu_rows = list(GpuSample.objects.filter(at__gte=min(fresh, history), at__lte=now).order_by("gpu_id", "-at"))
+    instance_rows = list(
+        InstanceSample.objects.filter(
+            instance_id__in=[i.pk for i in instances], at__gte=min(fresh, history), at__lte=now
+        ).order_by("instance_id", "-at")
+    )
+    latest_gpu = _latest((s for s in gpu_rows if s.at >= fresh), "gpu_id")
+    latest_instance = _latest((s for s in instance_rows if s.at >= fresh), "instance_id")
+    cold = _cold_starts(pool_ids)
+    scaled = {
+        (row["pool_id"], row["action"]): row["last"]
+        for row in Decision.objects.filter(policy_kind="autoscale", action__in=["scale_out", "scale_in"])
+        .values("pool_id", "action")
+        .annotate(last=Max("created_at"))
+    }
+    pool_views = []
+    for pool in pools:
+        profile = pool.model_profile
+        serving = [i for i in instances if i.pool_id == pool.pk and i.desired_state == Instance.Desired.RUNNING]
+        pool_views.append(
+            PoolView(
+                id=pool.pk,
+                name=pool.name,
+                isolation=pool.isolation,
+                min_instances=pool.min_instances,
+                max_instances=pool.max_instances,
+                gpu_model=pool.gpu_model,
+                mig_profile=pool.mig_profile,
+                sla_metric=pool.sla_metric,
+                sla_percentile=pool.sla_percentile,
+                sla_latency_ms=pool.sla_latency_ms,
+                util_band_low=pool.util_band_low,
+                util_band_high=pool.util_band_high,
+                idle_minimize_after_s=pool.idle_minimize_after_s,
+                idle_stop_after_s=pool.idle_stop_after_s,
+                prewarm_margin_s=pool.prewarm_margin_s,
+                enable_sleep_mode=profile.enable_sleep_mode,
+                gpu_memory_utilization=profile.gpu_memory_utilization,
+                estimate=vram_estimate(
+                    model=profile.model,
+                    dtype=profile.dtype,
+                    quantization=profile.quantization,
+                    kv_cache_dtype=profile.kv_cache_dtype,
+                    max_model_len=profile.max_model_len,
+                ),
+                cold_start_s=cold.get(pool.pk),
+                last_scale_out_at=scaled.get((pool.pk, "scale_out")),
+                last_scale_in_at=scaled.get((pool.pk, "scale_in")),
+                windows=_pool_windows(pool, serving, gpu_rows, instance_rows, now),
+            )
+        )
+    instance_views = tuple(
+        InstanceView(
+            id=i.pk,
+            pool_id=i.pool_id,
+            desired_state=i.desired_state,
+            actual_state=i.actual_state,
+            generation=i.generation,
+            created_at=i.created_at,
+            gpu_id=i.gpu_id,
+            mig_device_id=i.mig_device_id,
+            ready_at=i.ready_at,
+            last_request_at=i.last_request_at,
+            expires_at=i.expires_at,
+            desired_changed_at=i.desired_changed_at,
+            requests_running=getattr(latest_instance.get(i.pk), "requests_running", None),
+            requests_waiting=getattr(latest_instance.get(i.pk), "requests_waiting", None),
+        )
+        for i in instances
+    )
+    skeleton = FleetSnapshot(
+        at=now,
+        pools=tuple(pool_views),
+        instances=instance_views,
+        mig_devices=tuple(
+            MigView(id=d.pk, gpu_id=d.gpu_id, uuid=d.uuid, profile=d.profile, memory_total_bytes=d.memory_total_bytes)
+            for d in MigDevice.objects.order_by("id")
+        ),
+        batch_jobs=tuple(
+            BatchJobView(
+                id=j.pk,
+                state=j.state,
+                generation=j.generation,
+                memory_bytes=j.memory_bytes,
+                created_at=j.created_at,
+                priority=j.priority,
+                gpu_id=j.gpu_id,
+            )
+            for j in jobs
+        ),
+        orphans=tuple(
+            OrphanView(
+                id=o.pk,
+                node_id=o.node_id,
+                container_id=o.container_id,
+                first_seen_at=o.first_seen_at,
+                name=o.name,
+                instance_id=o.instance_id,
+                stop_requested_at=o.stop_requested_at,
+            )
+            for o in OrphanContainer.objects.order_by("id")
+        ),
+    )
+    gpu_views = tuple(_gpu_view(skeleton, gpu, latest_gpu.get(gpu.pk), jobs, instance_views) for gpu in gpus)
+    return replace(skeleton, gpus=gpu_views)
+
+
+def _gpu_view(
+    snapshot: FleetSnapshot,
+    gpu: Gpu,
+    sample: GpuSample | None,
+    jobs: list[BatchJob],
+    instances: tuple[InstanceView, ...],
+) -> GpuView:
+    """The GPU with its latest reading; foreign memory is what NVML counts beyond what is ours.
+
+    Ours: the budgets of instances holding memory on it (starting or ready) and the
+    memory of batch jobs running there. Pools outside the snapshot count as foreign.
+    """
+    pools = {pool.id for pool in snapshot.pools}
+    used = sample.memory_used_bytes if sample else None
+    ours = sum(
+        int(gpu.memory_total_bytes * snapshot.pool(i.pool_id).gpu_memory_utilization)
+        for i in instances
+        if i.gpu_id == gpu.pk and i.mig_device_id is None and i.actual_state in HOLDING and i.pool_id in pools
+    ) + sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == BatchJob.State.RUNNING)
+    foreign_containers = sum(
+        1
+        for c in gpu.node.containers
+        if isinstance(c, dict) and not c.get("managed") and gpu.uuid in c.get("gpu_uuids", [])
+    )
+    return GpuView(
+        id=gpu.pk,
+        node_id=gpu.node_id,
+        uuid=gpu.uuid,
+        model_name=gpu.model_name,
+        memory_total_bytes=gpu.memory_total_bytes,
+        node_name=gpu.node.name,
+        node_online=gpu.node.status == Node.Status.ONLINE,
+        mig_enabled=gpu.mig_enabled,
+        memory_used_bytes=used,
+        utilization_pct=sample.utilization_gpu_pct if sample else None,
+        sm_activity_pct=sample.sm_activity_pct if sample else None,
+        foreign_memory_bytes=max(0, used - ours) if used is not None else 0,
+        foreign_containers=foreign_containers,
     )
 
 

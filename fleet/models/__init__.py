@@ -1,5 +1,6 @@
 """The fleet's domain model, one module per area, re-exported here."""
 
+from fleet.models.batch import BatchJob, OrphanContainer
 from fleet.models.costs import PriceRate
 from fleet.models.nodes import Gpu, JoinToken, MigDevice, Node
 from fleet.models.policies import Decision, Policy
@@ -9,6 +10,7 @@ from fleet.models.telemetry import GpuSample, InstanceSample
 
 __all__ = [
     "ApiKey",
+    "BatchJob",
     "Decision",
     "Gpu",
     "GpuSample",
@@ -19,6 +21,7 @@ __all__ = [
     "MigDevice",
     "ModelProfile",
     "Node",
+    "OrphanContainer",
     "Policy",
     "Pool",
     "PriceRate",

@@ -64,6 +64,9 @@ class Decision(models.Model):
     instance = models.ForeignKey(
         "fleet.Instance", on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions"
     )
+    batch_job = models.ForeignKey(
+        "fleet.BatchJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="decisions"
+    )
     action = models.CharField(max_length=32)
     reason = models.TextField()
     inputs = models.JSONField(default=dict, blank=True)

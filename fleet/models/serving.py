@@ -244,6 +244,9 @@ class Instance(models.Model):
     actual_changed_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     last_request_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Time to live: the reaper stops the instance at this time (test instances)."
+    )
 
     class Meta:
         ordering = ["pool", "id"]

@@ -1,0 +1,134 @@
+"""Check the panel's VRAM estimator against a real GPU: weights and KV cache of Qwen3-4B.
+
+Builds a randomly initialised model of Qwen3-4B-Instruct-2507's architecture (36 layers,
+hidden 2560, 32 heads, 8 KV heads, head dim 128, intermediate 9728, vocabulary 151936,
+tied embeddings) in bf16 on CUDA, then a KV-cache tensor for each requested token count,
+and prints, per component, the estimator's figure beside what PyTorch allocated and what
+NVML saw the process take. Exits 1 when weights or KV cache differ from the estimator by
+more than the tolerance. No weights are downloaded: random values take the same memory.
+
+Needs only torch, transformers and nvidia-ml-py (not the panel's dependencies):
+
+    python bench/vram_estimate_check.py --tokens 32768 262144
+
+Importable without CUDA or torch: everything that touches them runs in ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+ARCHITECTURE: dict[str, Any] = dict(
+    num_hidden_layers=36,
+    hidden_size=2560,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=9728,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=262144,
+)
+GIB = 1024**3
+
+
+def estimator() -> Any:
+    """The panel's estimator module, loaded without the panel.
+
+    ``fleet/__init__.py`` starts the Celery app, which a GPU host running this check need
+    not have; the estimator itself is plain Python, so its package is registered bare.
+    """
+    if "fleet" not in sys.modules:
+        package = types.ModuleType("fleet")
+        package.__path__ = [str(Path(__file__).resolve().parent.parent / "fleet")]
+        sys.modules["fleet"] = package
+    return importlib.import_module("fleet.policies.vram")
+
+
+def expected(tokens: int) -> dict[str, int]:
+    """The estimator's weights and KV-cache bytes for bf16 at ``tokens`` tokens."""
+    estimate = estimator().vram_estimate(
+        model=MODEL, dtype="bfloat16", quantization="", kv_cache_dtype="auto", max_model_len=tokens
+    )
+    return {"weights": estimate.weight_bytes, "kv_cache": estimate.kv_bytes, "parameters": estimate.parameters}
+
+
+def kv_shape(tokens: int) -> tuple[int, int, int, int, int]:
+    """K and V for every layer: (2, layers, tokens, KV heads, head dim), as paged caches hold them."""
+    return (
+        2,
+        ARCHITECTURE["num_hidden_layers"],
+        tokens,
+        ARCHITECTURE["num_key_value_heads"],
+        ARCHITECTURE["head_dim"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[32_768, 262_144])
+    parser.add_argument("--tolerance", type=float, default=0.02, help="Largest relative difference accepted.")
+    args = parser.parse_args(argv)
+
+    import pynvml
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: run this on a GPU host", file=sys.stderr)
+        return 2
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByPciBusId(torch.cuda.get_device_properties(0).pci_bus_id.encode())
+
+    def nvml_used() -> int:
+        torch.cuda.synchronize()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+    before_context = nvml_used()
+    torch.zeros(1, device="cuda")
+    context = nvml_used() - before_context
+    print(f"GPU: {pynvml.nvmlDeviceGetName(handle)}; CUDA context took {context / GIB:.2f} GiB (NVML)")
+
+    rows: list[tuple[str, int, int, int]] = []
+    base_nvml, base_torch = nvml_used(), torch.cuda.memory_allocated()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(Qwen3Config(**ARCHITECTURE))
+    parameters = sum(p.numel() for p in model.parameters())
+    want = expected(args.tokens[0])
+    print(f"parameters: model {parameters:,}, catalogue {want['parameters']:,}")
+    rows.append(("weights", want["weights"], torch.cuda.memory_allocated() - base_torch, nvml_used() - base_nvml))
+    for tokens in args.tokens:
+        base_nvml, base_torch = nvml_used(), torch.cuda.memory_allocated()
+        cache = torch.empty(kv_shape(tokens), dtype=torch.bfloat16, device="cuda")
+        cache.fill_(0)
+        rows.append(
+            (
+                f"KV cache, {tokens:,} tokens",
+                expected(tokens)["kv_cache"],
+                torch.cuda.memory_allocated() - base_torch,
+                nvml_used() - base_nvml,
+            )
+        )
+        del cache
+        torch.cuda.empty_cache()
+
+    print(f"{'component':<28}{'estimator':>14}{'torch':>14}{'NVML':>14}{'NVML/est.':>11}")
+    failed = parameters != want["parameters"]
+    for name, estimate, allocated, seen in rows:
+        ratio = seen / estimate
+        print(f"{name:<28}{estimate / GIB:>11.3f} GiB{allocated / GIB:>10.3f} GiB{seen / GIB:>10.3f} GiB{ratio:>11.3f}")
+        failed |= abs(allocated / estimate - 1) > args.tolerance or abs(ratio - 1) > args.tolerance
+    print(f"estimator overhead allowance: {estimator().OVERHEAD_BYTES / GIB:.2f} GiB (context above is part of it)")
+    print("FAIL: outside tolerance" if failed else f"OK: within {args.tolerance:.0%}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The fleet as policies see it: plain frozen values, built from the database by a selector.
+
+Policies take a ``FleetSnapshot`` and nothing else from the outside world, so the same
+functions run in the Celery task, in the gateway's wake path and in a trace simulator
+that builds snapshots from a recorded trace instead of the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from fleet.policies.vram import VramEstimate
+
+RUNNING = "running"
+SLEEPING = "sleeping"
+STOPPED = "stopped"
+READY = "ready"
+# Actual states in which a container holds GPU memory the agent's NVML readings include.
+HOLDING = frozenset({"starting", "ready"})
+
+
+@dataclass(frozen=True)
+class PoolWindow:
+    """The pool over one evaluation window: what autoscaling compares with the SLA and band."""
+
+    start: datetime
+    end: datetime
+    utilization: float | None = None
+    queue: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class PoolView:
+    id: int
+    name: str
+    isolation: str
+    min_instances: int = 0
+    max_instances: int = 4
+    gpu_model: str = ""
+    mig_profile: str = ""
+    sla_metric: str = "ttft"
+    sla_percentile: int = 95
+    sla_latency_ms: int = 500
+    util_band_low: float = 0.50
+    util_band_high: float = 0.65
+    idle_minimize_after_s: int = 300
+    idle_stop_after_s: int = 600
+    prewarm_margin_s: int = 30
+    enable_sleep_mode: bool = False
+    gpu_memory_utilization: float = 0.9
+    estimate: VramEstimate | None = None
+    cold_start_s: float | None = None
+    last_scale_out_at: datetime | None = None
+    last_scale_in_at: datetime | None = None
+    windows: tuple[PoolWindow, ...] = ()
+
+    def reservation_bytes(self, device_bytes: int) -> int:
+        """What vLLM takes on a device of this size: its memory budget, not what the model needs."""
+        return int(device_bytes * self.gpu_memory_utilization)
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    id: int
+    pool_id: int
+    desired_state: str
+    actual_state: str
+    generation: int
+    created_at: datetime
+    gpu_id: int | None = None
+    mig_device_id: int | None = None
+    ready_at: datetime | None = None
+    last_request_at: datetime | None = None
+    expires_at: datetime | None = None
+    desired_changed_at: datetime | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+
+    @property
+    def in_flight(self) -> float:
+        """Requests running or waiting in the latest sample: an instance with any is busy."""
+        return (self.requests_running or 0) + (self.requests_waiting or 0)
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
+    @property
+    def idle_since(self) -> datetime:
+        """The newest of its last request, when it last became ready and, while it should serve,
+        when it was told to (a launch or a wake must not be undone before it could serve)."""
+        moments = [self.last_request_at, self.ready_at]
+        if self.desired_state == RUNNING:
+            moments.append(self.desired_changed_at)
+        return max((moment for moment in moments if moment is not None), default=self.created_at)
+
+
+@dataclass(frozen=True)
+class GpuView:
+    id: int
+    node_id: int
+    uuid: str
+    model_name: str
+    memory_total_bytes: int
+    node_name: str = ""
+    node_online: bool = True
+    mig_enabled: bool = False
+    memory_used_bytes: int | None = None
+    utilization_pct: float | None = None
+    sm_activity_pct: float | None = None
+    foreign_memory_bytes: int = 0
+    foreign_containers: int = 0
+
+
+@dataclass(frozen=True)
+class MigView:
+    id: int
+    gpu_id: int
+    uuid: str
+    profile: str
+    memory_total_bytes: int
+
+
+@dataclass(frozen=True)
+class BatchJobView:
+    id: int
+    state: str
+    generation: int
+    memory_bytes: int
+    created_at: datetime
+    priority: int = 0
+    gpu_id: int | None = None
+
+
+@dataclass(frozen=True)
+class OrphanView:
+    id: int
+    node_id: int
+    container_id: str
+    first_seen_at: datetime
+    name: str = ""
+    instance_id: int | None = None
+    stop_requested_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    at: datetime
+    pools: tuple[PoolView, ...] = ()
+    instances: tuple[InstanceView, ...] = ()
+    gpus: tuple[GpuView, ...] = ()
+    mig_devices: tuple[MigView, ...] = ()
+    batch_jobs: tuple[BatchJobView, ...] = ()
+    orphans: tuple[OrphanView, ...] = ()
+
+    @cached_property
+    def _pools(self) -> dict[int, PoolView]:
+        return {pool.id: pool for pool in self.pools}
+
+    @cached_property
+    def _gpus(self) -> dict[int, GpuView]:
+        return {gpu.id: gpu for gpu in self.gpus}
+
+    @cached_property
+    def _migs(self) -> dict[int, MigView]:
+        return {device.id: device for device in self.mig_devices}
+
+    def pool(self, pool_id: int) -> PoolView:
+        return self._pools[pool_id]
+
+    def gpu(self, gpu_id: int) -> GpuView | None:
+        return self._gpus.get(gpu_id)
+
+    def mig_device(self, mig_id: int) -> MigView | None:
+        return self._migs.get(mig_id)
+
+    def instances_of(self, pool_id: int) -> list[InstanceView]:
+        return [instance for instance in self.instances if instance.pool_id == pool_id]
+
+    def device_bytes(self, instance: InstanceView) -> int:
+        """Memory of the device an instance is placed on (its MIG slice, else its GPU); 0 if unplaced."""
+        if instance.mig_device_id is not None and (device := self.mig_device(instance.mig_device_id)):
+            return device.memory_total_bytes
+        if instance.gpu_id is not None and (gpu := self.gpu(instance.gpu_id)):
+            return gpu.memory_total_bytes
+        return 0
+
+    def reservation_bytes(self, instance: InstanceView) -> int:
+        return self.pool(instance.pool_id).reservation_bytes(self.device_bytes(instance))
+
+    def gpu_instances(self, gpu_id: int) -> list[InstanceView]:
+        """Instances on the GPU as a whole (not on one of its MIG slices) that hold or will hold memory."""
+        return [
+            instance
+            for instance in self.instances
+            if instance.gpu_id == gpu_id and instance.mig_device_id is None and instance.desired_state != STOPPED
+        ]
+
+    def gpu_reserved_bytes(self, gpu_id: int) -> int:
+        """Memory the panel has promised on a GPU: its instances' budgets and its running batch jobs."""
+        instances = sum(self.reservation_bytes(instance) for instance in self.gpu_instances(gpu_id))
+        jobs = sum(job.memory_bytes for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == RUNNING)
+        return instances + jobs
+
+    def mig_device_taken(self, mig_id: int) -> bool:
+        return any(
+            instance.mig_device_id == mig_id and instance.desired_state != STOPPED for instance in self.instances
+        )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """One policy kind's settings: fleet-wide, overridden per pool; None where it is disabled."""
+
+    kind: str
+    fleet: Mapping[str, Any] | None = None
+    pools: Mapping[int, Mapping[str, Any] | None] = field(default_factory=dict)
+    policy_ids: Mapping[int | None, int] = field(default_factory=dict)
+
+    def for_pool(self, pool_id: int | None) -> Mapping[str, Any] | None:
+        if pool_id is not None and pool_id in self.pools:
+            return self.pools[pool_id]
+        return self.fleet
+
+    def policy_id(self, pool_id: int | None) -> int | None:
+        if pool_id is not None and pool_id in self.pools:
+            return self.policy_ids.get(pool_id)
+        return self.policy_ids.get(None)
+
+
+def histogram_quantile(*, quantile: float, bounds: list[float], counts: list[float], count: float) -> float | None:
+    """The quantile of cumulative bucket counts, interpolated inside its bucket as Prometheus does.
+
+    Observations above the last finite bound report that bound: the histogram cannot say more.
+    """
+    if count <= 0 or not bounds:
+        return None
+    rank = quantile * count
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            inside = cumulative - below
+            return bound if inside <= 0 else lower + (bound - lower) * (rank - below) / inside
+        lower, below = bound, cumulative
+    return bounds[-1]

@@ -1,0 +1,204 @@
+"""The database side: the snapshot selector, applying actions through services, the schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from fleet import selectors
+from fleet.models import BatchJob, Decision, GpuSample, Instance, InstanceEvent, InstanceSample, Node, Policy
+from fleet.policies.evaluate import Evaluation, actions_apply, policies_evaluate, pool_wake
+from fleet.policies.idle import idle_reclaim
+from fleet.policies.placement import PlacementRefused
+from fleet.policies.snapshot import histogram_quantile
+from fleet.schedule import EVALUATE_NAME, EVALUATE_TASK
+from fleet.services import StaleGeneration, batch_job_preempt, batch_job_start, instance_launch
+from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def fleet():  # type: ignore[no-untyped-def]
+    node = make_node()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.ONLINE)
+    gpu = make_gpu(node)
+    pool = make_pool()
+    return node, gpu, pool
+
+
+def idle_instance(pool, gpu, idle_s: float = 660):  # type: ignore[no-untyped-def]
+    now = timezone.now()
+    instance = make_instance(pool, gpu, actual_state="ready")
+    Instance.objects.filter(pk=instance.pk).update(
+        ready_at=now - timedelta(hours=1),
+        desired_changed_at=now - timedelta(hours=1),
+        last_request_at=now - timedelta(seconds=idle_s),
+    )
+    GpuSample.objects.create(gpu=gpu, at=now - timedelta(seconds=5), utilization_gpu_pct=3, memory_used_bytes=22 * GIB)
+    InstanceSample.objects.create(
+        instance=instance, at=now - timedelta(seconds=5), state="ready", requests_running=0, requests_waiting=0
+    )
+    return Instance.objects.get(pk=instance.pk)
+
+
+def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
+    assert histogram_quantile(quantile=0.95, bounds=[0.1, 0.5, 1.0], counts=[50, 90, 100], count=100) == 0.75
+    assert histogram_quantile(quantile=0.5, bounds=[0.1, 0.5], counts=[50, 90], count=100) == 0.1
+    assert histogram_quantile(quantile=0.99, bounds=[0.1, 0.5], counts=[50, 90], count=100) == 0.5
+    assert histogram_quantile(quantile=0.9, bounds=[0.1], counts=[0], count=0) is None
+
+
+def test_the_snapshot_reads_latest_telemetry_foreign_memory_latency_and_history(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    now = timezone.now()
+    instance = make_instance(pool, gpu, actual_state="ready")
+    GpuSample.objects.create(gpu=gpu, at=now - timedelta(seconds=70), utilization_gpu_pct=90, memory_used_bytes=GIB)
+    GpuSample.objects.create(
+        gpu=gpu, at=now - timedelta(seconds=10), utilization_gpu_pct=40, memory_used_bytes=23 * GIB
+    )
+    histogram = {"bounds": [0.1, 0.5, 1.0], "counts": [50, 90, 100], "count": 100}
+    InstanceSample.objects.create(
+        instance=instance,
+        at=now - timedelta(seconds=10),
+        state="ready",
+        requests_running=2,
+        requests_waiting=1,
+        ttft_histogram=histogram,
+    )
+    start = now - timedelta(days=1)
+    for offset, took in ((0, 40), (600, 60)):
+        InstanceEvent.objects.create(instance=instance, at=start + timedelta(seconds=offset), state="starting")
+        InstanceEvent.objects.create(instance=instance, at=start + timedelta(seconds=offset + took), state="ready")
+    Decision.objects.create(policy_kind="autoscale", pool=pool, action="scale_out", reason="r")
+
+    snapshot = selectors.fleet_snapshot(now=now)
+
+    [view] = snapshot.gpus
+    assert (view.utilization_pct, view.memory_used_bytes, view.node_online) == (40, 23 * GIB, True)
+    assert view.foreign_memory_bytes == 23 * GIB - int(24 * GIB * 0.9)  # NVML's figure beyond our budget
+    [seen] = snapshot.instances
+    assert (seen.requests_running, seen.requests_waiting, seen.busy) == (2, 1, True)
+    [pool_view] = snapshot.pools
+    assert pool_view.windows[-1].latency_ms == pytest.approx(750)
+    assert pool_view.windows[-1].utilization == pytest.approx(0.40)
+    assert pool_view.windows[-2].utilization == pytest.approx(0.90)
+    assert pool_view.windows[-1].queue == 1
+    assert pool_view.cold_start_s == 50
+    assert pool_view.last_scale_out_at is not None and pool_view.last_scale_in_at is None
+    assert pool_view.estimate is not None and pool_view.estimate.kv_tokens == 8192
+
+
+def test_an_evaluation_stops_an_idle_instance_once_with_its_decision(fleet, in_memory_channel_layer) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    instance = idle_instance(pool, gpu)
+
+    first = policies_evaluate(kinds=["idle_reclaim"])
+    second = policies_evaluate(kinds=["idle_reclaim"])
+
+    instance.refresh_from_db()
+    assert (instance.desired_state, instance.generation) == ("stopped", 2)
+    [decision] = first.applied
+    assert second.applied == []
+    assert decision.policy == Policy.objects.get(kind="idle_reclaim", pool=None)
+    assert decision.reason == f"pool chat-l idle for 11 min 0 s; stopping instance {instance.pk}"
+    assert decision.inputs["duty_cycle_pct"] == 3
+
+
+def test_two_workers_with_the_same_snapshot_apply_the_action_once(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    instance = idle_instance(pool, gpu)
+    snapshot = selectors.fleet_snapshot()
+    configs = selectors.policy_configs()
+    actions = idle_reclaim(snapshot, configs["idle_reclaim"], snapshot.at)
+    worker_a, worker_b = Evaluation(), Evaluation()
+    actions_apply(actions=actions, policies={}, into=worker_a)
+    actions_apply(actions=actions, policies={}, into=worker_b)
+    assert (len(worker_a.applied), len(worker_b.applied), len(worker_b.stale)) == (1, 0, 1)
+    assert Decision.objects.filter(instance=instance).count() == 1
+
+
+def test_a_launch_claims_the_pools_count(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    instance_launch(pool=pool, gpu=gpu, mig_device=None, active_seen=0, reason="r", action="launch", kind="autoscale")
+    with pytest.raises(StaleGeneration):
+        instance_launch(
+            pool=pool, gpu=gpu, mig_device=None, active_seen=0, reason="r", action="launch", kind="autoscale"
+        )
+    assert Instance.objects.filter(pool=pool).count() == 1
+
+
+def test_a_pool_woken_from_zero_gets_a_placed_instance_or_the_reason_why_not(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    decision = pool_wake(pool=pool, reason="request for qwen3-4b-chat")
+    assert not isinstance(decision, PlacementRefused)
+    assert (decision.action, decision.policy_kind, decision.instance.gpu) == ("launch", "gateway", gpu)
+    other = make_pool("chat-l2")
+    refused = pool_wake(pool=other, reason="request")
+    assert isinstance(refused, PlacementRefused)
+    assert "promised" in refused.message and "needs 10.1 GiB" in refused.message
+
+
+def test_batch_jobs_start_and_preempt_by_claim(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, _pool = fleet
+    job = BatchJob.objects.create(name="clean", image="cleaner:1", memory_bytes=GIB)
+    stale = BatchJob.objects.get(pk=job.pk)
+    batch_job_start(job=job, gpu=gpu, reason="room", kind="colocate")
+    with pytest.raises(StaleGeneration):
+        batch_job_start(job=stale, gpu=gpu, reason="room", kind="colocate")
+    job.refresh_from_db()
+    batch_job_preempt(job=job, reason="load", kind="colocate")
+    job.refresh_from_db()
+    assert (job.state, job.preemptions, job.generation) == ("preempted", 1, 3)
+    assert list(Decision.objects.filter(batch_job=job).values_list("action", flat=True)) == ["preempt", "colocate"]
+
+
+def test_policy_configs_take_pool_overrides_and_skip_invalid_settings(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, _gpu, pool = fleet
+    other = make_pool("chat-l2")
+    Policy.objects.create(kind="idle_reclaim", pool=pool, settings={"sleep_level": 2})
+    Policy.objects.create(kind="idle_reclaim", pool=other, enabled=False)
+    Policy.objects.filter(kind="autoscale", pool=None).update(settings={"breach_windows": "many"})
+    configs = selectors.policy_configs()
+    assert configs["idle_reclaim"].for_pool(pool.pk)["sleep_level"] == 2
+    assert configs["idle_reclaim"].for_pool(other.pk) is None
+    assert configs["idle_reclaim"].for_pool(None)["sleep_level"] == 1
+    assert configs["autoscale"].for_pool(pool.pk) is None
+
+
+def test_prewarm_reads_request_times_from_an_injected_source(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    now = timezone.now().replace(second=0, microsecond=0)
+    slot = now.replace(minute=now.minute - now.minute % 15) + timedelta(minutes=15)
+    evaluate_at = slot - timedelta(seconds=100)  # default cold start 120 s + margin 30 s covers it
+    history = [slot - timedelta(days=d) + timedelta(seconds=s) for d in range(1, 22) for s in range(0, 50, 5)]
+    seen: list[list[int]] = []
+
+    def source(pool_ids, since, until):  # type: ignore[no-untyped-def]
+        seen.append(pool_ids)
+        return {pool.pk: history}
+
+    evaluation = policies_evaluate(now=evaluate_at, kinds=["prewarm"], request_times=source)
+    [decision] = evaluation.applied
+    assert seen == [[pool.pk]]
+    assert decision.action == "launch" and f"traffic predicted from {slot:%H:%M}" in decision.reason
+    assert Instance.objects.get(pool=pool).gpu == gpu
+
+
+def test_the_schedule_is_in_the_database_and_runs_in_process_without_a_broker(fleet) -> None:  # type: ignore[no-untyped-def]
+    task = PeriodicTask.objects.get(name=EVALUATE_NAME)
+    assert (task.task, task.interval.every, task.interval.period) == (EVALUATE_TASK, 30, "seconds")
+    out = StringIO()
+    call_command("fleet_schedule", stdout=out)
+    assert "present (unchanged)" in out.getvalue() and PeriodicTask.objects.filter(name=EVALUATE_NAME).count() == 1
+    _node, gpu, pool = fleet
+    instance = idle_instance(pool, gpu)
+    call_command("fleet_schedule", "--loop", "--once", stdout=out)
+    instance.refresh_from_db()
+    assert instance.desired_state == "stopped"
+    assert PeriodicTask.objects.get(name=EVALUATE_NAME).total_run_count == 1
