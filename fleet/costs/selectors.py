@@ -184,8 +184,10 @@ class Savings:
     )
 
 
-def savings_compute(*, start: datetime, end: datetime, currency: str | None = None) -> Savings:
-    window = fleet_window(start=start, end=end)
+def savings_compute(
+    *, start: datetime, end: datetime, currency: str | None = None, window: FleetWindow | None = None
+) -> Savings:
+    window = window or fleet_window(start=start, end=end)
     report = spend_report(start=start, end=end, currency=currency, window=window)
     gpu_ids = set(window.up) | {row.gpu_id for row in window.allocations}
     seen_before = set(
@@ -390,7 +392,8 @@ def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, st
     """
     now = now or timezone.now()
     first, _ = period_bounds(period="month", now=now)
-    report = spend_report(start=first, end=now)
+    window = fleet_window(start=first, end=now)
+    report = spend_report(start=first, end=now, window=window)
     names = dict(Pool.objects.values_list("pk", "name"))
     currency = report.currency
     rows: list[tuple[dict[str, str], Decimal]] = [
@@ -398,6 +401,6 @@ def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, st
         for pool_id, totals in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(item[0]))
     ]
     rows.append(({"__name__": "gpufleet_spend_total", "currency": currency, "pool": ""}, report.unallocated.spend))
-    savings = savings_compute(start=first, end=now)
+    savings = savings_compute(start=first, end=now, window=window)
     rows.append(({"__name__": "gpufleet_savings_total", "currency": currency}, savings.savings))
     return rows

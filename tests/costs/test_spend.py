@@ -14,6 +14,7 @@ from fleet.costs.selectors import (
     period_bounds,
     run_rate,
     savings_compute,
+    spend_metric_rows,
     spend_report,
 )
 from fleet.models import Node
@@ -211,3 +212,18 @@ def test_run_rate_month_to_date_and_projection(settings) -> None:  # type: ignor
     # Left in March: 10 Mar 12:00 -> 1 Apr 00:00 = 21.5 days = 516 h; 516 x 3.00 = 1,548.00; projected 1,566.00.
     assert (cents(mtd.spent), cents(mtd.projected)) == ("18.00", "1566.00")
     assert free.pk not in {line.gpu_id for line in spend_report(start=mtd.month_start, end=now).lines}
+
+
+def test_metric_rows_give_month_to_date_spend_per_pool_and_savings(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.FLEET_BILLING_TIMEZONE = "UTC"
+    price(GPU, "2.0000", date(2024, 1, 1))
+    pool = make_pool("chat-l")
+    instance = make_instance(pool, make_gpu(make_node(), model_name=GPU))
+    states(instance, (utc(2024, 3, 1, 0), "ready"), (utc(2024, 3, 1, 3), "stopped"))
+    rows = {tuple(sorted(labels.items())): value for labels, value in spend_metric_rows(now=utc(2024, 3, 2))}
+    # 3 h x 2.00 = 6.00 for chat-l; no samples, so nothing unallocated; baseline 1 GPU from its first
+    # allocation (00:00) to now (next day 00:00) = 24 h x 2.00 = 48.00; savings 48.00 - 6.00 = 42.00.
+    spend = (("__name__", "gpufleet_spend_total"), ("currency", "USD"))
+    assert rows[(*spend, ("pool", "chat-l"))] == Decimal(6)
+    assert rows[(*spend, ("pool", ""))] == Decimal(0)
+    assert rows[(("__name__", "gpufleet_savings_total"), ("currency", "USD"))] == Decimal(42)
