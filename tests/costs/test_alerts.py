@@ -15,6 +15,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from fleet import celery_app
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.selectors import period_bounds
 from fleet.models import Alert, AlertDelivery, AlertRule, Budget, InstanceSample, Node, Team
@@ -60,6 +61,15 @@ def receiver() -> Iterator[Receiver]:
     hook.server.shutdown()
     hook.server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def eager_tasks() -> Iterator[None]:
+    """Deliveries run in the test's process, as in the embedded mode, even where REDIS_URL is set."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
 
 
 def rule(**values: Any) -> AlertRule:
