@@ -5,15 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from fleet import catalog
 from fleet.agent_dist import install_command
+from fleet.costs.budgets import budget_block_lift
+from fleet.costs.money import money_cents
+from fleet.costs.selectors import billing_currency, period_bounds
 from fleet.models import (
+    Alert,
+    AlertDelivery,
+    AlertRule,
     ApiKey,
     BatchJob,
+    Budget,
     Decision,
     Gpu,
     Instance,
@@ -312,7 +321,8 @@ class PolicyAdmin(admin.ModelAdmin):
 @admin.register(PriceRate)
 class PriceRateAdmin(admin.ModelAdmin):
     list_display = ("gpu_model", "node", "price_per_gpu_hour", "currency", "effective_from", "source")
-    list_filter = ("currency", "gpu_model")
+    list_filter = ("currency", "gpu_model", ("node", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("node",)
     search_fields = ("gpu_model", "source")
     date_hierarchy = "effective_from"
 
@@ -389,6 +399,134 @@ class OrphanContainerAdmin(admin.ModelAdmin):
 
     list_display = ("__str__", "name", "instance_id", "first_seen_at", "last_seen_at", "stop_requested_at")
     list_select_related = ("node",)
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "team",
+        "pool",
+        "period",
+        "amount",
+        "spent_cents",
+        "used",
+        "soft_threshold_pct",
+        "hard_threshold_pct",
+        "blocked",
+        "enabled",
+    )
+    list_filter = ("period", "enabled", "team", "pool")
+    list_select_related = ("team", "pool")
+    search_fields = ("name", "team__name", "pool__name")
+    readonly_fields = ("spent", "spent_period_start", "evaluated_at", "blocked_period_start", "lifted_period_start")
+    fields = (
+        "name",
+        "team",
+        "pool",
+        "period",
+        "amount",
+        "soft_threshold_pct",
+        "hard_threshold_pct",
+        "enabled",
+        *readonly_fields,
+    )
+    actions = ["lift_block"]
+
+    @admin.display(description="spent")
+    def spent_cents(self, obj: Budget) -> str:
+        return f"{money_cents(obj.spent)} {billing_currency()}"
+
+    @admin.display(description="used")
+    def used(self, obj: Budget) -> str:
+        return f"{obj.spent / obj.amount:.0%}" if obj.amount else "-"
+
+    @admin.display(description="blocking now", boolean=True)
+    def blocked(self, obj: Budget) -> bool:
+        first, _ = period_bounds(period=obj.period, now=timezone.now())
+        return obj.blocked_period_start == first and obj.lifted_period_start != first
+
+    @admin.action(description="Lift the block: let the team's requests through for the rest of this period")
+    def lift_block(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
+        lifted = [budget.name for budget in queryset if budget_block_lift(budget=budget)]
+        if lifted:
+            messages.success(request, f"Lifted for this period: {', '.join(lifted)}.")
+        else:
+            messages.info(request, "None of the selected budgets blocks anything in its current period.")
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "pool", "threshold", "window_s", "for_s", "email_to", "webhook_url", "enabled")
+    list_filter = ("kind", "enabled", "pool")
+    list_select_related = ("pool",)
+    search_fields = ("name", "email_to", "webhook_url")
+    readonly_fields = ("threshold_meaning",)
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    fields = (
+        "name",
+        "kind",
+        "pool",
+        "threshold",
+        "threshold_meaning",
+        "window_s",
+        "for_s",
+        "email_to",
+        "webhook_url",
+        "enabled",
+    )
+
+    @admin.display(description="what the threshold means")
+    def threshold_meaning(self, obj: AlertRule) -> str:
+        rows = format_html_join(
+            "",
+            "<li>{}: {}</li>",
+            ((label, AlertRule.THRESHOLD_MEANING[kind]) for kind, label in AlertRule.Kind.choices),
+        )
+        return format_html("<ul>{}</ul>", rows)
+
+
+class AlertDeliveryInline(admin.TabularInline):
+    model = AlertDelivery
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = (
+        "event",
+        "channel",
+        "target",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+        "sent_at",
+    )
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "rule", "key", "state", "value", "fired_at", "resolved_at")
+    list_filter = ("state", "rule__kind", "rule")
+    list_select_related = ("rule",)
+    search_fields = ("key", "message")
+    date_hierarchy = "started_at"
+    inlines = [AlertDeliveryInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "alert", "event", "channel", "target", "status", "attempts", "sent_at")
+    list_filter = ("status", "channel", "event")
+    list_select_related = ("alert__rule",)
+    search_fields = ("target", "last_error")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -155,6 +156,32 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+# Synced into django-celery-beat's table at beat start, then editable in the admin.
+CELERY_BEAT_SCHEDULE = {
+    "costs-evaluate": {"task": "fleet.costs_evaluate", "schedule": envint("FLEET_COST_EVALUATE_S", 60)},
+}
+
+# Spend. Every figure is in one currency; price rates in other currencies are not converted
+# (the panel holds no exchange rates) and are ignored. Calendar periods (month to date,
+# budgets, price dates) are days of the billing time zone.
+FLEET_BILLING_CURRENCY = os.environ.get("FLEET_BILLING_CURRENCY", "USD").strip().upper()
+FLEET_BILLING_TIMEZONE = os.environ.get("FLEET_BILLING_TIMEZONE", "UTC").strip()
+try:
+    ZoneInfo(FLEET_BILLING_TIMEZONE)
+except (ZoneInfoNotFoundError, ValueError) as exc:
+    raise ImproperlyConfigured(f"FLEET_BILLING_TIMEZONE {FLEET_BILLING_TIMEZONE!r} is not an IANA time zone") from exc
+# Whether a sleeping instance (vLLM sleep mode: weights and KV cache freed) still holds its
+# GPU for allocation. Yes by default: the instance keeps the card for scheduling and wakes
+# on it in about a second, so nothing else is placed there and the card is still paid for.
+FLEET_COST_SLEEPING_HOLDS_GPU = envbool("FLEET_COST_SLEEPING_HOLDS_GPU", "1")
+# Samples further apart than this mark a gap: the GPU was not up, a rate is not extrapolated.
+FLEET_COST_SAMPLE_GAP_S = envint("FLEET_COST_SAMPLE_GAP_S", 60)
+# Dotted path of the callable that gives team usage per pool (see fleet.costs.teams).
+FLEET_TEAM_USAGE_SOURCE = os.environ.get("FLEET_TEAM_USAGE_SOURCE", "").strip()
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gpufleet@localhost")
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

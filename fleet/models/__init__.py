@@ -1,7 +1,7 @@
 """The fleet's domain model, one module per area, re-exported here."""
 
 from fleet.models.batch import BatchJob, OrphanContainer
-from fleet.models.costs import PriceRate
+from fleet.models.costs import Alert, AlertDelivery, AlertRule, Budget, PriceRate
 from fleet.models.nodes import Gpu, JoinToken, MigDevice, Node
 from fleet.models.policies import Decision, Policy
 from fleet.models.serving import Instance, InstanceEvent, ModelProfile, Pool
@@ -9,8 +9,12 @@ from fleet.models.teams import ApiKey, Team
 from fleet.models.telemetry import GpuSample, InstanceSample
 
 __all__ = [
+    "Alert",
+    "AlertDelivery",
+    "AlertRule",
     "ApiKey",
     "BatchJob",
+    "Budget",
     "Decision",
     "Gpu",
     "GpuSample",

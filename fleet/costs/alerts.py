@@ -1,0 +1,283 @@
+"""Alert rules turned into alerts with state and history, and their delivery.
+
+Each rule kind is a function from the fleet's state to *conditions* (a key naming the
+subject, a message, the measured value). Evaluation compares them with the open alerts: a
+new condition opens a pending alert, which fires once it has held for the rule's ``for_s``;
+an open alert whose condition is gone resolves. Each change is claimed with a conditional
+UPDATE, so two evaluators never announce the same change twice. Firing and resolving are
+delivered by e-mail and webhook through a Celery task that retries with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, localcontext
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from fleet.costs.budgets import budget_threshold
+from fleet.costs.money import CONTEXT, money_cents
+from fleet.costs.selectors import billing_currency, period_bounds, spend_report
+from fleet.models import Alert, AlertDelivery, AlertRule, Budget, Instance, InstanceSample, Node, Pool
+
+WEBHOOK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    message: str
+    value: str
+
+
+def _budget_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
+    budgets = Budget.objects.filter(enabled=True, spent_period_start__isnull=False).select_related("team", "pool")
+    if rule.pool_id:
+        budgets = budgets.filter(pool_id=rule.pool_id)
+    conditions = []
+    for budget in budgets:
+        if budget.spent_period_start != period_bounds(period=budget.period, now=now)[0]:
+            continue
+        spent = f"{money_cents(budget.spent)} {billing_currency()}"
+        for level, pct in (("soft", budget.soft_threshold_pct), ("hard", budget.hard_threshold_pct)):
+            if pct is not None and budget.spent >= budget_threshold(budget=budget, pct=pct):
+                conditions.append(
+                    Condition(
+                        key=f"budget:{budget.pk}:{level}",
+                        message=f"Budget '{budget.name}' of {budget.subject}: {spent} spent this "
+                        f"{budget.period}, at or above its {level} threshold of {pct}% of {budget.amount}"
+                        + (" — the team's requests are refused" if level == "hard" and budget.team_id else ""),
+                        value=spent,
+                    )
+                )
+    return conditions
+
+
+def _pools(rule: AlertRule) -> list[Pool]:
+    pools = Pool.objects.filter(enabled=True)
+    return list(pools.filter(pk=rule.pool_id) if rule.pool_id else pools)
+
+
+def _sla_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
+    """Each pool's worst newest P95 among its instances over the window, against its SLA.
+
+    The agent reports P95 per instance; that figure is compared whatever percentile the pool
+    names, and the worst instance speaks for the pool (a breach anywhere is a breach).
+    """
+    conditions = []
+    since = now - timedelta(seconds=rule.window_s)
+    for pool in _pools(rule):
+        field = "ttft_p95_s" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_p95_s"
+        worst: float | None = None
+        for instance_id in Instance.objects.filter(pool=pool).values_list("pk", flat=True):
+            newest = (
+                InstanceSample.objects.filter(instance_id=instance_id, at__gte=since, at__lte=now)
+                .exclude(**{f"{field}__isnull": True})
+                .order_by("-at")
+                .values_list(field, flat=True)
+                .first()
+            )
+            if newest is not None and (worst is None or newest > worst):
+                worst = newest
+        limit_s = pool.sla_latency_ms / 1000
+        if worst is not None and worst > limit_s:
+            conditions.append(
+                Condition(
+                    key=f"pool:{pool.name}",
+                    message=f"Pool {pool.name}: P95 {pool.get_sla_metric_display()} {worst:.3f} s is above its "
+                    f"SLA of {limit_s:.3f} s ({pool.sla_label})",
+                    value=f"{worst:.3f} s",
+                )
+            )
+    return conditions
+
+
+def _idle_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
+    """Idle spend per hour over the window: the pool's idle allocated spend, or for the fleet
+    its idle allocated plus unallocated spend."""
+    start = now - timedelta(seconds=rule.window_s)
+    report = spend_report(start=start, end=now)
+    if rule.pool_id:
+        totals = report.by(lambda line: line.pool_id).get(rule.pool_id)
+        idle = totals.idle if totals else Decimal(0)
+        subject, key = f"pool {rule.pool}", f"pool:{rule.pool}"
+    else:
+        with localcontext(CONTEXT):
+            idle = report.allocated.idle + report.unallocated.spend
+        subject, key = "the fleet", "fleet"
+    with localcontext(CONTEXT):
+        per_hour = idle * Decimal(3600) / Decimal(rule.window_s)
+    if rule.threshold is None or per_hour <= rule.threshold:
+        return []
+    currency = billing_currency()
+    return [
+        Condition(
+            key=key,
+            message=f"Idle spend of {subject} is {money_cents(per_hour)} {currency}/h over the last "
+            f"{rule.window_s} s, above the {rule.threshold} {currency}/h threshold",
+            value=f"{money_cents(per_hour)} {currency}/h",
+        )
+    ]
+
+
+def _container_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
+    conditions = []
+    for node in Node.objects.exclude(containers=[]):
+        for container in node.containers:
+            gpus = ", ".join(container.get("gpu_uuids") or []) or "no GPU"
+            conditions.append(
+                Condition(
+                    key=f"container:{node.name}:{container.get('container_id', '')}",
+                    message=f"Node {node.name} runs a container the panel did not start: "
+                    f"{container.get('name') or container.get('container_id')} ({container.get('image') or 'image ?'}) "
+                    f"on {gpus}",
+                    value=str(container.get("image", "")),
+                )
+            )
+    return conditions
+
+
+def _silent_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
+    limit = timedelta(seconds=float(rule.threshold or 0))
+    conditions = []
+    for node in Node.objects.filter(last_seen_at__lt=now - limit).exclude(status=Node.Status.PENDING):
+        silent_s = int((now - node.last_seen_at).total_seconds())  # type: ignore[operator]
+        conditions.append(
+            Condition(
+                key=f"node:{node.name}",
+                message=f"Node {node.name} has not reported for {silent_s} s (limit {limit.total_seconds():g} s)",
+                value=f"{silent_s} s",
+            )
+        )
+    return conditions
+
+
+CONDITIONS: dict[str, Callable[..., list[Condition]]] = {
+    AlertRule.Kind.BUDGET: _budget_conditions,
+    AlertRule.Kind.SLA_BREACH: _sla_conditions,
+    AlertRule.Kind.IDLE_WASTE: _idle_conditions,
+    AlertRule.Kind.UNKNOWN_CONTAINER: _container_conditions,
+    AlertRule.Kind.NODE_SILENT: _silent_conditions,
+}
+
+
+def alerts_evaluate(*, now: datetime | None = None) -> dict[str, int]:
+    """Open, fire and resolve alerts for every enabled rule; count the changes."""
+    now = now or timezone.now()
+    counts = {"opened": 0, "fired": 0, "resolved": 0}
+    for rule in AlertRule.objects.filter(enabled=True).select_related("pool"):
+        active = {condition.key: condition for condition in CONDITIONS[rule.kind](rule=rule, now=now)}
+        open_alerts = {alert.key: alert for alert in rule.alerts.exclude(state=Alert.State.RESOLVED)}
+        for key, condition in active.items():
+            alert = open_alerts.get(key)
+            if alert is None:
+                try:
+                    with transaction.atomic():
+                        alert = Alert.objects.create(
+                            rule=rule, key=key, message=condition.message, value=condition.value, started_at=now
+                        )
+                except IntegrityError:
+                    continue
+                counts["opened"] += 1
+            else:
+                Alert.objects.filter(pk=alert.pk).update(message=condition.message, value=condition.value)
+            due = alert.state == Alert.State.PENDING and now - alert.started_at >= timedelta(seconds=rule.for_s)
+            if due and alert_claim(alert=alert, state=Alert.State.FIRING, now=now):
+                counts["fired"] += 1
+                alert_notify(alert=alert, event="firing")
+        for key, alert in open_alerts.items():
+            if key in active:
+                continue
+            was_firing = alert.state == Alert.State.FIRING
+            if alert_claim(alert=alert, state=Alert.State.RESOLVED, now=now) and was_firing:
+                counts["resolved"] += 1
+                alert_notify(alert=alert, event="resolved")
+    return counts
+
+
+def alert_claim(*, alert: Alert, state: str, now: datetime) -> bool:
+    """Move an alert on from the state this evaluator read; False if another got there first."""
+    stamp = {"fired_at": now} if state == Alert.State.FIRING else {"resolved_at": now}
+    claimed = Alert.objects.filter(pk=alert.pk, state=alert.state).update(state=state, **stamp) == 1
+    if claimed:
+        alert.refresh_from_db()
+    return claimed
+
+
+def alert_notify(*, alert: Alert, event: str) -> list[AlertDelivery]:
+    """Queue one delivery per channel of the alert's rule, sent after the transaction commits."""
+    from fleet.tasks import alert_deliver
+
+    rule = alert.rule
+    deliveries = [
+        AlertDelivery.objects.create(alert=alert, event=event, channel=AlertDelivery.Channel.EMAIL, target=address)
+        for address in rule.recipients
+    ]
+    if rule.webhook_url:
+        deliveries.append(
+            AlertDelivery.objects.create(
+                alert=alert, event=event, channel=AlertDelivery.Channel.WEBHOOK, target=rule.webhook_url
+            )
+        )
+    for delivery in deliveries:
+        transaction.on_commit(lambda pk=delivery.pk: alert_deliver.delay(pk))
+    return deliveries
+
+
+def alert_payload(*, alert: Alert, event: str) -> dict[str, Any]:
+    """The JSON a webhook receives; stable keys, times in ISO 8601 UTC."""
+
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {
+        "source": "gpufleet",
+        "event": event,
+        "alert": alert.pk,
+        "rule": alert.rule.name,
+        "kind": alert.rule.kind,
+        "key": alert.key,
+        "message": alert.message,
+        "value": alert.value,
+        "started_at": iso(alert.started_at),
+        "fired_at": iso(alert.fired_at),
+        "resolved_at": iso(alert.resolved_at),
+    }
+
+
+def alert_delivery_send(*, delivery: AlertDelivery) -> None:
+    """Send once; raise on any failure so the task retries. Records the attempt either way."""
+    alert = Alert.objects.select_related("rule").get(pk=delivery.alert_id)
+    AlertDelivery.objects.filter(pk=delivery.pk).update(attempts=delivery.attempts + 1)
+    delivery.attempts += 1
+    try:
+        if delivery.channel == AlertDelivery.Channel.WEBHOOK:
+            response = httpx.post(
+                delivery.target, json=alert_payload(alert=alert, event=delivery.event), timeout=WEBHOOK_TIMEOUT_S
+            )
+            response.raise_for_status()
+        else:
+            send_mail(
+                subject=f"[gpufleet] {delivery.event.upper()}: {alert.rule.name}: {alert.key}",
+                message=f"{alert.message}\n\nRule: {alert.rule.name} ({alert.rule.get_kind_display()})\n"
+                f"Started: {alert.started_at.isoformat()}\nState: {delivery.event}\n",
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                recipient_list=[delivery.target],
+            )
+    except Exception as exc:
+        AlertDelivery.objects.filter(pk=delivery.pk).update(last_error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    AlertDelivery.objects.filter(pk=delivery.pk).update(
+        status=AlertDelivery.Status.SENT, sent_at=timezone.now(), last_error=""
+    )
+
+
+def alert_delivery_give_up(*, delivery_id: int) -> None:
+    AlertDelivery.objects.filter(pk=delivery_id).update(status=AlertDelivery.Status.FAILED)

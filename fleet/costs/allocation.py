@@ -1,0 +1,139 @@
+"""Allocations rebuilt from instance history: who held which GPU share, when.
+
+Pure functions over plain records, so the arithmetic is tested by hand without a database.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from fractions import Fraction
+
+# Actual states in which the container exists and keeps its device. "stopping" holds it too:
+# the process still has the card until the agent reports it stopped.
+HOLDING_STATES = frozenset({"starting", "ready", "stopping"})
+SLEEPING = "sleeping"
+
+
+def holding_states(*, sleeping_holds_gpu: bool) -> frozenset[str]:
+    return HOLDING_STATES | {SLEEPING} if sleeping_holds_gpu else HOLDING_STATES
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    instance_id: int
+    at: datetime
+    state: str
+    gpu_id: int | None
+    mig_device_id: int | None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An interval in which one instance held one device in one state."""
+
+    instance_id: int
+    gpu_id: int
+    mig_device_id: int | None
+    start: datetime
+    end: datetime
+    state: str
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A piece of a hold with a constant share of its GPU's price."""
+
+    instance_id: int
+    gpu_id: int
+    mig_device_id: int | None
+    start: datetime
+    end: datetime
+    share: Fraction
+    state: str
+
+
+def holds_from_events(
+    events: Iterable[StateEvent], *, start: datetime, end: datetime, states: frozenset[str]
+) -> list[Hold]:
+    """Each event's state lasts until the instance's next event (or ``end``); clip to [start, end).
+
+    Events before ``start`` matter: they say what state the instance was in when the window opened.
+    """
+    by_instance: dict[int, list[StateEvent]] = defaultdict(list)
+    for event in events:
+        by_instance[event.instance_id].append(event)
+    holds: list[Hold] = []
+    for rows in by_instance.values():
+        rows.sort(key=lambda row: row.at)
+        for event, following in zip(rows, [*rows[1:], None], strict=True):
+            if event.state not in states or event.gpu_id is None:
+                continue
+            begin = max(event.at, start)
+            finish = min(following.at if following else end, end)
+            if begin < finish:
+                holds.append(Hold(event.instance_id, event.gpu_id, event.mig_device_id, begin, finish, event.state))
+    return holds
+
+
+def _pieces(intervals: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    bounds = sorted({moment for interval in intervals for moment in interval})
+    return list(itertools.pairwise(bounds))
+
+
+def allocations_split(holds: Iterable[Hold], *, mig_slices: Mapping[int, int]) -> list[Allocation]:
+    """Give each hold its share of the GPU: slices/7 for a MIG device, all of it for a whole GPU,
+    split equally among the instances on the same device at the same moment (a card is paid once).
+    """
+    by_device: dict[tuple[int, int | None], list[Hold]] = defaultdict(list)
+    for hold in holds:
+        by_device[(hold.gpu_id, hold.mig_device_id)].append(hold)
+    allocations: list[Allocation] = []
+    for (gpu_id, mig_device_id), device_holds in by_device.items():
+        device_share = Fraction(mig_slices[mig_device_id], 7) if mig_device_id else Fraction(1)
+        for begin, finish in _pieces((hold.start, hold.end) for hold in device_holds):
+            present = [hold for hold in device_holds if hold.start <= begin and finish <= hold.end]
+            for hold in present:
+                allocations.append(
+                    Allocation(
+                        hold.instance_id,
+                        gpu_id,
+                        mig_device_id,
+                        begin,
+                        finish,
+                        device_share / len(present),
+                        hold.state,
+                    )
+                )
+    return allocations
+
+
+def uptime_runs(times: Iterable[datetime], *, gap: timedelta) -> list[tuple[datetime, datetime]]:
+    """Runs of samples no further apart than ``gap``: the GPU was up from a run's first to its last."""
+    runs: list[list[datetime]] = []
+    for moment in sorted(times):
+        if runs and moment - runs[-1][1] <= gap:
+            runs[-1][1] = moment
+        else:
+            runs.append([moment, moment])
+    return [(first, last) for first, last in runs if first < last]
+
+
+def unallocated_pieces(
+    *, up: Iterable[tuple[datetime, datetime]], allocations: Iterable[Allocation]
+) -> list[tuple[datetime, datetime, Fraction]]:
+    """Where one GPU was up, the share of it no allocation held (never below zero)."""
+    up = list(up)
+    allocations = list(allocations)
+    pieces: list[tuple[datetime, datetime, Fraction]] = []
+    for begin, finish in _pieces([*up, *((row.start, row.end) for row in allocations)]):
+        if not any(first <= begin and finish <= last for first, last in up):
+            continue
+        held = sum((row.share for row in allocations if row.start <= begin and finish <= row.end), Fraction(0))
+        free = max(Fraction(0), 1 - held)
+        if free:
+            pieces.append((begin, finish, free))
+    return pieces

@@ -1,0 +1,76 @@
+"""Which price per GPU-hour applies to a GPU at each moment."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+
+@dataclass(frozen=True)
+class RateRow:
+    """A ``PriceRate`` reduced to what pricing needs, so the arithmetic needs no database."""
+
+    rate_id: int
+    gpu_model: str
+    node_id: int | None
+    effective_from: date
+    price_per_gpu_hour: Decimal
+
+
+@dataclass(frozen=True)
+class PricedSpan:
+    """A stretch of time with one price; ``rate`` is None where no rate was in effect yet."""
+
+    start: datetime
+    end: datetime
+    rate: RateRow | None
+
+
+class PriceBook:
+    """Rates by GPU model and node, each starting at midnight of its day in the billing time zone.
+
+    A node's own rate beats the fleet rate from its effective day on (reserved or on-premises
+    hosts); before it, the fleet rate applies. Later rates replace earlier ones.
+    """
+
+    def __init__(self, rates: Iterable[RateRow], *, tz: ZoneInfo) -> None:
+        self.tz = tz
+        grouped: dict[tuple[str, int | None], list[RateRow]] = defaultdict(list)
+        for rate in rates:
+            grouped[(rate.gpu_model, rate.node_id)].append(rate)
+        self._rates = {key: sorted(rows, key=lambda row: row.effective_from) for key, rows in grouped.items()}
+
+    def starts_at(self, rate: RateRow) -> datetime:
+        return datetime.combine(rate.effective_from, time(0), tzinfo=self.tz)
+
+    def _in_effect(self, rows: list[RateRow], at: datetime) -> RateRow | None:
+        starts = [self.starts_at(row) for row in rows]
+        index = bisect.bisect_right(starts, at) - 1
+        return rows[index] if index >= 0 else None
+
+    def rate_at(self, *, gpu_model: str, node_id: int, at: datetime) -> RateRow | None:
+        own = self._in_effect(self._rates.get((gpu_model, node_id), []), at)
+        return own or self._in_effect(self._rates.get((gpu_model, None), []), at)
+
+    def spans(self, *, gpu_model: str, node_id: int, start: datetime, end: datetime) -> list[PricedSpan]:
+        """Cut [start, end) wherever the applicable rate changes."""
+        cuts = sorted(
+            {
+                self.starts_at(row)
+                for key in ((gpu_model, node_id), (gpu_model, None))
+                for row in self._rates.get(key, [])
+                if start < self.starts_at(row) < end
+            }
+        )
+        bounds = [start, *cuts, end]
+        return [
+            PricedSpan(begin, finish, self.rate_at(gpu_model=gpu_model, node_id=node_id, at=begin))
+            for begin, finish in itertools.pairwise(bounds)
+            if begin < finish
+        ]

@@ -1,0 +1,406 @@
+"""Reads of spend: periods, reports, savings, tokens, run rate, budgets' blocks, metrics rows."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal, localcontext
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Subquery
+from django.utils import timezone
+
+from fleet import catalog
+from fleet.costs.allocation import (
+    Allocation,
+    Hold,
+    StateEvent,
+    allocations_split,
+    holding_states,
+    holds_from_events,
+    uptime_runs,
+)
+from fleet.costs.money import CONTEXT, ZERO, duration_us
+from fleet.costs.prices import PriceBook, RateRow
+from fleet.costs.spend import (
+    BASELINE,
+    GpuInfo,
+    SpendReport,
+    UtilizationIndex,
+    baseline_lines,
+    spend_lines,
+)
+from fleet.costs.teams import Basis, UsageSource, team_shares
+from fleet.models import Budget, Gpu, GpuSample, Instance, InstanceEvent, InstanceSample, MigDevice, Pool, PriceRate
+
+PERIODS = ("day", "week", "month")
+
+
+def billing_tz() -> ZoneInfo:
+    return ZoneInfo(settings.FLEET_BILLING_TIMEZONE)
+
+
+def billing_currency() -> str:
+    return settings.FLEET_BILLING_CURRENCY
+
+
+def period_bounds(*, period: str, now: datetime) -> tuple[datetime, datetime]:
+    """The calendar day, week (from Monday) or month holding ``now``, in the billing time zone.
+
+    Bounds are local midnights, so a day is 23 or 25 hours across a daylight-saving change.
+    """
+    tz = billing_tz()
+    local = now.astimezone(tz).date()
+    if period == "day":
+        first, following = local, local + timedelta(days=1)
+    elif period == "week":
+        first = local - timedelta(days=local.weekday())
+        following = first + timedelta(days=7)
+    elif period == "month":
+        first = local.replace(day=1)
+        following = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    else:
+        raise ValueError(f"unknown period {period!r}: use one of {', '.join(PERIODS)}")
+    return datetime.combine(first, time(0), tzinfo=tz), datetime.combine(following, time(0), tzinfo=tz)
+
+
+def price_book(*, currency: str | None = None) -> PriceBook:
+    rows = PriceRate.objects.filter(currency=currency or billing_currency()).values_list(
+        "pk", "gpu_model", "node_id", "effective_from", "price_per_gpu_hour"
+    )
+    return PriceBook((RateRow(*row) for row in rows), tz=billing_tz())
+
+
+def _gpus() -> dict[int, GpuInfo]:
+    return {
+        pk: GpuInfo(pk, node_id, model) for pk, node_id, model in Gpu.objects.values_list("pk", "node_id", "model_name")
+    }
+
+
+def _mig_slices() -> dict[int, int]:
+    """Slices per MIG device; a profile the catalogue cannot read is priced as the whole GPU."""
+    slices = {}
+    for pk, profile in MigDevice.objects.values_list("pk", "profile"):
+        try:
+            slices[pk] = catalog.mig_slices(profile)
+        except ValueError:
+            slices[pk] = 7
+    return slices
+
+
+def _events(*, start: datetime, end: datetime) -> list[StateEvent]:
+    """Events in the window, plus each instance's last event before it (its state at ``start``)."""
+    newest_before = (
+        InstanceEvent.objects.filter(instance=OuterRef("pk"), at__lt=start).order_by("-at", "-id").values("pk")[:1]
+    )
+    prior = Instance.objects.annotate(prior=Subquery(newest_before)).exclude(prior=None).values("prior")
+    fields = ("instance_id", "at", "state", "gpu_id", "mig_device_id")
+    rows = InstanceEvent.objects.filter(pk__in=prior).values_list(*fields).order_by("at", "id")
+    rows_in = InstanceEvent.objects.filter(at__gte=start, at__lt=end).values_list(*fields).order_by("at", "id")
+    return [StateEvent(*row) for row in [*rows, *rows_in]]
+
+
+def _gap() -> timedelta:
+    return timedelta(seconds=settings.FLEET_COST_SAMPLE_GAP_S)
+
+
+def _clip(runs: Iterable[tuple[datetime, datetime]], start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    return [(max(first, start), min(last, end)) for first, last in runs if max(first, start) < min(last, end)]
+
+
+@dataclass
+class FleetWindow:
+    """What one period's arithmetic reads from the database, loaded once."""
+
+    start: datetime
+    end: datetime
+    gpus: dict[int, GpuInfo]
+    allocations: list[Allocation]
+    up: dict[int, list[tuple[datetime, datetime]]]
+    utilization: UtilizationIndex
+    pools: dict[int, int]
+
+
+def fleet_window(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
+    if sleeping_holds_gpu is None:
+        sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
+    states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
+    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
+    # Samples a gap either side, so a run that crosses the window's edges is cut there, not at
+    # the last sample inside it.
+    samples = list(
+        GpuSample.objects.filter(at__gte=start - _gap(), at__lte=end + _gap())
+        .order_by("gpu_id", "at")
+        .values_list("gpu_id", "at", "utilization_gpu_pct")
+    )
+    times: dict[int, list[datetime]] = defaultdict(list)
+    for gpu_id, at, _ in samples:
+        times[gpu_id].append(at)
+    up = {gpu_id: _clip(uptime_runs(moments, gap=_gap()), start, end) for gpu_id, moments in times.items()}
+    return FleetWindow(
+        start=start,
+        end=end,
+        gpus=_gpus(),
+        allocations=allocations_split(holds, mig_slices=_mig_slices()),
+        up=up,
+        utilization=UtilizationIndex(samples),
+        pools=dict(Instance.objects.values_list("pk", "pool_id")),
+    )
+
+
+def spend_report(
+    *, start: datetime, end: datetime, currency: str | None = None, window: FleetWindow | None = None
+) -> SpendReport:
+    """Allocated and unallocated spend of [start, end), line by line."""
+    window = window or fleet_window(start=start, end=end)
+    lines = spend_lines(
+        allocations=window.allocations,
+        up=window.up,
+        gpus=window.gpus,
+        pools=window.pools,
+        prices=price_book(currency=currency),
+        utilization=window.utilization,
+    )
+    return SpendReport(start=start, end=end, currency=currency or billing_currency(), lines=lines)
+
+
+@dataclass(frozen=True)
+class Savings:
+    baseline: Decimal
+    actual: Decimal
+    savings: Decimal
+    reclaimable: Decimal
+    currency: str
+    method: str = (
+        "Baseline: the static layout the method starts from, one always-on instance on every GPU, "
+        "each GPU counted from the period start (or from when it first reported or held an instance "
+        "in the period, if it is new) to the period end, at the same prices. Actual: allocated plus "
+        "unallocated spend, i.e. what was paid for GPUs while they were up. Savings = baseline - actual. "
+        "Reclaimable: the unallocated part, paid for capacity no instance held; releasing those GPUs "
+        "would save it too."
+    )
+
+
+def savings_compute(
+    *, start: datetime, end: datetime, currency: str | None = None, window: FleetWindow | None = None
+) -> Savings:
+    window = window or fleet_window(start=start, end=end)
+    report = spend_report(start=start, end=end, currency=currency, window=window)
+    gpu_ids = set(window.up) | {row.gpu_id for row in window.allocations}
+    seen_before = set(
+        Gpu.objects.filter(pk__in=gpu_ids)
+        .filter(
+            Exists(GpuSample.objects.filter(gpu=OuterRef("pk"), at__lt=start))
+            | Exists(InstanceEvent.objects.filter(gpu=OuterRef("pk"), at__lt=start))
+        )
+        .values_list("pk", flat=True)
+    )
+    spans = {}
+    for gpu_id in gpu_ids:
+        firsts = [run[0] for run in window.up.get(gpu_id, [])]
+        firsts += [row.start for row in window.allocations if row.gpu_id == gpu_id]
+        spans[gpu_id] = (start if gpu_id in seen_before else min(firsts), end)
+    lines = baseline_lines(spans=spans, gpus=window.gpus, prices=price_book(currency=currency))
+    with localcontext(CONTEXT):
+        baseline = sum((line.spend for line in lines if line.kind == BASELINE), ZERO)
+        actual = report.total
+        return Savings(
+            baseline=baseline,
+            actual=actual,
+            savings=baseline - actual,
+            reclaimable=report.unallocated.spend,
+            currency=report.currency,
+        )
+
+
+def tokens_by_pool(*, start: datetime, end: datetime) -> dict[int, Decimal]:
+    """Tokens (prompt + generated) each pool served: each sample's rate times the time until the
+    instance's next sample, capped at the sample gap and clipped to [start, end).
+    """
+    rows = (
+        InstanceSample.objects.filter(at__gte=start - _gap(), at__lt=end)
+        .order_by("instance_id", "at")
+        .values_list("instance_id", "instance__pool_id", "at", "prompt_tokens_rate", "generation_tokens_rate")
+    )
+    by_instance: dict[int, list[tuple[int, datetime, Decimal]]] = defaultdict(list)
+    for instance_id, pool_id, at, prompt, generated in rows:
+        rate = Decimal(str(prompt or 0)) + Decimal(str(generated or 0))
+        by_instance[instance_id].append((pool_id, at, rate))
+    tokens: dict[int, Decimal] = defaultdict(Decimal)
+    with localcontext(CONTEXT):
+        for samples in by_instance.values():
+            for (pool_id, at, rate), following in zip(samples, [*samples[1:], None], strict=True):
+                until = min(following[1] if following else end, at + _gap(), end)
+                begin = max(at, start)
+                if begin < until:
+                    tokens[pool_id] += rate * Decimal(duration_us(begin, until)) / Decimal(1_000_000)
+    return dict(tokens)
+
+
+@dataclass(frozen=True)
+class TokenCost:
+    """Cost per million tokens of one pool on two bases.
+
+    allocation: all spend of keeping the pool's instances on their GPUs / tokens x 1e6.
+    usage: the busy part of that spend only / tokens x 1e6.
+    """
+
+    pool_id: int
+    tokens: Decimal
+    spend: Decimal
+    busy: Decimal
+    per_million_allocation: Decimal | None
+    per_million_usage: Decimal | None
+
+
+def cost_per_million_tokens(
+    *, start: datetime, end: datetime, report: SpendReport | None = None
+) -> dict[int, TokenCost]:
+    report = report or spend_report(start=start, end=end)
+    tokens = tokens_by_pool(start=start, end=end)
+    result = {}
+    with localcontext(CONTEXT):
+        for pool_id, totals in report.by(lambda line: line.pool_id).items():
+            count = tokens.get(pool_id, ZERO)  # type: ignore[arg-type]
+            million = count / Decimal(1_000_000)
+            result[pool_id] = TokenCost(
+                pool_id=pool_id,  # type: ignore[arg-type]
+                tokens=count,
+                spend=totals.spend,
+                busy=totals.busy,
+                per_million_allocation=totals.spend / million if count else None,
+                per_million_usage=totals.busy / million if count else None,
+            )
+    return result
+
+
+@dataclass(frozen=True)
+class RunRate:
+    allocated_per_hour: Decimal
+    unallocated_per_hour: Decimal
+    currency: str
+
+    @property
+    def per_hour(self) -> Decimal:
+        with localcontext(CONTEXT):
+            return self.allocated_per_hour + self.unallocated_per_hour
+
+
+def run_rate(*, now: datetime | None = None) -> RunRate:
+    """Spend of the next hour if nothing changes: instances holding devices now keep them, GPUs
+    of online nodes stay up, at the prices in effect (the same arithmetic as any period).
+    """
+    now = now or timezone.now()
+    end = now + timedelta(hours=1)
+    states = holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
+    holders = Instance.objects.filter(actual_state__in=states, gpu__isnull=False).values_list(
+        "pk", "gpu_id", "mig_device_id", "actual_state"
+    )
+    holds = [Hold(pk, gpu_id, mig_id, now, end, state) for pk, gpu_id, mig_id, state in holders]
+    up_ids = set(Gpu.objects.filter(node__status="online").values_list("pk", flat=True))
+    window = FleetWindow(
+        start=now,
+        end=end,
+        gpus=_gpus(),
+        allocations=allocations_split(holds, mig_slices=_mig_slices()),
+        up={gpu_id: [(now, end)] for gpu_id in up_ids},
+        utilization=UtilizationIndex([]),
+        pools=dict(Instance.objects.values_list("pk", "pool_id")),
+    )
+    report = spend_report(start=now, end=end, window=window)
+    return RunRate(
+        allocated_per_hour=report.allocated.spend,
+        unallocated_per_hour=report.unallocated.spend,
+        currency=report.currency,
+    )
+
+
+@dataclass(frozen=True)
+class MonthToDate:
+    month_start: datetime
+    month_end: datetime
+    spent: Decimal
+    run_rate: RunRate
+    projected: Decimal
+    method: str = "Projection = spent so far + current run rate x hours left in the month (billing time zone)."
+
+
+def month_to_date(*, now: datetime | None = None) -> MonthToDate:
+    now = now or timezone.now()
+    first, following = period_bounds(period="month", now=now)
+    spent = spend_report(start=first, end=now).total
+    rate = run_rate(now=now)
+    with localcontext(CONTEXT):
+        hours_left = Decimal(duration_us(now, following)) / Decimal(3_600_000_000)
+        projected = spent + rate.per_hour * hours_left
+    return MonthToDate(month_start=first, month_end=following, spent=spent, run_rate=rate, projected=projected)
+
+
+def team_spend(
+    *, report: SpendReport, usage_source: UsageSource, basis: Basis = "gpu_seconds"
+) -> dict[int, dict[int, Decimal]]:
+    """Each pool's allocated spend shared among the teams that used it (``teams.team_shares``).
+
+    A pool with spend but no recorded usage has no team shares: its spend stays the pool's.
+    """
+    usage = usage_source(start=report.start, end=report.end, basis=basis)
+    per_pool: dict[int, dict[int, Decimal]] = defaultdict(dict)
+    for (pool_id, team_id), amount in usage.items():
+        per_pool[pool_id][team_id] = amount
+    return {
+        pool_id: team_shares(total=totals.spend, usage=per_pool.get(pool_id, {}))  # type: ignore[call-overload]
+        for pool_id, totals in report.by(lambda line: line.pool_id).items()
+        if pool_id is not None
+    }
+
+
+def team_budget_block(team_id: int, *, now: datetime | None = None) -> str | None:
+    """Why the gateway must refuse this team's requests now, or None.
+
+    Cheap by design (one indexed query; the spend was computed by the budget task): the
+    gateway calls it on every routing refresh. A block holds for the period in which the hard
+    threshold was reached, unless an admin lifted it for that period.
+    """
+    now = now or timezone.now()
+    budgets = Budget.objects.filter(team_id=team_id, enabled=True, blocked_period_start__isnull=False).select_related(
+        "team"
+    )
+    for budget in budgets:
+        first, following = period_bounds(period=budget.period, now=now)
+        if budget.blocked_period_start == first and budget.lifted_period_start != first:
+            return (
+                f"Team {budget.team.name} reached the hard limit ({budget.hard_threshold_pct}%) of its "
+                f"{budget.get_period_display()} budget '{budget.name}' ({budget.amount} {billing_currency()}); "
+                f"requests are refused until {following.astimezone(billing_tz()):%Y-%m-%d %H:%M %Z} "
+                "or until an admin lifts the block."
+            )
+    return None
+
+
+def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, str], Decimal]]:
+    """Rows for ``gpufleet_spend_total{currency,pool}`` and ``gpufleet_savings_total{currency}``.
+
+    Counters in currency units over the current billing month: they grow through the month
+    and drop to zero at its start, which Prometheus' ``rate()`` and ``increase()`` read as a
+    counter reset. ``pool=""`` is capacity no pool held (the unallocated line). Each row
+    carries ``__name__`` in its labels; values are Decimal, converted to float only at
+    exposition. A collector should cache the rows for a scrape interval: each call computes
+    the month's spend from history.
+    """
+    now = now or timezone.now()
+    first, _ = period_bounds(period="month", now=now)
+    window = fleet_window(start=first, end=now)
+    report = spend_report(start=first, end=now, window=window)
+    names = dict(Pool.objects.values_list("pk", "name"))
+    currency = report.currency
+    rows: list[tuple[dict[str, str], Decimal]] = [
+        ({"__name__": "gpufleet_spend_total", "currency": currency, "pool": names.get(pool_id, "")}, totals.spend)  # type: ignore[arg-type]
+        for pool_id, totals in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(item[0]))
+    ]
+    rows.append(({"__name__": "gpufleet_spend_total", "currency": currency, "pool": ""}, report.unallocated.spend))
+    savings = savings_compute(start=first, end=now, window=window)
+    rows.append(({"__name__": "gpufleet_savings_total", "currency": currency}, savings.savings))
+    return rows

@@ -1,0 +1,264 @@
+"""Spend lines: every priced piece of GPU time, allocated or not, with its arithmetic kept.
+
+A line is one GPU share over one interval at one price, so any total on any page can be
+traced back to lines a person can re-add by hand: hours x share x price = spend.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, localcontext
+from fractions import Fraction
+
+from fleet.costs.allocation import Allocation, unallocated_pieces
+from fleet.costs.money import CONTEXT, ZERO, duration_us, gpu_hours, money_cost
+from fleet.costs.prices import PriceBook
+
+ALLOCATED = "allocated"
+UNALLOCATED = "unallocated"
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    gpu_id: int
+    node_id: int
+    model_name: str
+
+
+@dataclass(frozen=True)
+class CostLine:
+    kind: str
+    gpu_id: int
+    node_id: int
+    gpu_model: str
+    start: datetime
+    end: datetime
+    share: Fraction
+    gpu_hours: Decimal
+    price_per_gpu_hour: Decimal | None
+    rate_id: int | None
+    spend: Decimal
+    busy: Decimal
+    idle: Decimal
+    utilization: Decimal | None = None
+    instance_id: int | None = None
+    pool_id: int | None = None
+    mig_device_id: int | None = None
+    state: str = ""
+
+    @property
+    def priced(self) -> bool:
+        return self.price_per_gpu_hour is not None
+
+    def arithmetic(self) -> str:
+        """The line's sum as a person would write it."""
+        if self.price_per_gpu_hour is None:
+            return f"{self.gpu_hours} GPU-h with no price in effect"
+        return f"{self.gpu_hours} GPU-h x {self.price_per_gpu_hour}/GPU-h = {self.spend}"
+
+
+@dataclass
+class Totals:
+    spend: Decimal = ZERO
+    busy: Decimal = ZERO
+    idle: Decimal = ZERO
+    gpu_hours: Decimal = ZERO
+    unpriced_gpu_hours: Decimal = ZERO
+
+    def add(self, line: CostLine) -> None:
+        with localcontext(CONTEXT):
+            self.spend += line.spend
+            self.busy += line.busy
+            self.idle += line.idle
+            self.gpu_hours += line.gpu_hours
+            if not line.priced:
+                self.unpriced_gpu_hours += line.gpu_hours
+
+
+class UtilizationIndex:
+    """Mean GPU duty cycle over any interval, from prefix sums of the samples in it.
+
+    The mean of the samples taken in [start, end) stands for the interval: the agent samples
+    at a fixed cadence, so a plain mean is a time-weighted one. A MIG device has no duty cycle
+    of its own in NVML; its GPU's stands in for it.
+    """
+
+    def __init__(self, samples: Iterable[tuple[int, datetime, float | None]]) -> None:
+        by_gpu: dict[int, list[tuple[datetime, Decimal]]] = defaultdict(list)
+        for gpu_id, at, percent in samples:
+            if percent is not None:
+                by_gpu[gpu_id].append((at, Decimal(str(percent)) / 100))
+        self._times: dict[int, list[datetime]] = {}
+        self._prefix: dict[int, list[Decimal]] = {}
+        with localcontext(CONTEXT):
+            for gpu_id, rows in by_gpu.items():
+                rows.sort(key=lambda row: row[0])
+                self._times[gpu_id] = [at for at, _ in rows]
+                running = [ZERO]
+                for _, value in rows:
+                    running.append(running[-1] + min(max(value, ZERO), Decimal(1)))
+                self._prefix[gpu_id] = running
+
+    def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
+        times = self._times.get(gpu_id)
+        if not times:
+            return None
+        first, last = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
+        if first == last:
+            return None
+        prefix = self._prefix[gpu_id]
+        with localcontext(CONTEXT):
+            return (prefix[last] - prefix[first]) / (last - first)
+
+
+def _line(
+    *,
+    kind: str,
+    gpu: GpuInfo,
+    start: datetime,
+    end: datetime,
+    share: Fraction,
+    prices: PriceBook,
+    utilization: UtilizationIndex | None,
+    **extra: object,
+) -> list[CostLine]:
+    lines = []
+    for span in prices.spans(gpu_model=gpu.model_name, node_id=gpu.node_id, start=start, end=end):
+        micros = duration_us(span.start, span.end)
+        price = span.rate.price_per_gpu_hour if span.rate else None
+        spend = money_cost(price_per_hour=price, micros=micros, share=share) if price is not None else ZERO
+        mean = utilization.mean(gpu_id=gpu.gpu_id, start=span.start, end=span.end) if utilization else None
+        with localcontext(CONTEXT):
+            busy = spend * mean if mean is not None else ZERO
+            idle = spend - busy
+        lines.append(
+            CostLine(
+                kind=kind,
+                gpu_id=gpu.gpu_id,
+                node_id=gpu.node_id,
+                gpu_model=gpu.model_name,
+                start=span.start,
+                end=span.end,
+                share=share,
+                gpu_hours=gpu_hours(micros=micros, share=share),
+                price_per_gpu_hour=price,
+                rate_id=span.rate.rate_id if span.rate else None,
+                spend=spend,
+                busy=busy,
+                idle=idle,
+                utilization=mean,
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+    return lines
+
+
+def spend_lines(
+    *,
+    allocations: Iterable[Allocation],
+    up: Mapping[int, list[tuple[datetime, datetime]]],
+    gpus: Mapping[int, GpuInfo],
+    pools: Mapping[int, int],
+    prices: PriceBook,
+    utilization: UtilizationIndex,
+) -> list[CostLine]:
+    """Allocated lines (busy/idle split by the GPU's mean duty cycle over each line: busy =
+    spend x mean utilization, idle = the rest; no samples means nothing was seen busy) and
+    unallocated lines (all idle) for the GPUs' up time that no allocation held.
+    """
+    allocations = list(allocations)
+    lines: list[CostLine] = []
+    for row in allocations:
+        lines += _line(
+            kind=ALLOCATED,
+            gpu=gpus[row.gpu_id],
+            start=row.start,
+            end=row.end,
+            share=row.share,
+            prices=prices,
+            utilization=utilization,
+            instance_id=row.instance_id,
+            pool_id=pools.get(row.instance_id),
+            mig_device_id=row.mig_device_id,
+            state=row.state,
+        )
+    by_gpu: dict[int, list[Allocation]] = defaultdict(list)
+    for row in allocations:
+        by_gpu[row.gpu_id].append(row)
+    for gpu_id, runs in up.items():
+        for begin, finish, free in unallocated_pieces(up=runs, allocations=by_gpu.get(gpu_id, [])):
+            lines += _line(
+                kind=UNALLOCATED,
+                gpu=gpus[gpu_id],
+                start=begin,
+                end=finish,
+                share=free,
+                prices=prices,
+                utilization=None,
+            )
+    return lines
+
+
+def baseline_lines(
+    *, spans: Mapping[int, tuple[datetime, datetime]], gpus: Mapping[int, GpuInfo], prices: PriceBook
+) -> list[CostLine]:
+    """The static layout: each GPU holds one always-on instance, the whole card paid throughout."""
+    lines: list[CostLine] = []
+    for gpu_id, (begin, finish) in spans.items():
+        if begin < finish:
+            lines += _line(
+                kind=BASELINE,
+                gpu=gpus[gpu_id],
+                start=begin,
+                end=finish,
+                share=Fraction(1),
+                prices=prices,
+                utilization=None,
+            )
+    return lines
+
+
+@dataclass
+class SpendReport:
+    """Lines of one period in one currency, with the totals pages and metrics read."""
+
+    start: datetime
+    end: datetime
+    currency: str
+    lines: list[CostLine] = field(default_factory=list)
+
+    def _total(self, kind: str) -> Totals:
+        totals = Totals()
+        for line in self.lines:
+            if line.kind == kind:
+                totals.add(line)
+        return totals
+
+    @property
+    def allocated(self) -> Totals:
+        return self._total(ALLOCATED)
+
+    @property
+    def unallocated(self) -> Totals:
+        return self._total(UNALLOCATED)
+
+    @property
+    def total(self) -> Decimal:
+        """What the fleet was billed: allocated plus unallocated."""
+        with localcontext(CONTEXT):
+            return self.allocated.spend + self.unallocated.spend
+
+    def by(
+        self, key: Callable[[CostLine], Hashable], *, kinds: tuple[str, ...] = (ALLOCATED,)
+    ) -> dict[Hashable, Totals]:
+        """Totals grouped by ``key`` (e.g. ``lambda line: line.pool_id``) over lines of ``kinds``."""
+        groups: dict[Hashable, Totals] = defaultdict(Totals)
+        for line in self.lines:
+            if line.kind in kinds:
+                groups[key(line)].add(line)
+        return dict(groups)

@@ -1,0 +1,58 @@
+"""Who used a pool: team shares of its spend that add up to it to the cent.
+
+The gateway's request log is the source of usage. It plugs in through a *usage source*: any
+callable ``(*, start, end, basis) -> {(pool_id, team_id): amount}``. For ``RequestLog``
+(fields ``at``, ``team``, ``pool``, ``prompt_tokens``, ``output_tokens``, ``e2e_latency_s``)
+the source is one grouped query::
+
+    rows = RequestLog.objects.filter(at__gte=start, at__lt=end).values("pool_id", "team_id")
+    if basis == "gpu_seconds":
+        rows = rows.annotate(amount=Sum("e2e_latency_s"))
+    else:
+        rows = rows.annotate(amount=Sum(F("prompt_tokens") + F("output_tokens")))
+    return {(row["pool_id"], row["team_id"]): Decimal(str(row["amount"])) for row in rows}
+
+and ``FLEET_TEAM_USAGE_SOURCE`` names it by dotted path. GPU-seconds of a request are its
+end-to-end seconds on the instance: the time it kept a share of the card busy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import ROUND_DOWN, Decimal, localcontext
+from typing import Literal, Protocol
+
+from fleet.costs.money import CENT, CONTEXT, money_cents
+
+Basis = Literal["gpu_seconds", "tokens"]
+BASES: tuple[Basis, ...] = ("gpu_seconds", "tokens")
+
+
+class UsageSource(Protocol):
+    def __call__(self, *, start: object, end: object, basis: Basis) -> Mapping[tuple[int, int], Decimal]: ...
+
+
+def team_shares(*, total: Decimal, usage: Mapping[int, Decimal]) -> dict[int, Decimal]:
+    """Split ``total`` (rounded to cents) across teams in proportion to ``usage``, exactly.
+
+    Largest remainder on cents: each team first gets its proportional amount rounded down to
+    the cent; the cents left over go one each to the teams with the largest remainders (ties
+    to the lower team id, so the split is the same every time). The shares add up to the
+    rounded total with no cent lost or invented. No usage at all: no shares.
+    """
+    usage = {team: amount for team, amount in usage.items() if amount > 0}
+    used = sum(usage.values(), Decimal(0))
+    if not usage or used <= 0:
+        return {}
+    cents_total = int(money_cents(total) / CENT)
+    exact: dict[int, Decimal] = {}
+    floors: dict[int, int] = {}
+    with localcontext(CONTEXT):
+        for team, amount in usage.items():
+            exact[team] = Decimal(cents_total) * amount / used
+            floors[team] = int(exact[team].to_integral_value(rounding=ROUND_DOWN))
+    left = cents_total - sum(floors.values())
+    by_remainder = sorted(usage, key=lambda team: (-(exact[team] - floors[team]), team))
+    for team in by_remainder[:left]:
+        floors[team] += 1
+    return {team: Decimal(cents) * CENT for team, cents in floors.items()}
