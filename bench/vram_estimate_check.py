@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: run this on a GPU host", file=sys.stderr)
         return 2
     pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByPciBusId(torch.cuda.get_device_properties(0).pci_bus_id.encode())
+    # The CUDA device's UUID names the same card in NVML, whatever CUDA_VISIBLE_DEVICES reorders.
+    handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(0).uuid}")
 
     def nvml_used() -> int:
         torch.cuda.synchronize()
