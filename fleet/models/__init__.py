@@ -5,12 +5,22 @@ from fleet.models.nodes import Gpu, JoinToken, MigDevice, Node
 from fleet.models.policies import Decision, Policy
 from fleet.models.serving import Instance, InstanceEvent, ModelProfile, Pool
 from fleet.models.teams import ApiKey, Team
-from fleet.models.telemetry import GpuSample, InstanceSample
+from fleet.models.telemetry import (
+    GpuHour,
+    GpuMinute,
+    GpuSample,
+    InstanceSample,
+    PoolHour,
+    PoolMinute,
+    RollupWatermark,
+)
 
 __all__ = [
     "ApiKey",
     "Decision",
     "Gpu",
+    "GpuHour",
+    "GpuMinute",
     "GpuSample",
     "Instance",
     "InstanceEvent",
@@ -21,6 +31,9 @@ __all__ = [
     "Node",
     "Policy",
     "Pool",
+    "PoolHour",
+    "PoolMinute",
     "PriceRate",
+    "RollupWatermark",
     "Team",
 ]
