@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from fleet import agent_api
+from fleet import agent_api, metrics
 
 admin.site.site_header = "GPU fleet control panel"
 admin.site.site_title = "GPU fleet"
@@ -13,5 +13,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/agent/v1/register", agent_api.register, name="agent-register"),
     path("api/agent/v1/report", agent_api.report, name="agent-report"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("", include("dashboard.urls")),
 ]
