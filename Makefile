@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format migrate admin bench clean
+.PHONY: run test lint format migrate admin bench bench-ingest bench-charts clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/agent_overhead.py
+
+# Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL).
+bench-ingest: $(VENV)/.dev
+	$(BIN)/python bench/ingest.py
+
+bench-charts: $(VENV)/.dev
+	$(BIN)/python bench/chart_queries.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

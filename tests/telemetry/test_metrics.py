@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +120,15 @@ def test_access_needs_the_token_or_an_allowed_address(client: Client, settings: 
     settings.METRICS_TOKEN = "s3cret-token"
     assert scrape(client, HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
     assert scrape(client, HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+
+
+def test_the_grafana_dashboard_charts_only_metrics_the_panel_exports(client: Client, fleet: Agent) -> None:
+    exported = {s.name for family in families(scrape(client).content.decode()).values() for s in family.samples}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/gpufleet.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"gpufleet_[a-z0-9_]+", target["expr"])
+    }
+    assert used and used <= exported, used - exported

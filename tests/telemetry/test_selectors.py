@@ -97,5 +97,5 @@ def test_periodic_tasks_are_registered_once() -> None:
 
 
 def test_the_rollup_task_runs_through_celery() -> None:
-    result = rollup_minutes.delay().get()
+    result = rollup_minutes.apply().get()
     assert set(result) == {"minutes", "rows"}
