@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= var/wheelhouse
 
-.PHONY: run test lint format migrate admin bench agent-wheels clean
+.PHONY: run test lint format migrate admin bench bench-ingest bench-charts agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ agent-wheels: | $(BIN)/python
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/agent_overhead.py
+
+# Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL).
+bench-ingest: $(VENV)/.dev
+	$(BIN)/python bench/ingest.py
+
+bench-charts: $(VENV)/.dev
+	$(BIN)/python bench/chart_queries.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet import catalog
-from fleet.events import event_publish
+from fleet.events import event_publish, fleet_summary_add
 from fleet.models import (
     BatchJob,
     Gpu,
@@ -31,6 +31,7 @@ from fleet.models import (
     Node,
     OrphanContainer,
 )
+from fleet.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
 REPORT_INTERVAL_S = 5.0
@@ -86,25 +87,33 @@ def _when(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=UTC)
 
 
+def _mig_mode(reading: protocol.GpuSample) -> str:
+    if reading.mig_enabled is None:
+        return Gpu.MigMode.UNSUPPORTED
+    return Gpu.MigMode.ENABLED if reading.mig_enabled else Gpu.MigMode.DISABLED
+
+
 def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
-    """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes."""
+    """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes.
+
+    One SELECT finds both this node's GPUs and any reported UUID held by another node; a
+    row is written only when the report differs from it, so a steady host costs one query
+    here, not one per GPU. MIG devices are read only where MIG is or was enabled.
+    """
     uuids = [gpu.uuid for gpu in gpus]
-    taken = list(Gpu.objects.filter(uuid__in=uuids).exclude(node=node).values_list("uuid", flat=True)[:5])
+    rows = list(Gpu.objects.filter(Q(node=node) | Q(uuid__in=uuids)))
+    taken = [gpu.uuid for gpu in rows if gpu.node_id != node.pk][:5]
     if taken:
         raise IngestError(403, "GPUs already registered to another node", taken)
-    existing = {gpu.uuid: gpu for gpu in Gpu.objects.filter(node=node)}
+    existing = {gpu.uuid: gpu for gpu in rows}
+    had_mig = {gpu.uuid for gpu in rows if gpu.mig_mode == Gpu.MigMode.ENABLED}
     for reading in gpus:
-        mig_mode = (
-            Gpu.MigMode.UNSUPPORTED
-            if reading.mig_enabled is None
-            else (Gpu.MigMode.ENABLED if reading.mig_enabled else Gpu.MigMode.DISABLED)
-        )
         values = dict(
             index=reading.index,
             model_name=reading.name,
             memory_total_bytes=reading.memory_total_bytes,
             mig_capable=reading.mig_enabled is not None or bool(catalog.gpu_supports_mig(reading.name)),
-            mig_mode=mig_mode,
+            mig_mode=_mig_mode(reading),
         )
         gpu = existing.get(reading.uuid)
         if gpu is None:
@@ -112,24 +121,34 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
             existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
         elif any(getattr(gpu, key) != value for key, value in values.items()):
             Gpu.objects.filter(pk=gpu.pk).update(**values)
-        _sync_mig_devices(existing[reading.uuid], reading.mig_devices)
+            for key, value in values.items():
+                setattr(gpu, key, value)
+    mig_gpus = [existing[r.uuid] for r in gpus if r.mig_devices or r.uuid in had_mig or r.mig_enabled]
+    if mig_gpus:
+        _sync_mig_devices(mig_gpus, {r.uuid: r.mig_devices for r in gpus})
     return existing
 
 
-def _sync_mig_devices(gpu: Gpu, devices: list[protocol.MigDevice]) -> None:
-    reported = {device.uuid for device in devices}
-    MigDevice.objects.filter(gpu=gpu).exclude(uuid__in=reported).delete()
-    for device in devices:
-        MigDevice.objects.update_or_create(
-            uuid=device.uuid,
-            defaults=dict(
-                gpu=gpu,
+def _sync_mig_devices(gpus: list[Gpu], reported: dict[str, list[protocol.MigDevice]]) -> None:
+    """Bring the MIG devices of ``gpus`` in line with the report, writing only what changed."""
+    current = {device.uuid: device for device in MigDevice.objects.filter(gpu__in=gpus)}
+    wanted: set[str] = set()
+    for gpu in gpus:
+        for device in reported.get(gpu.uuid, []):
+            wanted.add(device.uuid)
+            values = dict(
+                gpu_id=gpu.pk,
                 profile=device.profile or "1g.unknown",
                 gpu_instance_id=device.gpu_instance_id,
                 compute_instance_id=device.compute_instance_id,
                 memory_total_bytes=device.memory_total_bytes,
-            ),
-        )
+            )
+            row = current.get(device.uuid)
+            if row is None or any(getattr(row, key) != value for key, value in values.items()):
+                MigDevice.objects.update_or_create(uuid=device.uuid, defaults=values)
+    gone = [row.pk for uuid, row in current.items() if uuid not in wanted]
+    if gone:
+        MigDevice.objects.filter(pk__in=gone).delete()
 
 
 def _gpu_sample(gpu: Gpu, at: datetime, reading: protocol.GpuSample) -> GpuSample:
@@ -183,13 +202,16 @@ def _apply_instance_states(
 
     ``requested`` holds, per instance, the newest sample time with a request rate above
     zero: idle reclaim measures idleness from it.
+
+    An instance whose reported fields all match its row is not written: a steady fleet
+    costs one SELECT here per report.
     """
     changed = []
     instances = Instance.objects.filter(node_instances(node), pk__in=latest).select_related("gpu", "mig_device")
     for instance in instances:
         at, reading = latest[instance.pk]
         state_changed = reading.state != instance.actual_state or reading.generation != instance.actual_generation
-        updates = dict(
+        updates: dict[str, object] = dict(
             actual_state=reading.state,
             actual_generation=reading.generation,
             container_id=reading.container_id,
@@ -213,7 +235,8 @@ def _apply_instance_states(
                 mig_device=instance.mig_device,
             )
             changed.append(instance.pk)
-        Instance.objects.filter(pk=instance.pk).update(**updates)
+        if any(getattr(instance, key) != value for key, value in updates.items()):
+            Instance.objects.filter(pk=instance.pk).update(**updates)
     return changed
 
 
@@ -229,17 +252,21 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
     with transaction.atomic():
         locked = Node.objects.select_for_update().get(pk=node.pk)
         fresh = [report for report in batch.reports if report.seq > locked.last_seq]
-        foreign = reported_ids - set(Instance.objects.filter(node_instances(node)).values_list("pk", flat=True))
+        foreign = (
+            reported_ids - set(Instance.objects.filter(node_instances(node)).values_list("pk", flat=True))
+            if reported_ids
+            else set()
+        )
         if foreign:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
         changed: list[int] = []
+        gpu_samples = 0
         if fresh:
-            changed = _store(locked, fresh, batch.dropped)
-    if changed or fresh:
-        event_publish(
-            kind="report",
-            payload={"node": node.name, "reports": len(fresh), "instances_changed": changed},
-        )
+            changed, gpu_samples = _store(locked, fresh, batch.dropped)
+    if changed:
+        event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
+    if fresh:
+        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=gpu_samples)
     return protocol.Reply(
         ack_seq=max(seqs[-1], locked.last_seq),
         desired=desired_for(node),
@@ -253,7 +280,11 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
     )
 
 
-def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int]:
+def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], int]:
+    """Write the reports' samples (one INSERT per table) and the node's newest state.
+
+    Returns the instances whose state changed and the number of GPU samples stored.
+    """
     newest = reports[-1]
     gpus = _sync_gpus(node, newest.gpus)
     gpu_rows: list[GpuSample] = []
@@ -272,8 +303,10 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
             if sample.request_rate:
                 requested[sample.instance_id] = at
     GpuSample.objects.bulk_create(gpu_rows, batch_size=1000)
-    InstanceSample.objects.bulk_create(instance_rows, batch_size=1000)
-    changed = _apply_instance_states(node, latest, requested)
+    if instance_rows:
+        InstanceSample.objects.bulk_create(instance_rows, batch_size=1000)
+    rollup_reopen(since=_when(reports[0].sampled_at))
+    changed = _apply_instance_states(node, latest, requested) if latest else []
     _record_orphans(node, _when(newest.sampled_at), newest.containers)
     Node.objects.filter(pk=node.pk).update(
         last_seq=newest.seq,
@@ -287,7 +320,7 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> list[int
         containers=[container.model_dump() for container in newest.containers],
         reports_dropped=F("reports_dropped") + dropped,
     )
-    return changed
+    return changed, len(gpu_rows)
 
 
 def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignContainer]) -> None:

@@ -11,7 +11,7 @@ from statistics import median
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from fleet.ingest import REPORT_INTERVAL_S
@@ -19,6 +19,8 @@ from fleet.models import (
     BatchJob,
     Decision,
     Gpu,
+    GpuHour,
+    GpuMinute,
     GpuSample,
     Instance,
     InstanceEvent,
@@ -29,6 +31,8 @@ from fleet.models import (
     OrphanContainer,
     Policy,
     Pool,
+    PoolHour,
+    PoolMinute,
 )
 from fleet.policies.settings import SCHEMAS, policy_settings_validate
 from fleet.policies.snapshot import (
@@ -377,3 +381,146 @@ def _gpu_view(
 def join_tokens_recent(limit: int = 10) -> list[JoinToken]:
     """The newest join tokens with the hosts that registered with each."""
     return list(JoinToken.objects.prefetch_related("nodes").order_by("-created_at")[:limit])
+
+
+# ---- telemetry: the queries charts, /metrics and the benchmarks use -------------------------
+#
+# Resolution follows the range so a chart never reads more than about 1,500 points per
+# series: raw samples up to RAW_MAX_RANGE, minute rollups up to MINUTE_MAX_RANGE, hour
+# rollups beyond. History pages never read raw samples past RAW_MAX_RANGE.
+
+RAW_MAX_RANGE = timedelta(hours=2)
+MINUTE_MAX_RANGE = timedelta(hours=25)
+HOLDING_STATES = frozenset({"starting", "ready", "sleeping", "stopping"})
+SAMPLE_FRESH_FOR = timedelta(minutes=2)
+
+GPU_SERIES_FIELDS = ("utilization", "sm_activity", "memory_used", "power")
+
+
+def _resolution(start: datetime, end: datetime) -> str:
+    span = end - start
+    if span <= RAW_MAX_RANGE:
+        return "raw"
+    return "minute" if span <= MINUTE_MAX_RANGE else "hour"
+
+
+def gpu_series(*, gpu_id: int, start: datetime, end: datetime) -> dict[str, Any]:
+    """One GPU's utilization, SM activity, memory and power over [start, end), for a chart.
+
+    Returns ``{"resolution", "at": [...], "<field>": [...], "<field>_max": [...]}``; raw
+    samples have no separate max, so ``_max`` repeats the value there.
+    """
+    resolution = _resolution(start, end)
+    if resolution == "raw":
+        rows = (
+            GpuSample.objects.filter(gpu_id=gpu_id, at__gte=start, at__lt=end)
+            .order_by("at")
+            .values_list("at", "utilization_gpu_pct", "sm_activity_pct", "memory_used_bytes", "power_watts")
+        )
+        columns = list(zip(*rows, strict=True)) or [()] * 5
+        series = dict(zip(("at", *GPU_SERIES_FIELDS), (list(c) for c in columns), strict=True))
+        return {"resolution": resolution, **series, **{f"{f}_max": series[f] for f in GPU_SERIES_FIELDS}}
+    model = GpuMinute if resolution == "minute" else GpuHour
+    fields = ["bucket"] + [f"{f}_{kind}" for f in GPU_SERIES_FIELDS for kind in ("mean", "max")]
+    rows = (
+        model.objects.filter(gpu_id=gpu_id, bucket__gte=start, bucket__lt=end).order_by("bucket").values_list(*fields)
+    )
+    columns = list(zip(*rows, strict=True)) or [()] * len(fields)
+    out: dict[str, Any] = {"resolution": resolution, "at": list(columns[0])}
+    for i, f in enumerate(GPU_SERIES_FIELDS):
+        out[f], out[f"{f}_max"] = list(columns[1 + 2 * i]), list(columns[2 + 2 * i])
+    return out
+
+
+def pool_series(*, pool_id: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """One pool's traffic, queue and latency percentiles (from merged buckets) per bucket."""
+    model = PoolMinute if end - start <= MINUTE_MAX_RANGE else PoolHour
+    return list(
+        model.objects.filter(pool_id=pool_id, bucket__gte=start, bucket__lt=end)
+        .order_by("bucket")
+        .values(
+            "bucket",
+            "instances",
+            "requests",
+            "prompt_tokens",
+            "generation_tokens",
+            "requests_waiting_mean",
+            "requests_waiting_max",
+            "kv_cache_usage_mean",
+            "ttft_p95_s",
+            "e2e_p50_s",
+            "e2e_p95_s",
+            "e2e_p99_s",
+        )
+    )
+
+
+def fleet_heatmap(*, start: datetime, end: datetime) -> dict[str, Any]:
+    """Mean utilization per GPU per hour over [start, end): rows GPUs, columns hours.
+
+    Hours without samples stay None (a gap), never 0.
+    """
+    first = start.replace(minute=0, second=0, microsecond=0)
+    hours = []
+    at = first
+    while at < end:
+        hours.append(at)
+        at += timedelta(hours=1)
+    column = {hour: i for i, hour in enumerate(hours)}
+    gpus = list(Gpu.objects.order_by("node__name", "index").values_list("pk", "node__name", "index"))
+    row = {pk: i for i, (pk, _name, _index) in enumerate(gpus)}
+    cells: list[list[float | None]] = [[None] * len(hours) for _ in gpus]
+    for gpu_id, bucket, value in GpuHour.objects.filter(bucket__gte=first, bucket__lt=end).values_list(
+        "gpu_id", "bucket", "utilization_mean"
+    ):
+        if gpu_id in row and bucket in column:
+            cells[row[gpu_id]][column[bucket]] = value
+    return {"hours": hours, "gpus": [f"{name}/{index}" for _pk, name, index in gpus], "utilization": cells}
+
+
+def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[dict[str, Any]]:
+    """Every GPU's newest sample with its node, in two index-backed queries.
+
+    The newest sample id per GPU is one probe of the ``(gpu, at DESC)`` index each, so
+    this stays fast however long the table grows. GPUs whose newest sample is older than
+    ``fresh_for`` (None: any age) are left out: a host that stopped reporting must not
+    show its last utilization as if it were current.
+    """
+    newest = GpuSample.objects.filter(gpu_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
+    ids = Gpu.objects.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
+    samples = GpuSample.objects.filter(pk__in=ids)
+    if fresh_for is not None:
+        samples = samples.filter(at__gte=timezone.now() - fresh_for)
+    return list(
+        samples.values(
+            "gpu_id",
+            "at",
+            "utilization_gpu_pct",
+            "sm_activity_pct",
+            "memory_used_bytes",
+            "memory_total_bytes",
+            "power_watts",
+            "temperature_c",
+            "energy_joules",
+            node=F("gpu__node__name"),
+            index=F("gpu__index"),
+            uuid=F("gpu__uuid"),
+            model=F("gpu__model_name"),
+        )
+    )
+
+
+def instances_latest(*, fresh_for: timedelta = SAMPLE_FRESH_FOR) -> list[dict[str, Any]]:
+    """Every instance's newest sample (queue, latency) with its pool, if fresh."""
+    newest = InstanceSample.objects.filter(instance_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
+    ids = Instance.objects.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
+    return list(
+        InstanceSample.objects.filter(pk__in=ids, at__gte=timezone.now() - fresh_for).values(
+            "instance_id",
+            "requests_waiting",
+            "requests_running",
+            "ttft_p95_s",
+            "e2e_p95_s",
+            pool=F("instance__pool__name"),
+        )
+    )

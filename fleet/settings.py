@@ -156,10 +156,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
-# Synced into django-celery-beat's table at beat start, then editable in the admin.
-CELERY_BEAT_SCHEDULE = {
-    "costs-evaluate": {"task": "fleet.costs_evaluate", "schedule": envint("FLEET_COST_EVALUATE_S", 60)},
-}
 
 # Spend. Every figure is in one currency; price rates in other currencies are not converted
 # (the panel holds no exchange rates) and are ignored. Calendar periods (month to date,
@@ -224,3 +220,18 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# Telemetry: how long raw samples and rollups are kept (enforced by the prune task), and
+# how often the coalesced fleet summary may go to browsers.
+TELEMETRY_RAW_RETENTION_HOURS = envint("TELEMETRY_RAW_RETENTION_HOURS", 48)
+TELEMETRY_MINUTE_RETENTION_DAYS = envint("TELEMETRY_MINUTE_RETENTION_DAYS", 30)
+TELEMETRY_HOUR_RETENTION_DAYS = envint("TELEMETRY_HOUR_RETENTION_DAYS", 400)
+FLEET_SUMMARY_INTERVAL_S = float(os.environ.get("FLEET_SUMMARY_INTERVAL_S", "1.0"))
+
+# /metrics: a bearer token, or (without one) client addresses allowed; loopback by default.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
+METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+
+# The in-process scheduler runs the periodic tasks where there is no Celery beat (the
+# embedded default). Off where Redis is set: there beat and workers run them.
+FLEET_INPROCESS_SCHEDULER = envbool("FLEET_INPROCESS_SCHEDULER", "0" if REDIS_URL else "1")

@@ -1,4 +1,10 @@
-"""Celery tasks of the fleet domain."""
+"""Celery tasks of the fleet domain.
+
+The periodic ones are registered with django-celery-beat by ``fleet.schedules`` (a data
+migration installs them; ``manage.py fleet_schedule`` puts them back). In the embedded
+default, where Celery is eager and there is no beat, ``fleet.scheduler`` runs the same
+task functions from a thread in the server process.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 from celery import shared_task
 from django.db import connection
 
+from fleet import rollups
 from fleet.models import AlertDelivery
 from fleet.policies.evaluate import ORDER, policies_evaluate
 
@@ -67,3 +74,21 @@ def alert_deliver(self, delivery_id: int) -> object:  # type: ignore[no-untyped-
             return self.retry(exc=exc, countdown=countdown, throw=False)
         raise self.retry(exc=exc, countdown=countdown) from exc
     return AlertDelivery.Status.SENT
+
+
+@shared_task(name="fleet.telemetry.rollup_minutes")
+def rollup_minutes() -> dict[str, Any]:
+    """Minute rollups up to the last finished minute; safe to run twice (it recomputes whole windows)."""
+    return rollups.rollup_minutes_run()
+
+
+@shared_task(name="fleet.telemetry.rollup_hours")
+def rollup_hours() -> dict[str, Any]:
+    """Hour rollups from the minute rollups, including the hour in progress."""
+    return rollups.rollup_hours_run()
+
+
+@shared_task(name="fleet.telemetry.prune")
+def telemetry_prune() -> dict[str, int]:
+    """Enforce the retention settings on raw samples and rollups."""
+    return rollups.telemetry_prune()

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from fleet import agent_api, agent_dist
+from fleet import agent_api, agent_dist, metrics
 
 admin.site.site_header = "GPU fleet control panel"
 admin.site.site_title = "GPU fleet"
@@ -17,5 +17,6 @@ urlpatterns = [
     path("agent/gpufleet-agent.tar.gz", agent_dist.agent_tarball, name="agent-tarball"),
     path("agent/wheels/", agent_dist.wheel_index, name="agent-wheels"),
     path("agent/wheels/<str:name>", agent_dist.wheel_file, name="agent-wheel"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("", include("dashboard.urls")),
 ]

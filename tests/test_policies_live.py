@@ -17,7 +17,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from fleet.models import Decision, GpuSample, Instance, InstanceSample, Node
-from fleet.schedule import EVALUATE_NAME, EVALUATE_TASK, schedule_install
+from fleet.schedules import EVALUATE_TASK, schedules_install
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 from tests.support.require import require
 
@@ -98,9 +98,9 @@ def test_scheduled_evaluations_on_two_workers_stop_each_idle_instance_once(
     redis_url: str, request: pytest.FixtureRequest
 ) -> None:
     instances = _idle_fleet()
-    schedule_install(IntervalSchedule=IntervalSchedule, PeriodicTask=PeriodicTask)  # a transactional test flushed it
+    schedules_install(IntervalSchedule=IntervalSchedule, PeriodicTask=PeriodicTask)  # a transactional test flushed it
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
-    PeriodicTask.objects.filter(name=EVALUATE_NAME).update(interval=every_second)
+    PeriodicTask.objects.filter(name=EVALUATE_TASK).update(interval=every_second)
     request.getfixturevalue("celery_processes")
     probe = Celery("probe", broker=redis_url)
     for _ in range(2):  # and two evaluations sent at the same moment, besides beat's
@@ -120,4 +120,4 @@ def test_scheduled_evaluations_on_two_workers_stop_each_idle_instance_once(
         assert (decision.policy_kind, decision.action) == ("idle_reclaim", "stop")
         assert decision.reason.startswith("pool chat-l idle for 11 min ")
         assert decision.reason.endswith(f"; stopping instance {instance.pk}")
-    assert PeriodicTask.objects.get(name=EVALUATE_NAME).total_run_count >= 1
+    assert PeriodicTask.objects.get(name=EVALUATE_TASK).total_run_count >= 1

@@ -5,18 +5,19 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 import fleet.models.serving
-from fleet.schedule import EVALUATE_NAME, schedule_install
+from fleet.schedules import PERIODIC_TASKS, schedules_install
 
 
 def install_schedule(apps, schema_editor):
-    schedule_install(
+    schedules_install(
         IntervalSchedule=apps.get_model("django_celery_beat", "IntervalSchedule"),
         PeriodicTask=apps.get_model("django_celery_beat", "PeriodicTask"),
     )
 
 
 def uninstall_schedule(apps, schema_editor):
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=EVALUATE_NAME).delete()
+    tasks = [task for task, _every, _description in PERIODIC_TASKS]
+    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(task__in=tasks).delete()
 
 
 class Migration(migrations.Migration):

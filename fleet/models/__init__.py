@@ -6,7 +6,15 @@ from fleet.models.nodes import Gpu, JoinToken, MigDevice, Node
 from fleet.models.policies import Decision, Policy
 from fleet.models.serving import Instance, InstanceEvent, ModelProfile, Pool
 from fleet.models.teams import ApiKey, Team
-from fleet.models.telemetry import GpuSample, InstanceSample
+from fleet.models.telemetry import (
+    GpuHour,
+    GpuMinute,
+    GpuSample,
+    InstanceSample,
+    PoolHour,
+    PoolMinute,
+    RollupWatermark,
+)
 
 __all__ = [
     "Alert",
@@ -17,6 +25,8 @@ __all__ = [
     "Budget",
     "Decision",
     "Gpu",
+    "GpuHour",
+    "GpuMinute",
     "GpuSample",
     "Instance",
     "InstanceEvent",
@@ -28,6 +38,9 @@ __all__ = [
     "OrphanContainer",
     "Policy",
     "Pool",
+    "PoolHour",
+    "PoolMinute",
     "PriceRate",
+    "RollupWatermark",
     "Team",
 ]

@@ -16,7 +16,7 @@ from fleet.policies.evaluate import Evaluation, actions_apply, policies_evaluate
 from fleet.policies.idle import idle_reclaim
 from fleet.policies.placement import PlacementRefused
 from fleet.policies.snapshot import histogram_quantile
-from fleet.schedule import EVALUATE_NAME, EVALUATE_TASK
+from fleet.schedules import EVALUATE_TASK
 from fleet.services import StaleGeneration, batch_job_preempt, batch_job_start, instance_launch
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 
@@ -191,14 +191,15 @@ def test_prewarm_reads_request_times_from_an_injected_source(fleet) -> None:  # 
 
 
 def test_the_schedule_is_in_the_database_and_runs_in_process_without_a_broker(fleet) -> None:  # type: ignore[no-untyped-def]
-    task = PeriodicTask.objects.get(name=EVALUATE_NAME)
+    task = PeriodicTask.objects.get(name=EVALUATE_TASK)
     assert (task.task, task.interval.every, task.interval.period) == (EVALUATE_TASK, 30, "seconds")
     out = StringIO()
     call_command("fleet_schedule", stdout=out)
-    assert "present (unchanged)" in out.getvalue() and PeriodicTask.objects.filter(name=EVALUATE_NAME).count() == 1
+    assert "0 periodic task(s) created" in out.getvalue()
+    assert PeriodicTask.objects.filter(name=EVALUATE_TASK).count() == 1
     _node, gpu, pool = fleet
     instance = idle_instance(pool, gpu)
     call_command("fleet_schedule", "--loop", "--once", stdout=out)
     instance.refresh_from_db()
     assert instance.desired_state == "stopped"
-    assert PeriodicTask.objects.get(name=EVALUATE_NAME).total_run_count == 1
+    assert PeriodicTask.objects.get(name=EVALUATE_TASK).total_run_count == 1

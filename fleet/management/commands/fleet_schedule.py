@@ -1,4 +1,4 @@
-"""Install the policy schedule, or run it in-process where there is no broker."""
+"""Install the panel's periodic tasks in the beat schedule, or run them in-process where there is no broker."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from fleet.celery import app
-from fleet.schedule import schedule_install
+from fleet.schedules import schedules_install
 
 
 class Command(BaseCommand):
-    help = "Create the policy evaluation schedule if missing; with --loop, run due tasks in this process."
+    help = "Create missing periodic tasks (policies, costs, rollups, retention); with --loop, run due ones here."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -28,8 +28,8 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="With --loop: one pass, then exit.")
 
     def handle(self, *args: Any, loop: bool, once: bool, **options: Any) -> None:
-        created = schedule_install(IntervalSchedule=IntervalSchedule, PeriodicTask=PeriodicTask)
-        self.stdout.write("Schedule created." if created else "Schedule present (unchanged).")
+        created = schedules_install(PeriodicTask=PeriodicTask, IntervalSchedule=IntervalSchedule)
+        self.stdout.write(f"{created} periodic task(s) created")
         while loop:
             self.run_due()
             if once:

@@ -1,0 +1,256 @@
+"""Chart queries over a week of a thousand GPUs: the selectors the dashboard uses, timed.
+
+Builds a scratch PostgreSQL database ``bench_tele`` (created here, dropped at the end),
+generates the history inside PostgreSQL with ``generate_series`` (no rows cross the
+wire): GPUs on 125 hosts, a week of minute and hour rollups for every GPU and pool, and
+the last few hours of raw 5 s samples. It then times each chart query through
+``fleet.selectors`` (ORM and all, as the dashboard calls it), warm, several times, and
+prints the median and worst against a baseline measured in the same run: the round trip
+of ``SELECT 1`` through the same connection. A second comparison row shows what the
+24 h heatmap would cost read from minute rollups instead of hour rollups.
+
+    python bench/chart_queries.py [--gpus 1000] [--days 7] [--raw-hours 6] [--repeat 7]
+
+Target: every query <= 300 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "bench_tele"
+GPUS_PER_HOST = 8
+POOLS = 4
+
+
+def admin_sql(base: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = url
+    os.environ.pop("REDIS_URL", None)
+    os.environ["DEBUG"] = "0"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, float]:
+    """Fleet rows through the ORM, history through generate_series; returns seconds per step."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from fleet.models import Gpu, Instance, ModelProfile, Node, Pool
+
+    took: dict[str, float] = {}
+    started = time.perf_counter()
+    call_command("migrate", verbosity=0)
+    hosts = []
+    for i in range(gpus // GPUS_PER_HOST):
+        node = Node(name=f"bench-{i:04d}", status="online", last_seen_at=now)
+        node.issue_token()
+        hosts.append(node)
+    Node.objects.bulk_create(hosts)
+    Gpu.objects.bulk_create(
+        Gpu(
+            node=node,
+            index=g,
+            uuid=f"GPU-{node.name}-{g}",
+            model_name="NVIDIA H100 80GB HBM3",
+            memory_total_bytes=85_520_809_984,
+        )
+        for node in Node.objects.all()
+        for g in range(GPUS_PER_HOST)
+    )
+    profile = ModelProfile.objects.get(name="qwen3-4b-chat-bf16")  # installed by the presets migration
+    pools = Pool.objects.bulk_create(
+        Pool(name=f"pool-{p}", tier="L", isolation="shared", model_profile=profile) for p in range(POOLS)
+    )
+    Instance.objects.bulk_create(
+        Instance(pool=pools[i % POOLS], gpu=gpu, actual_state="ready")
+        for i, gpu in enumerate(Gpu.objects.order_by("pk")[: gpus // 4])
+    )
+    took["fleet rows"] = time.perf_counter() - started
+    start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    util = "(50 + 30 * sin(extract(epoch from t) / 3600.0 + g.id) + 10 * random())"
+    gpu_columns = (
+        "gpu_id, bucket, samples, utilization_mean, utilization_max, sm_activity_mean, sm_activity_max, "
+        "memory_used_mean, memory_used_max, memory_total, power_mean, power_max, temperature_max, energy_joules"
+    )
+    histogram = (
+        """'{"bounds": [0.1, 0.25, 0.5, 1.0, 2.5], "counts": [100, 400, 800, 950, 990], "count": 1000}'::jsonb"""
+    )
+    pool_columns = (
+        "pool_id, bucket, samples, instances, requests_waiting_mean, requests_waiting_max, requests_running_mean, "
+        "requests_running_max, kv_cache_usage_mean, requests, prompt_tokens, generation_tokens, ttft_histogram, "
+        "e2e_histogram, ttft_p50_s, ttft_p95_s, ttft_p99_s, e2e_p50_s, e2e_p95_s, e2e_p99_s"
+    )
+    with connection.cursor() as cursor:
+        for table, step, samples, energy in (
+            ("fleet_gpuminute", "1 minute", 12, 18_000),
+            ("fleet_gpuhour", "1 hour", 720, 1_080_000),
+        ):
+            started = time.perf_counter()
+            day = start
+            while day < now:  # a day per statement keeps rows in time order, as the rollup task writes them
+                until = min(day + timedelta(days=1), now)
+                cursor.execute(
+                    f"INSERT INTO {table} ({gpu_columns}) "
+                    f"SELECT g.id, t, {samples}, u, least(u + 10, 100), u * 0.8, least(u * 0.8 + 10, 100), "
+                    "2e10 + u * 1e8, 2e10 + u * 1e8 + 1e9, 85520809984, 200 + 4 * u, 260 + 4 * u, 60 + u / 5, "
+                    f"{energy} "
+                    f"FROM generate_series(%s::timestamptz, %s::timestamptz - interval '{step}', interval '{step}') t "
+                    f"CROSS JOIN fleet_gpu g CROSS JOIN LATERAL (SELECT {util} AS u) x",
+                    [day, until],
+                )
+                day = until
+            took[table] = time.perf_counter() - started
+        started = time.perf_counter()
+        for table, step in (("fleet_poolminute", "1 minute"), ("fleet_poolhour", "1 hour")):
+            cursor.execute(
+                f"INSERT INTO {table} ({pool_columns}) "
+                f"SELECT p.id, t, 600, 60, 2, 8, 30, 60, 0.5, 1000, 4e5, 2e5, {histogram}, {histogram}, "
+                f"0.2, 0.8, 1.5, 0.3, 1.1, 2.2 "
+                f"FROM generate_series(%s::timestamptz, %s::timestamptz - interval '{step}', interval '{step}') t "
+                f"CROSS JOIN fleet_pool p",
+                [start, now],
+            )
+        took["pool rollups"] = time.perf_counter() - started
+        started = time.perf_counter()
+        raw_start = now - timedelta(hours=raw_hours)
+        hour = raw_start
+        while hour < now:
+            until = min(hour + timedelta(hours=1), now)
+            cursor.execute(
+                "INSERT INTO fleet_gpusample (gpu_id, at, utilization_gpu_pct, sm_activity_pct, memory_used_bytes, "
+                "memory_total_bytes, power_watts, power_limit_watts, energy_joules, temperature_c, sm_clock_mhz, "
+                "mem_clock_mhz, pstate, throttle_reasons, ecc_uncorrected) "
+                f"SELECT g.id, t, {util}, 40, 2e10, 85520809984, 300, 700, 1e9 + extract(epoch from t) * 300, 60, "
+                "1980, 2619, 0, '[]'::jsonb, 0 "
+                "FROM generate_series(%s::timestamptz, %s::timestamptz - interval '5 seconds', interval '5 seconds') t "
+                "CROSS JOIN fleet_gpu g",
+                [hour, until],
+            )
+            hour = until
+        took["fleet_gpusample"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for table in ("fleet_gpusample", "fleet_gpuminute", "fleet_gpuhour", "fleet_poolminute", "fleet_poolhour"):
+            cursor.execute(f"VACUUM ANALYZE {table}")
+        took["vacuum analyze"] = time.perf_counter() - started
+    return took
+
+
+def timed(call: Callable[[], Any], repeat: int) -> tuple[float, float, int]:
+    """Median and worst milliseconds over ``repeat`` warm calls, and the rows the result holds."""
+    result = call()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = call()
+        times.append((time.perf_counter() - started) * 1000)
+    size = len(result) if isinstance(result, list) else len(result.get("at") or result.get("utilization") or [])
+    return statistics.median(times), max(times), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpus", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--raw-hours", type=int, default=6)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL the bench may create and drop the database bench_tele on",
+    )
+    args = parser.parse_args()
+    url = args.database_url.rsplit("/", 1)[0] + "/" + DB_NAME
+    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    admin_sql(args.database_url, f"CREATE DATABASE {DB_NAME}")
+    try:
+        setup_django(url)
+        from django.db import connection
+
+        from fleet import selectors
+        from fleet.models import Gpu, GpuMinute, GpuSample, Pool
+
+        now = datetime.now(tz=UTC).replace(microsecond=0)
+        took = generate(args.gpus, args.days, args.raw_hours, now)
+        gpu = Gpu.objects.order_by("pk")[args.gpus // 2].pk
+        pool = Pool.objects.order_by("pk").first().pk
+        counts = {
+            "raw samples": GpuSample.objects.count(),
+            "minute rollups": GpuMinute.objects.count(),
+        }
+
+        def select_one() -> list[Any]:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                return cursor.fetchall()
+
+        def heatmap_from_minutes() -> list[Any]:
+            return list(
+                GpuMinute.objects.filter(bucket__gte=now - timedelta(hours=24)).values_list(
+                    "gpu_id", "bucket", "utilization_mean"
+                )
+            )
+
+        queries: list[tuple[str, Callable[[], Any]]] = [
+            ("baseline: SELECT 1 round trip", select_one),
+            (
+                "one GPU, 1 h (raw samples)",
+                lambda: selectors.gpu_series(gpu_id=gpu, start=now - timedelta(hours=1), end=now),
+            ),
+            (
+                "one GPU, 24 h (minute rollups)",
+                lambda: selectors.gpu_series(gpu_id=gpu, start=now - timedelta(hours=24), end=now),
+            ),
+            (
+                "one GPU, 7 d (hour rollups)",
+                lambda: selectors.gpu_series(gpu_id=gpu, start=now - timedelta(days=7), end=now),
+            ),
+            (
+                "one pool, 7 d (hour rollups)",
+                lambda: selectors.pool_series(pool_id=pool, start=now - timedelta(days=7), end=now),
+            ),
+            (
+                "fleet heatmap, 24 h (hour rollups)",
+                lambda: selectors.fleet_heatmap(start=now - timedelta(hours=24), end=now),
+            ),
+            ("latest per GPU, all GPUs", lambda: selectors.gpus_latest(fresh_for=None)),
+            ("compare: heatmap 24 h from minutes", heatmap_from_minutes),
+        ]
+        results = [(label, *timed(call, args.repeat)) for label, call in queries]
+        connection.close()
+    finally:
+        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+
+    print(
+        f"chart queries: {args.gpus} GPUs, {args.days} d of minute and hour rollups, {args.raw_hours} h of raw 5 s "
+        f"samples ({counts['raw samples']:,} raw rows, {counts['minute rollups']:,} minute rows), PostgreSQL, "
+        f"{os.cpu_count()} CPU cores"
+    )
+    print("generation: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in took.items()))
+    baseline = results[0][1]
+    print(f"{'query (through fleet.selectors)':38}{'rows':>9}{'median ms':>11}{'worst ms':>10}{'x SELECT 1':>12}")
+    for label, median, worst, rows in results:
+        print(f"{label:38}{rows:>9,}{median:>11.1f}{worst:>10.1f}{median / baseline:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

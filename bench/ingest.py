@@ -1,0 +1,297 @@
+"""Report ingest at fleet scale: the real report endpoint, over HTTP, against PostgreSQL.
+
+Starts the panel under gunicorn (a few sync workers, like a small production box) on a
+scratch database ``bench_tele`` (created here, dropped at the end), registers N simulated
+hosts, and drives the real ``/api/agent/v1/report`` from a separate load-generator process:
+every host sends one report of G GPUs every interval, spread evenly, open loop (a slow
+reply does not slow the offered load). Prints sustained GPU samples per second (counted in
+the database, not just from replies), report latency p50/p99, and a baseline measured in
+the same run: the same load against a trivial WSGI endpoint in the same server setup,
+which reads the body and answers a constant (the floor of HTTP, server and load generator).
+Also times one minute rollup of the stored samples.
+
+    python bench/ingest.py [--hosts 1250] [--gpus 8] [--interval 5] [--seconds 60] [--workers 4]
+
+Target: >= 2,000 GPU samples/s sustained (1,250 hosts x 8 GPUs / 5 s) with p99 <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "bench_tele"
+
+
+def trivial_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The baseline endpoint: read the body, answer a constant, touch nothing else."""
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    body = b'{"ack_seq": 1, "desired": [], "report_interval_s": 5.0}'
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def database_url(base: str, name: str) -> str:
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def admin_sql(base: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def prepare(url: str, hosts: int) -> list[tuple[str, str]]:
+    """Migrate the scratch database and create the hosts; return (name, token) pairs."""
+    os.environ["DATABASE_URL"] = url
+    os.environ.pop("REDIS_URL", None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from fleet.models import Node
+
+    call_command("migrate", verbosity=0)
+    nodes, tokens = [], []
+    for i in range(hosts):
+        node = Node(name=f"bench-{i:05d}")
+        tokens.append((node.name, node.issue_token()))
+        nodes.append(node)
+    Node.objects.bulk_create(nodes, batch_size=1000)
+    return tokens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(app: str, port: int, workers: int, url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "0", "LOG_LEVEL": "WARNING", "DB_CONN_MAX_AGE": "600"}
+    env.pop("REDIS_URL", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            app,
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+            "--pythonpath",
+            f"{ROOT},{ROOT / 'bench'}",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+def body(name: str, seq: int, gpus: int, tick: int) -> bytes:
+    """One report, as the agent sends it: G GPUs with readings that move a little each tick."""
+    readings = [
+        {
+            "index": g,
+            "uuid": f"GPU-{name}-{g}",
+            "name": "NVIDIA H100 80GB HBM3",
+            "memory_total_bytes": 85_520_809_984,
+            "memory_used_bytes": 20_000_000_000 + 1_000_000 * ((tick + g) % 97),
+            "utilization_gpu_pct": float((tick * 7 + g * 13) % 100),
+            "sm_activity_pct": float((tick * 5 + g * 11) % 100),
+            "power_watts": 300.0 + (tick + g) % 50,
+            "power_limit_watts": 700.0,
+            "energy_joules": 1.0e9 + tick * 1500.0,
+            "temperature_c": 55.0,
+            "sm_clock_mhz": 1980,
+            "mem_clock_mhz": 2619,
+            "pstate": 0,
+            "mig_enabled": False,
+        }
+        for g in range(gpus)
+    ]
+    report = {
+        "seq": seq,
+        "sampled_at": time.time(),
+        "host": {"hostname": f"{name}.bench", "agent_version": "bench", "nvml_available": True},
+        "gpus": readings,
+    }
+    return json.dumps({"version": 1, "node": name, "reports": [report], "dropped": 0}).encode()
+
+
+async def drive(
+    port: int, path: str, tokens: list[tuple[str, str]], gpus: int, interval: float, seconds: float, first_seq: int
+) -> dict[str, Any]:
+    """Every host posts once per interval, spread evenly over it; latencies of replies in the window."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    late = 0
+    start = time.monotonic() + 0.5
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
+
+        async def host(i: int, name: str, token: str) -> None:
+            nonlocal late
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            tick = 0
+            while True:
+                due = start + i * interval / len(tokens) + tick * interval
+                if due - start >= seconds:
+                    return
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -interval / 10:
+                    late += 1
+                data = body(name, first_seq + tick, gpus, tick)
+                sent = time.perf_counter()
+                try:
+                    response = await client.post(path, content=data, headers=headers)
+                    if response.status_code == 200:
+                        latencies.append(time.perf_counter() - sent)
+                    else:
+                        errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                tick += 1
+
+        began = time.monotonic()
+        await asyncio.gather(*(host(i, name, token) for i, (name, token) in enumerate(tokens)))
+        elapsed = time.monotonic() - began
+    return {"latencies": latencies, "errors": errors, "late": late, "elapsed": elapsed}
+
+
+def load_process(args: tuple[Any, ...], out: multiprocessing.Queue) -> None:
+    out.put(asyncio.run(drive(*args)))
+
+
+def load(*args: Any) -> dict[str, Any]:
+    """Run the load generator in its own process, so it does not share a GIL with anything."""
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    process = multiprocessing.get_context("spawn").Process(target=load_process, args=(args, out))
+    process.start()
+    result = out.get()
+    process.join()
+    return result
+
+
+def pct(values: list[float], q: int) -> float:
+    """The q-th percentile in milliseconds."""
+    if len(values) < 2:
+        return values[0] * 1000 if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=int, default=1250)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL the bench may create and drop the database bench_tele on",
+    )
+    args = parser.parse_args()
+    url = database_url(args.database_url, DB_NAME)
+    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    admin_sql(args.database_url, f"CREATE DATABASE {DB_NAME}")
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        tokens = prepare(url, args.hosts)
+        from django.db import connection
+
+        from fleet.models import GpuSample
+        from fleet.rollups import minutes_rollup
+
+        port = free_port()
+        servers.append(serve("ingest:trivial_app", port, args.workers, url))
+        baseline = load(port, "/", tokens, args.gpus, args.interval, args.seconds / 2, 1)
+        servers.pop().terminate()
+
+        port = free_port()
+        servers.append(serve("fleet.wsgi:application", port, args.workers, url))
+        load(port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.interval, 1)  # GPUs registered
+        before = GpuSample.objects.count()
+        began = time.time()
+        panel = load(port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.seconds, 1000)
+        stored = GpuSample.objects.count() - before
+        connection.close()
+
+        from datetime import UTC, datetime, timedelta
+
+        minute = datetime.fromtimestamp(began, tz=UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        rollup_started = time.perf_counter()
+        minutes_rollup(start=minute, end=minute + timedelta(minutes=1))
+        rollup_s = time.perf_counter() - rollup_started
+        rollup_rows = GpuSample.objects.filter(at__gte=minute, at__lt=minute + timedelta(minutes=1)).count()
+        connection.close()
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+
+    offered = args.hosts * args.gpus / args.interval
+    print(
+        f"ingest: {args.hosts} hosts x {args.gpus} GPUs every {args.interval:g} s "
+        f"(offered {offered:,.0f} GPU samples/s), gunicorn {args.workers} sync workers, PostgreSQL, "
+        f"{os.cpu_count()} CPU cores shared by server, database and load generator"
+    )
+    print(f"{'':34}{'reports/s':>10}{'GPU samples/s':>15}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}")
+    for label, run, samples in (
+        ("baseline (trivial endpoint)", baseline, None),
+        ("panel /api/agent/v1/report", panel, stored),
+    ):
+        rate = len(run["latencies"]) / run["elapsed"]
+        shown = f"{samples / run['elapsed']:>15,.0f}" if samples is not None else f"{'-':>15}"
+        print(
+            f"{label:34}{rate:>10,.1f}{shown}{pct(run['latencies'], 50):>9.1f}{pct(run['latencies'], 99):>9.1f}"
+            f"{sum(run['errors'].values()):>8}{run['late']:>6}"
+        )
+    print(
+        f"{'ratio panel/baseline':34}{'':>10}{'':>15}"
+        f"{pct(panel['latencies'], 50) / pct(baseline['latencies'], 50):>9.2f}"
+        f"{pct(panel['latencies'], 99) / pct(baseline['latencies'], 99):>9.2f}"
+    )
+    if panel["errors"] or baseline["errors"]:
+        print(f"errors: panel {panel['errors']}, baseline {baseline['errors']}")
+    print(f"GPU samples stored in the database during the window: {stored:,}")
+    print(f"minute rollup of {rollup_rows:,} samples: {rollup_s * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

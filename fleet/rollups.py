@@ -1,0 +1,459 @@
+"""Rollups and retention: the writes that turn raw samples into the tables charts read.
+
+Minute rollups are computed from raw samples, hour rollups from minute rollups, so an
+hour can be recomputed after its raw samples are pruned. Each window is recomputed whole
+(delete its rows, insert the new ones, in one transaction), which makes a run
+idempotent: running a window twice gives the same rows. A watermark per resolution says
+how far the rollup is complete; ingest pulls the minute watermark back when a batch of
+late reports lands (an agent flushing its buffer after the panel was away), and the minute
+task pulls the hour watermark back over whatever minutes it recomputes.
+
+Arithmetic, chosen so no figure is invented:
+
+* Means are over the samples in the bucket; an hour's mean is its minutes' means weighted
+  by their sample counts, so it equals the mean of the raw samples.
+* A bucket without samples has no row. An hour with one online minute is that minute.
+* Energy: the NVML counter's increase between consecutive samples of one GPU is
+  attributed to the bucket of the later sample. A pair further apart than
+  ``MAX_GAP_S`` (host offline) or with a falling counter (driver reload) adds nothing.
+* Tokens: each sample's rate times the time since the instance's previous sample, under
+  the same gap rule; requests are the observations of the end-to-end latency histogram.
+* Latency: histogram buckets are summed over instances and reports (only histograms with
+  the same bounds can be summed; where bounds differ the bounds most samples use win), and
+  percentiles are read from the merged buckets, never averaged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents.scrape import histogram_quantile
+from fleet.models import GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
+from fleet.models.telemetry import GpuRollup, PoolRollup
+
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+MAX_GAP_S = 60.0
+ROLLUP_LAG = timedelta(seconds=30)
+CHUNK_MINUTES = 10
+RUN_BUDGET_S = 40.0
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+
+
+def floor_minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+def floor_hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def rollup_reopen(*, since: datetime) -> None:
+    """Pull the minute watermark back to ``since`` when late samples land in finished minutes.
+
+    Costs a query only for samples older than the rollup lag, i.e. buffered reports.
+    """
+    if since >= timezone.now() - ROLLUP_LAG - MINUTE:
+        return
+    RollupWatermark.objects.filter(name="minute", done_until__gt=floor_minute(since)).update(
+        done_until=floor_minute(since)
+    )
+
+
+# ---- histograms ----------------------------------------------------------------------
+
+
+def histograms_merge(histograms: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Sum histograms in the protocol's shape; where bounds differ, the most used bounds win."""
+    present = [h for h in histograms if h and h.get("bounds") is not None]
+    if not present:
+        return None
+    bounds, _ = Counter(tuple(h["bounds"]) for h in present).most_common(1)[0]
+    same = [h for h in present if tuple(h["bounds"]) == bounds]
+    counts = [sum(column) for column in zip(*(h["counts"] for h in same), strict=True)] if bounds else []
+    return {"bounds": list(bounds), "counts": counts, "count": sum(h["count"] for h in same)}
+
+
+def histogram_percentiles(histogram: dict[str, Any] | None) -> dict[str, float | None]:
+    """p50/p95/p99 of a merged histogram, read from its buckets as Prometheus does."""
+    if not histogram or not histogram["bounds"] or histogram["count"] <= 0:
+        return dict.fromkeys(QUANTILES)
+    bounds = [*histogram["bounds"], float("inf")]
+    counts = [*histogram["counts"], histogram["count"]]
+    return {name: histogram_quantile(q, bounds, counts) for name, q in QUANTILES.items()}
+
+
+# ---- minute rollups from raw samples ---------------------------------------------------
+
+
+@dataclass
+class _Stat:
+    """Mean and max of one metric over a bucket, skipping missing readings."""
+
+    total: float = 0.0
+    n: int = 0
+    top: float | None = None
+
+    def add(self, value: float | None) -> None:
+        if value is None:
+            return
+        self.total += value
+        self.n += 1
+        self.top = value if self.top is None else max(self.top, value)
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+
+Row = tuple[Any, ...]
+
+
+def _pairs_in(rows: Sequence[Row], start: datetime) -> Iterable[tuple[Row | None, Row]]:
+    """(previous row of the same series or None, row) for each row at or after ``start``.
+
+    ``rows`` are ordered by series then time; the lookback rows before ``start`` serve only
+    as previous rows.
+    """
+    previous: Row | None = None
+    for row in rows:
+        if previous is not None and previous[0] != row[0]:
+            previous = None
+        if row[1] >= start:
+            gap_ok = previous is not None and (row[1] - previous[1]).total_seconds() <= MAX_GAP_S
+            yield (previous if gap_ok else None), row
+        previous = row
+
+
+def gpu_minutes_compute(*, start: datetime, end: datetime) -> list[GpuMinute]:
+    """Per-GPU minute rollups of the raw samples in [start, end), not yet saved."""
+    rows = list(
+        GpuSample.objects.filter(at__gte=start - timedelta(seconds=MAX_GAP_S), at__lt=end)
+        .order_by("gpu_id", "at")
+        .values_list(
+            "gpu_id",
+            "at",
+            "utilization_gpu_pct",
+            "sm_activity_pct",
+            "memory_used_bytes",
+            "memory_total_bytes",
+            "power_watts",
+            "temperature_c",
+            "energy_joules",
+        )
+    )
+    buckets: dict[tuple[int, datetime], dict[str, Any]] = {}
+    for previous, row in _pairs_in(rows, start):
+        gpu_id, at, util, sm, mem, mem_total, power, temp, energy = row
+        b = buckets.setdefault(
+            (gpu_id, floor_minute(at)),
+            {
+                "n": 0,
+                "util": _Stat(),
+                "sm": _Stat(),
+                "mem": _Stat(),
+                "total": _Stat(),
+                "power": _Stat(),
+                "temp": _Stat(),
+                "energy": None,
+            },
+        )
+        b["n"] += 1
+        for key, value in (
+            ("util", util),
+            ("sm", sm),
+            ("mem", mem),
+            ("total", mem_total),
+            ("power", power),
+            ("temp", temp),
+        ):
+            b[key].add(value)
+        if previous is not None and energy is not None and previous[8] is not None and energy >= previous[8]:
+            b["energy"] = (b["energy"] or 0.0) + energy - previous[8]
+    return [
+        GpuMinute(
+            gpu_id=gpu_id,
+            bucket=bucket,
+            samples=b["n"],
+            utilization_mean=b["util"].mean,
+            utilization_max=b["util"].top,
+            sm_activity_mean=b["sm"].mean,
+            sm_activity_max=b["sm"].top,
+            memory_used_mean=b["mem"].mean,
+            memory_used_max=b["mem"].top,
+            memory_total=b["total"].top,
+            power_mean=b["power"].mean,
+            power_max=b["power"].top,
+            temperature_max=b["temp"].top,
+            energy_joules=b["energy"],
+        )
+        for (gpu_id, bucket), b in buckets.items()
+    ]
+
+
+def pool_minutes_compute(*, start: datetime, end: datetime) -> list[PoolMinute]:
+    """Per-pool minute rollups of the instance samples in [start, end), not yet saved."""
+    rows = list(
+        InstanceSample.objects.filter(at__gte=start - timedelta(seconds=MAX_GAP_S), at__lt=end)
+        .order_by("instance_id", "at")
+        .values_list(
+            "instance_id",
+            "at",
+            "instance__pool_id",
+            "requests_waiting",
+            "requests_running",
+            "kv_cache_usage",
+            "prompt_tokens_rate",
+            "generation_tokens_rate",
+            "ttft_histogram",
+            "e2e_histogram",
+        )
+    )
+    buckets: dict[tuple[int, datetime], dict[str, Any]] = {}
+    for previous, row in _pairs_in(rows, start):
+        instance_id, at, pool_id, waiting, running, kv, prompt_rate, gen_rate, ttft, e2e = row
+        b = buckets.setdefault(
+            (pool_id, floor_minute(at)),
+            {
+                "n": 0,
+                "instances": set(),
+                "waiting": _Stat(),
+                "running": _Stat(),
+                "kv": _Stat(),
+                "prompt": 0.0,
+                "gen": 0.0,
+                "ttft": [],
+                "e2e": [],
+            },
+        )
+        b["n"] += 1
+        b["instances"].add(instance_id)
+        b["waiting"].add(waiting)
+        b["running"].add(running)
+        b["kv"].add(kv)
+        if previous is not None:
+            dt = (at - previous[1]).total_seconds()
+            b["prompt"] += (prompt_rate or 0.0) * dt
+            b["gen"] += (gen_rate or 0.0) * dt
+        b["ttft"].append(ttft)
+        b["e2e"].append(e2e)
+    minutes = []
+    for (pool_id, bucket), b in buckets.items():
+        ttft, e2e = histograms_merge(b["ttft"]), histograms_merge(b["e2e"])
+        minutes.append(
+            _pool_row(
+                PoolMinute,
+                pool_id=pool_id,
+                bucket=bucket,
+                samples=b["n"],
+                instances=len(b["instances"]),
+                requests_waiting_mean=b["waiting"].mean,
+                requests_waiting_max=b["waiting"].top,
+                requests_running_mean=b["running"].mean,
+                requests_running_max=b["running"].top,
+                kv_cache_usage_mean=b["kv"].mean,
+                requests=e2e["count"] if e2e else 0.0,
+                prompt_tokens=b["prompt"],
+                generation_tokens=b["gen"],
+                ttft_histogram=ttft,
+                e2e_histogram=e2e,
+            )
+        )
+    return minutes
+
+
+def _pool_row(model: type[PoolRollup], **values: Any) -> Any:
+    """A pool rollup row with its percentiles read from its merged histograms."""
+    for name in ("ttft", "e2e"):
+        for q, value in histogram_percentiles(values[f"{name}_histogram"]).items():
+            values[f"{name}_{q}_s"] = value
+    return model(**values)
+
+
+# ---- hour rollups from minute rollups ----------------------------------------------------
+
+
+def _weighted(rows: Sequence[Any], field: str) -> float | None:
+    pairs = [(getattr(r, field), r.samples) for r in rows if getattr(r, field) is not None]
+    weight = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / weight if weight else None
+
+
+def _top(rows: Sequence[Any], field: str) -> Any:
+    values = [getattr(r, field) for r in rows if getattr(r, field) is not None]
+    return max(values) if values else None
+
+
+def _total(rows: Sequence[Any], field: str) -> float | None:
+    values = [getattr(r, field) for r in rows if getattr(r, field) is not None]
+    return sum(values) if values else None
+
+
+def gpu_hours_compute(*, start: datetime, end: datetime) -> list[GpuHour]:
+    """Per-GPU hour rollups of the minute rollups in [start, end), not yet saved."""
+    groups: dict[tuple[int, datetime], list[GpuMinute]] = defaultdict(list)
+    for minute in GpuMinute.objects.filter(bucket__gte=start, bucket__lt=end).order_by("gpu_id", "bucket"):
+        groups[(minute.gpu_id, floor_hour(minute.bucket))].append(minute)
+    return [
+        GpuHour(
+            gpu_id=gpu_id,
+            bucket=bucket,
+            samples=sum(m.samples for m in rows),
+            utilization_mean=_weighted(rows, "utilization_mean"),
+            utilization_max=_top(rows, "utilization_max"),
+            sm_activity_mean=_weighted(rows, "sm_activity_mean"),
+            sm_activity_max=_top(rows, "sm_activity_max"),
+            memory_used_mean=_weighted(rows, "memory_used_mean"),
+            memory_used_max=_top(rows, "memory_used_max"),
+            memory_total=_top(rows, "memory_total"),
+            power_mean=_weighted(rows, "power_mean"),
+            power_max=_top(rows, "power_max"),
+            temperature_max=_top(rows, "temperature_max"),
+            energy_joules=_total(rows, "energy_joules"),
+        )
+        for (gpu_id, bucket), rows in groups.items()
+    ]
+
+
+def pool_hours_compute(*, start: datetime, end: datetime) -> list[PoolHour]:
+    """Per-pool hour rollups of the minute rollups in [start, end), not yet saved.
+
+    ``instances`` of an hour is the most instances seen in any of its minutes.
+    """
+    groups: dict[tuple[int, datetime], list[PoolMinute]] = defaultdict(list)
+    for minute in PoolMinute.objects.filter(bucket__gte=start, bucket__lt=end).order_by("pool_id", "bucket"):
+        groups[(minute.pool_id, floor_hour(minute.bucket))].append(minute)
+    return [
+        _pool_row(
+            PoolHour,
+            pool_id=pool_id,
+            bucket=bucket,
+            samples=sum(m.samples for m in rows),
+            instances=max(m.instances for m in rows),
+            requests_waiting_mean=_weighted(rows, "requests_waiting_mean"),
+            requests_waiting_max=_top(rows, "requests_waiting_max"),
+            requests_running_mean=_weighted(rows, "requests_running_mean"),
+            requests_running_max=_top(rows, "requests_running_max"),
+            kv_cache_usage_mean=_weighted(rows, "kv_cache_usage_mean"),
+            requests=sum(m.requests for m in rows),
+            prompt_tokens=sum(m.prompt_tokens for m in rows),
+            generation_tokens=sum(m.generation_tokens for m in rows),
+            ttft_histogram=histograms_merge(m.ttft_histogram for m in rows),
+            e2e_histogram=histograms_merge(m.e2e_histogram for m in rows),
+        )
+        for (pool_id, bucket), rows in groups.items()
+    ]
+
+
+# ---- windows, watermarks, tasks ------------------------------------------------------------
+
+
+def _replace(model: type[GpuRollup] | type[PoolRollup], rows: list[Any], start: datetime, end: datetime) -> None:
+    model.objects.filter(bucket__gte=start, bucket__lt=end).delete()
+    model.objects.bulk_create(rows, batch_size=2000)
+
+
+def minutes_rollup(*, start: datetime, end: datetime) -> int:
+    """Recompute every minute rollup in [start, end); returns the rows written."""
+    with transaction.atomic():
+        gpu_rows = gpu_minutes_compute(start=start, end=end)
+        pool_rows = pool_minutes_compute(start=start, end=end)
+        _replace(GpuMinute, gpu_rows, start, end)
+        _replace(PoolMinute, pool_rows, start, end)
+    return len(gpu_rows) + len(pool_rows)
+
+
+def hours_rollup(*, start: datetime, end: datetime) -> int:
+    """Recompute every hour rollup in [start, end) from minute rollups; returns the rows written."""
+    with transaction.atomic():
+        gpu_rows = gpu_hours_compute(start=start, end=end)
+        pool_rows = pool_hours_compute(start=start, end=end)
+        _replace(GpuHour, gpu_rows, start, end)
+        _replace(PoolHour, pool_rows, start, end)
+    return len(gpu_rows) + len(pool_rows)
+
+
+def _watermark(name: str, default: datetime) -> RollupWatermark:
+    """The watermark row, locked until the caller's transaction ends: one roller at a time."""
+    RollupWatermark.objects.get_or_create(name=name, defaults={"done_until": default})
+    return RollupWatermark.objects.select_for_update().get(name=name)
+
+
+def _first_sample_minute(now: datetime) -> datetime:
+    oldest = GpuSample.objects.order_by("at").values_list("at", flat=True).first()
+    floor = floor_minute(now - timedelta(hours=settings.TELEMETRY_RAW_RETENTION_HOURS))
+    return max(floor_minute(oldest), floor) if oldest else floor_minute(now)
+
+
+def rollup_minutes_run(*, now: datetime | None = None) -> dict[str, Any]:
+    """Roll up every finished minute since the watermark, in chunks, within a time budget.
+
+    A minute is finished ``ROLLUP_LAG`` after it ends, leaving reports time to arrive; later
+    ones pull the watermark back (``rollup_reopen``). The hour watermark is pulled back to
+    the first hour touched, so ``rollup_hours_run`` recomputes it.
+    """
+    now = now or timezone.now()
+    target = floor_minute(now - ROLLUP_LAG)
+    started, rows, minutes = time.monotonic(), 0, 0
+    while time.monotonic() - started < RUN_BUDGET_S:
+        with transaction.atomic():
+            mark = _watermark("minute", _first_sample_minute(now))
+            if mark.done_until >= target:
+                break
+            end = min(target, mark.done_until + CHUNK_MINUTES * MINUTE)
+            rows += minutes_rollup(start=mark.done_until, end=end)
+            minutes += int((end - mark.done_until) / MINUTE)
+            RollupWatermark.objects.get_or_create(name="hour", defaults={"done_until": floor_hour(mark.done_until)})
+            RollupWatermark.objects.filter(name="hour", done_until__gt=floor_hour(mark.done_until)).update(
+                done_until=floor_hour(mark.done_until)
+            )
+            mark.done_until = end
+            mark.save(update_fields=["done_until"])
+    return {"minutes": minutes, "rows": rows}
+
+
+def rollup_hours_run(*, now: datetime | None = None) -> dict[str, Any]:
+    """Recompute hours from the hour watermark up to the hour the minutes are complete to.
+
+    The current, unfinished hour is computed too (so charts show it) but the watermark
+    stays at its start, so it is recomputed on every run until it is over.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        minute_mark = RollupWatermark.objects.filter(name="minute").values_list("done_until", flat=True).first()
+        if minute_mark is None:
+            return {"hours": 0, "rows": 0}
+        mark = _watermark("hour", floor_hour(minute_mark))
+        end = floor_hour(minute_mark) + HOUR
+        rows = hours_rollup(start=mark.done_until, end=end)
+        hours = int((end - mark.done_until) / HOUR)
+        mark.done_until = floor_hour(minute_mark)
+        mark.save(update_fields=["done_until"])
+    return {"hours": hours, "rows": rows}
+
+
+def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete raw samples and rollups past their retention (settings ``TELEMETRY_*``)."""
+    now = now or timezone.now()
+    raw_cutoff = now - timedelta(hours=settings.TELEMETRY_RAW_RETENTION_HOURS)
+    cutoffs = {
+        GpuSample: ("at", raw_cutoff),
+        InstanceSample: ("at", raw_cutoff),
+        GpuMinute: ("bucket", now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)),
+        PoolMinute: ("bucket", now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)),
+        GpuHour: ("bucket", now - timedelta(days=settings.TELEMETRY_HOUR_RETENTION_DAYS)),
+        PoolHour: ("bucket", now - timedelta(days=settings.TELEMETRY_HOUR_RETENTION_DAYS)),
+    }
+    return {
+        model.__name__: model.objects.filter(**{f"{field}__lt": cutoff}).delete()[0]
+        for model, (field, cutoff) in cutoffs.items()
+    }
