@@ -1,6 +1,7 @@
 """The fleet's domain model, one module per area, re-exported here."""
 
 from fleet.models.costs import PriceRate
+from fleet.models.gateway import RequestLog
 from fleet.models.nodes import Gpu, JoinToken, MigDevice, Node
 from fleet.models.policies import Decision, Policy
 from fleet.models.serving import Instance, InstanceEvent, ModelProfile, Pool
@@ -22,5 +23,6 @@ __all__ = [
     "Policy",
     "Pool",
     "PriceRate",
+    "RequestLog",
     "Team",
 ]
