@@ -30,9 +30,11 @@ def http_router(gateway: Gateway, django_app: AsgiApp) -> AsgiApp:
     return app
 
 
+gateway = Gateway()
+
 application = ProtocolTypeRouter(
     {
-        "http": http_router(Gateway(), django_asgi_app),
+        "http": http_router(gateway, django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -48,7 +48,12 @@ class TokenizerCounter:
         self._tokenizer = Tokenizer.from_file(path)
 
     def count(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        try:
+            encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        except TypeError:
+            # Lone surrogates (valid JSON escapes, invalid UTF-8) cannot cross into Rust.
+            encoding = self._tokenizer.encode(text.encode("utf-8", "replace").decode(), add_special_tokens=False)
+        return len(encoding.ids)
 
 
 ESTIMATE = EstimateCounter()

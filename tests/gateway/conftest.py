@@ -94,13 +94,16 @@ def api_key() -> str:
 
 
 def make_profile(served_name: str = STUB_MODEL, max_model_len: int = 4096, tokenizer: str = "") -> ModelProfile:
-    return ModelProfile.objects.create(
+    profile, _created = ModelProfile.objects.get_or_create(
         name=f"{served_name}-{max_model_len}",
-        model=f"test/{served_name}",
-        served_name=served_name,
-        max_model_len=max_model_len,
-        tokenizer=tokenizer,
+        defaults=dict(
+            model=f"test/{served_name}",
+            served_name=served_name,
+            max_model_len=max_model_len,
+            tokenizer=tokenizer,
+        ),
     )
+    return profile
 
 
 def make_routed_pool(name: str, tier: str = "L", profile: ModelProfile | None = None) -> Pool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import threading
 from collections import deque
@@ -104,10 +105,8 @@ class OpenAIStub:
         return self
 
     async def _run(self) -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self.serve()
-        except asyncio.CancelledError:
-            pass
 
     def stop(self) -> None:
         if self._loop is not None and self._server is not None:
