@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,7 +35,7 @@ from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,9 +50,14 @@ LITELLM_ENV = {
     "LITELLM_TELEMETRY_DISABLED": "true",
     "LITELLM_LOG": "ERROR",
 }
+# No database: the master key is the proxy's only credential.
+LITELLM_KEY = f"sk-bench-{secrets.token_hex(24)}"
 BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "How many GPUs idle tonight?"}], "max_tokens": 16}
 ).encode()
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,6 +73,9 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.errors == 0 and self.p99_ms < SLO_P99_MS and self.achieved >= 0.95 * self.rate
+
+
+Measured = tuple[dict[str, Result], dict[str, Result], dict[str, Result]]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -265,28 +274,39 @@ def row(name: str, result: Result, base: Result) -> str:
     )
 
 
-async def run(args: argparse.Namespace, ports: dict[str, int], token: str, litellm: bool) -> None:
-    seconds = args.seconds
-    chat = b"/v1/chat/completions"
-    targets = [("direct", ports["stub"], chat), ("gateway", ports["gateway"], chat)]
-    if litellm:
-        targets.append(("litellm", ports["litellm"], chat))
-    at50 = {name: await measure(name, port, path, token, 50, seconds) for name, port, path in targets}
-    at500 = {name: await measure(name, port, path, token, 500, seconds) for name, port, path in targets[:2]}
-    print("\nHighest rate with p99 < 50 ms and no errors (rising steps):", flush=True)
-    steps = args.step_seconds
-    best = {
-        "direct": await sustained("direct", ports["stub"], chat, token, [500, 1000, 1500, 2000, 3000], steps),
-        "gateway": await sustained("gateway", ports["gateway"], chat, token, [500, 750, 1000, 1500, 2000, 3000], steps),
-    }
-    if litellm:
-        rates = [25, 50, 75, 100, 125, 150, 200, 300]
-        best["litellm"] = await sustained("litellm", ports["litellm"], chat, token, rates, steps)
+CHAT = b"/v1/chat/completions"
 
+
+async def measure_gateway(args: argparse.Namespace, ports: dict[str, int], token: str) -> Measured:
+    """Direct and gateway, while LiteLLM is not running (its idle work would tax both)."""
+    seconds, steps = args.seconds, args.step_seconds
+    targets = [("direct", ports["stub"]), ("gateway", ports["gateway"])]
+    at50 = {name: await measure(name, port, CHAT, token, 50, seconds) for name, port in targets}
+    at500 = {name: await measure(name, port, CHAT, token, 500, seconds) for name, port in targets}
+    print("Highest rate with p99 < 50 ms and no errors (rising steps):", flush=True)
+    best = {
+        "direct": await sustained("direct", ports["stub"], CHAT, token, [500, 1000, 1500, 2000, 3000], steps),
+        "gateway": await sustained("gateway", ports["gateway"], CHAT, token, [250, 500, 750, 1000, 1500, 2000], steps),
+    }
+    return at50, at500, best
+
+
+async def measure_litellm(args: argparse.Namespace, ports: dict[str, int], token: str, measured: Measured) -> None:
+    """LiteLLM at 50 req/s against a direct baseline taken again now, then its own rate search."""
+    at50, _at500, best = measured
+    at50["direct (LiteLLM phase)"] = await measure("direct", ports["stub"], CHAT, token, 50, args.seconds)
+    at50["litellm"] = await measure("litellm", ports["litellm"], CHAT, LITELLM_KEY, 50, args.seconds)
+    rates = [10, 25, 50, 75, 100, 125, 150, 200]
+    best["litellm"] = await sustained("litellm", ports["litellm"], CHAT, LITELLM_KEY, rates, args.step_seconds)
+
+
+def report(measured: Measured, litellm: bool) -> None:
+    at50, at500, best = measured
     print("\n| path | rate (req/s) | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, result in at50.items():
-        print(row(name, result, at50["direct"]))
+        base = at50["direct (LiteLLM phase)"] if name == "litellm" else at50["direct"]
+        print(row(name, result, base))
     for name, result in at500.items():
         print(row(name, result, at500["direct"]))
     print("\n| path | highest rate with p99 < 50 ms (req/s) |")
@@ -296,20 +316,20 @@ async def run(args: argparse.Namespace, ports: dict[str, int], token: str, litel
     if litellm and best["litellm"].rate:
         print(f"\ngateway / LiteLLM sustainable rate: {best['gateway'].rate / best['litellm'].rate:.1f}x")
         added_gw = at50["gateway"].p50_ms - at50["direct"].p50_ms
-        added_ll = at50["litellm"].p50_ms - at50["direct"].p50_ms
+        added_ll = at50["litellm"].p50_ms - at50["direct (LiteLLM phase)"].p50_ms
         if added_gw > 0:
             print(f"LiteLLM / gateway added p50 latency at 50 req/s: {added_ll / added_gw:.0f}x")
     elif not litellm:
         print("\nLiteLLM not measured (see above for why).")
 
 
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """uvloop where installed: the load generator must not be the bottleneck it measures."""
     try:
         from uvloop import run as runner
     except ImportError:
         runner = asyncio.run
-    runner(main)
+    return runner(main)
 
 
 def main() -> None:
@@ -334,7 +354,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
         env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-        env.update({"FLEET_VAR_DIR": str(work), "DJANGO_SETTINGS_MODULE": "fleet.settings", "LOG_LEVEL": "WARNING"})
+        env.update(
+            {
+                "FLEET_VAR_DIR": str(work),
+                "DJANGO_SETTINGS_MODULE": "fleet.settings",
+                "LOG_LEVEL": "WARNING",
+                "DEBUG": "0",
+            }
+        )
         stub_cmd = [sys.executable, str(REPO / "tests" / "support" / "openai_stub.py"), "--port", str(ports["stub"])]
         with process(stub_cmd, env, work / "stub.log"):
             wait_port(ports["stub"], 10)
@@ -342,6 +369,7 @@ def main() -> None:
             gateway_cmd = [sys.executable, "-m", "fleet.gateway", "--port", str(ports["gateway"])]
             with process(gateway_cmd, {**env, "PYTHONPATH": str(REPO)}, work / "gateway.log"):
                 wait_http(f"http://127.0.0.1:{ports['gateway']}/v1/models", 30, {"authorization": f"Bearer {token}"})
+                measured = run_loop(measure_gateway(args, ports, token))
                 if litellm:
                     litellm_config(work / "litellm.yaml", ports["stub"])
                     command = [
@@ -355,11 +383,15 @@ def main() -> None:
                         "--port",
                         str(ports["litellm"]),
                     ]
-                    with process(command, {**env, **LITELLM_ENV}, work / "litellm.log"):
-                        wait_http(f"http://127.0.0.1:{ports['litellm']}/health/liveliness", 180)
-                        run_loop(run(args, ports, token, True))
-                else:
-                    run_loop(run(args, ports, token, False))
+                    litellm_env = {**env, **LITELLM_ENV, "LITELLM_MASTER_KEY": LITELLM_KEY}
+                    with process(command, litellm_env, work / "litellm.log"):
+                        try:
+                            wait_http(f"http://127.0.0.1:{ports['litellm']}/health/liveliness", 180)
+                        except RuntimeError:
+                            print((work / "litellm.log").read_text()[-3000:])
+                            raise
+                        run_loop(measure_litellm(args, ports, token, measured))
+        report(measured, litellm)
 
 
 if __name__ == "__main__":
