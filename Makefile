@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= var/wheelhouse
 
-.PHONY: run test lint format migrate admin bench bench-ingest bench-charts agent-wheels clean
+.PHONY: run test lint format migrate admin bench bench-ingest bench-charts bench-gateway bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,23 @@ bench-ingest: $(VENV)/.dev
 
 bench-charts: $(VENV)/.dev
 	$(BIN)/python bench/chart_queries.py
+
+# The gateway alone, for dedicated gateway processes (the panel also serves it under /v1/).
+gateway: migrate
+	$(BIN)/python -m fleet.gateway --host $(HOST) --port $(or $(GATEWAY_PORT),8001)
+
+# LiteLLM for the gateway benchmark's comparison, in its own virtualenv (needs PyPI).
+bench-litellm-venv:
+	test -x .venv-litellm/bin/python || $(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/pip install --quiet -r bench/litellm-requirements.txt
+
+# Direct vs gateway vs LiteLLM, all inside a network namespace that has only loopback
+# (LiteLLM reaches for the internet at start); needs root for `ip netns`.
+BENCH_NETNS ?= gpufleet-bench
+bench-gateway: $(VENV)/.dev
+	ip netns add $(BENCH_NETNS) 2>/dev/null || true
+	ip netns exec $(BENCH_NETNS) ip link set lo up
+	ip netns exec $(BENCH_NETNS) $(BIN)/python bench/gateway_latency.py
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

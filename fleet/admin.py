@@ -35,6 +35,7 @@ from fleet.models import (
     Policy,
     Pool,
     PriceRate,
+    RequestLog,
     Team,
 )
 from fleet.policies.settings import SCHEMAS
@@ -518,6 +519,40 @@ class AlertAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(RequestLog)
+class RequestLogAdmin(admin.ModelAdmin):
+    """Read-only: the gateway writes these; people only look, filter and export."""
+
+    list_display = (
+        "at",
+        "team",
+        "pool",
+        "instance",
+        "endpoint",
+        "tier",
+        "rcf",
+        "prompt_tokens",
+        "output_tokens",
+        "ttft_ms",
+        "latency_ms",
+        "status",
+        "cold_start",
+    )
+    list_filter = ("status", "tier", "endpoint", "cold_start", "stream", "pool", "team")
+    list_select_related = ("team", "pool", "instance__pool")
+    date_hierarchy = "at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 

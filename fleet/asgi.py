@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point: the gateway under /v1/, other HTTP through Django, WebSockets through Channels."""
 
 import os
 
@@ -13,11 +13,29 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from fleet.gateway.app import AsgiApp, Gateway, Receive, Scope, Send  # noqa: E402
 from fleet.scheduler import scheduler_start  # noqa: E402
+
+GATEWAY_PREFIX = "/v1/"
+
+
+def http_router(gateway: Gateway, django_app: AsgiApp) -> AsgiApp:
+    """Send ``/v1/`` to the gateway, which must not pay Django's request path; the rest to Django."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"].startswith(GATEWAY_PREFIX):
+            await gateway(scope, receive, send)
+        else:
+            await django_app(scope, receive, send)
+
+    return app
+
+
+gateway = Gateway()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_router(gateway, django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from fleet.ingest import REPORT_INTERVAL_S
 from fleet.models import (
+    ApiKey,
     BatchJob,
     Decision,
     Gpu,
@@ -34,7 +35,7 @@ from fleet.models import (
     PoolHour,
     PoolMinute,
 )
-from fleet.policies.settings import SCHEMAS, policy_settings_validate
+from fleet.policies.settings import SCHEMAS, policy_defaults, policy_settings_validate
 from fleet.policies.snapshot import (
     HOLDING,
     BatchJobView,
@@ -524,3 +525,38 @@ def instances_latest(*, fresh_for: timedelta = SAMPLE_FRESH_FOR) -> list[dict[st
             pool=F("instance__pool__name"),
         )
     )
+
+
+def gateway_api_keys() -> QuerySet[ApiKey, tuple[int, int, str]]:
+    """(key id, team id, digest) of every usable key: what the gateway authenticates against."""
+    return ApiKey.objects.filter(revoked_at__isnull=True).values_list("pk", "team_id", "key_hash")
+
+
+def gateway_pools() -> QuerySet[Pool]:
+    return Pool.objects.filter(enabled=True).select_related("model_profile").order_by("tier", "name")
+
+
+def gateway_ready_instances() -> QuerySet[Instance, tuple[int, int, str]]:
+    """(instance id, pool id, endpoint) of instances the agent reports ready, in enabled pools."""
+    return (
+        Instance.objects.filter(actual_state=Instance.Actual.READY, pool__enabled=True)
+        .exclude(endpoint="")
+        .order_by("pk")
+        .values_list("pk", "pool_id", "endpoint")
+    )
+
+
+def routing_policy_settings() -> tuple[dict[str, float | int | bool], bool]:
+    """The fleet-wide routing policy's settings (defaults filled in) and whether it is enabled.
+
+    Settings that fail validation (edited outside the admin) fall back to the defaults with
+    a warning rather than stopping the gateway.
+    """
+    policy = Policy.objects.filter(kind=Policy.Kind.ROUTING, pool=None).first()
+    if policy is None:
+        return policy_defaults("routing"), True
+    try:
+        return policy_settings_validate(kind="routing", settings=policy.settings), policy.enabled
+    except ValidationError as exc:
+        log.warning("routing policy settings invalid (%s); using the defaults", "; ".join(exc.messages))
+        return policy_defaults("routing"), policy.enabled

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import F
@@ -22,8 +23,12 @@ from fleet.models import (
     OrphanContainer,
     Policy,
     Pool,
+    RequestLog,
     Team,
 )
+
+if TYPE_CHECKING:
+    from fleet.gateway.accounting import RequestRecord
 
 
 def node_create(*, name: str, labels: dict[str, str] | None = None, simulated: bool = False) -> tuple[Node, str]:
@@ -253,3 +258,75 @@ def orphan_stop_request(
         )
     _decision_event(decision, {"node": orphan.node_id, "container_id": orphan.container_id, "reason": reason})
     return decision
+
+
+GATEWAY = "gateway"
+
+
+def pool_wake(*, pool_id: int, reason: str, inputs: dict[str, Any] | None = None) -> list[Decision]:
+    """Capacity for a pool the gateway holds requests for, now: what was decided.
+
+    An instance already desired running is on its way (nothing to do). Otherwise the
+    policies' wake path decides, with the same placement (VRAM estimate, isolation) as
+    scale-out: wake a sleeping instance, restart a stopped one or place a new one. When
+    nothing fits, a ``wake_failed`` decision records the placement arithmetic.
+    """
+    from fleet.policies.evaluate import pool_wake as wake
+    from fleet.policies.placement import PlacementRefused
+
+    pool = Pool.objects.get(pk=pool_id)
+    if Instance.objects.filter(pool=pool, desired_state=Instance.Desired.RUNNING).exists():
+        return []
+    outcome = wake(pool=pool, reason=reason, kind=GATEWAY)
+    if isinstance(outcome, PlacementRefused):
+        return [
+            Decision.objects.create(
+                policy_kind=GATEWAY,
+                pool=pool,
+                action="wake_failed",
+                reason=f"{reason}; {outcome.message}",
+                inputs=inputs or {},
+            )
+        ]
+    return [outcome]
+
+
+def request_logs_write(*, records: Sequence[RequestRecord]) -> int:
+    """Store a batch of gateway request records in one insert and mark their keys used."""
+    if not records:
+        return 0
+    # Rows may name a pool, instance or team deleted since the request; keep the row, drop the link.
+    pools = set(Pool.objects.filter(pk__in={r.pool_id for r in records}).values_list("pk", flat=True))
+    instances = set(Instance.objects.filter(pk__in={r.instance_id for r in records}).values_list("pk", flat=True))
+    teams = set(Team.objects.filter(pk__in={r.team_id for r in records}).values_list("pk", flat=True))
+    rows = [
+        RequestLog(
+            at=datetime.fromtimestamp(record.at, tz=UTC),
+            team_id=record.team_id if record.team_id in teams else None,
+            pool_id=record.pool_id if record.pool_id in pools else None,
+            instance_id=record.instance_id if record.instance_id in instances else None,
+            endpoint=record.endpoint,
+            model=record.model[:100],
+            rcf=record.rcf,
+            tier=record.tier,
+            stream=record.stream,
+            prompt_tokens=record.prompt_tokens,
+            output_tokens=record.output_tokens,
+            tokens_from_usage=record.tokens_from_usage,
+            ttft_ms=record.ttft_ms,
+            latency_ms=record.latency_ms,
+            status=record.status,
+            cold_start=record.cold_start,
+            retried=record.retried,
+            error=record.error[:255],
+        )
+        for record in records
+    ]
+    last_used: dict[int, float] = {}
+    for record in records:
+        last_used[record.key_id] = max(record.at, last_used.get(record.key_id, 0.0))
+    with transaction.atomic():
+        RequestLog.objects.bulk_create(rows, batch_size=1000)
+        for key_id, at in last_used.items():
+            ApiKey.objects.filter(pk=key_id).update(last_used_at=datetime.fromtimestamp(at, tz=UTC))
+    return len(rows)

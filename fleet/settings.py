@@ -35,6 +35,11 @@ def envint(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def envfloat(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
 def envlist(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -178,6 +183,18 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gpufleet@localhost")
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = envint("EMAIL_PORT", 25)
+# The gateway (fleet.gateway): how long and how many requests it holds while a pool wakes
+# from zero, how long a failing instance sits out, how often it re-reads the routing table.
+GATEWAY_HOLD_TIMEOUT_S = envfloat("GATEWAY_HOLD_TIMEOUT_S", 60.0)
+GATEWAY_MAX_HELD = envint("GATEWAY_MAX_HELD", 256)
+GATEWAY_COOLDOWN_S = envfloat("GATEWAY_COOLDOWN_S", 15.0)
+GATEWAY_REFRESH_S = envfloat("GATEWAY_REFRESH_S", 1.0)
+GATEWAY_WAKE_RETRY_S = envfloat("GATEWAY_WAKE_RETRY_S", 30.0)
+GATEWAY_CONNECT_TIMEOUT_S = envfloat("GATEWAY_CONNECT_TIMEOUT_S", 3.0)
+GATEWAY_UPSTREAM_TIMEOUT_S = envfloat("GATEWAY_UPSTREAM_TIMEOUT_S", 600.0)
+GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
+GATEWAY_LOG_FLUSH_S = envfloat("GATEWAY_LOG_FLUSH_S", 1.0)
+GATEWAY_LOG_MAX_PENDING = envint("GATEWAY_LOG_MAX_PENDING", 50_000)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -69,6 +69,9 @@ SCHEMAS: dict[str, dict[str, Setting]] = {
         "weight_code_block": Setting(1.8, 0, 100, "Multiplier for a fenced code block."),
         "weight_code_keywords": Setting(1.5, 0, 100, "Multiplier for code keywords such as 'def ' or 'for '."),
         "weight_math": Setting(1.6, 0, 100, "Multiplier for mathematical symbols."),
+        "prompt_tokens_scale": Setting(
+            512, 1, 1_000_000, "RCF counts prompt tokens in units of this (the method's default prompt: 512)."
+        ),
         "max_tokens_scale": Setting(256, 1, 1_000_000, "RCF is scaled by max_tokens / this."),
         "cap": Setting(5.0, 0.1, 1000, "Upper bound of the RCF."),
         "tier_s_min": Setting(3.0, 0, 1000, "RCF at or above this goes to the S pool."),

@@ -1,0 +1,650 @@
+"""The gateway as a plain ASGI application: authenticate, fingerprint, route, relay, account.
+
+Why not a Django view: Django's request path costs milliseconds, the gateway's budget is
+half of one. Here a request touches no database: it reads the in-memory routing table
+(refreshed by a background task), talks to vLLM over kept-alive connections, and queues
+its log record for a background batch writer. All ORM work runs on one dedicated thread.
+
+Routing: the request's RCF picks a tier; the tier's fallback order (``FALLBACK``) lists
+the pools to try, without any pool whose ``max_model_len`` the request exceeds; within a
+tier the ready instance with the fewest outstanding requests wins. When no eligible pool
+has a ready instance the request is held (bounded in number and time) while the
+preferred pool is woken through ``fleet.services.pool_wake``; a refresh that sees an
+instance ready releases it. A connection error or 5xx before the first byte is retried
+once on another instance, and the failing one sits out a cool-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fleet.gateway.accounting import RequestRecord, RequestRecorder
+from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
+from fleet.gateway.protocol import ApiError, ParsedRequest, SseRelay, load_json, parse_chat, parse_completion
+from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, RoutingTable, Upstream, routing_table_load
+from fleet.gateway.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
+from fleet.policies.routing import FALLBACK, TIERS, rcf_compute, text_features, tier_for
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+T = TypeVar("T")
+
+KEY_PREFIX = "gfk_"
+JSON = b"application/json"
+PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Bounds of the gateway; ``from_settings`` reads the ``GATEWAY_*`` environment settings."""
+
+    hold_timeout_s: float = 60.0
+    max_held: int = 256
+    retry_after_s: int = 10
+    cooldown_s: float = 15.0
+    refresh_s: float = 1.0
+    held_refresh_s: float = 0.25
+    wake_retry_s: float = 30.0
+    connect_timeout_s: float = 3.0
+    upstream_timeout_s: float = 600.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_flush_s: float = 1.0
+    log_max_pending: int = 50_000
+    log_batch: int = 2_000
+
+    @classmethod
+    def from_settings(cls) -> GatewayConfig:
+        from django.conf import settings
+
+        return cls(
+            hold_timeout_s=settings.GATEWAY_HOLD_TIMEOUT_S,
+            max_held=settings.GATEWAY_MAX_HELD,
+            retry_after_s=max(1, math.ceil(min(settings.GATEWAY_HOLD_TIMEOUT_S, 30.0))),
+            cooldown_s=settings.GATEWAY_COOLDOWN_S,
+            refresh_s=settings.GATEWAY_REFRESH_S,
+            wake_retry_s=settings.GATEWAY_WAKE_RETRY_S,
+            connect_timeout_s=settings.GATEWAY_CONNECT_TIMEOUT_S,
+            upstream_timeout_s=settings.GATEWAY_UPSTREAM_TIMEOUT_S,
+            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
+            log_flush_s=settings.GATEWAY_LOG_FLUSH_S,
+            log_max_pending=settings.GATEWAY_LOG_MAX_PENDING,
+        )
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete."""
+
+
+@dataclass(slots=True)
+class Routed:
+    """One request on its way: what was decided and what came back, for the log record."""
+
+    started: float
+    wall: float
+    key: ApiKeyRoute
+    request: ParsedRequest
+    rcf: float
+    tier: str
+    prompt_tokens: int
+    groups: list[list[int]]
+    cold_start: bool = False
+    retried: bool = False
+
+
+class Gateway:
+    """The ASGI callable. One per process; its state (table, counters, pools) is per event loop."""
+
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig | None = None,
+        table_loader: Callable[[], RoutingTable] = routing_table_load,
+    ) -> None:
+        self.config = config or GatewayConfig.from_settings()
+        self.table = EMPTY_TABLE
+        self.loaded = False
+        self.recorder = RequestRecorder(max_pending=self.config.log_max_pending)
+        self.outstanding: dict[int, int] = {}
+        self.cooldown: dict[int, float] = {}
+        self.held = 0
+        self._table_loader = table_loader
+        self._picks: dict[int, int] = {}
+        self._wake_sent: dict[int, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._changed: asyncio.Future[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._upstreams: UpstreamPool | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the routing table and start the refresh and log-flush tasks, once."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+            return
+        loop = asyncio.get_running_loop()
+        self._starting = loop.create_future()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        self._upstreams = UpstreamPool(
+            connect_timeout_s=self.config.connect_timeout_s,
+            header_timeout_s=self.config.upstream_timeout_s,
+            read_timeout_s=self.config.upstream_timeout_s,
+        )
+        self._changed = loop.create_future()
+        await self.refresh()
+        self._background = [loop.create_task(self._refresh_loop()), loop.create_task(self._flush_loop())]
+        self._starting.set_result(None)
+
+    async def stop(self) -> None:
+        """Stop the background tasks, write the queued log records, close connections."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+        if self._upstreams is not None:
+            await self._upstreams.close()
+        if self._executor is not None:
+            from django.db import connections
+
+            await self._db(connections.close_all)
+            self._executor.shutdown(wait=True)
+        self._starting = None
+
+    async def _db(self, function: Callable[..., T], **kwargs: Any) -> T:
+        """Run ORM work on the gateway's one database thread, never on the event loop."""
+        assert self._executor is not None
+
+        def call() -> T:
+            from django.db import close_old_connections
+
+            close_old_connections()
+            return function(**kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def refresh(self) -> None:
+        """Swap in a fresh routing table and release held requests to look again."""
+        try:
+            table = await self._db(self._table_loader)
+        except Exception:
+            logger.exception("routing table refresh failed; keeping the previous table")
+            return
+        self.table = table
+        self.loaded = True
+        for pool_id, pool in table.pools.items():
+            if pool.upstreams:
+                self._wake_sent.pop(pool_id, None)
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.held_refresh_s if self.held else self.config.refresh_s)
+            await self.refresh()
+
+    async def flush(self) -> None:
+        """Write every queued record, in batches; a failed batch is counted as dropped."""
+        while len(self.recorder):
+            batch = self.recorder.take(self.config.log_batch)
+            try:
+                from fleet.services import request_logs_write
+
+                await self._db(request_logs_write, records=batch)
+            except Exception:
+                self.recorder.dropped += len(batch)
+                logger.exception("writing %d request log records failed; dropped", len(batch))
+                return
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log_flush_s)
+            await self.flush()
+
+    # -- ASGI --------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if self._starting is None or not self._starting.done():
+                await self.start()
+            try:
+                await self._http(scope, receive, send)
+            except ApiError as error:
+                await self._send_error(send, error)
+            except ClientGone:
+                return
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _send_error(self, send: Send, error: ApiError) -> None:
+        body = error.body()
+        headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *error.headers]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.loaded:
+            raise ApiError(503, "The gateway has not loaded its routing table yet.", type="server_error")
+        table = self.table
+        key = self._authenticate(scope, table)
+        path = scope["path"]
+        endpoint = PATHS.get(path)
+        if endpoint is None:
+            if path == "/v1/models":
+                await self._models(scope, send, table)
+                return
+            raise ApiError(404, f"Unknown path {path[:100]}.", code="unknown_url")
+        if scope["method"] != "POST":
+            raise ApiError(405, f"{path} takes POST.", code="method_not_allowed")
+        body = await self._read_body(receive)
+        payload = load_json(body)
+        request = parse_chat(payload) if endpoint == "chat" else parse_completion(payload)
+        routed = self._route(request, key, table)
+        await self._serve(routed, body, path.encode(), receive, send)
+
+    def _authenticate(self, scope: Scope, table: RoutingTable) -> ApiKeyRoute:
+        header = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+                break
+        scheme, _, token = header.decode("latin-1").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(
+                401,
+                "Missing API key: send 'Authorization: Bearer gfk_...' with a key from the panel.",
+                code="invalid_api_key",
+            )
+        route = table.keys.get(hashlib.sha256(token.encode()).hexdigest()) if token.startswith(KEY_PREFIX) else None
+        if route is None:
+            raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
+        return route
+
+    async def _models(self, scope: Scope, send: Send, table: RoutingTable) -> None:
+        if scope["method"] != "GET":
+            raise ApiError(405, "/v1/models takes GET.", code="method_not_allowed")
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gpufleet"} for name in table.served_models()]
+        body = json.dumps({"object": "list", "data": data}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", JSON), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > self.config.max_body_bytes:
+                raise self._too_large()
+            return body
+        pieces = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            piece = message.get("body", b"")
+            size += len(piece)
+            if size > self.config.max_body_bytes:
+                raise self._too_large()
+            pieces.append(piece)
+            if not message.get("more_body"):
+                return b"".join(pieces)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"The request body is over {self.config.max_body_bytes} bytes.", code="body_too_large")
+
+    # -- routing -----------------------------------------------------------------
+
+    def _route(self, request: ParsedRequest, key: ApiKeyRoute, table: RoutingTable) -> Routed:
+        """Fingerprint the request and list the pools it may go to, in order, or refuse it."""
+        started = time.perf_counter()
+        tiers = table.models.get(request.model)
+        if tiers is None:
+            raise ApiError(
+                404, f"The model {request.model[:100]!r} is not served here.", code="model_not_found", param="model"
+            )
+        pools = [pool for tier in TIERS for pool in tiers[tier]]
+        counter = pools[0].counter
+        counts = [counter.count(text) for text in request.texts] + request.known_token_counts
+        prompt_tokens = max(counts)
+        if request.endpoint == "chat":
+            prompt_tokens += CHAT_MESSAGE_OVERHEAD * request.messages + CHAT_REPLY_OVERHEAD
+        settings = table.settings
+        rcf = rcf_compute(
+            prompt_tokens=prompt_tokens,
+            max_tokens=request.max_tokens,
+            features=text_features(request.text),
+            settings=settings,
+        )
+        tier = tier_for(rcf, settings)
+        needed = prompt_tokens + (request.max_tokens or 1)
+        groups = [[pool.pool_id for pool in tiers[t] if needed <= pool.max_model_len] for t in FALLBACK[tier]]
+        groups = [group for group in groups if group]
+        if not groups:
+            longest = max(pool.max_model_len for pool in pools)
+            asked = f"{prompt_tokens} prompt tokens" + (
+                f" + {request.max_tokens} max_tokens" if request.max_tokens else " and at least one output token"
+            )
+            raise ApiError(
+                400,
+                f"This request needs {asked} = {needed} tokens, more than the longest context of any pool "
+                f"serving {request.model} ({longest} tokens). Shorten the prompt or lower max_tokens.",
+                code="context_length_exceeded",
+                param="messages" if request.endpoint == "chat" else "prompt",
+            )
+        return Routed(
+            started=started,
+            wall=time.time(),
+            key=key,
+            request=request,
+            rcf=rcf,
+            tier=tier,
+            prompt_tokens=prompt_tokens,
+            groups=groups,
+        )
+
+    def pick(self, groups: list[list[int]], exclude: int | None = None) -> Upstream | None:
+        """The ready instance with the fewest outstanding requests in the first tier that has one.
+
+        Ties go to the instance picked least often, so an idle pool is used round-robin.
+        """
+        now = time.monotonic()
+        pools = self.table.pools
+        for group in groups:
+            best: Upstream | None = None
+            best_rank = (math.inf, 0)
+            for pool_id in group:
+                pool = pools.get(pool_id)
+                if pool is None:
+                    continue
+                for upstream in pool.upstreams:
+                    instance_id = upstream.instance_id
+                    if instance_id == exclude:
+                        continue
+                    until = self.cooldown.get(instance_id)
+                    if until is not None:
+                        if until > now:
+                            continue
+                        del self.cooldown[instance_id]
+                    rank = (self.outstanding.get(instance_id, 0), self._picks.get(instance_id, 0))
+                    if rank < best_rank:
+                        best, best_rank = upstream, rank
+            if best is not None:
+                self._picks[best.instance_id] = best_rank[1] + 1
+                return best
+        return None
+
+    def _wake(self, routed: Routed) -> None:
+        """Ask the database thread to wake the preferred pool; at most once per ``wake_retry_s``."""
+        pool_id = routed.groups[0][0]
+        now = time.monotonic()
+        sent = self._wake_sent.get(pool_id)
+        if sent is not None and now - sent < self.config.wake_retry_s:
+            return
+        self._wake_sent[pool_id] = now
+        pool = self.table.pools.get(pool_id)
+        name = pool.name if pool else str(pool_id)
+        from fleet.services import pool_wake
+
+        task = asyncio.get_running_loop().create_task(
+            self._db(
+                pool_wake,
+                pool_id=pool_id,
+                reason=f"gateway holds a tier {routed.tier} request for {routed.request.model} and pool {name} "
+                "has no ready instance",
+                inputs={"rcf": round(routed.rcf, 3), "tier": routed.tier, "held": self.held},
+            )
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("gateway wake-up failed", exc_info=task.exception())
+
+    async def _hold(self, routed: Routed) -> Upstream | None:
+        """Wait for capacity, bounded in time; None when the wait ran out."""
+        deadline = time.monotonic() + self.config.hold_timeout_s
+        self.held += 1
+        try:
+            while True:
+                self._wake(routed)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                assert self._changed is not None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._changed), remaining)
+                upstream = self.pick(routed.groups)
+                if upstream is not None:
+                    return upstream
+        finally:
+            self.held -= 1
+
+    # -- relaying ----------------------------------------------------------------
+
+    def _no_capacity(self, routed: Routed, message: str) -> ApiError:
+        self._record(routed, None, 503, error=message[:255])
+        return ApiError(
+            503,
+            message,
+            type="server_error",
+            code="no_capacity",
+            headers=[(b"retry-after", str(self.config.retry_after_s).encode())],
+        )
+
+    async def _serve(self, routed: Routed, body: bytes, path: bytes, receive: Receive, send: Send) -> None:
+        upstream = self.pick(routed.groups)
+        if upstream is None:
+            if self.held >= self.config.max_held:
+                raise self._no_capacity(routed, f"No capacity and {self.held} requests already waiting; retry later.")
+            routed.cold_start = True
+            upstream = await self._hold(routed)
+            if upstream is None:
+                raise self._no_capacity(
+                    routed,
+                    f"No instance for {routed.request.model} became ready within {self.config.hold_timeout_s:g} s; "
+                    "its pool is waking, retry later.",
+                )
+        request = routed.request
+        inject_usage = request.stream and not request.include_usage
+        if inject_usage:
+            payload = dict(request.payload)
+            payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+            body = json.dumps(payload, separators=(",", ":")).encode()
+        response, upstream = await self._exchange(routed, upstream, path, body)
+        instance_id = upstream.instance_id
+        self.outstanding[instance_id] = self.outstanding.get(instance_id, 0) + 1
+        try:
+            if request.stream and response.status == 200:
+                await self._relay_stream(routed, upstream, response, inject_usage, receive, send)
+            else:
+                await self._relay_whole(routed, upstream, response, send)
+        finally:
+            self.outstanding[instance_id] -= 1
+
+    async def _exchange(
+        self, routed: Routed, upstream: Upstream, path: bytes, body: bytes
+    ) -> tuple[UpstreamResponse, Upstream]:
+        """Send the request; on a connection error or 5xx, cool the instance and try one other."""
+        assert self._upstreams is not None
+        while True:
+            instance_id = upstream.instance_id
+            self.outstanding[instance_id] = self.outstanding.get(instance_id, 0) + 1
+            try:
+                response = await self._upstreams.request(upstream.target, b"POST", path, body)
+                failure = f"upstream answered {response.status}" if response.status >= 500 else ""
+            except UpstreamUnavailable as exc:
+                response, failure = None, str(exc)
+            finally:
+                self.outstanding[instance_id] -= 1
+            if not failure and response is not None:
+                return response, upstream
+            self.cooldown[instance_id] = time.monotonic() + self.config.cooldown_s
+            logger.warning("instance %s failed (%s); cooling down %g s", instance_id, failure, self.config.cooldown_s)
+            other = None if routed.retried else self.pick(routed.groups, exclude=instance_id)
+            if other is None:
+                if response is not None:
+                    return response, upstream
+                self._record(routed, upstream, 502, error=failure[:255])
+                raise ApiError(502, "The model server could not be reached.", type="server_error", code="upstream")
+            if response is not None:
+                response.close()
+            routed.retried = True
+            upstream = other
+
+    def _headers(self, routed: Routed, upstream: Upstream, content_type: bytes) -> list[tuple[bytes, bytes]]:
+        pool = self.table.pools.get(upstream.pool_id)
+        return [
+            (b"content-type", content_type),
+            (b"x-fleet-tier", routed.tier.encode()),
+            (b"x-fleet-pool", (pool.name if pool else "").encode()),
+            (b"x-fleet-instance", str(upstream.instance_id).encode()),
+        ]
+
+    async def _relay_whole(self, routed: Routed, upstream: Upstream, response: UpstreamResponse, send: Send) -> None:
+        try:
+            data = await response.read()
+        except UpstreamBroken as exc:
+            self._record(routed, upstream, 502, error=str(exc)[:255])
+            raise ApiError(502, "The model server's answer broke off.", type="server_error", code="upstream") from exc
+        headers = self._headers(routed, upstream, response.headers.get(b"content-type", JSON))
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+        prompt = output = None
+        if response.status == 200:
+            try:
+                usage = json.loads(data)["usage"]
+                prompt, output = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
+            except (ValueError, KeyError, TypeError):
+                prompt = output = None
+        self._record(routed, upstream, response.status, prompt_tokens=prompt, output_tokens=output)
+
+    async def _relay_stream(
+        self,
+        routed: Routed,
+        upstream: Upstream,
+        response: UpstreamResponse,
+        inject_usage: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Pass events through as they arrive; stop reading when the client goes away."""
+        headers = self._headers(routed, upstream, response.headers.get(b"content-type", b"text/event-stream"))
+        headers.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        relay = SseRelay(strip_usage=inject_usage)
+        disconnect = asyncio.ensure_future(receive())
+        first: float | None = None
+        status, error = 200, ""
+        try:
+            async for piece in response.chunks():
+                out = relay.feed(piece)
+                if out:
+                    if first is None:
+                        first = time.perf_counter()
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if disconnect.done():
+                    response.close()
+                    status, error = 499, "client closed the stream"
+                    break
+        except UpstreamBroken as exc:
+            status, error = 502, str(exc)[:255]
+        finally:
+            disconnect.cancel()
+        if status != 499:
+            await send({"type": "http.response.body", "body": relay.finish(), "more_body": False})
+        from_usage = relay.completion_tokens is not None
+        self._record(
+            routed,
+            upstream,
+            status,
+            prompt_tokens=relay.prompt_tokens,
+            output_tokens=relay.completion_tokens if from_usage else relay.data_events,
+            from_usage=from_usage,
+            ttft_ms=None if first is None else (first - routed.started) * 1000,
+            error=error,
+        )
+
+    def _record(
+        self,
+        routed: Routed,
+        upstream: Upstream | None,
+        status: int,
+        *,
+        prompt_tokens: int | None = None,
+        output_tokens: int | None = None,
+        from_usage: bool | None = None,
+        ttft_ms: float | None = None,
+        error: str = "",
+    ) -> None:
+        if from_usage is None:
+            from_usage = prompt_tokens is not None
+        self.recorder.record(
+            RequestRecord(
+                at=routed.wall,
+                key_id=routed.key.key_id,
+                team_id=routed.key.team_id,
+                pool_id=upstream.pool_id if upstream else routed.groups[0][0],
+                instance_id=upstream.instance_id if upstream else None,
+                endpoint=routed.request.endpoint,
+                model=routed.request.model,
+                rcf=routed.rcf,
+                tier=routed.tier,
+                stream=routed.request.stream,
+                prompt_tokens=prompt_tokens if prompt_tokens is not None else routed.prompt_tokens,
+                output_tokens=output_tokens,
+                tokens_from_usage=from_usage,
+                ttft_ms=ttft_ms,
+                latency_ms=(time.perf_counter() - routed.started) * 1000,
+                status=status,
+                cold_start=routed.cold_start,
+                retried=routed.retried,
+                error=error,
+            )
+        )

@@ -1,0 +1,97 @@
+"""The routing table: everything a request needs, in memory, rebuilt in the background.
+
+The hot path reads one immutable ``RoutingTable`` and never the database; the gateway
+swaps in a new table every refresh (default 1 s). An instance counts as routable when
+the agent reports it ready with an endpoint, so a wake-up completes when a refresh sees
+the instance turn ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from fleet import selectors
+from fleet.gateway.counting import TokenCounter, counter_for
+from fleet.gateway.upstream import Target
+from fleet.policies.routing import TIERS, RoutingSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One ready vLLM instance."""
+
+    instance_id: int
+    pool_id: int
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRoute:
+    pool_id: int
+    name: str
+    tier: str
+    served_name: str
+    max_model_len: int
+    counter: TokenCounter
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRoute:
+    key_id: int
+    team_id: int
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    keys: dict[str, ApiKeyRoute]
+    pools: dict[int, PoolRoute]
+    models: dict[str, dict[str, tuple[PoolRoute, ...]]] = field(default_factory=dict)
+    settings: RoutingSettings = field(default_factory=RoutingSettings.defaults)
+    loaded_at: float = 0.0
+
+    def served_models(self) -> list[str]:
+        return sorted(self.models)
+
+
+EMPTY_TABLE = RoutingTable(keys={}, pools={})
+
+
+def routing_table_load() -> RoutingTable:
+    """Read keys, pools, ready instances and routing settings; a few queries, once a refresh."""
+    keys = {digest: ApiKeyRoute(key_id, team_id) for key_id, team_id, digest in selectors.gateway_api_keys()}
+    ready: dict[int, list[Upstream]] = {}
+    for instance_id, pool_id, endpoint in selectors.gateway_ready_instances():
+        try:
+            target = Target.parse(endpoint)
+        except ValueError:
+            logger.warning("instance %s has an unusable endpoint %r; not routing to it", instance_id, endpoint)
+            continue
+        ready.setdefault(pool_id, []).append(Upstream(instance_id, pool_id, target))
+    pools: dict[int, PoolRoute] = {}
+    models: dict[str, dict[str, list[PoolRoute]]] = {}
+    for pool in selectors.gateway_pools():
+        profile = pool.model_profile
+        route = PoolRoute(
+            pool_id=pool.pk,
+            name=pool.name,
+            tier=pool.tier,
+            served_name=profile.served_name,
+            max_model_len=profile.max_model_len,
+            counter=counter_for(profile.tokenizer),
+            upstreams=tuple(ready.get(pool.pk, ())),
+        )
+        pools[pool.pk] = route
+        models.setdefault(route.served_name, {tier: [] for tier in TIERS})[route.tier].append(route)
+    values, enabled = selectors.routing_policy_settings()
+    return RoutingTable(
+        keys=keys,
+        pools=pools,
+        models={name: {tier: tuple(routes) for tier, routes in tiers.items()} for name, tiers in models.items()},
+        settings=RoutingSettings.from_settings(values, enabled=enabled),
+        loaded_at=time.monotonic(),
+    )

@@ -1,0 +1,55 @@
+"""What the gateway served: one row per routed request, written in batches."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RequestLog(models.Model):
+    """A request the gateway routed (or held and gave up on), with the figures spend and SLAs need.
+
+    Requests refused before routing (bad key, malformed body, over-long prompt) leave no
+    row: they never reached a pool, so they cost nothing and tell nothing about capacity.
+    """
+
+    class Endpoint(models.TextChoices):
+        CHAT = "chat", "chat completions"
+        COMPLETIONS = "completions", "completions"
+
+    id = models.BigAutoField(primary_key=True)
+    at = models.DateTimeField(help_text="When the gateway received the request.")
+    team = models.ForeignKey(
+        "fleet.Team", on_delete=models.SET_NULL, null=True, blank=True, related_name="requests", db_index=False
+    )
+    pool = models.ForeignKey(
+        "fleet.Pool", on_delete=models.SET_NULL, null=True, blank=True, related_name="requests", db_index=False
+    )
+    instance = models.ForeignKey(
+        "fleet.Instance", on_delete=models.SET_NULL, null=True, blank=True, related_name="requests"
+    )
+    endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
+    model = models.CharField(max_length=100)
+    rcf = models.FloatField(help_text="Request complexity fingerprint.")
+    tier = models.CharField(max_length=1, help_text="Tier the RCF chose; the pool may be a fallback's.")
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tokens_from_usage = models.BooleanField(
+        default=False, help_text="Token counts came from the server's usage report, not the gateway's count."
+    )
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="To the first streamed byte; empty when not streamed.")
+    latency_ms = models.FloatField(help_text="End to end, as the gateway saw it.")
+    status = models.PositiveSmallIntegerField()
+    cold_start = models.BooleanField(default=False, help_text="Held while its pool woke from zero.")
+    retried = models.BooleanField(default=False, help_text="Failed over to a second instance.")
+    error = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [
+            models.Index(fields=["pool", "at"], name="request_pool_time"),
+            models.Index(fields=["team", "at"], name="request_team_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.model} {self.status}"

@@ -1,0 +1,77 @@
+"""``pool_wake``: the service the gateway calls for a pool with no ready instance."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.models import Decision, Instance, Node
+from fleet.services import pool_wake
+from tests.factories import make_gpu, make_node, make_pool
+
+pytestmark = pytest.mark.django_db
+
+
+def online_node(name: str = "gpu-host-1") -> Node:
+    node = make_node(name)
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.ONLINE)
+    node.refresh_from_db()
+    return node
+
+
+def test_a_sleeping_instance_is_preferred_over_a_stopped_one() -> None:
+    pool = make_pool()
+    stopped = Instance.objects.create(pool=pool, desired_state="stopped", actual_state="stopped")
+    sleeping = Instance.objects.create(pool=pool, desired_state="sleeping", actual_state="sleeping")
+
+    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+
+    assert decision.instance == sleeping
+    assert Instance.objects.get(pk=sleeping.pk).desired_state == "running"
+    assert Instance.objects.get(pk=stopped.pk).desired_state == "stopped"
+
+
+def test_nothing_is_done_while_an_instance_is_already_coming() -> None:
+    pool = make_pool()
+    Instance.objects.create(pool=pool, desired_state="running", actual_state="starting")
+    Instance.objects.create(pool=pool, desired_state="stopped", actual_state="stopped")
+
+    assert pool_wake(pool_id=pool.pk, reason="held") == []
+    assert not Decision.objects.exists()
+
+
+def test_placement_skips_busy_gpus_other_models_and_offline_nodes() -> None:
+    make_gpu(make_node("offline-host"), 0)
+    node = online_node()
+    busy = make_gpu(node, 0)
+    make_gpu(node, 1, model_name="NVIDIA A10G")
+    free = make_gpu(node, 2)
+    Instance.objects.create(pool=make_pool("other"), gpu=busy)
+    pool = make_pool(gpu_model="NVIDIA L4")
+
+    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+
+    created = Instance.objects.get(pool=pool)
+    assert (created.gpu, created.desired_state, decision.action) == (free, "running", "launch")
+    assert decision.policy_kind == "gateway" and decision.reason.startswith("held")
+
+
+def test_a_mig_pool_gets_a_free_slice_of_its_profile() -> None:
+    gpu = make_gpu(online_node(), 0, model_name="NVIDIA H100 80GB HBM3", mig_mode="enabled")
+    gib = 1024**3
+    gpu.mig_devices.create(uuid="MIG-a", profile="1g.10gb", gpu_instance_id=1, memory_total_bytes=10 * gib)
+    wanted = gpu.mig_devices.create(uuid="MIG-b", profile="3g.40gb", gpu_instance_id=2, memory_total_bytes=40 * gib)
+    pool = make_pool(isolation="mig", tier="M", gpu_model="NVIDIA H100 80GB HBM3", mig_profile="3g.40gb")
+
+    pool_wake(pool_id=pool.pk, reason="held")
+
+    assert Instance.objects.get(pool=pool).mig_device == wanted
+
+
+def test_no_free_gpu_is_a_logged_decision_and_no_instance() -> None:
+    pool = make_pool()
+
+    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+
+    assert decision.action == "wake_failed"
+    assert "fits nowhere" in decision.reason and "144 KiB/token" in decision.reason
+    assert not Instance.objects.exists()
