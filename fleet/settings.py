@@ -178,7 +178,7 @@ FLEET_COST_SLEEPING_HOLDS_GPU = envbool("FLEET_COST_SLEEPING_HOLDS_GPU", "1")
 # Samples further apart than this mark a gap: the GPU was not up, a rate is not extrapolated.
 FLEET_COST_SAMPLE_GAP_S = envint("FLEET_COST_SAMPLE_GAP_S", 60)
 # Dotted path of the callable that gives team usage per pool (see fleet.costs.teams).
-FLEET_TEAM_USAGE_SOURCE = os.environ.get("FLEET_TEAM_USAGE_SOURCE", "").strip()
+FLEET_TEAM_USAGE_SOURCE = os.environ.get("FLEET_TEAM_USAGE_SOURCE", "fleet.costs.teams.request_log_usage").strip()
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gpufleet@localhost")
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

@@ -357,27 +357,34 @@ def team_spend(
     }
 
 
-def team_budget_block(team_id: int, *, now: datetime | None = None) -> str | None:
-    """Why the gateway must refuse this team's requests now, or None.
+def teams_blocked(*, now: datetime | None = None) -> dict[int, str]:
+    """Every team the gateway must refuse now, with why; one indexed query for the whole fleet.
 
-    Cheap by design (one indexed query; the spend was computed by the budget task): the
-    gateway calls it on every routing refresh. A block holds for the period in which the hard
-    threshold was reached, unless an admin lifted it for that period.
+    Cheap by design (the spend was computed by the budget task): the gateway calls it on
+    every routing refresh. A block holds for the period in which the hard threshold was
+    reached, unless an admin lifted it for that period.
     """
     now = now or timezone.now()
-    budgets = Budget.objects.filter(team_id=team_id, enabled=True, blocked_period_start__isnull=False).select_related(
-        "team"
-    )
+    blocked: dict[int, str] = {}
+    budgets = Budget.objects.filter(
+        team__isnull=False, enabled=True, blocked_period_start__isnull=False
+    ).select_related("team")
     for budget in budgets:
         first, following = period_bounds(period=budget.period, now=now)
         if budget.blocked_period_start == first and budget.lifted_period_start != first:
-            return (
-                f"Team {budget.team.name} reached the hard limit ({budget.hard_threshold_pct}%) of its "
+            blocked.setdefault(
+                budget.team_id,  # type: ignore[arg-type]
+                f"Team {budget.team.name} reached the hard limit ({budget.hard_threshold_pct}%) of its "  # type: ignore[union-attr]
                 f"{budget.get_period_display()} budget '{budget.name}' ({budget.amount} {billing_currency()}); "
                 f"requests are refused until {following.astimezone(billing_tz()):%Y-%m-%d %H:%M %Z} "
-                "or until an admin lifts the block."
+                "or until an admin lifts the block.",
             )
-    return None
+    return blocked
+
+
+def team_budget_block(team_id: int, *, now: datetime | None = None) -> str | None:
+    """Why the gateway must refuse this team's requests now, or None."""
+    return teams_blocked(now=now).get(team_id)
 
 
 def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, str], Decimal]]:

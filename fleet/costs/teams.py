@@ -1,19 +1,10 @@
 """Who used a pool: team shares of its spend that add up to it to the cent.
 
 The gateway's request log is the source of usage. It plugs in through a *usage source*: any
-callable ``(*, start, end, basis) -> {(pool_id, team_id): amount}``. For ``RequestLog``
-(fields ``at``, ``team``, ``pool``, ``prompt_tokens``, ``output_tokens``, ``e2e_latency_s``)
-the source is one grouped query::
-
-    rows = RequestLog.objects.filter(at__gte=start, at__lt=end).values("pool_id", "team_id")
-    if basis == "gpu_seconds":
-        rows = rows.annotate(amount=Sum("e2e_latency_s"))
-    else:
-        rows = rows.annotate(amount=Sum(F("prompt_tokens") + F("output_tokens")))
-    return {(row["pool_id"], row["team_id"]): Decimal(str(row["amount"])) for row in rows}
-
-and ``FLEET_TEAM_USAGE_SOURCE`` names it by dotted path. GPU-seconds of a request are its
-end-to-end seconds on the instance: the time it kept a share of the card busy.
+callable ``(*, start, end, basis) -> {(pool_id, team_id): amount}``, named by dotted path in
+``FLEET_TEAM_USAGE_SOURCE``; the default, ``request_log_usage``, reads ``RequestLog``.
+GPU-seconds of a request are its end-to-end seconds on the instance: the time it kept a share
+of the card busy.
 """
 
 from __future__ import annotations
@@ -56,3 +47,22 @@ def team_shares(*, total: Decimal, usage: Mapping[int, Decimal]) -> dict[int, De
     for team in by_remainder[:left]:
         floors[team] += 1
     return {team: Decimal(cents) * CENT for team, cents in floors.items()}
+
+
+def request_log_usage(*, start: object, end: object, basis: Basis) -> dict[tuple[int, int], Decimal]:
+    """Team usage per pool from the gateway's request log, in one grouped query."""
+    from django.db.models import F, Sum
+    from django.db.models.functions import Coalesce
+
+    from fleet.models import RequestLog
+
+    rows = (
+        RequestLog.objects.filter(at__gte=start, at__lt=end, pool__isnull=False, team__isnull=False)
+        .values("pool_id", "team_id")
+        .annotate(
+            amount=Sum(F("latency_ms") / 1000)
+            if basis == "gpu_seconds"
+            else Sum(Coalesce("prompt_tokens", 0) + Coalesce("output_tokens", 0))
+        )
+    )
+    return {(row["pool_id"], row["team_id"]): Decimal(str(row["amount"] or 0)) for row in rows}

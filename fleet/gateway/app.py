@@ -294,6 +294,9 @@ class Gateway:
         route = table.keys.get(hashlib.sha256(token.encode()).hexdigest()) if token.startswith(KEY_PREFIX) else None
         if route is None:
             raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
+        blocked = table.blocked_teams.get(route.team_id)
+        if blocked is not None:
+            raise ApiError(429, blocked, code="budget_exceeded", type="insufficient_quota")
         return route
 
     async def _models(self, scope: Scope, send: Send, table: RoutingTable) -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from fleet import selectors
+from fleet.costs.selectors import teams_blocked
 from fleet.gateway.counting import TokenCounter, counter_for
 from fleet.gateway.upstream import Target
 from fleet.policies.routing import TIERS, RoutingSettings
@@ -52,6 +53,7 @@ class RoutingTable:
     pools: dict[int, PoolRoute]
     models: dict[str, dict[str, tuple[PoolRoute, ...]]] = field(default_factory=dict)
     settings: RoutingSettings = field(default_factory=RoutingSettings.defaults)
+    blocked_teams: dict[int, str] = field(default_factory=dict)
     loaded_at: float = 0.0
 
     def served_models(self) -> list[str]:
@@ -93,5 +95,6 @@ def routing_table_load() -> RoutingTable:
         pools=pools,
         models={name: {tier: tuple(routes) for tier, routes in tiers.items()} for name, tiers in models.items()},
         settings=RoutingSettings.from_settings(values, enabled=enabled),
+        blocked_teams=teams_blocked(),
         loaded_at=time.monotonic(),
     )

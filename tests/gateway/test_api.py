@@ -191,3 +191,35 @@ def test_a_body_over_the_limit_is_refused(live_gateway: Callable[..., LiveGatewa
     with client(live, api_key) as http:
         response = http.post("/v1/chat/completions", json=chat("x" * 2000))
     assert response.status_code == 413
+
+
+def test_a_team_past_its_hard_budget_is_refused_until_the_block_is_lifted(routed: LiveGateway, api_key: str) -> None:
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from fleet.costs.budgets import budget_block_lift
+    from fleet.costs.selectors import period_bounds
+    from fleet.models import Budget, Team
+
+    first, _ = period_bounds(period="month", now=timezone.now())
+    budget = Budget.objects.create(
+        name="research monthly",
+        team=Team.objects.get(),
+        period="month",
+        amount=Decimal("100.00"),
+        blocked_period_start=first,
+    )
+    routed.settle()
+    with client(routed, api_key) as http:
+        refused = http.post("/v1/chat/completions", json=chat())
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert set(error) == ERROR_FIELDS
+        assert (error["code"], error["type"]) == ("budget_exceeded", "insufficient_quota")
+        assert "reached the hard limit" in error["message"] and "research monthly" in error["message"]
+        assert not RequestLog.objects.exists()
+
+        assert budget_block_lift(budget=budget)
+        routed.settle()
+        assert http.post("/v1/chat/completions", json=chat()).status_code == 200
