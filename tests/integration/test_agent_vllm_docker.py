@@ -43,7 +43,7 @@ class AgentProcess:
         self.panel, self.state_dir, self.name, self.log_path = panel, state_dir, name, log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, join_token: str | None = None) -> None:
+    def start(self, join_token: str | None = None, nvml: str = "*-load-*.json") -> None:
         command = [
             sys.executable,
             "-m",
@@ -56,6 +56,8 @@ class AgentProcess:
             self.name,
             "--allow-image",
             "gpufleet-test/*",
+            "--nvml",
+            nvml,
         ]
         if join_token:
             command += ["--join-token", join_token]

@@ -32,8 +32,10 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """One Chromium per test: Playwright's sync API holds an event loop in this thread while it
+    runs, which must be gone before the next test uses ``async_to_sync``."""
     path = chromium_path()
     require(path is not None, "no Chromium; install Debian's chromium package")
     try:
@@ -42,7 +44,7 @@ def browser() -> Iterator[object]:
         require(False, "playwright is not installed; pip install -r requirements-dev.txt")
     # Playwright's sync API runs an event loop in this thread; the ORM calls the tests
     # make between page actions are plain synchronous code.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
         yield instance
