@@ -25,7 +25,18 @@ import pytest
 from celery import Celery
 from django.utils import timezone
 
-from fleet.models import Decision, Gpu, Instance, JoinToken, ModelProfile, RequestLog, Team
+from fleet.models import (
+    Decision,
+    Gpu,
+    GpuSample,
+    Instance,
+    InstanceSample,
+    JoinToken,
+    ModelProfile,
+    Node,
+    RequestLog,
+    Team,
+)
 from fleet.services import api_key_create
 from tests.factories import make_instance, make_pool
 from tests.gateway.conftest import LiveGateway
@@ -39,7 +50,8 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def worker(redis_url: str, tmp_path: Path) -> Iterator[str]:
+def worker(transactional_db: None, redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """A Celery worker process on the test database (so it must come after the database fixture)."""
     env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=_database_url(), FLEET_VAR_DIR=str(tmp_path))
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
@@ -113,7 +125,12 @@ def test_idle_pool_stops_and_traffic_brings_it_back(
             "the idle instance to be stopped and its container removed",
             lambda: actual("stopped") and not containers_of(docker_client, node_name, instance),
             120,
-            agent.log_tail,
+            lambda: (
+                f"{Instance.objects.filter(pk=instance.pk).values().get()}\n"
+                f"{list(InstanceSample.objects.filter(instance=instance).order_by('-at').values()[:2])}\n"
+                f"{list(GpuSample.objects.order_by('-at').values('at', 'utilization_gpu_pct')[:2])}\n"
+                f"{list(Node.objects.values('name', 'status'))}\n" + (tmp_path / "worker.log").read_text()[-1500:]
+            ),
         )
         stop = Decision.objects.get(instance=instance, policy_kind="idle_reclaim")
         assert stop.action == "stop" and "idle for 11 min" in stop.reason
