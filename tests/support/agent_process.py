@@ -66,7 +66,9 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with httpx.Client() as http:
-        agent = Agent(config, gpus=RecordedGpus(args.nvml), runtime=DockerRuntime(docker.from_env(), args.name), http=http)
+        agent = Agent(
+            config, gpus=RecordedGpus(args.nvml), runtime=DockerRuntime(docker.from_env(), args.name), http=http
+        )
         if not agent.registered:
             agent.register(args.join_token)
         agent.run(stop)
