@@ -123,3 +123,40 @@ def test_team_budgets_wait_for_a_usage_source_and_pool_budgets_do_not(settings) 
     Budget.objects.create(name="pool", pool_id=pool_id, period="month", amount=Decimal("100"), hard_threshold_pct=None)
     results = {row.note: row.spent for row in budgets_evaluate(now=utc(2025, 1, 31, 20))}
     assert results == {"no team usage source (FLEET_TEAM_USAGE_SOURCE)": None, "": Decimal("15.2")}
+
+
+@pytest.mark.django_db
+def test_the_default_usage_source_reads_the_gateway_request_log() -> None:
+    from fleet.costs.teams import request_log_usage
+    from fleet.models import RequestLog
+
+    pool = make_pool()
+    search, docs = Team.objects.create(name="Search", slug="search"), Team.objects.create(name="Docs", slug="docs")
+    common = dict(pool=pool, endpoint="chat", model="m", rcf=1.0, tier="L", status=200)
+    RequestLog.objects.create(
+        at=utc(2025, 1, 10), team=search, prompt_tokens=100, output_tokens=20, latency_ms=1500, **common
+    )
+    RequestLog.objects.create(
+        at=utc(2025, 1, 11), team=search, prompt_tokens=10, output_tokens=None, latency_ms=500, **common
+    )
+    RequestLog.objects.create(
+        at=utc(2025, 1, 12), team=docs, prompt_tokens=7, output_tokens=3, latency_ms=250, **common
+    )
+    RequestLog.objects.create(
+        at=utc(2025, 2, 1), team=docs, prompt_tokens=999, output_tokens=1, latency_ms=9000, **common
+    )
+    RequestLog.objects.create(
+        at=utc(2025, 1, 12), team=None, prompt_tokens=5, output_tokens=5, latency_ms=100, **common
+    )
+
+    window = dict(start=utc(2025, 1, 1), end=utc(2025, 2, 1))
+    # GPU-seconds: search 1.5 + 0.5 = 2.0, docs 0.25; February and team-less rows are out
+    assert request_log_usage(**window, basis="gpu_seconds") == {
+        (pool.pk, search.pk): Decimal("2.0"),
+        (pool.pk, docs.pk): Decimal("0.25"),
+    }
+    # tokens: search 100 + 20 + 10 (no output counted as 0) = 130, docs 7 + 3 = 10
+    assert request_log_usage(**window, basis="tokens") == {
+        (pool.pk, search.pk): Decimal(130),
+        (pool.pk, docs.pk): Decimal(10),
+    }
