@@ -100,19 +100,9 @@ def instance_desire(
             applied_at=now,
         )
     instance.refresh_from_db()
-    transaction.on_commit(
-        lambda: event_publish(
-            kind="decision",
-            payload={
-                "decision": decision.pk,
-                "instance": instance.pk,
-                "pool": instance.pool_id,
-                "action": action,
-                "desired_state": state,
-                "generation": instance.generation,
-                "reason": reason,
-            },
-        )
+    _decision_event(
+        decision,
+        {"instance": instance.pk, "desired_state": state, "generation": instance.generation, "reason": reason},
     )
     return decision
 

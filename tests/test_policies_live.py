@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from fleet.models import Decision, GpuSample, Instance, InstanceSample, Node
 from fleet.schedules import EVALUATE_TASK, schedules_install
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
-from tests.support.require import require
+from tests.support.celery_workers import WORKER_ARGS, shared_database_url
+from tests.support.celery_workers import celery_processes as celery_processes_run
 
 ROOT = Path(__file__).resolve().parent.parent
 IDLE_INSTANCES = 12
@@ -27,52 +25,14 @@ IDLE_INSTANCES = 12
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
-def _database_url() -> str:
-    """The test database this process uses, for the worker processes to use too."""
-    require(
-        connection.vendor == "postgresql", "worker processes need a shared database: set DATABASE_URL to PostgreSQL"
-    )
-    conf = connection.settings_dict
-    auth = conf["USER"] + (f":{conf['PASSWORD']}" if conf["PASSWORD"] else "")
-    return f"postgresql://{auth}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
-
-
 @pytest.fixture
-def celery_processes(redis_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=_database_url(), FLEET_VAR_DIR=str(tmp_path))
-    commands = [
-        *(
-            [
-                "worker",
-                "-P",
-                "solo",
-                "-n",
-                f"policy{n}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ]
-            for n in (1, 2)
-        ),
-        ["beat", "-s", str(tmp_path / "beat-schedule"), "--max-interval", "1"],
-    ]
-    processes = []
-    for n, args in enumerate(commands):
-        log = (tmp_path / f"celery-{n}.log").open("w")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "fleet", *args, "-l", "INFO"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    yield processes
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.wait(timeout=30)
+def celery_processes(redis_url: str, tmp_path: Path) -> Iterator[None]:
+    """Two workers and beat, all on the test database and Redis."""
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=shared_database_url(), FLEET_VAR_DIR=str(tmp_path))
+    workers = [[*WORKER_ARGS, "-n", f"policy{n}@%h"] for n in (1, 2)]
+    beat = ["beat", "-s", str(tmp_path / "beat-schedule"), "--max-interval", "1"]
+    with celery_processes_run([*workers, beat], env=env, log_dir=tmp_path):
+        yield
 
 
 def _idle_fleet() -> list[Instance]:

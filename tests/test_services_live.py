@@ -6,11 +6,14 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels_redis.core import RedisChannelLayer
+
+from tests.support.celery_workers import WORKER_ARGS, celery_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,36 +34,10 @@ def test_redis_channel_layer_delivers_group_messages(redis_url: str) -> None:
 
 
 @pytest.fixture
-def celery_worker(redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def celery_worker(redis_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     env = dict(os.environ, REDIS_URL=redis_url, FLEET_VAR_DIR=str(tmp_path))
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "fleet",
-            "worker",
-            "-P",
-            "solo",
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield env
-    worker.terminate()
-    worker.wait(timeout=30)
-    log.close()
+    with celery_processes([WORKER_ARGS], env=env, log_dir=tmp_path):
+        yield env
 
 
 def test_celery_task_runs_on_a_real_worker_through_redis(celery_worker: dict[str, str]) -> None:

@@ -10,8 +10,6 @@ readings (idle H100 recordings; this machine has no GPU).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +26,9 @@ from django.utils import timezone
 from fleet.models import (
     Decision,
     Gpu,
-    GpuSample,
     Instance,
-    InstanceSample,
     JoinToken,
     ModelProfile,
-    Node,
     RequestLog,
     Team,
 )
@@ -41,8 +36,8 @@ from fleet.services import api_key_create
 from tests.factories import make_instance, make_pool
 from tests.gateway.conftest import LiveGateway
 from tests.integration.test_agent_vllm_docker import AgentProcess, containers_of, wait_for
+from tests.support.celery_workers import WORKER_ARGS, celery_processes, shared_database_url
 from tests.support.vllm_container import SERVED_NAME, remove_node_containers
-from tests.test_policies_live import _database_url
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -52,32 +47,9 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def worker(transactional_db: None, redis_url: str, tmp_path: Path) -> Iterator[str]:
     """A Celery worker process on the test database (so it must come after the database fixture)."""
-    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=_database_url(), FLEET_VAR_DIR=str(tmp_path))
-    log = (tmp_path / "worker.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "fleet",
-            "worker",
-            "-P",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield redis_url
-    process.terminate()
-    process.wait(timeout=30)
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=shared_database_url(), FLEET_VAR_DIR=str(tmp_path))
+    with celery_processes([WORKER_ARGS], env=env, log_dir=tmp_path):
+        yield redis_url
 
 
 @pytest.fixture
@@ -125,12 +97,7 @@ def test_idle_pool_stops_and_traffic_brings_it_back(
             "the idle instance to be stopped and its container removed",
             lambda: actual("stopped") and not containers_of(docker_client, node_name, instance),
             120,
-            lambda: (
-                f"{Instance.objects.filter(pk=instance.pk).values().get()}\n"
-                f"{list(InstanceSample.objects.filter(instance=instance).order_by('-at').values()[:2])}\n"
-                f"{list(GpuSample.objects.order_by('-at').values('at', 'utilization_gpu_pct')[:2])}\n"
-                f"{list(Node.objects.values('name', 'status'))}\n" + (tmp_path / "worker.log").read_text()[-1500:]
-            ),
+            lambda: "--- worker log ---\n" + (tmp_path / "celery-0.log").read_text()[-3000:] + agent.log_tail(),
         )
         stop = Decision.objects.get(instance=instance, policy_kind="idle_reclaim")
         assert stop.action == "stop" and "idle for 11 min" in stop.reason
