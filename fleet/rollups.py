@@ -118,7 +118,7 @@ class _Stat:
 Row = tuple[Any, ...]
 
 
-def _pairs_in(rows: Sequence[Row], start: datetime) -> Iterable[tuple[Row | None, Row]]:
+def series_pairs(rows: Sequence[Row], start: datetime) -> Iterable[tuple[Row | None, Row]]:
     """(previous row of the same series or None, row) for each row at or after ``start``.
 
     ``rows`` are ordered by series then time; the lookback rows before ``start`` serve only
@@ -152,7 +152,7 @@ def gpu_minutes_compute(*, start: datetime, end: datetime) -> list[GpuMinute]:
         )
     )
     buckets: dict[tuple[int, datetime], dict[str, Any]] = {}
-    for previous, row in _pairs_in(rows, start):
+    for previous, row in series_pairs(rows, start):
         gpu_id, at, util, sm, mem, mem_total, power, temp, energy = row
         b = buckets.setdefault(
             (gpu_id, floor_minute(at)),
@@ -219,7 +219,7 @@ def pool_minutes_compute(*, start: datetime, end: datetime) -> list[PoolMinute]:
         )
     )
     buckets: dict[tuple[int, datetime], dict[str, Any]] = {}
-    for previous, row in _pairs_in(rows, start):
+    for previous, row in series_pairs(rows, start):
         instance_id, at, pool_id, waiting, running, kv, prompt_rate, gen_rate, ttft, e2e = row
         b = buckets.setdefault(
             (pool_id, floor_minute(at)),

@@ -34,7 +34,23 @@ from fleet.costs.spend import (
     spend_lines,
 )
 from fleet.costs.teams import Basis, UsageSource, team_shares
-from fleet.models import Budget, Gpu, GpuSample, Instance, InstanceEvent, InstanceSample, MigDevice, Pool, PriceRate
+from fleet.models import (
+    Budget,
+    Gpu,
+    GpuHour,
+    GpuMinute,
+    GpuSample,
+    Instance,
+    InstanceEvent,
+    InstanceSample,
+    MigDevice,
+    Pool,
+    PoolHour,
+    PoolMinute,
+    PriceRate,
+    RollupWatermark,
+)
+from fleet.rollups import MAX_GAP_S, floor_hour, floor_minute, series_pairs
 
 PERIODS = ("day", "week", "month")
 
@@ -124,29 +140,104 @@ class FleetWindow:
     pools: dict[int, int]
 
 
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Where each part of a window is read from: hour rollups, then minute rollups, then raw.
+
+    Raw samples are kept 48 h by default and minute rollups 30 days, so a month's spend
+    cannot come from raw samples alone. Everything before the minute watermark (complete
+    minutes) is read from rollups, the rest from raw samples; before the minute retention,
+    from hour rollups. Without a watermark (rollups never ran) everything is raw.
+    """
+
+    hours_until: datetime
+    minutes_until: datetime
+
+    @classmethod
+    def for_window(cls, *, start: datetime, end: datetime, now: datetime | None = None) -> Tiers:
+        now = now or timezone.now()
+        mark = RollupWatermark.objects.filter(name="minute").values_list("done_until", flat=True).first()
+        if mark is None:
+            return cls(hours_until=start, minutes_until=start)
+        minutes_until = min(max(mark, start), end)
+        oldest_minute = floor_hour(now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)) + HOUR
+        hours_until = min(max(oldest_minute, start), minutes_until)
+        return cls(hours_until=hours_until, minutes_until=minutes_until)
+
+
+def gpu_activity(
+    *, start: datetime, end: datetime, tiers: Tiers | None = None
+) -> tuple[dict[int, list[tuple[datetime, datetime]]], UtilizationIndex]:
+    """When each GPU was up in [start, end), and its duty cycle, from the cheapest complete source."""
+    tiers = tiers or Tiers.for_window(start=start, end=end)
+    gap = _gap()
+    rows: list[tuple[int, datetime, float | None, int]] = []
+    buckets: dict[int, list[tuple[datetime, timedelta]]] = defaultdict(list)
+    parts = ((GpuHour, HOUR, start, tiers.hours_until), (GpuMinute, MINUTE, tiers.hours_until, tiers.minutes_until))
+    for model, width, first, until in parts:
+        if first >= until:
+            continue
+        floor = floor_hour(first) if width == HOUR else floor_minute(first)
+        for gpu_id, bucket, mean, count in (
+            model.objects.filter(bucket__gte=floor, bucket__lt=until, samples__gt=0)
+            .order_by("gpu_id", "bucket")
+            .values_list("gpu_id", "bucket", "utilization_mean", "samples")
+        ):
+            rows.append((gpu_id, max(bucket, first), mean, count))
+            buckets[gpu_id].append((bucket, width))
+    # A bucket with samples counts as up for its whole width; touching buckets make one run.
+    runs: dict[int, list[list[datetime]]] = defaultdict(list)
+    for gpu_id, pieces in buckets.items():
+        merged = runs[gpu_id]
+        for bucket, width in pieces:
+            first, last = max(bucket, start), min(bucket + width, tiers.minutes_until)
+            if first >= last:
+                continue
+            if merged and first <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+    # Raw samples a gap either side, so a run that crosses the window's edges is cut there,
+    # not at the last sample inside it.
+    raw = list(
+        GpuSample.objects.filter(at__gte=tiers.minutes_until - gap, at__lte=end + gap)
+        .order_by("gpu_id", "at")
+        .values_list("gpu_id", "at", "utilization_gpu_pct")
+    )
+    times: dict[int, list[datetime]] = defaultdict(list)
+    for gpu_id, at, percent in raw:
+        times[gpu_id].append(at)
+        if at >= tiers.minutes_until:
+            rows.append((gpu_id, at, percent, 1))
+    for gpu_id, moments in times.items():
+        merged = runs[gpu_id]
+        for first, last in _clip(uptime_runs(moments, gap=gap), tiers.minutes_until, end):
+            # A raw run that starts within a gap of where the rollups stop continues their run.
+            if merged and first - merged[-1][1] <= gap and merged[-1][1] == tiers.minutes_until:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+    up = {gpu_id: [(first, last) for first, last in merged] for gpu_id, merged in runs.items() if merged}
+    return up, UtilizationIndex(rows)
+
+
 def fleet_window(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
     if sleeping_holds_gpu is None:
         sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
     states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
     holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
-    # Samples a gap either side, so a run that crosses the window's edges is cut there, not at
-    # the last sample inside it.
-    samples = list(
-        GpuSample.objects.filter(at__gte=start - _gap(), at__lte=end + _gap())
-        .order_by("gpu_id", "at")
-        .values_list("gpu_id", "at", "utilization_gpu_pct")
-    )
-    times: dict[int, list[datetime]] = defaultdict(list)
-    for gpu_id, at, _ in samples:
-        times[gpu_id].append(at)
-    up = {gpu_id: _clip(uptime_runs(moments, gap=_gap()), start, end) for gpu_id, moments in times.items()}
+    up, utilization = gpu_activity(start=start, end=end)
     return FleetWindow(
         start=start,
         end=end,
         gpus=_gpus(),
         allocations=allocations_split(holds, mig_slices=_mig_slices()),
         up=up,
-        utilization=UtilizationIndex(samples),
+        utilization=utilization,
         pools=dict(Instance.objects.values_list("pk", "pool_id")),
     )
 
@@ -194,6 +285,8 @@ def savings_compute(
         Gpu.objects.filter(pk__in=gpu_ids)
         .filter(
             Exists(GpuSample.objects.filter(gpu=OuterRef("pk"), at__lt=start))
+            | Exists(GpuMinute.objects.filter(gpu=OuterRef("pk"), bucket__lt=start))
+            | Exists(GpuHour.objects.filter(gpu=OuterRef("pk"), bucket__lt=start))
             | Exists(InstanceEvent.objects.filter(gpu=OuterRef("pk"), at__lt=start))
         )
         .values_list("pk", flat=True)
@@ -216,27 +309,40 @@ def savings_compute(
         )
 
 
-def tokens_by_pool(*, start: datetime, end: datetime) -> dict[int, Decimal]:
-    """Tokens (prompt + generated) each pool served: each sample's rate times the time until the
-    instance's next sample, capped at the sample gap and clipped to [start, end).
+def tokens_by_pool(*, start: datetime, end: datetime, tiers: Tiers | None = None) -> dict[int, Decimal]:
+    """Tokens (prompt + generated) each pool served in [start, end).
+
+    A sample's token rates cover the interval since the instance's previous sample (no more
+    than the rollups' gap), as the agent measures them. Where pool rollups are complete they
+    are read instead (a bucket cut by the window counts by its overlap); the raw part takes
+    the samples after them, each interval clipped to the window.
     """
-    rows = (
-        InstanceSample.objects.filter(at__gte=start - _gap(), at__lt=end)
-        .order_by("instance_id", "at")
-        .values_list("instance_id", "instance__pool_id", "at", "prompt_tokens_rate", "generation_tokens_rate")
-    )
-    by_instance: dict[int, list[tuple[int, datetime, Decimal]]] = defaultdict(list)
-    for instance_id, pool_id, at, prompt, generated in rows:
-        rate = Decimal(str(prompt or 0)) + Decimal(str(generated or 0))
-        by_instance[instance_id].append((pool_id, at, rate))
+    tiers = tiers or Tiers.for_window(start=start, end=end)
     tokens: dict[int, Decimal] = defaultdict(Decimal)
+    parts = ((PoolHour, HOUR, start, tiers.hours_until), (PoolMinute, MINUTE, tiers.hours_until, tiers.minutes_until))
     with localcontext(CONTEXT):
-        for samples in by_instance.values():
-            for (pool_id, at, rate), following in zip(samples, [*samples[1:], None], strict=True):
-                until = min(following[1] if following else end, at + _gap(), end)
-                begin = max(at, start)
-                if begin < until:
-                    tokens[pool_id] += rate * Decimal(duration_us(begin, until)) / Decimal(1_000_000)
+        for model, width, first, until in parts:
+            if first >= until:
+                continue
+            floor = floor_hour(first) if width == HOUR else floor_minute(first)
+            for pool_id, bucket, prompt, generated in model.objects.filter(
+                bucket__gte=floor, bucket__lt=until
+            ).values_list("pool_id", "bucket", "prompt_tokens", "generation_tokens"):
+                begin, stop = max(bucket, first), min(bucket + width, until)
+                if begin < stop:
+                    share = Decimal(duration_us(begin, stop)) / Decimal(duration_us(bucket, bucket + width))
+                    tokens[pool_id] += (Decimal(str(prompt)) + Decimal(str(generated))) * share
+        lookback = timedelta(seconds=MAX_GAP_S)
+        rows = list(
+            InstanceSample.objects.filter(at__gte=tiers.minutes_until - lookback, at__lt=end + lookback)
+            .order_by("instance_id", "at")
+            .values_list("instance_id", "at", "instance__pool_id", "prompt_tokens_rate", "generation_tokens_rate")
+        )
+        for previous, (_, at, pool_id, prompt_rate, generated_rate) in series_pairs(rows, tiers.minutes_until):
+            begin, stop = (max(previous[1], start), min(at, end)) if previous else (at, at)
+            if begin < stop:
+                rate = Decimal(str(prompt_rate or 0)) + Decimal(str(generated_rate or 0))
+                tokens[pool_id] += rate * Decimal(duration_us(begin, stop)) / Decimal(1_000_000)
     return dict(tokens)
 
 

@@ -84,24 +84,30 @@ class UtilizationIndex:
     """Mean GPU duty cycle over any interval, from prefix sums of the samples in it.
 
     The mean of the samples taken in [start, end) stands for the interval: the agent samples
-    at a fixed cadence, so a plain mean is a time-weighted one. A MIG device has no duty cycle
-    of its own in NVML; its GPU's stands in for it.
+    at a fixed cadence, so a plain mean is a time-weighted one. A rollup row stands for the
+    raw samples behind it: its mean counts with its sample count as weight (an optional
+    fourth element), so minutes and raw samples mix without bias. A MIG device has no duty
+    cycle of its own in NVML; its GPU's stands in for it.
     """
 
-    def __init__(self, samples: Iterable[tuple[int, datetime, float | None]]) -> None:
-        by_gpu: dict[int, list[tuple[datetime, Decimal]]] = defaultdict(list)
-        for gpu_id, at, percent in samples:
-            if percent is not None:
-                by_gpu[gpu_id].append((at, Decimal(str(percent)) / 100))
+    def __init__(
+        self, samples: Iterable[tuple[int, datetime, float | None] | tuple[int, datetime, float | None, int]]
+    ) -> None:
+        by_gpu: dict[int, list[tuple[datetime, Decimal, int]]] = defaultdict(list)
+        for gpu_id, at, percent, *weight in samples:
+            count = weight[0] if weight else 1
+            if percent is not None and count > 0:
+                by_gpu[gpu_id].append((at, Decimal(str(percent)) / 100, count))
         self._times: dict[int, list[datetime]] = {}
-        self._prefix: dict[int, list[Decimal]] = {}
+        self._prefix: dict[int, list[tuple[Decimal, int]]] = {}
         with localcontext(CONTEXT):
             for gpu_id, rows in by_gpu.items():
                 rows.sort(key=lambda row: row[0])
-                self._times[gpu_id] = [at for at, _ in rows]
-                running = [ZERO]
-                for _, value in rows:
-                    running.append(running[-1] + min(max(value, ZERO), Decimal(1)))
+                self._times[gpu_id] = [at for at, _, _ in rows]
+                running = [(ZERO, 0)]
+                for _, value, count in rows:
+                    total, n = running[-1]
+                    running.append((total + min(max(value, ZERO), Decimal(1)) * count, n + count))
                 self._prefix[gpu_id] = running
 
     def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
@@ -113,7 +119,7 @@ class UtilizationIndex:
             return None
         prefix = self._prefix[gpu_id]
         with localcontext(CONTEXT):
-            return (prefix[last] - prefix[first]) / (last - first)
+            return (prefix[last][0] - prefix[first][0]) / (prefix[last][1] - prefix[first][1])
 
 
 def _line(

@@ -44,9 +44,13 @@ def gpu_samples(gpu: Gpu, start: datetime, end: datetime, *, every_s: int = 60, 
 def instance_samples(
     instance: Instance, start: datetime, end: datetime, *, every_s: int = 60, prompt_rate: float, output_rate: float
 ) -> None:
-    """Samples at ``start``, ``start + every_s``, ... strictly before ``end``."""
+    """Samples at ``start``, ``start + every_s``, ... up to and including ``end``.
+
+    Each sample's rates cover the interval since the previous one, as the agent measures them,
+    so these samples say the instance served at those rates for all of [start, end).
+    """
     rows, at = [], start
-    while at < end:
+    while at <= end:
         rows.append(
             InstanceSample(
                 instance=instance,

@@ -1,0 +1,97 @@
+"""Spend past the raw-sample retention: the same history read from rollups gives the same money."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from fleet.costs.money import money_cents
+from fleet.costs.selectors import Tiers, cost_per_million_tokens, savings_compute, spend_report
+from fleet.models import GpuMinute, GpuSample, InstanceSample, RollupWatermark
+from fleet.rollups import floor_hour, rollup_hours_run, rollup_minutes_run
+from tests.costs.history import gpu_samples, instance_samples, price, states, utc
+from tests.factories import make_gpu, make_instance, make_node, make_pool
+
+pytestmark = pytest.mark.django_db
+
+GPU = "Acme X1"
+
+
+def cents(amount: Decimal) -> str:
+    return str(money_cents(amount))
+
+
+def summary(start, end) -> tuple[str, str, str, str]:  # type: ignore[no-untyped-def]
+    report = spend_report(start=start, end=end)
+    return (
+        cents(report.allocated.spend),
+        cents(report.allocated.busy),
+        cents(report.allocated.idle),
+        cents(report.unallocated.spend),
+    )
+
+
+def test_spend_busy_idle_and_tokens_survive_the_raw_samples_being_pruned(settings) -> None:  # type: ignore[no-untyped-def]
+    price(GPU, "2.0000", date(2024, 1, 1))
+    node = make_node()
+    held, free = make_gpu(node, 0, model_name=GPU), make_gpu(node, 1, model_name=GPU)
+    pool = make_pool()
+    instance = make_instance(pool, held)
+    # Recent enough that minute rollups are still kept for it.
+    start = floor_hour(timezone.now()) - timedelta(hours=5)
+    h = timedelta(hours=1)
+    end = start + 3 * h
+    states(instance, (start, "ready"), (start + 2 * h, "stopped"))
+    # The held GPU: 25% for the first hour, 75% for the rest; the free one up for the first hour only.
+    gpu_samples(held, start, start + h - timedelta(seconds=30), every_s=30, utilization=25.0)
+    gpu_samples(held, start + h, end, every_s=30, utilization=75.0)
+    gpu_samples(free, start, start + h, every_s=30, utilization=0.0)
+    instance_samples(instance, start, start + 2 * h, every_s=30, prompt_rate=100.0, output_rate=400.0)
+
+    raw = summary(start, end)
+    tokens_raw = cost_per_million_tokens(start=start, end=end)[pool.pk].tokens
+    # Held 2 h at 2.00 = 4.00; busy = 1 h x 25% + 1 h x 75% = 1 h -> 2.00, idle 2.00.
+    # Unallocated: the held GPU's last hour (2.00) and the free GPU's hour (2.00) = 4.00.
+    assert raw == ("4.00", "2.00", "2.00", "4.00")
+    assert tokens_raw == Decimal(500 * 7_200)
+
+    later = end + timedelta(minutes=10)
+    rollup_minutes_run(now=later)
+    rollup_hours_run(now=later)
+    assert GpuMinute.objects.exists()
+    GpuSample.objects.all().delete()
+    InstanceSample.objects.all().delete()
+
+    assert Tiers.for_window(start=start, end=end, now=later).minutes_until == end
+    # Allocation comes from state events, exact either way; up time is counted by the minute
+    # from rollups, so the free GPU's last sample (on the full hour) adds that minute: 2.00 / 60.
+    assert summary(start, end)[:3] == raw[:3]
+    assert summary(start, end)[3] == "4.03"
+    assert cost_per_million_tokens(start=start, end=end)[pool.pk].tokens == tokens_raw
+
+    # Past the minute retention, only hour rollups remain: a GPU that reported in an hour
+    # counts as up for all of it, so the free GPU's sample at the full hour adds that hour.
+    settings.TELEMETRY_MINUTE_RETENTION_DAYS = 0
+    GpuMinute.objects.all().delete()
+    assert Tiers.for_window(start=start, end=end).hours_until == end
+    assert summary(start, end) == ("4.00", "2.00", "2.00", "6.00")
+
+
+def test_a_window_without_rollups_reads_raw_samples_only() -> None:
+    start, end = utc(2024, 3, 1, 8), utc(2024, 3, 1, 9)
+    RollupWatermark.objects.all().delete()
+    tiers = Tiers.for_window(start=start, end=end)
+    assert (tiers.hours_until, tiers.minutes_until) == (start, start)
+
+
+def test_a_gpu_seen_only_in_rollups_before_the_period_counts_in_the_baseline_from_its_start(settings) -> None:  # type: ignore[no-untyped-def]
+    price(GPU, "1.0000", date(2024, 1, 1))
+    gpu = make_gpu(make_node(), model_name=GPU)
+    GpuMinute.objects.create(gpu=gpu, bucket=utc(2024, 3, 1, 7, 59), samples=2, utilization_mean=0.0)
+    start, end = utc(2024, 3, 1, 8), utc(2024, 3, 1, 10)
+    gpu_samples(gpu, utc(2024, 3, 1, 9), end, every_s=60, utilization=0.0)
+    # Seen before the period (in a rollup), so the baseline counts it from 08:00: 2 h x 1.00.
+    assert cents(savings_compute(start=start, end=end).baseline) == "2.00"
