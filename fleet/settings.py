@@ -177,6 +177,8 @@ except (ZoneInfoNotFoundError, ValueError) as exc:
 FLEET_COST_SLEEPING_HOLDS_GPU = envbool("FLEET_COST_SLEEPING_HOLDS_GPU", "1")
 # Samples further apart than this mark a gap: the GPU was not up, a rate is not extrapolated.
 FLEET_COST_SAMPLE_GAP_S = envint("FLEET_COST_SAMPLE_GAP_S", 60)
+# Spend reads minute rollups for this many recent hours, hour rollups before (fleet.costs.selectors.Tiers).
+FLEET_COST_MINUTE_DETAIL_HOURS = envint("FLEET_COST_MINUTE_DETAIL_HOURS", 24)
 # Dotted path of the callable that gives team usage per pool (see fleet.costs.teams).
 FLEET_TEAM_USAGE_SOURCE = os.environ.get("FLEET_TEAM_USAGE_SOURCE", "fleet.costs.teams.request_log_usage").strip()
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gpufleet@localhost")

@@ -149,9 +149,12 @@ class Tiers:
     """Where each part of a window is read from: hour rollups, then minute rollups, then raw.
 
     Raw samples are kept 48 h by default and minute rollups 30 days, so a month's spend
-    cannot come from raw samples alone. Everything before the minute watermark (complete
-    minutes) is read from rollups, the rest from raw samples; before the minute retention,
-    from hour rollups. Without a watermark (rollups never ran) everything is raw.
+    cannot come from raw samples alone, and reading a month of minutes for a thousand GPUs
+    would be slow. Complete hours older than ``FLEET_COST_MINUTE_DETAIL_HOURS`` (and any
+    older than the minute retention) come from hour rollups, complete minutes after them
+    from minute rollups, the rest from raw samples. Rollups count a GPU that reported in a
+    bucket as up for the whole bucket. Without a watermark (rollups never ran) everything
+    is raw.
     """
 
     hours_until: datetime
@@ -160,12 +163,14 @@ class Tiers:
     @classmethod
     def for_window(cls, *, start: datetime, end: datetime, now: datetime | None = None) -> Tiers:
         now = now or timezone.now()
-        mark = RollupWatermark.objects.filter(name="minute").values_list("done_until", flat=True).first()
-        if mark is None:
+        marks = dict(RollupWatermark.objects.values_list("name", "done_until"))
+        if "minute" not in marks:
             return cls(hours_until=start, minutes_until=start)
-        minutes_until = min(max(mark, start), end)
+        minutes_until = min(max(marks["minute"], start), end)
+        detail_from = floor_hour(now - timedelta(hours=settings.FLEET_COST_MINUTE_DETAIL_HOURS))
         oldest_minute = floor_hour(now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)) + HOUR
-        hours_until = min(max(oldest_minute, start), minutes_until)
+        hours_done = min(marks.get("hour", start), detail_from)
+        hours_until = min(max(oldest_minute, hours_done, start), minutes_until)
         return cls(hours_until=hours_until, minutes_until=minutes_until)
 
 

@@ -72,8 +72,13 @@ def test_spend_busy_idle_and_tokens_survive_the_raw_samples_being_pruned(setting
     assert summary(start, end)[3] == "4.03"
     assert cost_per_million_tokens(start=start, end=end)[pool.pk].tokens == tokens_raw
 
-    # Past the minute retention, only hour rollups remain: a GPU that reported in an hour
-    # counts as up for all of it, so the free GPU's sample at the full hour adds that hour.
+    # Complete hours older than the minute detail come from hour rollups: a GPU that reported
+    # in an hour counts as up for all of it, so the free GPU's sample at the full hour adds
+    # that hour. The same when the minutes are past their retention and gone.
+    settings.FLEET_COST_MINUTE_DETAIL_HOURS = 1
+    assert Tiers.for_window(start=start, end=end).hours_until == end
+    assert summary(start, end) == ("4.00", "2.00", "2.00", "6.00")
+    settings.FLEET_COST_MINUTE_DETAIL_HOURS = 24
     settings.TELEMETRY_MINUTE_RETENTION_DAYS = 0
     GpuMinute.objects.all().delete()
     assert Tiers.for_window(start=start, end=end).hours_until == end
