@@ -364,7 +364,15 @@ class Agent:
             runtime_error = ""
         except RuntimeFailure as exc:
             containers, runtime_error = [], str(exc)
-        instances = [sample for c in containers if (sample := self._instance_sample(c)) is not None]
+        # Only instances the panel placed here: a container left from an instance deleted in the
+        # panel (an orphan, reported below) would otherwise get every report refused.
+        instances = [
+            sample
+            for c in containers
+            if c.instance_id.isdigit()
+            and int(c.instance_id) in self.desired
+            and (sample := self._instance_sample(c)) is not None
+        ]
         present = {sample.instance_id for sample in instances}
         for wanted in self.desired.values():
             if wanted.state == "stopped" and wanted.instance_id not in present:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import pairwise
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -32,7 +33,7 @@ from fleet.models import (
     OrphanContainer,
     Policy,
 )
-from fleet.policies.settings import policy_settings_validate
+from fleet.policies.settings import policy_defaults, policy_settings_validate
 from fleet.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
@@ -454,7 +455,10 @@ def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
     if not jobs:
         return []
     policy = Policy.objects.filter(kind=Policy.Kind.COLOCATE, pool__isnull=True).first()
-    settings = policy_settings_validate(kind=Policy.Kind.COLOCATE, settings=policy.settings if policy else {})
+    try:
+        settings = policy_settings_validate(kind=Policy.Kind.COLOCATE, settings=policy.settings if policy else {})
+    except ValidationError:  # a bad edit must not stop the node's replies: the default bound holds
+        settings = policy_defaults(Policy.Kind.COLOCATE)
     max_image_bytes = int(settings["max_image_mb"] * MB)
     return [
         protocol.DesiredBatchJob(

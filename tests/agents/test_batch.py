@@ -28,6 +28,7 @@ from agents.batch import (
     batch_reconcile,
     reap_plan,
 )
+from agents.nvml import HostReading
 from agents.runtime import (
     GPU_MEMORY_ENV,
     BatchSpec,
@@ -249,10 +250,15 @@ def test_reap_plan_stops_only_named_containers_still_unwanted() -> None:
 # -- the agent applying a reply -------------------------------------------------------------
 
 
+class NoGpus:
+    def read(self) -> HostReading:
+        return HostReading(False, "no NVML in this test", 1.8e9, None, None, None, [])
+
+
 def make_agent(engine: FakeEngine, tmp_path: Path, **config: object) -> Agent:
     settings_ = dict(panel_url="http://127.0.0.1:1", state_dir=tmp_path, node_name=NODE, attach_gpus=True)
     settings_.update(batch_image_allowlist=("batch/*",), **config)
-    return Agent(AgentConfig(**settings_), gpus=None, runtime=engine, http=httpx.Client())  # type: ignore[arg-type]
+    return Agent(AgentConfig(**settings_), gpus=NoGpus(), runtime=engine, http=httpx.Client())  # type: ignore[arg-type]
 
 
 def desired_job(job_id: int, generation: int = 1, state: str = "running", **fields: object) -> protocol.DesiredBatchJob:
@@ -361,3 +367,26 @@ def test_an_orphan_wanted_again_is_not_reaped(tmp_path: Path) -> None:
     agent.act_reap([container], wanted_instances={"4"})
     assert engine.stopped == []
     assert [(r.outcome, r.container_id) for r in agent._reaped] == [("skipped", container)]
+
+
+def test_a_container_of_an_instance_not_placed_here_is_reported_as_an_orphan_only(tmp_path: Path) -> None:
+    """The panel refuses samples of instances it did not place on the node; one would block every report."""
+    engine = FakeEngine()
+    orphan = engine.add("999", 1).container_id
+    engine.add_job(5, 1, "exited", 0)
+    agent = make_agent(engine, tmp_path)
+    report = agent.sense()
+    assert report.instances == []
+    assert [(c.container_id, c.managed, c.instance_id) for c in report.containers] == [(orphan, True, 999)]
+
+
+def test_reports_carry_job_states_and_reap_outcomes_once(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    orphan = engine.add("9", 1).container_id
+    agent = make_agent(engine, tmp_path)
+    agent.act_batch([desired_job(1)])
+    agent.act_reap([orphan], wanted_instances=set())
+    report = agent.sense()
+    assert [(j.job_id, j.state) for j in report.batch_jobs] == [(1, "running")]
+    assert [(r.container_id, r.outcome) for r in report.reaped] == [(orphan, "stopped")]
+    assert agent.sense().reaped == []
