@@ -42,6 +42,7 @@ from agents.reconcile import ActionResult, DesiredInstance, Sleep, Wake, apply, 
 from agents.runtime import (
     BatchRuntime,
     BatchSpec,
+    ContainerGone,
     ContainerState,
     ImageMissing,
     Runtime,
@@ -395,16 +396,15 @@ class Agent:
         results, self._results = self._results, []
         reaped, self._reaped = self._reaped, []
         try:
-            job_containers = self._batch_list()
-        except RuntimeFailure as exc:
-            job_containers, runtime_error = [], runtime_error or str(exc)
-        jobs = batch_observe(
-            self.jobs,
-            job_containers,
-            refused=self._job_refused,
-            stopped_with=self._job_stopped_with,
-            errors=self._job_errors,
-        )
+            jobs = batch_observe(
+                self.jobs,
+                self._batch_list(),
+                refused=self._job_refused,
+                stopped_with=self._job_stopped_with,
+                errors=self._job_errors,
+            )
+        except RuntimeFailure as exc:  # no job news rather than a false "stopped"
+            jobs, runtime_error = [], runtime_error or str(exc)
         host = protocol.HostInfo(
             hostname=socket.gethostname()[:255],
             agent_version=AGENT_VERSION,
@@ -598,7 +598,10 @@ class Agent:
                     runtime.batch_start(action.spec)
                     log.info("batch job %s started: %s", action.spec.job_id, action.reason)
                     continue
-                code = runtime.stop_managed(action.container.container_id, action.timeout_s)
+                try:
+                    code = runtime.stop_managed(action.container.container_id, action.timeout_s)
+                except ContainerGone:  # removed meanwhile: what the stop was for
+                    code = action.container.exit_code
                 if action.container.job_id is not None:
                     self._job_stopped_with[(action.container.job_id, action.container.generation)] = code
                 log.info("batch job container stopped (exit code %s): %s", code, action.reason)

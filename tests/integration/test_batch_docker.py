@@ -26,7 +26,7 @@ import docker.errors
 import pytest
 
 from fleet.ingest import batch_jobs_for
-from fleet.models import BatchJob, Decision, Gpu, JoinToken, Node, OrphanContainer, Policy
+from fleet.models import BatchJob, Decision, Gpu, GpuSample, JoinToken, Node, OrphanContainer, Policy
 from fleet.policies.evaluate import policies_evaluate
 from tests.integration.test_agent_vllm_docker import AgentProcess, wait_for
 from tests.support.docker_engine import TEST_LABEL, free_port
@@ -137,6 +137,14 @@ def test_a_colocated_job_is_preempted_when_load_rises_requeued_and_finishes_late
     # The agent restarts onto a GPU under inference load: it adopts the job, it does not rerun it.
     agent.stop()
     agent.start(nvml=LOAD, extra=BATCH_IMAGES)
+    wait_for(
+        "the restarted agent's first report under load",
+        lambda: GpuSample.objects.filter(gpu=gpu, utilization_gpu_pct__gte=30).exists(),
+        60,
+        agent.log_tail,
+    )
+    [adopted] = job_containers(docker_client, node_name, job)
+    assert (adopted.id, adopted.status) == (container.id, "running"), "the job was adopted, not started again"
     decision = evaluate_until("the policy to preempt the job under load", "colocate", "preempt", agent)
     assert "inference load rose" in decision.reason
     job.refresh_from_db()
