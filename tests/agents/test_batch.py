@@ -275,15 +275,9 @@ def desired_job(job_id: int, generation: int = 1, state: str = "running", **fiel
     return protocol.DesiredBatchJob.model_validate(body)
 
 
-def observed(agent: Agent, engine: FakeEngine) -> list[tuple[int, str]]:
-    samples = batch_observe(
-        agent.jobs,
-        engine.batch_list(),
-        refused=agent._job_refused,
-        stopped_with=agent._job_stopped_with,
-        errors=agent._job_errors,
-    )
-    return [(s.job_id, s.state) for s in samples]
+def observed(agent: Agent) -> list[tuple[int, str]]:
+    """The jobs as the agent's next report states them."""
+    return [(s.job_id, s.state) for s in agent.sense().batch_jobs]
 
 
 @pytest.mark.parametrize(
@@ -305,21 +299,22 @@ def test_a_job_the_agent_will_not_run_is_refused_with_the_reason(
     agent.act_batch([desired_job(1, **fields)])
     assert engine.jobs == {}
     assert [c for c in engine.calls if c[0] == "batch_start"] == []
-    assert observed(agent, engine) == [(1, "refused")]
-    assert why in agent._job_refused[1]
+    [sample] = agent.sense().batch_jobs
+    assert (sample.job_id, sample.state) == (1, "refused")
+    assert why in sample.error
 
 
 def test_the_agent_starts_with_the_gpu_and_limits_preempts_and_reports_the_exit_code(tmp_path: Path) -> None:
     engine = FakeEngine()
     agent = make_agent(engine, tmp_path, batch_host_memory_bytes=2 * 2**30)
     agent.act_batch([desired_job(1)])
-    assert observed(agent, engine) == [(1, "running")]
+    assert observed(agent) == [(1, "running")]
     [started] = engine.batch_list()
     assert started.name == f"gpufleet-{NODE}-batch-1-g1"
 
     agent.act_batch([desired_job(1, 2, "stopped")])
     assert engine.batch_list() == []
-    [sample] = batch_observe(agent.jobs, [], refused={}, stopped_with=agent._job_stopped_with, errors=agent._job_errors)
+    [sample] = agent.sense().batch_jobs
     assert (sample.state, sample.exit_code, sample.generation) == ("stopped", 143, 2)
 
 
