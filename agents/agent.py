@@ -581,14 +581,14 @@ class Agent:
     def act_batch(self, jobs: list[protocol.DesiredBatchJob]) -> None:
         """Run, keep or stop the node's batch job containers as the reply says; failures wait for the next pass."""
         self._job_refused, self._job_errors = {}, {}
-        self.jobs = [self._desired_job(job) for job in jobs]
+        try:
+            self.jobs = [self._desired_job(job) for job in jobs]
+            containers = self._batch_list()
+        except RuntimeFailure as exc:  # the engine is unwell: leave job containers as they are
+            log.warning("could not check batch jobs against the engine: %s", exc)
+            return
         wanted_ids = {job.job_id for job in self.jobs}
         self._job_stopped_with = {key: code for key, code in self._job_stopped_with.items() if key[0] in wanted_ids}
-        try:
-            containers = self._batch_list()
-        except RuntimeFailure as exc:
-            log.warning("could not list batch job containers: %s", exc)
-            return
         runtime = self.jobs_runtime
         if runtime is None:
             return

@@ -35,6 +35,7 @@ from agents.runtime import (
     ContainerGone,
     ContainerState,
     ImageMissing,
+    RuntimeFailure,
     batch_create_kwargs,
     managed_labels,
 )
@@ -385,3 +386,16 @@ def test_reports_carry_job_states_and_reap_outcomes_once(tmp_path: Path) -> None
     assert [(j.job_id, j.state) for j in report.batch_jobs] == [(1, "running")]
     assert [(r.container_id, r.outcome) for r in report.reaped] == [(orphan, "stopped")]
     assert agent.sense().reaped == []
+
+
+def test_an_engine_that_cannot_answer_leaves_job_containers_alone(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.add_job(1, 1)
+    agent = make_agent(engine, tmp_path)
+
+    def unwell(image: str) -> int:
+        raise RuntimeFailure("inspecting image: engine unreachable")
+
+    engine.image_size = unwell  # type: ignore[method-assign]
+    agent.act_batch([desired_job(1, 2)])
+    assert [(c.job_id, c.generation, c.status) for c in engine.batch_list()] == [(1, 1, "running")]
