@@ -66,6 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATTERN",
         help="image pattern this host may run (repeatable; default vllm/vllm-openai:*)",
     )
+    parser.add_argument(
+        "--allow-batch-image",
+        action="append",
+        dest="allow_batch_images",
+        metavar="PATTERN",
+        help="image pattern co-located batch jobs may use (repeatable; default none: no batch jobs)",
+    )
+    parser.add_argument("--batch-max-image-mb", type=int, default=200, help="largest batch image this host runs")
+    parser.add_argument("--batch-stop-timeout", type=int, default=10, help="seconds a stopped batch job gets to exit")
     parser.add_argument("--port-range", default="8100-8199", help="ports for the servers this host runs")
     parser.add_argument("--buffer-size", type=int, default=720, help="reports kept while the panel is away")
     parser.add_argument("--advertise-host", default="127.0.0.1", help="address the gateway reaches servers on")
@@ -89,6 +98,9 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         node_name=args.name,
         interval_s=float(args.interval),
         image_allowlist=tuple(args.allow_images or ("vllm/vllm-openai:*",)),
+        batch_image_allowlist=tuple(args.allow_batch_images or ()),
+        batch_max_image_mb=int(args.batch_max_image_mb),
+        batch_stop_timeout_s=int(args.batch_stop_timeout),
         port_range=(int(low), int(high or low)),
         buffer_size=int(args.buffer_size),
         advertise_host=args.advertise_host,

@@ -27,14 +27,36 @@ from typing import Protocol
 import httpx
 
 from agents import protocol
+from agents.batch import (
+    DEFAULT_BATCH_STOP_TIMEOUT_S,
+    DesiredJob,
+    Reap,
+    StartJob,
+    batch_observe,
+    batch_reconcile,
+    reap_plan,
+    reap_result,
+)
 from agents.nvml import GpuReading, HostReading
 from agents.reconcile import ActionResult, DesiredInstance, Sleep, Wake, apply, reconcile
-from agents.runtime import ContainerState, Runtime, RuntimeFailure, vllm_container_spec
+from agents.runtime import (
+    BatchRuntime,
+    BatchSpec,
+    ContainerGone,
+    ContainerState,
+    ImageMissing,
+    Runtime,
+    RuntimeFailure,
+    vllm_container_spec,
+)
 from agents.scrape import ScrapeError, Snapshot, WindowStats, delta, scrape
 
 AGENT_VERSION = "0.1.0"
 PORT_LABEL = "gpufleet.port"
 MAX_BACKOFF_S = 60.0
+# Image sizes as Docker shows them: MB of 10^6 bytes.
+MB = 1_000_000
+GIB = 1024**3
 _MIG_PROFILE = re.compile(r"(\d+g\.\d+gb)")
 
 log = logging.getLogger("gpufleet.agent")
@@ -63,9 +85,17 @@ class AgentConfig:
     probe_timeout_s: float = 2.0
     panel_timeout_s: float = 15.0
     attach_gpus: bool = True
+    batch_image_allowlist: tuple[str, ...] = ()
+    batch_max_image_mb: int = 200
+    batch_stop_timeout_s: int = DEFAULT_BATCH_STOP_TIMEOUT_S
+    batch_host_memory_bytes: int | None = 8 * GIB
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
+
+    def batch_image_allowed(self, image: str) -> bool:
+        """Batch images have their own allowlist, empty by default: a host runs no batch work unless told."""
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.batch_image_allowlist)
 
 
 class AgentState:
@@ -219,6 +249,8 @@ class Agent:
         self.config = config
         self.gpus = gpus
         self.runtime = runtime
+        # Batch jobs and reaping need a runtime that can also stop containers by id.
+        self.jobs_runtime = runtime if isinstance(runtime, BatchRuntime) else None
         self.http = http
         self.state = state or AgentState(config.state_dir / "state.json")
         self.clock = clock
@@ -230,6 +262,12 @@ class Agent:
         self._snapshots: dict[tuple[str, int], Snapshot] = {}
         self._results: list[protocol.ActionResult] = []
         self._dropped_reported = 0
+        self.jobs: list[DesiredJob] = []
+        self._job_refused: dict[int, str] = {}
+        self._job_errors: dict[int, str] = {}
+        self._job_stopped_with: dict[tuple[int, int], int | None] = {}
+        self._reaped: list[protocol.ReapResult] = []
+        self._reap_settled: set[str] = set()
 
     # -- registration -------------------------------------------------------------------
 
@@ -327,7 +365,15 @@ class Agent:
             runtime_error = ""
         except RuntimeFailure as exc:
             containers, runtime_error = [], str(exc)
-        instances = [sample for c in containers if (sample := self._instance_sample(c)) is not None]
+        # Only instances the panel placed here: a container left from an instance deleted in the
+        # panel (an orphan, reported below) would otherwise get every report refused.
+        instances = [
+            sample
+            for c in containers
+            if c.instance_id.isdigit()
+            and int(c.instance_id) in self.desired
+            and (sample := self._instance_sample(c)) is not None
+        ]
         present = {sample.instance_id for sample in instances}
         for wanted in self.desired.values():
             if wanted.state == "stopped" and wanted.instance_id not in present:
@@ -348,6 +394,17 @@ class Agent:
         ]
         orphans.extend(self._foreign_gpu_users())
         results, self._results = self._results, []
+        reaped, self._reaped = self._reaped, []
+        try:
+            jobs = batch_observe(
+                self.jobs,
+                self._batch_list(),
+                refused=self._job_refused,
+                stopped_with=self._job_stopped_with,
+                errors=self._job_errors,
+            )
+        except RuntimeFailure as exc:  # no job news rather than a false "stopped"
+            jobs, runtime_error = [], runtime_error or str(exc)
         host = protocol.HostInfo(
             hostname=socket.gethostname()[:255],
             agent_version=AGENT_VERSION,
@@ -364,6 +421,8 @@ class Agent:
             instances=instances,
             containers=orphans,
             action_results=results,
+            batch_jobs=jobs,
+            reaped=reaped,
         )
 
     def _foreign_gpu_users(self) -> list[protocol.ForeignContainer]:
@@ -466,7 +525,125 @@ class Agent:
         results = apply(actions, self.runtime, sleep_control=HttpSleepControl(self.http, self.config.advertise_host))
         for result in results:
             self._record(result)
+        self.act_batch(reply.batch_jobs)
+        self.act_reap(reply.stop_containers, wanted_instances={w.instance_id for w in wanted if w.state != "stopped"})
         return results
+
+    # -- batch jobs and orphans ---------------------------------------------------------
+
+    def _batch_list(self) -> list[ContainerState]:
+        return self.jobs_runtime.batch_list() if self.jobs_runtime is not None else []
+
+    def _job_refusal(self, job: protocol.DesiredBatchJob) -> str:
+        """Why this agent will not run the job; empty if it will. Checked before anything is created."""
+        if self.jobs_runtime is None:
+            return "this node's container runtime cannot run batch jobs"
+        if not self.config.batch_image_allowed(job.image):
+            return f"image {job.image!r} is not in this agent's batch image allowlist"
+        limits = [self.config.batch_max_image_mb * MB]
+        if job.max_image_bytes is not None:
+            limits.append(job.max_image_bytes)
+        try:
+            size = self.jobs_runtime.image_size(job.image)
+        except ImageMissing as exc:
+            return str(exc)
+        if size > min(limits):
+            return (
+                f"image {job.image!r} is {size / MB:.1f} MB, over the {min(limits) / MB:.0f} MB limit for batch images"
+            )
+        return ""
+
+    def _desired_job(self, job: protocol.DesiredBatchJob) -> DesiredJob:
+        if job.state == "stopped":
+            return DesiredJob(job.job_id, job.generation, "stopped")
+        why = self._job_refusal(job)
+        spec = None
+        if not why:
+            try:
+                spec = BatchSpec(
+                    job_id=job.job_id,
+                    generation=job.generation,
+                    image=job.image,
+                    node_name=self.state.node_name or self.config.node_name,
+                    command=job.command,
+                    gpu_uuids=job.gpu_uuids if self.config.attach_gpus else (),
+                    gpu_memory_bytes=job.memory_bytes,
+                    host_memory_bytes=self.config.batch_host_memory_bytes,
+                )
+            except ValueError as exc:
+                why = str(exc)
+        if why:
+            log.error("batch job %s refused: %s", job.job_id, why)
+            self._job_refused[job.job_id] = why
+            return DesiredJob(job.job_id, job.generation, "stopped")
+        return DesiredJob(job.job_id, job.generation, "running", spec)
+
+    def act_batch(self, jobs: list[protocol.DesiredBatchJob]) -> None:
+        """Run, keep or stop the node's batch job containers as the reply says; failures wait for the next pass."""
+        self._job_refused, self._job_errors = {}, {}
+        try:
+            self.jobs = [self._desired_job(job) for job in jobs]
+            containers = self._batch_list()
+        except RuntimeFailure as exc:  # the engine is unwell: leave job containers as they are
+            log.warning("could not check batch jobs against the engine: %s", exc)
+            return
+        wanted_ids = {job.job_id for job in self.jobs}
+        self._job_stopped_with = {key: code for key, code in self._job_stopped_with.items() if key[0] in wanted_ids}
+        runtime = self.jobs_runtime
+        if runtime is None:
+            return
+        for action in batch_reconcile(self.jobs, containers, stop_timeout_s=self.config.batch_stop_timeout_s):
+            try:
+                if isinstance(action, StartJob):
+                    runtime.batch_start(action.spec)
+                    log.info("batch job %s started: %s", action.spec.job_id, action.reason)
+                    continue
+                try:
+                    code = runtime.stop_managed(action.container.container_id, action.timeout_s)
+                except ContainerGone:  # removed meanwhile: what the stop was for
+                    code = action.container.exit_code
+                if action.container.job_id is not None:
+                    self._job_stopped_with[(action.container.job_id, action.container.generation)] = code
+                log.info("batch job container stopped (exit code %s): %s", code, action.reason)
+            except RuntimeFailure as exc:
+                job_id = action.spec.job_id if isinstance(action, StartJob) else action.container.job_id
+                log.error("batch job %s: %s", job_id, exc)
+                if job_id is not None:
+                    self._job_errors[job_id] = str(exc)
+
+    def act_reap(self, requested: list[str], *, wanted_instances: set[str]) -> None:
+        """Stop the orphans the panel names, once each, if they are still this node's unwanted containers."""
+        self._reap_settled &= set(requested)
+        pending = [container_id for container_id in requested if container_id not in self._reap_settled]
+        runtime = self.jobs_runtime
+        if not pending or runtime is None:
+            return
+        try:
+            managed = self.runtime.list_managed() + runtime.batch_list()
+        except RuntimeFailure as exc:
+            log.warning("could not list containers to reap: %s", exc)
+            return
+        wanted_jobs = {job.job_id for job in self.jobs if job.state == "running"}
+        plan = reap_plan(
+            pending,
+            managed,
+            wanted_instances=wanted_instances,
+            wanted_jobs=wanted_jobs,
+            stop_timeout_s=self.config.batch_stop_timeout_s,
+        )
+        for action in plan:
+            if isinstance(action, Reap):
+                try:
+                    code = runtime.stop_managed(action.container_id, action.timeout_s)
+                    result = reap_result(action, exit_code=code)
+                except RuntimeFailure as exc:
+                    result = reap_result(action, error=exc)
+            else:
+                result = reap_result(action)
+            log.info("orphan %s: %s (%s)", result.container_id[:12], result.outcome, result.detail)
+            self._reaped.append(result)
+            if result.outcome != "failed":
+                self._reap_settled.add(result.container_id)
 
     def _refuse(self, item: protocol.DesiredInstance, why: str) -> None:
         log.error("instance %s refused: %s", item.instance_id, why)

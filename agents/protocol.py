@@ -136,6 +136,41 @@ class ActionResult(Strict):
     error: Annotated[str, Field(max_length=2000)] = ""
 
 
+BatchJobState = Literal["starting", "running", "finished", "failed", "stopped", "refused"]
+
+
+class BatchJobSample(Strict):
+    """What the agent saw of one batch job it was asked to run or stop.
+
+    ``finished`` and ``failed`` are a container that exited (code 0 or not) and stays down:
+    the agent never restarts a batch job by itself. ``refused`` is a job the agent will not
+    run (image not allowlisted, too large or not on the node), with the reason in ``error``.
+    ``stopped`` is a job asked to stop that has no container left; ``exit_code`` then holds
+    the code its container stopped with, where this agent stopped it.
+    """
+
+    job_id: Annotated[int, Field(ge=1)]
+    generation: Annotated[int, Field(ge=1)]
+    state: BatchJobState
+    container_id: Annotated[str, Field(max_length=80)] = ""
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
+    error: Annotated[str, Field(max_length=2000)] = ""
+
+
+class ReapResult(Strict):
+    """The outcome of a request to stop an orphan container, sent once.
+
+    ``stopped``: stopped and removed. ``gone``: no container of this node has that id any
+    more. ``skipped``: the container is wanted again (a desired instance or batch job owns
+    it), so it was left alone. ``failed``: the engine refused; the request stands.
+    """
+
+    container_id: Annotated[str, Field(max_length=80)]
+    outcome: Literal["stopped", "gone", "skipped", "failed"]
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
+    detail: Annotated[str, Field(max_length=2000)] = ""
+
+
 class HostInfo(Strict):
     hostname: Text
     agent_version: Annotated[str, Field(max_length=50)]
@@ -155,6 +190,8 @@ class Report(Strict):
     instances: Annotated[list[InstanceSample], Field(max_length=256)] = []
     containers: Annotated[list[ForeignContainer], Field(max_length=256)] = []
     action_results: Annotated[list[ActionResult], Field(max_length=256)] = []
+    batch_jobs: Annotated[list[BatchJobSample], Field(max_length=256)] = []
+    reaped: Annotated[list[ReapResult], Field(max_length=256)] = []
 
 
 class Batch(Strict):
@@ -195,7 +232,11 @@ class DesiredInstance(Strict):
 
 
 class DesiredBatchJob(Strict):
-    """A co-located batch job: run it on these GPUs (``running``) or stop its container (``stopped``)."""
+    """A co-located batch job: run it on these GPUs (``running``) or stop its container (``stopped``).
+
+    ``max_image_bytes`` is the co-location policy's image size bound ("light batch images
+    only"); the agent also applies its own, and refuses an image above either.
+    """
 
     job_id: int
     generation: int
@@ -204,6 +245,7 @@ class DesiredBatchJob(Strict):
     command: list[str]
     memory_bytes: int
     gpu_uuids: list[str]
+    max_image_bytes: int | None = None
 
 
 class Reply(Strict):

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import docker
 import docker.errors
@@ -26,7 +26,13 @@ MANAGED_LABEL = "gpufleet.managed"
 INSTANCE_LABEL = "gpufleet.instance"
 GENERATION_LABEL = "gpufleet.generation"
 NODE_LABEL = "gpufleet.node"
-RESERVED_LABELS = frozenset({MANAGED_LABEL, INSTANCE_LABEL, GENERATION_LABEL, NODE_LABEL})
+# Set on batch job containers instead of the instance label: they are managed (the agent
+# starts, stops and adopts them) but never an instance, and never an orphan.
+JOB_LABEL = "gpufleet.batch-job"
+RESERVED_LABELS = frozenset({MANAGED_LABEL, INSTANCE_LABEL, GENERATION_LABEL, NODE_LABEL, JOB_LABEL})
+# A batch job is told its GPU memory budget here: Docker cannot cap GPU memory, so a
+# well-behaved job caps itself (e.g. torch.cuda.set_per_process_memory_fraction).
+GPU_MEMORY_ENV = "GPUFLEET_GPU_MEMORY_BYTES"
 
 # Docker's own rule for container names; instance ids become part of one.
 _NAME_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -55,6 +61,10 @@ class RuntimeFailure(Exception):
 
 class ImageMissing(RuntimeFailure):
     """The image is not present on the node; the agent never pulls from a registry."""
+
+
+class ContainerGone(RuntimeFailure):
+    """No managed container of this node has the given id (any more)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,56 @@ class ContainerState:
         """True while the process is up; "restarting" counts, it is on its way back."""
         return self.status in {"running", "restarting"}
 
+    @property
+    def job_id(self) -> int | None:
+        """The batch job this container runs; None for an instance's container."""
+        value = self.labels.get(JOB_LABEL, "")
+        return int(value) if value.isdigit() else None
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """One generation of one co-located batch job on one node.
+
+    The name carries the node, so agents (or test runs) sharing an engine never contend
+    for a name. ``host_memory_bytes`` caps host memory; GPU memory cannot be capped by
+    the engine, so the job is told its budget in ``GPUFLEET_GPU_MEMORY_BYTES`` and the
+    panel preempts it when the memory is wanted.
+    """
+
+    job_id: int
+    generation: int
+    image: str
+    node_name: str
+    command: Sequence[str] = ()
+    gpu_uuids: Sequence[str] = ()
+    gpu_memory_bytes: int | None = None
+    host_memory_bytes: int | None = None
+    host_network: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "gpu_uuids", tuple(self.gpu_uuids))
+        if self.job_id < 1 or self.generation < 1:
+            raise ValueError(f"batch job {self.job_id} generation {self.generation}: both must be >= 1")
+        if not self.image:
+            raise ValueError("image must not be empty")
+        if not _NAME_SAFE.match(self.node_name):
+            raise ValueError(f"node_name {self.node_name!r} must match {_NAME_SAFE.pattern}")
+
+    @property
+    def container_name(self) -> str:
+        return f"gpufleet-{self.node_name}-batch-{self.job_id}-g{self.generation}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            MANAGED_LABEL: "true",
+            NODE_LABEL: self.node_name,
+            JOB_LABEL: str(self.job_id),
+            GENERATION_LABEL: str(self.generation),
+        }
+
 
 @dataclass(frozen=True)
 class ForeignGpuUser:
@@ -207,6 +267,27 @@ class Runtime(Protocol):
 
     def logs_tail(self, instance_id: str, lines: int = 100, generation: int | None = None) -> str:
         """The last ``lines`` lines of output, for crash reports."""
+        ...
+
+
+@runtime_checkable
+class BatchRuntime(Protocol):
+    """What batch jobs and reaping need beyond ``Runtime``; ``DockerRuntime`` has both."""
+
+    def batch_list(self) -> list[ContainerState]:
+        """Every batch job container of this node, in any state."""
+        ...
+
+    def batch_start(self, spec: BatchSpec) -> ContainerState:
+        """Run ``spec``, adopting its container if it already exists."""
+        ...
+
+    def image_size(self, image: str) -> int:
+        """Bytes of a local image; ``ImageMissing`` where it is not on the node."""
+        ...
+
+    def stop_managed(self, container_id: str, timeout_s: int) -> int | None:
+        """Stop and remove one managed container of this node by exact id; its exit code."""
         ...
 
 
@@ -359,13 +440,40 @@ def docker_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     else:
         kwargs["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", spec.port)}
     if spec.device_ids:
-        kwargs["device_requests"] = [
-            docker.types.DeviceRequest(device_ids=list(spec.device_ids), capabilities=[["gpu"]])
-        ]
+        kwargs["device_requests"] = _gpu_request(spec.device_ids)
     if spec.mem_limit is not None:
         kwargs["mem_limit"] = spec.mem_limit
     if spec.shm_size is not None:
         kwargs["shm_size"] = spec.shm_size
+    return kwargs
+
+
+def _gpu_request(device_ids: Sequence[str]) -> list[docker.types.DeviceRequest]:
+    return [docker.types.DeviceRequest(device_ids=list(device_ids), capabilities=[["gpu"]])]
+
+
+def batch_create_kwargs(spec: BatchSpec) -> dict[str, Any]:
+    """Keyword arguments for ``client.containers.create`` of a batch job; pure, like ``docker_create_kwargs``.
+
+    No restart policy: a job that exits stays down and is reported finished or failed.
+    """
+    kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command) or None,
+        "name": spec.container_name,
+        "labels": spec.labels,
+        "environment": {GPU_MEMORY_ENV: str(spec.gpu_memory_bytes)} if spec.gpu_memory_bytes else {},
+        "init": True,
+        "detach": True,
+    }
+    if spec.host_network:
+        kwargs["network_mode"] = "host"
+    if spec.gpu_uuids:
+        kwargs["device_requests"] = _gpu_request(spec.gpu_uuids)
+    if spec.host_memory_bytes is not None:
+        # The same bound for memory and memory+swap: no swap, so a runaway job is killed, not thrashing.
+        kwargs["mem_limit"] = spec.host_memory_bytes
+        kwargs["memswap_limit"] = spec.host_memory_bytes
     return kwargs
 
 
@@ -442,20 +550,69 @@ class DockerRuntime:
             error=state.get("Error") or "",
         )
 
-    def _find(self, instance_id: str | None = None, generation: int | None = None) -> list[Any]:
-        label_filters = [f"{MANAGED_LABEL}=true", f"{NODE_LABEL}={self.node_name}"]
+    def _find(
+        self,
+        instance_id: str | None = None,
+        generation: int | None = None,
+        *,
+        labels: Sequence[str] = (),
+        container_id: str | None = None,
+    ) -> list[Any]:
+        label_filters = [f"{MANAGED_LABEL}=true", f"{NODE_LABEL}={self.node_name}", *labels]
         if instance_id is not None:
             label_filters.append(f"{INSTANCE_LABEL}={instance_id}")
         if generation is not None:
             label_filters.append(f"{GENERATION_LABEL}={generation}")
+        filters: dict[str, Any] = {"label": label_filters}
+        if container_id is not None:
+            filters["id"] = container_id
         # ignore_removed: a container removed between listing and inspecting is just gone.
-        return self.client.containers.list(all=True, filters={"label": label_filters}, ignore_removed=True)
+        return self.client.containers.list(all=True, filters=filters, ignore_removed=True)
 
     def list_managed(self) -> list[ContainerState]:
-        """Managed containers of this node, in any state, sorted by instance and generation."""
+        """Managed instance containers of this node, in any state, sorted by instance and generation.
+
+        Batch job containers are left out: they are listed by ``batch_list``.
+        """
         with self._errors("listing managed containers"):
-            states = [self._state(c) for c in self._find()]
+            states = [self._state(c) for c in self._find() if JOB_LABEL not in (c.labels or {})]
         return sorted(states, key=lambda s: (s.instance_id, s.generation, s.container_id))
+
+    def batch_list(self) -> list[ContainerState]:
+        """Batch job containers of this node, in any state, sorted by job and generation."""
+        with self._errors("listing batch job containers"):
+            states = [self._state(c) for c in self._find(labels=[JOB_LABEL])]
+        return sorted(states, key=lambda s: (s.job_id or 0, s.generation, s.container_id))
+
+    def image_size(self, image: str) -> int:
+        """Bytes the image takes on the node; ``ImageMissing`` where it is not there (never pulled)."""
+        with self._errors(f"inspecting image {image}"):
+            try:
+                return int(self.client.images.get(image).attrs.get("Size") or 0)
+            except docker.errors.ImageNotFound as exc:
+                raise ImageMissing(
+                    f"image {image!r} is not present on node {self.node_name}; the agent never pulls"
+                ) from exc
+
+    def stop_managed(self, container_id: str, timeout_s: int) -> int | None:
+        """Stop (SIGTERM, up to ``timeout_s``, then SIGKILL) and remove one managed container of this node by id.
+
+        Only an exact id of a container labelled for this node qualifies: anything else
+        raises ``ContainerGone`` and is left alone. Returns the exit code it stopped with.
+        """
+        with self._errors(f"stopping container {container_id[:12]}"):
+            found = [c for c in self._find(container_id=container_id) if c.id == container_id]
+            if not found:
+                raise ContainerGone(f"no managed container {container_id[:12]} on node {self.node_name}")
+            container = found[0]
+            try:
+                container.stop(timeout=timeout_s)
+                container.reload()
+                exit_code = (container.attrs.get("State") or {}).get("ExitCode")
+                container.remove(v=True)
+            except docker.errors.NotFound as exc:
+                raise ContainerGone(f"container {container_id[:12]} vanished while stopping") from exc
+        return exit_code
 
     def list_foreign_gpu_users(self) -> list[ForeignGpuUser]:
         """Running containers this agent does not manage that were given GPUs.
@@ -496,11 +653,11 @@ class DockerRuntime:
                 return container
             time.sleep(0.05)
 
-    def _adopt(self, spec: ContainerSpec, container: Any) -> ContainerState:
+    def _adopt(self, spec: ContainerSpec | BatchSpec, container: Any) -> ContainerState:
         """Take over an existing container of this spec, starting it if it is not running."""
         labels = (container.attrs.get("Config") or {}).get("Labels") or {}
-        expected = managed_labels(spec)
-        mismatched = {k for k in RESERVED_LABELS if labels.get(k) != expected[k]}
+        expected = managed_labels(spec) if isinstance(spec, ContainerSpec) else spec.labels
+        mismatched = {k for k in RESERVED_LABELS if labels.get(k) != expected.get(k)}
         if mismatched:
             raise RuntimeFailure(
                 f"container name {spec.container_name} on node {self.node_name} is taken by a"
@@ -522,6 +679,17 @@ class DockerRuntime:
             raise RuntimeFailure(
                 f"spec for {spec.instance_id} targets node {spec.node_name!r}, this runtime manages {self.node_name!r}"
             )
+        return self._create_or_adopt(spec, docker_create_kwargs(spec))
+
+    def batch_start(self, spec: BatchSpec) -> ContainerState:
+        """Create and start a batch job's container, or adopt it; idempotent and never pulls, like ``start``."""
+        if spec.node_name != self.node_name:
+            raise RuntimeFailure(
+                f"batch job {spec.job_id} targets node {spec.node_name!r}, this runtime manages {self.node_name!r}"
+            )
+        return self._create_or_adopt(spec, batch_create_kwargs(spec))
+
+    def _create_or_adopt(self, spec: ContainerSpec | BatchSpec, create_kwargs: dict[str, Any]) -> ContainerState:
         what = f"starting {spec.container_name}"
         with self._errors(what):
             existing = self._get_by_name(spec.container_name)
@@ -535,7 +703,7 @@ class DockerRuntime:
                     " locally and the agent never pulls; load it onto the node first"
                 ) from exc
             try:
-                container = self.client.containers.create(**docker_create_kwargs(spec))
+                container = self.client.containers.create(**create_kwargs)
             except docker.errors.APIError as exc:
                 if _status_code(exc) != 409:
                     raise

@@ -388,17 +388,38 @@ class DecisionAdmin(admin.ModelAdmin):
 class BatchJobAdmin(admin.ModelAdmin):
     """Jobs are queued here; the co-location policy alone starts and preempts them."""
 
-    list_display = ("name", "state", "priority", "memory_bytes", "gpu", "started_at", "preemptions")
+    list_display = ("name", "state", "actual_state", "exit_code", "priority", "memory_bytes", "gpu", "preemptions")
     list_filter = ("state",)
     list_select_related = ("gpu__node",)
-    readonly_fields = ("state", "generation", "gpu", "started_at", "preempted_at", "finished_at", "preemptions")
+    readonly_fields = (
+        "state",
+        "generation",
+        "gpu",
+        "started_at",
+        "preempted_at",
+        "finished_at",
+        "preemptions",
+        "actual_state",
+        "container_id",
+        "exit_code",
+        "last_error",
+    )
 
 
 @admin.register(OrphanContainer)
 class OrphanContainerAdmin(admin.ModelAdmin):
     """What agents report that nobody asked for; the reaper marks them for stopping after a grace period."""
 
-    list_display = ("__str__", "name", "instance_id", "first_seen_at", "last_seen_at", "stop_requested_at")
+    list_display = (
+        "__str__",
+        "name",
+        "instance_id",
+        "first_seen_at",
+        "last_seen_at",
+        "stop_requested_at",
+        "stopped_at",
+        "stop_outcome",
+    )
     list_select_related = ("node",)
 
 

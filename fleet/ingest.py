@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import pairwise
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -30,11 +31,17 @@ from fleet.models import (
     MigDevice,
     Node,
     OrphanContainer,
+    Policy,
 )
+from fleet.policies.settings import policy_defaults, policy_settings_validate
 from fleet.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
 REPORT_INTERVAL_S = 5.0
+# Image sizes as Docker shows them, and as the co-location policy's max_image_mb counts.
+MB = 1_000_000
+# What an agent's report of a running job's current generation makes of it.
+_JOB_ENDS = {"finished": BatchJob.State.DONE, "failed": BatchJob.State.FAILED, "refused": BatchJob.State.FAILED}
 
 
 class IngestError(Exception):
@@ -260,11 +267,14 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
         if foreign:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
         changed: list[int] = []
+        ended: list[int] = []
         gpu_samples = 0
         if fresh:
-            changed, gpu_samples = _store(locked, fresh, batch.dropped)
+            changed, gpu_samples, ended = _store(locked, fresh, batch.dropped)
     if changed:
         event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
+    if ended:
+        event_publish(kind="batch_jobs", payload={"node": node.name, "batch_jobs_ended": ended})
     if fresh:
         fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=gpu_samples)
     return protocol.Reply(
@@ -273,17 +283,18 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
         report_interval_s=REPORT_INTERVAL_S,
         batch_jobs=batch_jobs_for(node),
         stop_containers=list(
-            OrphanContainer.objects.filter(node=node, stop_requested_at__isnull=False)
+            OrphanContainer.objects.filter(node=node, stop_requested_at__isnull=False, stopped_at__isnull=True)
             .order_by("first_seen_at")
             .values_list("container_id", flat=True)
         ),
     )
 
 
-def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], int]:
+def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], int, list[int]]:
     """Write the reports' samples (one INSERT per table) and the node's newest state.
 
-    Returns the instances whose state changed and the number of GPU samples stored.
+    Returns the instances whose state changed, the number of GPU samples stored and the
+    batch jobs that ended.
     """
     newest = reports[-1]
     gpus = _sync_gpus(node, newest.gpus)
@@ -307,6 +318,9 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[li
         InstanceSample.objects.bulk_create(instance_rows, batch_size=1000)
     rollup_reopen(since=_when(reports[0].sampled_at))
     changed = _apply_instance_states(node, latest, requested) if latest else []
+    jobs = {sample.job_id: (_when(report.sampled_at), sample) for report in reports for sample in report.batch_jobs}
+    ended = _apply_batch_job_states(node, jobs) if jobs else []
+    _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped])
     _record_orphans(node, _when(newest.sampled_at), newest.containers)
     Node.objects.filter(pk=node.pk).update(
         last_seq=newest.seq,
@@ -320,16 +334,56 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[li
         containers=[container.model_dump() for container in newest.containers],
         reports_dropped=F("reports_dropped") + dropped,
     )
-    return changed, len(gpu_rows)
+    return changed, len(gpu_rows), ended
+
+
+def _apply_batch_job_states(node: Node, latest: dict[int, tuple[datetime, protocol.BatchJobSample]]) -> list[int]:
+    """Record what the agent saw of each job's current generation; end jobs whose container exited.
+
+    A report of another generation is old news (the job was preempted, or started again
+    elsewhere, since) and is ignored, as are jobs not placed on this node. Each write is
+    conditional on the generation read, so a policy's concurrent preempt or start wins.
+    Returns the jobs that ended.
+    """
+    ended = []
+    for job in BatchJob.objects.filter(pk__in=latest, gpu__node=node):
+        at, sample = latest[job.pk]
+        if sample.generation != job.generation:
+            continue
+        updates: dict[str, object] = dict(
+            actual_state=sample.state,
+            container_id=sample.container_id,
+            exit_code=sample.exit_code,
+            last_error=sample.error,
+        )
+        end = _JOB_ENDS.get(sample.state) if job.state == BatchJob.State.RUNNING else None
+        if end is not None:
+            updates.update(state=end, finished_at=at, generation=F("generation") + 1)
+        elif all(getattr(job, key) == value for key, value in updates.items()):
+            continue
+        if BatchJob.objects.filter(pk=job.pk, generation=job.generation).update(**updates) and end is not None:
+            ended.append(job.pk)
+    return ended
+
+
+def _apply_reaped(node: Node, results: list[tuple[datetime, protocol.ReapResult]]) -> None:
+    """Keep each answer to a stop request on its orphan's row; stopped or gone, the request is done."""
+    for at, result in results:
+        detail = f"{result.outcome}: {result.detail}"[:255]
+        updates: dict[str, object] = {"stop_outcome": detail}
+        if result.outcome in {"stopped", "gone"}:
+            updates["stopped_at"] = at
+        OrphanContainer.objects.filter(node=node, container_id=result.container_id).update(**updates)
 
 
 def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignContainer]) -> None:
     """Keep one row per managed container nobody wants, with when it was first seen, for the reaper.
 
-    A container that is no longer reported is gone (or wanted again): its row goes too.
+    A container that is no longer reported is gone (or wanted again): its row goes too,
+    unless its agent reported stopping it, which keeps the row as the record.
     """
     orphans = {c.container_id: c for c in containers if c.managed}
-    OrphanContainer.objects.filter(node=node).exclude(container_id__in=list(orphans)).delete()
+    OrphanContainer.objects.filter(node=node, stopped_at__isnull=True).exclude(container_id__in=list(orphans)).delete()
     known = set(OrphanContainer.objects.filter(node=node).values_list("container_id", flat=True))
     OrphanContainer.objects.filter(node=node, container_id__in=known).update(last_seen_at=at)
     OrphanContainer.objects.bulk_create(
@@ -387,12 +441,25 @@ def desired_for(node: Node) -> list[protocol.DesiredInstance]:
 
 
 def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
-    """Batch jobs to run on the node's GPUs, and preempted ones whose container there must stop."""
+    """Batch jobs to run on the node's GPUs, and preempted ones whose container there must stop.
+
+    A preempted job drops out once its agent reported it stopped. Each job carries the
+    co-location policy's image size bound, which the agent enforces.
+    """
     jobs = (
         BatchJob.objects.filter(gpu__node=node, state__in=[BatchJob.State.RUNNING, BatchJob.State.PREEMPTED])
+        .exclude(state=BatchJob.State.PREEMPTED, actual_state="stopped")
         .select_related("gpu")
         .order_by("pk")
     )
+    if not jobs:
+        return []
+    policy = Policy.objects.filter(kind=Policy.Kind.COLOCATE, pool__isnull=True).first()
+    try:
+        settings = policy_settings_validate(kind=Policy.Kind.COLOCATE, settings=policy.settings if policy else {})
+    except ValidationError:  # a bad edit must not stop the node's replies: the default bound holds
+        settings = policy_defaults(Policy.Kind.COLOCATE)
+    max_image_bytes = int(settings["max_image_mb"] * MB)
     return [
         protocol.DesiredBatchJob(
             job_id=job.pk,
@@ -402,6 +469,7 @@ def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
             command=list(job.command),
             memory_bytes=job.memory_bytes,
             gpu_uuids=[job.gpu.uuid],
+            max_image_bytes=max_image_bytes,
         )
         for job in jobs
         if job.gpu is not None

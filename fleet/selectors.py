@@ -230,7 +230,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     pool_ids = [pool.pk for pool in pools]
     instances = list(Instance.objects.filter(pool_id__in=pool_ids).order_by("id"))
     gpus = list(Gpu.objects.select_related("node").order_by("id"))
-    jobs = list(BatchJob.objects.exclude(state=BatchJob.State.DONE))
+    jobs = list(BatchJob.objects.exclude(state__in=[BatchJob.State.DONE, BatchJob.State.FAILED]))
     gpu_rows = list(GpuSample.objects.filter(at__gte=min(fresh, history), at__lte=now).order_by("gpu_id", "-at"))
     instance_rows = list(
         InstanceSample.objects.filter(

@@ -179,7 +179,16 @@ def batch_job_start(
     with transaction.atomic():
         claimed = BatchJob.objects.filter(
             pk=job.pk, generation=job.generation, state__in=[BatchJob.State.QUEUED, BatchJob.State.PREEMPTED]
-        ).update(state=BatchJob.State.RUNNING, gpu=gpu, started_at=now, generation=F("generation") + 1)
+        ).update(
+            state=BatchJob.State.RUNNING,
+            gpu=gpu,
+            started_at=now,
+            generation=F("generation") + 1,
+            actual_state="",
+            container_id="",
+            exit_code=None,
+            last_error="",
+        )
         if claimed != 1:
             raise StaleGeneration(f"batch job {job.pk} changed since generation {job.generation}")
         decision = Decision.objects.create(
@@ -211,6 +220,7 @@ def batch_job_preempt(
             preempted_at=now,
             preemptions=F("preemptions") + 1,
             generation=F("generation") + 1,
+            actual_state="",
         )
         if claimed != 1:
             raise StaleGeneration(f"batch job {job.pk} changed since generation {job.generation}")

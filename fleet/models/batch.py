@@ -13,7 +13,10 @@ class BatchJob(models.Model):
 
     ``state`` is the panel's intent, like an instance's desired state: the agent runs a job
     that is ``running`` on one of its GPUs and stops one that is ``preempted``. A preempted
-    job is back in the queue and may start again, on any GPU that fits it.
+    job is back in the queue and may start again, on any GPU that fits it. What the agent
+    reports of the current generation lands in ``actual_state``, ``exit_code`` and
+    ``last_error``; a container that exits ends the job, ``done`` with exit code 0 and
+    ``failed`` otherwise (or when the agent refuses to run it).
     """
 
     class State(models.TextChoices):
@@ -21,6 +24,7 @@ class BatchJob(models.Model):
         RUNNING = "running", "running"
         PREEMPTED = "preempted", "preempted (requeued)"
         DONE = "done", "done"
+        FAILED = "failed", "failed"
 
     name = models.CharField(max_length=100)
     image = models.CharField(max_length=255)
@@ -37,6 +41,10 @@ class BatchJob(models.Model):
     preempted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     preemptions = models.PositiveIntegerField(default=0)
+    actual_state = models.CharField(max_length=16, blank=True, help_text="What its agent last reported.")
+    container_id = models.CharField(max_length=80, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-priority", "created_at", "id"]
@@ -51,7 +59,8 @@ class OrphanContainer(models.Model):
 
     Recorded at ingest with the time it was first seen; the reaper asks for it to be
     stopped once it has outlived the grace period (``stop_requested_at``), and the node's
-    reply carries that request to the agent.
+    reply carries that request to the agent. The agent's answer is kept (``stopped_at``,
+    ``stop_outcome``): a reaped container's row stays as the record of what was stopped.
     """
 
     node = models.ForeignKey("fleet.Node", on_delete=models.CASCADE, related_name="orphans")
@@ -61,6 +70,8 @@ class OrphanContainer(models.Model):
     first_seen_at = models.DateTimeField()
     last_seen_at = models.DateTimeField()
     stop_requested_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="When its agent reported it stopped or gone.")
+    stop_outcome = models.CharField(max_length=255, blank=True)
 
     class Meta:
         ordering = ["node", "first_seen_at"]

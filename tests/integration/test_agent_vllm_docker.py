@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class AgentProcess:
         self.panel, self.state_dir, self.name, self.log_path = panel, state_dir, name, log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, join_token: str | None = None, nvml: str = "*-load-*.json") -> None:
+    def start(self, join_token: str | None = None, nvml: str = "*-load-*.json", extra: Sequence[str] = ()) -> None:
         command = [
             sys.executable,
             "-m",
@@ -58,6 +58,7 @@ class AgentProcess:
             "gpufleet-test/*",
             "--nvml",
             nvml,
+            *extra,
         ]
         if join_token:
             command += ["--join-token", join_token]

@@ -158,6 +158,12 @@ def test_batch_jobs_start_and_preempt_by_claim(fleet) -> None:  # type: ignore[n
     assert list(Decision.objects.filter(batch_job=job).values_list("action", flat=True)) == ["preempt", "colocate"]
 
 
+def test_ended_jobs_are_out_of_the_policies_snapshot() -> None:
+    for state in ("done", "failed", "queued"):
+        BatchJob.objects.create(name=state, image="cleaner:1", memory_bytes=GIB, state=state)
+    assert [job.state for job in selectors.fleet_snapshot().batch_jobs] == ["queued"]
+
+
 def test_policy_configs_take_pool_overrides_and_skip_invalid_settings(fleet) -> None:  # type: ignore[no-untyped-def]
     _node, _gpu, pool = fleet
     other = make_pool("chat-l2")

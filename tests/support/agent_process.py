@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--port-range", default="18100-18199")
     parser.add_argument("--allow-image", action="append", default=[])
+    parser.add_argument("--allow-batch-image", action="append", default=[])
     parser.add_argument("--nvml", default="*-load-*.json", help="which recording to replay (idle or load)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
@@ -60,6 +61,8 @@ def main() -> None:
         node_name=args.name,
         interval_s=args.interval,
         image_allowlist=tuple(args.allow_image),
+        batch_image_allowlist=tuple(args.allow_batch_image),
+        batch_stop_timeout_s=2,
         port_range=(low, high),
         attach_gpus=False,
     )
