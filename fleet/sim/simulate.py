@@ -11,7 +11,8 @@ to a policy changes the simulation.
 
 Three fleets run on the same trace and engine model:
 
-* **policy**: starts with one warm instance per pool; every tick the policies run on a
+* **policy**: starts with ``initial_instances`` warm instances per pool (the fleet as it
+  stood when the trace began); every tick the policies run on a
   ``FleetSnapshot`` built from the simulated state and their actions are applied to it.
 * **static**: ``n`` instances ready from the first request to the last, no policies.
 * **schedule** (the oracle): a count per tick interval, instances appearing already warm
@@ -107,10 +108,8 @@ class SimSetup:
     sleeping_holds_gpu: bool = True
     seed: int = 0
     start_jitter: float = 0.1
-
-    @property
-    def sla_ms(self) -> float:
-        return float(self.pools[0].view.sla_latency_ms)
+    sla_ms: float = 500.0
+    sla_target: float = 0.999
 
 
 def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
@@ -131,6 +130,35 @@ def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolV
         estimate=estimate,
     )
     return PoolView(**{**base, **fields})
+
+
+def setup_build(
+    *,
+    engine: EngineModel,
+    gpus: int,
+    values: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    sla_ms: float = 500.0,
+    sla_target: float = 0.999,
+) -> SimSetup:
+    """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
+    {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
+    values = values or {}
+    unknown = set(values) - {"pool", "policies", "routing"}
+    if unknown:
+        raise ValueError(f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing")
+    return SimSetup(
+        engine=engine,
+        gpus=gpus,
+        pools=(SimPool(pool_view_default(engine=engine, gpus=gpus, **values.get("pool", {}))),),
+        policies=policy_configs_build(values.get("policies", {})),
+        routing=routing.RoutingSettings.from_settings(
+            policy_settings_validate(kind="routing", settings=dict(values.get("routing", {})))
+        ),
+        seed=seed,
+        sla_ms=sla_ms,
+        sla_target=sla_target,
+    )
 
 
 @dataclass
@@ -213,8 +241,9 @@ class SimResult:
     def e2e_ms(self, percentile: float) -> float:
         return percentile_of(self.e2e_s, percentile) * 1000
 
-    def meets_sla(self, percentile: float) -> bool:
-        return self.ttft_ms(percentile) <= self.sla_ms
+    def meets_sla(self, target: float) -> bool:
+        """At least ``target`` of requests within the SLA and none failed."""
+        return self.failed == 0 and self.attainment >= target
 
 
 def percentile_of(values: Sequence[float], percentile: float) -> float:
@@ -237,6 +266,7 @@ class Simulation:
         label: str,
         static_instances: int | None = None,
         schedule: Sequence[int] | None = None,
+        initial_instances: int = 1,
         progress: Callable[[float], None] | None = None,
     ) -> None:
         self.trace = trace
@@ -244,6 +274,7 @@ class Simulation:
         self.label = label
         self.static_instances = static_instances
         self.schedule = schedule
+        self.initial_instances = initial_instances
         self.progress = progress
         self.policy_mode = static_instances is None and schedule is None
         self.random = random.Random(setup.seed)
@@ -354,9 +385,8 @@ class Simulation:
         elif self.schedule is not None:
             count = self.schedule[0] if self.schedule else 0
         else:
-            count = 0
             for pool in self.setup.pools:
-                for _ in range(max(1, pool.view.min_instances)):
+                for _ in range(max(self.initial_instances, pool.view.min_instances)):
                     self._warm_instance(pool.view.id)
             return
         pool_id = self.setup.pools[0].view.id
