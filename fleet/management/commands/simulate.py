@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -30,8 +31,8 @@ from fleet.sim.traces import Trace, TraceError, trace_from_request_log, trace_lo
 class ProgressBar:
     """A one-line progress bar on stderr, redrawn at most ten times a second."""
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
         self.drawn = 0.0
 
     def __call__(self, label: str, done: float) -> None:
@@ -40,10 +41,7 @@ class ProgressBar:
             return
         self.drawn = now
         filled = int(done * 30)
-        self.stream.write(f"\r{label:<22} [{'#' * filled}{'.' * (30 - filled)}] {done:4.0%}")
-        if done >= 1:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.write(f"\r{label:<22} [{'#' * filled}{'.' * (30 - filled)}] {done:4.0%}" + ("\n" if done >= 1 else ""))
 
 
 def settings_file_read(path: str | None) -> dict[str, Any]:
@@ -124,7 +122,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         setup = self._setup(engine, options)
-        progress = None if options["quiet"] else ProgressBar(sys.stderr)
+        progress = None if options["quiet"] else ProgressBar(lambda text: self.stderr.write(text, ending=""))
         comparison = compare(
             trace=trace, setup=setup, price_per_gpu_hour=price_lookup(engine, options["price"]), progress=progress
         )
