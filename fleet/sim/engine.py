@@ -37,7 +37,12 @@ Arithmetic, each a documented assumption a user can replace with ``sim_fit``:
   H100 221 MB / 2,513 GB/s + 8.04 GFLOP / 396 TFLOPS = 0.088 + 0.020 = 0.108 ms.
 * **Prefill** is compute bound: ``prefill_tokens_per_s = peak x 0.40 / (2 x parameters)``
   (40% model FLOPs utilization, typical of vLLM prefill). H100: 989e12 x 0.4 / 8.04e9 =
-  49,200 tokens/s.
+  49,200 tokens/s. The H100 entry is **calibrated** instead: measured on an H100 80GB HBM3
+  with a random-weight model of Qwen3-4B's shape in bf16, with Hugging Face transformers
+  (eager kernels, SDPA attention), not vLLM: 42,600 tokens/s at 2,048-4,096-token prompts
+  (``calibration/qwen3_4b_h100_hf_eager.json``, 34% of peak). The same run's decode steps
+  (76-102 ms for batches 1-256) are transformers' per-step launch overhead, which vLLM's
+  CUDA graphs remove, so decode stays at the bandwidth arithmetic.
 * **KV capacity** follows the VRAM estimator (``fleet.policies.vram``): vLLM takes
   ``gpu_memory_utilization`` (0.9) of the card, minus weights and the estimator's 1.5 GiB
   overhead, and fills the rest with KV cache. H100: 80 GiB x 0.9 - 7.49 GiB - 1.5 GiB =
@@ -54,13 +59,18 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import json
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fleet import catalog
 from fleet.policies.vram import OVERHEAD_BYTES, vram_estimate
 
 DEFAULT_PROFILE = "qwen3-4b-instruct-bf16"
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+# Measured prefill rates that replace the arithmetic: GPU -> (file, the prompts that count).
+PREFILL_MEASUREMENTS = {"H100": ("qwen3_4b_h100_hf_eager.json", 2_048)}
 GPU_MEMORY_UTILIZATION = 0.9
 BANDWIDTH_EFFICIENCY = 0.75
 COMPUTE_EFFICIENCY = 0.40
@@ -169,6 +179,16 @@ def kv_cache_tokens_for(*, memory_gib: float, profile: ProfileFacts) -> int:
     return max(0, free // estimate.kv_bytes_per_token)
 
 
+def prefill_measured(gpu: str) -> tuple[float, str] | None:
+    """The best prefill rate measured on this GPU at prompts of the stated length or more."""
+    if gpu not in PREFILL_MEASUREMENTS:
+        return None
+    name, shortest = PREFILL_MEASUREMENTS[gpu]
+    data = json.loads((CALIBRATION_DIR / name).read_text(encoding="utf-8"))
+    rate = max(row["tokens_per_s"] for row in data["prefill"] if row["tokens"] >= shortest)
+    return rate, f"prefill {rate:,.0f} tokens/s measured on {data['device']} ({data['what']}; {name})"
+
+
 def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineModel:
     """The documented default model for a GPU family and served-model profile."""
     if profile not in PROFILES:
@@ -182,10 +202,15 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
     bandwidth = facts.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY
     compute = facts.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY
     link_s = weight_bytes / (facts.host_link_gb_s * 1e9)
+    prefill = compute / flops_per_token
+    source = f"simulated: derived from {facts.citation} (see fleet.sim.engine)"
+    if (measured := prefill_measured(facts.name)) is not None:
+        prefill, note = measured
+        source = f"{source}; {note}"
     return EngineModel(
         gpu_model=facts.name,
         profile=profile,
-        prefill_tokens_per_s=compute / flops_per_token,
+        prefill_tokens_per_s=prefill,
         decode_step_base_s=weight_bytes / bandwidth,
         decode_step_per_seq_s=DECODE_CONTEXT_TOKENS * spec.kv_bytes_per_token() / bandwidth + flops_per_token / compute,
         max_num_seqs=MAX_NUM_SEQS,
@@ -193,7 +218,7 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
         cold_start_s=COLD_START_S,
         sleep_s=link_s + SLEEP_FIXED_S,
         wake_s=link_s + SLEEP_FIXED_S,
-        source=f"simulated: derived from {facts.citation} (see fleet.sim.engine)",
+        source=source,
     )
 
 
