@@ -16,7 +16,7 @@ import fleet.policies.reap
 from fleet.policies import evaluate, routing
 from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
-from fleet.sim.compare import compare, oracle_schedule, static_search
+from fleet.sim.compare import compare, oracle_refine, oracle_schedule, static_search
 from fleet.sim.engine import engine_model_for
 from fleet.sim.report import comparison_html, comparison_markdown
 from fleet.sim.simulate import (
@@ -124,6 +124,22 @@ def test_oracle_schedule_and_run_hand_checked() -> None:
     # 2 instances over [0, 30), 1 over [30, 60), none over [60, 90), 1 from 90 s to 100.11 s.
     assert oracle.gpu_hours == pytest.approx((2 * 30 + 30 + 10.11) / 3600)
     assert oracle.attainment == 1.0 and oracle.cold_starts == 0
+
+
+def test_oracle_adds_an_instance_where_carried_over_work_breaks_the_sla() -> None:
+    # Alone, each interval needs one instance. Run together, B (30.05 s) waits for A's
+    # prefill (29.9 s + 0.41 s), then its own 0.41 s: 0.67 s to its first token. The refined
+    # schedule gives interval 1 a second, warm instance, where B starts at once.
+    trace = trace_of((29.9, 400, 1), (30.05, 400, 1))
+    setup = toy_setup()
+    schedule = oracle_schedule(trace=trace, setup=setup, most=setup.gpus)
+    assert schedule == (1, 1)
+    assert Simulation(trace=trace, setup=setup, label="oracle", schedule=schedule).run().ttft_s == pytest.approx(
+        [0.41, 0.67]
+    )
+    refined, result = oracle_refine(trace=trace, setup=setup, schedule=schedule)
+    assert refined == (1, 2)
+    assert result.ttft_s == pytest.approx([0.41, 0.41])
 
 
 def test_requests_to_an_empty_pool_wait_for_a_cold_start() -> None:
