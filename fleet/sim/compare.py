@@ -135,7 +135,8 @@ def compare(
     price_per_gpu_hour: Decimal | None = None,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Static search, the oracle schedule, then the policy run starting as the oracle does."""
+    """Static search, the oracle schedule, then the policy run, which starts with the static
+    fleet (the fleet as it stood before the policies were switched on) and may scale it."""
     count, meets, runs = static_search(trace=trace, setup=setup, progress=progress)
     schedule, oracle = oracle_refine(
         trace=trace, setup=setup, schedule=oracle_schedule(trace=trace, setup=setup, most=setup.gpus), progress=progress
@@ -144,7 +145,7 @@ def compare(
         trace=trace,
         setup=setup,
         label="policy",
-        initial_instances=max(1, schedule[0]) if schedule else 1,
+        initial_instances=count,
         progress=_fraction(progress, "policy"),
     ).run()
     static = replace(runs[count - 1], label=f"static ({count} always on)")
