@@ -45,9 +45,7 @@ def _row(comparison: Comparison, result: SimResult) -> list[str]:
         result.label,
         f"{result.gpu_hours:.3f}",
         "-" if spend is None else f"{spend:,.2f}",
-        f"{1 - result.gpu_hours / static:+.1%}".replace("+", "-", 1)
-        if static and result is not comparison.static
-        else "-",
+        f"{1 - result.gpu_hours / static:.1%}" if static and result is not comparison.static else "-",
         f"{result.attainment:.2%}",
         _ms(result.ttft_ms(50)),
         _ms(result.ttft_ms(95)),
