@@ -74,6 +74,11 @@ def comparison_summary(comparison: Comparison) -> str:
         f"{comparison.static_instances} always-on instance(s){static_note}; oracle / policy = "
         f"{comparison.efficiency:.2f}; {comparison.policy.attainment:.2%} of requests got their first token "
         f"within {setup.sla_ms:.0f} ms."
+        + (
+            f" Spend at {comparison.price_per_gpu_hour} per GPU-hour."
+            if comparison.price_per_gpu_hour is not None
+            else " No price given: GPU-hours only."
+        )
     )
 
 

@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet.models import PriceRate, RequestLog
-from fleet.sim.compare import compare
+from fleet.sim.compare import compare, price_preset
 from fleet.sim.engine import DEFAULT_PROFILE, EngineModel, engine_model_for
 from fleet.sim.report import comparison_html, comparison_markdown
 from fleet.sim.simulate import SimSetup, setup_build
@@ -71,7 +71,7 @@ def engine_file_read(path: str, *, gpu: str, profile: str) -> EngineModel:
 
 
 def price_lookup(engine: EngineModel, given: str | None) -> Decimal | None:
-    """The given price, else the latest fleet-wide rate the panel has for this GPU model."""
+    """The given price, else the latest fleet-wide rate the panel has for this GPU model, else its preset."""
     if given is not None:
         try:
             return Decimal(given)
@@ -82,7 +82,7 @@ def price_lookup(engine: EngineModel, given: str | None) -> Decimal | None:
         .order_by("-effective_from")
         .first()
     )
-    return rate.price_per_gpu_hour if rate else None
+    return rate.price_per_gpu_hour if rate else price_preset(engine.gpu_model)
 
 
 class Command(BaseCommand):
