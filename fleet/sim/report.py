@@ -182,7 +182,24 @@ def _figures(comparison: Comparison) -> list[go.Figure]:
         xaxis_title="minutes",
         yaxis_title="spend" if price is not None else "GPU-hours",
     )
-    return [load, latency, spend]
+    duty = go.Figure()
+    for result in (policy, static, oracle):
+        duty.add_trace(
+            go.Histogram(
+                x=[value * 100 for value in result.utilization],
+                name=result.label,
+                xbins={"start": 0, "end": 100, "size": 5},
+                histnorm="percent",
+                opacity=0.6,
+            )
+        )
+    duty.update_layout(
+        title="GPU duty cycle of serving instances, 5 s samples (simulated)",
+        barmode="overlay",
+        xaxis_title="duty cycle %",
+        yaxis_title="% of samples",
+    )
+    return [load, latency, spend, duty]
 
 
 def comparison_html(comparison: Comparison, *, command: str = "") -> str:
