@@ -767,6 +767,12 @@ class Simulation:
         return tuple(windows)
 
     def _instance_view(self, instance: _Instance) -> InstanceView:
+        """Running and waiting counts come from the agent's latest report, as in production."""
+        latest = (
+            instance.samples[-1]
+            if instance.samples and instance.samples[-1][0] >= self.now - selectors.SAMPLE_FRESH_S
+            else None
+        )
         return InstanceView(
             id=instance.id,
             pool_id=instance.pool_id,
@@ -778,8 +784,8 @@ class Simulation:
             ready_at=self._at(instance.ready_s) if instance.ready_s is not None else None,
             last_request_at=self._at(instance.last_request_s) if instance.last_request_s is not None else None,
             desired_changed_at=self._at(instance.desired_changed_s) if instance.desired_changed_s is not None else None,
-            requests_running=float(instance.core.running),
-            requests_waiting=float(instance.core.waiting),
+            requests_running=float(latest[2]) if latest else None,
+            requests_waiting=float(latest[3]) if latest else None,
         )
 
     def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:
