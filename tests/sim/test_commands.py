@@ -88,3 +88,31 @@ def test_simulate_a_pool_of_the_panel_with_its_stored_policies(tmp_path: Path) -
     assert "| 0.0% |" in policy_row
     with pytest.raises(CommandError, match="no such pool"):
         call_command("simulate", f"--trace={trace}", "--pool=999999", "--quiet", stdout=StringIO())
+
+
+@pytest.mark.django_db
+def test_simulate_replays_the_gateways_request_log() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet.models import RequestLog
+
+    start = timezone.now() - timedelta(hours=1)
+    RequestLog.objects.bulk_create(
+        RequestLog(
+            at=start + timedelta(seconds=2 * i),
+            endpoint="chat",
+            model="m",
+            rcf=1.0,
+            tier="L",
+            status=200,
+            prompt_tokens=300 + i,
+            output_tokens=8,
+            latency_ms=200.0,
+        )
+        for i in range(60)
+    )
+    out = StringIO()
+    call_command("simulate", "--trace=request-log", "--gpus=2", "--quiet", stdout=out, stderr=StringIO())
+    assert "Trace request log, 60 requests" in out.getvalue()
