@@ -151,6 +151,55 @@ def fleet_window(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | N
     )
 
 
+class _BucketUtilization(UtilizationIndex):
+    """Duty cycle from rollup rows: an interval starting inside an hour reads from the hour's start."""
+
+    def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
+        return super().mean(gpu_id=gpu_id, start=start.replace(minute=0, second=0, microsecond=0), end=end)
+
+
+def fleet_window_rollups(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
+    """``fleet_window`` read from GPU rollups instead of raw samples, for history pages.
+
+    Hour rollups up to the last whole hour, minute rollups after it. A GPU counts as up
+    through every bucket that has a rollup row, and its duty cycle in a bucket is the row's
+    mean: the same arithmetic at the rollups' resolution, so a month costs one row per
+    GPU-hour rather than hundreds of raw samples.
+    """
+    from fleet.models import GpuHour, GpuMinute
+
+    if sleeping_holds_gpu is None:
+        sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
+    states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
+    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
+    hour, minute = timedelta(hours=1), timedelta(minutes=1)
+    split = max(end.replace(minute=0, second=0, microsecond=0), start)
+    fields = ("gpu_id", "bucket", "utilization_mean")
+    rows = [
+        (*row, hour) for row in GpuHour.objects.filter(bucket__gte=start - hour, bucket__lt=split).values_list(*fields)
+    ] + [
+        (*row, minute)
+        for row in GpuMinute.objects.filter(bucket__gte=max(split, start - minute), bucket__lt=end).values_list(*fields)
+    ]
+    rows.sort(key=lambda row: (row[0], row[1]))
+    runs: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for gpu_id, first, _, size in rows:
+        mine = runs[gpu_id]
+        if mine and mine[-1][1] == first:
+            mine[-1] = (mine[-1][0], first + size)
+        else:
+            mine.append((first, first + size))
+    return FleetWindow(
+        start=start,
+        end=end,
+        gpus=_gpus(),
+        allocations=allocations_split(holds, mig_slices=_mig_slices()),
+        up={gpu_id: _clip(mine, start, end) for gpu_id, mine in runs.items()},
+        utilization=_BucketUtilization((gpu_id, at, value) for gpu_id, at, value, _ in rows),
+        pools=dict(Instance.objects.values_list("pk", "pool_id")),
+    )
+
+
 def spend_report(
     *, start: datetime, end: datetime, currency: str | None = None, window: FleetWindow | None = None
 ) -> SpendReport:
