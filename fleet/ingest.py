@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import pairwise
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet import catalog
-from fleet.events import event_publish, fleet_summary_add
+from fleet.events import event_publish, fleet_summary_add, node_group
 from fleet.models import (
     BatchJob,
     Gpu,
@@ -260,13 +261,15 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
         if foreign:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
         changed: list[int] = []
-        gpu_samples = 0
+        gpu_rows: list[GpuSample] = []
         if fresh:
-            changed, gpu_samples = _store(locked, fresh, batch.dropped)
+            changed, gpu_rows = _store(locked, fresh, batch.dropped)
     if changed:
         event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
     if fresh:
-        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=gpu_samples)
+        readings = gpu_readings_live(node=node, rows=gpu_rows)
+        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=len(gpu_rows), gpus=readings)
+        event_publish(kind="gpus", payload={"node": node.name, "gpus": list(readings)}, groups=(node_group(node.pk),))
     return protocol.Reply(
         ack_seq=max(seqs[-1], locked.last_seq),
         desired=desired_for(node),
@@ -280,10 +283,29 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
     )
 
 
-def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], int]:
+def gpu_readings_live(*, node: Node, rows: list[GpuSample]) -> tuple[dict[str, Any], ...]:
+    """Each GPU's newest stored sample as the few numbers live charts extend their traces with."""
+    newest: dict[int, GpuSample] = {}
+    for row in rows:
+        newest[row.gpu_id] = row
+    return tuple(
+        {
+            "gpu": gpu_id,
+            "label": f"{node.name}/{row.gpu.index}",
+            "at": row.at.isoformat(),
+            "utilization": row.utilization_gpu_pct,
+            "memory_used": row.memory_used_bytes,
+            "power": row.power_watts,
+            "temperature": row.temperature_c,
+        }
+        for gpu_id, row in newest.items()
+    )
+
+
+def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], list[GpuSample]]:
     """Write the reports' samples (one INSERT per table) and the node's newest state.
 
-    Returns the instances whose state changed and the number of GPU samples stored.
+    Returns the instances whose state changed and the GPU samples stored.
     """
     newest = reports[-1]
     gpus = _sync_gpus(node, newest.gpus)
@@ -320,7 +342,7 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[li
         containers=[container.model_dump() for container in newest.containers],
         reports_dropped=F("reports_dropped") + dropped,
     )
-    return changed, len(gpu_rows)
+    return changed, gpu_rows
 
 
 def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignContainer]) -> None:
