@@ -7,17 +7,16 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.auth.models import User
 from django.test import Client
 
-from dashboard.consumers import FleetConsumer
 from fleet import events
 from fleet.events import SummaryThrottle, event_publish, node_group, pool_group
 from fleet.models import Gpu, Instance
 from fleet.services import instance_desire
 from tests.api.test_agent_api import Agent, batch, gpu_reading, report
 from tests.factories import make_gpu, make_instance, make_node, make_pool
+from tests.test_dashboard import connect
 
 
 def listen(group: str) -> tuple[Any, str]:
@@ -25,12 +24,6 @@ def listen(group: str) -> tuple[Any, str]:
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(group, channel)
     return layer, channel
-
-
-def connect(user: object) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(FleetConsumer.as_asgi(), "/ws/fleet/")
-    communicator.scope["user"] = user
-    return communicator
 
 
 @pytest.mark.django_db(transaction=True)
@@ -68,17 +61,6 @@ def test_subscriptions_to_anything_but_fleet_pool_or_node_groups_are_refused(
         return answer
 
     assert async_to_sync(scenario)()["kind"] == "error"
-
-
-@pytest.mark.django_db(transaction=True)
-def test_anonymous_sockets_are_closed_before_they_can_subscribe(in_memory_channel_layer: None) -> None:
-    async def scenario() -> tuple[bool, int | None]:
-        communicator = connect(AnonymousUser())
-        connected, code = await communicator.connect()
-        await communicator.disconnect()
-        return connected, code
-
-    assert async_to_sync(scenario)() == (False, 4401)
 
 
 def test_the_summary_carries_each_gpus_newest_numbers_bounded() -> None:
