@@ -9,6 +9,7 @@ extend carry ``meta`` (the GPU id, say) so the browser finds them without guessi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,10 +31,10 @@ STATE_COLOURS = {
 
 def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return {
-        "title": {"text": title, "font": {"size": 15}},
-        "margin": {"l": 70, "r": 20, "t": 45, "b": 50},
-        "height": 320,
-        "legend": {"orientation": "h", "y": -0.25},
+        "title": {"text": title, "font": {"size": 15}, "y": 0.97, "yanchor": "top"},
+        "margin": {"l": 70, "r": 20, "t": 75, "b": 50},
+        "height": 340,
+        "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 1.01, "yanchor": "bottom"},
         "paper_bgcolor": "#ffffff",
         "plot_bgcolor": "#ffffff",
         **extra,
@@ -96,17 +97,15 @@ def gpu_lines(
 def pool_latency(*, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label: str, metric: str) -> dict[str, Any]:
     """Latency percentiles (ms) of the pool's SLA metric against its SLA line."""
     at = list(history.get("at", []))
-    traces = [
-        go.Scatter(x=at, y=list(history.get(q, [])), mode="lines", name=f"{metric} {q.upper()}")
-        for q in ("p50", "p95", "p99")
-    ]
+    traces = [go.Scatter(x=at, y=list(history.get(q, [])), mode="lines", name=q.upper()) for q in ("p50", "p95", "p99")]
     if at:
         traces.append(
             go.Scatter(
                 x=[at[0], at[-1]],
                 y=[sla_ms, sla_ms],
                 mode="lines",
-                name=f"SLA: {sla_label}",
+                name=f"SLA {sla_ms} ms",
+                hovertext=sla_label,
                 line={"dash": "dash", "color": "#c0392b"},
             )
         )
@@ -186,7 +185,7 @@ def tier_traffic(*, counts: Mapping[str, int]) -> dict[str, Any]:
         _layout(
             "Requests by routed tier",
             xaxis={"title": {"text": "tier chosen by complexity"}},
-            yaxis={"title": {"text": "requests"}},
+            yaxis={"title": {"text": "requests"}, "tickformat": "d"},
         ),
     )
 
@@ -337,8 +336,8 @@ def sla_attainment(*, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     )
 
 
-def decisions_timeline(*, decisions: Sequence[Any]) -> dict[str, Any]:
-    """Every decision as a point at its time, one row per policy kind, the reason on hover."""
+def decisions_timeline(*, decisions: Sequence[Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """Every decision as a point at its time over the whole ``span``, one row per policy kind, the reason on hover."""
     by_kind: dict[str, list[Any]] = {}
     for decision in decisions:
         by_kind.setdefault(decision.policy_kind, []).append(decision)
@@ -359,7 +358,7 @@ def decisions_timeline(*, decisions: Sequence[Any]) -> dict[str, Any]:
         traces,
         _layout(
             "Decisions over time",
-            xaxis=TIME_AXIS,
+            xaxis={**TIME_AXIS, "range": list(span)},
             yaxis={"title": {"text": "decided by"}, "type": "category"},
             showlegend=False,
         ),

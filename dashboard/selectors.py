@@ -391,7 +391,7 @@ def budgets_burn() -> list[dict[str, Any]]:
             {
                 "id": budget.pk,
                 "name": budget.name,
-                "scope": budget.team.name if budget.team else budget.pool.name if budget.pool else "fleet",
+                "scope": budget.team.name if budget.team else budget.pool.name,  # type: ignore[union-attr]
                 "period": budget.get_period_display(),
                 "amount": budget.amount,
                 "spent": budget.spent,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import plotly
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -30,15 +30,16 @@ GIB = 1024**3
 
 
 @require_GET
-def plotly_js(request: HttpRequest, version: str) -> FileResponse:
+def plotly_js(request: HttpRequest, version: str) -> HttpResponse:
     """Plotly's bundle from the installed ``plotly`` package: hosts may reach no CDN.
 
     The URL names the package version, so the file may be cached for a year: an upgrade
-    changes the URL. Served without login, like any static file; it holds no data.
+    changes the URL. Served without login, like any static file; it holds no data. Read
+    whole rather than streamed: under ASGI a file stream is read synchronously anyway.
     """
     if version != PLOTLY_JS_VERSION:
         raise Http404("no such Plotly version here")
-    response = FileResponse(PLOTLY_JS.open("rb"), content_type="text/javascript; charset=utf-8")
+    response = HttpResponse(PLOTLY_JS.read_bytes(), content_type="text/javascript; charset=utf-8")
     response["Cache-Control"] = f"public, max-age={YEAR_S}, immutable"
     return response
 
@@ -147,6 +148,11 @@ def costs(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/costs.html", context)
 
 
+def _padded(time_range: pages.TimeRange) -> tuple[datetime, datetime]:
+    """The range with a little room at its end, so the newest point is drawn whole."""
+    return time_range.start, time_range.end + (time_range.end - time_range.start) / 50
+
+
 @login_required
 def decisions(request: HttpRequest) -> HttpResponse:
     time_range, context = _range_context(request)
@@ -159,7 +165,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
         pools=Pool.objects.order_by("name"),
         kind=kind,
         pool_id=pool_id,
-        timeline=figures.decisions_timeline(decisions=rows) if rows else None,
+        timeline=figures.decisions_timeline(decisions=rows, span=_padded(time_range)) if rows else None,
         live_groups=[pool_group(pool_id)] if pool_id else [FLEET_GROUP],
     )
     return render(request, "dashboard/decisions.html", context)

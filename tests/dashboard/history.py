@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,16 +11,24 @@ from fleet.models import Gpu, GpuHour, GpuMinute, Pool, PoolHour, PoolMinute, Re
 GIB = 1024**3
 
 
-def gpu_rollups(gpu: Gpu, start: datetime, count: int, *, hourly: bool = False, utilization: float = 50.0) -> None:
-    """``count`` consecutive minute (or hour) rollup rows from ``start``."""
+def gpu_rollups(
+    gpu: Gpu,
+    start: datetime,
+    count: int,
+    *,
+    hourly: bool = False,
+    utilization: float | Callable[[datetime], float] = 50.0,
+) -> None:
+    """``count`` consecutive minute (or hour) rollup rows from ``start``; ``utilization`` may vary with time."""
     model, step = (GpuHour, timedelta(hours=1)) if hourly else (GpuMinute, timedelta(minutes=1))
+    load = utilization if callable(utilization) else (lambda _at: utilization)
     model.objects.bulk_create(
         model(
             gpu=gpu,
             bucket=start + i * step,
             samples=12,
-            utilization_mean=utilization,
-            utilization_max=utilization,
+            utilization_mean=load(start + i * step),
+            utilization_max=load(start + i * step),
             memory_used_mean=8 * GIB,
             memory_used_max=8 * GIB,
             memory_total=24 * GIB,
@@ -63,17 +72,6 @@ def pool_rollup(pool: Pool, bucket: datetime, *, requests: int, fast: bool, hour
     )
 
 
-def request(
-    pool: Pool | None, at: datetime, *, tier: str = "L", cold_start: bool = False, latency_ms: float = 120
-) -> RequestLog:
-    return RequestLog.objects.create(
-        at=at,
-        pool=pool,
-        endpoint="chat",
-        model="qwen3-4b",
-        rcf=0.5,
-        tier=tier,
-        latency_ms=latency_ms,
-        status=200,
-        cold_start=cold_start,
-    )
+def request(pool: Pool | None, at: datetime, *, tier: str = "L", latency_ms: float = 120, **extra: Any) -> RequestLog:
+    values: dict[str, Any] = {"endpoint": "chat", "model": "qwen3-4b", "rcf": 0.5, "status": 200} | extra
+    return RequestLog.objects.create(at=at, pool=pool, tier=tier, latency_ms=latency_ms, **values)

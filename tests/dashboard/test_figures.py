@@ -56,7 +56,9 @@ def test_pool_latency_draws_the_sla_line_across_the_range() -> None:
     history = {"at": AT, "p50": [100.0, 120.0], "p95": [300.0, 650.0], "p99": [400.0, 900.0]}
     figure = as_json(figures.pool_latency(history=history, sla_ms=500, sla_label="P95 TTFT <= 500 ms", metric="TTFT"))
     names = [trace["name"] for trace in figure["data"]]
-    assert names == ["TTFT P50", "TTFT P95", "TTFT P99", "SLA: P95 TTFT <= 500 ms"]
+    assert names == ["P50", "P95", "P99", "SLA 500 ms"]
+    assert figure["data"][-1]["hovertext"] == "P95 TTFT <= 500 ms"
+    assert "TTFT" in figure["layout"]["title"]["text"]
     assert figure["data"][-1]["y"] == [500, 500]
     assert axis_title(figure, "yaxis") == "latency (ms)"
 
@@ -162,12 +164,13 @@ def test_decisions_timeline_has_one_row_per_policy_kind_with_reasons() -> None:
         SimpleNamespace(created_at=AT[1], policy_kind="idle", action="sleep", pool=None, reason="idle 10 min"),
         SimpleNamespace(created_at=AT[1], policy_kind="autoscale", action="scale_in", pool=pool, reason="under band"),
     ]
-    figure = as_json(figures.decisions_timeline(decisions=decisions))
+    figure = as_json(figures.decisions_timeline(decisions=decisions, span=(T0 - timedelta(hours=1), AT[1])))
     assert [(t["name"], len(t["x"]), t["meta"]) for t in figure["data"]] == [
         ("autoscale", 2, {"policy_kind": "autoscale"}),
         ("idle", 1, {"policy_kind": "idle"}),
     ]
     assert figure["data"][1]["customdata"] == [["sleep", "fleet", "idle 10 min"]]
+    assert figure["layout"]["xaxis"]["range"] == ["2026-11-25T07:00:00Z", "2026-11-25T08:01:00Z"]
 
 
 def test_request_latency_separates_cold_starts() -> None:

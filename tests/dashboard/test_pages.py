@@ -45,7 +45,7 @@ def fleet() -> dict[str, object]:
     BatchJob.objects.create(name="nightly-embeddings", image="batch:1", memory_bytes=1024**3, gpu=gpu, state="running")
     team = Team.objects.create(name="search", slug="search")
     Budget.objects.create(name="search monthly", team=team, amount=100, spent=85)
-    rule = AlertRule.objects.create(name="silent nodes", kind="silent_node")
+    rule = AlertRule.objects.create(name="silent nodes", kind="node_silent")
     Alert.objects.create(
         rule=rule, key="node:rack9", state="firing", message="rack9 silent for 5 min", started_at=now, fired_at=now
     )
@@ -98,7 +98,7 @@ def test_pool_page_shows_latency_against_sla_states_and_tier_traffic(
     page = admin_client.get(reverse("dashboard:pool", args=[pool.pk]) + "?range=1h").content.decode()  # type: ignore[attr-defined]
     charts = figures_in(page)
     assert set(charts) == {"latency", "queue", "states", "traffic"}
-    assert charts["latency"]["data"][-1]["name"].startswith("SLA: P95")
+    assert charts["latency"]["data"][-1]["name"] == "SLA 500 ms"
     assert charts["traffic"]["data"][0]["x"] == ["L", "S"]
     assert f'data-live-groups="pool.{pool.pk}"' in page  # type: ignore[attr-defined]
     assert "P95 over the SLA for 3 windows" in page
@@ -170,7 +170,7 @@ def test_plotly_is_served_from_the_package_with_long_caching(client: Client) -> 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/javascript")
     assert "max-age=31536000" in response["Cache-Control"] and "immutable" in response["Cache-Control"]
-    assert b"".join(response.streaming_content) == PLOTLY_JS.read_bytes()
+    assert response.content == PLOTLY_JS.read_bytes()
     assert client.get(reverse("dashboard:plotly-js", args=["0.0.1"])).status_code == 404
 
 

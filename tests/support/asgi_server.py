@@ -2,7 +2,8 @@
 
 Django's own live server speaks WSGI only; pages with live updates need the ASGI app.
 It runs in the test process, so it sees the test database, and on the Redis channel
-layer so events sent from any thread reach the sockets.
+layer so events sent from any thread reach the sockets. Static files (the admin's, the
+dashboard's script) are served as ``runserver`` serves them in development.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class AsgiServer:
 def asgi_live_server(transactional_db: None, settings: object) -> Iterator[AsgiServer]:
     require(bool(os.environ.get("REDIS_URL")), "live pages need the Redis channel layer: set REDIS_URL")
     import uvicorn
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     from fleet.asgi import application
     from tests.support.vllm_server import free_port
@@ -34,7 +36,9 @@ def asgi_live_server(transactional_db: None, settings: object) -> Iterator[AsgiS
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]  # type: ignore[attr-defined]
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            ASGIStaticFilesHandler(application), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
