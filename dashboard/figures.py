@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.basedatatypes import BaseTraceType
 
 GIB = 1024**3
 TIME_AXIS = {"title": {"text": "time (UTC)"}, "type": "date"}
@@ -41,11 +42,30 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _figure(traces: Sequence[Any], layout: dict[str, Any]) -> dict[str, Any]:
-    figure = go.Figure(data=list(traces), layout=layout)
+ARRAYS = ("x", "y", "z", "customdata")
+
+Trace = tuple[BaseTraceType, dict[str, list[Any]]]
+
+
+def _trace(kind: type[BaseTraceType], **properties: Any) -> Trace:
+    """A trace built and checked by ``plotly.graph_objects``, its data arrays kept apart.
+
+    Plotly validates every element of an array it is given; for a fleet's heatmap that
+    costs more than the query behind it. Arrays (plain numbers, strings and datetimes
+    from the selectors) are attached to the JSON after the figure is built instead.
+    """
+    arrays = {key: list(properties.pop(key)) for key in ARRAYS if key in properties}
+    return kind(**properties), arrays
+
+
+def _figure(traces: Sequence[Trace], layout: dict[str, Any]) -> dict[str, Any]:
+    figure = go.Figure(data=[trace for trace, _ in traces], layout=layout)
     figure.update_xaxes(gridcolor="#eef0f4")
     figure.update_yaxes(gridcolor="#eef0f4")
-    return figure.to_plotly_json()
+    built = figure.to_plotly_json()
+    for trace, (_, arrays) in zip(built["data"], traces, strict=True):
+        trace.update(arrays)
+    return built
 
 
 def _money(values: Sequence[Decimal | None]) -> list[float | None]:
@@ -55,7 +75,8 @@ def _money(values: Sequence[Decimal | None]) -> list[float | None]:
 def utilization_heatmap(*, grid: Mapping[str, Any]) -> dict[str, Any]:
     """Duty cycle per GPU (rows) per bucket (columns), 0-100 %; simulated GPUs say so in their label."""
     labels = [f"{g['label']} (simulated)" if g["simulated"] else g["label"] for g in grid["gpus"]]
-    trace = go.Heatmap(
+    trace = _trace(
+        go.Heatmap,
         x=list(grid["at"]),
         y=labels,
         z=[list(row) for row in grid["utilization"]],
@@ -82,7 +103,8 @@ def gpu_lines(
 ) -> dict[str, Any]:
     """One line per GPU of ``field`` over time (divided by ``scale``, e.g. bytes to GiB)."""
     traces = [
-        go.Scatter(
+        _trace(
+            go.Scatter,
             x=list(gpu["at"]),
             y=[None if v is None else v / scale for v in gpu[field]],
             mode="lines",
@@ -97,10 +119,14 @@ def gpu_lines(
 def pool_latency(*, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label: str, metric: str) -> dict[str, Any]:
     """Latency percentiles (ms) of the pool's SLA metric against its SLA line."""
     at = list(history.get("at", []))
-    traces = [go.Scatter(x=at, y=list(history.get(q, [])), mode="lines", name=q.upper()) for q in ("p50", "p95", "p99")]
+    traces = [
+        _trace(go.Scatter, x=at, y=list(history.get(q, [])), mode="lines", name=q.upper())
+        for q in ("p50", "p95", "p99")
+    ]
     if at:
         traces.append(
-            go.Scatter(
+            _trace(
+                go.Scatter,
                 x=[at[0], at[-1]],
                 y=[sla_ms, sla_ms],
                 mode="lines",
@@ -123,11 +149,17 @@ def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     """Requests waiting (mean and peak per bucket) and instances reporting."""
     at = list(history.get("at", []))
     traces = [
-        go.Scatter(x=at, y=list(history.get("queue_mean", [])), mode="lines", name="waiting, mean"),
-        go.Scatter(
-            x=at, y=list(history.get("queue_max", [])), mode="lines", name="waiting, peak", line={"dash": "dot"}
+        _trace(go.Scatter, x=at, y=list(history.get("queue_mean", [])), mode="lines", name="waiting, mean"),
+        _trace(
+            go.Scatter,
+            x=at,
+            y=list(history.get("queue_max", [])),
+            mode="lines",
+            name="waiting, peak",
+            line={"dash": "dot"},
         ),
-        go.Scatter(
+        _trace(
+            go.Scatter,
             x=at,
             y=list(history.get("instances", [])),
             mode="lines",
@@ -156,7 +188,8 @@ def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
 def instance_states(*, states: Mapping[str, Any]) -> dict[str, Any]:
     """Instances of the pool in each actual state over time, stacked steps."""
     traces = [
-        go.Scatter(
+        _trace(
+            go.Scatter,
             x=list(states["at"]),
             y=counts,
             mode="lines",
@@ -179,7 +212,7 @@ def instance_states(*, states: Mapping[str, Any]) -> dict[str, Any]:
 def tier_traffic(*, counts: Mapping[str, int]) -> dict[str, Any]:
     """Requests served by the tier their complexity chose; other tiers than the pool's are fallbacks."""
     tiers = sorted(counts)
-    trace = go.Bar(x=tiers, y=[counts[t] for t in tiers], marker={"color": "#2354c7"})
+    trace = _trace(go.Bar, x=tiers, y=[counts[t] for t in tiers], marker={"color": "#2354c7"})
     return _figure(
         [trace],
         _layout(
@@ -195,7 +228,8 @@ def spend_over_time(*, buckets: Mapping[str, Sequence[Any]], currency: str) -> d
     at = list(buckets["at"])
     colours = {"busy": "#2354c7", "idle": "#9db4ec", "unallocated": "#e0a100"}
     traces = [
-        go.Bar(
+        _trace(
+            go.Bar,
             x=at,
             y=_money(buckets[part]),
             name=part,
@@ -219,11 +253,21 @@ def spend_by_pool(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[s
     """Each pool's spend split busy / idle; the unallocated row is all idle."""
     names = [row["name"] for row in rows]
     traces = [
-        go.Bar(
-            y=names, x=_money([row["busy"] for row in rows]), name="busy", orientation="h", marker={"color": "#2354c7"}
+        _trace(
+            go.Bar,
+            y=names,
+            x=_money([row["busy"] for row in rows]),
+            name="busy",
+            orientation="h",
+            marker={"color": "#2354c7"},
         ),
-        go.Bar(
-            y=names, x=_money([row["idle"] for row in rows]), name="idle", orientation="h", marker={"color": "#9db4ec"}
+        _trace(
+            go.Bar,
+            y=names,
+            x=_money([row["idle"] for row in rows]),
+            name="idle",
+            orientation="h",
+            marker={"color": "#9db4ec"},
         ),
     ]
     return _figure(
@@ -238,7 +282,8 @@ def spend_by_pool(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[s
 
 
 def spend_by_team(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
-    trace = go.Bar(
+    trace = _trace(
+        go.Bar,
         y=[row["name"] for row in rows],
         x=_money([row["spend"] for row in rows]),
         orientation="h",
@@ -257,7 +302,8 @@ def spend_by_team(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[s
 def cost_per_million_tokens(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
     """Each pool's spend over the tokens it served (prompt + generated), per million tokens."""
     priced = [row for row in rows if row["cost"] is not None]
-    trace = go.Bar(
+    trace = _trace(
+        go.Bar,
         x=[row["name"] for row in priced],
         y=_money([row["cost"] for row in priced]),
         marker={"color": "#2a9d55"},
@@ -277,7 +323,8 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
     """Each budget's spend so far as a share of its amount, against its soft and hard thresholds."""
     names = [f"{row['name']} ({row['scope']}, {row['period']})" for row in rows]
     shares = [float(row["spent"] / row["amount"] * 100) if row["amount"] else None for row in rows]
-    trace = go.Bar(
+    trace = _trace(
+        go.Bar,
         y=names,
         x=shares,
         orientation="h",
@@ -296,7 +343,8 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
         hovertemplate=f"%{{customdata[0]:.2f}} of %{{customdata[1]:.2f}} {currency} (%{{x:.0f}} %)<extra></extra>",
     )
     thresholds = [
-        go.Scatter(
+        _trace(
+            go.Scatter,
             x=[row[key] for row in rows],
             y=names,
             mode="markers",
@@ -319,7 +367,8 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
 def sla_attainment(*, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Share of each pool's requests served within its SLA, 0-100 %."""
     measured = [row for row in rows if row["attainment"] is not None]
-    trace = go.Bar(
+    trace = _trace(
+        go.Bar,
         x=[row["name"] for row in measured],
         y=[row["attainment"] * 100 for row in measured],
         customdata=[row["sla"] for row in measured],
@@ -342,7 +391,8 @@ def decisions_timeline(*, decisions: Sequence[Any], span: tuple[datetime, dateti
     for decision in decisions:
         by_kind.setdefault(decision.policy_kind, []).append(decision)
     traces = [
-        go.Scatter(
+        _trace(
+            go.Scatter,
             x=[d.created_at for d in rows],
             y=[kind] * len(rows),
             mode="markers",
@@ -371,7 +421,8 @@ def request_latency(*, requests: Sequence[Any]) -> dict[str, Any]:
     for cold, name, colour in ((False, "warm", "#2354c7"), (True, "cold start", "#c0392b")):
         rows = [r for r in requests if r.cold_start is cold]
         traces.append(
-            go.Scatter(
+            _trace(
+                go.Scatter,
                 x=[r.at for r in rows],
                 y=[r.latency_ms for r in rows],
                 mode="markers",

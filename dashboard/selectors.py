@@ -7,13 +7,14 @@ day and hour rollups beyond, so a chart holds at most about 1,500 points per ser
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Avg, Count, Prefetch, QuerySet
+from django.db.models.functions import TruncDay
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -50,6 +51,8 @@ from fleet.policies.snapshot import histogram_quantile
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 DEFAULT_RANGE = "24h"
 MINUTE_ROLLUPS_UP_TO = timedelta(hours=25)
+HEATMAP_MINUTES_UP_TO = timedelta(hours=2)
+HEATMAP_HOURS_UP_TO = timedelta(days=8)
 CUSTOM_MAX = timedelta(days=400)
 DECISIONS_SHOWN = 500
 REQUESTS_SHOWN = 200
@@ -105,10 +108,29 @@ def gpu_labels(*, gpus: QuerySet[Gpu]) -> list[dict[str, Any]]:
 
 
 def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
-    """Mean duty cycle per GPU per bucket: rows GPUs, columns buckets; a bucket without data stays None."""
+    """Mean duty cycle per GPU per column: rows GPUs, columns minutes, hours or days; no data stays None.
+
+    Columns stay under a few hundred whatever the fleet: minute rollups up to two hours,
+    hour rollups up to eight days, hour rollups averaged per day (in the database) beyond.
+    """
+    span = time_range.end - time_range.start
+    window = {"bucket__gte": time_range.start, "bucket__lt": time_range.end}
+    rows: Iterable[tuple[int, datetime, float | None]]
+    if span <= HEATMAP_MINUTES_UP_TO:
+        rows = GpuMinute.objects.filter(**window).values_list("gpu_id", "bucket", "utilization_mean")
+    elif span <= HEATMAP_HOURS_UP_TO:
+        rows = GpuHour.objects.filter(**window).values_list("gpu_id", "bucket", "utilization_mean")
+    else:
+        rows = (
+            GpuHour.objects.filter(**window)
+            .annotate(day=TruncDay("bucket", tzinfo=UTC))
+            .values("gpu_id", "day")
+            .annotate(mean=Avg("utilization_mean"))
+            .values_list("gpu_id", "day", "mean")
+        )
     gpus = gpu_labels(gpus=Gpu.objects.all())
     row = {gpu["gpu"]: i for i, gpu in enumerate(gpus)}
-    rows = list(_gpu_rollups(time_range).order_by("bucket").values_list("gpu_id", "bucket", "utilization_mean"))
+    rows = list(rows)
     buckets = sorted({bucket for _gpu, bucket, _value in rows})
     column = {bucket: i for i, bucket in enumerate(buckets)}
     cells: list[list[float | None]] = [[None] * len(buckets) for _ in gpus]
@@ -146,9 +168,27 @@ def _pool_rollups(time_range: TimeRange) -> QuerySet[Any]:
     return model.objects.filter(bucket__gte=time_range.start, bucket__lt=time_range.end)
 
 
+STORED_PERCENTILES = (50, 95, 99)
+
+
+def _sla_fields(pool: Pool) -> tuple[str, ...]:
+    """The rollup column holding the pool's SLA percentile, or its histogram where none is stored."""
+    metric = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
+    if pool.sla_percentile in STORED_PERCENTILES:
+        return (f"{metric}_p{pool.sla_percentile}_s",)
+    return (f"{metric}_histogram",)
+
+
 def _sla_seconds(pool: Pool, row: Mapping[str, Any]) -> float | None:
-    """The pool's SLA percentile of its SLA metric in one rollup row, from the merged histogram."""
-    histogram = row["ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"]
+    """The pool's SLA percentile of its SLA metric in one rollup row.
+
+    P50, P95 and P99 are stored by the rollup; any other percentile is read from the merged
+    histogram, whose JSON costs far more to load, so it is fetched only then.
+    """
+    (field,) = _sla_fields(pool)
+    if not field.endswith("_histogram"):
+        return row[field]
+    histogram = row[field]
     if not histogram or not histogram.get("count"):
         return None
     return histogram_quantile(
@@ -160,17 +200,28 @@ def _sla_seconds(pool: Pool, row: Mapping[str, Any]) -> float | None:
 
 
 def pool_history(*, pool: Pool, time_range: TimeRange) -> dict[str, list[Any]]:
-    """A pool's latency percentiles (ms), its SLA percentile (ms), queue and traffic per bucket."""
+    """A pool's latency percentiles of its SLA metric (ms), queue and traffic per bucket."""
+    prefix = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
+    quantiles = ("p50", "p95", "p99")
     out: dict[str, list[Any]] = defaultdict(list)
-    rows = _pool_rollups(time_range).filter(pool=pool).order_by("bucket").values()
+    rows = (
+        _pool_rollups(time_range)
+        .filter(pool=pool)
+        .order_by("bucket")
+        .values(
+            "bucket",
+            "requests",
+            "instances",
+            "requests_waiting_mean",
+            "requests_waiting_max",
+            *(f"{prefix}_{q}_s" for q in quantiles),
+        )
+    )
     for row in rows:
         out["at"].append(row["bucket"])
-        prefix = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
-        for q in ("p50", "p95", "p99"):
+        for q in quantiles:
             value = row[f"{prefix}_{q}_s"]
             out[q].append(None if value is None else value * 1000)
-        sla = _sla_seconds(pool, row)
-        out["sla_percentile"].append(None if sla is None else sla * 1000)
         out["queue_mean"].append(row["requests_waiting_mean"])
         out["queue_max"].append(row["requests_waiting_max"])
         out["requests"].append(row["requests"])
@@ -187,11 +238,8 @@ def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
     pools = {pool.pk: pool for pool in Pool.objects.filter(enabled=True).order_by("tier", "name")}
     met: dict[int, float] = defaultdict(float)
     total: dict[int, float] = defaultdict(float)
-    rows = (
-        _pool_rollups(time_range)
-        .filter(pool_id__in=list(pools))
-        .values("pool_id", "requests", "ttft_histogram", "e2e_histogram")
-    )
+    fields = sorted({field for pool in pools.values() for field in _sla_fields(pool)})
+    rows = _pool_rollups(time_range).filter(pool_id__in=list(pools)).values("pool_id", "requests", *fields)
     for row in rows:
         pool = pools[row["pool_id"]]
         seconds = _sla_seconds(pool, row)

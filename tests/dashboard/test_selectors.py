@@ -100,8 +100,9 @@ def test_spend_of_the_current_hour_comes_from_minute_rollups() -> None:
 
 
 @pytest.mark.django_db
-def test_sla_attainment_weighs_buckets_by_requests() -> None:
-    pool = make_pool("chat-l", sla_metric="ttft", sla_percentile=95, sla_latency_ms=500)
+@pytest.mark.parametrize("percentile", [95, 90])  # stored by the rollup; read from the histogram
+def test_sla_attainment_weighs_buckets_by_requests(percentile: int) -> None:
+    pool = make_pool("chat-l", sla_metric="ttft", sla_percentile=percentile, sla_latency_ms=500)
     make_pool("quiet")
     pool_rollup(pool, NOW - timedelta(minutes=3), requests=90, fast=True)
     pool_rollup(pool, NOW - timedelta(minutes=2), requests=10, fast=False)
@@ -145,3 +146,15 @@ def test_decisions_filter_by_kind_pool_and_range() -> None:
     assert [d.reason for d in pages.decisions_filtered(time_range=day, kind="idle")] == ["idle on chat-l"]
     week = pages.time_range_parse(params={"range": "7d"})
     assert [d.reason for d in pages.decisions_filtered(time_range=week, pool_id=code.pk)] == ["autoscale on code-m"]
+
+
+@pytest.mark.django_db
+def test_a_month_heatmap_averages_hour_rollups_per_day() -> None:
+    gpu = make_gpu(make_node("rack1"), 0)
+    day = datetime(2026, 11, 20, tzinfo=UTC)
+    gpu_rollups(gpu, day, 2, hourly=True, utilization=lambda at: 20.0 if at.hour == 0 else 40.0)
+    gpu_rollups(gpu, day + timedelta(days=1), 1, hourly=True, utilization=90.0)
+    gpu_rollups(gpu, NOW - timedelta(minutes=5), 5)  # minute rollups are not read for a month
+    grid = pages.gpu_utilization_grid(time_range=pages.time_range_parse(params={"range": "30d"}, now=NOW))
+    assert grid["at"] == [day, day + timedelta(days=1)]
+    assert grid["utilization"] == [[pytest.approx(30.0), pytest.approx(90.0)]]
