@@ -16,7 +16,6 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.basedatatypes import BaseTraceType
 
-GIB = 1024**3
 TIME_AXIS = {"title": {"text": "time (UTC)"}, "type": "date"}
 STATE_COLOURS = {
     "starting": "#e0a100",
@@ -73,8 +72,9 @@ def _money(values: Sequence[Decimal | None]) -> list[float | None]:
 
 
 def utilization_heatmap(*, grid: Mapping[str, Any]) -> dict[str, Any]:
-    """Duty cycle per GPU (rows) per bucket (columns), 0-100 %; simulated GPUs say so in their label."""
-    labels = [f"{g['label']} (simulated)" if g["simulated"] else g["label"] for g in grid["gpus"]]
+    """Duty cycle per GPU, or per node in a large fleet (rows), per bucket (columns), 0-100 %;
+    simulated GPUs and nodes say so in their label."""
+    labels = [f"{row['label']} (simulated)" if row["simulated"] else row["label"] for row in grid["rows"]]
     trace = _trace(
         go.Heatmap,
         x=list(grid["at"]),
@@ -92,7 +92,7 @@ def utilization_heatmap(*, grid: Mapping[str, Any]) -> dict[str, Any]:
         _layout(
             "GPU utilization (duty cycle, %)",
             xaxis=TIME_AXIS,
-            yaxis={"title": {"text": "GPU (node/index)"}},
+            yaxis={"title": {"text": "node (mean of its GPUs)" if grid["by_node"] else "GPU (node/index)"}},
             height=height,
         ),
     )

@@ -7,14 +7,15 @@ day and hour rollups beyond, so a chart holds at most about 1,500 points per ser
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Avg, Count, Prefetch, QuerySet
+from django.db.models import Avg, Count, F, Prefetch, QuerySet
 from django.db.models.functions import TruncDay
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -53,6 +54,7 @@ DEFAULT_RANGE = "24h"
 MINUTE_ROLLUPS_UP_TO = timedelta(hours=25)
 HEATMAP_MINUTES_UP_TO = timedelta(hours=2)
 HEATMAP_HOURS_UP_TO = timedelta(days=8)
+HEATMAP_GPU_ROWS = 100
 CUSTOM_MAX = timedelta(days=400)
 DECISIONS_SHOWN = 500
 REQUESTS_SHOWN = 200
@@ -108,36 +110,42 @@ def gpu_labels(*, gpus: QuerySet[Gpu]) -> list[dict[str, Any]]:
 
 
 def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
-    """Mean duty cycle per GPU per column: rows GPUs, columns minutes, hours or days; no data stays None.
+    """Mean duty cycle per row per column: rows GPUs (or nodes), columns minutes, hours or days.
 
-    Columns stay under a few hundred whatever the fleet: minute rollups up to two hours,
-    hour rollups up to eight days, hour rollups averaged per day (in the database) beyond.
+    The grid stays small whatever the fleet: columns are minute rollups up to two hours,
+    hour rollups up to eight days, hour rollups averaged per day beyond; a fleet of more
+    than ``HEATMAP_GPU_ROWS`` GPUs gets a row per node (the mean of its GPUs). Averages
+    are taken in the database. A cell without data stays None.
     """
     span = time_range.end - time_range.start
+    by_node = Gpu.objects.count() > HEATMAP_GPU_ROWS
+    key = "gpu__node_id" if by_node else "gpu_id"
     window = {"bucket__gte": time_range.start, "bucket__lt": time_range.end}
-    rows: Iterable[tuple[int, datetime, float | None]]
     if span <= HEATMAP_MINUTES_UP_TO:
-        rows = GpuMinute.objects.filter(**window).values_list("gpu_id", "bucket", "utilization_mean")
+        cells = GpuMinute.objects.filter(**window).annotate(column=F("bucket"))
     elif span <= HEATMAP_HOURS_UP_TO:
-        rows = GpuHour.objects.filter(**window).values_list("gpu_id", "bucket", "utilization_mean")
+        cells = GpuHour.objects.filter(**window).annotate(column=F("bucket"))
     else:
-        rows = (
-            GpuHour.objects.filter(**window)
-            .annotate(day=TruncDay("bucket", tzinfo=UTC))
-            .values("gpu_id", "day")
-            .annotate(mean=Avg("utilization_mean"))
-            .values_list("gpu_id", "day", "mean")
-        )
-    gpus = gpu_labels(gpus=Gpu.objects.all())
-    row = {gpu["gpu"]: i for i, gpu in enumerate(gpus)}
-    rows = list(rows)
-    buckets = sorted({bucket for _gpu, bucket, _value in rows})
-    column = {bucket: i for i, bucket in enumerate(buckets)}
-    cells: list[list[float | None]] = [[None] * len(buckets) for _ in gpus]
-    for gpu_id, bucket, value in rows:
-        if gpu_id in row:
-            cells[row[gpu_id]][column[bucket]] = value
-    return {"at": buckets, "gpus": gpus, "utilization": cells}
+        cells = GpuHour.objects.filter(**window).annotate(column=TruncDay("bucket", tzinfo=UTC))
+    rows = list(cells.values(key, "column").annotate(mean=Avg("utilization_mean")).values_list(key, "column", "mean"))
+    if by_node:
+        labels = [
+            {"id": pk, "label": f"{name} ({count} GPU{pluralize(count)})", "simulated": simulated}
+            for pk, name, simulated, count in Node.objects.annotate(count=Count("gpus"))
+            .filter(count__gt=0)
+            .order_by("name")
+            .values_list("pk", "name", "simulated", "count")
+        ]
+    else:
+        labels = [{"id": gpu["gpu"], **gpu} for gpu in gpu_labels(gpus=Gpu.objects.all())]
+    index = {row["id"]: i for i, row in enumerate(labels)}
+    columns = sorted({column for _key, column, _value in rows})
+    position = {column: i for i, column in enumerate(columns)}
+    grid: list[list[float | None]] = [[None] * len(columns) for _ in labels]
+    for row_key, column, value in rows:
+        if row_key in index:
+            grid[index[row_key]][position[column]] = value
+    return {"at": columns, "rows": labels, "by_node": by_node, "utilization": grid}
 
 
 def gpu_series_by_gpu(*, gpus: QuerySet[Gpu], time_range: TimeRange) -> list[dict[str, Any]]:

@@ -112,6 +112,31 @@ def test_overview_chart_grows_as_an_agent_reports_and_every_page_draws(
     screenshot(page, "node")
 
 
+def test_the_page_reconnects_after_a_server_restart_and_says_when_data_is_stale(
+    asgi_live_server: Any, page: Any, fresh_summaries: None
+) -> None:
+    node, token = node_create(name="rack1-h100")
+    api = httpx.Client(base_url=asgi_live_server.url, headers={"Authorization": f"Bearer {token}"})
+    assert api.post("/api/agent/v1/report", json=batch(node.name, report(1, [gpu_reading(util=30)]))).status_code == 200
+    sign_in(page, asgi_live_server.url, "/")
+    wait_live(page)
+
+    asgi_live_server.stop()
+    page.wait_for_function("document.getElementById('live-state').className === 'down'", timeout=10_000)
+    assert "reconnecting" in page.locator("#live-state").inner_text()
+    asgi_live_server.start()
+    wait_live(page)  # back by itself, within the backoff
+
+    before = page.evaluate(POINTS)
+    assert api.post("/api/agent/v1/report", json=batch(node.name, report(2, [gpu_reading(util=55)]))).status_code == 200
+    page.wait_for_function(f"{POINTS} > {before}", timeout=10_000)  # subscribed again
+
+    page.evaluate("document.querySelector('main').dataset.staleAfter = '1'")
+    page.wait_for_function("document.getElementById('live-state').className === 'stale'", timeout=10_000)
+    assert page.locator("#live-state").inner_text().startswith("stale: no update for")
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
 def test_a_policy_edited_in_the_admin_shows_on_the_decisions_page_after_the_next_evaluation(
     asgi_live_server: Any, page: Any
 ) -> None:

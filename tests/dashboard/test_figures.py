@@ -28,7 +28,8 @@ def as_json(figure: dict[str, Any]) -> dict[str, Any]:
 def test_heatmap_has_a_row_per_gpu_marks_simulated_ones_and_keeps_gaps() -> None:
     grid = {
         "at": AT,
-        "gpus": [{"gpu": 1, "label": "rack1/0", "simulated": False}, {"gpu": 2, "label": "demo/0", "simulated": True}],
+        "rows": [{"id": 1, "label": "rack1/0", "simulated": False}, {"id": 2, "label": "demo/0", "simulated": True}],
+        "by_node": False,
         "utilization": [[40.0, None], [10.0, 90.0]],
     }
     figure = as_json(figures.utilization_heatmap(grid=grid))

@@ -55,7 +55,7 @@ def test_utilization_grid_has_a_row_per_gpu_and_gaps_where_no_rollup_exists() ->
     gpu_rollups(real, start, 3, utilization=40)
     gpu_rollups(demo, start + timedelta(minutes=2), 1, utilization=90)
     grid = pages.gpu_utilization_grid(time_range=pages.time_range_parse(params={"range": "1h"}, now=NOW))
-    assert [(g["label"], g["simulated"]) for g in grid["gpus"]] == [("demo/0", True), ("rack1/0", False)]
+    assert [(g["label"], g["simulated"]) for g in grid["rows"]] == [("demo/0", True), ("rack1/0", False)]
     assert grid["at"] == [start, start + timedelta(minutes=1), start + timedelta(minutes=2)]
     assert grid["utilization"] == [[None, None, 90.0], [40.0, 40.0, 40.0]]
 
@@ -158,3 +158,38 @@ def test_a_month_heatmap_averages_hour_rollups_per_day() -> None:
     grid = pages.gpu_utilization_grid(time_range=pages.time_range_parse(params={"range": "30d"}, now=NOW))
     assert grid["at"] == [day, day + timedelta(days=1)]
     assert grid["utilization"] == [[pytest.approx(30.0), pytest.approx(90.0)]]
+
+
+@pytest.mark.django_db
+def test_spend_over_days_reads_one_period_per_gpu_day() -> None:
+    """Two days up at 1.00 USD/h, 25 % busy the first day and 75 % the second, held the first day only.
+
+    allocated 24 h x 1.00 = 24.00, busy 24.00 x 0.25 = 6.00; unallocated the second day = 24.00.
+    """
+    gpu = make_gpu(make_node("rack1"), 0, "NVIDIA L4")
+    price("NVIDIA L4", "1.00", date(2026, 1, 1))
+    day = datetime(2026, 11, 20, tzinfo=UTC)
+    gpu_rollups(gpu, day, 48, hourly=True, utilization=lambda at: 25.0 if at < day + timedelta(days=1) else 75.0)
+    states(make_instance(make_pool("chat-l"), gpu), (day, "ready"), (day + timedelta(days=1), "stopped"))
+    end = day + timedelta(days=3)
+    report = spend_report(start=day, end=end, window=fleet_window_rollups(start=day, end=end))
+    assert (report.allocated.spend, report.allocated.busy) == (Decimal("24.00"), Decimal("6.00"))
+    assert report.unallocated.spend == Decimal("24.00")
+
+
+@pytest.mark.django_db
+def test_a_large_fleet_heatmap_has_a_row_per_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pages, "HEATMAP_GPU_ROWS", 2)
+    rack, demo = make_node("rack1"), make_node("demo", simulated=True)
+    busy, idle, sim = make_gpu(rack, 0), make_gpu(rack, 1), make_gpu(demo, 0)
+    at = NOW - timedelta(minutes=3)
+    gpu_rollups(busy, at, 1, utilization=80.0)
+    gpu_rollups(idle, at, 1, utilization=20.0)
+    gpu_rollups(sim, at, 1, utilization=10.0)
+    grid = pages.gpu_utilization_grid(time_range=pages.time_range_parse(params={"range": "1h"}, now=NOW))
+    assert grid["by_node"] is True
+    assert [(row["label"], row["simulated"]) for row in grid["rows"]] == [
+        ("demo (1 GPU)", True),
+        ("rack1 (2 GPUs)", False),
+    ]
+    assert grid["utilization"] == [[pytest.approx(10.0)], [pytest.approx(50.0)]]

@@ -80,7 +80,6 @@
   function connect(main) {
     const state = document.getElementById("live-state");
     const groups = main.dataset.liveGroups.split(",").filter(Boolean);
-    const staleAfter = Number(main.dataset.staleAfter || 30) * 1000;
     let delay = 1000;
     let lastEvent = Date.now();
     let open = false;
@@ -94,7 +93,7 @@
     setInterval(() => {
       if (!open) return;
       const quiet = Date.now() - lastEvent;
-      if (quiet > staleAfter) show(`stale: no update for ${Math.round(quiet / 1000)} s`, "stale");
+      if (quiet > Number(main.dataset.staleAfter || 30) * 1000) show(`stale: no update for ${Math.round(quiet / 1000)} s`, "stale");
     }, 1000);
 
     function start() {
