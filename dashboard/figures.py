@@ -67,7 +67,7 @@ def _figure(traces: Sequence[Trace], layout: dict[str, Any]) -> dict[str, Any]:
     return built
 
 
-def _money(values: Sequence[Decimal | None]) -> list[float | None]:
+def _money(values: Sequence[Decimal | float | None]) -> list[float | None]:
     return [None if v is None else round(float(v), 4) for v in values]
 
 

@@ -303,29 +303,30 @@ def tier_traffic(*, pool: Pool, time_range: TimeRange) -> dict[str, int]:
     return {row["tier"]: row["n"] for row in rows}
 
 
-def _bucket_of(at: datetime, size: timedelta) -> datetime:
-    seconds = int(size.total_seconds())
-    return datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, tz=at.tzinfo)
-
-
 def spend_buckets(*, report: SpendReport, size: timedelta) -> dict[str, list[Any]]:
-    """Busy, idle and unallocated spend per time bucket, each line shared by its overlap with the bucket."""
-    sums: dict[datetime, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 3)
+    """Busy, idle and unallocated spend per time bucket, each line shared by its overlap with the bucket.
+
+    For a chart: in floats, spread evenly over each line's time. Totals come from the report.
+    """
+    sums: dict[datetime, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    step = size.total_seconds()
     for line in report.lines:
-        if line.kind not in (ALLOCATED, UNALLOCATED):
+        if line.kind == ALLOCATED:
+            parts = ((0, float(line.busy)), (1, float(line.idle)))
+        elif line.kind == UNALLOCATED:
+            parts = ((2, float(line.spend)),)
+        else:
             continue
-        span = (line.end - line.start).total_seconds()
-        at = _bucket_of(line.start, size)
-        while at < line.end and span > 0:
-            overlap = (min(at + size, line.end) - max(at, line.start)).total_seconds()
-            share = Decimal(overlap) / Decimal(span)
-            row = sums[at]
-            if line.kind == ALLOCATED:
-                row[0] += line.busy * share
-                row[1] += line.idle * share
-            else:
-                row[2] += line.spend * share
-            at += size
+        begin, finish = line.start.timestamp(), line.end.timestamp()
+        if finish <= begin:
+            continue
+        at = begin // step * step
+        while at < finish:
+            share = (min(at + step, finish) - max(at, begin)) / (finish - begin)
+            row = sums[datetime.fromtimestamp(at, tz=UTC)]
+            for index, amount in parts:
+                row[index] += amount * share
+            at += step
     ordered = sorted(sums)
     return {
         "at": ordered,
@@ -335,11 +336,17 @@ def spend_buckets(*, report: SpendReport, size: timedelta) -> dict[str, list[Any
     }
 
 
+SPEND_BARS = (
+    (timedelta(hours=2), timedelta(minutes=5)),
+    (timedelta(days=2), timedelta(hours=1)),
+    (timedelta(days=8), timedelta(hours=6)),
+)
+
+
 def spend_display_bucket(time_range: TimeRange) -> timedelta:
+    """The width of a bar of the spend chart: a few dozen bars whatever the range."""
     span = time_range.end - time_range.start
-    if span <= timedelta(hours=2):
-        return timedelta(minutes=1)
-    return timedelta(hours=1) if span <= timedelta(days=8) else timedelta(days=1)
+    return next((width for up_to, width in SPEND_BARS if span <= up_to), timedelta(days=1))
 
 
 @dataclass(frozen=True)

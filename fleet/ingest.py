@@ -291,7 +291,7 @@ def gpu_readings_live(*, node: Node, rows: list[GpuSample]) -> tuple[dict[str, A
     return tuple(
         {
             "gpu": gpu_id,
-            "label": f"{node.name}/{row.gpu.index}",
+            "label": f"{node.name}/{row.gpu.index}" + (" (simulated)" if node.simulated else ""),
             "at": row.at.isoformat(),
             "utilization": row.utilization_gpu_pct,
             "memory_used": row.memory_used_bytes,

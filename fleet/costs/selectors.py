@@ -162,14 +162,14 @@ class _PeriodUtilization(UtilizationIndex):
         return super().mean(gpu_id=gpu_id, start=times[index] if index >= 0 else start, end=end)
 
 
-ROLLUP_DAYS_AFTER = timedelta(hours=36)
+ROLLUP_DAYS_AFTER = timedelta(hours=2)
 
 
 def fleet_window_rollups(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
     """``fleet_window`` read from GPU rollups instead of raw samples, for history pages.
 
-    Each GPU's rollup rows are summed in the database into periods: hours (days for ranges
-    over 36 h) up to the last whole hour, and the minutes after it. A period with n rows
+    Each GPU's rollup rows are summed in the database into periods: days (hours for ranges
+    up to two hours) of hour rollups up to the last whole hour, and the minutes after it. A period with n rows
     counts as n buckets of up time from its first row, at the period's mean duty cycle, so
     the arithmetic is ``fleet_window``'s at the period's resolution and a month of a large
     fleet costs one row per GPU-day. Up time is exact for GPUs that reported throughout;
@@ -191,8 +191,11 @@ def fleet_window_rollups(*, start: datetime, end: datetime, sleeping_holds_gpu: 
         hours = hours.annotate(period=F("bucket")).values("gpu_id", "period")
     minutes = GpuMinute.objects.filter(bucket__gte=max(split, start - minute), bucket__lt=end).values("gpu_id")
     aggregate = {"first": Min("bucket"), "rows": Count("id"), "mean": Avg("utilization_mean")}
-    rows = [(row["gpu_id"], row["first"], row["rows"] * hour, row["mean"]) for row in hours.annotate(**aggregate)]
-    rows += [(row["gpu_id"], row["first"], row["rows"] * minute, row["mean"]) for row in minutes.annotate(**aggregate)]
+    fields = ("gpu_id", "first", "rows", "mean")
+    rows = [(gpu, first, n * hour, mean) for gpu, first, n, mean in hours.annotate(**aggregate).values_list(*fields)]
+    rows += [
+        (gpu, first, n * minute, mean) for gpu, first, n, mean in minutes.annotate(**aggregate).values_list(*fields)
+    ]
     rows.sort(key=lambda row: (row[0], row[1]))
     runs: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
     for gpu_id, first, up, _ in rows:

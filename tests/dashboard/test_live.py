@@ -12,7 +12,7 @@ from django.test import Client
 
 from fleet import events
 from fleet.events import SummaryThrottle, event_publish, node_group, pool_group
-from fleet.models import Gpu, Instance
+from fleet.models import Gpu, Instance, Node
 from fleet.services import instance_desire
 from tests.api.test_agent_api import Agent, batch, gpu_reading, report
 from tests.factories import make_gpu, make_instance, make_node, make_pool
@@ -99,6 +99,15 @@ def test_a_report_sends_its_gpu_numbers_to_the_node_group_and_the_fleet_summary(
     assert live["memory_used"] == reading["memory_used_bytes"] and live["power"] == reading["power_watts"]
     summary = async_to_sync(fleet_layer.receive)(fleet_channel)["event"]
     assert summary["kind"] == "fleet" and summary["gpus"] == [live]
+
+
+@pytest.mark.django_db
+def test_live_readings_of_a_simulated_node_say_so(client: Client, in_memory_channel_layer: None) -> None:
+    agent = Agent(client, name="demo-l4")
+    Node.objects.filter(pk=agent.node.pk).update(simulated=True)
+    layer, channel = listen(node_group(agent.node.pk))
+    assert agent.post(batch("demo-l4", report(1, [gpu_reading()]))).status_code == 200
+    assert async_to_sync(layer.receive)(channel)["event"]["gpus"][0]["label"] == "demo-l4/0 (simulated)"
 
 
 @pytest.mark.django_db(transaction=True)
