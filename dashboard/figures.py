@@ -212,13 +212,14 @@ def instance_states(*, states: Mapping[str, Any]) -> dict[str, Any]:
 def tier_traffic(*, counts: Mapping[str, int]) -> dict[str, Any]:
     """Requests served by the tier their complexity chose; other tiers than the pool's are fallbacks."""
     tiers = sorted(counts)
+    few = max(counts.values(), default=0) <= 10  # whole-number ticks; Plotly would draw halves
     trace = _trace(go.Bar, x=tiers, y=[counts[t] for t in tiers], marker={"color": "#2354c7"})
     return _figure(
         [trace],
         _layout(
             "Requests by routed tier",
             xaxis={"title": {"text": "tier chosen by complexity"}},
-            yaxis={"title": {"text": "requests"}, "tickformat": "d"},
+            yaxis={"title": {"text": "requests"}, "rangemode": "tozero", **({"dtick": 1} if few else {})},
         ),
     )
 

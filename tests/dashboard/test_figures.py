@@ -84,7 +84,8 @@ def test_instance_states_stack_one_trace_per_state() -> None:
 def test_tier_traffic_counts_requests_per_routed_tier() -> None:
     figure = as_json(figures.tier_traffic(counts={"S": 3, "L": 10}))
     assert (figure["data"][0]["x"], figure["data"][0]["y"]) == (["L", "S"], [10, 3])
-    assert axis_title(figure, "yaxis") == "requests"
+    assert axis_title(figure, "yaxis") == "requests" and figure["layout"]["yaxis"]["dtick"] == 1
+    assert "dtick" not in as_json(figures.tier_traffic(counts={"M": 4000}))["layout"]["yaxis"]
 
 
 def test_spend_over_time_stacks_busy_idle_unallocated_in_the_currency() -> None:
