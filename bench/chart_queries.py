@@ -7,9 +7,11 @@ the last few hours of raw 5 s samples. It then times each chart query through
 ``fleet.selectors`` (ORM and all, as the dashboard calls it), warm, several times, and
 prints the median and worst against a baseline measured in the same run: the round trip
 of ``SELECT 1`` through the same connection. A second comparison row shows what the
-24 h heatmap would cost read from minute rollups instead of hour rollups.
+24 h heatmap would cost read from minute rollups instead of hour rollups. The last rows
+time the dashboard's pages as they build their Plotly figures on the server: selector
+and figure builder together (the month to date holds the ``--days`` generated).
 
-    python bench/chart_queries.py [--gpus 1000] [--days 7] [--raw-hours 6] [--repeat 7]
+    python bench/chart_queries.py [--gpus 1000] [--days 7] [--raw-hours 6] [--repeat 7] [--db-name bench_tele]
 
 Target: every query <= 300 ms.
 """
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "bench_tele"
 GPUS_PER_HOST = 8
 POOLS = 4
 
@@ -55,7 +56,7 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
     from django.core.management import call_command
     from django.db import connection
 
-    from fleet.models import Gpu, Instance, ModelProfile, Node, Pool
+    from fleet.models import Gpu, Instance, InstanceEvent, ModelProfile, Node, Pool
 
     took: dict[str, float] = {}
     started = time.perf_counter()
@@ -85,8 +86,12 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
         Instance(pool=pools[i % POOLS], gpu=gpu, actual_state="ready")
         for i, gpu in enumerate(Gpu.objects.order_by("pk")[: gpus // 4])
     )
-    took["fleet rows"] = time.perf_counter() - started
     start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    InstanceEvent.objects.bulk_create(
+        InstanceEvent(instance=instance, at=start, state="ready", gpu_id=instance.gpu_id)
+        for instance in Instance.objects.all()
+    )
+    took["fleet rows"] = time.perf_counter() - started
     util = "(50 + 30 * sin(extract(epoch from t) / 3600.0 + g.id) + 10 * random())"
     gpu_columns = (
         "gpu_id, bucket, samples, utilization_mean, utilization_max, sm_activity_mean, sm_activity_max, "
@@ -167,25 +172,78 @@ def timed(call: Callable[[], Any], repeat: int) -> tuple[float, float, int]:
     return statistics.median(times), max(times), size
 
 
+def dashboard_figures(*, now: datetime, gpu: int, pool: int, figures: Any, pages: Any) -> list[tuple[str, Any]]:
+    """The dashboard's server-side figure building, selector and Plotly builder together; each
+    returns the figure's traces (the rows column counts traces)."""
+    from fleet.models import Gpu, Node, Pool
+
+    def span(key: str) -> Any:
+        return pages.time_range_parse(params={"range": key}, now=now)
+
+    def heatmap(key: str) -> list[Any]:
+        return figures.utilization_heatmap(grid=pages.gpu_utilization_grid(time_range=span(key)))["data"]
+
+    def node_charts(key: str) -> list[Any]:
+        node = Node.objects.get(gpus=gpu)
+        series = pages.gpu_series_by_gpu(gpus=Gpu.objects.filter(node=node), time_range=span(key))
+        return [
+            trace
+            for field in ("utilization", "memory_used", "power", "temperature")
+            for trace in figures.gpu_lines(series=series, field=field, title=field, unit=field)["data"]
+        ]
+
+    def pool_charts(key: str) -> list[Any]:
+        item = Pool.objects.get(pk=pool)
+        history = pages.pool_history(pool=item, time_range=span(key))
+        latency = figures.pool_latency(history=history, sla_ms=item.sla_latency_ms, sla_label="SLA", metric="TTFT")
+        return latency["data"] + figures.pool_queue(history=history)["data"]
+
+    def costs(key: str) -> list[Any]:
+        cost = pages.cost_page(time_range=span(key))
+        return (
+            figures.spend_over_time(buckets=cost.over_time, currency=cost.currency)["data"]
+            + figures.spend_by_pool(rows=cost.by_pool, currency=cost.currency)["data"]
+        )
+
+    return [
+        ("dashboard: heatmap 1 h (minutes)", lambda: heatmap("1h")),
+        ("dashboard: heatmap 24 h (hours)", lambda: heatmap("24h")),
+        ("dashboard: heatmap 7 d (hours)", lambda: heatmap("7d")),
+        ("dashboard: node, 8 GPUs x 4, 24 h", lambda: node_charts("24h")),
+        ("dashboard: pool latency+queue, 7 d", lambda: pool_charts("7d")),
+        (
+            "dashboard: SLA attainment, 24 h",
+            lambda: figures.sla_attainment(rows=pages.sla_attainment(time_range=span("24h")))["data"],
+        ),
+        ("dashboard: costs, 24 h", lambda: costs("24h")),
+        ("dashboard: costs, 7 d", lambda: costs("7d")),
+        ("dashboard: spend month to date", lambda: [pages.spend_summary(now=now)]),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=1000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--raw-hours", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--db-name", default="bench_tele", help="the scratch database, created and dropped here")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL the bench may create and drop the database bench_tele on",
     )
     args = parser.parse_args()
-    url = args.database_url.rsplit("/", 1)[0] + "/" + DB_NAME
-    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    admin_sql(args.database_url, f"CREATE DATABASE {DB_NAME}")
+    db_name = args.db_name
+    url = args.database_url.rsplit("/", 1)[0] + "/" + db_name
+    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+    admin_sql(args.database_url, f"CREATE DATABASE {db_name}")
     try:
         setup_django(url)
         from django.db import connection
 
+        from dashboard import figures
+        from dashboard import selectors as pages
         from fleet import selectors
         from fleet.models import Gpu, GpuMinute, GpuSample, Pool
 
@@ -234,11 +292,12 @@ def main() -> None:
             ),
             ("latest per GPU, all GPUs", lambda: selectors.gpus_latest(fresh_for=None)),
             ("compare: heatmap 24 h from minutes", heatmap_from_minutes),
+            *dashboard_figures(now=now, gpu=gpu, pool=pool, figures=figures, pages=pages),
         ]
         results = [(label, *timed(call, args.repeat)) for label, call in queries]
         connection.close()
     finally:
-        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
 
     print(
         f"chart queries: {args.gpus} GPUs, {args.days} d of minute and hour rollups, {args.raw_hours} h of raw 5 s "

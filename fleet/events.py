@@ -4,6 +4,11 @@ Routine reports are not published one by one: a thousand hosts reporting every f
 seconds would send two hundred messages a second to every open browser. Reports are
 instead coalesced into a fleet summary sent at most once per ``FLEET_SUMMARY_INTERVAL_S``
 (one second by default). Instance state changes, which are rare and matter, go out at once.
+
+Summaries carry each reporting GPU's newest numbers (utilization, memory, power,
+temperature), at most ``SUMMARY_GPUS_LISTED`` of them, so live charts extend their traces
+without reading the database. A node's own readings also go to its ``node.<id>`` group,
+one message per report batch, for the few browsers watching that node.
 """
 
 from __future__ import annotations
@@ -20,14 +25,25 @@ from django.conf import settings
 
 FLEET_GROUP = "fleet"
 SUMMARY_NODES_LISTED = 50
+SUMMARY_GPUS_LISTED = 256
 
 
-def event_publish(*, kind: str, payload: dict[str, Any]) -> None:
-    """Send a small event to every browser watching the fleet."""
+def node_group(node_id: int) -> str:
+    return f"node.{node_id}"
+
+
+def pool_group(pool_id: int) -> str:
+    return f"pool.{pool_id}"
+
+
+def event_publish(*, kind: str, payload: dict[str, Any], groups: tuple[str, ...] = (FLEET_GROUP,)) -> None:
+    """Send a small event to every browser watching the fleet (or the given groups)."""
     layer = get_channel_layer()
     if layer is None:
         return
-    async_to_sync(layer.group_send)(FLEET_GROUP, {"type": "fleet.event", "event": {"kind": kind, **payload}})
+    message = {"type": "fleet.event", "event": {"kind": kind, **payload}}
+    for group in groups:
+        async_to_sync(layer.group_send)(group, message)
 
 
 @dataclass
@@ -53,10 +69,15 @@ class SummaryThrottle:
     _reports: int = 0
     _gpu_samples: int = 0
     _nodes: dict[str, None] = field(default_factory=dict)
+    _gpus: dict[int, dict[str, Any]] = field(default_factory=dict)
     _since: float | None = None
 
-    def add(self, *, node: str, reports: int, gpu_samples: int) -> bool:
-        """Count one ingested batch; publish the summary if the interval allows. True if sent."""
+    def add(self, *, node: str, reports: int, gpu_samples: int, gpus: tuple[dict[str, Any], ...] = ()) -> bool:
+        """Count one ingested batch; publish the summary if the interval allows. True if sent.
+
+        ``gpus`` are the batch's newest reading per GPU (``{"gpu": id, ...}``); a later
+        reading of the same GPU within the interval replaces an earlier one.
+        """
         with self._lock:
             now = self.clock()
             if self._since is None:
@@ -64,6 +85,9 @@ class SummaryThrottle:
             self._reports += reports
             self._gpu_samples += gpu_samples
             self._nodes[node] = None
+            for reading in gpus:
+                if reading["gpu"] in self._gpus or len(self._gpus) < SUMMARY_GPUS_LISTED:
+                    self._gpus[reading["gpu"]] = reading
             if now - self._last_sent < self.interval_s or not self.claim(self.interval_s):
                 return False
             summary = {
@@ -72,10 +96,12 @@ class SummaryThrottle:
                 "nodes_reporting": len(self._nodes),
                 "nodes": list(self._nodes)[:SUMMARY_NODES_LISTED],
                 "window_s": round(now - self._since, 3),
+                "gpus": list(self._gpus.values()),
             }
             self._last_sent = now
             self._reports = self._gpu_samples = 0
             self._nodes = {}
+            self._gpus = {}
             self._since = None
         self.publish(summary)
         return True
@@ -110,6 +136,6 @@ def _summary_throttle() -> SummaryThrottle:
         return _throttle
 
 
-def fleet_summary_add(*, node: str, reports: int, gpu_samples: int) -> bool:
+def fleet_summary_add(*, node: str, reports: int, gpu_samples: int, gpus: tuple[dict[str, Any], ...] = ()) -> bool:
     """Note an ingested batch for the coalesced ``fleet`` summary; True if a summary went out."""
-    return _summary_throttle().add(node=node, reports=reports, gpu_samples=gpu_samples)
+    return _summary_throttle().add(node=node, reports=reports, gpu_samples=gpu_samples, gpus=gpus)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import pairwise
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -19,7 +20,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet import catalog
-from fleet.events import event_publish, fleet_summary_add
+from fleet.events import event_publish, fleet_summary_add, node_group
 from fleet.models import (
     BatchJob,
     Gpu,
@@ -268,15 +269,17 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
         changed: list[int] = []
         ended: list[int] = []
-        gpu_samples = 0
+        gpu_rows: list[GpuSample] = []
         if fresh:
-            changed, gpu_samples, ended = _store(locked, fresh, batch.dropped)
+            changed, gpu_rows, ended = _store(locked, fresh, batch.dropped)
     if changed:
         event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
     if ended:
         event_publish(kind="batch_jobs", payload={"node": node.name, "batch_jobs_ended": ended})
     if fresh:
-        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=gpu_samples)
+        readings = gpu_readings_live(node=node, rows=gpu_rows)
+        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=len(gpu_rows), gpus=readings)
+        event_publish(kind="gpus", payload={"node": node.name, "gpus": list(readings)}, groups=(node_group(node.pk),))
     return protocol.Reply(
         ack_seq=max(seqs[-1], locked.last_seq),
         desired=desired_for(node),
@@ -290,11 +293,30 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
     )
 
 
-def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], int, list[int]]:
+def gpu_readings_live(*, node: Node, rows: list[GpuSample]) -> tuple[dict[str, Any], ...]:
+    """Each GPU's newest stored sample as the few numbers live charts extend their traces with."""
+    newest: dict[int, GpuSample] = {}
+    for row in rows:
+        newest[row.gpu_id] = row
+    return tuple(
+        {
+            "gpu": gpu_id,
+            "label": f"{node.name}/{row.gpu.index}" + (" (simulated)" if node.simulated else ""),
+            "at": row.at.isoformat(),
+            "utilization": row.utilization_gpu_pct,
+            "memory_used": row.memory_used_bytes,
+            "power": row.power_watts,
+            "temperature": row.temperature_c,
+        }
+        for gpu_id, row in newest.items()
+    )
+
+
+def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], list[GpuSample], list[int]]:
     """Write the reports' samples (one INSERT per table) and the node's newest state.
 
-    Returns the instances whose state changed, the number of GPU samples stored and the
-    batch jobs that ended.
+    Returns the instances whose state changed, the GPU samples stored and the batch jobs
+    that ended.
     """
     newest = reports[-1]
     gpus = _sync_gpus(node, newest.gpus)
@@ -334,7 +356,7 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[li
         containers=[container.model_dump() for container in newest.containers],
         reports_dropped=F("reports_dropped") + dropped,
     )
-    return changed, len(gpu_rows), ended
+    return changed, gpu_rows, ended
 
 
 def _apply_batch_job_states(node: Node, latest: dict[int, tuple[datetime, protocol.BatchJobSample]]) -> list[int]:

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from fleet.events import event_publish
+from fleet.events import FLEET_GROUP, event_publish, pool_group
 from fleet.models import (
     ApiKey,
     BatchJob,
@@ -111,7 +111,15 @@ def _decision_event(decision: Decision, payload: dict[str, Any]) -> None:
     transaction.on_commit(
         lambda: event_publish(
             kind="decision",
-            payload={"decision": decision.pk, "pool": decision.pool_id, "action": decision.action, **payload},
+            payload={
+                "decision": decision.pk,
+                "pool": decision.pool_id,
+                "action": decision.action,
+                "policy_kind": decision.policy_kind,
+                "at": decision.created_at.isoformat(),
+                **payload,
+            },
+            groups=(FLEET_GROUP, pool_group(decision.pool_id)) if decision.pool_id else (FLEET_GROUP,),
         )
     )
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Avg, Count, Exists, F, Min, OuterRef, Subquery
+from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from fleet import catalog
@@ -243,6 +245,68 @@ def fleet_window(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | N
         allocations=allocations_split(holds, mig_slices=_mig_slices()),
         up=up,
         utilization=utilization,
+        pools=dict(Instance.objects.values_list("pk", "pool_id")),
+    )
+
+
+class _PeriodUtilization(UtilizationIndex):
+    """Duty cycle from rollup periods: an interval starting inside a period reads from the period's start."""
+
+    def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
+        times = self._times.get(gpu_id, [])
+        index = bisect.bisect_right(times, start) - 1
+        return super().mean(gpu_id=gpu_id, start=times[index] if index >= 0 else start, end=end)
+
+
+ROLLUP_DAYS_AFTER = timedelta(hours=2)
+
+
+def fleet_window_rollups(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
+    """``fleet_window`` read from GPU rollups instead of raw samples, for history pages.
+
+    Each GPU's rollup rows are summed in the database into periods: days (hours for ranges
+    up to two hours) of hour rollups up to the last whole hour, and the minutes after it. A period with n rows
+    counts as n buckets of up time from its first row, at the period's mean duty cycle, so
+    the arithmetic is ``fleet_window``'s at the period's resolution and a month of a large
+    fleet costs one row per GPU-day. Up time is exact for GPUs that reported throughout;
+    where a period has gaps, its up time is right but placed from its first row.
+    """
+    from fleet.models import GpuHour, GpuMinute
+
+    if sleeping_holds_gpu is None:
+        sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
+    states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
+    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
+    hour, minute = timedelta(hours=1), timedelta(minutes=1)
+    split = max(end.replace(minute=0, second=0, microsecond=0), start)
+    first_hour = start.replace(minute=0, second=0, microsecond=0)
+    hours = GpuHour.objects.filter(bucket__gte=first_hour, bucket__lt=split)
+    if end - start > ROLLUP_DAYS_AFTER:
+        hours = hours.annotate(period=TruncDay("bucket", tzinfo=UTC)).values("gpu_id", "period")
+    else:
+        hours = hours.annotate(period=F("bucket")).values("gpu_id", "period")
+    minutes = GpuMinute.objects.filter(bucket__gte=max(split, start - minute), bucket__lt=end).values("gpu_id")
+    aggregate = {"first": Min("bucket"), "rows": Count("id"), "mean": Avg("utilization_mean")}
+    fields = ("gpu_id", "first", "rows", "mean")
+    rows = [(gpu, first, n * hour, mean) for gpu, first, n, mean in hours.annotate(**aggregate).values_list(*fields)]
+    rows += [
+        (gpu, first, n * minute, mean) for gpu, first, n, mean in minutes.annotate(**aggregate).values_list(*fields)
+    ]
+    rows.sort(key=lambda row: (row[0], row[1]))
+    runs: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for gpu_id, first, up, _ in rows:
+        mine = runs[gpu_id]
+        if mine and mine[-1][1] == first:
+            mine[-1] = (mine[-1][0], first + up)
+        else:
+            mine.append((first, first + up))
+    return FleetWindow(
+        start=start,
+        end=end,
+        gpus=_gpus(),
+        allocations=allocations_split(holds, mig_slices=_mig_slices()),
+        up={gpu_id: _clip(mine, start, end) for gpu_id, mine in runs.items()},
+        utilization=_PeriodUtilization((gpu_id, first, mean) for gpu_id, first, _, mean in rows),
         pools=dict(Instance.objects.values_list("pk", "pool_id")),
     )
 

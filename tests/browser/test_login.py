@@ -32,4 +32,4 @@ def test_anonymous_visitor_is_sent_to_sign_in_and_then_sees_the_fleet(live_serve
     assert rows.count() == 2
     assert page.locator("#nodes .badge.sim").inner_text() == "simulated"
     assert "chat-l" in page.locator("#pools").inner_text()
-    screenshot(page, "overview")
+    screenshot(page, "overview-tables")

@@ -2,7 +2,8 @@
 
 Django's own live server speaks WSGI only; pages with live updates need the ASGI app.
 It runs in the test process, so it sees the test database, and on the Redis channel
-layer so events sent from any thread reach the sockets.
+layer so events sent from any thread reach the sockets. Static files (the admin's, the
+dashboard's script) are served as ``runserver`` serves them in development.
 """
 
 from __future__ import annotations
@@ -12,36 +13,55 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from tests.support.require import require
 
 
-@dataclass(frozen=True)
+@dataclass
 class AsgiServer:
-    url: str
+    """uvicorn serving the app on one port; ``restart`` stops it and serves again on the same port."""
+
+    port: int
+    app: Any
+    _server: Any = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import uvicorn
+
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        assert self._thread is not None
+        self._thread.join(timeout=10)
 
 
 @pytest.fixture
 def asgi_live_server(transactional_db: None, settings: object) -> Iterator[AsgiServer]:
     require(bool(os.environ.get("REDIS_URL")), "live pages need the Redis channel layer: set REDIS_URL")
-    import uvicorn
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     from fleet.asgi import application
     from tests.support.vllm_server import free_port
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]  # type: ignore[attr-defined]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield AsgiServer(url=f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    thread.join(timeout=10)
+    server = AsgiServer(port=free_port(), app=ASGIStaticFilesHandler(application))
+    server.start()
+    yield server
+    server.stop()

@@ -25,7 +25,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "test-results" / "screenshots"
+ROOT = Path(__file__).resolve().parent.parent.parent
+SCREENSHOTS = ROOT / "test-results" / "screenshots"
+# With FLEET_SCREENSHOTS=1 the pages' screenshots also land here, for the README.
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
 def chromium_path() -> str | None:
@@ -60,7 +63,8 @@ def page(browser: object) -> Iterator[object]:
 
 
 def screenshot(page: object, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    folder = DOCS_SCREENSHOTS if os.environ.get("FLEET_SCREENSHOTS") == "1" else SCREENSHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
     return path

@@ -1,0 +1,439 @@
+"""Plotly figures built on the server from selector output, as JSON-ready dicts.
+
+Each builder is a small pure function: selector output in, ``Figure.to_plotly_json()`` out,
+so a page's template only drops the dict into ``json_script`` and ``Plotly.newPlot``. Every
+axis names its unit and every amount of money its currency. Traces that live updates
+extend carry ``meta`` (the GPU id, say) so the browser finds them without guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.basedatatypes import BaseTraceType
+
+TIME_AXIS = {"title": {"text": "time (UTC)"}, "type": "date"}
+STATE_COLOURS = {
+    "starting": "#e0a100",
+    "ready": "#2a9d55",
+    "sleeping": "#7b8bb2",
+    "stopping": "#c46b2c",
+    "stopped": "#b8bec9",
+    "failed": "#c0392b",
+    "pending": "#d5d9e0",
+    "unknown": "#9aa1ad",
+}
+
+
+def _layout(title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"size": 15}, "y": 0.97, "yanchor": "top"},
+        "margin": {"l": 70, "r": 20, "t": 75, "b": 50},
+        "height": 340,
+        "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": 1.01, "yanchor": "bottom"},
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#ffffff",
+        **extra,
+    }
+
+
+ARRAYS = ("x", "y", "z", "customdata")
+
+Trace = tuple[BaseTraceType, dict[str, list[Any]]]
+
+
+def _trace(kind: type[BaseTraceType], **properties: Any) -> Trace:
+    """A trace built and checked by ``plotly.graph_objects``, its data arrays kept apart.
+
+    Plotly validates every element of an array it is given; for a fleet's heatmap that
+    costs more than the query behind it. Arrays (plain numbers, strings and datetimes
+    from the selectors) are attached to the JSON after the figure is built instead.
+    """
+    arrays = {key: list(properties.pop(key)) for key in ARRAYS if key in properties}
+    return kind(**properties), arrays
+
+
+def _figure(traces: Sequence[Trace], layout: dict[str, Any]) -> dict[str, Any]:
+    figure = go.Figure(data=[trace for trace, _ in traces], layout=layout)
+    figure.update_xaxes(gridcolor="#eef0f4")
+    figure.update_yaxes(gridcolor="#eef0f4")
+    built = figure.to_plotly_json()
+    for trace, (_, arrays) in zip(built["data"], traces, strict=True):
+        trace.update(arrays)
+    return built
+
+
+def _money(values: Sequence[Decimal | float | None]) -> list[float | None]:
+    return [None if v is None else round(float(v), 4) for v in values]
+
+
+def utilization_heatmap(*, grid: Mapping[str, Any]) -> dict[str, Any]:
+    """Duty cycle per GPU, or per node in a large fleet (rows), per bucket (columns), 0-100 %;
+    simulated GPUs and nodes say so in their label."""
+    labels = [f"{row['label']} (simulated)" if row["simulated"] else row["label"] for row in grid["rows"]]
+    trace = _trace(
+        go.Heatmap,
+        x=list(grid["at"]),
+        y=labels,
+        z=[list(row) for row in grid["utilization"]],
+        zmin=0,
+        zmax=100,
+        colorscale="Blues",
+        colorbar={"title": {"text": "utilization (%)"}},
+        hovertemplate="%{y}<br>%{x}<br>%{z:.0f} %<extra></extra>",
+    )
+    height = max(260, 60 + 22 * len(labels))
+    return _figure(
+        [trace],
+        _layout(
+            "GPU utilization (duty cycle, %)",
+            xaxis=TIME_AXIS,
+            yaxis={"title": {"text": "node (mean of its GPUs)" if grid["by_node"] else "GPU (node/index)"}},
+            height=height,
+        ),
+    )
+
+
+def gpu_lines(
+    *, series: Sequence[Mapping[str, Any]], field: str, title: str, unit: str, scale: float = 1.0
+) -> dict[str, Any]:
+    """One line per GPU of ``field`` over time (divided by ``scale``, e.g. bytes to GiB)."""
+    traces = [
+        _trace(
+            go.Scatter,
+            x=list(gpu["at"]),
+            y=[None if v is None else v / scale for v in gpu[field]],
+            mode="lines",
+            name=f"{gpu['label']} (simulated)" if gpu.get("simulated") else gpu["label"],
+            meta={"gpu": gpu["gpu"], "field": field, "scale": scale},
+        )
+        for gpu in series
+    ]
+    return _figure(traces, _layout(title, xaxis=TIME_AXIS, yaxis={"title": {"text": unit}, "rangemode": "tozero"}))
+
+
+def pool_latency(*, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label: str, metric: str) -> dict[str, Any]:
+    """Latency percentiles (ms) of the pool's SLA metric against its SLA line."""
+    at = list(history.get("at", []))
+    traces = [
+        _trace(go.Scatter, x=at, y=list(history.get(q, [])), mode="lines", name=q.upper())
+        for q in ("p50", "p95", "p99")
+    ]
+    if at:
+        traces.append(
+            _trace(
+                go.Scatter,
+                x=[at[0], at[-1]],
+                y=[sla_ms, sla_ms],
+                mode="lines",
+                name=f"SLA {sla_ms} ms",
+                hovertext=sla_label,
+                line={"dash": "dash", "color": "#c0392b"},
+            )
+        )
+    return _figure(
+        traces,
+        _layout(
+            f"Latency ({metric}) against the SLA",
+            xaxis=TIME_AXIS,
+            yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"},
+        ),
+    )
+
+
+def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """Requests waiting (mean and peak per bucket) and instances reporting."""
+    at = list(history.get("at", []))
+    traces = [
+        _trace(go.Scatter, x=at, y=list(history.get("queue_mean", [])), mode="lines", name="waiting, mean"),
+        _trace(
+            go.Scatter,
+            x=at,
+            y=list(history.get("queue_max", [])),
+            mode="lines",
+            name="waiting, peak",
+            line={"dash": "dot"},
+        ),
+        _trace(
+            go.Scatter,
+            x=at,
+            y=list(history.get("instances", [])),
+            mode="lines",
+            name="instances reporting",
+            yaxis="y2",
+            line={"shape": "hv"},
+        ),
+    ]
+    return _figure(
+        traces,
+        _layout(
+            "Queue and instances",
+            xaxis=TIME_AXIS,
+            yaxis={"title": {"text": "requests waiting"}, "rangemode": "tozero"},
+            yaxis2={
+                "title": {"text": "instances"},
+                "overlaying": "y",
+                "side": "right",
+                "rangemode": "tozero",
+                "dtick": 1,
+            },
+        ),
+    )
+
+
+def instance_states(*, states: Mapping[str, Any]) -> dict[str, Any]:
+    """Instances of the pool in each actual state over time, stacked steps."""
+    traces = [
+        _trace(
+            go.Scatter,
+            x=list(states["at"]),
+            y=counts,
+            mode="lines",
+            name=state,
+            stackgroup="states",
+            line={"shape": "hv", "color": STATE_COLOURS.get(state)},
+        )
+        for state, counts in states["states"].items()
+    ]
+    return _figure(
+        traces,
+        _layout(
+            "Instances by state",
+            xaxis=TIME_AXIS,
+            yaxis={"title": {"text": "instances"}, "dtick": 1, "rangemode": "tozero"},
+        ),
+    )
+
+
+def tier_traffic(*, counts: Mapping[str, int]) -> dict[str, Any]:
+    """Requests served by the tier their complexity chose; other tiers than the pool's are fallbacks."""
+    tiers = sorted(counts)
+    few = max(counts.values(), default=0) <= 10  # whole-number ticks; Plotly would draw halves
+    trace = _trace(go.Bar, x=tiers, y=[counts[t] for t in tiers], marker={"color": "#2354c7"})
+    return _figure(
+        [trace],
+        _layout(
+            "Requests by routed tier",
+            xaxis={"title": {"text": "tier chosen by complexity"}},
+            yaxis={"title": {"text": "requests"}, "rangemode": "tozero", **({"dtick": 1} if few else {})},
+        ),
+    )
+
+
+def spend_over_time(*, buckets: Mapping[str, Sequence[Any]], currency: str) -> dict[str, Any]:
+    """Spend per bucket, stacked busy / idle (allocated) / unallocated."""
+    at = list(buckets["at"])
+    colours = {"busy": "#2354c7", "idle": "#9db4ec", "unallocated": "#e0a100"}
+    traces = [
+        _trace(
+            go.Bar,
+            x=at,
+            y=_money(buckets[part]),
+            name=part,
+            marker={"color": colours[part]},
+            hovertemplate=f"%{{y:.2f}} {currency}<extra>{part}</extra>",
+        )
+        for part in ("busy", "idle", "unallocated")
+    ]
+    return _figure(
+        traces,
+        _layout(
+            f"Spend over time ({currency})",
+            barmode="stack",
+            xaxis=TIME_AXIS,
+            yaxis={"title": {"text": f"spend ({currency})"}},
+        ),
+    )
+
+
+def spend_by_pool(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
+    """Each pool's spend split busy / idle; the unallocated row is all idle."""
+    names = [row["name"] for row in rows]
+    traces = [
+        _trace(
+            go.Bar,
+            y=names,
+            x=_money([row["busy"] for row in rows]),
+            name="busy",
+            orientation="h",
+            marker={"color": "#2354c7"},
+        ),
+        _trace(
+            go.Bar,
+            y=names,
+            x=_money([row["idle"] for row in rows]),
+            name="idle",
+            orientation="h",
+            marker={"color": "#9db4ec"},
+        ),
+    ]
+    return _figure(
+        traces,
+        _layout(
+            f"Spend by pool ({currency})",
+            barmode="stack",
+            xaxis={"title": {"text": f"spend ({currency})"}},
+            yaxis={"title": {"text": "pool"}, "automargin": True},
+        ),
+    )
+
+
+def spend_by_team(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
+    trace = _trace(
+        go.Bar,
+        y=[row["name"] for row in rows],
+        x=_money([row["spend"] for row in rows]),
+        orientation="h",
+        marker={"color": "#2354c7"},
+    )
+    return _figure(
+        [trace],
+        _layout(
+            f"Spend by team ({currency})",
+            xaxis={"title": {"text": f"spend ({currency})"}},
+            yaxis={"title": {"text": "team"}, "automargin": True},
+        ),
+    )
+
+
+def cost_per_million_tokens(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
+    """Each pool's spend over the tokens it served (prompt + generated), per million tokens."""
+    priced = [row for row in rows if row["cost"] is not None]
+    trace = _trace(
+        go.Bar,
+        x=[row["name"] for row in priced],
+        y=_money([row["cost"] for row in priced]),
+        marker={"color": "#2a9d55"},
+        hovertemplate=f"%{{y:.4f}} {currency} per 1M tokens<extra>%{{x}}</extra>",
+    )
+    return _figure(
+        [trace],
+        _layout(
+            f"Cost per million tokens ({currency})",
+            xaxis={"title": {"text": "pool"}},
+            yaxis={"title": {"text": f"{currency} per 1M tokens"}, "rangemode": "tozero"},
+        ),
+    )
+
+
+def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
+    """Each budget's spend so far as a share of its amount, against its soft and hard thresholds."""
+    names = [f"{row['name']} ({row['scope']}, {row['period']})" for row in rows]
+    shares = [float(row["spent"] / row["amount"] * 100) if row["amount"] else None for row in rows]
+    trace = _trace(
+        go.Bar,
+        y=names,
+        x=shares,
+        orientation="h",
+        name="spent",
+        marker={
+            "color": [
+                "#c0392b"
+                if s is not None and s >= row["hard_pct"]
+                else "#e0a100"
+                if s is not None and s >= row["soft_pct"]
+                else "#2a9d55"
+                for s, row in zip(shares, rows, strict=True)
+            ]
+        },
+        customdata=[[float(row["spent"]), float(row["amount"])] for row in rows],
+        hovertemplate=f"%{{customdata[0]:.2f}} of %{{customdata[1]:.2f}} {currency} (%{{x:.0f}} %)<extra></extra>",
+    )
+    thresholds = [
+        _trace(
+            go.Scatter,
+            x=[row[key] for row in rows],
+            y=names,
+            mode="markers",
+            name=label,
+            marker={"symbol": "line-ns-open", "size": 18, "color": colour},
+        )
+        for key, label, colour in (("soft_pct", "soft threshold", "#9a5b00"), ("hard_pct", "hard threshold", "#c0392b"))
+    ]
+    return _figure(
+        [trace, *thresholds],
+        _layout(
+            f"Budget burn (% of amount in {currency})",
+            xaxis={"title": {"text": "spent (% of budget)"}, "rangemode": "tozero"},
+            yaxis={"title": {"text": "budget"}, "automargin": True},
+            height=max(220, 110 + 40 * len(rows)),
+        ),
+    )
+
+
+def sla_attainment(*, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Share of each pool's requests served within its SLA, 0-100 %."""
+    measured = [row for row in rows if row["attainment"] is not None]
+    trace = _trace(
+        go.Bar,
+        x=[row["name"] for row in measured],
+        y=[row["attainment"] * 100 for row in measured],
+        customdata=[row["sla"] for row in measured],
+        marker={"color": "#2a9d55"},
+        hovertemplate="%{x}: %{y:.1f} % within %{customdata}<extra></extra>",
+    )
+    return _figure(
+        [trace],
+        _layout(
+            "SLA attainment",
+            xaxis={"title": {"text": "pool"}},
+            yaxis={"title": {"text": "requests within SLA (%)"}, "range": [0, 100]},
+        ),
+    )
+
+
+def decisions_timeline(*, decisions: Sequence[Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """Every decision as a point at its time over the whole ``span``, one row per policy kind, the reason on hover."""
+    by_kind: dict[str, list[Any]] = {}
+    for decision in decisions:
+        by_kind.setdefault(decision.policy_kind, []).append(decision)
+    traces = [
+        _trace(
+            go.Scatter,
+            x=[d.created_at for d in rows],
+            y=[kind] * len(rows),
+            mode="markers",
+            name=kind,
+            meta={"policy_kind": kind},
+            marker={"size": 10, "symbol": "diamond"},
+            customdata=[[d.action, d.pool.name if d.pool else "fleet", d.reason[:200]] for d in rows],
+            hovertemplate="%{x}<br>%{customdata[0]} on %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
+        )
+        for kind, rows in sorted(by_kind.items())
+    ]
+    return _figure(
+        traces,
+        _layout(
+            "Decisions over time",
+            xaxis={**TIME_AXIS, "range": list(span)},
+            yaxis={"title": {"text": "decided by"}, "type": "category"},
+            showlegend=False,
+        ),
+    )
+
+
+def request_latency(*, requests: Sequence[Any]) -> dict[str, Any]:
+    """Latency (ms) of recent requests over time, cold starts marked apart."""
+    traces = []
+    for cold, name, colour in ((False, "warm", "#2354c7"), (True, "cold start", "#c0392b")):
+        rows = [r for r in requests if r.cold_start is cold]
+        traces.append(
+            _trace(
+                go.Scatter,
+                x=[r.at for r in rows],
+                y=[r.latency_ms for r in rows],
+                mode="markers",
+                name=name,
+                marker={"color": colour, "size": 7},
+                customdata=[[r.tier, r.pool.name if r.pool else "–"] for r in rows],
+                hovertemplate="%{y:.0f} ms, tier %{customdata[0]}, %{customdata[1]}<extra></extra>",
+            )
+        )
+    return _figure(
+        traces,
+        _layout("Recent requests", xaxis=TIME_AXIS, yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"}),
+    )

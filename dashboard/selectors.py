@@ -1,0 +1,513 @@
+"""Reads shaped for the dashboard's pages: history from rollups, never from raw samples.
+
+Every range a page shows (1 h, 24 h, 7 d, 30 d or custom) reads minute rollups up to a
+day and hour rollups beyond, so a chart holds at most about 1,500 points per series.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Avg, Count, F, Prefetch, QuerySet
+from django.db.models.functions import TruncDay
+from django.template.defaultfilters import pluralize
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from fleet.costs.budgets import usage_source_configured
+from fleet.costs.selectors import (
+    billing_currency,
+    fleet_window_rollups,
+    period_bounds,
+    run_rate,
+    savings_compute,
+    spend_report,
+    team_spend,
+)
+from fleet.costs.spend import ALLOCATED, UNALLOCATED, SpendReport
+from fleet.models import (
+    Alert,
+    BatchJob,
+    Budget,
+    Decision,
+    Gpu,
+    GpuHour,
+    GpuMinute,
+    Instance,
+    InstanceEvent,
+    Node,
+    Pool,
+    PoolHour,
+    PoolMinute,
+    RequestLog,
+    Team,
+)
+from fleet.policies.snapshot import histogram_quantile
+
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+DEFAULT_RANGE = "24h"
+MINUTE_ROLLUPS_UP_TO = timedelta(hours=25)
+HEATMAP_MINUTES_UP_TO = timedelta(hours=2)
+HEATMAP_HOURS_UP_TO = timedelta(days=8)
+HEATMAP_GPU_ROWS = 100
+CUSTOM_MAX = timedelta(days=400)
+DECISIONS_SHOWN = 500
+REQUESTS_SHOWN = 200
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    key: str
+    start: datetime
+    end: datetime
+
+    @property
+    def bucket(self) -> timedelta:
+        return timedelta(minutes=1) if self.end - self.start <= MINUTE_ROLLUPS_UP_TO else timedelta(hours=1)
+
+    @property
+    def resolution(self) -> str:
+        return "minute" if self.bucket == timedelta(minutes=1) else "hour"
+
+
+def time_range_parse(*, params: Mapping[str, str], now: datetime | None = None) -> TimeRange:
+    """The range a page asked for: ``range=1h|24h|7d|30d``, or ``start``/``end`` (ISO) for a custom one.
+
+    Anything unreadable falls back to the last 24 hours rather than an error page.
+    """
+    now = now or timezone.now()
+    key = params.get("range", DEFAULT_RANGE)
+    if key == "custom":
+        start, end = parse_datetime(params.get("start", "") or ""), parse_datetime(params.get("end", "") or "")
+        if start and end:
+            start = start if timezone.is_aware(start) else timezone.make_aware(start)
+            end = end if timezone.is_aware(end) else timezone.make_aware(end)
+            if start < end and end - start <= CUSTOM_MAX:
+                return TimeRange(key="custom", start=start, end=end)
+        key = DEFAULT_RANGE
+    span = RANGES.get(key, RANGES[DEFAULT_RANGE])
+    return TimeRange(key=key if key in RANGES else DEFAULT_RANGE, start=now - span, end=now)
+
+
+def _gpu_rollups(time_range: TimeRange) -> QuerySet[Any]:
+    model = GpuMinute if time_range.resolution == "minute" else GpuHour
+    return model.objects.filter(bucket__gte=time_range.start, bucket__lt=time_range.end)
+
+
+def gpu_labels(*, gpus: QuerySet[Gpu]) -> list[dict[str, Any]]:
+    """``node/index`` labels of GPUs in display order, with the node's simulated flag."""
+    return [
+        {"gpu": pk, "label": f"{name}/{index}", "simulated": simulated}
+        for pk, name, index, simulated in gpus.order_by("node__name", "index").values_list(
+            "pk", "node__name", "index", "node__simulated"
+        )
+    ]
+
+
+def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
+    """Mean duty cycle per row per column: rows GPUs (or nodes), columns minutes, hours or days.
+
+    The grid stays small whatever the fleet: columns are minute rollups up to two hours,
+    hour rollups up to eight days, hour rollups averaged per day beyond; a fleet of more
+    than ``HEATMAP_GPU_ROWS`` GPUs gets a row per node (the mean of its GPUs). Averages
+    are taken in the database. A cell without data stays None.
+    """
+    span = time_range.end - time_range.start
+    by_node = Gpu.objects.count() > HEATMAP_GPU_ROWS
+    key = "gpu__node_id" if by_node else "gpu_id"
+    window = {"bucket__gte": time_range.start, "bucket__lt": time_range.end}
+    if span <= HEATMAP_MINUTES_UP_TO:
+        cells = GpuMinute.objects.filter(**window).annotate(column=F("bucket"))
+    elif span <= HEATMAP_HOURS_UP_TO:
+        cells = GpuHour.objects.filter(**window).annotate(column=F("bucket"))
+    else:
+        cells = GpuHour.objects.filter(**window).annotate(column=TruncDay("bucket", tzinfo=UTC))
+    rows = list(cells.values(key, "column").annotate(mean=Avg("utilization_mean")).values_list(key, "column", "mean"))
+    if by_node:
+        labels = [
+            {"id": pk, "label": f"{name} ({count} GPU{pluralize(count)})", "simulated": simulated}
+            for pk, name, simulated, count in Node.objects.annotate(count=Count("gpus"))
+            .filter(count__gt=0)
+            .order_by("name")
+            .values_list("pk", "name", "simulated", "count")
+        ]
+    else:
+        labels = [{"id": gpu["gpu"], **gpu} for gpu in gpu_labels(gpus=Gpu.objects.all())]
+    index = {row["id"]: i for i, row in enumerate(labels)}
+    columns = sorted({column for _key, column, _value in rows})
+    position = {column: i for i, column in enumerate(columns)}
+    grid: list[list[float | None]] = [[None] * len(columns) for _ in labels]
+    for row_key, column, value in rows:
+        if row_key in index:
+            grid[index[row_key]][position[column]] = value
+    return {"at": columns, "rows": labels, "by_node": by_node, "utilization": grid}
+
+
+def gpu_series_by_gpu(*, gpus: QuerySet[Gpu], time_range: TimeRange) -> list[dict[str, Any]]:
+    """Each GPU's utilization (%), memory used (bytes), power (W) and hottest temperature (°C) per bucket."""
+    labels = gpu_labels(gpus=gpus)
+    series = {
+        gpu["gpu"]: {**gpu, "at": [], "utilization": [], "memory_used": [], "power": [], "temperature": []}
+        for gpu in labels
+    }
+    rows = (
+        _gpu_rollups(time_range)
+        .filter(gpu_id__in=list(series))
+        .order_by("gpu_id", "bucket")
+        .values_list("gpu_id", "bucket", "utilization_mean", "memory_used_mean", "power_mean", "temperature_max")
+    )
+    for gpu_id, bucket, utilization, memory, power, temperature in rows:
+        one = series[gpu_id]
+        one["at"].append(bucket)
+        one["utilization"].append(utilization)
+        one["memory_used"].append(memory)
+        one["power"].append(power)
+        one["temperature"].append(temperature)
+    return [series[gpu["gpu"]] for gpu in labels]
+
+
+def _pool_rollups(time_range: TimeRange) -> QuerySet[Any]:
+    model = PoolMinute if time_range.resolution == "minute" else PoolHour
+    return model.objects.filter(bucket__gte=time_range.start, bucket__lt=time_range.end)
+
+
+STORED_PERCENTILES = (50, 95, 99)
+
+
+def _sla_fields(pool: Pool) -> tuple[str, ...]:
+    """The rollup column holding the pool's SLA percentile, or its histogram where none is stored."""
+    metric = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
+    if pool.sla_percentile in STORED_PERCENTILES:
+        return (f"{metric}_p{pool.sla_percentile}_s",)
+    return (f"{metric}_histogram",)
+
+
+def _sla_seconds(pool: Pool, row: Mapping[str, Any]) -> float | None:
+    """The pool's SLA percentile of its SLA metric in one rollup row.
+
+    P50, P95 and P99 are stored by the rollup; any other percentile is read from the merged
+    histogram, whose JSON costs far more to load, so it is fetched only then.
+    """
+    (field,) = _sla_fields(pool)
+    if not field.endswith("_histogram"):
+        return row[field]
+    histogram = row[field]
+    if not histogram or not histogram.get("count"):
+        return None
+    return histogram_quantile(
+        quantile=pool.sla_percentile / 100,
+        bounds=histogram["bounds"],
+        counts=histogram["counts"],
+        count=histogram["count"],
+    )
+
+
+def pool_history(*, pool: Pool, time_range: TimeRange) -> dict[str, list[Any]]:
+    """A pool's latency percentiles of its SLA metric (ms), queue and traffic per bucket."""
+    prefix = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
+    quantiles = ("p50", "p95", "p99")
+    out: dict[str, list[Any]] = defaultdict(list)
+    rows = (
+        _pool_rollups(time_range)
+        .filter(pool=pool)
+        .order_by("bucket")
+        .values(
+            "bucket",
+            "requests",
+            "instances",
+            "requests_waiting_mean",
+            "requests_waiting_max",
+            *(f"{prefix}_{q}_s" for q in quantiles),
+        )
+    )
+    for row in rows:
+        out["at"].append(row["bucket"])
+        for q in quantiles:
+            value = row[f"{prefix}_{q}_s"]
+            out[q].append(None if value is None else value * 1000)
+        out["queue_mean"].append(row["requests_waiting_mean"])
+        out["queue_max"].append(row["requests_waiting_max"])
+        out["requests"].append(row["requests"])
+        out["instances"].append(row["instances"])
+    return dict(out)
+
+
+def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
+    """Per enabled pool: the share of requests served in buckets whose SLA percentile met the SLA.
+
+    Weighted by requests, so a quiet bucket that missed counts less than a busy one that met it.
+    None where the pool served no request in the range.
+    """
+    pools = {pool.pk: pool for pool in Pool.objects.filter(enabled=True).order_by("tier", "name")}
+    met: dict[int, float] = defaultdict(float)
+    total: dict[int, float] = defaultdict(float)
+    fields = sorted({field for pool in pools.values() for field in _sla_fields(pool)})
+    rows = _pool_rollups(time_range).filter(pool_id__in=list(pools)).values("pool_id", "requests", *fields)
+    for row in rows:
+        pool = pools[row["pool_id"]]
+        seconds = _sla_seconds(pool, row)
+        if seconds is None or not row["requests"]:
+            continue
+        total[pool.pk] += row["requests"]
+        if seconds * 1000 <= pool.sla_latency_ms:
+            met[pool.pk] += row["requests"]
+    return [
+        {
+            "pool": pool.pk,
+            "name": pool.name,
+            "sla": pool.sla_label,
+            "requests": total[pool.pk],
+            "attainment": met[pool.pk] / total[pool.pk] if total[pool.pk] else None,
+        }
+        for pool in pools.values()
+    ]
+
+
+def instance_states_over_time(*, pool: Pool, time_range: TimeRange) -> dict[str, Any]:
+    """How many of the pool's instances were in each actual state, as steps at every change.
+
+    Read from the instance event log (one row per state change), not from samples.
+    """
+    events = (
+        InstanceEvent.objects.filter(instance__pool=pool, at__lt=time_range.end)
+        .order_by("at", "id")
+        .values_list("instance_id", "at", "state")
+    )
+    state: dict[int, str] = {}
+    steps: list[tuple[datetime, dict[str, int]]] = []
+    for instance_id, at, new in events:
+        state[instance_id] = new
+        counts: dict[str, int] = defaultdict(int)
+        for value in state.values():
+            counts[value] += 1
+        steps.append((max(at, time_range.start), dict(counts)))
+    states = [s for s in Instance.Actual.values if any(s in counts for _at, counts in steps)]
+    if steps:
+        steps.append((time_range.end, steps[-1][1]))
+    return {"at": [at for at, _ in steps], "states": {s: [counts.get(s, 0) for _at, counts in steps] for s in states}}
+
+
+def tier_traffic(*, pool: Pool, time_range: TimeRange) -> dict[str, int]:
+    """Requests the pool served in the range by the tier their complexity chose (fallbacks show up here)."""
+    rows = (
+        RequestLog.objects.filter(pool=pool, at__gte=time_range.start, at__lt=time_range.end)
+        .values("tier")
+        .annotate(n=Count("id"))
+        .order_by("tier")
+    )
+    return {row["tier"]: row["n"] for row in rows}
+
+
+def spend_buckets(*, report: SpendReport, size: timedelta) -> dict[str, list[Any]]:
+    """Busy, idle and unallocated spend per time bucket, each line shared by its overlap with the bucket.
+
+    For a chart: in floats, spread evenly over each line's time. Totals come from the report.
+    """
+    sums: dict[datetime, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    step = size.total_seconds()
+    for line in report.lines:
+        if line.kind == ALLOCATED:
+            parts = ((0, float(line.busy)), (1, float(line.idle)))
+        elif line.kind == UNALLOCATED:
+            parts = ((2, float(line.spend)),)
+        else:
+            continue
+        begin, finish = line.start.timestamp(), line.end.timestamp()
+        if finish <= begin:
+            continue
+        at = begin // step * step
+        while at < finish:
+            share = (min(at + step, finish) - max(at, begin)) / (finish - begin)
+            row = sums[datetime.fromtimestamp(at, tz=UTC)]
+            for index, amount in parts:
+                row[index] += amount * share
+            at += step
+    ordered = sorted(sums)
+    return {
+        "at": ordered,
+        "busy": [sums[at][0] for at in ordered],
+        "idle": [sums[at][1] for at in ordered],
+        "unallocated": [sums[at][2] for at in ordered],
+    }
+
+
+SPEND_BARS = (
+    (timedelta(hours=2), timedelta(minutes=5)),
+    (timedelta(days=2), timedelta(hours=1)),
+    (timedelta(days=8), timedelta(hours=6)),
+)
+
+
+def spend_display_bucket(time_range: TimeRange) -> timedelta:
+    """The width of a bar of the spend chart: a few dozen bars whatever the range."""
+    span = time_range.end - time_range.start
+    return next((width for up_to, width in SPEND_BARS if span <= up_to), timedelta(days=1))
+
+
+@dataclass(frozen=True)
+class CostPage:
+    currency: str
+    report: SpendReport
+    over_time: dict[str, list[Any]]
+    by_pool: list[dict[str, Any]]
+    by_team: list[dict[str, Any]]
+    per_million_tokens: list[dict[str, Any]]
+
+
+def cost_page(*, time_range: TimeRange) -> CostPage:
+    """Spend of the range from rollups: over time (busy/idle/unallocated), by pool, by team, per token."""
+    window = fleet_window_rollups(start=time_range.start, end=time_range.end)
+    report = spend_report(start=time_range.start, end=time_range.end, window=window)
+    names = dict(Pool.objects.values_list("pk", "name"))
+    by_pool = [
+        {"pool": pool_id, "name": names.get(pool_id, "unknown pool"), "busy": t.busy, "idle": t.idle, "spend": t.spend}
+        for pool_id, t in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(names.get(item[0])))
+    ]
+    unallocated = report.unallocated
+    if unallocated.spend:
+        by_pool.append(
+            {
+                "pool": None,
+                "name": "unallocated",
+                "busy": Decimal(0),
+                "idle": unallocated.spend,
+                "spend": unallocated.spend,
+            }
+        )
+    tokens: dict[int, float] = defaultdict(float)
+    for pool_id, prompt, generated in _pool_rollups(time_range).values_list(
+        "pool_id", "prompt_tokens", "generation_tokens"
+    ):
+        tokens[pool_id] += (prompt or 0) + (generated or 0)
+    per_million = [
+        {
+            "name": row["name"],
+            "tokens": tokens.get(row["pool"], 0.0),
+            "cost": row["spend"] / Decimal(tokens[row["pool"]] / 1e6) if tokens.get(row["pool"]) else None,
+        }
+        for row in by_pool
+        if row["pool"] is not None
+    ]
+    source = usage_source_configured()
+    teams = dict(Team.objects.values_list("pk", "name"))
+    by_team_sum: dict[str, Decimal] = defaultdict(Decimal)
+    if source is not None:
+        for shares in team_spend(report=report, usage_source=source).values():
+            for team_id, amount in shares.items():
+                by_team_sum[teams.get(team_id, f"team {team_id}")] += amount
+    return CostPage(
+        currency=report.currency,
+        report=report,
+        over_time=spend_buckets(report=report, size=spend_display_bucket(time_range)),
+        by_pool=by_pool,
+        by_team=[{"name": name, "spend": amount} for name, amount in sorted(by_team_sum.items())],
+        per_million_tokens=per_million,
+    )
+
+
+@dataclass(frozen=True)
+class SpendSummary:
+    currency: str
+    rate_per_hour: Decimal
+    today: Decimal
+    month_to_date: Decimal
+    savings_month_to_date: Decimal
+    baseline_month_to_date: Decimal
+
+
+def spend_summary(*, now: datetime | None = None) -> SpendSummary:
+    """Run rate, today and month to date and the month's savings, all from rollups."""
+    now = now or timezone.now()
+    month_start, _ = period_bounds(period="month", now=now)
+    day_start, _ = period_bounds(period="day", now=now)
+    window = fleet_window_rollups(start=month_start, end=now)
+    report = spend_report(start=month_start, end=now, window=window)
+    today = sum((line.spend * _overlap(line.start, line.end, day_start, now) for line in report.lines), Decimal(0))
+    savings = savings_compute(start=month_start, end=now, window=window)
+    return SpendSummary(
+        currency=billing_currency(),
+        rate_per_hour=run_rate(now=now).per_hour,
+        today=today,
+        month_to_date=report.total,
+        savings_month_to_date=savings.savings,
+        baseline_month_to_date=savings.baseline,
+    )
+
+
+def _overlap(start: datetime, end: datetime, first: datetime, last: datetime) -> Decimal:
+    """The share of [start, end) that falls in [first, last)."""
+    span = (end - start).total_seconds()
+    inside = (min(end, last) - max(start, first)).total_seconds()
+    return Decimal(max(inside, 0) / span) if span > 0 else Decimal(0)
+
+
+def budgets_burn() -> list[dict[str, Any]]:
+    """Enabled budgets with what their period has spent, as the budget task last computed it."""
+    rows = []
+    for budget in Budget.objects.filter(enabled=True).select_related("team", "pool").order_by("name"):
+        rows.append(
+            {
+                "id": budget.pk,
+                "name": budget.name,
+                "scope": budget.team.name if budget.team else budget.pool.name,  # type: ignore[union-attr]
+                "period": budget.get_period_display(),
+                "amount": budget.amount,
+                "spent": budget.spent,
+                "soft_pct": budget.soft_threshold_pct,
+                "hard_pct": budget.hard_threshold_pct,
+                "evaluated_at": budget.evaluated_at,
+            }
+        )
+    return rows
+
+
+def alerts_firing() -> QuerySet[Alert]:
+    return Alert.objects.filter(state=Alert.State.FIRING).select_related("rule").order_by("-fired_at")
+
+
+def decisions_filtered(
+    *, time_range: TimeRange, kind: str = "", pool_id: int | None = None, limit: int = DECISIONS_SHOWN
+) -> list[Decision]:
+    """Newest policy actions in the range, optionally of one policy kind or pool."""
+    decisions = Decision.objects.filter(created_at__gte=time_range.start, created_at__lt=time_range.end)
+    if kind:
+        decisions = decisions.filter(policy_kind=kind)
+    if pool_id:
+        decisions = decisions.filter(pool_id=pool_id)
+    return list(decisions.select_related("pool", "instance", "policy").order_by("-created_at", "-id")[:limit])
+
+
+def decision_kinds() -> list[str]:
+    return sorted(set(Decision.objects.values_list("policy_kind", flat=True).distinct()))
+
+
+def requests_recent(*, pool_id: int | None = None, tier: str = "", limit: int = REQUESTS_SHOWN) -> list[RequestLog]:
+    requests = RequestLog.objects.all()
+    if pool_id:
+        requests = requests.filter(pool_id=pool_id)
+    if tier:
+        requests = requests.filter(tier=tier)
+    return list(requests.select_related("pool", "team", "instance__gpu__node").order_by("-at", "-id")[:limit])
+
+
+def node_detail(*, node_id: int) -> Node:
+    """A node with its GPUs, and on each GPU its instances (with pools) and batch jobs."""
+    return Node.objects.prefetch_related(
+        Prefetch(
+            "gpus",
+            queryset=Gpu.objects.order_by("index").prefetch_related(
+                Prefetch(
+                    "instances",
+                    queryset=Instance.objects.select_related("pool").exclude(
+                        desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED
+                    ),
+                ),
+                Prefetch("batch_jobs", queryset=BatchJob.objects.exclude(state=BatchJob.State.DONE)),
+            ),
+        )
+    ).get(pk=node_id)

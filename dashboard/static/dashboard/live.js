@@ -1,0 +1,136 @@
+// Draws the figures the server built, then keeps them moving from the panel's WebSocket.
+//
+// Each chart is a <div class="chart" data-figure="..."> with its Plotly JSON in a
+// <script type="application/json">. <main data-live-groups="fleet,pool.3"> names the groups
+// this page subscribes to. Events extend traces with Plotly.extendTraces, keeping a rolling
+// window of MAX_POINTS; the socket reconnects with backoff after a server restart, and the
+// page says "stale" when no event arrived for data-stale-after seconds.
+"use strict";
+
+(function () {
+  const MAX_POINTS = 720;
+  const charts = [];
+
+  function draw() {
+    document.querySelectorAll(".chart[data-figure]").forEach((div) => {
+      const figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
+      Plotly.newPlot(div, figure.data, figure.layout, { responsive: true, displaylogo: false });
+      charts.push(div);
+    });
+  }
+
+  function pointCount(div) {
+    return div.data.reduce((total, trace) => total + (trace.x ? trace.x.length : 0), 0);
+  }
+
+  function traceIndex(div, test) {
+    return div.data.findIndex((trace) => trace.meta && test(trace.meta));
+  }
+
+  function extendGpus(kind, readings) {
+    charts
+      .filter((div) => div.dataset.live === kind)
+      .forEach((div) => {
+        const field = div.dataset.field;
+        const scale = Number(div.dataset.scale || 1);
+        readings.forEach((reading) => {
+          let index = traceIndex(div, (meta) => meta.gpu === reading.gpu);
+          if (index < 0) {
+            Plotly.addTraces(div, { x: [], y: [], mode: "lines", name: reading.label, meta: { gpu: reading.gpu, field, scale } });
+            index = div.data.length - 1;
+          }
+          const value = reading[field];
+          Plotly.extendTraces(div, { x: [[reading.at]], y: [[value == null ? null : value / scale]] }, [index], MAX_POINTS);
+        });
+      });
+  }
+
+  function poolName(id) {
+    const option = document.querySelector(`#pool-filter option[value="${id}"]`);
+    return option ? option.textContent : id ? `pool ${id}` : "fleet";
+  }
+
+  function addDecision(event) {
+    charts
+      .filter((div) => div.dataset.live === "decision")
+      .forEach((div) => {
+        let index = traceIndex(div, (meta) => meta.policy_kind === event.policy_kind);
+        if (index < 0) {
+          Plotly.addTraces(div, { x: [], y: [], mode: "markers", name: event.policy_kind, meta: { policy_kind: event.policy_kind }, marker: { size: 10, symbol: "diamond" } });
+          index = div.data.length - 1;
+        }
+        Plotly.extendTraces(div, { x: [[event.at]], y: [[event.policy_kind]] }, [index], MAX_POINTS);
+      });
+    const table = document.querySelector("#decisions tbody");
+    if (!table || table.querySelector(`tr[data-decision="${event.decision}"]`)) return;
+    table.querySelector("tr.none")?.remove();
+    const row = table.insertRow(0);
+    row.dataset.decision = event.decision;
+    [event.at.replace("T", " ").slice(0, 19), event.policy_kind, event.action, poolName(event.pool), event.instance || "–", event.reason || ""].forEach((text) => {
+      row.insertCell().textContent = text;
+    });
+  }
+
+  function handle(event) {
+    if (event.kind === "fleet") extendGpus("fleet", event.gpus || []);
+    else if (event.kind === "gpus") extendGpus("gpus", event.gpus || []);
+    else if (event.kind === "decision") addDecision(event);
+  }
+
+  function connect(main) {
+    const state = document.getElementById("live-state");
+    const groups = main.dataset.liveGroups.split(",").filter(Boolean);
+    let delay = 1000;
+    let lastEvent = Date.now();
+    let open = false;
+
+    function show(text, kind) {
+      if (!state) return;
+      state.textContent = text;
+      state.className = kind;
+    }
+
+    setInterval(() => {
+      if (!open) return;
+      const quiet = Date.now() - lastEvent;
+      if (quiet > Number(main.dataset.staleAfter || 30) * 1000) show(`stale: no update for ${Math.round(quiet / 1000)} s`, "stale");
+    }, 1000);
+
+    function start() {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      const socket = new WebSocket(`${scheme}://${location.host}/ws/fleet/`);
+      socket.onopen = () => {
+        open = true;
+        delay = 1000;
+        lastEvent = Date.now();
+        socket.send(JSON.stringify({ subscribe: groups }));
+        show("live", "live");
+      };
+      socket.onmessage = (message) => {
+        const event = JSON.parse(message.data);
+        if (event.kind === "subscribed" || event.kind === "error") return;
+        lastEvent = Date.now();
+        show("live", "live");
+        handle(event);
+      };
+      socket.onclose = (close) => {
+        open = false;
+        if (close.code === 4401) {
+          show("signed out: reload to sign in", "down");
+          return;
+        }
+        show(`disconnected; reconnecting in ${Math.round(delay / 1000)} s`, "down");
+        setTimeout(start, delay + Math.random() * 250);
+        delay = Math.min(delay * 2, 30000);
+      };
+    }
+    start();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    draw();
+    window.fleetCharts = { charts, pointCount };
+    const main = document.querySelector("main[data-live-groups]");
+    if (main) connect(main);
+  });
+})();

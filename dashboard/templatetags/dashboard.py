@@ -1,0 +1,46 @@
+"""Template tags: the Plotly bundle's URL and a chart's mount point with its figure JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django import template
+from django.urls import reverse
+from django.utils.html import format_html, json_script
+
+from dashboard.views import PLOTLY_JS_VERSION
+
+register = template.Library()
+
+
+@register.simple_tag
+def plotly_js_url() -> str:
+    return reverse("dashboard:plotly-js", args=[PLOTLY_JS_VERSION])
+
+
+@register.simple_tag
+def chart(figure: dict[str, Any], name: str, live: str = "", field: str = "", scale: float = 1.0) -> str:
+    """A div that ``live.js`` draws the figure into; ``live`` names the events that extend it."""
+    return format_html(
+        '<div class="chart" id="chart-{}" data-figure="figure-{}" data-live="{}" data-field="{}" data-scale="{}">'
+        "</div>{}",
+        name,
+        name,
+        live,
+        field,
+        scale,
+        json_script(figure, f"figure-{name}"),
+    )
+
+
+@register.simple_tag(takes_context=True)
+def with_query(context: dict[str, Any], **changes: Any) -> str:
+    """The current query string with some parameters replaced (an empty value drops one)."""
+    params = context["request"].GET.copy()
+    for key, value in changes.items():
+        if value in ("", None):
+            params.pop(key, None)
+        else:
+            params[key] = value
+    return "?" + urlencode(sorted(params.items()))
