@@ -22,7 +22,7 @@ from django.utils.dateparse import parse_datetime
 from fleet.costs.budgets import usage_source_configured
 from fleet.costs.selectors import (
     billing_currency,
-    fleet_window_rollups,
+    fleet_window,
     period_bounds,
     run_rate,
     savings_compute,
@@ -361,7 +361,7 @@ class CostPage:
 
 def cost_page(*, time_range: TimeRange) -> CostPage:
     """Spend of the range from rollups: over time (busy/idle/unallocated), by pool, by team, per token."""
-    window = fleet_window_rollups(start=time_range.start, end=time_range.end)
+    window = fleet_window(start=time_range.start, end=time_range.end, raw=False)
     report = spend_report(start=time_range.start, end=time_range.end, window=window)
     names = dict(Pool.objects.values_list("pk", "name"))
     by_pool = [
@@ -425,7 +425,7 @@ def spend_summary(*, now: datetime | None = None) -> SpendSummary:
     now = now or timezone.now()
     month_start, _ = period_bounds(period="month", now=now)
     day_start, _ = period_bounds(period="day", now=now)
-    window = fleet_window_rollups(start=month_start, end=now)
+    window = fleet_window(start=month_start, end=now, raw=False)
     report = spend_report(start=month_start, end=now, window=window)
     today = sum((line.spend * _overlap(line.start, line.end, day_start, now) for line in report.lines), Decimal(0))
     savings = savings_compute(start=month_start, end=now, window=window)

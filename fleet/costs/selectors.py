@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,8 +10,8 @@ from decimal import Decimal, localcontext
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import Avg, Count, Exists, F, Min, OuterRef, Subquery
-from django.db.models.functions import TruncDay
+from django.db.models import Avg, Count, Exists, F, Min, OuterRef, Subquery, Sum
+from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from fleet import catalog
@@ -30,7 +29,9 @@ from fleet.costs.prices import PriceBook, RateRow
 from fleet.costs.spend import (
     BASELINE,
     GpuInfo,
+    PeriodUtilization,
     SpendReport,
+    TieredUtilization,
     UtilizationIndex,
     baseline_lines,
     spend_lines,
@@ -161,19 +162,52 @@ class Tiers:
 
     hours_until: datetime
     minutes_until: datetime
+    raw: bool = True
 
     @classmethod
-    def for_window(cls, *, start: datetime, end: datetime, now: datetime | None = None) -> Tiers:
+    def for_window(cls, *, start: datetime, end: datetime, now: datetime | None = None, raw: bool = True) -> Tiers:
+        """``raw=False`` reads rollups only, as history pages do: the minutes not rolled up yet are missing."""
         now = now or timezone.now()
         marks = dict(RollupWatermark.objects.values_list("name", "done_until"))
-        if "minute" not in marks:
+        if raw and "minute" not in marks:
             return cls(hours_until=start, minutes_until=start)
-        minutes_until = min(max(marks["minute"], start), end)
+        minutes_until = min(max(marks["minute"], start), end) if raw else end
         detail_from = floor_hour(now - timedelta(hours=settings.FLEET_COST_MINUTE_DETAIL_HOURS))
         oldest_minute = floor_hour(now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)) + HOUR
-        hours_done = min(marks.get("hour", start), detail_from)
+        # Hours never rolled up count as incomplete for billing; history pages take what is there.
+        hours_done = min(marks.get("hour", start if raw else floor_hour(end)), detail_from)
         hours_until = min(max(oldest_minute, hours_done, start), minutes_until)
-        return cls(hours_until=hours_until, minutes_until=minutes_until)
+        return cls(hours_until=hours_until, minutes_until=minutes_until, raw=raw)
+
+
+# Rollup rows are summed in the database per GPU into periods: hour rows per day, minute
+# rows per hour, once the part of the window they cover is longer than this.
+PERIOD_AFTER = {HOUR: timedelta(hours=36), MINUTE: timedelta(hours=2)}
+PERIOD_TRUNC = {HOUR: TruncDay, MINUTE: TruncHour}
+
+
+def _rollup_periods(
+    model: type[GpuHour] | type[GpuMinute], width: timedelta, first: datetime, until: datetime
+) -> list[tuple[int, datetime, timedelta, float | None, int]]:
+    """(gpu, period start, up time, mean duty cycle, raw samples) per GPU and period.
+
+    A period of n reporting buckets counts as n buckets of up time from its first bucket:
+    exact for a GPU that reported throughout, and where a period has gaps its up time is
+    right but placed from its first bucket. A month of a thousand GPUs is 30,000 rows.
+    """
+    rows = model.objects.filter(bucket__gte=floor_hour(first) if width == HOUR else floor_minute(first))
+    rows = rows.filter(bucket__lt=until, samples__gt=0)
+    if until - first > PERIOD_AFTER[width]:
+        grouped = rows.annotate(period=PERIOD_TRUNC[width]("bucket", tzinfo=UTC))
+    else:
+        grouped = rows.annotate(period=F("bucket"))
+    aggregate = {"first": Min("bucket"), "n": Count("id"), "mean": Avg("utilization_mean"), "weight": Sum("samples")}
+    return [
+        (gpu_id, begin, n * width, mean, weight)
+        for gpu_id, begin, n, mean, weight in grouped.values("gpu_id", "period")
+        .annotate(**aggregate)
+        .values_list("gpu_id", "first", "n", "mean", "weight")
+    ]
 
 
 def gpu_activity(
@@ -182,44 +216,37 @@ def gpu_activity(
     """When each GPU was up in [start, end), and its duty cycle, from the cheapest complete source."""
     tiers = tiers or Tiers.for_window(start=start, end=end)
     gap = _gap()
-    rows: list[tuple[int, datetime, float | None, int]] = []
-    buckets: dict[int, list[tuple[datetime, timedelta]]] = defaultdict(list)
+    periods: list[tuple[int, datetime, timedelta, float | None, int]] = []
     parts = ((GpuHour, HOUR, start, tiers.hours_until), (GpuMinute, MINUTE, tiers.hours_until, tiers.minutes_until))
     for model, width, first, until in parts:
-        if first >= until:
-            continue
-        floor = floor_hour(first) if width == HOUR else floor_minute(first)
-        for gpu_id, bucket, mean, count in (
-            model.objects.filter(bucket__gte=floor, bucket__lt=until, samples__gt=0)
-            .order_by("gpu_id", "bucket")
-            .values_list("gpu_id", "bucket", "utilization_mean", "samples")
-        ):
-            rows.append((gpu_id, max(bucket, first), mean, count))
-            buckets[gpu_id].append((bucket, width))
-    # A bucket with samples counts as up for its whole width; touching buckets make one run.
+        if first < until:
+            periods += _rollup_periods(model, width, first, until)
+    periods.sort(key=lambda row: (row[0], row[1]))
+    # Touching periods make one run.
     runs: dict[int, list[list[datetime]]] = defaultdict(list)
-    for gpu_id, pieces in buckets.items():
+    for gpu_id, begin, up, _, _ in periods:
+        first, last = max(begin, start), min(begin + up, tiers.minutes_until)
         merged = runs[gpu_id]
-        for bucket, width in pieces:
-            first, last = max(bucket, start), min(bucket + width, tiers.minutes_until)
-            if first >= last:
-                continue
-            if merged and first <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], last)
-            else:
-                merged.append([first, last])
+        if first >= last:
+            continue
+        if merged and first <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
     # Raw samples a gap either side, so a run that crosses the window's edges is cut there,
     # not at the last sample inside it.
-    raw = list(
-        GpuSample.objects.filter(at__gte=tiers.minutes_until - gap, at__lte=end + gap)
-        .order_by("gpu_id", "at")
-        .values_list("gpu_id", "at", "utilization_gpu_pct")
+    raw = (
+        list(
+            GpuSample.objects.filter(at__gte=tiers.minutes_until - gap, at__lte=end + gap)
+            .order_by("gpu_id", "at")
+            .values_list("gpu_id", "at", "utilization_gpu_pct")
+        )
+        if tiers.raw
+        else []
     )
     times: dict[int, list[datetime]] = defaultdict(list)
-    for gpu_id, at, percent in raw:
+    for gpu_id, at, _ in raw:
         times[gpu_id].append(at)
-        if at >= tiers.minutes_until:
-            rows.append((gpu_id, at, percent, 1))
     for gpu_id, moments in times.items():
         merged = runs[gpu_id]
         for first, last in _clip(uptime_runs(moments, gap=gap), tiers.minutes_until, end):
@@ -229,15 +256,23 @@ def gpu_activity(
             else:
                 merged.append([first, last])
     up = {gpu_id: [(first, last) for first, last in merged] for gpu_id, merged in runs.items() if merged}
-    return up, UtilizationIndex(rows)
+    utilization = TieredUtilization(
+        periods=PeriodUtilization((gpu_id, begin, mean, weight) for gpu_id, begin, _, mean, weight in periods),
+        raw=UtilizationIndex((gpu_id, at, percent) for gpu_id, at, percent in raw if at >= tiers.minutes_until),
+        split=tiers.minutes_until,
+    )
+    return up, utilization
 
 
-def fleet_window(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
+def fleet_window(
+    *, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None, raw: bool = True
+) -> FleetWindow:
+    """What spend arithmetic needs of [start, end); ``raw=False`` for history pages (``Tiers``)."""
     if sleeping_holds_gpu is None:
         sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
     states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
     holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
-    up, utilization = gpu_activity(start=start, end=end)
+    up, utilization = gpu_activity(start=start, end=end, tiers=Tiers.for_window(start=start, end=end, raw=raw))
     return FleetWindow(
         start=start,
         end=end,
@@ -245,68 +280,6 @@ def fleet_window(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | N
         allocations=allocations_split(holds, mig_slices=_mig_slices()),
         up=up,
         utilization=utilization,
-        pools=dict(Instance.objects.values_list("pk", "pool_id")),
-    )
-
-
-class _PeriodUtilization(UtilizationIndex):
-    """Duty cycle from rollup periods: an interval starting inside a period reads from the period's start."""
-
-    def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
-        times = self._times.get(gpu_id, [])
-        index = bisect.bisect_right(times, start) - 1
-        return super().mean(gpu_id=gpu_id, start=times[index] if index >= 0 else start, end=end)
-
-
-ROLLUP_DAYS_AFTER = timedelta(hours=2)
-
-
-def fleet_window_rollups(*, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> FleetWindow:
-    """``fleet_window`` read from GPU rollups instead of raw samples, for history pages.
-
-    Each GPU's rollup rows are summed in the database into periods: days (hours for ranges
-    up to two hours) of hour rollups up to the last whole hour, and the minutes after it. A period with n rows
-    counts as n buckets of up time from its first row, at the period's mean duty cycle, so
-    the arithmetic is ``fleet_window``'s at the period's resolution and a month of a large
-    fleet costs one row per GPU-day. Up time is exact for GPUs that reported throughout;
-    where a period has gaps, its up time is right but placed from its first row.
-    """
-    from fleet.models import GpuHour, GpuMinute
-
-    if sleeping_holds_gpu is None:
-        sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
-    states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
-    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
-    hour, minute = timedelta(hours=1), timedelta(minutes=1)
-    split = max(end.replace(minute=0, second=0, microsecond=0), start)
-    first_hour = start.replace(minute=0, second=0, microsecond=0)
-    hours = GpuHour.objects.filter(bucket__gte=first_hour, bucket__lt=split)
-    if end - start > ROLLUP_DAYS_AFTER:
-        hours = hours.annotate(period=TruncDay("bucket", tzinfo=UTC)).values("gpu_id", "period")
-    else:
-        hours = hours.annotate(period=F("bucket")).values("gpu_id", "period")
-    minutes = GpuMinute.objects.filter(bucket__gte=max(split, start - minute), bucket__lt=end).values("gpu_id")
-    aggregate = {"first": Min("bucket"), "rows": Count("id"), "mean": Avg("utilization_mean")}
-    fields = ("gpu_id", "first", "rows", "mean")
-    rows = [(gpu, first, n * hour, mean) for gpu, first, n, mean in hours.annotate(**aggregate).values_list(*fields)]
-    rows += [
-        (gpu, first, n * minute, mean) for gpu, first, n, mean in minutes.annotate(**aggregate).values_list(*fields)
-    ]
-    rows.sort(key=lambda row: (row[0], row[1]))
-    runs: dict[int, list[tuple[datetime, datetime]]] = defaultdict(list)
-    for gpu_id, first, up, _ in rows:
-        mine = runs[gpu_id]
-        if mine and mine[-1][1] == first:
-            mine[-1] = (mine[-1][0], first + up)
-        else:
-            mine.append((first, first + up))
-    return FleetWindow(
-        start=start,
-        end=end,
-        gpus=_gpus(),
-        allocations=allocations_split(holds, mig_slices=_mig_slices()),
-        up={gpu_id: _clip(mine, start, end) for gpu_id, mine in runs.items()},
-        utilization=_PeriodUtilization((gpu_id, first, mean) for gpu_id, first, _, mean in rows),
         pools=dict(Instance.objects.values_list("pk", "pool_id")),
     )
 

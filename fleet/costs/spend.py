@@ -110,16 +110,52 @@ class UtilizationIndex:
                     running.append((total + min(max(value, ZERO), Decimal(1)) * count, n + count))
                 self._prefix[gpu_id] = running
 
-    def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
+    def sums(self, *, gpu_id: int, start: datetime, end: datetime) -> tuple[Decimal, int]:
+        """Sum of the weighted duty cycles in [start, end) and their total weight."""
         times = self._times.get(gpu_id)
         if not times:
-            return None
-        first, last = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
-        if first == last:
-            return None
+            return ZERO, 0
+        first, last = self._first(times, start), bisect.bisect_left(times, end)
+        if first >= last:
+            return ZERO, 0
         prefix = self._prefix[gpu_id]
         with localcontext(CONTEXT):
-            return (prefix[last][0] - prefix[first][0]) / (prefix[last][1] - prefix[first][1])
+            return prefix[last][0] - prefix[first][0], prefix[last][1] - prefix[first][1]
+
+    def _first(self, times: list[datetime], start: datetime) -> int:
+        return bisect.bisect_left(times, start)
+
+    def mean(self, *, gpu_id: int, start: datetime, end: datetime) -> Decimal | None:
+        total, weight = self.sums(gpu_id=gpu_id, start=start, end=end)
+        if not weight:
+            return None
+        with localcontext(CONTEXT):
+            return total / weight
+
+
+class PeriodUtilization(UtilizationIndex):
+    """Rows that each stand for a period from their time on (rollups summed per hour or day):
+    an interval starting inside a period reads it whole."""
+
+    def _first(self, times: list[datetime], start: datetime) -> int:
+        return max(bisect.bisect_right(times, start) - 1, 0)
+
+
+class TieredUtilization(UtilizationIndex):
+    """Rollup periods up to ``split``, raw samples from it, combined by their weights."""
+
+    def __init__(self, *, periods: PeriodUtilization, raw: UtilizationIndex, split: datetime) -> None:
+        self.periods, self.raw, self.split = periods, raw, split
+
+    def sums(self, *, gpu_id: int, start: datetime, end: datetime) -> tuple[Decimal, int]:
+        total, weight = ZERO, 0
+        if start < self.split:
+            total, weight = self.periods.sums(gpu_id=gpu_id, start=start, end=min(end, self.split))
+        if end > self.split:
+            more, extra = self.raw.sums(gpu_id=gpu_id, start=max(start, self.split), end=end)
+            with localcontext(CONTEXT):
+                total, weight = total + more, weight + extra
+        return total, weight
 
 
 def _line(

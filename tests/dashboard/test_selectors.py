@@ -6,10 +6,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from dashboard import selectors as pages
-from fleet.costs.selectors import fleet_window_rollups, spend_report
+from fleet.costs.selectors import fleet_window, spend_report
 from fleet.models import Decision
+from fleet.rollups import floor_hour
 from tests.costs.history import price, states
 from tests.dashboard.history import gpu_rollups, pool_rollup
 from tests.factories import make_gpu, make_instance, make_node, make_pool
@@ -68,12 +70,12 @@ def test_spend_from_rollups_splits_busy_idle_and_unallocated_by_hand() -> None:
     """
     gpu = make_gpu(make_node("rack1"), 0, "NVIDIA L4")
     price("NVIDIA L4", "2.00", date(2026, 1, 1))
-    start = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    start = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     gpu_rollups(gpu, start, 3, hourly=True, utilization=25)
     instance = make_instance(make_pool("chat-l"), gpu)
     states(instance, (start, "ready"), (start + timedelta(hours=2), "stopped"))
 
-    window = fleet_window_rollups(start=start, end=start + timedelta(hours=3))
+    window = fleet_window(start=start, end=start + timedelta(hours=3), raw=False)
     report = spend_report(start=start, end=start + timedelta(hours=3), window=window)
 
     assert report.allocated.spend == Decimal("4.00")
@@ -87,15 +89,15 @@ def test_spend_from_rollups_splits_busy_idle_and_unallocated_by_hand() -> None:
 
 
 @pytest.mark.django_db
-def test_spend_of_the_current_hour_comes_from_minute_rollups() -> None:
+def test_complete_hours_past_the_minute_detail_come_from_hour_rollups_the_rest_from_minutes(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.FLEET_COST_MINUTE_DETAIL_HOURS = 1
+    hour = floor_hour(timezone.now()) - timedelta(hours=3)
     gpu = make_gpu(make_node("rack1"), 0, "NVIDIA L4")
     price("NVIDIA L4", "6.00", date(2026, 1, 1))
-    gpu_rollups(gpu, NOW - timedelta(hours=1), 1, hourly=True)
-    gpu_rollups(gpu, NOW, 30)
-    end = NOW + timedelta(minutes=30)
-    report = spend_report(
-        start=NOW - timedelta(hours=1), end=end, window=fleet_window_rollups(start=NOW - timedelta(hours=1), end=end)
-    )
+    gpu_rollups(gpu, hour, 1, hourly=True)
+    gpu_rollups(gpu, hour + timedelta(hours=1), 30)
+    start, end = hour, hour + timedelta(hours=1, minutes=30)
+    report = spend_report(start=start, end=end, window=fleet_window(start=start, end=end, raw=False))
     assert report.unallocated.spend == Decimal("9.00")  # 1.5 h up x 6.00, nothing allocated
 
 
@@ -172,7 +174,7 @@ def test_spend_over_days_reads_one_period_per_gpu_day() -> None:
     gpu_rollups(gpu, day, 48, hourly=True, utilization=lambda at: 25.0 if at < day + timedelta(days=1) else 75.0)
     states(make_instance(make_pool("chat-l"), gpu), (day, "ready"), (day + timedelta(days=1), "stopped"))
     end = day + timedelta(days=3)
-    report = spend_report(start=day, end=end, window=fleet_window_rollups(start=day, end=end))
+    report = spend_report(start=day, end=end, window=fleet_window(start=day, end=end, raw=False))
     assert (report.allocated.spend, report.allocated.busy) == (Decimal("24.00"), Decimal("6.00"))
     assert report.unallocated.spend == Decimal("24.00")
 
