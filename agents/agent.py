@@ -63,6 +63,7 @@ class AgentConfig:
     probe_timeout_s: float = 2.0
     panel_timeout_s: float = 15.0
     attach_gpus: bool = True
+    simulated: bool = False
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
@@ -244,6 +245,7 @@ class Agent:
             hostname=socket.gethostname(),
             agent_version=AGENT_VERSION,
             labels=labels or {},
+            simulated=self.config.simulated,
         )
         response = self.http.post(
             f"{self.config.panel_url}/api/agent/v1/register",
