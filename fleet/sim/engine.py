@@ -1,0 +1,361 @@
+"""The simulated vLLM engine: a performance model per GPU and a continuous-batching core.
+
+Both the trace simulator and the demo's simulated vLLM servers step the same
+``EngineCore`` in virtual seconds, so a latency the demo shows and a latency the benchmark
+reports come from one model. Everything here is a simulation; nothing runs on a GPU.
+
+How the default numbers are derived (Qwen3-4B-Instruct-2507, bf16 weights, bf16 KV cache)
+------------------------------------------------------------------------------------------
+Model facts (``fleet.catalog``): 4,022,468,096 parameters, so 8.04 GB of bf16 weights
+(2 bytes each); KV cache 2 x 36 layers x 8 KV heads x 128 head dim x 2 B = 144 KiB a token.
+
+GPU facts, from the vendors' datasheets (dense, no sparsity):
+
+====== ======= ================ =================== ==============================
+GPU    memory  memory bandwidth bf16 tensor (dense) host link (offload / reload)
+====== ======= ================ =================== ==============================
+A10G   24 GB   600 GB/s         70 TFLOPS [1]       PCIe 4.0 x16, 25 GB/s usable
+L4     24 GB   300 GB/s         121 TFLOPS [2]      PCIe 4.0 x16, 25 GB/s usable
+L40S   48 GB   864 GB/s         362 TFLOPS [3]      PCIe 4.0 x16, 25 GB/s usable
+A100   80 GB   2,039 GB/s       312 TFLOPS [4]      PCIe 4.0 x16, 25 GB/s usable
+H100   80 GB   3,350 GB/s       989 TFLOPS [5]      PCIe 5.0 x16, 50 GB/s usable
+====== ======= ================ =================== ==============================
+
+[1] AWS G5 / NVIDIA A10G as tabulated by Baseten, "NVIDIA A10 vs A10G for ML model
+inference" (A10G: 24 GB GDDR6, 600 GB/s; its tensor throughput is below the A10's 125
+TFLOPS); [2] NVIDIA L4 datasheet (242 TFLOPS bf16 with sparsity); [3] NVIDIA L40S datasheet
+(733 with sparsity); [4] NVIDIA A100 datasheet, 80 GB SXM; [5] NVIDIA H100 datasheet, SXM
+(1,979 with sparsity).
+
+Arithmetic, each a documented assumption a user can replace with ``sim_fit``:
+
+* **Decode** is memory-bandwidth bound: every step reads all weights once, so
+  ``decode_step_base_s = weight bytes / (bandwidth x 0.75)``; 75% of the datasheet
+  bandwidth is what well-tuned decode kernels sustain. H100: 8.04 GB / (3,350 GB/s x 0.75)
+  = 3.2 ms. Each running sequence adds its KV-cache read (a 1,500-token context: 1,500 x
+  144 KiB = 221 MB) at the same bandwidth plus its 2 x 4.02 GFLOP of matmul at 40% of peak:
+  H100 221 MB / 2,513 GB/s + 8.04 GFLOP / 396 TFLOPS = 0.088 + 0.020 = 0.108 ms.
+* **Prefill** is compute bound: ``prefill_tokens_per_s = peak x 0.40 / (2 x parameters)``
+  (40% model FLOPs utilization, typical of vLLM prefill). H100: 989e12 x 0.4 / 8.04e9 =
+  49,200 tokens/s.
+* **KV capacity** follows the VRAM estimator (``fleet.policies.vram``): vLLM takes
+  ``gpu_memory_utilization`` (0.9) of the card, minus weights and the estimator's 1.5 GiB
+  overhead, and fills the rest with KV cache. H100: 80 GiB x 0.9 - 7.49 GiB - 1.5 GiB =
+  63.0 GiB / 144 KiB = 458,807 tokens.
+* **max_num_seqs** 256 and **max_num_batched_tokens** 8,192: vLLM's engine defaults.
+* **Cold start** 30 s: the vLLM blog ("vLLM Sleep Mode", 2025-10-26) gives 30-100+ s for a
+  full model (re)load; a 4B model with a warm compile cache sits at the low end.
+* **Sleep / wake** (sleep level 1: weights offloaded to host memory over the host link):
+  ``weights / link + 0.1 s``. H100 8.04 GB / 50 GB/s + 0.1 = 0.26 s; PCIe 4.0 cards 0.42 s.
+  The same blog and the vLLM "Zero-reload model switching" post report wakes of 0.1-0.4 s.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+
+from fleet import catalog
+from fleet.policies.vram import OVERHEAD_BYTES, vram_estimate
+
+DEFAULT_PROFILE = "qwen3-4b-instruct-bf16"
+GPU_MEMORY_UTILIZATION = 0.9
+BANDWIDTH_EFFICIENCY = 0.75
+COMPUTE_EFFICIENCY = 0.40
+DECODE_CONTEXT_TOKENS = 1_500
+COLD_START_S = 30.0
+SLEEP_FIXED_S = 0.1
+MAX_NUM_SEQS = 256
+MAX_NUM_BATCHED_TOKENS = 8_192
+
+
+@dataclass(frozen=True)
+class GpuFacts:
+    """Datasheet figures the engine model is derived from (see the module docstring)."""
+
+    name: str
+    memory_gib: int
+    bandwidth_gb_s: float
+    bf16_tflops: float
+    host_link_gb_s: float
+    citation: str
+
+
+GPU_FACTS: dict[str, GpuFacts] = {
+    facts.name: facts
+    for facts in (
+        GpuFacts("A10G", 24, 600, 70, 25, "Baseten, NVIDIA A10 vs A10G (AWS G5 specifications)"),
+        GpuFacts("L4", 24, 300, 121, 25, "NVIDIA L4 datasheet"),
+        GpuFacts("L40S", 48, 864, 362, 25, "NVIDIA L40S datasheet"),
+        GpuFacts("A100", 80, 2039, 312, 25, "NVIDIA A100 datasheet (80 GB SXM)"),
+        GpuFacts("H100", 80, 3350, 989, 50, "NVIDIA H100 datasheet (SXM)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ProfileFacts:
+    """A served model's settings as the VRAM estimator takes them."""
+
+    model: str
+    dtype: str
+    quantization: str
+    kv_cache_dtype: str
+    max_model_len: int
+
+
+PROFILES: dict[str, ProfileFacts] = {
+    DEFAULT_PROFILE: ProfileFacts("Qwen/Qwen3-4B-Instruct-2507", "bfloat16", "", "auto", 8_192),
+}
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    gpu_model: str
+    profile: str
+    prefill_tokens_per_s: float
+    decode_step_base_s: float
+    decode_step_per_seq_s: float
+    max_num_seqs: int
+    kv_cache_tokens: int
+    cold_start_s: float
+    sleep_s: float
+    wake_s: float
+    source: str
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS
+
+    def prefill_s(self, tokens: int) -> float:
+        """A prefill-only step of ``tokens`` prompt tokens: one pass over the weights plus compute."""
+        return self.decode_step_base_s + tokens / self.prefill_tokens_per_s
+
+    def decode_step_s(self, batch: int) -> float:
+        """One decode step for ``batch`` running sequences (one token each)."""
+        return self.decode_step_base_s + self.decode_step_per_seq_s * batch
+
+    def step_s(self, *, prefill_tokens: int, decode_batch: int) -> float:
+        """A mixed step (chunked prefill beside decodes) reads the weights once for both."""
+        return (
+            self.decode_step_base_s
+            + self.decode_step_per_seq_s * decode_batch
+            + prefill_tokens / self.prefill_tokens_per_s
+        )
+
+
+def gpu_short_name(gpu_model: str) -> str:
+    """``NVIDIA H100 80GB HBM3`` -> ``H100``: the engine table is keyed by family."""
+    upper = gpu_model.upper()
+    for name in sorted(GPU_FACTS, key=len, reverse=True):
+        if name.upper() in upper:
+            return name
+    known = ", ".join(GPU_FACTS)
+    raise ValueError(f"no engine model for GPU {gpu_model!r}; known: {known}")
+
+
+def kv_cache_tokens_for(*, memory_gib: float, profile: ProfileFacts) -> int:
+    """vLLM's KV cache: its memory budget minus weights and overhead, in tokens."""
+    estimate = vram_estimate(
+        model=profile.model,
+        dtype=profile.dtype,
+        quantization=profile.quantization,
+        kv_cache_dtype=profile.kv_cache_dtype,
+        max_model_len=profile.max_model_len,
+    )
+    if estimate is None:
+        raise ValueError(f"the catalogue lacks the architecture of {profile.model}")
+    budget = int(memory_gib * catalog.GIB * GPU_MEMORY_UTILIZATION)
+    free = budget - estimate.weight_bytes - OVERHEAD_BYTES
+    return max(0, free // estimate.kv_bytes_per_token)
+
+
+def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineModel:
+    """The documented default model for a GPU family and served-model profile."""
+    if profile not in PROFILES:
+        raise ValueError(f"no engine model for profile {profile!r}; known: {', '.join(PROFILES)}")
+    facts = GPU_FACTS[gpu_short_name(gpu_model)]
+    settings = PROFILES[profile]
+    spec = catalog.model_spec(settings.model)
+    assert spec is not None, settings.model
+    weight_bytes = spec.weight_bytes(16)
+    flops_per_token = 2 * spec.parameters
+    bandwidth = facts.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY
+    compute = facts.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY
+    link_s = weight_bytes / (facts.host_link_gb_s * 1e9)
+    return EngineModel(
+        gpu_model=facts.name,
+        profile=profile,
+        prefill_tokens_per_s=compute / flops_per_token,
+        decode_step_base_s=weight_bytes / bandwidth,
+        decode_step_per_seq_s=DECODE_CONTEXT_TOKENS * spec.kv_bytes_per_token() / bandwidth + flops_per_token / compute,
+        max_num_seqs=MAX_NUM_SEQS,
+        kv_cache_tokens=kv_cache_tokens_for(memory_gib=facts.memory_gib, profile=settings),
+        cold_start_s=COLD_START_S,
+        sleep_s=link_s + SLEEP_FIXED_S,
+        wake_s=link_s + SLEEP_FIXED_S,
+        source=f"simulated: derived from {facts.citation} (see fleet.sim.engine)",
+    )
+
+
+@dataclass
+class SimRequest:
+    id: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    first_token_s: float | None = None
+    finished_s: float | None = None
+
+
+@dataclass
+class _Slot:
+    """A request the core has admitted: its progress and the KV tokens it reserved."""
+
+    request: SimRequest
+    prefilled: int = 0
+    generated: int = 0
+    reserved: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reserved = self.request.prompt_tokens + max(1, self.request.output_tokens)
+
+
+class EngineCore:
+    """Continuous batching in virtual time.
+
+    The same stepping drives the discrete-event simulator and the demo's simulated vLLM
+    server (which maps virtual seconds to wall seconds).
+
+    A step admits waiting requests in arrival order while fewer than ``max_num_seqs`` run
+    and their prompt plus output fits the free KV cache (reserving the whole sequence up
+    front, so a request is never preempted), then runs every decoding sequence one token
+    and fills the rest of the ``max_num_batched_tokens`` budget with prompt chunks
+    (chunked prefill). A request's first token comes at the end of the step that finishes
+    its prompt, as in vLLM.
+    """
+
+    def __init__(self, model: EngineModel) -> None:
+        self.model = model
+        self._waiting: deque[SimRequest] = deque()
+        self._prefilling: list[_Slot] = []
+        self._decoding: list[_Slot] = []
+        self._finished: list[SimRequest] = []
+        self._progress: dict[str, _Slot] = {}
+        self._reserved = 0
+        self._busy_starts: list[float] = []
+        self._busy_ends: list[float] = []
+        self._busy_before: list[float] = []
+
+    def submit(self, request: SimRequest, now_s: float) -> None:
+        """Queue a request; one that could never fit the KV cache is refused, as vLLM does."""
+        need = request.prompt_tokens + max(1, request.output_tokens)
+        if need > self.model.kv_cache_tokens:
+            raise ValueError(
+                f"request {request.id} needs {need} KV tokens; the engine holds {self.model.kv_cache_tokens}"
+            )
+        if request.prompt_tokens < 1:
+            raise ValueError(f"request {request.id} has no prompt tokens")
+        self._waiting.append(request)
+        self._progress[request.id] = _Slot(request)
+
+    def _admit(self) -> None:
+        while self._waiting and self.running < self.model.max_num_seqs:
+            slot = self._progress[self._waiting[0].id]
+            if self._reserved + slot.reserved > self.model.kv_cache_tokens:
+                return
+            self._waiting.popleft()
+            self._reserved += slot.reserved
+            self._prefilling.append(slot)
+
+    def step(self, now_s: float) -> float:
+        """Run one scheduler iteration starting at ``now_s``; its duration, 0.0 when idle."""
+        self._admit()
+        if not self._prefilling and not self._decoding:
+            return 0.0
+        budget = self.model.max_num_batched_tokens - len(self._decoding)
+        chunks: list[tuple[_Slot, int]] = []
+        for slot in self._prefilling:
+            if budget <= 0:
+                break
+            chunk = min(budget, slot.request.prompt_tokens - slot.prefilled)
+            chunks.append((slot, chunk))
+            budget -= chunk
+        duration = self.model.step_s(prefill_tokens=sum(chunk for _, chunk in chunks), decode_batch=len(self._decoding))
+        end = now_s + duration
+        still_decoding: list[_Slot] = []
+        for slot in self._decoding:
+            slot.generated += 1
+            if slot.generated >= slot.request.output_tokens:
+                self._finish(slot, end)
+            else:
+                still_decoding.append(slot)
+        for slot, chunk in chunks:
+            slot.prefilled += chunk
+            if slot.prefilled < slot.request.prompt_tokens:
+                continue
+            self._prefilling.remove(slot)
+            slot.generated = 1
+            slot.request.first_token_s = end
+            if slot.request.output_tokens <= 1:
+                self._finish(slot, end)
+            else:
+                still_decoding.append(slot)
+        self._decoding = still_decoding
+        self._record_busy(now_s, end)
+        return duration
+
+    def _finish(self, slot: _Slot, end: float) -> None:
+        slot.request.finished_s = end
+        self._reserved -= slot.reserved
+        self._finished.append(slot.request)
+
+    def _record_busy(self, start: float, end: float) -> None:
+        """Back-to-back steps merge into one interval, so the history stays short."""
+        if self._busy_ends and start <= self._busy_ends[-1]:
+            self._busy_ends[-1] = max(self._busy_ends[-1], end)
+            return
+        before = self._busy_before[-1] + self._busy_ends[-1] - self._busy_starts[-1] if self._busy_ends else 0.0
+        self._busy_starts.append(start)
+        self._busy_ends.append(end)
+        self._busy_before.append(before)
+
+    def _busy_until(self, t: float) -> float:
+        """Seconds spent in steps from the first step up to time ``t``."""
+        index = bisect.bisect_right(self._busy_starts, t) - 1
+        if index < 0:
+            return 0.0
+        return self._busy_before[index] + min(t, self._busy_ends[index]) - self._busy_starts[index]
+
+    def pop_finished(self) -> list[SimRequest]:
+        finished, self._finished = self._finished, []
+        for request in finished:
+            self._progress.pop(request.id, None)
+        return finished
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._prefilling) + len(self._decoding)
+
+    @property
+    def kv_usage(self) -> float:
+        """KV cache in use (prompt processed plus tokens generated), 0..1, as vLLM reports it."""
+        used = sum(slot.prefilled + slot.generated for slot in self._prefilling) + sum(
+            slot.request.prompt_tokens + slot.generated for slot in self._decoding
+        )
+        return min(1.0, used / self.model.kv_cache_tokens) if self.model.kv_cache_tokens else 0.0
+
+    def busy_fraction(self, since_s: float, now_s: float) -> float:
+        """Share of ``[since_s, now_s]`` spent in steps: the simulated GPU duty cycle."""
+        if now_s <= since_s:
+            return 0.0
+        return (self._busy_until(now_s) - self._busy_until(since_s)) / (now_s - since_s)
+
+    def tokens_generated(self, request_id: str) -> int:
+        """Output tokens produced so far for a request not yet collected by ``pop_finished``."""
+        slot = self._progress.get(request_id)
+        if slot is None:
+            raise KeyError(f"request {request_id} is unknown to this engine or already collected")
+        return slot.generated
