@@ -216,7 +216,12 @@ class ProcessRuntime:
         try:
             with log_path.open("ab") as log:
                 child = subprocess.Popen(
-                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
                 )
         except OSError as exc:
             raise RuntimeFailure(f"starting {name} on node {self.node_name}: {exc}") from exc
@@ -265,7 +270,9 @@ class ProcessRuntime:
         """Forget stopped processes of the instance; refuses a running one (stop it first)."""
         for record in self._matching(instance_id, generation):
             if record["status"] == "running":
-                raise RuntimeFailure(f"removing {record['name']} on node {self.node_name}: it is running; stop it first")
+                raise RuntimeFailure(
+                    f"removing {record['name']} on node {self.node_name}: it is running; stop it first"
+                )
             self._record_path(record["name"]).unlink(missing_ok=True)
             (self.dir / record["log"]).unlink(missing_ok=True)
 
@@ -279,4 +286,3 @@ class ProcessRuntime:
         except OSError as exc:
             raise RuntimeFailure(f"reading logs of {instance_id} on node {self.node_name}: {exc}") from exc
         return "\n".join(text.splitlines()[-lines:])
-

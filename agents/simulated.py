@@ -57,7 +57,7 @@ MODELS: dict[str, SimulatedModel] = {
     )
 }
 
-_SPEC_PART = re.compile(r"^\s*([A-Za-z0-9]+)\s*(?:x\s*(\d+))?\s*$")
+_SPEC_PART = re.compile(r"^\s*([A-Za-z0-9]+?)\s*(?:x\s*(\d+))?\s*$")
 
 
 def simulated_name(model: SimulatedModel) -> str:
@@ -72,7 +72,9 @@ def parse_gpus(text: str) -> list[SimulatedModel]:
         match = _SPEC_PART.match(part)
         model = MODELS.get(match.group(1).upper()) if match else None
         if match is None or model is None:
-            raise ValueError(f"simulated GPUs {text!r}: expected e.g. H100x2 or H100x2,L4 with models {', '.join(MODELS)}")
+            raise ValueError(
+                f"simulated GPUs {text!r}: expected e.g. H100x2 or H100x2,L4 with models {', '.join(MODELS)}"
+            )
         cards.extend([model] * int(match.group(2) or 1))
     return cards
 

@@ -48,6 +48,9 @@ log = logging.getLogger("gpufleet.sim.engine_server")
 # wake-up per tick keeps a busy simulated engine to a few percent of a laptop core.
 TICK_S = 0.02
 STATUS_EVERY_S = 0.25
+# Streams carry the tokens made since their last event at most this often (the first at
+# once), which keeps many simulated streams from costing the laptop more than the panel.
+STREAM_EVERY_S = 0.1
 DUTY_WINDOW_S = 1.0
 # vLLM generates until end-of-sequence or max_tokens; a simulated model has no EOS.
 DEFAULT_MAX_TOKENS = 128
@@ -76,6 +79,7 @@ class Tracked:
     request: SimRequest
     generated: int = 0
     done: bool = False
+    finished: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 class SimulatedEngine:
@@ -123,7 +127,10 @@ class SimulatedEngine:
             "vllm:generation_tokens", "Generated tokens (simulated).", labels, registry=self.registry
         )
         self.success = Counter(
-            "vllm:request_success", "Finished requests (simulated).", [*labels, "finished_reason"], registry=self.registry
+            "vllm:request_success",
+            "Finished requests (simulated).",
+            [*labels, "finished_reason"],
+            registry=self.registry,
         )
         self.registry.register(_Gauges(self))
 
@@ -178,6 +185,7 @@ class SimulatedEngine:
         for request in self.core.pop_finished():
             tracked = self.tracked.pop(request.id)
             tracked.generated, tracked.done = request.output_tokens, True
+            tracked.finished.set()
             assert request.first_token_s is not None and request.finished_s is not None
             self.ttft.labels(self.served_name).observe(request.first_token_s - request.arrival_s)
             self.e2e.labels(self.served_name).observe(request.finished_s - request.arrival_s)
@@ -301,13 +309,20 @@ class EngineApp:
         try:
             await self._route(scope, receive, send)
         except BadRequest as exc:
-            await _json(send, exc.status, {"object": "error", "message": str(exc), "type": "BadRequestError", "code": exc.status})
+            await _json(
+                send,
+                exc.status,
+                {"object": "error", "message": str(exc), "type": "BadRequestError", "code": exc.status},
+            )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._tasks = [asyncio.create_task(self.engine.drive()), asyncio.create_task(self.engine.report_status())]
+                self._tasks = [
+                    asyncio.create_task(self.engine.drive()),
+                    asyncio.create_task(self.engine.report_status()),
+                ]
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:
@@ -363,7 +378,11 @@ class EngineApp:
             output = _max_tokens(payload, ("max_tokens",))
         tracked = [engine.submit(tokens, output) for tokens in prompts]
         kind = "chat.completion" if chat else "text_completion"
-        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+        head = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": model,
+        }
         usage = {
             "prompt_tokens": sum(prompts),
             "completion_tokens": output * len(prompts),
@@ -374,7 +393,7 @@ class EngineApp:
             await self._stream(chat, head, kind, tracked, usage if options.get("include_usage") else None, send)
             return
         for item in tracked:
-            await engine.progress(item, item.request.output_tokens - 1)
+            await item.finished.wait()
         choices = []
         for index, item in enumerate(tracked):
             text = "".join(_text(i) for i in range(item.request.output_tokens))
@@ -391,9 +410,7 @@ class EngineApp:
         usage: dict[str, int] | None,
         send: Send,
     ) -> None:
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         chunk_kind = f"{kind}.chunk" if chat else kind
 
         async def event(choices: list[dict[str, Any]], **extra: Any) -> None:
@@ -411,6 +428,8 @@ class EngineApp:
                 finish = "length" if seen >= item.request.output_tokens else None
                 delta = {"delta": {"content": text}} if chat else {"text": text}
                 await event([{"index": index, **delta, "finish_reason": finish}])
+                if finish is None:
+                    await asyncio.sleep(STREAM_EVERY_S)
         if usage is not None:
             await event([], usage=usage)
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -455,7 +474,7 @@ def engine_from_args(argv: list[str] | None = None) -> tuple[SimulatedEngine, ar
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--gpu-memory-utilization", type=float, default=GPU_MEMORY_UTILIZATION)
-    parser.add_argument("--gpu", default=env(ENV_GPU_MODEL, "H100"), help="simulated GPU model (env %s)" % ENV_GPU_MODEL)
+    parser.add_argument("--gpu", default=env(ENV_GPU_MODEL, "H100"), help=f"simulated GPU model (env {ENV_GPU_MODEL})")
     parser.add_argument("--cold-start-s", type=float, help="override the model's cold start (seconds)")
     args, _ignored = parser.parse_known_args(argv)
     model = engine_model_for(args.gpu)
@@ -490,7 +509,14 @@ def main(argv: list[str] | None = None) -> None:
         engine.model.cold_start_s,
         engine.model.source,
     )
-    uvicorn.run(EngineApp(engine), host=args.host, port=args.port, log_level="warning", lifespan="on")
+    uvicorn.run(
+        EngineApp(engine),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
 
 
 if __name__ == "__main__":
