@@ -133,6 +133,10 @@ class SimulatedEngine:
             registry=self.registry,
         )
         self.registry.register(_Gauges(self))
+        # Series exist from the start, at zero, as vLLM's do: the first scrape is a baseline.
+        for metric in (self.ttft, self.e2e, self.prompt_tokens, self.generation_tokens):
+            metric.labels(served_name)
+        self.success.labels(served_name, "length")
 
     # -- state --------------------------------------------------------------------------
 
