@@ -99,8 +99,8 @@ def test_simulated_gpu_utilization_and_memory_follow_the_engine_on_it(tmp_path: 
         loaded: list[int | None] = []
         body = {"model": SERVED, "prompt": "the " * 2000, "max_tokens": 600}
         http = httpx.Client(timeout=60)
-        senders = [threading.Thread(target=http.post, args=(f"{engine.base_url}/v1/completions",), kwargs={"json": body})
-                   for _ in range(8)]  # fmt: skip
+        url = f"{engine.base_url}/v1/completions"
+        senders = [threading.Thread(target=http.post, args=(url,), kwargs={"json": body}) for _ in range(8)]
         for sender in senders:
             sender.start()
         time.sleep(1.5)
