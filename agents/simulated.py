@@ -7,6 +7,12 @@ scheduler steps). ``SimulatedGpus.read`` sums those per GPU, as NVML would see s
 processes on one card, and derives power and temperature plainly from utilization. Every
 GPU's name starts with "Simulated" and its UUID with ``GPU-simulated-``, so no reading of
 a simulated card can pass for a real one.
+
+A MIG-capable model can be simulated in MIG mode (``H100-mig``): the card is cut into its
+model's fixed layout of slices (three ``2g.20gb`` on an H100), each a device with its own
+UUID (``MIG-simulated-...``) that an engine may be given. NVML reports no utilization for a
+MIG-mode card; the simulated one reports the slices' duty cycles weighted by their share of
+the card's compute, so the dashboard still shows how busy the card is.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.nvml import GpuReading, HostReading, ProcessReading
+from agents.nvml import GpuReading, HostReading, MigReading, ProcessReading
 from agents.runtime import ContainerSpec
 
 NAME_PREFIX = "Simulated "
@@ -30,8 +36,24 @@ STATUS_STALE_S = 5.0
 ENV_GPU_MODEL = "GPUFLEET_SIM_GPU_MODEL"
 ENV_GPU_MEMORY = "GPUFLEET_SIM_GPU_MEMORY_BYTES"
 ENV_STATUS_FILE = "GPUFLEET_SIM_STATUS_FILE"
+ENV_MIG_SHARE = "GPUFLEET_SIM_MIG_SHARE"
+MIG_COMPUTE_SLICES = 7
 
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MigLayout:
+    """How a MIG-mode card is cut: ``count`` slices of ``profile``, each ``memory_bytes``."""
+
+    profile: str
+    count: int
+    memory_bytes: int
+
+    @property
+    def compute_share(self) -> float:
+        """A slice's share of the card's compute: ``2g`` is 2 of the 7 compute slices."""
+        return int(self.profile.split("g.", 1)[0]) / MIG_COMPUTE_SLICES
 
 
 @dataclass(frozen=True)
@@ -43,21 +65,26 @@ class SimulatedModel:
     memory_bytes: int
     idle_watts: float
     limit_watts: float
+    mig: MigLayout | None = None
 
 
 # NVML names and memory as the real cards report them; power limits from the vendors' data sheets.
 MODELS: dict[str, SimulatedModel] = {
     model.short: model
     for model in (
-        SimulatedModel("H100", "NVIDIA H100 80GB HBM3", 81_559 * MIB, 70.0, 700.0),
-        SimulatedModel("A100", "NVIDIA A100-SXM4-40GB", 40_960 * MIB, 50.0, 400.0),
+        SimulatedModel(
+            "H100", "NVIDIA H100 80GB HBM3", 81_559 * MIB, 70.0, 700.0, MigLayout("2g.20gb", 3, 20_096 * MIB)
+        ),
+        SimulatedModel(
+            "A100", "NVIDIA A100-SXM4-40GB", 40_960 * MIB, 50.0, 400.0, MigLayout("2g.10gb", 3, 9_984 * MIB)
+        ),
         SimulatedModel("L40S", "NVIDIA L40S", 46_068 * MIB, 35.0, 350.0),
         SimulatedModel("L4", "NVIDIA L4", 23_034 * MIB, 16.0, 72.0),
         SimulatedModel("A10G", "NVIDIA A10G", 23_028 * MIB, 25.0, 300.0),
     )
 }
 
-_SPEC_PART = re.compile(r"^\s*([A-Za-z0-9]+?)\s*(?:x\s*(\d+))?\s*$")
+_SPEC_PART = re.compile(r"^\s*([A-Za-z0-9]+?)(-mig)?\s*(?:x\s*(\d+))?\s*$", re.IGNORECASE)
 
 
 def simulated_name(model: SimulatedModel) -> str:
@@ -65,17 +92,26 @@ def simulated_name(model: SimulatedModel) -> str:
     return NAME_PREFIX + model.nvml_name
 
 
-def parse_gpus(text: str) -> list[SimulatedModel]:
-    """``H100x2`` or ``H100x2,L4`` -> one model per simulated card, in index order."""
-    cards: list[SimulatedModel] = []
+@dataclass(frozen=True)
+class SimulatedCard:
+    model: SimulatedModel
+    mig: bool = False
+
+
+def parse_gpus(text: str) -> list[SimulatedCard]:
+    """``H100x2``, ``H100x2,L4`` or ``H100,H100-mig`` -> one card per simulated GPU, in index order."""
+    cards: list[SimulatedCard] = []
     for part in text.split(","):
         match = _SPEC_PART.match(part)
         model = MODELS.get(match.group(1).upper()) if match else None
         if match is None or model is None:
             raise ValueError(
-                f"simulated GPUs {text!r}: expected e.g. H100x2 or H100x2,L4 with models {', '.join(MODELS)}"
+                f"simulated GPUs {text!r}: expected e.g. H100x2 or H100,H100-mig with models {', '.join(MODELS)}"
             )
-        cards.extend([model] * int(match.group(2) or 1))
+        mig = bool(match.group(2))
+        if mig and model.mig is None:
+            raise ValueError(f"simulated GPUs {text!r}: {model.short} has no MIG")
+        cards.extend([SimulatedCard(model, mig)] * int(match.group(3) or 1))
     return cards
 
 
@@ -121,22 +157,34 @@ def _status_read(path: Path) -> EngineStatus | None:
 class SimulatedGpus:
     """A ``GpuSource`` of simulated cards whose load is what the simulated engines on them report."""
 
-    def __init__(self, cards: list[SimulatedModel], *, node_name: str, state_dir: Path) -> None:
+    def __init__(self, cards: list[SimulatedCard], *, node_name: str, state_dir: Path) -> None:
         if not cards:
             raise ValueError("a simulated host needs at least one GPU")
         self.cards = cards
         self.uuids = [f"{UUID_PREFIX}{node_name}-{index}" for index in range(len(cards))]
+        self.mig_uuids = [
+            [f"MIG-simulated-{node_name}-{index}-{slot}" for slot in range(card.model.mig.count)]
+            if card.mig and card.model.mig
+            else []
+            for index, card in enumerate(cards)
+        ]
         self.status_dir = Path(state_dir) / "simulated-gpus"
         self.status_dir.mkdir(parents=True, exist_ok=True)
 
     def engine_env(self, spec: ContainerSpec) -> dict[str, str]:
-        """What an engine started for ``spec`` needs to act as a load on its simulated GPUs."""
-        uuids = list(spec.gpu_uuids) or self.uuids[:1]
-        card = self.cards[self.uuids.index(uuids[0])] if uuids[0] in self.uuids else self.cards[0]
+        """What an engine started for ``spec`` needs to act as a load on its simulated GPU or MIG slice."""
+        device = (list(spec.mig_uuids) or list(spec.gpu_uuids) or self.uuids[:1])[0]
+        model, memory, share = self.cards[0].model, self.cards[0].model.memory_bytes, 1.0
+        for index, card in enumerate(self.cards):
+            if device == self.uuids[index]:
+                model, memory = card.model, card.model.memory_bytes
+            elif device in self.mig_uuids[index] and card.model.mig:
+                model, memory, share = card.model, card.model.mig.memory_bytes, card.model.mig.compute_share
         return {
-            "CUDA_VISIBLE_DEVICES": ",".join(uuids),
-            ENV_GPU_MODEL: card.short,
-            ENV_GPU_MEMORY: str(card.memory_bytes),
+            "CUDA_VISIBLE_DEVICES": device,
+            ENV_GPU_MODEL: model.short,
+            ENV_GPU_MEMORY: str(memory),
+            ENV_MIG_SHARE: f"{share:.6f}",
             ENV_STATUS_FILE: str(self.status_dir / f"{spec.container_name}.json"),
         }
 
@@ -151,12 +199,10 @@ class SimulatedGpus:
     def read(self) -> HostReading:
         now = time.time()
         statuses = self._live_statuses(now)
-        gpus = []
-        for index, (card, uuid) in enumerate(zip(self.cards, self.uuids, strict=True)):
-            on_card = [status for status in statuses if uuid in status.gpu_uuids]
-            used = min(card.memory_bytes, sum(status.memory_bytes for status in on_card))
-            utilization = min(1.0, sum(status.duty_cycle for status in on_card))
-            gpus.append(_reading(index, uuid, card, utilization, used, on_card))
+        gpus = [
+            _reading(index, self.uuids[index], card, self.mig_uuids[index], statuses)
+            for index, card in enumerate(self.cards)
+        ]
         return HostReading(
             available=True,
             unavailable_reason=None,
@@ -168,25 +214,52 @@ class SimulatedGpus:
         )
 
 
+def _on(device: str, statuses: list[EngineStatus]) -> list[EngineStatus]:
+    return [status for status in statuses if device in status.gpu_uuids]
+
+
+def _mig_readings(card: SimulatedCard, uuids: list[str], statuses: list[EngineStatus]) -> list[MigReading]:
+    layout = card.model.mig
+    assert layout is not None
+    return [
+        MigReading(
+            index=slot,
+            uuid=uuid,
+            name=f"{simulated_name(card.model)} MIG {layout.profile}",
+            memory_total_bytes=layout.memory_bytes,
+            memory_used_bytes=min(layout.memory_bytes, sum(s.memory_bytes for s in _on(uuid, statuses))),
+            gpu_instance_id=slot + 1,
+            gpu_instance_slice_count=int(layout.profile.split("g.", 1)[0]),
+        )
+        for slot, uuid in enumerate(uuids)
+    ]
+
+
 def _reading(
-    index: int, uuid: str, card: SimulatedModel, utilization: float, used: int, on_card: list[EngineStatus]
+    index: int, uuid: str, card: SimulatedCard, mig_uuids: list[str], statuses: list[EngineStatus]
 ) -> GpuReading:
     """Power rises linearly from idle to the limit with utilization; temperature from 30 to 75 C."""
+    model = card.model
+    share = model.mig.compute_share if card.mig and model.mig else 1.0
+    devices = mig_uuids or [uuid]
+    on_card = [status for device in devices for status in _on(device, statuses)]
+    utilization = min(1.0, sum(share * status.duty_cycle for status in on_card))
+    used = min(model.memory_bytes, sum(status.memory_bytes for status in on_card))
     busy = utilization > 0
     return GpuReading(
         index=index,
         uuid=uuid,
-        name=simulated_name(card),
+        name=simulated_name(model),
         pci_bus_id=f"00000000:{index + 1:02X}:00.0",
         utilization_gpu_pct=round(utilization * 100),
         utilization_memory_pct=round(utilization * 60),
         sm_activity_pct=None,
-        memory_total_bytes=card.memory_bytes,
+        memory_total_bytes=model.memory_bytes,
         memory_used_bytes=used,
         memory_reserved_bytes=0,
-        memory_free_bytes=card.memory_bytes - used,
-        power_watts=round(card.idle_watts + (card.limit_watts - card.idle_watts) * utilization, 1),
-        power_limit_watts=card.limit_watts,
+        memory_free_bytes=model.memory_bytes - used,
+        power_watts=round(model.idle_watts + (model.limit_watts - model.idle_watts) * utilization, 1),
+        power_limit_watts=model.limit_watts,
         energy_joules=None,
         temperature_c=round(30 + 45 * utilization),
         sm_clock_mhz=1980 if busy else 345,
@@ -194,9 +267,9 @@ def _reading(
         pstate=0 if busy else 8,
         throttle_reasons=[] if busy else ["gpu_idle"],
         ecc_uncorrected_volatile=0,
-        mig_mode_current=None,
-        mig_mode_pending=None,
-        mig_devices=[],
+        mig_mode_current=card.mig if model.mig else None,
+        mig_mode_pending=card.mig if model.mig else None,
+        mig_devices=_mig_readings(card, mig_uuids, statuses) if mig_uuids else [],
         processes=[ProcessReading(pid=status.pid, used_memory_bytes=status.memory_bytes) for status in on_card],
         field_errors={"sm_activity_pct": "simulated GPU: no GPM"},
     )

@@ -44,6 +44,8 @@ SIMULATED_IMAGE = "simulated/vllm:qwen3-4b"
 SIMULATED_LAUNCHER = "simulated/vllm:*={python} -m fleet.sim.engine_server"
 REAL_IMAGE = "vllm/vllm-openai:cpu"
 REAL_VLLM_ENV = "FLEET_VLLM_PYTHON"
+# A CPU server is slow: short contexts, and one instance only (each takes gigabytes of memory).
+REAL_MAX_MODEL_LEN = 2048
 DEMO_USER = "demo"
 TEAM_SLUG = "demo-simulated-traffic"
 JOIN_TOKEN_NAME = "demo fleet (simulated hosts)"
@@ -71,14 +73,15 @@ class TierPlan:
     max_instances: int
 
 
-# S: exclusive GPUs, P95 <= 450 ms; M: utilization target 55% (band 50-65%); L: shared GPUs,
-# P95 <= 600 ms tolerated (METHOD.md step 3). M runs on shared GPUs here: the simulated
-# cards do not model MIG.
-TIERS = (
-    TierPlan("S", Pool.Isolation.EXCLUSIVE, 450, 0.90, 1, 2),
-    TierPlan("M", Pool.Isolation.SHARED, 500, 0.40, 1, 3),
-    TierPlan("L", Pool.Isolation.SHARED, 600, 0.30, 1, 3),
-)
+# S: exclusive GPUs, P95 <= 450 ms; M: MIG slices, utilization target 55% (band 50-65%);
+# L: shared GPUs, P95 <= 600 ms tolerated (METHOD.md step 3). Shared instances take 0.3 of
+# a card, so three fit on one; a MIG instance takes 0.9 of its slice.
+TIER_S = TierPlan("S", Pool.Isolation.EXCLUSIVE, 450, 0.90, 1, 2)
+TIER_M_MIG = TierPlan("M", Pool.Isolation.MIG, 500, 0.90, 1, 3)
+TIER_M_SHARED = TierPlan("M", Pool.Isolation.SHARED, 500, 0.30, 1, 3)
+TIER_L = TierPlan("L", Pool.Isolation.SHARED, 600, 0.30, 1, 3)
+# One card each for S, L and M's MIG slices; with fewer, M shares cards with L.
+MIG_MIN_CARDS = 3
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,22 @@ class DemoOptions:
     @property
     def panel_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def mig(self) -> bool:
+        """Whether the last card runs in MIG mode for the M pool."""
+        return MODELS[self.gpu].mig is not None and self.hosts * self.gpus_per_host >= MIG_MIN_CARDS
+
+    @property
+    def tiers(self) -> tuple[TierPlan, ...]:
+        return (TIER_S, TIER_M_MIG if self.mig else TIER_M_SHARED, TIER_L)
+
+    def host_gpus(self, index: int) -> str:
+        """The ``--simulated-gpus`` of one host: the last host's last card in MIG mode when ``mig``."""
+        if not self.mig or index != self.hosts - 1:
+            return f"{self.gpu}x{self.gpus_per_host}"
+        plain = f"{self.gpu}x{self.gpus_per_host - 1}," if self.gpus_per_host > 1 else ""
+        return f"{plain}{self.gpu}-mig"
 
 
 @dataclass(frozen=True)
@@ -145,7 +164,15 @@ def _profile(options: DemoOptions, plan: TierPlan) -> ModelProfile:
         ),
     }
     if real:
-        values.update(model=options.model_path, dtype="float32", max_model_len=2048, max_num_seqs=4, extra_args=[])
+        tokenizer = Path(options.model_path) / "tokenizer.json"
+        values.update(
+            model=options.model_path,
+            tokenizer=str(tokenizer) if tokenizer.is_file() else "",
+            dtype="float32",
+            max_model_len=REAL_MAX_MODEL_LEN,
+            max_num_seqs=4,
+            extra_args=["--max-num-batched-tokens", str(REAL_MAX_MODEL_LEN), "--enforce-eager", "--seed", "0"],
+        )
     profile, _ = ModelProfile.objects.update_or_create(name=name, defaults=values)
     return profile
 
@@ -161,12 +188,13 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
     Only demo objects are touched: simulated nodes, the demo pools' instances, demo
     profiles, pools, team and token. A user's own fleet in the same database is left alone.
     """
-    pool_names = tuple(f"simulated-{plan.tier.lower()}" for plan in TIERS)
+    pool_names = tuple(f"simulated-{plan.tier.lower()}" for plan in options.tiers)
     Instance.objects.filter(pool__name__in=pool_names).delete()
     Node.objects.filter(simulated=True).delete()
     JoinToken.objects.filter(name=JOIN_TOKEN_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
     card = simulated_name(MODELS[options.gpu])
-    for plan, name in zip(TIERS, pool_names, strict=True):
+    layout = MODELS[options.gpu].mig
+    for plan, name in zip(options.tiers, pool_names, strict=True):
         pool, _ = Pool.objects.update_or_create(
             name=name,
             defaults=dict(
@@ -174,9 +202,10 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
                 isolation=plan.isolation,
                 model_profile=_profile(options, plan),
                 gpu_model=card,
+                mig_profile=layout.profile if plan.isolation == Pool.Isolation.MIG and layout else "",
                 sla_latency_ms=plan.sla_latency_ms,
                 min_instances=plan.min_instances,
-                max_instances=plan.max_instances,
+                max_instances=1 if options.real_vllm and plan.tier == "L" else plan.max_instances,
                 idle_minimize_after_s=_idle_s(IDLE_MINIMIZE_S, options.speedup),
                 idle_stop_after_s=_idle_s(IDLE_STOP_S, options.speedup),
                 enabled=True,
@@ -254,7 +283,7 @@ class DemoFleet:
             "--state-dir", str(self.dir / "hosts" / _host_name(index)),
             "--interval", str(AGENT_INTERVAL_S),
             "--port-range", f"{low}-{low + 99}",
-            "--simulated-gpus", f"{self.options.gpu}x{self.options.gpus_per_host}",
+            "--simulated-gpus", self.options.host_gpus(index),
             "--runtime", "process",
             "--launcher", SIMULATED_LAUNCHER,
             "--allow-image", SIMULATED_IMAGE,

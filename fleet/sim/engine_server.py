@@ -37,10 +37,19 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from agents.simulated import ENV_GPU_MEMORY, ENV_GPU_MODEL, ENV_STATUS_FILE, status_write
+from agents.simulated import ENV_GPU_MEMORY, ENV_GPU_MODEL, ENV_MIG_SHARE, ENV_STATUS_FILE, status_write
 from fleet.catalog import GIB
 from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD, ESTIMATE
-from fleet.sim.engine import GPU_MEMORY_UTILIZATION, EngineCore, EngineModel, SimRequest, engine_model_for
+from fleet.sim.engine import (
+    GPU_FACTS,
+    GPU_MEMORY_UTILIZATION,
+    PROFILES,
+    EngineCore,
+    EngineModel,
+    SimRequest,
+    engine_model_for,
+    kv_cache_tokens_for,
+)
 
 log = logging.getLogger("gpufleet.sim.engine_server")
 
@@ -467,6 +476,21 @@ async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
 # -- the command line --------------------------------------------------------------------
 
 
+def device_model(model: EngineModel, *, device_bytes: int, compute_share: float) -> EngineModel:
+    """The engine model on a MIG slice: prefill gets the slice's share of compute, decode its
+    share of memory bandwidth (memory slices carry bandwidth in proportion to their size)."""
+    bandwidth_share = device_bytes / (GPU_FACTS[model.gpu_model].memory_gib * GIB)
+    if compute_share >= 1.0 and bandwidth_share >= 1.0:
+        return model
+    return dataclasses.replace(
+        model,
+        prefill_tokens_per_s=model.prefill_tokens_per_s * compute_share,
+        decode_step_base_s=model.decode_step_base_s / bandwidth_share,
+        decode_step_per_seq_s=model.decode_step_per_seq_s / bandwidth_share,
+        source=f"{model.source}; MIG slice: x{compute_share:.3f} compute, x{bandwidth_share:.3f} bandwidth",
+    )
+
+
 def engine_from_args(argv: list[str] | None = None) -> tuple[SimulatedEngine, argparse.Namespace]:
     """vLLM's server flags (the modelled ones), plus the GPU the simulated GPUs assigned."""
     env = os.environ.get
@@ -481,22 +505,24 @@ def engine_from_args(argv: list[str] | None = None) -> tuple[SimulatedEngine, ar
     parser.add_argument("--gpu", default=env(ENV_GPU_MODEL, "H100"), help=f"simulated GPU model (env {ENV_GPU_MODEL})")
     parser.add_argument("--cold-start-s", type=float, help="override the model's cold start (seconds)")
     args, _ignored = parser.parse_known_args(argv)
-    model = engine_model_for(args.gpu)
-    # The model's KV cache assumes vLLM's default 0.9 of the card; scale it to the flag.
-    kv_tokens = int(model.kv_cache_tokens * args.gpu_memory_utilization / GPU_MEMORY_UTILIZATION)
+    base = engine_model_for(args.gpu)
+    full_card = GPU_FACTS[base.gpu_model].memory_gib * GIB
+    device_bytes = int(env(ENV_GPU_MEMORY) or full_card)
     model = dataclasses.replace(
-        model,
-        max_num_seqs=args.max_num_seqs or model.max_num_seqs,
-        kv_cache_tokens=kv_tokens,
-        cold_start_s=model.cold_start_s if args.cold_start_s is None else args.cold_start_s,
+        device_model(base, device_bytes=device_bytes, compute_share=float(env(ENV_MIG_SHARE) or 1.0)),
+        kv_cache_tokens=kv_cache_tokens_for(
+            memory_gib=device_bytes / GIB * args.gpu_memory_utilization / GPU_MEMORY_UTILIZATION,
+            profile=PROFILES[base.profile],
+        ),
+        max_num_seqs=args.max_num_seqs or base.max_num_seqs,
+        cold_start_s=base.cold_start_s if args.cold_start_s is None else args.cold_start_s,
     )
-    card_bytes = int(env(ENV_GPU_MEMORY) or 80 * GIB)
     status_file = env(ENV_STATUS_FILE)
     engine = SimulatedEngine(
         model,
         served_name=args.served_model_name or args.model,
         max_model_len=args.max_model_len,
-        memory_bytes=int(card_bytes * args.gpu_memory_utilization),
+        memory_bytes=int(device_bytes * args.gpu_memory_utilization),
         gpu_uuids=[uuid for uuid in (env("CUDA_VISIBLE_DEVICES") or "").split(",") if uuid],
         status_file=Path(status_file) if status_file else None,
     )

@@ -76,6 +76,7 @@ class Command(BaseCommand):
             f"  Dashboard:  {options.panel_url}/   (admin: {options.panel_url}/admin/)",
             f"  Login:      {setup.username} / {setup.password}",
             f"  Simulated:  {options.hosts} hosts x {options.gpus_per_host} {options.gpu} GPUs ({gpus} in all);"
+            f"{' the last in MIG mode for the M pool;' if options.mig else ''}"
             " vLLM engines simulated by the engine performance model (fleet.sim.engine), no model runs",
             "  Real:       the panel, its policies and gateway, the agents, the Azure trace"
             f" ({options.trace}) replayed at {options.speedup:g}x through {options.panel_url}/v1/",
