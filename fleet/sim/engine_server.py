@@ -480,7 +480,7 @@ def device_model(model: EngineModel, *, device_bytes: int, compute_share: float)
     """The engine model on a MIG slice: prefill gets the slice's share of compute, decode its
     share of memory bandwidth (memory slices carry bandwidth in proportion to their size)."""
     bandwidth_share = device_bytes / (GPU_FACTS[model.gpu_model].memory_gib * GIB)
-    if compute_share >= 1.0 and bandwidth_share >= 1.0:
+    if compute_share >= 1.0:
         return model
     return dataclasses.replace(
         model,

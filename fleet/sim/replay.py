@@ -83,15 +83,24 @@ class Tally:
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    first_tokens: list[float] = field(default_factory=list)
 
     def line(self, elapsed: float, trace_s: float) -> str:
-        window, self.latencies = self.latencies, []
-        p95 = statistics.quantiles(window, n=20)[-1] if len(window) >= 2 else (window[0] if window else 0.0)
+        """Counts so far; P95s over the requests finished since the previous line."""
+        latencies, self.latencies = self.latencies, []
+        first_tokens, self.first_tokens = self.first_tokens, []
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
         return (
             f"replay: {elapsed:5.0f} s wall, trace at {trace_s:6.0f} s; sent {self.sent}, ok {self.ok}, "
-            f"failed {self.failed}; P95 latency {p95:.2f} s; errors: {errors}"
+            f"failed {self.failed}; P95 end-to-end {_p95(latencies)}, time to first token {_p95(first_tokens)}"
+            f" (streamed); errors: {errors}"
         )
+
+
+def _p95(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]:.2f} s"
 
 
 class Replayer:
@@ -107,13 +116,15 @@ class Replayer:
     async def one(self, row: TraceRow, stream: bool) -> None:
         messages = [{"role": "user", "content": prompt_text(row.prompt_tokens, code=self.code)}]
         started = time.monotonic()
+        first: float | None = None
         try:
             if stream:
                 chunks = await self.client.chat.completions.create(
                     model=self.model, messages=messages, max_tokens=row.output_tokens, stream=True
                 )
-                async for _chunk in chunks:
-                    pass
+                async for chunk in chunks:
+                    if first is None and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.monotonic() - started
             else:
                 await self.client.chat.completions.create(
                     model=self.model, messages=messages, max_tokens=row.output_tokens
@@ -125,6 +136,8 @@ class Replayer:
         else:
             self.tally.ok += 1
             self.tally.latencies.append(time.monotonic() - started)
+            if first is not None:
+                self.tally.first_tokens.append(first)
         finally:
             self.limit.release()
 
