@@ -10,10 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agents import __main__ as agent_cli
 from agents.processes import Launcher, ProcessRuntime
 from agents.reconcile import DesiredInstance, Restart, Start, Stop, apply, reconcile
 from agents.runtime import ContainerSpec, ImageMissing
 from agents.simulated import SimulatedGpus, parse_gpus
+from fleet.sim.engine import engine_model_for
+from fleet.sim.engine_server import device_model
 from tests.support.sim_engine import SERVED, SimEngine
 
 SLEEPER = Launcher.parse("test/sleeper:*={python} -c 'import time, sys; time.sleep(600)'")
@@ -115,3 +118,40 @@ def test_simulated_gpu_utilization_and_memory_follow_the_engine_on_it(tmp_path: 
         assert [p.pid for p in busy[1].processes or []] == [engine.process.pid if engine.process else -1]
         time.sleep(1.6)
         assert gpus.read().gpus[1].utilization_gpu_pct == 0, "idle again once the requests are done"
+
+
+def test_the_agent_command_line_selects_the_simulated_backends(tmp_path: Path) -> None:
+    common = ["--panel", "http://127.0.0.1:8000", "--state-dir", str(tmp_path), "--name", "sim-a"]
+    args = agent_cli.parse_args(
+        [*common, "--simulated-gpus", "H100,H100-mig", "--runtime", "process", "--launcher", "simulated/*=x"]
+    )
+    config = agent_cli.config_from(args)
+    gpus, runtime = agent_cli.backends(args, config)
+    assert config.simulated
+    assert isinstance(gpus, SimulatedGpus) and [c.mig for c in gpus.cards] == [False, True]
+    assert isinstance(runtime, ProcessRuntime) and runtime.env_for == gpus.engine_env
+    assert not agent_cli.config_from(agent_cli.parse_args(common)).simulated
+    for wrong in (["--runtime", "process"], ["--simulated-gpus", "L4-mig"], ["--launcher", "no-equals-sign"]):
+        with pytest.raises(SystemExit):
+            agent_cli.parse_args([*common, *wrong])
+
+
+def test_an_engine_on_a_mig_slice_gets_the_slices_memory_and_share_of_the_card(tmp_path: Path) -> None:
+    gpus = SimulatedGpus(parse_gpus("H100-mig"), node_name="sim-a", state_dir=tmp_path)
+    slice_uuid = gpus.mig_uuids[0][1]
+    env = gpus.engine_env(
+        ContainerSpec(
+            instance_id="1", generation=1, image="simulated/x", node_name="sim-a", port=1, mig_uuids=[slice_uuid]
+        )
+    )
+    assert env["CUDA_VISIBLE_DEVICES"] == slice_uuid
+    assert int(env["GPUFLEET_SIM_GPU_MEMORY_BYTES"]) == 20_096 * 2**20
+    whole = engine_model_for("H100")
+    sliced = device_model(
+        whole,
+        device_bytes=int(env["GPUFLEET_SIM_GPU_MEMORY_BYTES"]),
+        compute_share=float(env["GPUFLEET_SIM_MIG_SHARE"]),
+    )
+    assert sliced.prefill_tokens_per_s == pytest.approx(whole.prefill_tokens_per_s * 2 / 7)
+    assert sliced.decode_step_base_s == pytest.approx(whole.decode_step_base_s * 80 * 1024 / 20_096)
+    assert device_model(whole, device_bytes=81_559 * 2**20, compute_share=1.0) == whole
