@@ -13,7 +13,8 @@ given. The generated text is filler and says it is simulated. The engine writes 
 cycle and memory to the status file the simulated GPUs read (``agents.simulated``).
 
 vLLM flags it does not model (``--dtype``, ``--enable-prefix-caching`` ...) are accepted
-and ignored. No Django here: the process runs beside the agent, not the panel.
+and ignored. Django is never set up here (no settings, no database): the process runs beside
+the agent, not the panel.
 """
 
 from __future__ import annotations

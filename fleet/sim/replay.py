@@ -9,7 +9,8 @@ that the gateway's token estimate (characters / 4) gives the row's prompt tokens
 the code trace wrap it in a fenced code block with code keywords, so the gateway's
 request complexity fingerprint sees code as it would. ``max_tokens`` is the row's output
 tokens. Every other request streams. The trace loops until the replayer is stopped. It
-prints one progress line every ``--report-every`` seconds. No Django here.
+prints one progress line every ``--report-every`` seconds. Django is never set up here: the
+replayer is a client of the panel like any other.
 """
 
 from __future__ import annotations
