@@ -65,6 +65,7 @@ class Command(BaseCommand):
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
         finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
             self.stdout.write("Stopping the demo: replayer, agents, engines, panel ...")
             fleet.stop()
             self.stdout.write("Demo stopped.")
