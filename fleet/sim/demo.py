@@ -8,9 +8,9 @@ process``), and the replayer sending a real Azure trace through the panel's gate
 The agents start simulated vLLM engines (``fleet.sim.engine_server``) as the policies
 ask, so placement, autoscaling, idle reclaim, routing and accounting are the production
 code paths; only the GPUs and the engines are simulated, and they are labelled so: the
-nodes are marked simulated, GPU names start with "Simulated", profiles, pools and the
-served model carry "simulated" in their names. With ``real_vllm`` the L pool is served
-by one real vLLM (CPU build) instead.
+nodes are marked simulated, GPU names start with "Simulated", and the engines' model
+profiles carry "simulated" in their names. The pools (``demo-s``, ``-m``, ``-l``) are the
+panel's own: with ``real_vllm`` the L pool is served by one real vLLM (CPU build) instead.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class DemoOptions:
     port: int = 8000
     real_vllm: bool = False
     model_path: str = ""
+    engine_cold_start_s: float | None = None
 
     @property
     def use_case(self) -> str:
@@ -188,7 +189,7 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
     Only demo objects are touched: simulated nodes, the demo pools' instances, demo
     profiles, pools, team and token. A user's own fleet in the same database is left alone.
     """
-    pool_names = tuple(f"simulated-{plan.tier.lower()}" for plan in options.tiers)
+    pool_names = tuple(f"demo-{plan.tier.lower()}" for plan in options.tiers)
     Instance.objects.filter(pool__name__in=pool_names).delete()
     Node.objects.filter(simulated=True).delete()
     JoinToken.objects.filter(name=JOIN_TOKEN_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
@@ -285,7 +286,7 @@ class DemoFleet:
             "--port-range", f"{low}-{low + 99}",
             "--simulated-gpus", self.options.host_gpus(index),
             "--runtime", "process",
-            "--launcher", SIMULATED_LAUNCHER,
+            "--launcher", self._simulated_launcher(),
             "--allow-image", SIMULATED_IMAGE,
         ]  # fmt: skip
         if self.options.real_vllm:
@@ -295,6 +296,10 @@ class DemoFleet:
                 "--allow-image", REAL_IMAGE,
             ]  # fmt: skip
         return argv
+
+    def _simulated_launcher(self) -> str:
+        cold = self.options.engine_cold_start_s
+        return SIMULATED_LAUNCHER if cold is None else f"{SIMULATED_LAUNCHER} --cold-start-s {cold:g}"
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)

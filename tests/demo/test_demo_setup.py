@@ -75,7 +75,7 @@ def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_card
     assert list(MigDevice.objects.values_list("profile", flat=True)) == ["2g.20gb"] * 3
 
     for tier in "SML":
-        pool = Pool.objects.get(name=f"simulated-{tier.lower()}")
+        pool = Pool.objects.get(name=f"demo-{tier.lower()}")
         assert pool_wake(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed"
     placed = {i.pool.tier: i for i in Instance.objects.select_related("pool", "gpu", "mig_device")}
     assert placed["M"].mig_device is not None and placed["M"].gpu.mig_enabled

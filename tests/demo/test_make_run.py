@@ -3,7 +3,8 @@
 The copy has a fresh ``var/`` (no database); ``VENV`` points at this test run's virtualenv
 and ``make -o`` keeps make from reinstalling into it, which is what installing would
 otherwise cost. The dashboard is reached over HTTP with the printed login, the WebSocket
-delivers fleet updates, and Ctrl-C leaves no process behind, simulated engines included.
+delivers fleet updates, the replayed trace is answered through the gateway by simulated
+engines, and Ctrl-C leaves no process behind, simulated engines included.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Output, Path, 
             "run",
             f"VENV={venv}",
             f"PORT={port}",
-            "DEMO_ARGS=--hosts 1 --gpus-per-host 2",
+            "DEMO_ARGS=--hosts 1 --gpus-per-host 2 --engine-cold-start 1",
             "-o",
             f"{venv}/.runtime",
         ],
@@ -167,6 +168,8 @@ def test_make_run_serves_a_live_simulated_fleet_and_stops_cleanly(
         assert time.monotonic() - asked < EVENT_TIMEOUT_S
     assert event["kind"] in {"fleet", "node", "instances", "decision"}, event
 
+    served = output.wait_for(r"replay: .* ok ([1-9]\d*),", process)  # requests answered through the gateway
+    assert int(served.group(1)) > 0
     deadline = time.monotonic() + 15
     while not (pids := engine_pids(repo)):  # the replayer's first requests make the gateway wake pools
         assert time.monotonic() < deadline, "no simulated engine was started"

@@ -37,6 +37,13 @@ class Command(BaseCommand):
             "--model-path", default="", help="with --real-vllm: the model (default: the tiny test model)"
         )
 
+        parser.add_argument(
+            "--engine-cold-start",
+            type=float,
+            metavar="SECONDS",
+            help="cold start of the simulated engines (default: the engine model's, 30 s)",
+        )
+
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["speedup"] <= 0 or opts["hosts"] < 1 or opts["gpus_per_host"] < 1:
             raise CommandError("--speedup, --hosts and --gpus-per-host must be positive")
@@ -50,6 +57,7 @@ class Command(BaseCommand):
             port=opts["port"],
             real_vllm=opts["real_vllm"],
             model_path=opts["model_path"] or (_tiny_model() if opts["real_vllm"] else ""),
+            engine_cold_start_s=opts["engine_cold_start"],
         )
         call_command("migrate", interactive=False, verbosity=0)
         setup = demo_prepare(options=options)
