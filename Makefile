@@ -8,7 +8,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= var/wheelhouse
 
-.PHONY: run serve test lint format migrate admin bench bench-ingest bench-charts bench-gateway bench-litellm-venv gateway agent-wheels clean
+.PHONY: run serve test lint format migrate admin bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ agent-wheels: | $(BIN)/python
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/agent_overhead.py
+
+# The simulated policy benchmark on both Azure traces; reports under var/.
+bench-sim: $(VENV)/.dev
+	$(BIN)/python bench/simulator.py
 
 # Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL).
 bench-ingest: $(VENV)/.dev

@@ -37,7 +37,12 @@ Arithmetic, each a documented assumption a user can replace with ``sim_fit``:
   H100 221 MB / 2,513 GB/s + 8.04 GFLOP / 396 TFLOPS = 0.088 + 0.020 = 0.108 ms.
 * **Prefill** is compute bound: ``prefill_tokens_per_s = peak x 0.40 / (2 x parameters)``
   (40% model FLOPs utilization, typical of vLLM prefill). H100: 989e12 x 0.4 / 8.04e9 =
-  49,200 tokens/s.
+  49,200 tokens/s. The H100 entry is **calibrated** instead: measured on an H100 80GB HBM3
+  with a random-weight model of Qwen3-4B's shape in bf16, with Hugging Face transformers
+  (eager kernels, SDPA attention), not vLLM: 42,600 tokens/s at 2,048-4,096-token prompts
+  (``calibration/qwen3_4b_h100_hf_eager.json``, 34% of peak). The same run's decode steps
+  (76-102 ms for batches 1-256) are transformers' per-step launch overhead, which vLLM's
+  CUDA graphs remove, so decode stays at the bandwidth arithmetic.
 * **KV capacity** follows the VRAM estimator (``fleet.policies.vram``): vLLM takes
   ``gpu_memory_utilization`` (0.9) of the card, minus weights and the estimator's 1.5 GiB
   overhead, and fills the rest with KV cache. H100: 80 GiB x 0.9 - 7.49 GiB - 1.5 GiB =
@@ -53,13 +58,19 @@ Arithmetic, each a documented assumption a user can replace with ``sim_fit``:
 from __future__ import annotations
 
 import bisect
+import heapq
+import json
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fleet import catalog
 from fleet.policies.vram import OVERHEAD_BYTES, vram_estimate
 
 DEFAULT_PROFILE = "qwen3-4b-instruct-bf16"
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+# Measured prefill rates that replace the arithmetic: GPU -> (file, the prompts that count).
+PREFILL_MEASUREMENTS = {"H100": ("qwen3_4b_h100_hf_eager.json", 2_048)}
 GPU_MEMORY_UTILIZATION = 0.9
 BANDWIDTH_EFFICIENCY = 0.75
 COMPUTE_EFFICIENCY = 0.40
@@ -168,6 +179,16 @@ def kv_cache_tokens_for(*, memory_gib: float, profile: ProfileFacts) -> int:
     return max(0, free // estimate.kv_bytes_per_token)
 
 
+def prefill_measured(gpu: str) -> tuple[float, str] | None:
+    """The best prefill rate measured on this GPU at prompts of the stated length or more."""
+    if gpu not in PREFILL_MEASUREMENTS:
+        return None
+    name, shortest = PREFILL_MEASUREMENTS[gpu]
+    data = json.loads((CALIBRATION_DIR / name).read_text(encoding="utf-8"))
+    rate = max(row["tokens_per_s"] for row in data["prefill"] if row["tokens"] >= shortest)
+    return rate, f"prefill {rate:,.0f} tokens/s measured on {data['device']} ({data['what']}; {name})"
+
+
 def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineModel:
     """The documented default model for a GPU family and served-model profile."""
     if profile not in PROFILES:
@@ -181,10 +202,15 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
     bandwidth = facts.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY
     compute = facts.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY
     link_s = weight_bytes / (facts.host_link_gb_s * 1e9)
+    prefill = compute / flops_per_token
+    source = f"simulated: derived from {facts.citation} (see fleet.sim.engine)"
+    if (measured := prefill_measured(facts.name)) is not None:
+        prefill, note = measured
+        source = f"{source}; {note}"
     return EngineModel(
         gpu_model=facts.name,
         profile=profile,
-        prefill_tokens_per_s=compute / flops_per_token,
+        prefill_tokens_per_s=prefill,
         decode_step_base_s=weight_bytes / bandwidth,
         decode_step_per_seq_s=DECODE_CONTEXT_TOKENS * spec.kv_bytes_per_token() / bandwidth + flops_per_token / compute,
         max_num_seqs=MAX_NUM_SEQS,
@@ -192,7 +218,7 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
         cold_start_s=COLD_START_S,
         sleep_s=link_s + SLEEP_FIXED_S,
         wake_s=link_s + SLEEP_FIXED_S,
-        source=f"simulated: derived from {facts.citation} (see fleet.sim.engine)",
+        source=source,
     )
 
 
@@ -208,11 +234,11 @@ class SimRequest:
 
 @dataclass
 class _Slot:
-    """A request the core has admitted: its progress and the KV tokens it reserved."""
+    """A request the core holds: its prompt progress, the KV tokens it reserved, its decode start."""
 
     request: SimRequest
     prefilled: int = 0
-    generated: int = 0
+    decode_from: int = -1
     reserved: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -230,17 +256,23 @@ class EngineCore:
     front, so a request is never preempted), then runs every decoding sequence one token
     and fills the rest of the ``max_num_batched_tokens`` budget with prompt chunks
     (chunked prefill). A request's first token comes at the end of the step that finishes
-    its prompt, as in vLLM.
+    its prompt, as in vLLM. Decoding sequences are not touched one by one each step: each
+    knows the step it started decoding at, and a heap holds the step each one finishes
+    at, so a step costs O(log n) however large the batch.
     """
 
     def __init__(self, model: EngineModel) -> None:
         self.model = model
         self._waiting: deque[SimRequest] = deque()
         self._prefilling: list[_Slot] = []
-        self._decoding: list[_Slot] = []
+        self._decoding: list[tuple[int, int, _Slot]] = []
         self._finished: list[SimRequest] = []
         self._progress: dict[str, _Slot] = {}
         self._reserved = 0
+        self._steps = 0
+        self._sequence = 0
+        self._decode_prompt_tokens = 0
+        self._decode_from_sum = 0
         self._busy_starts: list[float] = []
         self._busy_ends: list[float] = []
         self._busy_before: list[float] = []
@@ -271,7 +303,8 @@ class EngineCore:
         self._admit()
         if not self._prefilling and not self._decoding:
             return 0.0
-        budget = self.model.max_num_batched_tokens - len(self._decoding)
+        decoding = len(self._decoding)
+        budget = self.model.max_num_batched_tokens - decoding
         chunks: list[tuple[_Slot, int]] = []
         for slot in self._prefilling:
             if budget <= 0:
@@ -279,32 +312,51 @@ class EngineCore:
             chunk = min(budget, slot.request.prompt_tokens - slot.prefilled)
             chunks.append((slot, chunk))
             budget -= chunk
-        duration = self.model.step_s(prefill_tokens=sum(chunk for _, chunk in chunks), decode_batch=len(self._decoding))
+        duration = self.model.step_s(prefill_tokens=sum(chunk for _, chunk in chunks), decode_batch=decoding)
         end = now_s + duration
-        still_decoding: list[_Slot] = []
-        for slot in self._decoding:
-            slot.generated += 1
-            if slot.generated >= slot.request.output_tokens:
-                self._finish(slot, end)
-            else:
-                still_decoding.append(slot)
+        self._steps += 1
+        while self._decoding and self._decoding[0][0] <= self._steps:
+            _, _, slot = heapq.heappop(self._decoding)
+            self._decode_prompt_tokens -= slot.request.prompt_tokens
+            self._decode_from_sum -= slot.decode_from
+            self._finish(slot, end)
         for slot, chunk in chunks:
             slot.prefilled += chunk
             if slot.prefilled < slot.request.prompt_tokens:
                 continue
             self._prefilling.remove(slot)
-            slot.generated = 1
+            slot.decode_from = self._steps
             slot.request.first_token_s = end
             if slot.request.output_tokens <= 1:
                 self._finish(slot, end)
-            else:
-                still_decoding.append(slot)
-        self._decoding = still_decoding
+                continue
+            self._sequence += 1
+            finish_at = self._steps + slot.request.output_tokens - 1
+            heapq.heappush(self._decoding, (finish_at, self._sequence, slot))
+            self._decode_prompt_tokens += slot.request.prompt_tokens
+            self._decode_from_sum += slot.decode_from
         self._record_busy(now_s, end)
         return duration
 
+    def steps(self, now_s: float, until_s: float) -> float:
+        """Like ``step``, but runs identical decode-only steps back to back, as many as fit before
+        ``until_s`` (when something outside may change the batch) and before the next sequence
+        finishes: what ``step`` would do one call at a time, in one call. Returns their duration."""
+        self._admit()
+        if self._prefilling or not self._decoding:
+            return self.step(now_s)
+        each = self.model.decode_step_s(len(self._decoding))
+        count = min(self._decoding[0][0] - self._steps, int((until_s - now_s) // each))
+        if count <= 1:
+            return self.step(now_s)
+        ahead = (count - 1) * each
+        self._steps += count - 1
+        self._record_busy(now_s, now_s + ahead)
+        return ahead + self.step(now_s + ahead)
+
     def _finish(self, slot: _Slot, end: float) -> None:
         slot.request.finished_s = end
+        slot.decode_from = self._steps - slot.request.output_tokens + 1
         self._reserved -= slot.reserved
         self._finished.append(slot.request)
 
@@ -342,9 +394,9 @@ class EngineCore:
     @property
     def kv_usage(self) -> float:
         """KV cache in use (prompt processed plus tokens generated), 0..1, as vLLM reports it."""
-        used = sum(slot.prefilled + slot.generated for slot in self._prefilling) + sum(
-            slot.request.prompt_tokens + slot.generated for slot in self._decoding
-        )
+        decoding = len(self._decoding)
+        generated = decoding * (1 + self._steps) - self._decode_from_sum
+        used = sum(slot.prefilled for slot in self._prefilling) + self._decode_prompt_tokens + generated
         return min(1.0, used / self.model.kv_cache_tokens) if self.model.kv_cache_tokens else 0.0
 
     def busy_fraction(self, since_s: float, now_s: float) -> float:
@@ -358,4 +410,6 @@ class EngineCore:
         slot = self._progress.get(request_id)
         if slot is None:
             raise KeyError(f"request {request_id} is unknown to this engine or already collected")
-        return slot.generated
+        if slot.decode_from < 0:
+            return 0
+        return min(slot.request.output_tokens, 1 + self._steps - slot.decode_from)

@@ -1,0 +1,163 @@
+"""Replay a request trace through a simulated fleet run by the production policies.
+
+Example::
+
+    python manage.py simulate --trace azure-conv --gpu H100 --gpus 16 --scale 8 \\
+        --report var/sim-conv.html --markdown var/sim-conv.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from fleet.models import PriceRate, RequestLog
+from fleet.sim.compare import compare
+from fleet.sim.engine import DEFAULT_PROFILE, EngineModel, engine_model_for
+from fleet.sim.report import comparison_html, comparison_markdown
+from fleet.sim.simulate import SimSetup, setup_build
+from fleet.sim.traces import Trace, TraceError, trace_from_request_log, trace_load
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+        self.drawn = 0.0
+
+    def __call__(self, label: str, done: float) -> None:
+        now = time.monotonic()
+        if now - self.drawn < 0.1 and done < 1:
+            return
+        self.drawn = now
+        filled = int(done * 30)
+        self.write(f"\r{label:<22} [{'#' * filled}{'.' * (30 - filled)}] {done:4.0%}" + ("\n" if done >= 1 else ""))
+
+
+def settings_file_read(path: str | None) -> dict[str, Any]:
+    """The JSON settings file ``setup_build`` takes (pool fields, policy settings, routing)."""
+    if not path:
+        return {}
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CommandError(f"cannot read settings {path}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise CommandError(f"{path}: expected a JSON object")
+    return values
+
+
+def engine_file_read(path: str, *, gpu: str, profile: str) -> EngineModel:
+    """An engine model fitted by ``sim_fit``: its fields override the documented defaults."""
+    try:
+        fitted = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CommandError(f"cannot read engine model {path}: {exc}") from exc
+    base = engine_model_for(gpu, profile)
+    unknown = set(fitted) - set(base.__dataclass_fields__)
+    if unknown:
+        raise CommandError(f"{path}: unknown engine fields {', '.join(sorted(unknown))}")
+    return replace(base, **fitted)
+
+
+def price_lookup(engine: EngineModel, given: str | None) -> Decimal | None:
+    """The given price, else the latest fleet-wide rate the panel has for this GPU model."""
+    if given is not None:
+        try:
+            return Decimal(given)
+        except InvalidOperation as exc:
+            raise CommandError(f"--price: {given!r} is not a number") from exc
+    rate = (
+        PriceRate.objects.filter(gpu_model__icontains=engine.gpu_model, node__isnull=True)
+        .order_by("-effective_from")
+        .first()
+    )
+    return rate.price_per_gpu_hour if rate else None
+
+
+class Command(BaseCommand):
+    help = (
+        "Simulate a request trace on a simulated GPU fleet run by the production policies; report vs static and oracle."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--trace", required=True, help="azure-code, azure-conv, request-log, or a CSV/JSONL file.")
+        parser.add_argument("--gpu", default="H100", help="A10G, L4, L40S, A100 or H100.")
+        parser.add_argument("--gpus", type=int, default=16, help="GPUs in the simulated fleet (one instance each).")
+        parser.add_argument("--profile", default=DEFAULT_PROFILE)
+        parser.add_argument("--engine", help="JSON engine model from sim_fit, overriding the defaults.")
+        parser.add_argument("--speedup", type=float, default=1.0, help="Divide arrival gaps by this.")
+        parser.add_argument("--scale", type=int, default=1, help="Copies of each request (seeded arrival jitter).")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--policy-settings",
+            dest="policy_settings",
+            help="JSON file: pool fields, policy settings, routing settings.",
+        )
+        parser.add_argument("--sla-ms", type=float, default=500.0)
+        parser.add_argument("--sla-target", type=float, default=0.999, help="Share of requests within the SLA.")
+        parser.add_argument("--price", help="Price per GPU-hour (default: the panel's rate for the GPU model).")
+        parser.add_argument("--report", help="Write the HTML report here.")
+        parser.add_argument("--markdown", help="Write the Markdown table here.")
+        parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        trace = self._trace(options)
+        try:
+            engine = (
+                engine_file_read(options["engine"], gpu=options["gpu"], profile=options["profile"])
+                if options["engine"]
+                else engine_model_for(options["gpu"], options["profile"])
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        setup = self._setup(engine, options)
+        progress = None if options["quiet"] else ProgressBar(lambda text: self.stderr.write(text, ending=""))
+        comparison = compare(
+            trace=trace, setup=setup, price_per_gpu_hour=price_lookup(engine, options["price"]), progress=progress
+        )
+        markdown = comparison_markdown(comparison)
+        self.stdout.write(markdown)
+        command = "python manage.py simulate " + " ".join(sys.argv[2:])
+        for key, text in (("markdown", markdown), ("report", comparison_html(comparison, command=command))):
+            if options[key]:
+                path = Path(options[key])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                self.stderr.write(f"wrote {path}")
+
+    def _trace(self, options: dict[str, Any]) -> Trace:
+        try:
+            if options["trace"] == "request-log":
+                rows = RequestLog.objects.filter(status=200).values("at", "prompt_tokens", "output_tokens")
+                trace = trace_from_request_log(rows)
+            else:
+                trace = trace_load(options["trace"])
+            return trace.sped_up(options["speedup"]).scaled(options["scale"], seed=options["seed"])
+        except TraceError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _setup(self, engine: EngineModel, options: dict[str, Any]) -> SimSetup:
+        try:
+            return setup_build(
+                engine=engine,
+                gpus=options["gpus"],
+                values=settings_file_read(options["policy_settings"]),
+                seed=options["seed"],
+                sla_ms=options["sla_ms"],
+                sla_target=options["sla_target"],
+            )
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"settings: {exc}") from exc
+        except ValidationError as exc:
+            raise CommandError(f"settings: {'; '.join(exc.messages)}") from exc

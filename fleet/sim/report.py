@@ -1,0 +1,221 @@
+"""The simulation report: a Markdown table and a self-contained HTML page of Plotly charts.
+
+The HTML page embeds plotly.js so it opens offline, and carries the settings and engine
+model it was produced with, so a figure on it can be reproduced with the same command.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from fleet.sim.compare import Comparison
+from fleet.sim.simulate import SimResult, percentile_of
+
+COLUMNS = (
+    "fleet",
+    "GPU-hours",
+    "spend",
+    "saved vs static",
+    "SLA attainment",
+    "P50 TTFT",
+    "P95 TTFT",
+    "P99 TTFT",
+    "P95 e2e",
+    "cold starts",
+    "waited for one",
+    "failed",
+)
+
+
+def _ms(value: float) -> str:
+    return "never" if value == float("inf") else f"{value:,.0f} ms"
+
+
+def _row(comparison: Comparison, result: SimResult) -> list[str]:
+    spend = comparison.spend(result)
+    static = comparison.static.gpu_hours
+    return [
+        result.label,
+        f"{result.gpu_hours:.3f}",
+        "-" if spend is None else f"{spend:,.2f}",
+        f"{1 - result.gpu_hours / static:.1%}" if static and result is not comparison.static else "-",
+        f"{result.attainment:.2%}",
+        _ms(result.ttft_ms(50)),
+        _ms(result.ttft_ms(95)),
+        _ms(result.ttft_ms(99)),
+        _ms(result.e2e_ms(95)),
+        str(result.cold_starts),
+        str(result.cold_waited),
+        str(result.failed),
+    ]
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def comparison_summary(comparison: Comparison) -> str:
+    """The headline figures in one paragraph, stating what was compared with what."""
+    setup = comparison.setup
+    static_note = "" if comparison.static_meets_sla else " (no static size up to the fleet's GPUs met the SLA)"
+    return (
+        f"Trace {comparison.trace}, {comparison.policy.requests:,} requests, simulated {comparison.gpu_model} GPUs "
+        f"(up to {setup.gpus}), SLA: {setup.sla_target:.1%} of requests with TTFT <= {setup.sla_ms:.0f} ms. "
+        f"Policy saved {comparison.savings:.1%} of GPU-hours against the static fleet of "
+        f"{comparison.static_instances} always-on instance(s){static_note}; oracle / policy = "
+        f"{comparison.efficiency:.2f}; {comparison.policy.attainment:.2%} of requests got their first token "
+        f"within {setup.sla_ms:.0f} ms."
+    )
+
+
+def utilization_summary(result: SimResult) -> str:
+    values = result.utilization
+    if not values:
+        return "no samples"
+    return " / ".join(f"P{p} {percentile_of(values, p):.0%}" for p in (10, 50, 90))
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    rows = [_row(comparison, r) for r in (comparison.policy, comparison.static, comparison.oracle)]
+    utilization = "; ".join(
+        f"{r.label}: {utilization_summary(r)}" for r in (comparison.policy, comparison.static, comparison.oracle)
+    )
+    return (
+        f"### {comparison.trace} on simulated {comparison.gpu_model}\n\n{comparison_summary(comparison)}\n\n"
+        f"{_table(rows)}\n\nGPU duty cycle of serving instances (5 s samples), {utilization}.\n"
+    )
+
+
+def benchmark_markdown(comparisons: Sequence[Comparison]) -> str:
+    """One row per trace: the benchmark table."""
+    head = (
+        "| trace | policy GPU-h | static GPU-h (instances) | oracle GPU-h | savings | oracle/policy "
+        "| SLA attainment | P95 TTFT | cold starts |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for c in comparisons:
+        lines.append(
+            f"| {c.trace} | {c.policy.gpu_hours:.3f} | {c.static.gpu_hours:.3f} ({c.static_instances}) "
+            f"| {c.oracle.gpu_hours:.3f} | {c.savings:.1%} | {c.efficiency:.2f} | {c.policy.attainment:.2%} "
+            f"| {_ms(c.policy.ttft_ms(95))} | {c.policy.cold_starts} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _minutes(result: SimResult) -> list[float]:
+    return [point.t_s / 60 for point in result.timeline]
+
+
+def _figures(comparison: Comparison) -> list[go.Figure]:
+    policy, static, oracle = comparison.policy, comparison.static, comparison.oracle
+    load = make_subplots(specs=[[{"secondary_y": True}]])
+    load.add_trace(
+        go.Scatter(
+            x=_minutes(policy), y=[p.arrivals_per_s for p in policy.timeline], name="requests/s", fill="tozeroy"
+        ),
+        secondary_y=False,
+    )
+    for result in (policy, static, oracle):
+        load.add_trace(
+            go.Scatter(
+                x=_minutes(result),
+                y=[p.billed for p in result.timeline],
+                name=f"{result.label} instances",
+                line={"shape": "hv"},
+            ),
+            secondary_y=True,
+        )
+    load.update_layout(title="Load and instances over time (simulated)", xaxis_title="minutes")
+    load.update_yaxes(title_text="requests/s", secondary_y=False)
+    load.update_yaxes(title_text="instances holding a GPU", secondary_y=True)
+
+    latency = go.Figure()
+    for name, values in (
+        ("P50", [p.ttft_p50_ms for p in policy.timeline]),
+        ("P95", [p.ttft_p95_ms for p in policy.timeline]),
+        ("P99", [p.ttft_p99_ms for p in policy.timeline]),
+    ):
+        latency.add_trace(go.Scatter(x=_minutes(policy), y=values, name=f"policy TTFT {name}", mode="lines"))
+    latency.add_trace(
+        go.Scatter(
+            x=_minutes(static),
+            y=[p.ttft_p95_ms for p in static.timeline],
+            name="static TTFT P95",
+            mode="lines",
+            line={"dash": "dot"},
+        )
+    )
+    latency.add_hline(y=policy.sla_ms, line_dash="dash", annotation_text=f"SLA {policy.sla_ms:.0f} ms")
+    latency.update_layout(
+        title="Time to first token per tick interval (simulated)",
+        xaxis_title="minutes",
+        yaxis_title="ms",
+        yaxis_type="log",
+    )
+
+    price = float(comparison.price_per_gpu_hour) if comparison.price_per_gpu_hour is not None else None
+    spend = go.Figure()
+    for result in (policy, static, oracle):
+        spend.add_trace(
+            go.Scatter(
+                x=_minutes(result),
+                y=[p.gpu_hours * price if price is not None else p.gpu_hours for p in result.timeline],
+                name=result.label,
+            )
+        )
+    spend.update_layout(
+        title="Cumulative spend (simulated)" if price is not None else "Cumulative GPU-hours (simulated, no price)",
+        xaxis_title="minutes",
+        yaxis_title="spend" if price is not None else "GPU-hours",
+    )
+    return [load, latency, spend]
+
+
+def comparison_html(comparison: Comparison, *, command: str = "") -> str:
+    charts = [
+        pio.to_html(figure, include_plotlyjs=index == 0, full_html=False, div_id=f"chart-{index}")
+        for index, figure in enumerate(_figures(comparison))
+    ]
+    table = comparison_markdown(comparison)
+    engine = json.dumps(asdict(comparison.setup.engine), indent=2)
+    settings = json.dumps(
+        {
+            kind: dict(config.fleet) if config.fleet is not None else None
+            for kind, config in comparison.setup.policies.items()
+        },
+        indent=2,
+        default=str,
+    )
+    pool = json.dumps(
+        {k: v for k, v in asdict(comparison.setup.pools[0].view).items() if k not in ("estimate", "windows")},
+        indent=2,
+        default=str,
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Simulation: {html.escape(comparison.trace)} on simulated {html.escape(comparison.gpu_model)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+pre{{background:#f4f4f4;padding:1em;overflow:auto}}</style></head><body>
+<h1>Simulation report: {html.escape(comparison.trace)}</h1>
+<p><strong>Everything on this page is simulated</strong>: GPUs and vLLM engines are the engine performance
+model below, driven by the production routing and policy functions.</p>
+<p>{html.escape(comparison_summary(comparison))}</p>
+<pre>{html.escape(table)}</pre>
+{"".join(charts)}
+<h2>How it was produced</h2>
+<pre>{html.escape(command)}</pre>
+<h3>Engine model</h3><pre>{html.escape(engine)}</pre>
+<h3>Pool</h3><pre>{html.escape(pool)}</pre>
+<h3>Policy settings</h3><pre>{html.escape(settings)}</pre>
+<h3>Oracle schedule (instances per tick interval)</h3><pre>{html.escape(" ".join(map(str, comparison.schedule)))}</pre>
+</body></html>
+"""

@@ -1,0 +1,804 @@
+"""Discrete-event simulation of a fleet serving a request trace, run by the production policies.
+
+What is simulated: GPUs, vLLM engines (``fleet.sim.engine``), container start-ups, sleep
+and wake. What is not: the routing function (``rcf_compute``, ``tier_for``, ``FALLBACK``),
+the gateway's least-outstanding pick and its hold-and-wake path (``pool_wake_actions``),
+the policy functions (reap, idle reclaim, autoscale, pre-warm, co-location, in
+``evaluate.ORDER``), the tick period (the ``policies_evaluate`` schedule), the telemetry
+windows the snapshot selector builds, and which instance states are billed
+(``holding_states``): all are the production objects, looked up when called, so a change
+to a policy changes the simulation.
+
+Three fleets run on the same trace and engine model:
+
+* **policy**: starts with ``initial_instances`` warm instances per pool (the fleet as it
+  stood when the trace began); every tick the policies run on a
+  ``FleetSnapshot`` built from the simulated state and their actions are applied to it.
+* **static**: ``n`` instances ready from the first request to the last, no policies.
+* **schedule** (the oracle): a count per tick interval, instances appearing already warm
+  at the interval's start and leaving (after draining) at its end.
+
+Requests are never dropped by the simulation: a request waits in the gateway while its
+pool wakes and fails only as the gateway would (hold time-out or too many held).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from fleet import catalog, schedules, selectors
+from fleet.costs import allocation
+from fleet.gateway.app import GatewayConfig
+from fleet.ingest import REPORT_INTERVAL_S
+from fleet.policies import autoscale, colocate, evaluate, idle, placement, prewarm, reap, routing
+from fleet.policies.actions import Action, DesireInstance, LaunchInstance
+from fleet.policies.settings import SCHEMAS, policy_settings_validate
+from fleet.policies.snapshot import (
+    READY,
+    RUNNING,
+    SLEEPING,
+    STOPPED,
+    FleetSnapshot,
+    GpuView,
+    InstanceView,
+    PolicyConfig,
+    PoolView,
+    PoolWindow,
+)
+from fleet.policies.vram import vram_estimate
+from fleet.sim.engine import GPU_FACTS, PROFILES, EngineCore, EngineModel, SimRequest
+from fleet.sim.traces import Trace
+
+STARTING = "starting"
+STOPPING = "stopping"
+WAKING = "waking"
+HELD_FAILED = float("inf")
+
+
+def tick_period_s() -> float:
+    """The production evaluation period (the ``policies_evaluate`` periodic task)."""
+    return float(next(every for task, every, _ in schedules.PERIODIC_TASKS if task == schedules.EVALUATE_TASK))
+
+
+def policy_functions() -> dict[str, Callable[..., list[Action]]]:
+    """The production policy functions, looked up now (so a patched module is what runs)."""
+    return {
+        "reap": reap.reap,
+        "idle_reclaim": idle.idle_reclaim,
+        "autoscale": autoscale.autoscale,
+        "prewarm": prewarm.prewarm,
+        "colocate": colocate.colocate,
+    }
+
+
+def policy_configs_build(overrides: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, PolicyConfig]:
+    """Fleet-wide configs for every kind: defaults, overridden per kind; ``None`` disables one."""
+    overrides = overrides or {}
+    configs = {}
+    for kind in SCHEMAS:
+        values = overrides.get(kind, {})
+        fleet = None if values is None else policy_settings_validate(kind=kind, settings=dict(values))
+        configs[kind] = PolicyConfig(kind=kind, fleet=fleet)
+    return configs
+
+
+@dataclass(frozen=True)
+class SimPool:
+    """A pool as the simulator runs it: the policies' view of it plus its routing tier."""
+
+    view: PoolView
+    tier: str = "L"
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    engine: EngineModel
+    gpus: int
+    pools: tuple[SimPool, ...]
+    policies: Mapping[str, PolicyConfig]
+    routing: routing.RoutingSettings = field(default_factory=routing.RoutingSettings.defaults)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    sleeping_holds_gpu: bool = True
+    seed: int = 0
+    start_jitter: float = 0.1
+    sla_ms: float = 500.0
+    sla_target: float = 0.999
+
+
+def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
+    """One exclusive pool of the engine's profile that may use every GPU."""
+    profile = PROFILES[engine.profile]
+    estimate = vram_estimate(
+        model=profile.model,
+        dtype=profile.dtype,
+        quantization=profile.quantization,
+        kv_cache_dtype=profile.kv_cache_dtype,
+        max_model_len=profile.max_model_len,
+    )
+    base: dict[str, Any] = dict(
+        id=1,
+        name="simulated",
+        isolation="exclusive",
+        max_instances=gpus,
+        estimate=estimate,
+    )
+    return PoolView(**{**base, **fields})
+
+
+def setup_build(
+    *,
+    engine: EngineModel,
+    gpus: int,
+    values: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    sla_ms: float = 500.0,
+    sla_target: float = 0.999,
+) -> SimSetup:
+    """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
+    {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
+    values = values or {}
+    unknown = set(values) - {"pool", "policies", "routing"}
+    if unknown:
+        raise ValueError(f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing")
+    return SimSetup(
+        engine=engine,
+        gpus=gpus,
+        pools=(SimPool(pool_view_default(engine=engine, gpus=gpus, **values.get("pool", {}))),),
+        policies=policy_configs_build(values.get("policies", {})),
+        routing=routing.RoutingSettings.from_settings(
+            policy_settings_validate(kind="routing", settings=dict(values.get("routing", {})))
+        ),
+        seed=seed,
+        sla_ms=sla_ms,
+        sla_target=sla_target,
+    )
+
+
+@dataclass
+class _Instance:
+    id: int
+    pool_id: int
+    gpu_id: int
+    core: EngineCore
+    created_s: float
+    desired: str = RUNNING
+    actual: str = STARTING
+    generation: int = 1
+    ready_s: float | None = None
+    last_request_s: float | None = None
+    desired_changed_s: float | None = None
+    stepping: bool = False
+    outstanding: int = 0
+    picks: int = 0
+    token: int = 0
+    held_since_s: float | None = None
+    billed_s: float = 0.0
+    starting_since_s: float | None = None
+    samples: list[tuple[float, float, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Held:
+    index: int
+    groups: list[list[int]]
+    since_s: float
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    t_s: float
+    arrivals_per_s: float
+    serving: int
+    billed: int
+    gpu_hours: float
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    ttft_p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    t_s: float
+    kind: str
+    action: str
+    reason: str
+
+
+@dataclass
+class SimResult:
+    label: str
+    requests: int
+    sla_ms: float
+    gpu_hours: float
+    ttft_s: list[float]
+    e2e_s: list[float]
+    cold_waited: int
+    cold_starts: int
+    wakes: int
+    failed: int
+    utilization: list[float]
+    timeline: list[TimelinePoint]
+    decisions: list[Decision]
+    instances_peak: int
+    duration_s: float
+
+    @property
+    def attainment(self) -> float:
+        """Share of requests whose first token came within the SLA."""
+        limit = self.sla_ms / 1000
+        return sum(1 for value in self.ttft_s if value <= limit) / len(self.ttft_s) if self.ttft_s else 1.0
+
+    def ttft_ms(self, percentile: float) -> float:
+        return percentile_of(self.ttft_s, percentile) * 1000
+
+    def e2e_ms(self, percentile: float) -> float:
+        return percentile_of(self.e2e_s, percentile) * 1000
+
+    def meets_sla(self, target: float) -> bool:
+        """At least ``target`` of requests within the SLA and none failed."""
+        return self.failed == 0 and self.attainment >= target
+
+
+def percentile_of(values: Sequence[float], percentile: float) -> float:
+    """Nearest-rank percentile (no interpolation: every figure is a request that happened)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * percentile // 100))
+    return ordered[int(rank) - 1]
+
+
+class Simulation:
+    """One run of one fleet over one trace; ``run()`` returns its ``SimResult``."""
+
+    def __init__(
+        self,
+        *,
+        trace: Trace,
+        setup: SimSetup,
+        label: str,
+        static_instances: int | None = None,
+        schedule: Sequence[int] | None = None,
+        initial_instances: int = 1,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        self.trace = trace
+        self.setup = setup
+        self.label = label
+        self.static_instances = static_instances
+        self.schedule = schedule
+        self.initial_instances = initial_instances
+        self.progress = progress
+        self.policy_mode = static_instances is None and schedule is None
+        self.random = random.Random(setup.seed)
+        self.tick_s = tick_period_s()
+        self.pools = {pool.view.id: pool for pool in setup.pools}
+        self.gpu_name = _catalog_gpu_name(setup.engine)
+        self.gpu_bytes = GPU_FACTS[setup.engine.gpu_model].memory_gib * catalog.GIB
+        self.holding = allocation.holding_states(sleeping_holds_gpu=setup.sleeping_holds_gpu) | {WAKING}
+        self.instances: dict[int, _Instance] = {}
+        self.events: list[tuple[float, int, str, int, int]] = []
+        self.step_ends: list[tuple[float, int, int]] = []
+        self.sequence = 0
+        n = len(trace.requests)
+        self.first_token = [HELD_FAILED] * n
+        self.finished = [HELD_FAILED] * n
+        self.cold = [False] * n
+        self.held: list[_Held] = []
+        self.wake_sent: dict[int, float] = {}
+        self.request_times: dict[int, list[datetime]] = defaultdict(list)
+        self.ttft_log: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        self.cold_measured: dict[int, list[float]] = defaultdict(list)
+        self.last_scale: dict[tuple[int, str], float] = {}
+        self.decisions: list[Decision] = []
+        self.cold_starts = 0
+        self.wakes = 0
+        self.failed = 0
+        self.done = 0
+        self.now = 0.0
+        self.timeline: list[TimelinePoint] = []
+        self.utilization: list[float] = []
+        self.interval_arrivals = 0
+        self.interval_ttft: list[float] = []
+        self.peak = 0
+
+    # -- events ------------------------------------------------------------------
+
+    def _push(self, at: float, kind: str, a: int = 0, b: int = 0) -> None:
+        self.sequence += 1
+        heapq.heappush(self.events, (at, self.sequence, kind, a, b))
+
+    def _at(self, t_s: float) -> datetime:
+        return self.trace.start + timedelta(seconds=t_s)
+
+    def run(self) -> SimResult:
+        requests = self.trace.requests
+        for index, request in enumerate(requests):
+            self._push(request.arrival_s, "arrival", index)
+        self._push(self.tick_s, "tick")
+        self._push(REPORT_INTERVAL_S, "sample")
+        self._fleet_begin()
+        total = len(requests)
+        while self.events or self.step_ends:
+            if self.step_ends and (not self.events or self.step_ends[0][0] < self.events[0][0]):
+                at, _, instance_id = heapq.heappop(self.step_ends)
+                self.now = at
+                self._step_end(self.instances[instance_id])
+                if self.done == total:
+                    break
+                continue
+            at, _, kind, a, b = heapq.heappop(self.events)
+            self.now = at
+            if kind == "arrival":
+                self._arrival(a)
+            elif kind == "ready":
+                self._ready(self.instances[a], b)
+            elif kind == "slept":
+                self._slept(self.instances[a], b)
+            elif kind == "expire":
+                self._expire(a)
+            elif kind == "sample":
+                self._sample()
+                if self.done < total:
+                    self._push(at + REPORT_INTERVAL_S, "sample")
+            elif kind == "tick":
+                self._tick()
+                if self.done < total:
+                    self._push(at + self.tick_s, "tick")
+                if self.progress:
+                    self.progress(min(1.0, self.done / total))
+            if self.done == total:
+                break
+        end = self.now
+        for instance in self.instances.values():
+            self._bill_close(instance, end)
+        return SimResult(
+            label=self.label,
+            requests=total,
+            sla_ms=self.setup.sla_ms,
+            gpu_hours=sum(i.billed_s for i in self.instances.values()) / 3600,
+            ttft_s=[self.first_token[i] - r.arrival_s for i, r in enumerate(requests)],
+            e2e_s=[self.finished[i] - r.arrival_s for i, r in enumerate(requests)],
+            cold_waited=sum(self.cold),
+            cold_starts=self.cold_starts,
+            wakes=self.wakes,
+            failed=self.failed,
+            utilization=self.utilization,
+            timeline=self.timeline,
+            decisions=self.decisions,
+            instances_peak=self.peak,
+            duration_s=end,
+        )
+
+    # -- the fleet ------------------------------------------------------------------
+
+    def _fleet_begin(self) -> None:
+        if self.static_instances is not None:
+            count = self.static_instances
+        elif self.schedule is not None:
+            count = self.schedule[0] if self.schedule else 0
+        else:
+            for pool in self.setup.pools:
+                for _ in range(max(self.initial_instances, pool.view.min_instances)):
+                    self._warm_instance(pool.view.id)
+            return
+        pool_id = self.setup.pools[0].view.id
+        for _ in range(count):
+            self._warm_instance(pool_id)
+
+    def _free_gpu(self) -> int | None:
+        taken = {i.gpu_id for i in self.instances.values() if i.desired != STOPPED or i.actual == STOPPING}
+        return next((gpu for gpu in range(1, self.setup.gpus + 1) if gpu not in taken), None)
+
+    def _new_instance(self, pool_id: int, gpu_id: int) -> _Instance:
+        instance = _Instance(
+            id=len(self.instances) + 1,
+            pool_id=pool_id,
+            gpu_id=gpu_id,
+            core=EngineCore(self.setup.engine),
+            created_s=self.now,
+            desired_changed_s=self.now,
+        )
+        self.instances[instance.id] = instance
+        return instance
+
+    def _warm_instance(self, pool_id: int) -> _Instance | None:
+        """An instance that is already serving: the references' instant capacity."""
+        gpu = self._free_gpu()
+        if gpu is None:
+            return None
+        instance = self._new_instance(pool_id, gpu)
+        self._set_actual(instance, READY)
+        instance.ready_s = self.now
+        self._release_held()
+        return instance
+
+    def _set_actual(self, instance: _Instance, state: str) -> None:
+        """Every state change goes through here, so billing follows the production holding states."""
+        was_holding = instance.actual in self.holding and instance.held_since_s is not None
+        now_holding = state in self.holding
+        if was_holding and not now_holding:
+            self._bill_close(instance, self.now)
+        if now_holding and instance.held_since_s is None:
+            instance.held_since_s = self.now
+        instance.actual = state
+        self.peak = max(self.peak, sum(1 for i in self.instances.values() if i.held_since_s is not None))
+
+    def _bill_close(self, instance: _Instance, end: float) -> None:
+        if instance.held_since_s is not None:
+            instance.billed_s += end - instance.held_since_s
+            instance.held_since_s = None
+
+    def _jittered(self, seconds: float) -> float:
+        spread = self.setup.start_jitter
+        return seconds * (1 + self.random.uniform(-spread, spread)) if spread else seconds
+
+    def _begin_start(self, instance: _Instance) -> None:
+        instance.token += 1
+        instance.starting_since_s = self.now
+        self._set_actual(instance, STARTING)
+        self._push(self.now + self._jittered(self.setup.engine.cold_start_s), "ready", instance.id, instance.token)
+
+    def _ready(self, instance: _Instance, token: int) -> None:
+        if token != instance.token or instance.desired != RUNNING:
+            return
+        if instance.actual == STARTING and instance.starting_since_s is not None:
+            self.cold_measured[instance.pool_id].append(self.now - instance.starting_since_s)
+            self.cold_starts += 1
+        elif instance.actual == WAKING:
+            self.wakes += 1
+        self._set_actual(instance, READY)
+        instance.ready_s = self.now
+        self._release_held()
+
+    def _slept(self, instance: _Instance, token: int) -> None:
+        if token == instance.token and instance.desired == SLEEPING:
+            self._set_actual(instance, SLEEPING)
+
+    def _stop(self, instance: _Instance) -> None:
+        """Stop accepting requests; the container stops once what it holds has finished."""
+        instance.token += 1
+        if instance.core.running or instance.core.waiting:
+            self._set_actual(instance, STOPPING)
+        else:
+            self._set_actual(instance, STOPPED)
+
+    def _apply(self, action: Action) -> bool:
+        """Apply one action as the services would: a claim on the generation (or count) it saw."""
+        if isinstance(action, LaunchInstance):
+            active = [i for i in self.instances.values() if i.pool_id == action.pool_id and i.desired != STOPPED]
+            if len(active) != action.active_seen or self._gpu_taken(action.gpu_id):
+                return False
+            instance = self._new_instance(action.pool_id, action.gpu_id)
+            self._begin_start(instance)
+        elif isinstance(action, DesireInstance):
+            instance = self.instances[action.instance_id]
+            if instance.generation != action.generation or instance.desired == action.state:
+                return False
+            self._desire(instance, action.state)
+        else:
+            return False
+        self.decisions.append(Decision(self.now, action.kind, action.action, action.reason))
+        if action.action in ("scale_out", "scale_in"):
+            self.last_scale[(action.pool_id, action.action)] = self.now
+        return True
+
+    def _gpu_taken(self, gpu_id: int) -> bool:
+        return any(
+            i.gpu_id == gpu_id and (i.desired != STOPPED or i.actual == STOPPING) for i in self.instances.values()
+        )
+
+    def _desire(self, instance: _Instance, state: str) -> None:
+        previous = instance.desired
+        instance.desired = state
+        instance.generation += 1
+        instance.desired_changed_s = self.now
+        if state == STOPPED:
+            self._stop(instance)
+        elif state == SLEEPING:
+            instance.token += 1
+            self._push(self.now + self.setup.engine.sleep_s, "slept", instance.id, instance.token)
+        elif previous == SLEEPING and instance.actual in (SLEEPING, READY):
+            instance.token += 1
+            self._set_actual(instance, WAKING)
+            self._push(self.now + self.setup.engine.wake_s, "ready", instance.id, instance.token)
+        else:
+            self._begin_start(instance)
+
+    # -- requests -----------------------------------------------------------------
+
+    def _groups(self, index: int) -> tuple[str, list[list[int]]]:
+        request = self.trace.requests[index]
+        settings = self.setup.routing
+        rcf = routing.rcf_compute(
+            prompt_tokens=request.prompt_tokens,
+            max_tokens=request.output_tokens,
+            features=routing.Features(code_block=False, code_keywords=False, math=False),
+            settings=settings,
+        )
+        tier = routing.tier_for(rcf, settings)
+        by_tier: dict[str, list[int]] = defaultdict(list)
+        for pool in self.setup.pools:
+            by_tier[pool.tier].append(pool.view.id)
+        groups = [by_tier[t] for t in routing.FALLBACK[tier] if by_tier[t]]
+        return tier, groups
+
+    def _pick(self, groups: list[list[int]]) -> _Instance | None:
+        """The gateway's pick: fewest outstanding requests, ties to the least picked, first tier that has one."""
+        for group in groups:
+            ready = [
+                i for i in self.instances.values() if i.pool_id in group and i.actual == READY and i.desired == RUNNING
+            ]
+            if ready:
+                best = min(ready, key=lambda i: (i.outstanding, i.picks, i.id))
+                best.picks += 1
+                return best
+        return None
+
+    def _arrival(self, index: int) -> None:
+        self.interval_arrivals += 1
+        _, groups = self._groups(index)
+        self.request_times[groups[0][0]].append(self._at(self.now))
+        instance = self._pick(groups)
+        if instance is not None:
+            self._submit(instance, index)
+            return
+        if len(self.held) >= self.setup.gateway.max_held:
+            self._fail(index)
+            return
+        self.cold[index] = True
+        self.held.append(_Held(index, groups, self.now))
+        self._push(self.now + self.setup.gateway.hold_timeout_s, "expire", index)
+        self._wake(groups)
+
+    def _wake(self, groups: list[list[int]]) -> None:
+        pool_id = groups[0][0]
+        sent = self.wake_sent.get(pool_id)
+        if sent is not None and self.now - sent < self.setup.gateway.wake_retry_s:
+            return
+        self.wake_sent[pool_id] = self.now
+        if not self.policy_mode:
+            return
+        planned = placement.pool_wake_actions(
+            self._snapshot(), pool_id=pool_id, kind="gateway", reason="gateway holds a request"
+        )
+        if not isinstance(planned, placement.PlacementRefused):
+            self._apply(planned[0])
+
+    def _release_held(self) -> None:
+        waiting, self.held = self.held, []
+        for held in waiting:
+            instance = self._pick(held.groups)
+            if instance is None:
+                self.held.append(held)
+            else:
+                self._submit(instance, held.index)
+
+    def _expire(self, index: int) -> None:
+        for position, held in enumerate(self.held):
+            if held.index == index:
+                del self.held[position]
+                self._fail(index)
+                return
+
+    def _fail(self, index: int) -> None:
+        self.cold[index] = self.cold[index] or bool(self.held)
+        self.failed += 1
+        self.done += 1
+
+    def _submit(self, instance: _Instance, index: int) -> None:
+        request = self.trace.requests[index]
+        instance.core.submit(
+            SimRequest(str(index), request.arrival_s, request.prompt_tokens, request.output_tokens), self.now
+        )
+        instance.outstanding += 1
+        instance.last_request_s = self.now
+        if not instance.stepping:
+            self._step_start(instance)
+
+    def _step_start(self, instance: _Instance) -> None:
+        """Run the engine until its next step boundary, or in one go up to the next outside event."""
+        horizon = self.events[0][0] if self.events else float("inf")
+        duration = instance.core.steps(self.now, horizon)
+        instance.stepping = duration > 0
+        if instance.stepping:
+            self.sequence += 1
+            heapq.heappush(self.step_ends, (self.now + duration, self.sequence, instance.id))
+
+    def _step_end(self, instance: _Instance) -> None:
+        for request in instance.core.pop_finished():
+            index = int(request.id)
+            assert request.first_token_s is not None and request.finished_s is not None
+            self.first_token[index] = request.first_token_s
+            self.finished[index] = request.finished_s
+            ttft = request.first_token_s - request.arrival_s
+            self.ttft_log[instance.pool_id].append((request.first_token_s, ttft))
+            self.interval_ttft.append(ttft)
+            instance.outstanding -= 1
+            self.done += 1
+        self._step_start(instance)
+        if not instance.stepping and instance.actual == STOPPING:
+            self._set_actual(instance, STOPPED)
+
+    # -- telemetry and ticks ------------------------------------------------------------
+
+    def _sample(self) -> None:
+        """What an agent reports every interval: duty cycle and vLLM's running and waiting counts."""
+        since = self.now - REPORT_INTERVAL_S
+        for instance in self.instances.values():
+            if instance.actual != READY:
+                continue
+            duty = instance.core.busy_fraction(max(since, instance.ready_s or since), self.now)
+            instance.samples.append((self.now, duty, instance.core.running, instance.core.waiting))
+            self.utilization.append(duty)
+            horizon = self.now - selectors.WINDOW_S * selectors.WINDOWS - REPORT_INTERVAL_S
+            while instance.samples and instance.samples[0][0] < horizon:
+                instance.samples.pop(0)
+
+    def _tick(self) -> None:
+        if self.policy_mode:
+            self._evaluate()
+        elif self.schedule is not None:
+            self._follow_schedule()
+        self._record_timeline()
+
+    def _evaluate(self) -> None:
+        """``policies_evaluate`` on simulated state: same order, re-snapshot after a change."""
+        functions = policy_functions()
+        at = self._at(self.now)
+        snapshot: FleetSnapshot | None = None
+        for kind in evaluate.ORDER:
+            config = self.setup.policies[kind]
+            if config.fleet is None and not config.pools:
+                continue
+            snapshot = snapshot or self._snapshot()
+            if kind == "prewarm":
+                actions = functions[kind](snapshot, config, at, self._profiles(config, at))
+            else:
+                actions = functions[kind](snapshot, config, at)
+            if sum(self._apply(action) for action in actions):
+                snapshot = None
+
+    def _profiles(self, config: PolicyConfig, at: datetime) -> dict[int, prewarm.TrafficProfile]:
+        profiles = {}
+        for pool_id in self.pools:
+            settings = config.for_pool(pool_id)
+            if settings is not None:
+                profiles[pool_id] = prewarm.traffic_profile_learn(
+                    self.request_times[pool_id],
+                    now=at,
+                    lookback_days=int(settings["lookback_days"]),
+                    slot_minutes=int(settings["slot_minutes"]),
+                )
+        return profiles
+
+    def _follow_schedule(self) -> None:
+        assert self.schedule is not None
+        interval = int(self.now // self.tick_s)
+        wanted = self.schedule[interval] if interval < len(self.schedule) else 0
+        pool_id = self.setup.pools[0].view.id
+        serving = [i for i in self.instances.values() if i.desired == RUNNING]
+        for instance in sorted(serving, key=lambda i: (i.outstanding, -i.id))[: max(0, len(serving) - wanted)]:
+            instance.desired = STOPPED
+            self._stop(instance)
+        for _ in range(wanted - len(serving)):
+            self._warm_instance(pool_id)
+
+    def _record_timeline(self) -> None:
+        ttft = self.interval_ttft
+        self.timeline.append(
+            TimelinePoint(
+                t_s=self.now,
+                arrivals_per_s=self.interval_arrivals / self.tick_s,
+                serving=sum(1 for i in self.instances.values() if i.actual == READY and i.desired == RUNNING),
+                billed=sum(1 for i in self.instances.values() if i.held_since_s is not None),
+                gpu_hours=sum(
+                    i.billed_s + (self.now - i.held_since_s if i.held_since_s is not None else 0)
+                    for i in self.instances.values()
+                )
+                / 3600,
+                ttft_p50_ms=percentile_of(ttft, 50) * 1000 if ttft else None,
+                ttft_p95_ms=percentile_of(ttft, 95) * 1000 if ttft else None,
+                ttft_p99_ms=percentile_of(ttft, 99) * 1000 if ttft else None,
+            )
+        )
+        self.interval_arrivals = 0
+        self.interval_ttft = []
+
+    # -- the snapshot -------------------------------------------------------------------
+
+    def _snapshot(self) -> FleetSnapshot:
+        """The fleet as ``selectors.fleet_snapshot`` would build it from the agents' reports."""
+        at = self._at(self.now)
+        pools = tuple(self._pool_view(pool) for pool in self.setup.pools)
+        instances = tuple(self._instance_view(i) for i in self.instances.values())
+        by_gpu = {i.gpu_id: i for i in self.instances.values() if i.desired != STOPPED or i.actual == STOPPING}
+        gpus = tuple(self._gpu_view(gpu, by_gpu.get(gpu)) for gpu in range(1, self.setup.gpus + 1))
+        return FleetSnapshot(at=at, pools=pools, instances=instances, gpus=gpus)
+
+    def _pool_view(self, pool: SimPool) -> PoolView:
+        view = pool.view
+        measured = self.cold_measured.get(view.id)
+        return replace(
+            view,
+            cold_start_s=statistics.median(measured[-selectors.COLD_STARTS_CONSIDERED :]) if measured else None,
+            last_scale_out_at=self._moment((view.id, "scale_out")),
+            last_scale_in_at=self._moment((view.id, "scale_in")),
+            windows=self._windows(view),
+        )
+
+    def _moment(self, key: tuple[int, str]) -> datetime | None:
+        return self._at(self.last_scale[key]) if key in self.last_scale else None
+
+    def _windows(self, view: PoolView) -> tuple[PoolWindow, ...]:
+        """Utilization: mean duty of the serving instances' samples; queue: sum of their mean waiting;
+        latency: the SLA percentile of time to first token in the window."""
+        serving = [i for i in self.instances.values() if i.pool_id == view.id and i.desired == RUNNING]
+        log = self.ttft_log[view.id]
+        horizon = self.now - selectors.WINDOW_S * selectors.WINDOWS
+        while log and log[0][0] < horizon - 60:
+            log.pop(0)
+        windows = []
+        for back in range(selectors.WINDOWS, 0, -1):
+            start = self.now - back * selectors.WINDOW_S
+            end = start + selectors.WINDOW_S
+            mine = [(i, s) for i in serving for s in i.samples if start <= s[0] < end]
+            duty = [s[1] for _, s in mine]
+            waiting: dict[int, list[int]] = defaultdict(list)
+            for instance, s in mine:
+                waiting[instance.id].append(s[3])
+            ttfts = [value for t, value in log if start <= t < end]
+            windows.append(
+                PoolWindow(
+                    start=self._at(start),
+                    end=self._at(end),
+                    utilization=sum(duty) / len(duty) if duty else None,
+                    queue=sum(sum(v) / len(v) for v in waiting.values()) if waiting else None,
+                    latency_ms=percentile_of(ttfts, view.sla_percentile) * 1000 if ttfts else None,
+                )
+            )
+        return tuple(windows)
+
+    def _instance_view(self, instance: _Instance) -> InstanceView:
+        return InstanceView(
+            id=instance.id,
+            pool_id=instance.pool_id,
+            desired_state=instance.desired,
+            actual_state=instance.actual if instance.actual != WAKING else SLEEPING,
+            generation=instance.generation,
+            created_at=self._at(instance.created_s),
+            gpu_id=instance.gpu_id,
+            ready_at=self._at(instance.ready_s) if instance.ready_s is not None else None,
+            last_request_at=self._at(instance.last_request_s) if instance.last_request_s is not None else None,
+            desired_changed_at=self._at(instance.desired_changed_s) if instance.desired_changed_s is not None else None,
+            requests_running=float(instance.core.running),
+            requests_waiting=float(instance.core.waiting),
+        )
+
+    def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:
+        duty = instance.samples[-1][1] * 100 if instance is not None and instance.samples else 0.0
+        return GpuView(
+            id=gpu,
+            node_id=gpu,
+            uuid=f"GPU-simulated-{gpu}",
+            model_name=self.gpu_name,
+            memory_total_bytes=self.gpu_bytes,
+            node_name=f"simulated-{gpu}",
+            utilization_pct=duty,
+        )
+
+
+def _catalog_gpu_name(engine: EngineModel) -> str:
+    """The name NVML would report for the engine's GPU family and memory size."""
+    memory = GPU_FACTS[engine.gpu_model].memory_gib
+    for spec in catalog.GPUS:
+        if engine.gpu_model.upper() in spec.name.upper() and spec.memory_gib == memory:
+            return spec.name
+    return f"NVIDIA {engine.gpu_model}"

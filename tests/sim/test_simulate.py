@@ -1,0 +1,177 @@
+"""The simulator: production policy functions, hand-checked static and oracle references, determinism."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import fleet.policies.autoscale
+import fleet.policies.colocate
+import fleet.policies.idle
+import fleet.policies.prewarm
+import fleet.policies.reap
+from fleet.policies import evaluate, routing
+from fleet.policies.actions import Action
+from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
+from fleet.sim.compare import compare, oracle_refine, oracle_schedule, static_search
+from fleet.sim.engine import engine_model_for
+from fleet.sim.report import comparison_html, comparison_markdown
+from fleet.sim.simulate import (
+    SimPool,
+    SimSetup,
+    Simulation,
+    policy_configs_build,
+    policy_functions,
+    pool_view_default,
+    setup_build,
+    tick_period_s,
+)
+from fleet.sim.traces import Trace, TraceRequest
+
+START = datetime(2026, 3, 2, 9, tzinfo=UTC)
+# Round numbers: a 400-token prompt alone takes 0.01 + 0.4 s; two at once 0.01 + 0.8 s.
+TOY = replace(
+    engine_model_for("H100"),
+    prefill_tokens_per_s=1000.0,
+    decode_step_base_s=0.01,
+    decode_step_per_seq_s=0.001,
+    cold_start_s=30.0,
+)
+
+
+def toy_setup(*, gpus: int = 4, values: dict[str, Any] | None = None) -> SimSetup:
+    return replace(setup_build(engine=TOY, gpus=gpus, values=values), start_jitter=0.0)
+
+
+def trace_of(*requests: tuple[float, int, int]) -> Trace:
+    return Trace(name="hand", start=START, requests=tuple(TraceRequest(*r) for r in requests))
+
+
+def test_the_simulator_runs_the_production_policy_functions_in_production_order() -> None:
+    functions = policy_functions()
+    assert functions["reap"] is fleet.policies.reap.reap
+    assert functions["idle_reclaim"] is fleet.policies.idle.idle_reclaim
+    assert functions["autoscale"] is fleet.policies.autoscale.autoscale
+    assert functions["prewarm"] is fleet.policies.prewarm.prewarm
+    assert functions["colocate"] is fleet.policies.colocate.colocate
+    assert set(functions) == set(evaluate.ORDER)
+    assert tick_period_s() == 30.0
+
+
+def test_a_patched_production_policy_changes_the_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Autoscale is called every tick with snapshots of simulated state, and what it returns is applied."""
+    trace = trace_of(*[(t * 2.0, 100, 4) for t in range(100)])
+    setup = toy_setup(gpus=3)
+    baseline = Simulation(trace=trace, setup=setup, label="policy").run()
+    seen: list[FleetSnapshot] = []
+    original = fleet.policies.autoscale.autoscale
+
+    def always_out(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> list[Action]:
+        seen.append(snapshot)
+        pool = snapshot.pools[0]
+        return fleet.policies.autoscale._out(snapshot, pool, "test: always scale out", None, ())
+
+    monkeypatch.setattr(fleet.policies.autoscale, "autoscale", always_out)
+    patched = Simulation(trace=trace, setup=setup, label="policy").run()
+    monkeypatch.setattr(fleet.policies.autoscale, "autoscale", original)
+    assert len(seen) == int(trace.duration_s // 30)
+    assert all(isinstance(s, FleetSnapshot) and s.gpus and s.instances for s in seen)
+    assert [d.action for d in patched.decisions if d.kind == "autoscale"] == ["scale_out", "scale_out"]
+    assert patched.gpu_hours > baseline.gpu_hours
+    assert patched.instances_peak == 3 > baseline.instances_peak
+
+
+def test_routing_uses_the_production_tier_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = trace_of((0.0, 100, 2), (1.0, 100, 2))
+    base = toy_setup(gpus=2)
+    pools = (
+        SimPool(pool_view_default(engine=TOY, gpus=2, id=1, name="s"), tier="S"),
+        SimPool(pool_view_default(engine=TOY, gpus=2, id=2, name="l"), tier="L"),
+    )
+    setup = replace(base, pools=pools)
+    simulation = Simulation(trace=trace, setup=setup, label="policy")
+    simulation.run()
+    assert set(simulation.request_times) == {2}
+    monkeypatch.setattr(routing, "tier_for", lambda rcf, settings: "S")
+    simulation = Simulation(trace=trace, setup=setup, label="policy")
+    simulation.run()
+    assert set(simulation.request_times) == {1}
+
+
+def test_static_reference_is_the_fewest_instances_meeting_the_sla_hand_checked() -> None:
+    # Two 400-token prompts at once: on one instance the second waits for the first's
+    # 0.41 s prefill, so its first token comes at 0.82 s (> 500 ms); on two, each takes
+    # 0.41 s. A third request at 40 s fits anywhere.
+    trace = trace_of((0.0, 400, 1), (0.0, 400, 1), (40.0, 100, 1))
+    count, meets, runs = static_search(trace=trace, setup=toy_setup())
+    assert (count, meets) == (2, True)
+    assert runs[0].attainment == pytest.approx(2 / 3)
+    assert runs[0].ttft_s == pytest.approx([0.41, 0.82, 0.11])
+    assert runs[1].ttft_s == pytest.approx([0.41, 0.41, 0.11])
+    # Two instances held from 0 s to the last first token at 40.11 s.
+    assert runs[1].gpu_hours == pytest.approx(2 * 40.11 / 3600)
+
+
+def test_oracle_schedule_and_run_hand_checked() -> None:
+    trace = trace_of((0.0, 400, 1), (0.0, 400, 1), (40.0, 100, 1), (100.0, 100, 1))
+    setup = toy_setup()
+    schedule = oracle_schedule(trace=trace, setup=setup, most=setup.gpus)
+    assert schedule == (2, 1, 0, 1)
+    oracle = Simulation(trace=trace, setup=setup, label="oracle", schedule=schedule).run()
+    # 2 instances over [0, 30), 1 over [30, 60), none over [60, 90), 1 from 90 s to 100.11 s.
+    assert oracle.gpu_hours == pytest.approx((2 * 30 + 30 + 10.11) / 3600)
+    assert oracle.attainment == 1.0 and oracle.cold_starts == 0
+
+
+def test_oracle_adds_an_instance_where_carried_over_work_breaks_the_sla() -> None:
+    # Alone, each interval needs one instance. Run together, B (30.05 s) waits for A's
+    # prefill (29.9 s + 0.41 s), then its own 0.41 s: 0.67 s to its first token. The refined
+    # schedule gives interval 1 a second, warm instance, where B starts at once.
+    trace = trace_of((29.9, 400, 1), (30.05, 400, 1))
+    setup = toy_setup()
+    schedule = oracle_schedule(trace=trace, setup=setup, most=setup.gpus)
+    assert schedule == (1, 1)
+    assert Simulation(trace=trace, setup=setup, label="oracle", schedule=schedule).run().ttft_s == pytest.approx(
+        [0.41, 0.67]
+    )
+    refined, result = oracle_refine(trace=trace, setup=setup, schedule=schedule)
+    assert refined == (1, 2)
+    assert result.ttft_s == pytest.approx([0.41, 0.41])
+
+
+def test_requests_to_an_empty_pool_wait_for_a_cold_start() -> None:
+    values = {"pool": {"idle_stop_after_s": 60, "idle_minimize_after_s": 30}}
+    trace = trace_of((0.0, 100, 1), (200.0, 100, 1))
+    result = Simulation(trace=trace, setup=toy_setup(values=values), label="policy").run()
+    assert [d.action for d in result.decisions] == ["stop", "start"]
+    assert result.cold_starts == 1 and result.cold_waited == 1
+    assert result.ttft_s[1] == pytest.approx(30.0 + 0.11)
+    assert result.attainment == 0.5
+
+
+def test_same_seed_same_report_and_the_comparison_adds_up() -> None:
+    trace = Trace(
+        name="hand",
+        start=START,
+        requests=tuple(TraceRequest(t * 1.5, 300 + 37 * (t % 5), 3 + t % 4) for t in range(120)),
+    ).scaled(2, seed=3)
+    setup = replace(setup_build(engine=TOY, gpus=4, seed=5), start_jitter=0.2)
+    first = compare(trace=trace, setup=setup)
+    second = compare(trace=trace, setup=setup)
+    assert comparison_markdown(first) == comparison_markdown(second)
+    assert comparison_html(first) == comparison_html(second)
+    assert first.savings == pytest.approx(1 - first.policy.gpu_hours / first.static.gpu_hours)
+    assert first.efficiency == pytest.approx(first.oracle.gpu_hours / first.policy.gpu_hours)
+    assert first.oracle.gpu_hours <= first.static.gpu_hours
+    assert "simulated" in comparison_html(first)
+
+
+def test_policy_configs_are_validated_like_the_admin_does() -> None:
+    configs = policy_configs_build({"autoscale": {"breach_windows": 1}, "prewarm": None})
+    assert configs["autoscale"].fleet is not None and configs["autoscale"].fleet["breach_windows"] == 1
+    assert configs["prewarm"].fleet is None
+    with pytest.raises(Exception, match="breach_windows"):
+        policy_configs_build({"autoscale": {"breach_windows": 0}})
