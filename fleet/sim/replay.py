@@ -18,53 +18,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import logging
 import os
 import signal
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 
 import httpx
 import openai
 
 from fleet.gateway.counting import CHARS_PER_TOKEN, CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
+from fleet.sim.traces import Trace, TraceRequest, trace_load
 
-TRACES_DIR = Path(__file__).resolve().parent / "traces"
-TRACES = {"conv": TRACES_DIR / "azure2023_conv.csv", "code": TRACES_DIR / "azure2023_code.csv"}
+# The demo's short names for the two Azure traces; anything else goes to ``trace_load``.
+SHORT_NAMES = {"conv": "azure-conv", "code": "azure-code"}
+API_KEY_ENV = "GPUFLEET_API_KEY"
 MAX_IN_FLIGHT = 512
 REQUEST_TIMEOUT_S = 180.0
 
 log = logging.getLogger("gpufleet.replay")
 
 
-@dataclass(frozen=True)
-class TraceRow:
-    offset_s: float
-    prompt_tokens: int
-    output_tokens: int
-
-
-def trace_path(name: str) -> Path:
-    """``conv``, ``code`` or a path to a CSV with the Azure trace's columns."""
-    return TRACES.get(name) or Path(name)
-
-
-def trace_read(path: Path) -> list[TraceRow]:
-    """Rows of an Azure-format trace (TIMESTAMP, ContextTokens, GeneratedTokens), offsets from the first."""
-    rows: list[tuple[datetime, int, int]] = []
-    with path.open(newline="") as handle:
-        for record in csv.DictReader(handle):
-            stamp = datetime.fromisoformat(record["TIMESTAMP"].strip()[:26])
-            rows.append((stamp, int(record["ContextTokens"]), int(record["GeneratedTokens"])))
-    if not rows:
-        raise ValueError(f"{path} holds no requests")
-    rows.sort()
-    start = rows[0][0]
-    return [TraceRow((stamp - start).total_seconds(), max(1, p), max(1, o)) for stamp, p, o in rows]
+def trace_for(name: str) -> Trace:
+    """``conv``, ``code``, a built-in trace name or a CSV/JSONL path (see ``fleet.sim.traces``)."""
+    return trace_load(SHORT_NAMES.get(name, name))
 
 
 def prompt_text(tokens: int, *, code: bool) -> str:
@@ -105,16 +83,14 @@ def _p95(values: list[float]) -> str:
 
 
 class Replayer:
-    def __init__(
-        self, client: openai.AsyncOpenAI, model: str, rows: list[TraceRow], *, speedup: float, code: bool
-    ) -> None:
-        self.client, self.model, self.rows = client, model, rows
+    def __init__(self, client: openai.AsyncOpenAI, model: str, trace: Trace, *, speedup: float, code: bool) -> None:
+        self.client, self.model, self.rows = client, model, trace.requests
         self.speedup, self.code = speedup, code
         self.tally = Tally()
         self.limit = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.span_s = rows[-1].offset_s + 1.0
+        self.span_s = trace.duration_s + 1.0
 
-    async def one(self, row: TraceRow, stream: bool) -> None:
+    async def one(self, row: TraceRequest, stream: bool) -> None:
         messages = [{"role": "user", "content": prompt_text(row.prompt_tokens, code=self.code)}]
         started = time.monotonic()
         first: float | None = None
@@ -149,7 +125,7 @@ class Replayer:
         lap = 0
         while not stop.is_set():
             for index, row in enumerate(self.rows):
-                due = started + (lap * self.span_s + row.offset_s) / self.speedup
+                due = started + (lap * self.span_s + row.arrival_s) / self.speedup
                 while not stop.is_set() and (wait := due - time.monotonic()) > 0:
                     if time.monotonic() >= next_report:
                         trace_s = (time.monotonic() - started) * self.speedup % self.span_s
@@ -170,27 +146,26 @@ class Replayer:
 
 
 async def replay(args: argparse.Namespace) -> None:
-    path = trace_path(args.trace)
-    rows = trace_read(path)
+    trace = trace_for(args.trace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     client = openai.AsyncOpenAI(
         base_url=args.base_url,
-        api_key=os.environ.get("GPUFLEET_API_KEY", ""),
+        api_key=os.environ[API_KEY_ENV],
         timeout=REQUEST_TIMEOUT_S,
         max_retries=0,
         http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_IN_FLIGHT), timeout=REQUEST_TIMEOUT_S),
     )
-    code = args.trace == "code" or "code" in path.stem
+    code = "code" in trace.name
     print(
-        f"replay: {len(rows)} requests of {path.name} (real trace), {rows[-1].offset_s:.0f} s long,"
+        f"replay: {len(trace.requests)} requests of {trace.name}, {trace.duration_s:.0f} s long,"
         f" at {args.speedup:g}x through {args.base_url} as model {args.model}",
         flush=True,
     )
     async with client:
-        await Replayer(client, args.model, rows, speedup=args.speedup, code=code).run(
+        await Replayer(client, args.model, trace, speedup=args.speedup, code=code).run(
             report_every_s=args.report_every, stop=stop
         )
 
@@ -199,12 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fleet.sim.replay", description=__doc__)
     parser.add_argument("--base-url", required=True, help="the gateway, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--model", required=True, help="served model name the pools serve")
-    parser.add_argument("--trace", default="conv", help="conv, code, or a CSV path")
+    parser.add_argument("--trace", default="conv", help="conv, code, or a CSV/JSONL path")
     parser.add_argument("--speedup", type=float, default=1.0)
     parser.add_argument("--report-every", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.speedup <= 0:
         parser.error("--speedup must be positive")
+    if not os.environ.get(API_KEY_ENV):
+        parser.error(f"set {API_KEY_ENV} to a team API key of the panel")
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(replay(args))
 
