@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shlex
@@ -37,6 +38,7 @@ from django.utils import timezone
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, simulated_name
 from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Pool, PriceRate, Team
+from fleet.policies.vram import vram_estimate
 from fleet.presets import price_presets, profile_presets
 from fleet.services import api_key_create, join_token_create
 
@@ -99,7 +101,7 @@ class DemoOptions:
 
     @property
     def use_case(self) -> str:
-        return "code" if self.trace == "code" else "chat"
+        return "code" if self.trace in ("code", "azure-code") else "chat"
 
     @property
     def served_name(self) -> str:
@@ -147,6 +149,26 @@ def demo_login_create(*, username: str = DEMO_USER) -> str:
     return password
 
 
+def _memory_share(options: DemoOptions, plan: TierPlan, preset: dict) -> float:
+    """A shared pool's share of the card: the plan's, or what the VRAM estimate needs on small cards.
+
+    Placement refuses an instance whose budget (share x card) is below the estimate, so on a
+    24 GB card a shared instance takes half of it, where on an 80 GB card it takes 0.3.
+    """
+    if plan.isolation != Pool.Isolation.SHARED:
+        return plan.gpu_memory_utilization
+    estimate = vram_estimate(
+        model=preset["model"],
+        dtype=preset["dtype"],
+        quantization=preset["quantization"],
+        kv_cache_dtype=preset["kv_cache_dtype"],
+        max_model_len=preset["max_model_len"],
+    )
+    assert estimate is not None, preset["model"]
+    needed = math.ceil(estimate.required_bytes * 1.02 / MODELS[options.gpu].memory_bytes * 20) / 20
+    return min(0.9, max(plan.gpu_memory_utilization, needed))
+
+
 def _profile(options: DemoOptions, plan: TierPlan) -> ModelProfile:
     preset = next(p for p in profile_presets() if p["use_case"] == options.use_case and p["quantization"] == "")
     real = options.real_vllm and plan.tier == "L"
@@ -156,7 +178,7 @@ def _profile(options: DemoOptions, plan: TierPlan) -> ModelProfile:
         "name": name,
         "image": REAL_IMAGE if real else SIMULATED_IMAGE,
         "served_name": options.served_name,
-        "gpu_memory_utilization": plan.gpu_memory_utilization,
+        "gpu_memory_utilization": _memory_share(options, plan, preset),
         "enable_sleep_mode": not real,
         "notes": (
             "Demo: a REAL vLLM server (CPU build, tiny random-weight model) serving the L pool."

@@ -10,7 +10,7 @@ from django.core.wsgi import get_wsgi_application
 
 from agents.agent import Agent, AgentConfig
 from agents.processes import ProcessRuntime
-from agents.simulated import SimulatedGpus, parse_gpus
+from agents.simulated import MODELS, SimulatedGpus, parse_gpus, simulated_name
 from fleet.models import ApiKey, Gpu, Instance, JoinToken, MigDevice, Node, Pool, PriceRate
 from fleet.services import pool_wake
 from fleet.sim.demo import DemoOptions, demo_prepare
@@ -59,8 +59,10 @@ def test_demo_prepare_makes_the_methods_tiers_on_simulated_cards() -> None:
     assert ApiKey.objects.filter(revoked_at__isnull=True).count() == 1, "the previous run's key is revoked"
 
 
-def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_cards(tmp_path: Path) -> None:
-    options = DemoOptions(hosts=2, gpus_per_host=2)
+@pytest.mark.parametrize("gpu", ["H100", "L4"])
+def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_cards(tmp_path: Path, gpu: str) -> None:
+    options = DemoOptions(hosts=2, gpus_per_host=2, gpu=gpu)
+    card = simulated_name(MODELS[gpu])
     setup = demo_prepare(options=options)
     agents = [simulated_agent(tmp_path, f"simulated-host-{i + 1}", options.host_gpus(i)) for i in range(2)]
     for agent in agents:
@@ -70,15 +72,16 @@ def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_card
         ("simulated-host-1", True),
         ("simulated-host-2", True),
     ]
-    assert set(Gpu.objects.values_list("model_name", flat=True)) == {CARD}
-    assert Gpu.objects.filter(mig_mode=Gpu.MigMode.ENABLED).count() == 1
-    assert list(MigDevice.objects.values_list("profile", flat=True)) == ["2g.20gb"] * 3
+    assert set(Gpu.objects.values_list("model_name", flat=True)) == {card}
+    mig = gpu == "H100"  # the L4 has no MIG: its M pool shares cards
+    assert Gpu.objects.filter(mig_mode=Gpu.MigMode.ENABLED).count() == int(mig)
+    assert list(MigDevice.objects.values_list("profile", flat=True)) == ["2g.20gb"] * 3 * mig
 
     for tier in "SML":
         pool = Pool.objects.get(name=f"demo-{tier.lower()}")
         assert pool_wake(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed"
     placed = {i.pool.tier: i for i in Instance.objects.select_related("pool", "gpu", "mig_device")}
-    assert placed["M"].mig_device is not None and placed["M"].gpu.mig_enabled
+    assert (placed["M"].mig_device is not None) == mig
     assert placed["S"].mig_device is None and placed["S"].gpu != placed["L"].gpu
     assert not placed["L"].gpu.mig_enabled
 
