@@ -9,10 +9,11 @@ GPU's name starts with "Simulated" and its UUID with ``GPU-simulated-``, so no r
 a simulated card can pass for a real one.
 
 A MIG-capable model can be simulated in MIG mode (``H100-mig``): the card is cut into its
-model's fixed layout of slices (three ``2g.20gb`` on an H100), each a device with its own
-UUID (``MIG-simulated-...``) that an engine may be given. NVML reports no utilization for a
-MIG-mode card; the simulated one reports the slices' duty cycles weighted by their share of
-the card's compute, so the dashboard still shows how busy the card is.
+model's fixed layout of slices (three ``2g.20gb`` on an H100, two ``3g.20gb`` on an A100
+40GB), each a device with its own UUID (``MIG-simulated-...``) that an engine may be given.
+NVML reports no utilization for a MIG-mode card; the simulated one reports the slices' duty
+cycles weighted by their share of the card's compute, so the dashboard still shows how busy
+the card is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ENV_GPU_MODEL = "GPUFLEET_SIM_GPU_MODEL"
 ENV_GPU_MEMORY = "GPUFLEET_SIM_GPU_MEMORY_BYTES"
 ENV_STATUS_FILE = "GPUFLEET_SIM_STATUS_FILE"
 ENV_MIG_SHARE = "GPUFLEET_SIM_MIG_SHARE"
+ENV_MIG_MEMORY_SHARE = "GPUFLEET_SIM_MIG_MEMORY_SHARE"
 MIG_COMPUTE_SLICES = 7
 
 MIB = 1024 * 1024
@@ -76,7 +78,7 @@ MODELS: dict[str, SimulatedModel] = {
             "H100", "NVIDIA H100 80GB HBM3", 81_559 * MIB, 70.0, 700.0, MigLayout("2g.20gb", 3, 20_096 * MIB)
         ),
         SimulatedModel(
-            "A100", "NVIDIA A100-SXM4-40GB", 40_960 * MIB, 50.0, 400.0, MigLayout("2g.10gb", 3, 9_984 * MIB)
+            "A100", "NVIDIA A100-SXM4-40GB", 40_960 * MIB, 50.0, 400.0, MigLayout("3g.20gb", 2, 19_968 * MIB)
         ),
         SimulatedModel("L40S", "NVIDIA L40S", 46_068 * MIB, 35.0, 350.0),
         SimulatedModel("L4", "NVIDIA L4", 23_034 * MIB, 16.0, 72.0),
@@ -185,6 +187,7 @@ class SimulatedGpus:
             ENV_GPU_MODEL: model.short,
             ENV_GPU_MEMORY: str(memory),
             ENV_MIG_SHARE: f"{share:.6f}",
+            ENV_MIG_MEMORY_SHARE: f"{memory / model.memory_bytes:.6f}",
             ENV_STATUS_FILE: str(self.status_dir / f"{spec.container_name}.json"),
         }
 

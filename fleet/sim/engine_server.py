@@ -38,7 +38,14 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from agents.simulated import ENV_GPU_MEMORY, ENV_GPU_MODEL, ENV_MIG_SHARE, ENV_STATUS_FILE, status_write
+from agents.simulated import (
+    ENV_GPU_MEMORY,
+    ENV_GPU_MODEL,
+    ENV_MIG_MEMORY_SHARE,
+    ENV_MIG_SHARE,
+    ENV_STATUS_FILE,
+    status_write,
+)
 from fleet.catalog import GIB
 from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD, ESTIMATE
 from fleet.sim.engine import (
@@ -477,10 +484,9 @@ async def _json(send: Send, status: int, payload: dict[str, Any]) -> None:
 # -- the command line --------------------------------------------------------------------
 
 
-def device_model(model: EngineModel, *, device_bytes: int, compute_share: float) -> EngineModel:
+def device_model(model: EngineModel, *, compute_share: float, bandwidth_share: float) -> EngineModel:
     """The engine model on a MIG slice: prefill gets the slice's share of compute, decode its
     share of memory bandwidth (memory slices carry bandwidth in proportion to their size)."""
-    bandwidth_share = device_bytes / (GPU_FACTS[model.gpu_model].memory_gib * GIB)
     if compute_share >= 1.0:
         return model
     return dataclasses.replace(
@@ -507,10 +513,13 @@ def engine_from_args(argv: list[str] | None = None) -> tuple[SimulatedEngine, ar
     parser.add_argument("--cold-start-s", type=float, help="override the model's cold start (seconds)")
     args, _ignored = parser.parse_known_args(argv)
     base = engine_model_for(args.gpu)
-    full_card = GPU_FACTS[base.gpu_model].memory_gib * GIB
-    device_bytes = int(env(ENV_GPU_MEMORY) or full_card)
+    device_bytes = int(env(ENV_GPU_MEMORY) or GPU_FACTS[base.gpu_model].memory_gib * GIB)
     model = dataclasses.replace(
-        device_model(base, device_bytes=device_bytes, compute_share=float(env(ENV_MIG_SHARE) or 1.0)),
+        device_model(
+            base,
+            compute_share=float(env(ENV_MIG_SHARE) or 1.0),
+            bandwidth_share=float(env(ENV_MIG_MEMORY_SHARE) or 1.0),
+        ),
         kv_cache_tokens=kv_cache_tokens_for(
             memory_gib=device_bytes / GIB * args.gpu_memory_utilization / GPU_MEMORY_UTILIZATION,
             profile=PROFILES[base.profile],

@@ -149,9 +149,9 @@ def test_an_engine_on_a_mig_slice_gets_the_slices_memory_and_share_of_the_card(t
     whole = engine_model_for("H100")
     sliced = device_model(
         whole,
-        device_bytes=int(env["GPUFLEET_SIM_GPU_MEMORY_BYTES"]),
         compute_share=float(env["GPUFLEET_SIM_MIG_SHARE"]),
+        bandwidth_share=float(env["GPUFLEET_SIM_MIG_MEMORY_SHARE"]),
     )
     assert sliced.prefill_tokens_per_s == pytest.approx(whole.prefill_tokens_per_s * 2 / 7)
-    assert sliced.decode_step_base_s == pytest.approx(whole.decode_step_base_s * 80 * 1024 / 20_096)
-    assert device_model(whole, device_bytes=81_559 * 2**20, compute_share=1.0) == whole
+    assert sliced.decode_step_base_s == pytest.approx(whole.decode_step_base_s * 81_559 / 20_096, rel=1e-5)
+    assert device_model(whole, compute_share=1.0, bandwidth_share=1.0) == whole
