@@ -37,9 +37,9 @@ from django.utils import timezone
 
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, simulated_name
-from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Pool, PriceRate, Team
+from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Policy, Pool, PriceRate, Team
 from fleet.policies.vram import vram_estimate
-from fleet.presets import price_presets, profile_presets
+from fleet.presets import presets_install, price_presets, profile_presets
 from fleet.services import api_key_create, join_token_create
 
 SIMULATED_IMAGE = "simulated/vllm:qwen3-4b"
@@ -211,6 +211,7 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
     Only demo objects are touched: simulated nodes, the demo pools' instances, demo
     profiles, pools, team and token. A user's own fleet in the same database is left alone.
     """
+    presets_install(ModelProfile=ModelProfile, PriceRate=PriceRate, Policy=Policy)  # the method's default policies
     pool_names = tuple(f"demo-{plan.tier.lower()}" for plan in options.tiers)
     Instance.objects.filter(pool__name__in=pool_names).delete()
     Node.objects.filter(simulated=True).delete()

@@ -11,7 +11,8 @@ from django.core.wsgi import get_wsgi_application
 from agents.agent import Agent, AgentConfig
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, SimulatedGpus, parse_gpus, simulated_name
-from fleet.models import ApiKey, Gpu, Instance, JoinToken, MigDevice, Node, Pool, PriceRate
+from fleet.models import ApiKey, Gpu, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
+from fleet.policies.settings import SCHEMAS
 from fleet.services import pool_wake
 from fleet.sim.demo import DemoOptions, demo_prepare
 
@@ -47,9 +48,8 @@ def test_demo_prepare_makes_the_methods_tiers_on_simulated_cards() -> None:
     assert {p.model_profile.served_name for p in pools.values()} == {options.served_name}
     assert all("simulated" in p.model_profile.name for p in pools.values())
     rate = PriceRate.objects.get(gpu_model=CARD)
-    assert str(rate.price_per_gpu_hour) == str(
-        PriceRate.objects.get(gpu_model="NVIDIA H100 80GB HBM3").price_per_gpu_hour
-    )
+    assert rate.price_per_gpu_hour == PriceRate.objects.get(gpu_model="NVIDIA H100 80GB HBM3").price_per_gpu_hour
+    assert set(Policy.objects.filter(pool=None, enabled=True).values_list("kind", flat=True)) == set(SCHEMAS)
     assert "simulated" in rate.source
     assert JoinToken.objects.get(revoked_at__isnull=True).max_uses == 2
     assert options.host_gpus(0) == "H100x2" and options.host_gpus(1) == "H100x1,H100-mig"
