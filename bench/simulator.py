@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import django
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
 django.setup()
 
-from fleet.sim.compare import compare  # noqa: E402
+from fleet.sim.compare import compare, price_preset  # noqa: E402
 from fleet.sim.engine import engine_model_for  # noqa: E402
 from fleet.sim.report import benchmark_markdown, comparison_html, comparison_markdown  # noqa: E402
 from fleet.sim.simulate import setup_build  # noqa: E402
@@ -46,7 +47,8 @@ def main() -> None:
         values = json.loads((ROOT / "bench" / "sim" / f"{name}.json").read_text(encoding="utf-8"))
         setup = setup_build(engine=engine, gpus=GPUS, values=values, seed=SEED)
         trace = trace_load(name).scaled(scale, seed=SEED)
-        comparison = compare(trace=trace, setup=setup)
+        price = Decimal(os.environ["SIM_PRICE"]) if os.environ.get("SIM_PRICE") else price_preset(GPU)
+        comparison = compare(trace=trace, setup=setup, price_per_gpu_hour=price)
         command = (
             f"python manage.py simulate --trace {name} --gpu {GPU} --gpus {GPUS} --scale {scale} --seed {SEED} "
             f"--policy-settings bench/sim/{name}.json"

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from fleet.presets import PRICE_PRESETS
 from fleet.sim.simulate import SimResult, SimSetup, Simulation, tick_period_s
 from fleet.sim.traces import Trace, TraceRequest
 
@@ -55,6 +56,14 @@ class Comparison:
         if self.price_per_gpu_hour is None:
             return None
         return (Decimal(str(result.gpu_hours)) * self.price_per_gpu_hour).quantize(Decimal("0.01"))
+
+
+def price_preset(gpu_model: str) -> Decimal | None:
+    """The panel's preset price per GPU-hour for a GPU family (the list price it ships with)."""
+    for name, price, _, _ in PRICE_PRESETS:
+        if gpu_model.upper() in name.upper():
+            return Decimal(price)
+    return None
 
 
 def static_search(

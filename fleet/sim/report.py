@@ -27,7 +27,9 @@ COLUMNS = (
     "P50 TTFT",
     "P95 TTFT",
     "P99 TTFT",
+    "P50 e2e",
     "P95 e2e",
+    "P99 e2e",
     "cold starts",
     "waited for one",
     "failed",
@@ -50,7 +52,9 @@ def _row(comparison: Comparison, result: SimResult) -> list[str]:
         _ms(result.ttft_ms(50)),
         _ms(result.ttft_ms(95)),
         _ms(result.ttft_ms(99)),
+        _ms(result.e2e_ms(50)),
         _ms(result.e2e_ms(95)),
+        _ms(result.e2e_ms(99)),
         str(result.cold_starts),
         str(result.cold_waited),
         str(result.failed),
@@ -74,6 +78,11 @@ def comparison_summary(comparison: Comparison) -> str:
         f"{comparison.static_instances} always-on instance(s){static_note}; oracle / policy = "
         f"{comparison.efficiency:.2f}; {comparison.policy.attainment:.2%} of requests got their first token "
         f"within {setup.sla_ms:.0f} ms."
+        + (
+            f" Spend at {comparison.price_per_gpu_hour} per GPU-hour."
+            if comparison.price_per_gpu_hour is not None
+            else " No price given: GPU-hours only."
+        )
     )
 
 
@@ -177,7 +186,24 @@ def _figures(comparison: Comparison) -> list[go.Figure]:
         xaxis_title="minutes",
         yaxis_title="spend" if price is not None else "GPU-hours",
     )
-    return [load, latency, spend]
+    duty = go.Figure()
+    for result in (policy, static, oracle):
+        duty.add_trace(
+            go.Histogram(
+                x=[value * 100 for value in result.utilization],
+                name=result.label,
+                xbins={"start": 0, "end": 100, "size": 5},
+                histnorm="percent",
+                opacity=0.6,
+            )
+        )
+    duty.update_layout(
+        title="GPU duty cycle of serving instances, 5 s samples (simulated)",
+        barmode="overlay",
+        xaxis_title="duty cycle %",
+        yaxis_title="% of samples",
+    )
+    return [load, latency, spend, duty]
 
 
 def comparison_html(comparison: Comparison, *, command: str = "") -> str:

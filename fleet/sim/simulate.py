@@ -188,7 +188,6 @@ class _Instance:
 class _Held:
     index: int
     groups: list[list[int]]
-    since_s: float
 
 
 @dataclass(frozen=True)
@@ -514,7 +513,8 @@ class Simulation:
 
     # -- requests -----------------------------------------------------------------
 
-    def _groups(self, index: int) -> tuple[str, list[list[int]]]:
+    def _groups(self, index: int) -> list[list[int]]:
+        """The pools to try, in the tier fallback order of the request's RCF tier."""
         request = self.trace.requests[index]
         settings = self.setup.routing
         rcf = routing.rcf_compute(
@@ -528,7 +528,7 @@ class Simulation:
         for pool in self.setup.pools:
             by_tier[pool.tier].append(pool.view.id)
         groups = [by_tier[t] for t in routing.FALLBACK[tier] if by_tier[t]]
-        return tier, groups
+        return groups
 
     def _pick(self, groups: list[list[int]]) -> _Instance | None:
         """The gateway's pick: fewest outstanding requests, ties to the least picked, first tier that has one."""
@@ -544,7 +544,7 @@ class Simulation:
 
     def _arrival(self, index: int) -> None:
         self.interval_arrivals += 1
-        _, groups = self._groups(index)
+        groups = self._groups(index)
         self.request_times[groups[0][0]].append(self._at(self.now))
         instance = self._pick(groups)
         if instance is not None:
@@ -554,7 +554,7 @@ class Simulation:
             self._fail(index)
             return
         self.cold[index] = True
-        self.held.append(_Held(index, groups, self.now))
+        self.held.append(_Held(index, groups))
         self._push(self.now + self.setup.gateway.hold_timeout_s, "expire", index)
         self._wake(groups)
 
@@ -767,6 +767,12 @@ class Simulation:
         return tuple(windows)
 
     def _instance_view(self, instance: _Instance) -> InstanceView:
+        """Running and waiting counts come from the agent's latest report, as in production."""
+        latest = (
+            instance.samples[-1]
+            if instance.samples and instance.samples[-1][0] >= self.now - selectors.SAMPLE_FRESH_S
+            else None
+        )
         return InstanceView(
             id=instance.id,
             pool_id=instance.pool_id,
@@ -778,8 +784,8 @@ class Simulation:
             ready_at=self._at(instance.ready_s) if instance.ready_s is not None else None,
             last_request_at=self._at(instance.last_request_s) if instance.last_request_s is not None else None,
             desired_changed_at=self._at(instance.desired_changed_s) if instance.desired_changed_s is not None else None,
-            requests_running=float(instance.core.running),
-            requests_waiting=float(instance.core.waiting),
+            requests_running=float(latest[2]) if latest else None,
+            requests_waiting=float(latest[3]) if latest else None,
         )
 
     def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from io import StringIO
 from pathlib import Path
@@ -57,3 +58,61 @@ def test_simulate_refuses_bad_input_with_a_message(tmp_path: Path) -> None:
         call_command("simulate", f"--trace={trace}", f"--policy-settings={settings}", "--quiet", stdout=StringIO())
     with pytest.raises(CommandError, match="no such file"):
         call_command("simulate", f"--trace={tmp_path / 'nope.csv'}", "--quiet", stdout=StringIO())
+
+
+@pytest.mark.django_db
+def test_simulate_a_pool_of_the_panel_with_its_stored_policies(tmp_path: Path) -> None:
+    from fleet.models import Policy
+    from fleet.policies.settings import SCHEMAS
+    from tests.factories import make_pool
+
+    pool = make_pool(name="chat-sim", min_instances=0, max_instances=3, sla_latency_ms=300)
+    for kind in SCHEMAS:
+        Policy.objects.create(kind=kind, pool=pool, enabled=False, settings={})
+    trace = small_trace(tmp_path / "trace.csv")
+    out = StringIO()
+    call_command(
+        "simulate",
+        f"--trace={trace}",
+        f"--pool={pool.pk}",
+        "--gpus=3",
+        f"--report={tmp_path / 'report.html'}",
+        "--quiet",
+        stdout=out,
+        stderr=StringIO(),
+    )
+    page = html.unescape((tmp_path / "report.html").read_text())
+    assert '"name": "chat-sim"' in page and '"sla_latency_ms": 300' in page
+    # Every policy is switched off for this pool: the policy run keeps the static fleet.
+    policy_row = next(line for line in out.getvalue().splitlines() if line.startswith("| policy |"))
+    assert "| 0.0% |" in policy_row
+    with pytest.raises(CommandError, match="no such pool"):
+        call_command("simulate", f"--trace={trace}", "--pool=999999", "--quiet", stdout=StringIO())
+
+
+@pytest.mark.django_db
+def test_simulate_replays_the_gateways_request_log() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet.models import RequestLog
+
+    start = timezone.now() - timedelta(hours=1)
+    RequestLog.objects.bulk_create(
+        RequestLog(
+            at=start + timedelta(seconds=2 * i),
+            endpoint="chat",
+            model="m",
+            rcf=1.0,
+            tier="L",
+            status=200,
+            prompt_tokens=300 + i,
+            output_tokens=8,
+            latency_ms=200.0,
+        )
+        for i in range(60)
+    )
+    out = StringIO()
+    call_command("simulate", "--trace=request-log", "--gpus=2", "--quiet", stdout=out, stderr=StringIO())
+    assert "Trace request log, 60 requests" in out.getvalue()

@@ -161,3 +161,23 @@ def test_busy_fraction_is_the_share_of_time_spent_in_steps() -> None:
     assert core.busy_fraction(1.0, 2.0) == 0.0
     assert core.busy_fraction(2.1, 2.2) == pytest.approx(1.0)
     assert core.step(3.0) == 0.0
+
+
+def test_steps_in_one_call_match_steps_one_at_a_time() -> None:
+    def run(batched: bool, horizon: float) -> list[float | None]:
+        core = EngineCore(toy_model(max_num_seqs=8))
+        requests = [SimRequest(str(i), 0.0, prompt_tokens=20 + i, output_tokens=5 + 7 * i) for i in range(5)]
+        for request in requests:
+            core.submit(request, 0.0)
+        now = 0.0
+        while True:
+            duration = core.steps(now, now + horizon) if batched else core.step(now)
+            if duration == 0.0:
+                break
+            now += duration
+        assert core.busy_fraction(0.0, now) == pytest.approx(1.0)
+        return [moment for r in requests for moment in (r.first_token_s, r.finished_s)]
+
+    one_by_one = run(False, 0.0)
+    assert run(True, 10.0) == pytest.approx(one_by_one)
+    assert run(True, 0.05) == pytest.approx(one_by_one)

@@ -20,11 +20,13 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fleet.models import PriceRate, RequestLog
-from fleet.sim.compare import compare
+from fleet import selectors
+from fleet.models import Pool, PriceRate, RequestLog
+from fleet.policies.routing import RoutingSettings
+from fleet.sim.compare import compare, price_preset
 from fleet.sim.engine import DEFAULT_PROFILE, EngineModel, engine_model_for
 from fleet.sim.report import comparison_html, comparison_markdown
-from fleet.sim.simulate import SimSetup, setup_build
+from fleet.sim.simulate import SimPool, SimSetup, pool_view_default, setup_build
 from fleet.sim.traces import Trace, TraceError, trace_from_request_log, trace_load
 
 
@@ -71,7 +73,7 @@ def engine_file_read(path: str, *, gpu: str, profile: str) -> EngineModel:
 
 
 def price_lookup(engine: EngineModel, given: str | None) -> Decimal | None:
-    """The given price, else the latest fleet-wide rate the panel has for this GPU model."""
+    """The given price, else the latest fleet-wide rate the panel has for this GPU model, else its preset."""
     if given is not None:
         try:
             return Decimal(given)
@@ -82,7 +84,43 @@ def price_lookup(engine: EngineModel, given: str | None) -> Decimal | None:
         .order_by("-effective_from")
         .first()
     )
-    return rate.price_per_gpu_hour if rate else None
+    return rate.price_per_gpu_hour if rate else price_preset(engine.gpu_model)
+
+
+def setup_from_db(*, pool_id: int, engine: EngineModel, gpus: int, base: SimSetup) -> SimSetup:
+    """One of the panel's pools with the policy and routing settings stored for it.
+
+    The pool keeps its id, so per-pool policy overrides apply. Simulated GPUs hold one
+    instance each, so the pool runs exclusive, with at most ``gpus`` instances.
+    """
+    try:
+        pool = Pool.objects.select_related("model_profile").get(pk=pool_id)
+    except Pool.DoesNotExist as exc:
+        raise CommandError(f"--pool {pool_id}: no such pool") from exc
+    view = pool_view_default(
+        engine=engine,
+        gpus=gpus,
+        id=pool.pk,
+        name=pool.name,
+        min_instances=min(pool.min_instances, gpus),
+        max_instances=min(pool.max_instances, gpus),
+        sla_metric=pool.sla_metric,
+        sla_percentile=pool.sla_percentile,
+        sla_latency_ms=pool.sla_latency_ms,
+        util_band_low=pool.util_band_low,
+        util_band_high=pool.util_band_high,
+        idle_minimize_after_s=pool.idle_minimize_after_s,
+        idle_stop_after_s=pool.idle_stop_after_s,
+        prewarm_margin_s=pool.prewarm_margin_s,
+        enable_sleep_mode=pool.model_profile.enable_sleep_mode,
+    )
+    values, enabled = selectors.routing_policy_settings()
+    return replace(
+        base,
+        pools=(SimPool(view, tier=pool.tier),),
+        policies=selectors.policy_configs(),
+        routing=RoutingSettings.from_settings(values, enabled=enabled),
+    )
 
 
 class Command(BaseCommand):
@@ -99,6 +137,9 @@ class Command(BaseCommand):
         parser.add_argument("--speedup", type=float, default=1.0, help="Divide arrival gaps by this.")
         parser.add_argument("--scale", type=int, default=1, help="Copies of each request (seeded arrival jitter).")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--pool", type=int, help="Simulate this pool of the panel with its stored policy and routing settings."
+        )
         parser.add_argument(
             "--policy-settings",
             dest="policy_settings",
@@ -122,6 +163,8 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         setup = self._setup(engine, options)
+        if options["pool"] is not None:
+            setup = setup_from_db(pool_id=options["pool"], engine=engine, gpus=options["gpus"], base=setup)
         progress = None if options["quiet"] else ProgressBar(lambda text: self.stderr.write(text, ending=""))
         comparison = compare(
             trace=trace, setup=setup, price_per_gpu_hour=price_lookup(engine, options["price"]), progress=progress

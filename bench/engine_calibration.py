@@ -4,7 +4,10 @@ Random weights in bf16 (the shape, not the checkpoint, sets the speed), run with
 Face transformers and its eager kernels (SDPA attention, no CUDA graphs, no paged
 attention): this is not vLLM. Prefill is compute-bound and transfers to vLLM; decode step
 times carry transformers' per-step Python and kernel-launch overhead, which vLLM's CUDA
-graphs remove, so they are an upper bound on vLLM's. Writes JSON to the path given.
+graphs remove, so they are an upper bound on vLLM's. Writes JSON to the path given; the
+H100 result is kept in ``fleet/sim/calibration/`` and read by ``fleet.sim.engine``.
+
+    python bench/engine_calibration.py fleet/sim/calibration/qwen3_4b_h100_hf_eager.json
 """
 
 from __future__ import annotations
