@@ -22,7 +22,7 @@ from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, node_n
 from agents.nvml import NvmlBackend
 from agents.processes import Launcher, ProcessRuntime
 from agents.runtime import ContainerState, DockerRuntime, Runtime, RuntimeFailure
-from agents.simulated import SimulatedGpus, parse_gpus
+from agents.simulated import SimulatedGpus, gpus_parse
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--panel (or GPUFLEET_PANEL) is required")
     try:
         args.launchers = [Launcher.parse(text) for text in args.launchers or ()]
-        args.simulated_gpus = parse_gpus(args.simulated_gpus) if args.simulated_gpus else None
+        args.simulated_gpus = gpus_parse(args.simulated_gpus) if args.simulated_gpus else None
     except ValueError as exc:
         parser.error(str(exc))
     if args.runtime == "process" and not args.launchers:

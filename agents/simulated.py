@@ -100,7 +100,7 @@ class SimulatedCard:
     mig: bool = False
 
 
-def parse_gpus(text: str) -> list[SimulatedCard]:
+def gpus_parse(text: str) -> list[SimulatedCard]:
     """``H100x2``, ``H100x2,L4`` or ``H100,H100-mig`` -> one card per simulated GPU, in index order."""
     cards: list[SimulatedCard] = []
     for part in text.split(","):

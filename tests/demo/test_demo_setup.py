@@ -10,7 +10,7 @@ from django.core.wsgi import get_wsgi_application
 
 from agents.agent import Agent, AgentConfig
 from agents.processes import ProcessRuntime
-from agents.simulated import MODELS, SimulatedGpus, parse_gpus, simulated_name
+from agents.simulated import MODELS, SimulatedGpus, gpus_parse, simulated_name
 from fleet.models import ApiKey, Gpu, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
 from fleet.policies.settings import SCHEMAS
 from fleet.services import pool_wake
@@ -28,7 +28,7 @@ def simulated_agent(tmp_path: Path, name: str, gpus: str) -> Agent:
     http = httpx.Client(transport=httpx.WSGITransport(app=get_wsgi_application()))
     return Agent(
         config,
-        gpus=SimulatedGpus(parse_gpus(gpus), node_name=name, state_dir=state),
+        gpus=SimulatedGpus(gpus_parse(gpus), node_name=name, state_dir=state),
         runtime=ProcessRuntime(state, name, []),
         http=http,
     )

@@ -14,7 +14,7 @@ from agents import __main__ as agent_cli
 from agents.processes import Launcher, ProcessRuntime
 from agents.reconcile import DesiredInstance, Restart, Start, Stop, apply, reconcile
 from agents.runtime import ContainerSpec, ImageMissing
-from agents.simulated import SimulatedGpus, parse_gpus
+from agents.simulated import SimulatedGpus, gpus_parse
 from fleet.sim.engine import engine_model_for
 from fleet.sim.engine_server import device_model
 from tests.support.sim_engine import SERVED, SimEngine
@@ -83,7 +83,7 @@ def test_an_image_without_a_launcher_is_refused(tmp_path: Path) -> None:
 
 
 def test_simulated_gpu_utilization_and_memory_follow_the_engine_on_it(tmp_path: Path) -> None:
-    gpus = SimulatedGpus(parse_gpus("H100x2"), node_name="sim-a", state_dir=tmp_path)
+    gpus = SimulatedGpus(gpus_parse("H100x2"), node_name="sim-a", state_dir=tmp_path)
     engine_spec = ContainerSpec(
         instance_id="1", generation=1, image="simulated/vllm:x", node_name="sim-a", port=1, gpu_uuids=[gpus.uuids[1]]
     )
@@ -137,7 +137,7 @@ def test_the_agent_command_line_selects_the_simulated_backends(tmp_path: Path) -
 
 
 def test_an_engine_on_a_mig_slice_gets_the_slices_memory_and_share_of_the_card(tmp_path: Path) -> None:
-    gpus = SimulatedGpus(parse_gpus("H100-mig"), node_name="sim-a", state_dir=tmp_path)
+    gpus = SimulatedGpus(gpus_parse("H100-mig"), node_name="sim-a", state_dir=tmp_path)
     slice_uuid = gpus.mig_uuids[0][1]
     env = gpus.engine_env(
         ContainerSpec(
