@@ -21,6 +21,7 @@ import math
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,7 +325,16 @@ class DemoFleet:
         cold = self.options.engine_cold_start_s
         return SIMULATED_LAUNCHER if cold is None else f"{SIMULATED_LAUNCHER} --cold-start-s {cold:g}"
 
+    def _engines_stop(self) -> None:
+        """Stop every engine a host of this or an earlier demo run left, by the agents' records."""
+        hosts = self.dir / "hosts"
+        for state_dir in sorted(hosts.iterdir()) if hosts.is_dir() else []:
+            ProcessRuntime(state_dir, state_dir.name, ()).stop_all(STOP_TIMEOUT_S)
+
     def start(self) -> None:
+        """Start from fresh hosts: the database's simulated nodes are gone, so are their tokens."""
+        self._engines_stop()
+        shutil.rmtree(self.dir / "hosts", ignore_errors=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         options = self.options
         self._spawn(
@@ -358,10 +368,7 @@ class DemoFleet:
             if name == "panel":
                 continue
             _terminate(process)
-        for index in range(self.options.hosts):
-            state_dir = self.dir / "hosts" / _host_name(index)
-            if state_dir.exists():
-                ProcessRuntime(state_dir, _host_name(index), ()).stop_all(STOP_TIMEOUT_S)
+        self._engines_stop()
         for name, process in self.processes:
             if name == "panel":
                 _terminate(process)

@@ -9,12 +9,14 @@ import pytest
 from django.core.wsgi import get_wsgi_application
 
 from agents.agent import Agent, AgentConfig
-from agents.processes import ProcessRuntime
+from agents.processes import Launcher, ProcessRuntime
+from agents.runtime import ContainerSpec
 from agents.simulated import MODELS, SimulatedGpus, gpus_parse, simulated_name
 from fleet.models import ApiKey, Gpu, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
 from fleet.policies.settings import SCHEMAS
 from fleet.services import pool_wake
-from fleet.sim.demo import DemoOptions, demo_prepare
+from fleet.sim.demo import DemoFleet, DemoOptions, demo_prepare
+from tests.support.sim_engine import process_running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,3 +89,19 @@ def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_card
 
     demo_prepare(options=options)
     assert not Node.objects.exists() and not Instance.objects.exists(), "a new demo starts from an empty fleet"
+
+
+def test_a_new_demo_run_stops_what_an_earlier_one_left_and_forgets_its_hosts(tmp_path: Path) -> None:
+    """A demo killed hard leaves engines and agent state (node tokens the database no longer knows)."""
+    host = tmp_path / "demo" / "hosts" / "simulated-host-1"
+    sleeper = Launcher.parse("test/sleeper:*={python} -c 'import time; time.sleep(600)'")
+    left = ProcessRuntime(host, "simulated-host-1", [sleeper]).start(
+        ContainerSpec(instance_id="1", generation=1, image="test/sleeper:1", node_name="simulated-host-1", port=1)
+    )
+    (host / "state.json").write_text('{"node_name": "simulated-host-1", "node_token": "gfn_old"}')
+    pid = int(left.container_id.removeprefix("pid-"))
+
+    fleet = DemoFleet(DemoOptions(hosts=1), demo_prepare(options=DemoOptions(hosts=1)), tmp_path)
+    fleet._engines_stop()
+    assert ProcessRuntime(host, "simulated-host-1", []).list_managed()[0].status == "exited"
+    assert not process_running(pid)

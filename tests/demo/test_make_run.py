@@ -26,6 +26,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.support.require import require
+from tests.support.sim_engine import process_running
 from tests.support.vllm_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -125,23 +126,15 @@ def engine_pids(repo: Path) -> list[int]:
     return [json.loads(path.read_text())["pid"] for path in records]
 
 
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace") and running(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace") if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if text in command and process_running(int(entry.name)):
+            found.append(int(entry.name))
     return found
 
 
@@ -178,6 +171,6 @@ def test_make_run_serves_a_live_simulated_fleet_and_stops_cleanly(
     process.wait(STOP_TIMEOUT_S)
     output.thread.join(5)
     assert "Demo stopped." in "".join(output.lines)
-    assert [pid for pid in pids if running(pid)] == []
+    assert [pid for pid in pids if process_running(pid)] == []
     assert processes_mentioning(str(repo)) == [], "agents, panel or replayer left behind"
     assert time.monotonic() - started < 60

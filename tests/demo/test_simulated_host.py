@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from agents.runtime import ContainerSpec, ImageMissing
 from agents.simulated import SimulatedGpus, gpus_parse
 from fleet.sim.engine import engine_model_for
 from fleet.sim.engine_server import device_model
-from tests.support.sim_engine import SERVED, SimEngine
+from tests.support.sim_engine import SERVED, SimEngine, process_running
 
 SLEEPER = Launcher.parse("test/sleeper:*={python} -c 'import time, sys; time.sleep(600)'")
 CRASHER = Launcher.parse("test/crasher:*={python} -c 'import sys; sys.exit(3)'")
@@ -36,14 +35,6 @@ def converge(runtime: ProcessRuntime, *wanted: DesiredInstance) -> list[object]:
     return actions
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def test_process_runtime_starts_adopts_after_an_agent_restart_and_stops(tmp_path: Path) -> None:
     running = DesiredInstance("7", 1, "running", spec())
     runtime = ProcessRuntime(tmp_path, "node-a", [SLEEPER])
@@ -51,7 +42,7 @@ def test_process_runtime_starts_adopts_after_an_agent_restart_and_stops(tmp_path
     [state] = runtime.list_managed()
     pid = int(state.container_id.removeprefix("pid-"))
     assert (state.instance_id, state.generation, state.status, state.name) == ("7", 1, "running", "gpufleet-7-g1")
-    assert alive(pid)
+    assert process_running(pid)
 
     restarted = ProcessRuntime(tmp_path, "node-a", [SLEEPER])  # a new agent process reads the records
     assert converge(restarted, running) == []
@@ -60,7 +51,7 @@ def test_process_runtime_starts_adopts_after_an_agent_restart_and_stops(tmp_path
     assert ProcessRuntime(tmp_path, "node-b", [SLEEPER]).list_managed() == [], "another node's processes are unseen"
 
     assert [type(a) for a in converge(restarted, DesiredInstance("7", 1, "stopped"))] == [Stop]
-    assert not alive(pid)
+    assert not process_running(pid)
     assert restarted.list_managed() == []
 
 
