@@ -1,4 +1,5 @@
-# The few commands everyone runs. `make run` serves the panel; `make test` runs the suite.
+# The few commands everyone runs. `make run` runs the demo (a simulated fleet); `make serve` serves the panel
+# alone; `make test` runs the suite.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= var/wheelhouse
 
-.PHONY: run test lint format migrate admin bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
+.PHONY: run serve test lint format migrate admin bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +28,13 @@ migrate: $(VENV)/.runtime
 admin: migrate
 	$(BIN)/python manage.py fleet_admin
 
-run: admin
+# The demo: the panel with simulated GPU hosts and a real Azure trace replayed through its gateway.
+# DEMO_ARGS passes options, e.g. DEMO_ARGS="--trace code --speedup 4 --hosts 3".
+DEMO_ARGS ?=
+run: $(VENV)/.runtime
+	$(BIN)/python manage.py demo --host $(HOST) --port $(PORT) $(DEMO_ARGS)
+
+serve: admin
 	@echo "GPU fleet control panel: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 

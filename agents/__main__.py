@@ -20,7 +20,9 @@ import httpx
 
 from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, node_name_default
 from agents.nvml import NvmlBackend
-from agents.runtime import ContainerState, DockerRuntime, RuntimeFailure
+from agents.processes import Launcher, ProcessRuntime
+from agents.runtime import ContainerState, DockerRuntime, Runtime, RuntimeFailure
+from agents.simulated import SimulatedGpus, gpus_parse
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -79,6 +81,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--buffer-size", type=int, default=720, help="reports kept while the panel is away")
     parser.add_argument("--advertise-host", default="127.0.0.1", help="address the gateway reaches servers on")
     parser.add_argument("--no-gpu-devices", action="store_true", help="start containers without GPU devices")
+    parser.add_argument(
+        "--runtime",
+        choices=("docker", "process"),
+        default="docker",
+        help="run servers as Docker containers (default) or as local processes started by --launcher",
+    )
+    parser.add_argument(
+        "--launcher",
+        action="append",
+        dest="launchers",
+        metavar="IMAGE_PATTERN=COMMAND",
+        help="with --runtime process: the command that serves images matching the pattern (repeatable);"
+        " {python} is this interpreter",
+    )
+    parser.add_argument(
+        "--simulated-gpus",
+        metavar="SPEC",
+        help="simulate this host's GPUs instead of reading NVML, e.g. H100x2 (the demo); the node registers"
+        " as simulated",
+    )
     parser.add_argument("--once", action="store_true", help="one report, then exit")
     parser.add_argument("--version", action="version", version=AGENT_VERSION)
     args = parser.parse_args(argv)
@@ -87,6 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key.replace("-", "_"), value)
     if not args.panel:
         parser.error("--panel (or GPUFLEET_PANEL) is required")
+    try:
+        args.launchers = [Launcher.parse(text) for text in args.launchers or ()]
+        args.simulated_gpus = gpus_parse(args.simulated_gpus) if args.simulated_gpus else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.runtime == "process" and not args.launchers:
+        parser.error("--runtime process needs at least one --launcher")
     return args
 
 
@@ -105,6 +134,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         buffer_size=int(args.buffer_size),
         advertise_host=args.advertise_host,
         attach_gpus=not args.no_gpu_devices,
+        simulated=bool(args.simulated_gpus),
     )
 
 
@@ -116,6 +146,19 @@ def docker_runtime(node_name: str) -> DockerRuntime | UnavailableRuntime:
         log.error("Docker engine unreachable: %s", exc)
         return UnavailableRuntime(f"Docker engine unreachable: {exc}")
     return DockerRuntime(client, node_name)
+
+
+def backends(args: argparse.Namespace, config: AgentConfig) -> tuple[NvmlBackend | SimulatedGpus, Runtime]:
+    """The GPU source and the runtime the options ask for; simulated engines learn their GPUs from the former."""
+    gpus = (
+        SimulatedGpus(args.simulated_gpus, node_name=config.node_name, state_dir=config.state_dir)
+        if args.simulated_gpus
+        else NvmlBackend()
+    )
+    if args.runtime == "docker":
+        return gpus, docker_runtime(config.node_name)
+    env_for = gpus.engine_env if isinstance(gpus, SimulatedGpus) else None
+    return gpus, ProcessRuntime(config.state_dir, config.node_name, args.launchers, env_for=env_for)
 
 
 def register_until_done(agent: Agent, join_token: str | None, stop: threading.Event) -> bool:
@@ -149,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with httpx.Client() as http:
-        agent = Agent(config, gpus=NvmlBackend(), runtime=docker_runtime(config.node_name), http=http)
+        gpus, runtime = backends(args, config)
+        agent = Agent(config, gpus=gpus, runtime=runtime, http=http)
         if not register_until_done(agent, args.join_token, stop):
             return 2
         log.info("agent %s reporting to %s every %.0f s", AGENT_VERSION, config.panel_url, config.interval_s)

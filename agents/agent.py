@@ -89,6 +89,7 @@ class AgentConfig:
     batch_max_image_mb: int = 200
     batch_stop_timeout_s: int = DEFAULT_BATCH_STOP_TIMEOUT_S
     batch_host_memory_bytes: int | None = 8 * GIB
+    simulated: bool = False
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
@@ -282,6 +283,7 @@ class Agent:
             hostname=socket.gethostname(),
             agent_version=AGENT_VERSION,
             labels=labels or {},
+            simulated=self.config.simulated,
         )
         response = self.http.post(
             f"{self.config.panel_url}/api/agent/v1/register",

@@ -271,6 +271,7 @@ class Registration(Strict):
     labels: Annotated[
         dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=255)]], Field(max_length=32)
     ] = {}
+    simulated: bool = False  # the demo's hosts: their GPUs and engines are simulated, never billed as real
 
 
 class Registered(Strict):

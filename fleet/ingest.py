@@ -73,6 +73,7 @@ def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
             address=registration.hostname,
             agent_version=registration.agent_version,
             labels=registration.labels,
+            simulated=registration.simulated,
         )
         token = node.issue_token()
         try:

@@ -135,8 +135,11 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "fleet.sqlite3",
-            # WAL lets the dashboard read while ingest writes.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            # WAL lets the dashboard read while ingest writes. IMMEDIATE transactions take the
+            # write lock up front, so concurrent writers (ingest, the gateway's request log, the
+            # scheduler) wait for each other instead of failing with "database is locked" when a
+            # read transaction cannot be upgraded.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20, "transaction_mode": "IMMEDIATE"},
         }
     }
 
