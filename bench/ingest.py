@@ -1,7 +1,8 @@
 """Report ingest at fleet scale: the real report endpoint, over HTTP, against PostgreSQL.
 
 Starts the panel under gunicorn (a few gthread workers, like a small production box) on a
-scratch database ``bench_tele`` (created here, dropped at the end), registers N simulated
+scratch database (``bench_tele`` unless ``--db-name`` or ``BENCH_DB_NAME`` names another;
+created here, dropped at the end), registers N simulated
 hosts, and drives the real ``/api/agent/v1/report`` from a separate load-generator process:
 every host sends one report of G GPUs every interval, spread evenly, open loop (a slow
 reply does not slow the offered load). Prints sustained GPU samples per second (counted in
@@ -9,6 +10,12 @@ the database, not just from replies), report latency p50/p99, and a baseline mea
 the same run: the same load against a trivial WSGI endpoint in the same server setup,
 which reads the body and answers a constant (the floor of HTTP, server and load generator).
 Also times one minute rollup of the stored samples.
+
+Throughput and latency depend on what else the machine runs, so the table also gives the
+CPU time each part spent per report: the server processes, the database backends serving
+them (read from ``/proc`` where PostgreSQL runs on this machine) and the load generator.
+Those figures hold on a busy machine too, and say how many reports a second a given
+number of cores can take.
 
     python bench/ingest.py [--hosts 1250] [--gpus 8] [--interval 5] [--seconds 60] [--workers 3]
 
@@ -33,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "bench_tele"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def trivial_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -75,6 +83,33 @@ def prepare(url: str, hosts: int) -> list[tuple[str, str]]:
         nodes.append(node)
     Node.objects.bulk_create(nodes, batch_size=1000)
     return tokens
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User plus system CPU time of these processes so far; those that are gone count nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def server_pids(master: int) -> list[int]:
+    """The gunicorn master and its workers."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+def database_pids(url: str, name: str) -> list[int]:
+    """The PostgreSQL backends connected to the scratch database (local server only)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)).fetchall()
+    return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
 
 
 def free_port() -> int:
@@ -208,9 +243,15 @@ async def drive(
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             tick += 1
 
-    began = time.monotonic()
+    began, cpu = time.monotonic(), time.process_time()
     await asyncio.gather(*(host(i, name, token) for i, (name, token) in enumerate(tokens)))
-    return {"latencies": latencies, "errors": errors, "late": late, "elapsed": time.monotonic() - began}
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "late": late,
+        "elapsed": time.monotonic() - began,
+        "load_cpu_s": time.process_time() - cpu,
+    }
 
 
 def load_process(args: tuple[Any, ...], out: multiprocessing.Queue) -> None:
@@ -228,11 +269,34 @@ def load(*args: Any) -> dict[str, Any]:
     return result
 
 
+def measured(server: subprocess.Popen[bytes], admin_url: str, db_name: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    """One load run, with the CPU time the server and its database backends spent during it.
+
+    Backends are listed before and after (gunicorn threads connect lazily and keep their
+    connections), so every backend that served the run is counted.
+    """
+    before_db = database_pids(admin_url, db_name)
+    server_cpu, db_cpu = cpu_seconds(server_pids(server.pid)), cpu_seconds(before_db)
+    run = load(*args)
+    after_db = database_pids(admin_url, db_name)
+    run["server_cpu_s"] = cpu_seconds(server_pids(server.pid)) - server_cpu
+    run["db_cpu_s"] = cpu_seconds(set(before_db) | set(after_db)) - db_cpu if after_db else None
+    return run
+
+
 def pct(values: list[float], q: int) -> float:
     """The q-th percentile in milliseconds."""
     if len(values) < 2:
         return values[0] * 1000 if values else float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+
+
+def per_report(run: dict[str, Any], key: str) -> str:
+    """CPU milliseconds per received reply, formatted; '-' where it could not be measured."""
+    replies = len(run["latencies"]) + sum(run["errors"].values())
+    if run.get(key) is None or not replies:
+        return "-"
+    return f"{run[key] / replies * 1000:.2f}"
 
 
 def main() -> None:
@@ -245,12 +309,18 @@ def main() -> None:
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="a PostgreSQL the bench may create and drop the database bench_tele on",
+        help="a PostgreSQL the bench may create and drop its scratch database on",
+    )
+    parser.add_argument(
+        "--db-name",
+        default=os.environ.get("BENCH_DB_NAME", DB_NAME),
+        help="the scratch database's name, where several people bench on one server",
     )
     args = parser.parse_args()
-    url = database_url(args.database_url, DB_NAME)
-    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    admin_sql(args.database_url, f"CREATE DATABASE {DB_NAME}")
+    db_name = args.db_name
+    url = database_url(args.database_url, db_name)
+    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+    admin_sql(args.database_url, f"CREATE DATABASE {db_name}")
     servers: list[subprocess.Popen[bytes]] = []
     try:
         tokens = prepare(url, args.hosts)
@@ -261,7 +331,9 @@ def main() -> None:
 
         port = free_port()
         servers.append(serve("ingest:trivial_app", port, args.workers, url))
-        baseline = load(port, "/", tokens, args.gpus, args.interval, args.seconds / 2, 1)
+        baseline = measured(
+            servers[-1], args.database_url, db_name, (port, "/", tokens, args.gpus, args.interval, args.seconds / 2, 1)
+        )
         servers.pop().terminate()
 
         port = free_port()
@@ -269,7 +341,12 @@ def main() -> None:
         load(port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.interval, 1)  # GPUs registered
         before = GpuSample.objects.count()
         began = time.time()
-        panel = load(port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.seconds, 1000)
+        panel = measured(
+            servers[-1],
+            args.database_url,
+            db_name,
+            (port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.seconds, 1000),
+        )
         stored = GpuSample.objects.count() - before
         connection.close()
 
@@ -285,7 +362,7 @@ def main() -> None:
         for server in servers:
             server.terminate()
             server.wait(timeout=30)
-        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
 
     offered = args.hosts * args.gpus / args.interval
     print(
@@ -293,7 +370,10 @@ def main() -> None:
         f"(offered {offered:,.0f} GPU samples/s), gunicorn {args.workers} workers x 4 threads, PostgreSQL, "
         f"{os.cpu_count()} CPU cores shared by server, database and load generator"
     )
-    print(f"{'':34}{'reports/s':>10}{'GPU samples/s':>15}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}")
+    print(
+        f"{'':34}{'reports/s':>10}{'GPU samples/s':>15}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}"
+        f"{'CPU ms/report: server':>23}{'db':>6}{'load':>6}"
+    )
     for label, run, samples in (
         ("baseline (trivial endpoint)", baseline, None),
         ("panel /api/agent/v1/report", panel, stored),
@@ -302,7 +382,8 @@ def main() -> None:
         shown = f"{samples / run['elapsed']:>15,.0f}" if samples is not None else f"{'-':>15}"
         print(
             f"{label:34}{rate:>10,.1f}{shown}{pct(run['latencies'], 50):>9.1f}{pct(run['latencies'], 99):>9.1f}"
-            f"{sum(run['errors'].values()):>8}{run['late']:>6}"
+            f"{sum(run['errors'].values()):>8}{run['late']:>6}{per_report(run, 'server_cpu_s'):>23}"
+            f"{per_report(run, 'db_cpu_s'):>6}{per_report(run, 'load_cpu_s'):>6}"
         )
     print(
         f"{'ratio panel/baseline':34}{'':>10}{'':>15}"
@@ -312,6 +393,10 @@ def main() -> None:
     if panel["errors"] or baseline["errors"]:
         print(f"errors: panel {panel['errors']}, baseline {baseline['errors']}")
     print(f"GPU samples stored in the database during the window: {stored:,}")
+    print(
+        "CPU ms/report: CPU time of the server processes, of the database backends serving them, and of the "
+        "load generator, divided by the replies received in the window"
+    )
     print(f"minute rollup of {rollup_rows:,} samples: {rollup_s * 1000:.0f} ms")
 
 
