@@ -14,7 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from agents import protocol
@@ -36,6 +36,8 @@ from fleet.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
 REPORT_INTERVAL_S = 5.0
+# Batch jobs the agent must hear about: those to run, and preempted ones to stop.
+ACTIVE_BATCH_STATES = (BatchJob.State.RUNNING, BatchJob.State.PREEMPTED)
 
 
 class IngestError(Exception):
@@ -295,6 +297,30 @@ def _apply_instance_states(
     return changed
 
 
+def _node_lock(node: Node) -> tuple[int, bool, bool]:
+    """Lock the node's row for this report: its newest stored seq, and whether it has orphans or batch jobs.
+
+    The two flags ride on the lock's SELECT, so a node with neither (the usual case)
+    spends no statement on them.
+    """
+    return (
+        Node.objects.select_for_update()
+        .filter(pk=node.pk)
+        .annotate(
+            has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
+            has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=ACTIVE_BATCH_STATES)),
+        )
+        .values_list("last_seq", "has_orphans", "has_jobs")
+        .get()
+    )
+
+
+def _node_orphans(node: Node) -> dict[str, tuple[datetime, datetime | None]]:
+    """The node's orphan containers: when each was first seen and when its stop was requested."""
+    rows = OrphanContainer.objects.filter(node=node).values_list("container_id", "first_seen_at", "stop_requested_at")
+    return {container_id: (first_seen, stop_requested) for container_id, first_seen, stop_requested in rows}
+
+
 def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
     """Store a batch whole or refuse it whole; reply with the node's desired state.
 
@@ -310,23 +336,18 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
 
     reported_ids = {sample.instance_id for report in batch.reports for sample in report.instances}
     with transaction.atomic():
-        last_seq = Node.objects.select_for_update().filter(pk=node.pk).values_list("last_seq", flat=True).get()
+        last_seq, has_orphans, has_jobs = _node_lock(node)
         fresh = [report for report in batch.reports if report.seq > last_seq]
         rows = _node_instance_rows(node, reported_ids)
         foreign = reported_ids - rows.keys()
         if foreign:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
-        orphans = {
-            container_id: (first_seen, stop_requested)
-            for container_id, first_seen, stop_requested in OrphanContainer.objects.filter(node=node).values_list(
-                "container_id", "first_seen_at", "stop_requested_at"
-            )
-        }
+        orphans = _node_orphans(node) if has_orphans else {}
         changed: list[int] = []
         gpu_samples = 0
         if fresh:
             changed, gpu_samples = _store(node, fresh, batch.dropped, rows, orphans)
-        jobs = batch_jobs_for(node)
+        jobs = batch_jobs_for(node) if has_jobs else []
     if changed:
         event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
     if fresh:
@@ -451,11 +472,7 @@ def _desired(rows: Iterable[dict[str, Any]]) -> list[protocol.DesiredInstance]:
 
 def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
     """Batch jobs to run on the node's GPUs, and preempted ones whose container there must stop."""
-    jobs = (
-        BatchJob.objects.filter(gpu__node=node, state__in=[BatchJob.State.RUNNING, BatchJob.State.PREEMPTED])
-        .select_related("gpu")
-        .order_by("pk")
-    )
+    jobs = BatchJob.objects.filter(gpu__node=node, state__in=ACTIVE_BATCH_STATES).select_related("gpu").order_by("pk")
     return [
         protocol.DesiredBatchJob(
             job_id=job.pk,
