@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions")
+    parser.add_argument("--profile-file", help="also write the cProfile data here, for pstats or snakeviz")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -152,6 +153,8 @@ def main() -> None:
     )
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
+        if args.profile_file:
+            profiler.dump_stats(args.profile_file)
 
 
 if __name__ == "__main__":
