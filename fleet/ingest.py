@@ -79,10 +79,29 @@ def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
     return node, token
 
 
+# Token hashes this process has accepted, with their node's id and name. Only a shortcut
+# past one lookup per report: the report's node lock checks the token again.
+_known_tokens: dict[str, tuple[int, str]] = {}
+KNOWN_TOKENS_MAX = 50_000
+
+
 def node_authenticate(*, token: str) -> Node:
-    node = Node.objects.filter(token_hash=token_hash(token)).first()
+    """The node a token belongs to (id, name and token hash loaded), refused with 401 if none.
+
+    A token already accepted here is answered from memory. That is safe because
+    ``report_ingest`` locks the node's row by id *and* token hash, in the statement it
+    runs anyway, so a rotated token or a deleted node is refused before anything is stored.
+    """
+    digest = token_hash(token)
+    known = _known_tokens.get(digest)
+    if known is not None:
+        return Node(pk=known[0], name=known[1], token_hash=digest)
+    node = Node.objects.filter(token_hash=digest).only("pk", "name", "token_hash").first()
     if node is None:
         raise IngestError(401, "unknown node token")
+    if len(_known_tokens) >= KNOWN_TOKENS_MAX:
+        _known_tokens.clear()
+    _known_tokens[digest] = (node.pk, node.name)
     return node
 
 
@@ -363,22 +382,28 @@ def _apply_instance_states(
     return changed
 
 
-def _node_lock(node: Node) -> tuple[int, bool, bool]:
-    """Lock the node's row for this report: its newest stored seq, and whether it has orphans or batch jobs.
+def _node_lock(node: Node) -> tuple[str, int, bool, bool]:
+    """Lock the node's row for this report: its name, newest stored seq, and whether it has orphans or batch jobs.
 
-    The two flags ride on the lock's SELECT, so a node with neither (the usual case)
-    spends no statement on them.
+    The row is found by id and token hash together, so a token rotated or a node deleted
+    since ``node_authenticate`` is refused here. The two flags ride on the same SELECT,
+    so a node with neither (the usual case) spends no statement on them.
     """
-    return (
+    locked = (
         Node.objects.select_for_update()
-        .filter(pk=node.pk)
+        .filter(pk=node.pk, token_hash=node.token_hash)
         .annotate(
             has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
             has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=ACTIVE_BATCH_STATES)),
         )
-        .values_list("last_seq", "has_orphans", "has_jobs")
-        .get()
+        .values_list("name", "last_seq", "has_orphans", "has_jobs")
+        .first()
     )
+    if locked is None:
+        _known_tokens.pop(node.token_hash, None)
+        raise IngestError(401, "unknown node token")
+    _known_tokens[node.token_hash] = (node.pk, locked[0])
+    return locked
 
 
 def _node_orphans(node: Node) -> dict[str, tuple[datetime, datetime | None]]:
@@ -394,15 +419,15 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
     instance check, the state update and the desired state) and returned only after the
     commit, so an acknowledgement always stands for stored samples.
     """
-    if batch.node != node.name:
-        raise IngestError(403, f"this token belongs to node {node.name!r}, not {batch.node!r}")
     seqs = [report.seq for report in batch.reports]
     if any(later <= earlier for earlier, later in pairwise(seqs)):
         raise IngestError(400, "reports must be in increasing seq order")
 
     reported_ids = {sample.instance_id for report in batch.reports for sample in report.instances}
     with transaction.atomic():
-        last_seq, has_orphans, has_jobs = _node_lock(node)
+        name, last_seq, has_orphans, has_jobs = _node_lock(node)
+        if batch.node != name:
+            raise IngestError(403, f"this token belongs to node {name!r}, not {batch.node!r}")
         fresh = [report for report in batch.reports if report.seq > last_seq]
         rows = _node_instance_rows(node, reported_ids)
         foreign = reported_ids - rows.keys()
@@ -415,9 +440,9 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
             changed, gpu_samples = _store(node, fresh, batch.dropped, rows, orphans)
         jobs = batch_jobs_for(node) if has_jobs else []
     if changed:
-        event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
+        event_publish(kind="instances", payload={"node": name, "instances_changed": changed})
     if fresh:
-        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=gpu_samples)
+        fleet_summary_add(node=name, reports=len(fresh), gpu_samples=gpu_samples)
     return protocol.Reply(
         ack_seq=max(seqs[-1], last_seq),
         desired=_desired(rows.values()),
