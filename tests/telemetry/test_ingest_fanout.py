@@ -13,7 +13,9 @@ from django.test.utils import CaptureQueriesContext
 
 from fleet import events
 from fleet.events import FLEET_GROUP, SummaryThrottle
-from tests.api.test_agent_api import Agent, batch, gpu_reading, report
+from fleet.models import Gpu, Instance, InstanceSample
+from tests.api.test_agent_api import Agent, batch, gpu_reading, instance_sample, report
+from tests.factories import make_instance, make_pool
 
 
 def statements(agent: Agent, body: dict[str, Any]) -> list[str]:
@@ -36,6 +38,29 @@ def test_a_steady_report_costs_the_same_statements_for_one_gpu_or_eight(client: 
         assert not [sql for sql in steady if 'FROM "fleet_migdevice"' in sql]
         counts[gpus] = len(steady)
     assert counts[1] == counts[8], counts
+
+
+@pytest.mark.django_db
+def test_a_steady_report_of_busy_instances_writes_them_in_one_update_and_skips_idle_tables(client: Client) -> None:
+    agent = Agent(client)
+    statements(agent, batch("gpu-a", report(1)))
+    gpu = Gpu.objects.get(node=agent.node)
+    pool = make_pool()
+    instances = [make_instance(pool, gpu) for _ in range(3)]
+
+    def busy(seq: int) -> dict[str, Any]:
+        return report(seq, instances=[instance_sample(i, "ready", request_rate=2.0) for i in instances])
+
+    statements(agent, batch("gpu-a", busy(2)))
+    steady = statements(agent, batch("gpu-a", busy(3)))
+    updates = [sql for sql in steady if sql.startswith('UPDATE "fleet_instance"')]
+    assert len(updates) == 1, updates
+    newest = Instance.objects.filter(pk__in=[i.pk for i in instances]).values_list("last_request_at", flat=True)
+    assert len(set(newest)) == 1 and None not in newest
+    assert InstanceSample.objects.count() == 6
+    apart = [sql for sql in steady if not sql.startswith('SELECT "fleet_node"')]
+    assert not [sql for sql in apart if "fleet_orphancontainer" in sql or "fleet_batchjob" in sql]
+    assert len([sql for sql in steady if 'FROM "fleet_node"' in sql]) == 1  # the lock; the token was seen before
 
 
 def test_the_throttle_sends_one_summary_per_interval_and_loses_no_counts() -> None:
