@@ -14,7 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from agents import protocol
@@ -32,6 +32,7 @@ from fleet.models import (
     Node,
     OrphanContainer,
 )
+from fleet.prepared import PreparedValues
 from fleet.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
@@ -279,10 +280,6 @@ def samples_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: 
             cursor.execute(head + ", ".join([placeholders] * len(chunk)), params)
 
 
-def node_instances(node: Node) -> Q:
-    return Q(gpu__node=node) | Q(mig_device__gpu__node=node)
-
-
 # What one query reads of each instance on the node: enough to check the report's
 # instances, record their actual state and build the desired state of the reply.
 _INSTANCE_FIELDS = (
@@ -304,22 +301,31 @@ _INSTANCE_FIELDS = (
 _PROFILE_FIELDS = tuple(name for name in protocol.InstanceSpec.model_fields if name not in ("gpu_uuids", "mig_uuids"))
 
 
+def _instance_rows_query(*, node: int, reported: Iterable[int] = ()) -> QuerySet[Instance, dict[str, Any]]:
+    wanted = ~Q(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
+    if reported:
+        wanted |= Q(pk__in=reported)
+    return (
+        Instance.objects.filter(Q(gpu__node_id=node) | Q(mig_device__gpu__node_id=node))
+        .filter(wanted)
+        .order_by("pk")
+        .values(*_INSTANCE_FIELDS, *(f"pool__model_profile__{name}" for name in _PROFILE_FIELDS))
+    )
+
+
+_instance_rows = PreparedValues(_instance_rows_query, dicts=True)
+
+
 def _node_instance_rows(node: Node, reported: set[int]) -> dict[int, dict[str, Any]]:
     """The node's instances the reply or the report concerns, as plain rows, in one SELECT.
 
     That is every instance that is, or should be, holding something, plus those the
     report names (a stopped one may report its last words). Plain rows rather than
     model instances: with the profile, GPU and MIG device joined in, building five model
-    objects per instance cost more than the query.
+    objects per instance cost more than the query; and compiled once (``PreparedValues``).
     """
-    wanted = ~Q(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
-    if reported:
-        wanted |= Q(pk__in=reported)
     rows = (
-        Instance.objects.filter(node_instances(node))
-        .filter(wanted)
-        .order_by("pk")
-        .values(*_INSTANCE_FIELDS, *(f"pool__model_profile__{name}" for name in _PROFILE_FIELDS))
+        _instance_rows.rows(node=node.pk, reported=sorted(reported)) if reported else _instance_rows.rows(node=node.pk)
     )
     return {row["pk"]: row for row in rows}
 
@@ -379,6 +385,20 @@ def _apply_instance_states(
     return changed
 
 
+_node_lock_query = PreparedValues(
+    lambda *, node, token: (
+        Node.objects.select_for_update()
+        .filter(pk=node, token_hash=token)
+        .annotate(
+            has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
+            has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=ACTIVE_BATCH_STATES)),
+        )
+        .values_list("name", "last_seq", "has_orphans", "has_jobs")
+    ),
+    dicts=False,
+)
+
+
 def _node_lock(node: Node) -> tuple[str, int, bool, bool]:
     """Lock the node's row for this report: its name, newest stored seq, and whether it has orphans or batch jobs.
 
@@ -386,16 +406,8 @@ def _node_lock(node: Node) -> tuple[str, int, bool, bool]:
     since ``node_authenticate`` is refused here. The two flags ride on the same SELECT,
     so a node with neither (the usual case) spends no statement on them.
     """
-    locked = (
-        Node.objects.select_for_update()
-        .filter(pk=node.pk, token_hash=node.token_hash)
-        .annotate(
-            has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
-            has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=ACTIVE_BATCH_STATES)),
-        )
-        .values_list("name", "last_seq", "has_orphans", "has_jobs")
-        .first()
-    )
+    found = _node_lock_query.rows(node=node.pk, token=node.token_hash)
+    locked = found[0] if found else None
     if locked is None:
         _known_tokens.pop(node.token_hash, None)
         raise IngestError(401, "unknown node token")
