@@ -8,6 +8,7 @@ instead coalesced into a fleet summary sent at most once per ``FLEET_SUMMARY_INT
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from django.conf import settings
 
 FLEET_GROUP = "fleet"
 SUMMARY_NODES_LISTED = 50
+CLAIM_RETRIES_PER_INTERVAL = 20
 
 
 def event_publish(*, kind: str, payload: dict[str, Any]) -> None:
@@ -41,7 +43,8 @@ class SummaryThrottle:
 
     Each server process has its own throttle. ``claim`` (a Redis ``SET NX PX`` where Redis
     is configured) makes the interval fleet-wide: a process that loses the claim keeps its
-    counts and tries again after its next interval, so nothing is lost, only delayed.
+    counts and asks again a twentieth of an interval later (not on every report, which
+    under load would be a Redis round trip per report), so nothing is lost, only delayed.
     """
 
     interval_s: float
@@ -54,6 +57,7 @@ class SummaryThrottle:
     _gpu_samples: int = 0
     _nodes: dict[str, None] = field(default_factory=dict)
     _since: float | None = None
+    _claim_again_at: float = float("-inf")
 
     def add(self, *, node: str, reports: int, gpu_samples: int) -> bool:
         """Count one ingested batch; publish the summary if the interval allows. True if sent."""
@@ -64,7 +68,10 @@ class SummaryThrottle:
             self._reports += reports
             self._gpu_samples += gpu_samples
             self._nodes[node] = None
-            if now - self._last_sent < self.interval_s or not self.claim(self.interval_s):
+            if now - self._last_sent < self.interval_s or now < self._claim_again_at:
+                return False
+            if not self.claim(self.interval_s):
+                self._claim_again_at = now + self.interval_s / CLAIM_RETRIES_PER_INTERVAL
                 return False
             summary = {
                 "reports": self._reports,
@@ -81,17 +88,24 @@ class SummaryThrottle:
         return True
 
 
+@functools.cache
+def _redis_client(url: str) -> Any:
+    """One client (and connection pool) per process, not a new connection per claim."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=0.5)
+
+
 def _redis_claim(interval_s: float) -> bool:
     """One fleet summary per interval across every server process sharing this Redis."""
     import redis
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5)
     try:
-        return bool(client.set("gpufleet:fleet-summary", b"1", nx=True, px=int(interval_s * 1000)))
+        return bool(
+            _redis_client(settings.REDIS_URL).set("gpufleet:fleet-summary", b"1", nx=True, px=int(interval_s * 1000))
+        )
     except redis.RedisError:
         return True
-    finally:
-        client.close()
 
 
 _throttle: SummaryThrottle | None = None

@@ -92,6 +92,22 @@ def test_a_process_that_loses_the_fleet_wide_claim_keeps_its_counts() -> None:
     assert (sent[0]["reports"], sent[0]["gpu_samples"]) == (3, 24)
 
 
+def test_a_process_that_lost_the_claim_asks_again_after_a_pause_not_on_every_report() -> None:
+    asked: list[float] = []
+    now = [0.0]
+
+    def claim(_interval: float) -> bool:
+        asked.append(now[0])
+        return False
+
+    throttle = SummaryThrottle(interval_s=1.0, publish=lambda _summary: None, claim=claim, clock=lambda: now[0])
+    for _ in range(1000):  # a thousand reports in one interval
+        throttle.add(node="a", reports=1, gpu_samples=8)
+        now[0] += 0.001
+    assert events.CLAIM_RETRIES_PER_INTERVAL - 1 <= len(asked) <= events.CLAIM_RETRIES_PER_INTERVAL + 1
+    assert throttle._reports == 1000
+
+
 def test_redis_claim_lets_one_of_two_processes_publish(redis_url: str, settings: Any) -> None:
     import redis
 
