@@ -116,15 +116,27 @@ def _mig_mode(reading: protocol.GpuSample) -> str:
     return Gpu.MigMode.ENABLED if reading.mig_enabled else Gpu.MigMode.DISABLED
 
 
+_node_gpus_query = PreparedValues(
+    lambda *, node, uuids: Gpu.objects.filter(Q(node_id=node) | Q(uuid__in=uuids)).values_list(
+        *(field.attname for field in Gpu._meta.concrete_fields)
+    ),
+    dicts=False,
+)
+
+
 def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
     """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes.
 
-    One SELECT finds both this node's GPUs and any reported UUID held by another node; a
-    row is written only when the report differs from it, so a steady host costs one query
-    here, not one per GPU. MIG devices are read only where MIG is or was enabled.
+    One SELECT (compiled once, see ``PreparedValues``) finds both this node's GPUs and any
+    reported UUID held by another node; a row is written only when the report differs
+    from it, so a steady host costs one query here, not one per GPU. MIG devices are read
+    only where MIG is or was enabled.
     """
-    uuids = [gpu.uuid for gpu in gpus]
-    rows = list(Gpu.objects.filter(Q(node=node) | Q(uuid__in=uuids)))
+    names = [field.attname for field in Gpu._meta.concrete_fields]
+    rows = [
+        Gpu.from_db(connection.alias, names, row)
+        for row in _node_gpus_query.rows(node=node.pk, uuids=[gpu.uuid for gpu in gpus])
+    ]
     taken = [gpu.uuid for gpu in rows if gpu.node_id != node.pk][:5]
     if taken:
         raise IngestError(403, "GPUs already registered to another node", taken)
