@@ -41,7 +41,8 @@ agent-wheels: | $(BIN)/python
 bench: $(VENV)/.dev
 	$(BIN)/python bench/agent_overhead.py
 
-# Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL).
+# Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL;
+# BENCH_DB_NAME names another scratch database for bench-ingest).
 bench-ingest: $(VENV)/.dev
 	$(BIN)/python bench/ingest.py
 

@@ -5,8 +5,8 @@ PostgreSQL spends answering a small indexed query. The report endpoint runs the 
 queries hundreds of times a second with different values, so each is compiled once with
 marker values where its parameters go; later calls put the real values in those places,
 run the SQL and pass the rows through the converters the ORM itself would apply (JSON,
-booleans and times on SQLite). A query whose shape depends on its arguments (an ``IN``
-list) is compiled once per shape, named by ``shape``.
+booleans and times on SQLite). A query whose text depends on its arguments (an ``IN``
+list) is compiled once per length of that list.
 """
 
 from __future__ import annotations
