@@ -52,7 +52,8 @@ bench: $(VENV)/.dev
 bench-sim: $(VENV)/.dev
 	$(BIN)/python bench/simulator.py
 
-# Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL).
+# Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL;
+# BENCH_DB_NAME names another scratch database for bench-ingest).
 bench-ingest: $(VENV)/.dev
 	$(BIN)/python bench/ingest.py
 

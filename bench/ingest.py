@@ -1,16 +1,25 @@
 """Report ingest at fleet scale: the real report endpoint, over HTTP, against PostgreSQL.
 
-Starts the panel under gunicorn (a few gthread workers, like a small production box) on a
-scratch database ``bench_tele`` (created here, dropped at the end), registers N simulated
-hosts, and drives the real ``/api/agent/v1/report`` from a separate load-generator process:
-every host sends one report of G GPUs every interval, spread evenly, open loop (a slow
-reply does not slow the offered load). Prints sustained GPU samples per second (counted in
-the database, not just from replies), report latency p50/p99, and a baseline measured in
-the same run: the same load against a trivial WSGI endpoint in the same server setup,
-which reads the body and answers a constant (the floor of HTTP, server and load generator).
+Starts the panel under gunicorn (a few gthread workers, like a small production box, or
+with ``--server asgi`` the ASGI application on uvicorn workers) on a scratch database
+(``bench_tele``, or the name ``--db-name`` or ``BENCH_DB_NAME`` gives; created here,
+dropped at the end), registers N simulated hosts, and drives the real
+``/api/agent/v1/report`` from a separate load-generator process: every host sends one
+report of G GPUs every interval, spread evenly, open loop (a slow reply does not slow the
+offered load). Prints sustained GPU samples per second (counted in the database, not just
+from replies), report latency p50/p99, and a baseline measured in the same run: the same
+load against a trivial endpoint in the same server setup, which reads the body and
+answers a constant (the floor of HTTP, server and load generator).
 Also times one minute rollup of the stored samples.
 
+Throughput and latency depend on what else the machine runs, so the table also gives the
+CPU time each part spent per report: the server processes, the database backends serving
+them (read from ``/proc`` where PostgreSQL runs on this machine) and the load generator.
+Those figures hold on a busy machine too, and say how many reports a second a given
+number of cores can take.
+
     python bench/ingest.py [--hosts 1250] [--gpus 8] [--interval 5] [--seconds 60] [--workers 3]
+                           [--server wsgi|asgi] [--db-name bench_tele]
 
 Target: >= 2,000 GPU samples/s sustained (1,250 hosts x 8 GPUs / 5 s) with p99 <= 100 ms.
 """
@@ -33,14 +42,47 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "bench_tele"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+TRIVIAL_REPLY = b'{"ack_seq": 1, "desired": [], "report_interval_s": 5.0}'
+# How gunicorn runs each kind of app: the WSGI panel on threads with persistent database
+# connections, the ASGI one on uvicorn workers without (Django's documentation says to
+# disable them under ASGI; with them, connections pile up until PostgreSQL refuses more).
+SERVERS = {
+    "wsgi": ("fleet.wsgi:application", "ingest:trivial_app", ["--worker-class", "gthread", "--threads", "4"], "600"),
+    "asgi": ("fleet.asgi:application", "ingest:trivial_asgi", ["--worker-class", "uvicorn.workers.UvicornWorker"], "0"),
+}
 
 
 def trivial_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """The baseline endpoint: read the body, answer a constant, touch nothing else."""
     environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    body = b'{"ack_seq": 1, "desired": [], "report_interval_s": 5.0}'
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(TRIVIAL_REPLY))),
+        ],
+    )
+    return [TRIVIAL_REPLY]
+
+
+async def trivial_asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """The same baseline endpoint for the ASGI server."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(TRIVIAL_REPLY)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": TRIVIAL_REPLY})
 
 
 def database_url(base: str, name: str) -> str:
@@ -77,14 +119,65 @@ def prepare(url: str, hosts: int) -> list[tuple[str, str]]:
     return tokens
 
 
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """User plus system CPU time of each of these processes so far; those that are gone are left out."""
+    spent = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        spent[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return spent
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings by the processes alive at the second."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def server_pids(master: int) -> list[int]:
+    """The gunicorn master and its workers."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [master, *map(int, children)]
+
+
+def database_pids(url: str, name: str) -> list[int]:
+    """The PostgreSQL backends connected to the scratch database (local server only)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)).fetchall()
+    return [pid for (pid,) in rows if Path(f"/proc/{pid}").exists()]
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop a server; one still busy with a backlog after its grace period is killed."""
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def serve(app: str, port: int, workers: int, url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DATABASE_URL": url, "DEBUG": "0", "LOG_LEVEL": "WARNING", "DB_CONN_MAX_AGE": "600"}
+def serve(
+    app: str, port: int, workers: int, url: str, worker_args: list[str], conn_max_age: str
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "DB_CONN_MAX_AGE": conn_max_age,
+        "FLEET_INPROCESS_SCHEDULER": "0",
+    }
     env.pop("REDIS_URL", None)
     process = subprocess.Popen(
         [
@@ -94,10 +187,7 @@ def serve(app: str, port: int, workers: int, url: str) -> subprocess.Popen[bytes
             app,
             "--workers",
             str(workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "4",
+            *worker_args,
             "--bind",
             f"127.0.0.1:{port}",
             "--backlog",
@@ -146,7 +236,11 @@ def body(name: str, seq: int, gpus: int, tick: int) -> bytes:
     report = {
         "seq": seq,
         "sampled_at": time.time(),
-        "host": {"hostname": f"{name}.bench", "agent_version": "bench", "nvml_available": True},
+        "host": {
+            "hostname": f"{name}.bench",
+            "agent_version": "bench",
+            "nvml_available": True,
+        },
         "gpus": readings,
     }
     return json.dumps({"version": 1, "node": name, "reports": [report], "dropped": 0}).encode()
@@ -176,7 +270,13 @@ async def post(port: int, path: str, token: str, data: bytes) -> int:
 
 
 async def drive(
-    port: int, path: str, tokens: list[tuple[str, str]], gpus: int, interval: float, seconds: float, first_seq: int
+    port: int,
+    path: str,
+    tokens: list[tuple[str, str]],
+    gpus: int,
+    interval: float,
+    seconds: float,
+    first_seq: int,
 ) -> dict[str, Any]:
     """Every host posts once per interval, spread evenly over it; latencies of the replies."""
     latencies: list[float] = []
@@ -208,9 +308,15 @@ async def drive(
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             tick += 1
 
-    began = time.monotonic()
+    began, cpu = time.monotonic(), time.process_time()
     await asyncio.gather(*(host(i, name, token) for i, (name, token) in enumerate(tokens)))
-    return {"latencies": latencies, "errors": errors, "late": late, "elapsed": time.monotonic() - began}
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "late": late,
+        "elapsed": time.monotonic() - began,
+        "load_cpu_s": time.process_time() - cpu,
+    }
 
 
 def load_process(args: tuple[Any, ...], out: multiprocessing.Queue) -> None:
@@ -228,11 +334,41 @@ def load(*args: Any) -> dict[str, Any]:
     return result
 
 
+def measured(server: subprocess.Popen[bytes], admin_url: str, db_name: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    """One load run, with the CPU time the server and its database backends spent during it.
+
+    Backends are read before and after the run; the WSGI server keeps its connections open
+    (``DB_CONN_MAX_AGE``), so those are the backends that served it. One that closed during
+    the run (under ASGI, every one) is not counted: the number of those is reported.
+    """
+    server_before = cpu_seconds(server_pids(server.pid))
+    db_before = cpu_seconds(database_pids(admin_url, db_name))
+    run = load(*args)
+    server_after = cpu_seconds(server_pids(server.pid))
+    db_after = cpu_seconds(database_pids(admin_url, db_name))
+    run["server_cpu_s"] = cpu_spent(server_before, server_after)
+    run["db_cpu_s"] = cpu_spent(db_before, db_after) if db_after else None
+    run["db_backends_closed"] = len(db_before.keys() - db_after.keys())
+    return run
+
+
 def pct(values: list[float], q: int) -> float:
     """The q-th percentile in milliseconds."""
     if len(values) < 2:
         return values[0] * 1000 if values else float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+
+
+def per_report(run: dict[str, Any], key: str) -> str:
+    """CPU milliseconds per report handled, formatted; '-' where it could not be measured.
+
+    Reports handled are those stored where the database counted them (a report whose
+    client gave up waiting may still have been stored), else the replies received.
+    """
+    handled = run.get("stored_reports") or len(run["latencies"]) + sum(run["errors"].values())
+    if run.get(key) is None or not handled:
+        return "-"
+    return f"{run[key] / handled * 1000:.2f}"
 
 
 def main() -> None:
@@ -243,14 +379,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument(
+        "--server",
+        choices=sorted(SERVERS),
+        default="wsgi",
+        help="wsgi: gunicorn gthread workers x 4 threads; asgi: gunicorn with uvicorn workers",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="a PostgreSQL the bench may create and drop the database bench_tele on",
+        help="a PostgreSQL the bench may create and drop its scratch database on",
+    )
+    parser.add_argument(
+        "--db-name",
+        default=os.environ.get("BENCH_DB_NAME", DB_NAME),
+        help="the scratch database's name, where several people bench on one server",
     )
     args = parser.parse_args()
-    url = database_url(args.database_url, DB_NAME)
-    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    admin_sql(args.database_url, f"CREATE DATABASE {DB_NAME}")
+    db_name = args.db_name
+    url = database_url(args.database_url, db_name)
+    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+    admin_sql(args.database_url, f"CREATE DATABASE {db_name}")
     servers: list[subprocess.Popen[bytes]] = []
     try:
         tokens = prepare(url, args.hosts)
@@ -260,17 +408,45 @@ def main() -> None:
         from fleet.rollups import minutes_rollup
 
         port = free_port()
-        servers.append(serve("ingest:trivial_app", port, args.workers, url))
-        baseline = load(port, "/", tokens, args.gpus, args.interval, args.seconds / 2, 1)
-        servers.pop().terminate()
+        panel_app, trivial, worker_args, conn_max_age = SERVERS[args.server]
+        servers.append(serve(trivial, port, args.workers, url, worker_args, conn_max_age))
+        baseline = measured(
+            servers[-1],
+            args.database_url,
+            db_name,
+            (port, "/", tokens, args.gpus, args.interval, args.seconds / 2, 1),
+        )
+        stop(servers.pop())
 
         port = free_port()
-        servers.append(serve("fleet.wsgi:application", port, args.workers, url))
-        load(port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.interval, 1)  # GPUs registered
+        servers.append(serve(panel_app, port, args.workers, url, worker_args, conn_max_age))
+        load(
+            port,
+            "/api/agent/v1/report",
+            tokens,
+            args.gpus,
+            args.interval,
+            args.interval,
+            1,
+        )  # GPUs registered
         before = GpuSample.objects.count()
         began = time.time()
-        panel = load(port, "/api/agent/v1/report", tokens, args.gpus, args.interval, args.seconds, 1000)
+        panel = measured(
+            servers[-1],
+            args.database_url,
+            db_name,
+            (
+                port,
+                "/api/agent/v1/report",
+                tokens,
+                args.gpus,
+                args.interval,
+                args.seconds,
+                1000,
+            ),
+        )
         stored = GpuSample.objects.count() - before
+        panel["stored_reports"] = stored / args.gpus
         connection.close()
 
         from datetime import UTC, datetime, timedelta
@@ -283,17 +459,19 @@ def main() -> None:
         connection.close()
     finally:
         for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
-        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+            stop(server)
+        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
 
     offered = args.hosts * args.gpus / args.interval
     print(
         f"ingest: {args.hosts} hosts x {args.gpus} GPUs every {args.interval:g} s "
-        f"(offered {offered:,.0f} GPU samples/s), gunicorn {args.workers} workers x 4 threads, PostgreSQL, "
+        f"(offered {offered:,.0f} GPU samples/s), gunicorn {args.workers} {args.server} workers, PostgreSQL, "
         f"{os.cpu_count()} CPU cores shared by server, database and load generator"
     )
-    print(f"{'':34}{'reports/s':>10}{'GPU samples/s':>15}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}")
+    print(
+        f"{'':34}{'reports/s':>10}{'GPU samples/s':>15}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}"
+        f"{'CPU ms/report: server':>23}{'db':>6}{'load':>6}"
+    )
     for label, run, samples in (
         ("baseline (trivial endpoint)", baseline, None),
         ("panel /api/agent/v1/report", panel, stored),
@@ -302,16 +480,23 @@ def main() -> None:
         shown = f"{samples / run['elapsed']:>15,.0f}" if samples is not None else f"{'-':>15}"
         print(
             f"{label:34}{rate:>10,.1f}{shown}{pct(run['latencies'], 50):>9.1f}{pct(run['latencies'], 99):>9.1f}"
-            f"{sum(run['errors'].values()):>8}{run['late']:>6}"
+            f"{sum(run['errors'].values()):>8}{run['late']:>6}{per_report(run, 'server_cpu_s'):>23}"
+            f"{per_report(run, 'db_cpu_s'):>6}{per_report(run, 'load_cpu_s'):>6}"
         )
     print(
         f"{'ratio panel/baseline':34}{'':>10}{'':>15}"
         f"{pct(panel['latencies'], 50) / pct(baseline['latencies'], 50):>9.2f}"
         f"{pct(panel['latencies'], 99) / pct(baseline['latencies'], 99):>9.2f}"
     )
+    if panel["db_backends_closed"]:
+        print(f"database backends closed during the run, not counted: {panel['db_backends_closed']}")
     if panel["errors"] or baseline["errors"]:
         print(f"errors: panel {panel['errors']}, baseline {baseline['errors']}")
     print(f"GPU samples stored in the database during the window: {stored:,}")
+    print(
+        "CPU ms/report: CPU time of the server processes, of the database backends serving them, and of the "
+        "load generator in the window, divided by the reports stored (panel) or answered (baseline)"
+    )
     print(f"minute rollup of {rollup_rows:,} samples: {rollup_s * 1000:.0f} ms")
 
 

@@ -13,6 +13,7 @@ one message per report batch, for the few browsers watching that node.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from django.conf import settings
 FLEET_GROUP = "fleet"
 SUMMARY_NODES_LISTED = 50
 SUMMARY_GPUS_LISTED = 256
+CLAIM_RETRIES_PER_INTERVAL = 20
 
 
 def node_group(node_id: int) -> str:
@@ -57,7 +59,8 @@ class SummaryThrottle:
 
     Each server process has its own throttle. ``claim`` (a Redis ``SET NX PX`` where Redis
     is configured) makes the interval fleet-wide: a process that loses the claim keeps its
-    counts and tries again after its next interval, so nothing is lost, only delayed.
+    counts and asks again a twentieth of an interval later (not on every report, which
+    under load would be a Redis round trip per report), so nothing is lost, only delayed.
     """
 
     interval_s: float
@@ -71,6 +74,7 @@ class SummaryThrottle:
     _nodes: dict[str, None] = field(default_factory=dict)
     _gpus: dict[int, dict[str, Any]] = field(default_factory=dict)
     _since: float | None = None
+    _claim_again_at: float = float("-inf")
 
     def add(self, *, node: str, reports: int, gpu_samples: int, gpus: tuple[dict[str, Any], ...] = ()) -> bool:
         """Count one ingested batch; publish the summary if the interval allows. True if sent.
@@ -88,7 +92,10 @@ class SummaryThrottle:
             for reading in gpus:
                 if reading["gpu"] in self._gpus or len(self._gpus) < SUMMARY_GPUS_LISTED:
                     self._gpus[reading["gpu"]] = reading
-            if now - self._last_sent < self.interval_s or not self.claim(self.interval_s):
+            if now - self._last_sent < self.interval_s or now < self._claim_again_at:
+                return False
+            if not self.claim(self.interval_s):
+                self._claim_again_at = now + self.interval_s / CLAIM_RETRIES_PER_INTERVAL
                 return False
             summary = {
                 "reports": self._reports,
@@ -107,17 +114,24 @@ class SummaryThrottle:
         return True
 
 
+@functools.cache
+def _redis_client(url: str) -> Any:
+    """One client (and connection pool) per process, not a new connection per claim."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=0.5)
+
+
 def _redis_claim(interval_s: float) -> bool:
     """One fleet summary per interval across every server process sharing this Redis."""
     import redis
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5)
     try:
-        return bool(client.set("gpufleet:fleet-summary", b"1", nx=True, px=int(interval_s * 1000)))
+        return bool(
+            _redis_client(settings.REDIS_URL).set("gpufleet:fleet-summary", b"1", nx=True, px=int(interval_s * 1000))
+        )
     except redis.RedisError:
         return True
-    finally:
-        client.close()
 
 
 _throttle: SummaryThrottle | None = None

@@ -9,13 +9,14 @@ stored (the reply was lost and the agent sent it again) is acknowledged and skip
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from agents import protocol
@@ -35,10 +36,13 @@ from fleet.models import (
     Policy,
 )
 from fleet.policies.settings import policy_defaults, policy_settings_validate
+from fleet.prepared import PreparedValues
 from fleet.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
 REPORT_INTERVAL_S = 5.0
+# Batch jobs the agent must hear about: those to run, and preempted ones to stop.
+ACTIVE_BATCH_STATES = (BatchJob.State.RUNNING, BatchJob.State.PREEMPTED)
 # Image sizes as Docker shows them, and as the co-location policy's max_image_mb counts.
 MB = 1_000_000
 # What an agent's report of a running job's current generation makes of it.
@@ -85,10 +89,29 @@ def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
     return node, token
 
 
+# Token hashes this process has accepted, with their node's id and name. Only a shortcut
+# past one lookup per report: the report's node lock checks the token again.
+_known_tokens: dict[str, tuple[int, str]] = {}
+KNOWN_TOKENS_MAX = 50_000
+
+
 def node_authenticate(*, token: str) -> Node:
-    node = Node.objects.filter(token_hash=token_hash(token)).first()
+    """The node a token belongs to (id, name and token hash loaded), refused with 401 if none.
+
+    A token already accepted here is answered from memory. That is safe because
+    ``report_ingest`` locks the node's row by id *and* token hash, in the statement it
+    runs anyway, so a rotated token or a deleted node is refused before anything is stored.
+    """
+    digest = token_hash(token)
+    known = _known_tokens.get(digest)
+    if known is not None:
+        return Node(pk=known[0], name=known[1], token_hash=digest)
+    node = Node.objects.filter(token_hash=digest).only("pk", "name", "token_hash").first()
     if node is None:
         raise IngestError(401, "unknown node token")
+    if len(_known_tokens) >= KNOWN_TOKENS_MAX:
+        _known_tokens.clear()
+    _known_tokens[digest] = (node.pk, node.name)
     return node
 
 
@@ -102,15 +125,27 @@ def _mig_mode(reading: protocol.GpuSample) -> str:
     return Gpu.MigMode.ENABLED if reading.mig_enabled else Gpu.MigMode.DISABLED
 
 
+_node_gpus_query = PreparedValues(
+    lambda *, node, uuids: Gpu.objects.filter(Q(node_id=node) | Q(uuid__in=uuids)).values_list(
+        *(field.attname for field in Gpu._meta.concrete_fields)
+    ),
+    dicts=False,
+)
+
+
 def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
     """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes.
 
-    One SELECT finds both this node's GPUs and any reported UUID held by another node; a
-    row is written only when the report differs from it, so a steady host costs one query
-    here, not one per GPU. MIG devices are read only where MIG is or was enabled.
+    One SELECT (compiled once, see ``PreparedValues``) finds both this node's GPUs and any
+    reported UUID held by another node; a row is written only when the report differs
+    from it, so a steady host costs one query here, not one per GPU. MIG devices are read
+    only where MIG is or was enabled.
     """
-    uuids = [gpu.uuid for gpu in gpus]
-    rows = list(Gpu.objects.filter(Q(node=node) | Q(uuid__in=uuids)))
+    names = [field.attname for field in Gpu._meta.concrete_fields]
+    rows = [
+        Gpu.from_db(connection.alias, names, row)
+        for row in _node_gpus_query.rows(node=node.pk, uuids=[gpu.uuid for gpu in gpus])
+    ]
     taken = [gpu.uuid for gpu in rows if gpu.node_id != node.pk][:5]
     if taken:
         raise IngestError(403, "GPUs already registered to another node", taken)
@@ -160,66 +195,182 @@ def _sync_mig_devices(gpus: list[Gpu], reported: dict[str, list[protocol.MigDevi
         MigDevice.objects.filter(pk__in=gone).delete()
 
 
-def _gpu_sample(gpu: Gpu, at: datetime, reading: protocol.GpuSample) -> GpuSample:
-    return GpuSample(
-        gpu=gpu,
-        at=at,
-        utilization_gpu_pct=reading.utilization_gpu_pct,
-        sm_activity_pct=reading.sm_activity_pct,
-        memory_used_bytes=reading.memory_used_bytes,
-        memory_total_bytes=reading.memory_total_bytes,
-        power_watts=reading.power_watts,
-        power_limit_watts=reading.power_limit_watts,
-        energy_joules=reading.energy_joules,
-        temperature_c=reading.temperature_c,
-        sm_clock_mhz=reading.sm_clock_mhz,
-        mem_clock_mhz=reading.mem_clock_mhz,
-        pstate=reading.pstate,
-        throttle_reasons=list(reading.throttle_reasons),
-        ecc_uncorrected=reading.ecc_uncorrected_volatile,
+_GPU_SAMPLE_FIELDS = (
+    "gpu",
+    "at",
+    "utilization_gpu_pct",
+    "sm_activity_pct",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "power_watts",
+    "power_limit_watts",
+    "energy_joules",
+    "temperature_c",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "pstate",
+    "throttle_reasons",
+    "ecc_uncorrected",
+)
+_INSTANCE_SAMPLE_FIELDS = (
+    "instance",
+    "at",
+    "state",
+    "requests_waiting",
+    "requests_running",
+    "kv_cache_usage",
+    "request_rate",
+    "prompt_tokens_rate",
+    "generation_tokens_rate",
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "e2e_p50_s",
+    "e2e_p95_s",
+    "ttft_histogram",
+    "e2e_histogram",
+)
+
+
+def _gpu_sample(gpu_id: int, at: datetime, reading: protocol.GpuSample) -> tuple[object, ...]:
+    """A GpuSample row, in ``_GPU_SAMPLE_FIELDS`` order."""
+    return (
+        gpu_id,
+        at,
+        reading.utilization_gpu_pct,
+        reading.sm_activity_pct,
+        reading.memory_used_bytes,
+        reading.memory_total_bytes,
+        reading.power_watts,
+        reading.power_limit_watts,
+        reading.energy_joules,
+        reading.temperature_c,
+        reading.sm_clock_mhz,
+        reading.mem_clock_mhz,
+        reading.pstate,
+        list(reading.throttle_reasons),
+        reading.ecc_uncorrected_volatile,
     )
 
 
-def _instance_sample(instance_id: int, at: datetime, reading: protocol.InstanceSample) -> InstanceSample:
-    return InstanceSample(
-        instance_id=instance_id,
-        at=at,
-        state=reading.state,
-        requests_waiting=reading.requests_waiting,
-        requests_running=reading.requests_running,
-        kv_cache_usage=reading.kv_cache_usage,
-        request_rate=reading.request_rate,
-        prompt_tokens_rate=reading.prompt_tokens_rate,
-        generation_tokens_rate=reading.generation_tokens_rate,
-        ttft_p50_s=reading.ttft_p50_s,
-        ttft_p95_s=reading.ttft_p95_s,
-        e2e_p50_s=reading.e2e_p50_s,
-        e2e_p95_s=reading.e2e_p95_s,
-        ttft_histogram=reading.ttft_histogram.model_dump() if reading.ttft_histogram else None,
-        e2e_histogram=reading.e2e_histogram.model_dump() if reading.e2e_histogram else None,
+def _instance_sample(instance_id: int, at: datetime, reading: protocol.InstanceSample) -> tuple[object, ...]:
+    """An InstanceSample row, in ``_INSTANCE_SAMPLE_FIELDS`` order."""
+    return (
+        instance_id,
+        at,
+        reading.state,
+        reading.requests_waiting,
+        reading.requests_running,
+        reading.kv_cache_usage,
+        reading.request_rate,
+        reading.prompt_tokens_rate,
+        reading.generation_tokens_rate,
+        reading.ttft_p50_s,
+        reading.ttft_p95_s,
+        reading.e2e_p50_s,
+        reading.e2e_p95_s,
+        reading.ttft_histogram.model_dump() if reading.ttft_histogram else None,
+        reading.e2e_histogram.model_dump() if reading.e2e_histogram else None,
     )
 
 
-def node_instances(node: Node) -> Q:
-    return Q(gpu__node=node) | Q(mig_device__gpu__node=node)
+def samples_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    """Append sample rows with one multi-row INSERT per batch of rows, without model objects.
+
+    ``bulk_create`` builds a model object per row and prepares every value of every row
+    through its field; for a report of 8 GPUs that was a sizeable share of the request's
+    CPU. Sample values are plain numbers and strings already, so only the columns that
+    need it (times and JSON) go through their field's preparation here.
+    """
+    if not rows:
+        return
+    meta = [model._meta.get_field(name) for name in fields]
+    prepare = [index for index, field in enumerate(meta) if isinstance(field, models.DateTimeField | models.JSONField)]
+    quote = connection.ops.quote_name
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in meta)}) VALUES "
+    placeholders = f"({', '.join(['%s'] * len(fields))})"
+    size = connection.ops.bulk_batch_size(meta, rows) or len(rows)
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            params: list[object] = []
+            for row in chunk:
+                values = list(row)
+                for index in prepare:
+                    values[index] = meta[index].get_db_prep_save(values[index], connection)
+                params.extend(values)
+            cursor.execute(head + ", ".join([placeholders] * len(chunk)), params)
+
+
+# What one query reads of each instance on the node: enough to check the report's
+# instances, record their actual state and build the desired state of the reply.
+_INSTANCE_FIELDS = (
+    "pk",
+    "generation",
+    "desired_state",
+    "actual_state",
+    "actual_generation",
+    "container_id",
+    "endpoint",
+    "last_error",
+    "last_request_at",
+    "gpu_id",
+    "mig_device_id",
+    "gpu__uuid",
+    "mig_device__uuid",
+)
+# The spec's fields that come from the pool's model profile, under the same names.
+_PROFILE_FIELDS = tuple(name for name in protocol.InstanceSpec.model_fields if name not in ("gpu_uuids", "mig_uuids"))
+
+
+def _instance_rows_query(*, node: int, reported: Iterable[int] = ()) -> QuerySet[Instance, dict[str, Any]]:
+    wanted = ~Q(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
+    if reported:
+        wanted |= Q(pk__in=reported)
+    return (
+        Instance.objects.filter(Q(gpu__node_id=node) | Q(mig_device__gpu__node_id=node))
+        .filter(wanted)
+        .order_by("pk")
+        .values(*_INSTANCE_FIELDS, *(f"pool__model_profile__{name}" for name in _PROFILE_FIELDS))
+    )
+
+
+_instance_rows = PreparedValues(_instance_rows_query, dicts=True)
+
+
+def _node_instance_rows(node: Node, reported: set[int]) -> dict[int, dict[str, Any]]:
+    """The node's instances the reply or the report concerns, as plain rows, in one SELECT.
+
+    That is every instance that is, or should be, holding something, plus those the
+    report names (a stopped one may report its last words). Plain rows rather than
+    model instances: with the profile, GPU and MIG device joined in, building five model
+    objects per instance cost more than the query; and compiled once (``PreparedValues``).
+    """
+    rows = (
+        _instance_rows.rows(node=node.pk, reported=sorted(reported)) if reported else _instance_rows.rows(node=node.pk)
+    )
+    return {row["pk"]: row for row in rows}
 
 
 def _apply_instance_states(
-    node: Node, latest: dict[int, tuple[datetime, protocol.InstanceSample]], requested: dict[int, datetime]
+    rows: dict[int, dict[str, Any]],
+    latest: dict[int, tuple[datetime, protocol.InstanceSample]],
+    requested: dict[int, datetime],
 ) -> list[int]:
     """Record each instance's newest actual state and last request; return the ids whose state changed.
 
     ``requested`` holds, per instance, the newest sample time with a request rate above
-    zero: idle reclaim measures idleness from it.
+    zero: idle reclaim measures idleness from it. ``rows`` are updated in place, so the
+    reply sees the states just stored.
 
-    An instance whose reported fields all match its row is not written: a steady fleet
-    costs one SELECT here per report.
+    Only what differs from the row is written, one UPDATE per distinct set of changes: in
+    a steady fleet that is the last request time, the same for every instance that served
+    traffic, so one statement per report rather than one per instance.
     """
-    changed = []
-    instances = Instance.objects.filter(node_instances(node), pk__in=latest).select_related("gpu", "mig_device")
-    for instance in instances:
-        at, reading = latest[instance.pk]
-        state_changed = reading.state != instance.actual_state or reading.generation != instance.actual_generation
+    changed: list[int] = []
+    events: list[InstanceEvent] = []
+    writes: dict[tuple[tuple[str, object], ...], list[int]] = {}
+    for pk, (at, reading) in latest.items():
+        row = rows[pk]
         updates: dict[str, object] = dict(
             actual_state=reading.state,
             actual_generation=reading.generation,
@@ -227,102 +378,164 @@ def _apply_instance_states(
             endpoint=reading.endpoint,
             last_error=reading.error,
         )
-        if instance.pk in requested and (
-            instance.last_request_at is None or requested[instance.pk] > instance.last_request_at
-        ):
-            updates["last_request_at"] = requested[instance.pk]
-        if state_changed:
+        if pk in requested and (row["last_request_at"] is None or requested[pk] > row["last_request_at"]):
+            updates["last_request_at"] = requested[pk]
+        if reading.state != row["actual_state"] or reading.generation != row["actual_generation"]:
             updates["actual_changed_at"] = at
             if reading.state == Instance.Actual.READY:
                 updates["ready_at"] = at
-            InstanceEvent.objects.create(
-                instance=instance,
-                at=at,
-                state=reading.state,
-                generation=reading.generation,
-                gpu=instance.gpu,
-                mig_device=instance.mig_device,
+            events.append(
+                InstanceEvent(
+                    instance_id=pk,
+                    at=at,
+                    state=reading.state,
+                    generation=reading.generation,
+                    gpu_id=row["gpu_id"],
+                    mig_device_id=row["mig_device_id"],
+                )
             )
-            changed.append(instance.pk)
-        if any(getattr(instance, key) != value for key, value in updates.items()):
-            Instance.objects.filter(pk=instance.pk).update(**updates)
+            changed.append(pk)
+        updates = {key: value for key, value in updates.items() if key not in row or row[key] != value}
+        if updates:
+            writes.setdefault(tuple(sorted(updates.items())), []).append(pk)
+            row.update(updates)
+    if events:
+        InstanceEvent.objects.bulk_create(events)
+    for changes, pks in writes.items():
+        Instance.objects.filter(pk__in=pks).update(**dict(changes))
     return changed
 
 
+_node_lock_query = PreparedValues(
+    lambda *, node, token: (
+        Node.objects.select_for_update()
+        .filter(pk=node, token_hash=token)
+        .annotate(
+            has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
+            has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=ACTIVE_BATCH_STATES)),
+        )
+        .values_list("name", "simulated", "last_seq", "has_orphans", "has_jobs")
+    ),
+    dicts=False,
+)
+
+
+def _node_lock(node: Node) -> tuple[str, bool, int, bool, bool]:
+    """Lock the node's row for this report: its name, whether it is simulated, newest stored seq,
+    and whether it has orphans or batch jobs.
+
+    The row is found by id and token hash together, so a token rotated or a node deleted
+    since ``node_authenticate`` is refused here. The two flags ride on the same SELECT,
+    so a node with neither (the usual case) spends no statement on them.
+    """
+    found = _node_lock_query.rows(node=node.pk, token=node.token_hash)
+    locked = found[0] if found else None
+    if locked is None:
+        _known_tokens.pop(node.token_hash, None)
+        raise IngestError(401, "unknown node token")
+    _known_tokens[node.token_hash] = (node.pk, locked[0])
+    return locked
+
+
+Orphans = dict[str, tuple[datetime, datetime | None, datetime | None]]
+
+
+def _node_orphans(node: Node) -> Orphans:
+    """The node's orphan containers: when each was first seen, its stop requested, and it stopped."""
+    rows = OrphanContainer.objects.filter(node=node).values_list(
+        "container_id", "first_seen_at", "stop_requested_at", "stopped_at"
+    )
+    return {container_id: (first_seen, requested, stopped) for container_id, first_seen, requested, stopped in rows}
+
+
 def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
-    """Store a batch whole or refuse it whole; reply with the node's desired state."""
-    if batch.node != node.name:
-        raise IngestError(403, f"this token belongs to node {node.name!r}, not {batch.node!r}")
+    """Store a batch whole or refuse it whole; reply with the node's desired state.
+
+    The reply is read in the same transaction as the writes (one SELECT serves the
+    instance check, the state update and the desired state) and returned only after the
+    commit, so an acknowledgement always stands for stored samples.
+    """
     seqs = [report.seq for report in batch.reports]
     if any(later <= earlier for earlier, later in pairwise(seqs)):
         raise IngestError(400, "reports must be in increasing seq order")
 
     reported_ids = {sample.instance_id for report in batch.reports for sample in report.instances}
     with transaction.atomic():
-        locked = Node.objects.select_for_update().get(pk=node.pk)
-        fresh = [report for report in batch.reports if report.seq > locked.last_seq]
-        foreign = (
-            reported_ids - set(Instance.objects.filter(node_instances(node)).values_list("pk", flat=True))
-            if reported_ids
-            else set()
-        )
+        name, simulated, last_seq, has_orphans, has_jobs = _node_lock(node)
+        if batch.node != name:
+            raise IngestError(403, f"this token belongs to node {name!r}, not {batch.node!r}")
+        fresh = [report for report in batch.reports if report.seq > last_seq]
+        rows = _node_instance_rows(node, reported_ids)
+        foreign = reported_ids - rows.keys()
         if foreign:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
-        changed: list[int] = []
-        ended: list[int] = []
-        gpu_rows: list[GpuSample] = []
+        orphans = _node_orphans(node) if has_orphans else {}
+        stored = Stored()
         if fresh:
-            changed, gpu_rows, ended = _store(locked, fresh, batch.dropped)
-    if changed:
-        event_publish(kind="instances", payload={"node": node.name, "instances_changed": changed})
-    if ended:
-        event_publish(kind="batch_jobs", payload={"node": node.name, "batch_jobs_ended": ended})
+            stored = _store(node, fresh, batch.dropped, rows, orphans, label=name, simulated=simulated)
+        jobs = batch_jobs_for(node) if has_jobs else []
+    if stored.changed:
+        event_publish(kind="instances", payload={"node": name, "instances_changed": stored.changed})
+    if stored.ended:
+        event_publish(kind="batch_jobs", payload={"node": name, "batch_jobs_ended": stored.ended})
     if fresh:
-        readings = gpu_readings_live(node=node, rows=gpu_rows)
-        fleet_summary_add(node=node.name, reports=len(fresh), gpu_samples=len(gpu_rows), gpus=readings)
-        event_publish(kind="gpus", payload={"node": node.name, "gpus": list(readings)}, groups=(node_group(node.pk),))
+        readings = tuple(stored.readings.values())
+        fleet_summary_add(node=name, reports=len(fresh), gpu_samples=stored.gpu_samples, gpus=readings)
+        event_publish(kind="gpus", payload={"node": name, "gpus": list(readings)}, groups=(node_group(node.pk),))
     return protocol.Reply(
-        ack_seq=max(seqs[-1], locked.last_seq),
-        desired=desired_for(node),
+        ack_seq=max(seqs[-1], last_seq),
+        desired=_desired(rows.values()),
         report_interval_s=REPORT_INTERVAL_S,
-        batch_jobs=batch_jobs_for(node),
-        stop_containers=list(
-            OrphanContainer.objects.filter(node=node, stop_requested_at__isnull=False, stopped_at__isnull=True)
-            .order_by("first_seen_at")
-            .values_list("container_id", flat=True)
-        ),
+        batch_jobs=jobs,
+        stop_containers=[
+            container_id
+            for container_id, (_, requested, stopped) in sorted(orphans.items(), key=lambda item: item[1][0])
+            if requested is not None and stopped is None
+        ],
     )
 
 
-def gpu_readings_live(*, node: Node, rows: list[GpuSample]) -> tuple[dict[str, Any], ...]:
-    """Each GPU's newest stored sample as the few numbers live charts extend their traces with."""
-    newest: dict[int, GpuSample] = {}
-    for row in rows:
-        newest[row.gpu_id] = row
-    return tuple(
-        {
-            "gpu": gpu_id,
-            "label": f"{node.name}/{row.gpu.index}" + (" (simulated)" if node.simulated else ""),
-            "at": row.at.isoformat(),
-            "utilization": row.utilization_gpu_pct,
-            "memory_used": row.memory_used_bytes,
-            "power": row.power_watts,
-            "temperature": row.temperature_c,
-        }
-        for gpu_id, row in newest.items()
-    )
+@dataclass
+class Stored:
+    """What storing a batch changed: for the events sent after the commit."""
+
+    changed: list[int] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+    gpu_samples: int = 0
+    readings: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[list[int], list[GpuSample], list[int]]:
-    """Write the reports' samples (one INSERT per table) and the node's newest state.
+def _reading_live(gpu: Gpu, label: str, at: datetime, reading: protocol.GpuSample) -> dict[str, Any]:
+    """A GPU's newest numbers, as live charts extend their traces with them."""
+    return {
+        "gpu": gpu.pk,
+        "label": label,
+        "at": at.isoformat(),
+        "utilization": reading.utilization_gpu_pct,
+        "memory_used": reading.memory_used_bytes,
+        "power": reading.power_watts,
+        "temperature": reading.temperature_c,
+    }
 
-    Returns the instances whose state changed, the GPU samples stored and the batch jobs
-    that ended.
-    """
+
+def _store(
+    node: Node,
+    reports: list[protocol.Report],
+    dropped: int,
+    rows: dict[int, dict[str, Any]],
+    orphans: Orphans,
+    *,
+    label: str,
+    simulated: bool,
+) -> Stored:
+    """Write the reports' samples (one INSERT per table) and the node's newest state."""
     newest = reports[-1]
     gpus = _sync_gpus(node, newest.gpus)
-    gpu_rows: list[GpuSample] = []
-    instance_rows: list[InstanceSample] = []
+    stored = Stored()
+    # Live chart labels: node/index, and simulated hardware says so wherever it appears.
+    suffix = " (simulated)" if simulated else ""
+    gpu_rows: list[tuple[object, ...]] = []
+    instance_rows: list[tuple[object, ...]] = []
     latest: dict[int, tuple[datetime, protocol.InstanceSample]] = {}
     requested: dict[int, datetime] = {}
     for report in reports:
@@ -330,21 +543,21 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[li
         for reading in report.gpus:
             gpu = gpus.get(reading.uuid)
             if gpu is not None:
-                gpu_rows.append(_gpu_sample(gpu, at, reading))
+                gpu_rows.append(_gpu_sample(gpu.pk, at, reading))
+                stored.readings[gpu.pk] = _reading_live(gpu, f"{label}/{gpu.index}{suffix}", at, reading)
         for sample in report.instances:
             instance_rows.append(_instance_sample(sample.instance_id, at, sample))
             latest[sample.instance_id] = (at, sample)
             if sample.request_rate:
                 requested[sample.instance_id] = at
-    GpuSample.objects.bulk_create(gpu_rows, batch_size=1000)
-    if instance_rows:
-        InstanceSample.objects.bulk_create(instance_rows, batch_size=1000)
+    samples_insert(model=GpuSample, fields=_GPU_SAMPLE_FIELDS, rows=gpu_rows)
+    samples_insert(model=InstanceSample, fields=_INSTANCE_SAMPLE_FIELDS, rows=instance_rows)
     rollup_reopen(since=_when(reports[0].sampled_at))
-    changed = _apply_instance_states(node, latest, requested) if latest else []
+    stored.changed = _apply_instance_states(rows, latest, requested) if latest else []
     jobs = {sample.job_id: (_when(report.sampled_at), sample) for report in reports for sample in report.batch_jobs}
-    ended = _apply_batch_job_states(node, jobs) if jobs else []
-    _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped])
-    _record_orphans(node, _when(newest.sampled_at), newest.containers)
+    stored.ended = _apply_batch_job_states(node, jobs) if jobs else []
+    _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped], orphans)
+    _record_orphans(node, _when(newest.sampled_at), newest.containers, orphans)
     Node.objects.filter(pk=node.pk).update(
         last_seq=newest.seq,
         last_seen_at=timezone.now(),
@@ -357,7 +570,8 @@ def _store(node: Node, reports: list[protocol.Report], dropped: int) -> tuple[li
         containers=[container.model_dump() for container in newest.containers],
         reports_dropped=F("reports_dropped") + dropped,
     )
-    return changed, gpu_rows, ended
+    stored.gpu_samples = len(gpu_rows)
+    return stored
 
 
 def _apply_batch_job_states(node: Node, latest: dict[int, tuple[datetime, protocol.BatchJobSample]]) -> list[int]:
@@ -389,77 +603,67 @@ def _apply_batch_job_states(node: Node, latest: dict[int, tuple[datetime, protoc
     return ended
 
 
-def _apply_reaped(node: Node, results: list[tuple[datetime, protocol.ReapResult]]) -> None:
+def _apply_reaped(node: Node, results: list[tuple[datetime, protocol.ReapResult]], known: Orphans) -> None:
     """Keep each answer to a stop request on its orphan's row; stopped or gone, the request is done."""
     for at, result in results:
         detail = f"{result.outcome}: {result.detail}"[:255]
         updates: dict[str, object] = {"stop_outcome": detail}
         if result.outcome in {"stopped", "gone"}:
             updates["stopped_at"] = at
+            if result.container_id in known:
+                first_seen, requested, _ = known[result.container_id]
+                known[result.container_id] = (first_seen, requested, at)
         OrphanContainer.objects.filter(node=node, container_id=result.container_id).update(**updates)
 
 
-def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignContainer]) -> None:
+def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignContainer], known: Orphans) -> None:
     """Keep one row per managed container nobody wants, with when it was first seen, for the reaper.
 
     A container that is no longer reported is gone (or wanted again): its row goes too,
-    unless its agent reported stopping it, which keeps the row as the record.
+    unless its agent reported stopping it, which keeps the row as the record. ``known``
+    holds the node's rows as read in this transaction and is brought in line with what
+    was written. A host without orphans, the usual case, costs no statement here.
     """
     orphans = {c.container_id: c for c in containers if c.managed}
-    OrphanContainer.objects.filter(node=node, stopped_at__isnull=True).exclude(container_id__in=list(orphans)).delete()
-    known = set(OrphanContainer.objects.filter(node=node).values_list("container_id", flat=True))
-    OrphanContainer.objects.filter(node=node, container_id__in=known).update(last_seen_at=at)
-    OrphanContainer.objects.bulk_create(
-        [
-            OrphanContainer(
-                node=node,
-                container_id=container_id,
-                name=c.name,
-                instance_id=c.instance_id,
-                first_seen_at=at,
-                last_seen_at=at,
-            )
-            for container_id, c in orphans.items()
-            if container_id not in known
-        ]
-    )
+    gone = [container_id for container_id, row in known.items() if container_id not in orphans and row[2] is None]
+    if gone:
+        OrphanContainer.objects.filter(node=node, container_id__in=gone).delete()
+        for container_id in gone:
+            del known[container_id]
+    if known:
+        OrphanContainer.objects.filter(node=node, container_id__in=list(known)).update(last_seen_at=at)
+    new = [
+        OrphanContainer(
+            node=node,
+            container_id=container_id,
+            name=c.name,
+            instance_id=c.instance_id,
+            first_seen_at=at,
+            last_seen_at=at,
+        )
+        for container_id, c in orphans.items()
+        if container_id not in known
+    ]
+    if new:
+        OrphanContainer.objects.bulk_create(new)
+        known.update({orphan.container_id: (at, None, None) for orphan in new})
 
 
-def _spec(instance: Instance) -> protocol.InstanceSpec:
-    profile = instance.pool.model_profile
-    return protocol.InstanceSpec(
-        image=profile.image,
-        model=profile.model,
-        served_name=profile.served_name,
-        max_model_len=profile.max_model_len,
-        max_num_seqs=profile.max_num_seqs,
-        dtype=profile.dtype,
-        quantization=profile.quantization,
-        kv_cache_dtype=profile.kv_cache_dtype,
-        enable_prefix_caching=profile.enable_prefix_caching,
-        enable_sleep_mode=profile.enable_sleep_mode,
-        gpu_memory_utilization=profile.gpu_memory_utilization,
-        extra_args=list(profile.extra_args),
-        env=dict(profile.env),
-        volumes=dict(profile.volumes),
-        gpu_uuids=[instance.gpu.uuid] if instance.gpu and not instance.mig_device else [],
-        mig_uuids=[instance.mig_device.uuid] if instance.mig_device else [],
-    )
-
-
-def desired_for(node: Node) -> list[protocol.DesiredInstance]:
+def _desired(rows: Iterable[dict[str, Any]]) -> list[protocol.DesiredInstance]:
     """Every instance placed on the node that is, or should be, holding something."""
-    instances = (
-        Instance.objects.filter(node_instances(node))
-        .exclude(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
-        .select_related("pool__model_profile", "gpu", "mig_device")
-        .order_by("pk")
-    )
     return [
         protocol.DesiredInstance(
-            instance_id=instance.pk, generation=instance.generation, state=instance.desired_state, spec=_spec(instance)
+            instance_id=row["pk"],
+            generation=row["generation"],
+            state=row["desired_state"],
+            spec=protocol.InstanceSpec(
+                **{name: row[f"pool__model_profile__{name}"] for name in _PROFILE_FIELDS},
+                gpu_uuids=[row["gpu__uuid"]] if row["gpu__uuid"] and not row["mig_device_id"] else [],
+                mig_uuids=[row["mig_device__uuid"]] if row["mig_device_id"] else [],
+            ),
         )
-        for instance in instances
+        for row in rows
+        if not (row["desired_state"] == Instance.Desired.STOPPED and row["actual_state"] == Instance.Actual.STOPPED)
     ]
 
 
@@ -470,7 +674,7 @@ def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
     co-location policy's image size bound, which the agent enforces.
     """
     jobs = (
-        BatchJob.objects.filter(gpu__node=node, state__in=[BatchJob.State.RUNNING, BatchJob.State.PREEMPTED])
+        BatchJob.objects.filter(gpu__node=node, state__in=ACTIVE_BATCH_STATES)
         .exclude(state=BatchJob.State.PREEMPTED, actual_state="stopped")
         .select_related("gpu")
         .order_by("pk")

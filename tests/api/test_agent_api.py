@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet.models import Gpu, GpuSample, Instance, InstanceEvent, InstanceSample, JoinToken, Node
-from fleet.services import node_create
+from fleet.services import node_create, node_token_rotate
 from fleet.tokens import token_hash
 from tests.factories import make_gpu, make_instance, make_pool
 
@@ -226,6 +226,27 @@ def test_unknown_or_missing_tokens_get_401(agent: Agent) -> None:
     missing = agent.client.post(reverse("agent-report"), "{}", content_type="application/json")
     assert missing.status_code == 401
     assert stored() == (0, 0, 0)
+
+
+def test_a_token_accepted_before_is_refused_once_rotated_or_its_node_deleted(agent: Agent, client: Client) -> None:
+    assert agent.post(batch("gpu-a", report(1))).status_code == 200
+    node_token_rotate(node=agent.node)
+    response = agent.post(batch("gpu-a", report(2)))
+    assert response.status_code == 401
+    assert GpuSample.objects.count() == 1
+    other = Agent(client, "gpu-b")
+    assert other.post(batch("gpu-b", report(1, [gpu_reading(uuid="GPU-bbbb-0")]))).status_code == 200
+    other.node.delete()
+    assert other.post(batch("gpu-b", report(2, [gpu_reading(uuid="GPU-bbbb-0")]))).status_code == 401
+
+
+def test_a_renamed_node_reports_under_its_new_name_only(agent: Agent) -> None:
+    assert agent.post(batch("gpu-a", report(1))).status_code == 200
+    Node.objects.filter(pk=agent.node.pk).update(name="gpu-renamed")
+    refused = agent.post(batch("gpu-a", report(2)))
+    assert refused.status_code == 403
+    assert "belongs to node 'gpu-renamed'" in refused.json()["error"]["message"]
+    assert agent.post(batch("gpu-renamed", report(2))).status_code == 200
 
 
 def test_a_node_token_cannot_report_for_another_node(agent: Agent, client: Client) -> None:

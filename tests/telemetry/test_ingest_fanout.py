@@ -13,7 +13,9 @@ from django.test.utils import CaptureQueriesContext
 
 from fleet import events
 from fleet.events import FLEET_GROUP, SummaryThrottle
-from tests.api.test_agent_api import Agent, batch, gpu_reading, report
+from fleet.models import Gpu, Instance, InstanceSample
+from tests.api.test_agent_api import Agent, batch, gpu_reading, instance_sample, report
+from tests.factories import make_instance, make_pool
 
 
 def statements(agent: Agent, body: dict[str, Any]) -> list[str]:
@@ -36,6 +38,29 @@ def test_a_steady_report_costs_the_same_statements_for_one_gpu_or_eight(client: 
         assert not [sql for sql in steady if 'FROM "fleet_migdevice"' in sql]
         counts[gpus] = len(steady)
     assert counts[1] == counts[8], counts
+
+
+@pytest.mark.django_db
+def test_a_steady_report_of_busy_instances_writes_them_in_one_update_and_skips_idle_tables(client: Client) -> None:
+    agent = Agent(client)
+    statements(agent, batch("gpu-a", report(1)))
+    gpu = Gpu.objects.get(node=agent.node)
+    pool = make_pool()
+    instances = [make_instance(pool, gpu) for _ in range(3)]
+
+    def busy(seq: int) -> dict[str, Any]:
+        return report(seq, instances=[instance_sample(i, "ready", request_rate=2.0) for i in instances])
+
+    statements(agent, batch("gpu-a", busy(2)))
+    steady = statements(agent, batch("gpu-a", busy(3)))
+    updates = [sql for sql in steady if sql.startswith('UPDATE "fleet_instance"')]
+    assert len(updates) == 1, updates
+    newest = Instance.objects.filter(pk__in=[i.pk for i in instances]).values_list("last_request_at", flat=True)
+    assert len(set(newest)) == 1 and None not in newest
+    assert InstanceSample.objects.count() == 6
+    apart = [sql for sql in steady if not sql.startswith('SELECT "fleet_node"')]
+    assert not [sql for sql in apart if "fleet_orphancontainer" in sql or "fleet_batchjob" in sql]
+    assert len([sql for sql in steady if 'FROM "fleet_node"' in sql]) == 1  # the lock; the token was seen before
 
 
 def test_the_throttle_sends_one_summary_per_interval_and_loses_no_counts() -> None:
@@ -65,6 +90,22 @@ def test_a_process_that_loses_the_fleet_wide_claim_keeps_its_counts() -> None:
     now[0] = 0.1
     assert throttle.add(node="b", reports=1, gpu_samples=8) is True
     assert (sent[0]["reports"], sent[0]["gpu_samples"]) == (3, 24)
+
+
+def test_a_process_that_lost_the_claim_asks_again_after_a_pause_not_on_every_report() -> None:
+    asked: list[float] = []
+    now = [0.0]
+
+    def claim(_interval: float) -> bool:
+        asked.append(now[0])
+        return False
+
+    throttle = SummaryThrottle(interval_s=1.0, publish=lambda _summary: None, claim=claim, clock=lambda: now[0])
+    for _ in range(1000):  # a thousand reports in one interval
+        throttle.add(node="a", reports=1, gpu_samples=8)
+        now[0] += 0.001
+    assert events.CLAIM_RETRIES_PER_INTERVAL - 1 <= len(asked) <= events.CLAIM_RETRIES_PER_INTERVAL + 1
+    assert throttle._reports == 1000
 
 
 def test_redis_claim_lets_one_of_two_processes_publish(redis_url: str, settings: Any) -> None:
