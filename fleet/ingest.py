@@ -15,12 +15,13 @@ from itertools import pairwise
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from agents import protocol
 from fleet import catalog
+from fleet.bulk import rows_insert
 from fleet.events import event_publish, fleet_summary_add, node_group
 from fleet.models import (
     BatchJob,
@@ -273,34 +274,6 @@ def _instance_sample(instance_id: int, at: datetime, reading: protocol.InstanceS
     )
 
 
-def samples_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
-    """Append sample rows with one multi-row INSERT per batch of rows, without model objects.
-
-    ``bulk_create`` builds a model object per row and prepares every value of every row
-    through its field; for a report of 8 GPUs that was a sizeable share of the request's
-    CPU. Sample values are plain numbers and strings already, so only the columns that
-    need it (times and JSON) go through their field's preparation here.
-    """
-    if not rows:
-        return
-    meta = [model._meta.get_field(name) for name in fields]
-    prepare = [index for index, field in enumerate(meta) if isinstance(field, models.DateTimeField | models.JSONField)]
-    quote = connection.ops.quote_name
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in meta)}) VALUES "
-    placeholders = f"({', '.join(['%s'] * len(fields))})"
-    size = connection.ops.bulk_batch_size(meta, rows) or len(rows)
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            params: list[object] = []
-            for row in chunk:
-                values = list(row)
-                for index in prepare:
-                    values[index] = meta[index].get_db_prep_save(values[index], connection)
-                params.extend(values)
-            cursor.execute(head + ", ".join([placeholders] * len(chunk)), params)
-
-
 # What one query reads of each instance on the node: enough to check the report's
 # instances, record their actual state and build the desired state of the reply.
 _INSTANCE_FIELDS = (
@@ -550,8 +523,8 @@ def _store(
             latest[sample.instance_id] = (at, sample)
             if sample.request_rate:
                 requested[sample.instance_id] = at
-    samples_insert(model=GpuSample, fields=_GPU_SAMPLE_FIELDS, rows=gpu_rows)
-    samples_insert(model=InstanceSample, fields=_INSTANCE_SAMPLE_FIELDS, rows=instance_rows)
+    rows_insert(model=GpuSample, fields=_GPU_SAMPLE_FIELDS, rows=gpu_rows)
+    rows_insert(model=InstanceSample, fields=_INSTANCE_SAMPLE_FIELDS, rows=instance_rows)
     rollup_reopen(since=_when(reports[0].sampled_at))
     stored.changed = _apply_instance_states(rows, latest, requested) if latest else []
     jobs = {sample.job_id: (_when(report.sampled_at), sample) for report in reports for sample in report.batch_jobs}

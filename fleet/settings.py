@@ -198,7 +198,11 @@ GATEWAY_WAKE_RETRY_S = envfloat("GATEWAY_WAKE_RETRY_S", 30.0)
 GATEWAY_CONNECT_TIMEOUT_S = envfloat("GATEWAY_CONNECT_TIMEOUT_S", 3.0)
 GATEWAY_UPSTREAM_TIMEOUT_S = envfloat("GATEWAY_UPSTREAM_TIMEOUT_S", 600.0)
 GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
-GATEWAY_LOG_FLUSH_S = envfloat("GATEWAY_LOG_FLUSH_S", 1.0)
+GATEWAY_LOG_FLUSH_S = envfloat("GATEWAY_LOG_FLUSH_S", 0.25)
+# How long Python lets one thread hold the interpreter before another may take it (default
+# 5 ms). The gateway's database thread (routing refresh, request log) would stall requests
+# for that long; 0.5 ms keeps its p99 near the p50. 0 leaves Python's default.
+GATEWAY_SWITCH_INTERVAL_S = envfloat("GATEWAY_SWITCH_INTERVAL_S", 0.0005)
 GATEWAY_LOG_MAX_PENDING = envint("GATEWAY_LOG_MAX_PENDING", 50_000)
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +64,8 @@ class GatewayConfig:
     connect_timeout_s: float = 3.0
     upstream_timeout_s: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
-    log_flush_s: float = 1.0
+    log_flush_s: float = 0.25
+    switch_interval_s: float = 0.0005
     log_max_pending: int = 50_000
     log_batch: int = 2_000
 
@@ -83,6 +85,7 @@ class GatewayConfig:
             max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
             log_flush_s=settings.GATEWAY_LOG_FLUSH_S,
             log_max_pending=settings.GATEWAY_LOG_MAX_PENDING,
+            switch_interval_s=settings.GATEWAY_SWITCH_INTERVAL_S,
         )
 
 
@@ -141,6 +144,10 @@ class Gateway:
             return
         loop = asyncio.get_running_loop()
         self._starting = loop.create_future()
+        if self.config.switch_interval_s > 0:
+            # The ORM thread must not hold the interpreter for Python's default 5 ms while
+            # requests wait; process-wide, which suits a process that serves requests.
+            sys.setswitchinterval(min(sys.getswitchinterval(), self.config.switch_interval_s))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
         self._upstreams = UpstreamPool(
             connect_timeout_s=self.config.connect_timeout_s,
