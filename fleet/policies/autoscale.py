@@ -11,10 +11,10 @@ Scale out by one when the last ``breach_windows`` windows were all in breach (th
 percentile above its bound, the vLLM queue above ``queue_threshold``, or the load above
 the band) and the last scale-out is older than its cool-down. Scale in by one when the
 last ``scale_in_windows`` windows all had load under the band, latency under
-``scale_in_latency_ratio`` x the SLA and a queue of at most ``scale_in_max_queue``, and neither a scale-out nor a
-scale-in happened within the scale-in cool-down; and only where the load spread over one
-instance fewer stays inside the band. The gap between the two conditions is the
-hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in leaves the
+``scale_in_latency_ratio`` x the SLA and a queue of at most ``scale_in_max_queue``, and
+neither a scale-out nor a scale-in happened within the scale-in cool-down; and only where
+the load spread over one instance fewer stays inside the band. The gap between the two
+conditions is the hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in leaves the
 last one to idle reclaim, which knows when nobody asks, and stops a busy instance only
 where ``scale_in_drain`` says the engine finishes what it holds (the least loaded one).
 """
