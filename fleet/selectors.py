@@ -48,6 +48,8 @@ from fleet.policies.snapshot import (
     PoolView,
     PoolWindow,
     histogram_quantile,
+    per_instance_mean,
+    per_instance_total,
 )
 from fleet.policies.vram import vram_estimate
 
@@ -182,6 +184,14 @@ def _window_latency(pool: Pool, samples: list[InstanceSample]) -> float | None:
     return max(values) * 1000 if values else None
 
 
+def _by_instance(samples: list[InstanceSample], field: str) -> dict[int, list[float]]:
+    values: dict[int, list[float]] = defaultdict(list)
+    for sample in samples:
+        if (value := getattr(sample, field)) is not None:
+            values[sample.instance_id].append(value)
+    return values
+
+
 def _pool_windows(
     pool: Pool, serving: list[Instance], gpu_rows: list[GpuSample], instance_rows: list[InstanceSample], now: datetime
 ) -> tuple[PoolWindow, ...]:
@@ -189,7 +199,9 @@ def _pool_windows(
 
     Utilization is the mean duty cycle of the GPUs the pool's serving instances run on; on
     MIG slices, where NVML has no duty cycle, it is running requests over ``max_num_seqs``.
-    The queue is the sum over instances of their mean ``requests_waiting``.
+    The queue is the sum over instances of their mean ``requests_waiting``. The load
+    figures (running sequences, KV-cache usage, prompt tokens a second) are means per
+    instance: each instance's mean over its samples, averaged over the instances.
     """
     gpu_ids = {i.gpu_id for i in serving if i.gpu_id and not i.mig_device_id}
     ids = {i.pk for i in serving}
@@ -205,17 +217,16 @@ def _pool_windows(
         if not duty and mine:
             seqs = pool.model_profile.max_num_seqs
             duty = [(s.requests_running or 0) / seqs for s in mine if s.requests_running is not None]
-        waiting: dict[int, list[float]] = defaultdict(list)
-        for s in mine:
-            if s.requests_waiting is not None:
-                waiting[s.instance_id].append(s.requests_waiting)
         windows.append(
             PoolWindow(
                 start=start,
                 end=end,
                 utilization=sum(duty) / len(duty) if duty else None,
-                queue=sum(sum(v) / len(v) for v in waiting.values()) if waiting else None,
+                queue=per_instance_total(_by_instance(mine, "requests_waiting")),
                 latency_ms=_window_latency(pool, mine),
+                running=per_instance_mean(_by_instance(mine, "requests_running")),
+                kv_cache=per_instance_mean(_by_instance(mine, "kv_cache_usage")),
+                prompt_tokens_rate=per_instance_mean(_by_instance(mine, "prompt_tokens_rate")),
             )
         )
     return tuple(windows)
@@ -269,6 +280,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 prewarm_margin_s=pool.prewarm_margin_s,
                 enable_sleep_mode=profile.enable_sleep_mode,
                 gpu_memory_utilization=profile.gpu_memory_utilization,
+                max_num_seqs=profile.max_num_seqs,
                 estimate=vram_estimate(
                     model=profile.model,
                     dtype=profile.dtype,

@@ -140,8 +140,18 @@ class Pool(models.Model):
         default=95, validators=[MinValueValidator(50), MaxValueValidator(99)]
     )
     sla_latency_ms = models.PositiveIntegerField(default=500, validators=[MinValueValidator(1)])
-    util_band_low = models.FloatField(default=0.50, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
-    util_band_high = models.FloatField(default=0.65, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    util_band_low = models.FloatField(
+        default=0.50,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Autoscale scales in under this load: the share of an instance's capacity in use (running "
+        "sequences over max_num_seqs, KV-cache usage, prompt tokens a second over the autoscale policy's "
+        "prefill_tokens_per_s), not the GPU duty cycle.",
+    )
+    util_band_high = models.FloatField(
+        default=0.65,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Autoscale scales out over this load (the same measure as the band's low edge).",
+    )
     min_instances = models.PositiveSmallIntegerField(default=0)
     max_instances = models.PositiveSmallIntegerField(default=4)
     idle_minimize_after_s = models.PositiveIntegerField(

@@ -1,13 +1,22 @@
-"""SLA-bounded autoscaling: hold utilization in the pool's band while latency meets its SLA.
+"""SLA-bounded autoscaling: hold the pool's load in its band while latency meets its SLA.
+
+The band (the pool's ``util_band_low`` .. ``util_band_high``) applies to the **load** of a
+window (``window_load``): the largest share of one instance's capacity that its serving
+instances use on average, of running sequences against ``max_num_seqs``, KV-cache usage,
+and, where ``prefill_tokens_per_s`` says what one instance prefills a second, prompt
+tokens a second against that. Not the GPU duty cycle: NVML counts a GPU busy whenever a
+kernel runs, so one decoding sequence reads 100% and a band on it only ever scales out.
 
 Scale out by one when the last ``breach_windows`` windows were all in breach (the SLA
-percentile above its bound, the vLLM queue above ``queue_threshold``, or utilization above
+percentile above its bound, the vLLM queue above ``queue_threshold``, or the load above
 the band) and the last scale-out is older than its cool-down. Scale in by one when the
-last ``breach_windows`` windows all had utilization under the band, latency under
-``scale_in_latency_ratio`` x the SLA and an empty queue, and neither a scale-out nor a
-scale-in happened within the scale-in cool-down. The gap between the two conditions is the
-hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in never stops
-a busy instance and leaves the last one to idle reclaim, which knows when nobody asks.
+last ``scale_in_windows`` windows all had load under the band, latency under
+``scale_in_latency_ratio`` x the SLA and a queue of at most ``scale_in_max_queue``, and
+neither a scale-out nor a scale-in happened within the scale-in cool-down; and only where
+the load spread over one instance fewer stays inside the band. The gap between the two
+conditions is the hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in leaves the
+last one to idle reclaim, which knows when nobody asks, and stops a busy instance only
+where ``scale_in_drain`` says the engine finishes what it holds (the least loaded one).
 """
 
 from __future__ import annotations
@@ -32,21 +41,41 @@ from fleet.policies.snapshot import (
 KIND = "autoscale"
 
 
+def window_load(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -> float | None:
+    """The share of an instance's capacity in use, 0..1 and above when overloaded; None unmeasured.
+
+    The largest of the shares, because whichever resource runs out first bounds what an
+    instance serves within its SLA: sequences (``max_num_seqs``), KV cache, or prefill.
+    """
+    shares = []
+    if window.running is not None and pool.max_num_seqs:
+        shares.append(window.running / pool.max_num_seqs)
+    if window.kv_cache is not None:
+        shares.append(window.kv_cache)
+    if window.prompt_tokens_rate is not None and settings["prefill_tokens_per_s"]:
+        shares.append(window.prompt_tokens_rate / settings["prefill_tokens_per_s"])
+    return max(shares) if shares else None
+
+
 def _breaches(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -> list[str]:
     found = []
     if window.latency_ms is not None and window.latency_ms > pool.sla_latency_ms:
         found.append(f"P{pool.sla_percentile} {pool.sla_metric} {window.latency_ms:.0f} ms > {pool.sla_latency_ms} ms")
     if window.queue is not None and window.queue > settings["queue_threshold"]:
         found.append(f"queue {window.queue:g} > {settings['queue_threshold']}")
-    if window.utilization is not None and window.utilization > pool.util_band_high:
-        found.append(f"utilization {window.utilization:.0%} > {pool.util_band_high:.0%}")
+    load = window_load(pool, window, settings)
+    if load is not None and load > pool.util_band_high:
+        found.append(f"load {load:.0%} > {pool.util_band_high:.0%}")
     return found
 
 
-def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -> bool:
-    if window.utilization is None or window.utilization >= pool.util_band_low:
+def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any], serving: int) -> bool:
+    """Under the band, and still inside it once one of ``serving`` instances has gone (its load
+    spread over the rest), so that a scale-in does not call for the next scale-out."""
+    load = window_load(pool, window, settings)
+    if load is None or load >= pool.util_band_low or load * serving / max(serving - 1, 1) > pool.util_band_high:
         return False
-    if window.queue:
+    if window.queue is not None and window.queue > settings["scale_in_max_queue"]:
         return False
     bound = settings["scale_in_latency_ratio"] * pool.sla_latency_ms
     return window.latency_ms is None or window.latency_ms <= bound
@@ -73,47 +102,64 @@ def _pool(
     active = [i for i in instances if i.desired_state != STOPPED]
     if len(serving) < pool.min_instances:
         reason = f"pool {pool.name} has {len(serving)} serving instance(s), minimum {pool.min_instances}"
-        return _out(snapshot, pool, reason, policy_id, ())
+        return _out(snapshot, pool, reason, policy_id, (), settings)
     if len(active) > pool.max_instances:
         reason = f"pool {pool.name} has {len(active)} instances, maximum {pool.max_instances}"
         surplus = [i for i in active if i.desired_state != RUNNING or len(serving) > pool.min_instances]
-        return _in(pool, surplus, reason, policy_id, ())
+        return _in(pool, surplus, reason, policy_id, (), settings)
     count = int(settings["breach_windows"])
     windows = pool.windows[-count:]
-    if len(windows) < count:
-        return []
-    breaches = [_breaches(pool, window, settings) for window in windows]
     since_out = _since(now, pool.last_scale_out_at)
     since_last = min(since_out, _since(now, pool.last_scale_in_at))
-    if all(breaches):
+    breaches = [_breaches(pool, window, settings) for window in windows]
+    if len(windows) == count and all(breaches):
         if len(active) >= pool.max_instances or since_out < settings["scale_out_cooldown_s"]:
             return []
         reason = f"pool {pool.name} in breach for {count} window(s): {'; '.join(breaches[-1])}"
-        return _out(snapshot, pool, reason, policy_id, windows)
+        return _out(snapshot, pool, reason, policy_id, windows, settings)
+    calm = int(settings["scale_in_windows"])
+    windows = pool.windows[-calm:]
     if (
-        all(_comfortable(pool, window, settings) for window in windows)
+        len(windows) == calm
+        and all(_comfortable(pool, window, settings, len(serving)) for window in windows)
         and len(serving) > max(pool.min_instances, 1)
         and since_last >= settings["scale_in_cooldown_s"]
     ):
         last = windows[-1]
         latency = "no latency measured" if last.latency_ms is None else f"latency {last.latency_ms:.0f} ms"
         reason = (
-            f"pool {pool.name} under its band for {count} window(s): utilization {last.utilization:.0%} "
-            f"< {pool.util_band_low:.0%}, {latency}, empty queue"
+            f"pool {pool.name} under its band for {calm} window(s): load {window_load(pool, last, settings):.0%} "
+            f"< {pool.util_band_low:.0%}, {latency}, queue {last.queue or 0:g}"
         )
-        return _in(pool, serving, reason, policy_id, windows)
+        return _in(pool, serving, reason, policy_id, windows, settings)
     return []
 
 
-def _window_inputs(windows: tuple[PoolWindow, ...]) -> list[dict[str, Any]]:
+def _window_inputs(
+    pool: PoolView, windows: tuple[PoolWindow, ...], settings: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     return [
-        {"end": w.end.isoformat(), "utilization": w.utilization, "queue": w.queue, "latency_ms": w.latency_ms}
+        {
+            "end": w.end.isoformat(),
+            "load": window_load(pool, w, settings),
+            "utilization": w.utilization,
+            "running": w.running,
+            "kv_cache": w.kv_cache,
+            "prompt_tokens_rate": w.prompt_tokens_rate,
+            "queue": w.queue,
+            "latency_ms": w.latency_ms,
+        }
         for w in windows
     ]
 
 
 def _out(
-    snapshot: FleetSnapshot, pool: PoolView, reason: str, policy_id: int | None, windows: tuple[PoolWindow, ...]
+    snapshot: FleetSnapshot,
+    pool: PoolView,
+    reason: str,
+    policy_id: int | None,
+    windows: tuple[PoolWindow, ...],
+    settings: Mapping[str, Any],
 ) -> list[Action]:
     """One more serving instance; nothing where placement refuses (the refusal is the gateway's to show)."""
     planned = pool_wake_actions(snapshot, pool_id=pool.id, kind=KIND, reason=reason, policy_id=policy_id)
@@ -123,7 +169,7 @@ def _out(
         replace(
             action,
             action="scale_out",
-            inputs={**action.inputs, "via": action.action, "windows": _window_inputs(windows)},
+            inputs={**action.inputs, "via": action.action, "windows": _window_inputs(pool, windows, settings)},
         )
         for action in planned
     ]
@@ -135,18 +181,28 @@ def _in(
     reason: str,
     policy_id: int | None,
     windows: tuple[PoolWindow, ...],
+    settings: Mapping[str, Any],
 ) -> list[Action]:
-    """Stop the least recently used instance that is not busy; none if all are."""
+    """Stop the least recently used instance that is not busy; if all are, drain the least loaded
+    one where the settings allow it, else none."""
     quiet = [i for i in candidates if not i.busy]
-    if not quiet:
+    if quiet:
+        chosen = min(quiet, key=lambda i: (i.idle_since, i.id))
+    elif candidates and settings["scale_in_drain"]:
+        chosen = min(candidates, key=lambda i: (i.in_flight, i.idle_since, i.id))
+        reason = f"{reason}; draining {chosen.in_flight:g} request(s) in flight"
+    else:
         return []
-    chosen = min(quiet, key=lambda i: (i.idle_since, i.id))
     return [
         DesireInstance(
             kind=KIND,
             action="scale_in",
             reason=f"{reason}; stopping instance {chosen.id}",
-            inputs={"pool": pool.name, "windows": _window_inputs(windows), "idle_since": chosen.idle_since.isoformat()},
+            inputs={
+                "pool": pool.name,
+                "windows": _window_inputs(pool, windows, settings),
+                "idle_since": chosen.idle_since.isoformat(),
+            },
             policy_id=policy_id,
             instance_id=chosen.id,
             pool_id=pool.id,

@@ -53,8 +53,30 @@ SCHEMAS: dict[str, dict[str, Setting]] = {
     "autoscale": {
         "queue_threshold": Setting(4, 0, 10_000, "Scale out when this many requests wait in vLLM's queue."),
         "breach_windows": Setting(2, 1, 60, "Consecutive evaluations in breach before scaling out."),
+        "scale_in_windows": Setting(
+            3, 1, 6, "Consecutive one-minute windows under the band before scaling in (the snapshot keeps six)."
+        ),
+        "prefill_tokens_per_s": Setting(
+            0.0,
+            0,
+            10_000_000,
+            "Prompt tokens one instance prefills a second at full load (sim_fit measures it); "
+            "prompt tokens a second over this counts as load. 0 leaves prefill out of the load.",
+        ),
         "scale_out_cooldown_s": Setting(60, 0, DAY),
         "scale_in_cooldown_s": Setting(300, 0, DAY),
+        "scale_in_max_queue": Setting(
+            0.5,
+            0,
+            10_000,
+            "Scale in only while at most this many requests wait on average (a stray one is no backlog).",
+        ),
+        "scale_in_drain": Setting(
+            False,
+            help="Under steady traffic every instance is busy: scale in by draining the least loaded one (the "
+            "gateway stops routing to it at once). Needs vLLM's --shutdown-timeout (finish in-flight requests on "
+            "SIGTERM) within the agent's stop grace; off, scale-in waits for an instance with nothing in flight.",
+        ),
         "scale_in_latency_ratio": Setting(0.7, 0.1, 1.0, "Scale in only while latency is below this share of the SLA."),
     },
     "colocate": {

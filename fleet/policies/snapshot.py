@@ -25,13 +25,22 @@ HOLDING = frozenset({"starting", "ready"})
 
 @dataclass(frozen=True)
 class PoolWindow:
-    """The pool over one evaluation window: what autoscaling compares with the SLA and band."""
+    """The pool over one evaluation window: what autoscaling compares with the SLA and band.
+
+    ``utilization`` is the GPUs' duty cycle (NVML: the share of time any kernel runs, near
+    100% whenever one sequence decodes); it is reported, not a measure of load. The load
+    figures are vLLM's, each the mean per serving instance: ``running`` sequences,
+    ``kv_cache`` usage (0..1) and ``prompt_tokens_rate`` (prompt tokens prefilled a second).
+    """
 
     start: datetime
     end: datetime
     utilization: float | None = None
     queue: float | None = None
     latency_ms: float | None = None
+    running: float | None = None
+    kv_cache: float | None = None
+    prompt_tokens_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class PoolView:
     prewarm_margin_s: int = 30
     enable_sleep_mode: bool = False
     gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 256
     estimate: VramEstimate | None = None
     cold_start_s: float | None = None
     last_scale_out_at: datetime | None = None
@@ -231,6 +241,17 @@ class PolicyConfig:
         if pool_id is not None and pool_id in self.pools:
             return self.policy_ids.get(pool_id)
         return self.policy_ids.get(None)
+
+
+def per_instance_total(values: Mapping[Any, list[float]]) -> float | None:
+    """The sum over instances of each one's mean sample (a pool's queue); None without samples."""
+    return sum(sum(v) / len(v) for v in values.values()) if values else None
+
+
+def per_instance_mean(values: Mapping[Any, list[float]]) -> float | None:
+    """The mean over instances of each one's mean sample (the load of an average instance)."""
+    total = per_instance_total(values)
+    return None if total is None else total / len(values)
 
 
 def histogram_quantile(*, quantile: float, bounds: list[float], counts: list[float], count: float) -> float | None:

@@ -276,6 +276,7 @@ class EngineCore:
         self._busy_starts: list[float] = []
         self._busy_ends: list[float] = []
         self._busy_before: list[float] = []
+        self.prompt_tokens_total = 0
 
     def submit(self, request: SimRequest, now_s: float) -> None:
         """Queue a request; one that could never fit the KV cache is refused, as vLLM does."""
@@ -312,7 +313,9 @@ class EngineCore:
             chunk = min(budget, slot.request.prompt_tokens - slot.prefilled)
             chunks.append((slot, chunk))
             budget -= chunk
-        duration = self.model.step_s(prefill_tokens=sum(chunk for _, chunk in chunks), decode_batch=decoding)
+        prefill_tokens = sum(chunk for _, chunk in chunks)
+        self.prompt_tokens_total += prefill_tokens
+        duration = self.model.step_s(prefill_tokens=prefill_tokens, decode_batch=decoding)
         end = now_s + duration
         self._steps += 1
         while self._decoding and self._decoding[0][0] <= self._steps:

@@ -51,6 +51,8 @@ from fleet.policies.snapshot import (
     PolicyConfig,
     PoolView,
     PoolWindow,
+    per_instance_mean,
+    per_instance_total,
 )
 from fleet.policies.vram import vram_estimate
 from fleet.sim.engine import GPU_FACTS, PROFILES, EngineCore, EngineModel, SimRequest
@@ -127,6 +129,7 @@ def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolV
         name="simulated",
         isolation="exclusive",
         max_instances=gpus,
+        max_num_seqs=engine.max_num_seqs,
         estimate=estimate,
     )
     return PoolView(**{**base, **fields})
@@ -161,6 +164,18 @@ def setup_build(
     )
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """One agent report: the GPU's duty cycle and what vLLM's metrics say."""
+
+    at: float
+    duty: float
+    running: int
+    waiting: int
+    kv_cache: float
+    prompt_tokens_rate: float
+
+
 @dataclass
 class _Instance:
     id: int
@@ -181,7 +196,8 @@ class _Instance:
     held_since_s: float | None = None
     billed_s: float = 0.0
     starting_since_s: float | None = None
-    samples: list[tuple[float, float, int, int]] = field(default_factory=list)
+    samples: list[_Sample] = field(default_factory=list)
+    prompt_tokens_reported: int = 0
 
 
 @dataclass
@@ -630,16 +646,29 @@ class Simulation:
     # -- telemetry and ticks ------------------------------------------------------------
 
     def _sample(self) -> None:
-        """What an agent reports every interval: duty cycle and vLLM's running and waiting counts."""
+        """What an agent reports every interval: duty cycle and vLLM's running and waiting counts,
+        KV-cache usage, and the prompt-token rate (from the ``prompt_tokens_total`` counter)."""
         since = self.now - REPORT_INTERVAL_S
         for instance in self.instances.values():
+            core = instance.core
+            prompt_tokens = core.prompt_tokens_total - instance.prompt_tokens_reported
+            instance.prompt_tokens_reported = core.prompt_tokens_total
             if instance.actual != READY:
                 continue
-            duty = instance.core.busy_fraction(max(since, instance.ready_s or since), self.now)
-            instance.samples.append((self.now, duty, instance.core.running, instance.core.waiting))
+            duty = core.busy_fraction(max(since, instance.ready_s or since), self.now)
+            instance.samples.append(
+                _Sample(
+                    at=self.now,
+                    duty=duty,
+                    running=core.running,
+                    waiting=core.waiting,
+                    kv_cache=core.kv_usage,
+                    prompt_tokens_rate=prompt_tokens / REPORT_INTERVAL_S,
+                )
+            )
             self.utilization.append(duty)
             horizon = self.now - selectors.WINDOW_S * selectors.WINDOWS - REPORT_INTERVAL_S
-            while instance.samples and instance.samples[0][0] < horizon:
+            while instance.samples and instance.samples[0].at < horizon:
                 instance.samples.pop(0)
 
     def _tick(self) -> None:
@@ -739,7 +768,7 @@ class Simulation:
 
     def _windows(self, view: PoolView) -> tuple[PoolWindow, ...]:
         """Utilization: mean duty of the serving instances' samples; queue: sum of their mean waiting;
-        latency: the SLA percentile of time to first token in the window."""
+        load figures: means per instance; latency: the SLA percentile of time to first token."""
         serving = [i for i in self.instances.values() if i.pool_id == view.id and i.desired == RUNNING]
         log = self.ttft_log[view.id]
         horizon = self.now - selectors.WINDOW_S * selectors.WINDOWS
@@ -749,19 +778,19 @@ class Simulation:
         for back in range(selectors.WINDOWS, 0, -1):
             start = self.now - back * selectors.WINDOW_S
             end = start + selectors.WINDOW_S
-            mine = [(i, s) for i in serving for s in i.samples if start <= s[0] < end]
-            duty = [s[1] for _, s in mine]
-            waiting: dict[int, list[int]] = defaultdict(list)
-            for instance, s in mine:
-                waiting[instance.id].append(s[3])
+            mine = [(i.id, s) for i in serving for s in i.samples if start <= s.at < end]
+            duty = [s.duty for _, s in mine]
             ttfts = [value for t, value in log if start <= t < end]
             windows.append(
                 PoolWindow(
                     start=self._at(start),
                     end=self._at(end),
                     utilization=sum(duty) / len(duty) if duty else None,
-                    queue=sum(sum(v) / len(v) for v in waiting.values()) if waiting else None,
+                    queue=per_instance_total(_by_instance(mine, "waiting")),
                     latency_ms=percentile_of(ttfts, view.sla_percentile) * 1000 if ttfts else None,
+                    running=per_instance_mean(_by_instance(mine, "running")),
+                    kv_cache=per_instance_mean(_by_instance(mine, "kv_cache")),
+                    prompt_tokens_rate=per_instance_mean(_by_instance(mine, "prompt_tokens_rate")),
                 )
             )
         return tuple(windows)
@@ -770,7 +799,7 @@ class Simulation:
         """Running and waiting counts come from the agent's latest report, as in production."""
         latest = (
             instance.samples[-1]
-            if instance.samples and instance.samples[-1][0] >= self.now - selectors.SAMPLE_FRESH_S
+            if instance.samples and instance.samples[-1].at >= self.now - selectors.SAMPLE_FRESH_S
             else None
         )
         return InstanceView(
@@ -784,12 +813,12 @@ class Simulation:
             ready_at=self._at(instance.ready_s) if instance.ready_s is not None else None,
             last_request_at=self._at(instance.last_request_s) if instance.last_request_s is not None else None,
             desired_changed_at=self._at(instance.desired_changed_s) if instance.desired_changed_s is not None else None,
-            requests_running=float(latest[2]) if latest else None,
-            requests_waiting=float(latest[3]) if latest else None,
+            requests_running=float(latest.running) if latest else None,
+            requests_waiting=float(latest.waiting) if latest else None,
         )
 
     def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:
-        duty = instance.samples[-1][1] * 100 if instance is not None and instance.samples else 0.0
+        duty = instance.samples[-1].duty * 100 if instance is not None and instance.samples else 0.0
         return GpuView(
             id=gpu,
             node_id=gpu,
@@ -799,6 +828,13 @@ class Simulation:
             node_name=f"simulated-{gpu}",
             utilization_pct=duty,
         )
+
+
+def _by_instance(samples: list[tuple[int, _Sample]], field: str) -> dict[int, list[float]]:
+    values: dict[int, list[float]] = defaultdict(list)
+    for instance_id, sample in samples:
+        values[instance_id].append(getattr(sample, field))
+    return values
 
 
 def _catalog_gpu_name(engine: EngineModel) -> str:

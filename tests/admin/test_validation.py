@@ -203,3 +203,35 @@ def test_valid_policy_settings_are_saved_with_defaults_filled_in(admin_client: C
     assert response.status_code == 302
     policy.refresh_from_db()
     assert policy.settings == {"idle_duty_cycle_pct": 20, "sleep_level": 2}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ('{"scale_in_windows": 7}', "scale_in_windows: 7 is above the maximum 6."),
+        ('{"scale_in_drain": 1}', "scale_in_drain: expected true or false, got 1."),
+        ('{"prefill_tokens_per_s": -1}', "prefill_tokens_per_s: -1 is below the minimum 0."),
+        ('{"scale_in_max_queue": "none"}', "scale_in_max_queue: expected a number"),
+    ],
+)
+def test_invalid_autoscale_load_settings_are_refused(admin_client: Client, settings: str, message: str) -> None:
+    policy = Policy.objects.get(kind="autoscale", pool=None)
+    before = dict(policy.settings)
+    response = admin_client.post(
+        reverse("admin:fleet_policy_change", args=[policy.pk]), policy_form("autoscale", settings)
+    )
+    assert message in response.content.decode()
+    policy.refresh_from_db()
+    assert policy.settings == before
+
+
+def test_autoscale_load_settings_are_saved_with_their_defaults(admin_client: Client) -> None:
+    policy = Policy.objects.get(kind="autoscale", pool=None)
+    admin_client.post(
+        reverse("admin:fleet_policy_change", args=[policy.pk]),
+        policy_form("autoscale", '{"prefill_tokens_per_s": 42613, "scale_in_drain": true}'),
+    )
+    policy.refresh_from_db()
+    assert policy.settings["prefill_tokens_per_s"] == 42613
+    assert policy.settings["scale_in_drain"] is True
+    assert (policy.settings["scale_in_windows"], policy.settings["scale_in_max_queue"]) == (3, 0.5)

@@ -62,8 +62,14 @@ def gpu(gpu_id: int, **kwargs: Any) -> GpuView:
     return GpuView(**values)
 
 
-def window(utilization: float | None = None, queue: float | None = 0, latency_ms: float | None = None) -> PoolWindow:
-    return PoolWindow(start=ago(60), end=NOW, utilization=utilization, queue=queue, latency_ms=latency_ms)
+def window(
+    kv_cache: float | None = None,
+    queue: float | None = 0,
+    latency_ms: float | None = None,
+    **figures: float | None,
+) -> PoolWindow:
+    """A one-minute window whose load is its KV-cache usage unless other figures say more."""
+    return PoolWindow(start=ago(60), end=NOW, kv_cache=kv_cache, queue=queue, latency_ms=latency_ms, **figures)
 
 
 def snapshot(**kwargs: Any) -> FleetSnapshot:

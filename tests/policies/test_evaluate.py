@@ -94,6 +94,36 @@ def test_the_snapshot_reads_latest_telemetry_foreign_memory_latency_and_history(
     assert pool_view.estimate is not None and pool_view.estimate.kv_tokens == 8192
 
 
+def test_the_snapshot_windows_carry_vllm_load_figures_as_means_per_instance(fleet) -> None:  # type: ignore[no-untyped-def]
+    _node, gpu, pool = fleet
+    now = timezone.now()
+    first, second = make_instance(pool, gpu, actual_state="ready"), make_instance(pool, gpu, actual_state="ready")
+    for instance, figures in (
+        (first, [(10, 0.2, 1000.0), (30, 0.4, 3000.0)]),
+        (second, [(4, 0.1, 6000.0)]),
+    ):
+        for back, (running, kv, prompt_rate) in enumerate(figures):
+            InstanceSample.objects.create(
+                instance=instance,
+                at=now - timedelta(seconds=10 + 5 * back),
+                state="ready",
+                requests_running=running,
+                requests_waiting=back,
+                kv_cache_usage=kv,
+                prompt_tokens_rate=prompt_rate,
+            )
+
+    [pool_view] = selectors.fleet_snapshot(now=now).pools
+
+    last = pool_view.windows[-1]
+    assert last.running == pytest.approx((20 + 4) / 2)  # each instance's mean, averaged
+    assert last.kv_cache == pytest.approx((0.3 + 0.1) / 2)
+    assert last.prompt_tokens_rate == pytest.approx((2000 + 6000) / 2)
+    assert last.queue == pytest.approx(0.5 + 0)  # the queue is the pool's: summed
+    assert pool_view.max_num_seqs == pool.model_profile.max_num_seqs
+    assert pool_view.windows[-2].running is None
+
+
 def test_an_evaluation_stops_an_idle_instance_once_with_its_decision(fleet, in_memory_channel_layer) -> None:  # type: ignore[no-untyped-def]
     _node, gpu, pool = fleet
     instance = idle_instance(pool, gpu)

@@ -44,6 +44,9 @@ def fleets(draw: st.DrawFn) -> FleetSnapshot:
                 utilization=draw(st.one_of(st.none(), st.floats(0, 1))),
                 queue=draw(st.one_of(st.none(), st.floats(0, 20))),
                 latency_ms=draw(st.one_of(st.none(), st.floats(0, 2000))),
+                running=draw(st.one_of(st.none(), st.floats(0, 300))),
+                kv_cache=draw(st.one_of(st.none(), st.floats(0, 1))),
+                prompt_tokens_rate=draw(st.one_of(st.none(), st.floats(0, 80_000))),
             )
             for _ in range(draw(st.integers(0, 4)))
         )
@@ -97,7 +100,7 @@ def _serving(snapshot: FleetSnapshot, states: dict[int, str], pool_id: int) -> i
 @given(fleets())
 def test_idle_reclaim_and_autoscale_never_go_below_min_nor_stop_a_busy_instance(snapshot: FleetSnapshot) -> None:
     for policy in (idle_reclaim, autoscale):
-        actions = policy(snapshot, config(policy.__name__), NOW)
+        actions = policy(snapshot, config(policy.__name__, prefill_tokens_per_s=40_000), NOW)
         states = _after(snapshot, actions)
         busy = {i.id for i in snapshot.instances if i.busy}
         for action in actions:
@@ -106,6 +109,25 @@ def test_idle_reclaim_and_autoscale_never_go_below_min_nor_stop_a_busy_instance(
         for pool in snapshot.pools:
             before = _serving(snapshot, {i.id: i.desired_state for i in snapshot.instances}, pool.id)
             assert _serving(snapshot, states, pool.id) >= min(before, pool.min_instances)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fleets())
+def test_draining_autoscale_stops_at_most_one_instance_the_least_loaded_and_never_below_min(
+    snapshot: FleetSnapshot,
+) -> None:
+    actions = autoscale(snapshot, config("autoscale", scale_in_drain=True), NOW)
+    stopped = [a for a in actions if isinstance(a, DesireInstance) and a.state == "stopped"]
+    states = _after(snapshot, actions)
+    for pool in snapshot.pools:
+        before = _serving(snapshot, {i.id: i.desired_state for i in snapshot.instances}, pool.id)
+        assert _serving(snapshot, states, pool.id) >= min(before, pool.min_instances)
+    for action in stopped:
+        chosen = next(i for i in snapshot.instances if i.id == action.instance_id)
+        others = [i for i in snapshot.instances if i.pool_id == chosen.pool_id and i.desired_state == "running"]
+        if chosen.busy and chosen.desired_state == "running":
+            assert all(i.busy and i.in_flight >= chosen.in_flight for i in others)
+    assert len({a.pool_id for a in stopped}) == len(stopped)
 
 
 @settings(max_examples=300, deadline=None)

@@ -106,6 +106,7 @@ def test_long_prompt_is_prefilled_in_chunks_of_the_token_budget() -> None:
         now += duration
     assert durations == pytest.approx([0.21, 0.21, 0.06])
     assert request.first_token_s == request.finished_s == pytest.approx(0.48)
+    assert core.prompt_tokens_total == 450  # vLLM's prompt_tokens_total counter, chunk by chunk
 
 
 def test_max_num_seqs_queues_the_third_request_until_one_finishes() -> None:

@@ -72,7 +72,7 @@ def test_a_patched_production_policy_changes_the_simulation(monkeypatch: pytest.
     def always_out(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> list[Action]:
         seen.append(snapshot)
         pool = snapshot.pools[0]
-        return fleet.policies.autoscale._out(snapshot, pool, "test: always scale out", None, ())
+        return fleet.policies.autoscale._out(snapshot, pool, "test: always scale out", None, (), config.fleet or {})
 
     monkeypatch.setattr(fleet.policies.autoscale, "autoscale", always_out)
     patched = Simulation(trace=trace, setup=setup, label="policy").run()
@@ -82,6 +82,25 @@ def test_a_patched_production_policy_changes_the_simulation(monkeypatch: pytest.
     assert [d.action for d in patched.decisions if d.kind == "autoscale"] == ["scale_out", "scale_out"]
     assert patched.gpu_hours > baseline.gpu_hours
     assert patched.instances_peak == 3 > baseline.instances_peak
+
+
+def test_simulated_windows_carry_the_load_figures_the_agent_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One instance, 100 prompt tokens every 2 s: 50 prompt tokens a second, a few sequences, no GPU-bound duty."""
+    trace = trace_of(*[(t * 2.0, 100, 4) for t in range(100)])
+    seen: list[FleetSnapshot] = []
+    original = fleet.policies.autoscale.autoscale
+
+    def watching(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> list[Action]:
+        seen.append(snapshot)
+        return original(snapshot, config, now)
+
+    monkeypatch.setattr(fleet.policies.autoscale, "autoscale", watching)
+    Simulation(trace=trace, setup=toy_setup(gpus=1), label="policy").run()
+    steady = [s.pools[0].windows[-2] for s in seen[3:]]
+    assert steady and all(w.prompt_tokens_rate == pytest.approx(50, rel=0.05) for w in steady)
+    assert all(w.running is not None and 0 <= w.running <= 1 for w in steady)
+    assert all(w.kv_cache is not None and 0 <= w.kv_cache < 0.01 for w in steady)
+    assert seen[0].pools[0].max_num_seqs == TOY.max_num_seqs
 
 
 def test_routing_uses_the_production_tier_function(monkeypatch: pytest.MonkeyPatch) -> None:
