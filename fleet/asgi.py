@@ -31,14 +31,18 @@ def http_router(gateway: Gateway, django_app: AsgiApp) -> AsgiApp:
     return app
 
 
-gateway = Gateway()
+def application_build(*, gateway: Gateway) -> ProtocolTypeRouter:
+    """The whole panel around one gateway; tests build their own so each gets a fresh gateway."""
+    return ProtocolTypeRouter(
+        {
+            "http": http_router(gateway, django_asgi_app),
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_router(gateway, django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
-)
+
+gateway = Gateway()
+application = application_build(gateway=gateway)
 
 # Embedded default only (no Celery beat): run the periodic tasks in this process.
 scheduler_start()
