@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -23,13 +23,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
-from fleet.asgi import application_build
-from fleet.gateway.app import Gateway
 from fleet.models import ApiKey, JoinToken, Node, Team
 from fleet.services import api_key_create, join_token_create, node_create
-from tests.gateway.conftest import FAST, chat, make_ready, make_routed_pool
-from tests.support.asgi_server import asgi_serve
-from tests.support.openai_stub import OpenAIStub
+from tests.gateway.conftest import chat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -194,21 +190,13 @@ def _probe(http: httpx.Client, endpoint: str, principal: Principal, base_url: st
 
 
 @pytest.fixture
-def panel(settings: Any, tmp_path: Path, in_memory_channel_layer: None) -> Iterator[tuple[str, Fleet]]:
-    """The panel's whole ASGI app (pages, admin, agent API, gateway, WebSocket) on loopback."""
-    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+def panel(live_panel: str, settings: Any, tmp_path: Path) -> tuple[str, Fleet]:
+    """The live panel, scraped only with the metrics token, serving one wheel, with every principal made."""
     settings.METRICS_TOKEN = METRICS_SECRET
     settings.METRICS_ALLOWED_IPS = []
     settings.AGENT_WHEELHOUSE = tmp_path
     (tmp_path / WHEEL).write_bytes(b"PK\x05\x06" + bytes(18))
-    stub = OpenAIStub().start()
-    make_ready(make_routed_pool("chat-l"), stub.base_url)
-    fleet = _fleet()
-    try:
-        with asgi_serve(application_build(gateway=Gateway(config=FAST)), lifespan="off") as url:
-            yield url, fleet
-    finally:
-        stub.stop()
+    return live_panel, _fleet()
 
 
 @pytest.mark.parametrize("name", PRINCIPALS)
