@@ -56,12 +56,43 @@ def _read_body(request: HttpRequest) -> bytes:
     return body
 
 
+def _unstorable_text(data: Any) -> str | None:
+    """Where the JSON holds text no database column can store (NUL, lone surrogates), or None.
+
+    JSON escapes can carry both; PostgreSQL refuses them at INSERT, which would turn a bad
+    report into a server error halfway through storing it.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                stack.append((f"{path}.{key}" if path else str(key), key))
+                stack.append((f"{path}.{key}" if path else str(key), child))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}", child) for index, child in enumerate(value))
+        elif isinstance(value, str) and ("\x00" in value or _has_surrogate(value)):
+            return path or "(body)"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _parse(request: HttpRequest, model: type[M]) -> M:
     body = _read_body(request)
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IngestError(400, f"body is not JSON: {exc}") from exc
+    where = _unstorable_text(data)
+    if where is not None:
+        raise IngestError(400, "report refused, nothing stored", [f"{where[:200]}: NUL character or invalid UTF-8"])
     if isinstance(data, dict) and model is protocol.Batch and data.get("version") != protocol.PROTOCOL_VERSION:
         raise IngestError(400, f"unsupported protocol version {data.get('version')!r}; this panel speaks 1")
     try:
