@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django.db import InternalError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from agents import protocol
 from fleet.ingest import IngestError, node_authenticate, node_register, report_ingest
+
+logger = logging.getLogger(__name__)
 
 View = Callable[[HttpRequest], JsonResponse]
 M = TypeVar("M", bound=BaseModel)
@@ -109,12 +113,23 @@ def _bearer(request: HttpRequest) -> str:
     return token.strip()
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
 def _refusals(view: View) -> View:
+    """Turn refusals into their status; a database that cannot write (down, read-only, disk
+    full) into 503, so agents keep the report and send it again instead of dropping it."""
+
     def wrapped(request: HttpRequest) -> JsonResponse:
         try:
             return view(request)
         except IngestError as exc:
             return error_response(exc.status, exc.message, exc.details)
+        except (OperationalError, InternalError) as exc:
+            logger.warning("agent API: database unavailable, %s refused: %s", request.path, exc)
+            response = error_response(503, f"database unavailable, nothing stored; send again later ({exc})"[:500])
+            response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+            return response
 
     return wrapped
 
