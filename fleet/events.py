@@ -8,6 +8,7 @@ instead coalesced into a fleet summary sent at most once per ``FLEET_SUMMARY_INT
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,16 +19,25 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+logger = logging.getLogger(__name__)
+
 FLEET_GROUP = "fleet"
 SUMMARY_NODES_LISTED = 50
 
 
 def event_publish(*, kind: str, payload: dict[str, Any]) -> None:
-    """Send a small event to every browser watching the fleet."""
+    """Send a small event to every browser watching the fleet.
+
+    Best effort: the database is the record and pages reload from it, so a channel layer
+    that is down (Redis restarting) costs live updates, never the write that caused them.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
-    async_to_sync(layer.group_send)(FLEET_GROUP, {"type": "fleet.event", "event": {"kind": kind, **payload}})
+    try:
+        async_to_sync(layer.group_send)(FLEET_GROUP, {"type": "fleet.event", "event": {"kind": kind, **payload}})
+    except Exception as exc:
+        logger.warning("fleet event %s not sent, channel layer unavailable: %s", kind, exc)
 
 
 @dataclass

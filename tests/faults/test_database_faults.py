@@ -54,6 +54,16 @@ class RecordingAgent(Agent):
 
     acked: dict[int, float]
 
+    @classmethod
+    def started(cls, url: str, root: Path, name: str, join: str) -> RecordingAgent:
+        """A registered agent of host ``name`` reporting every INTERVAL_S."""
+        config = AgentConfig(panel_url=url, state_dir=root / name, node_name=name, interval_s=INTERVAL_S)
+        config.state_dir.mkdir()
+        agent = cls(config, gpus=HostGpus(name), runtime=FakeRuntime(), http=httpx.Client())
+        agent.acked = {}
+        agent.register(join)
+        return agent
+
     def deliver(self) -> protocol.Reply | None:
         sent = self.buffer.oldest(protocol.MAX_REPORTS_PER_BATCH)
         reply = super().deliver()
@@ -113,28 +123,18 @@ class Fleet:
         return total
 
 
+def join_token_issue(database_url: str) -> str:
+    """A join token for any number of hosts, made by the panel's own code on its database."""
+    code = "from fleet.services import join_token_create as c; print(c(name='ci', max_uses=None, expires_at=None)[1])"
+    return panel_manage(database_url, "shell", "--no-imports", "-c", code).strip()
+
+
 @pytest.fixture
 def fleet(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[Fleet]:
     panel_manage(private_postgres.url, "migrate", "--noinput")
-    join = panel_manage(
-        private_postgres.url,
-        "shell",
-        "--no-imports",
-        "-c",
-        "from fleet.services import join_token_create; print(join_token_create(name='ci', max_uses=None, "
-        "expires_at=None)[1])",
-    ).strip()
+    join = join_token_issue(private_postgres.url)
     with panel_process(private_postgres.url, tmp_path / "panel.log") as url:
-        agents = []
-        for n in range(AGENTS):
-            config = AgentConfig(
-                panel_url=url, state_dir=tmp_path / f"agent-{n}", node_name=f"h100-{n}", interval_s=INTERVAL_S
-            )
-            config.state_dir.mkdir()
-            agent = RecordingAgent(config, gpus=HostGpus(config.node_name), runtime=FakeRuntime(), http=httpx.Client())
-            agent.acked = {}
-            agent.register(join)
-            agents.append(agent)
+        agents = [RecordingAgent.started(url, tmp_path, f"h100-{n}", join) for n in range(AGENTS)]
         fleet = Fleet(url=url, cluster=private_postgres, agents=agents)
         try:
             yield fleet
