@@ -44,9 +44,9 @@ def panel_manage(database_url: str, *args: str) -> str:
 
 
 @contextmanager
-def panel_process(database_url: str, log: Path, **env: str) -> Iterator[str]:
-    """Serve the panel on a free loopback port for the block; yields its URL."""
-    port = free_port()
+def panel_process(database_url: str, log: Path, *, port: int | None = None, **env: str) -> Iterator[str]:
+    """Serve the panel on ``port`` (a free loopback port by default) for the block; yields its URL."""
+    port = port or free_port()
     command = [sys.executable, "-m", "uvicorn", "fleet.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("ab") as output:
         process = subprocess.Popen(
