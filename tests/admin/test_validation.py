@@ -203,3 +203,13 @@ def test_valid_policy_settings_are_saved_with_defaults_filled_in(admin_client: C
     assert response.status_code == 302
     policy.refresh_from_db()
     assert policy.settings == {"idle_duty_cycle_pct": 20, "sleep_level": 2}
+
+
+def test_json_boxes_left_empty_mean_none(admin_client: Client) -> None:
+    """Found by the form fuzzer: an emptied box was a server error on PostgreSQL."""
+    response = admin_client.post(
+        reverse("admin:fleet_modelprofile_add"), profile_form(extra_args="", env="", volumes="")
+    )
+    assert response.status_code == 302
+    profile = ModelProfile.objects.get(name="qwen-custom")
+    assert (profile.extra_args, profile.env, profile.volumes) == ([], {}, {})
