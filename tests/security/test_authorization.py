@@ -160,14 +160,14 @@ def _report() -> dict[str, Any]:
     return {"version": 1, "node": "node-a", "reports": [report], "dropped": 0}
 
 
-def _websocket_status(base_url: str, principal: Principal) -> int:
+def _websocket_status(base_url: str, principal: Principal, origin: str | None = None) -> int:
     async def connect() -> int:
         url = base_url.replace("http://", "ws://") + "/ws/fleet/"
         headers = dict(principal.headers())
         if principal.cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in principal.cookies.items())
         try:
-            async with websockets.connect(url, origin=base_url, additional_headers=headers, open_timeout=10):
+            async with websockets.connect(url, origin=origin or base_url, additional_headers=headers, open_timeout=10):
                 return 101
         except websockets.InvalidStatus as refused:
             return refused.response.status_code
@@ -225,3 +225,12 @@ def test_what_the_matrix_lets_through_really_happened(panel: tuple[str, Fleet]) 
     assert Node.objects.get(name="node-b").last_seq == 0
     assert JoinToken.objects.filter(name="rack").count() == 1
     assert ApiKey.objects.filter(revoked_at__isnull=True).count() == 1
+
+
+def test_the_live_feed_refuses_a_signed_in_browser_on_a_foreign_page(panel: tuple[str, Fleet]) -> None:
+    """Cross-site WebSocket hijacking: another site's script rides the session cookie; its Origin gives it away."""
+    base_url, fleet = panel
+    principal = _principal("superuser", fleet, base_url)
+
+    assert _websocket_status(base_url, principal) == 101
+    assert _websocket_status(base_url, principal, origin="http://evil.example") == 403
