@@ -308,12 +308,13 @@ class Agent:
             return None
 
     def _instance_sample(self, container: ContainerState) -> protocol.InstanceSample | None:
-        if not container.instance_id.isdigit():
+        instance_id = protocol.id_or_none(container.instance_id)
+        if instance_id is None:
             return None
         port = int(container.labels.get(PORT_LABEL, "0"))
         endpoint = f"http://{self.config.advertise_host}:{port}" if port else ""
         common = dict(
-            instance_id=int(container.instance_id),
+            instance_id=instance_id,
             generation=max(container.generation, 1),
             container_id=container.container_id[:80],
             endpoint=endpoint,
@@ -389,10 +390,10 @@ class Agent:
                 container_id=c.container_id[:80],
                 name=c.name or "",
                 managed=True,
-                instance_id=int(c.instance_id) if c.instance_id.isdigit() else None,
+                instance_id=protocol.id_or_none(c.instance_id),
             )
             for c in containers
-            if not c.instance_id.isdigit() or int(c.instance_id) not in self.desired
+            if protocol.id_or_none(c.instance_id) not in self.desired
         ]
         orphans.extend(self._foreign_gpu_users())
         results, self._results = self._results, []
@@ -665,12 +666,13 @@ class Agent:
             self.asleep.add(instance_id)
         elif (result.ok and isinstance(action, Wake)) or spec is not None:
             self.asleep.discard(instance_id)
-        if not instance_id.isdigit():
+        reported_id = protocol.id_or_none(instance_id)
+        if reported_id is None:
             return
         generation = spec.generation if spec else getattr(action, "generation", 1)
         self._results.append(
             protocol.ActionResult(
-                instance_id=int(instance_id),
+                instance_id=reported_id,
                 generation=max(generation, 1),
                 action=type(action).__name__.lower(),
                 ok=result.ok,

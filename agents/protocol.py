@@ -23,10 +23,18 @@ Pct = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
+# Ids, generations and sequence numbers end up in 64-bit columns: bounded so none overflows one.
+MAX_ID = 2**62
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Timestamp = Annotated[float, Field(gt=1_000_000_000, lt=10_000_000_000, allow_inf_nan=False)]
 
 InstanceState = Literal["starting", "ready", "sleeping", "stopping", "stopped", "failed", "unknown"]
 DesiredState = Literal["running", "sleeping", "stopped"]
+
+
+def id_or_none(text: str) -> int | None:
+    """A container label as an instance id, or None where it cannot be one (a foreign or forged label)."""
+    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
 
 
 class Strict(BaseModel):
@@ -43,7 +51,7 @@ class MigDevice(Strict):
 
 
 class GpuProcess(Strict):
-    pid: Annotated[int, Field(ge=0)]
+    pid: Count
     used_memory_bytes: Count | None = None
 
 
@@ -97,8 +105,8 @@ class Histogram(Strict):
 class InstanceSample(Strict):
     """What the agent saw of one managed vLLM server over the last window."""
 
-    instance_id: Annotated[int, Field(ge=1)]
-    generation: Annotated[int, Field(ge=1)]
+    instance_id: Id
+    generation: Id
     state: InstanceState
     container_id: Annotated[str, Field(max_length=80)] = ""
     endpoint: Annotated[str, Field(max_length=255)] = ""
@@ -124,13 +132,13 @@ class ForeignContainer(Strict):
     name: Text = ""
     image: Text = ""
     managed: bool = False
-    instance_id: int | None = None
+    instance_id: Id | None = None
     gpu_uuids: Annotated[list[Text], Field(max_length=64)] = []
 
 
 class ActionResult(Strict):
-    instance_id: Annotated[int, Field(ge=1)]
-    generation: Annotated[int, Field(ge=1)]
+    instance_id: Id
+    generation: Id
     action: Annotated[str, Field(max_length=32)]
     ok: bool
     error: Annotated[str, Field(max_length=2000)] = ""
@@ -183,7 +191,7 @@ class HostInfo(Strict):
 class Report(Strict):
     """One sampling interval of one host."""
 
-    seq: Annotated[int, Field(ge=1)]
+    seq: Id
     sampled_at: Timestamp
     host: HostInfo
     gpus: Annotated[list[GpuSample], Field(max_length=64)] = []

@@ -335,24 +335,31 @@ def metrics_url(url: str) -> str:
     return url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
 
 
-def _read_capped(response: httpx.Response) -> bytes:
-    """The body, refusing to buffer more than MAX_TEXT_BYTES from a misbehaving server."""
+def _read_capped(response: httpx.Response, deadline: float) -> bytes:
+    """The body, refusing to buffer more than MAX_TEXT_BYTES or to wait past ``deadline``.
+
+    httpx's timeout applies to each read, so a server trickling a byte a second would
+    otherwise hold the agent's loop forever.
+    """
     body = bytearray()
     for chunk in response.iter_bytes():
         body.extend(chunk)
         if len(body) > MAX_TEXT_BYTES:
             raise ScrapeError(f"{response.url} sent more than {MAX_TEXT_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise ScrapeError(f"{response.url} is still sending its metrics after the scrape's time ran out")
     return bytes(body)
 
 
 def scrape(url: str, client: httpx.Client, timeout: float = 5.0) -> Snapshot:
     """Fetch and parse a server's metrics; any failure is a ScrapeError naming the cause."""
     target = metrics_url(url)
+    deadline = time.monotonic() + timeout
     try:
         with client.stream("GET", target, timeout=timeout) as response:
             if response.status_code != httpx.codes.OK:
                 raise ScrapeError(f"{target} answered HTTP {response.status_code}")
-            body = _read_capped(response)
+            body = _read_capped(response, deadline)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ScrapeError(f"could not fetch {target}: {type(exc).__name__}: {exc}") from exc
     # The Prometheus text format is UTF-8 by definition, whatever the headers say.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import plotly
 from django.contrib.admin.views.decorators import staff_member_required
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -189,10 +189,13 @@ def requests_page(request: HttpRequest) -> HttpResponse:
 
 
 @staff_member_required
+@permission_required("fleet.add_jointoken", raise_exception=True)
 def hosts_add(request: HttpRequest) -> HttpResponse:
     """Create a join token and show the one line to run on new hosts, then the hosts as they join.
 
-    The token is in this response only: reloading the page does not show it again.
+    The token is in this response only: reloading the page does not show it again. A join
+    token lets a machine into the fleet, so it takes the same permission as adding one in
+    the admin, not merely staff status.
     """
     form = JoinTokenForm(request.POST or None)
     context: dict[str, object] = {"form": form}

@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -39,6 +40,7 @@ from fleet.models import (
     Team,
 )
 from fleet.policies.settings import SCHEMAS
+from fleet.services import node_token_rotate
 
 GIB = 1024**3
 
@@ -90,11 +92,15 @@ class NodeAdmin(admin.ModelAdmin):
             messages.warning(request, f"Agent token for {obj.name} (shown once, store it now): {token}")
 
     @admin.action(description="Issue a new agent token (the old one stops working)")
-    def rotate_token(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
-        for node in queryset:
-            token = node.issue_token()
-            node.save(update_fields=["token_hash", "token_prefix"])
-            messages.warning(request, f"New agent token for {node.name} (shown once): {token}")
+    def rotate_token(self, request: HttpRequest, queryset: QuerySet[Node]) -> TemplateResponse:
+        """Show the new tokens in this response only.
+
+        Not as messages: those that do not fit the message cookie are parked in the session
+        table, which would put agent tokens in the database in clear.
+        """
+        rotated = [(node, node_token_rotate(node=node)) for node in queryset]
+        context = {**self.admin_site.each_context(request), "rotated": rotated, "opts": self.model._meta}
+        return TemplateResponse(request, "admin/fleet/node/rotated_tokens.html", context)
 
 
 class MigDeviceInline(admin.TabularInline):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django.db import InternalError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -20,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from agents import protocol
 from fleet.ingest import IngestError, node_authenticate, node_register, report_ingest
+
+logger = logging.getLogger(__name__)
 
 View = Callable[[HttpRequest], JsonResponse]
 M = TypeVar("M", bound=BaseModel)
@@ -56,12 +60,43 @@ def _read_body(request: HttpRequest) -> bytes:
     return body
 
 
+def _unstorable_text(data: Any) -> str | None:
+    """Where the JSON holds text no database column can store (NUL, lone surrogates), or None.
+
+    JSON escapes can carry both; PostgreSQL refuses them at INSERT, which would turn a bad
+    report into a server error halfway through storing it.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                stack.append((f"{path}.{key}" if path else str(key), key))
+                stack.append((f"{path}.{key}" if path else str(key), child))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}", child) for index, child in enumerate(value))
+        elif isinstance(value, str) and ("\x00" in value or _has_surrogate(value)):
+            return path or "(body)"
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _parse(request: HttpRequest, model: type[M]) -> M:
     body = _read_body(request)
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IngestError(400, f"body is not JSON: {exc}") from exc
+    where = _unstorable_text(data)
+    if where is not None:
+        raise IngestError(400, "report refused, nothing stored", [f"{where[:200]}: NUL character or invalid UTF-8"])
     if isinstance(data, dict) and model is protocol.Batch and data.get("version") != protocol.PROTOCOL_VERSION:
         raise IngestError(400, f"unsupported protocol version {data.get('version')!r}; this panel speaks 1")
     try:
@@ -78,12 +113,23 @@ def _bearer(request: HttpRequest) -> str:
     return token.strip()
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
 def _refusals(view: View) -> View:
+    """Turn refusals into their status; a database that cannot write (down, read-only, disk
+    full) into 503, so agents keep the report and send it again instead of dropping it."""
+
     def wrapped(request: HttpRequest) -> JsonResponse:
         try:
             return view(request)
         except IngestError as exc:
             return error_response(exc.status, exc.message, exc.details)
+        except (OperationalError, InternalError) as exc:
+            logger.warning("agent API: database unavailable, %s refused: %s", request.path, exc)
+            response = error_response(503, f"database unavailable, nothing stored; send again later ({exc})"[:500])
+            response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+            return response
 
     return wrapped
 

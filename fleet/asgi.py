@@ -12,8 +12,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from agents.protocol import MAX_BODY_BYTES  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
-from fleet.gateway.app import AsgiApp, Gateway, Receive, Scope, Send  # noqa: E402
+from fleet.gateway.app import AsgiApp, Gateway, Message, Receive, Scope, Send  # noqa: E402
 from fleet.scheduler import scheduler_start  # noqa: E402
 
 GATEWAY_PREFIX = "/v1/"
@@ -31,14 +32,62 @@ def http_router(gateway: Gateway, django_app: AsgiApp) -> AsgiApp:
     return app
 
 
-gateway = Gateway()
+class BodyTooLarge(Exception):
+    """The client sent more than the panel takes."""
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_router(gateway, django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
-)
+
+def body_limited(app: AsgiApp, *, limit: int) -> AsgiApp:
+    """Refuse a request body over ``limit`` bytes before the app has read it.
+
+    Django's ASGI handler spools the whole body to a file before any view runs, so a view's
+    own size check would come after the upload: a declared length over the limit is
+    refused at once, an undeclared (chunked) one as soon as the bytes received pass it.
+    """
+
+    async def refuse(send: Send) -> None:
+        body = f"request body larger than {limit} bytes\n".encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await refuse(send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await app(scope, counted, send)
+        except BodyTooLarge:
+            await refuse(send)
+
+    return limited
+
+
+def application_build(*, gateway: Gateway, body_limit: int = MAX_BODY_BYTES) -> ProtocolTypeRouter:
+    """The whole panel around one gateway; tests build their own so each gets a fresh gateway.
+
+    No page or API of the panel takes a body larger than an agent's report.
+    """
+    return ProtocolTypeRouter(
+        {
+            "http": http_router(gateway, body_limited(django_asgi_app, limit=body_limit)),
+            "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
+
+
+gateway = Gateway()
+application = application_build(gateway=gateway)
 
 # Embedded default only (no Celery beat): run the periodic tasks in this process.
 scheduler_start()

@@ -14,6 +14,7 @@ one message per report batch, for the few browsers watching that node.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 FLEET_GROUP = "fleet"
 SUMMARY_NODES_LISTED = 50
@@ -39,13 +42,20 @@ def pool_group(pool_id: int) -> str:
 
 
 def event_publish(*, kind: str, payload: dict[str, Any], groups: tuple[str, ...] = (FLEET_GROUP,)) -> None:
-    """Send a small event to every browser watching the fleet (or the given groups)."""
+    """Send a small event to every browser watching the fleet (or the given groups).
+
+    Best effort: the database is the record and pages reload from it, so a channel layer
+    that is down (Redis restarting) costs live updates, never the write that caused them.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
     message = {"type": "fleet.event", "event": {"kind": kind, **payload}}
-    for group in groups:
-        async_to_sync(layer.group_send)(group, message)
+    try:
+        for group in groups:
+            async_to_sync(layer.group_send)(group, message)
+    except Exception as exc:
+        logger.warning("fleet event %s not sent, channel layer unavailable: %s", kind, exc)
 
 
 @dataclass

@@ -163,7 +163,11 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
         gpu = existing.get(reading.uuid)
         if gpu is None:
             Gpu.objects.filter(node=node, index=reading.index).exclude(uuid=reading.uuid).delete()
-            existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
+            try:
+                with transaction.atomic():
+                    existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
+            except IntegrityError as exc:  # another node's report created it since the SELECT above
+                raise IngestError(403, "GPUs already registered to another node", [reading.uuid]) from exc
         elif any(getattr(gpu, key) != value for key, value in values.items()):
             Gpu.objects.filter(pk=gpu.pk).update(**values)
             for key, value in values.items():

@@ -245,6 +245,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "filters": {"template_lookup_hidden": {"()": "fleet.logs.TemplateLookupHidden"}},
+    "loggers": {"django.template": {"filters": ["template_lookup_hidden"]}},
 }
 
 # Telemetry: how long raw samples and rollups are kept (enforced by the prune task), and

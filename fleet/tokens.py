@@ -1,7 +1,10 @@
 """Secrets handed to agents and teams: shown once, stored only as a SHA-256 digest.
 
 The secrets are 256 random bits, so a fast digest is enough (no salt or key stretching
-needed) and lets the API find the owner of a token with one indexed lookup.
+needed) and lets the API find the owner of a token with one indexed lookup. That lookup
+compares digests, never the secret: how long it takes tells an attacker about the digest
+of the guess, which gives nothing toward a token's bytes. Where a secret is compared with
+a known value (``token_matches``, the metrics token) the comparison is constant-time.
 """
 
 from __future__ import annotations

@@ -278,6 +278,9 @@ class Gateway:
             raise ApiError(404, f"Unknown path {path[:100]}.", code="unknown_url")
         if scope["method"] != "POST":
             raise ApiError(405, f"{path} takes POST.", code="method_not_allowed")
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"0")
+        if not declared.isdigit() or int(declared) > self.config.max_body_bytes:
+            raise self._too_large()
         body = await self._read_body(receive)
         payload = load_json(body)
         request = parse_chat(payload) if endpoint == "chat" else parse_completion(payload)

@@ -103,6 +103,10 @@ class ModelProfile(models.Model):
         return per_token * (tokens if tokens is not None else self.max_model_len)
 
     def clean(self) -> None:
+        # A JSON box left empty in a form arrives as None, which the columns refuse: it means "none".
+        for name, empty in (("extra_args", list), ("env", dict), ("volumes", dict)):
+            if getattr(self, name) is None:
+                setattr(self, name, empty())
         limit = self.effective_context_limit
         if limit and self.max_model_len and self.max_model_len > limit:
             raise ValidationError(

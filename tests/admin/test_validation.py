@@ -235,3 +235,13 @@ def test_autoscale_load_settings_are_saved_with_their_defaults(admin_client: Cli
     assert policy.settings["prefill_tokens_per_s"] == 42613
     assert policy.settings["scale_in_drain"] is True
     assert (policy.settings["scale_in_windows"], policy.settings["scale_in_max_queue"]) == (3, 0.5)
+
+
+def test_json_boxes_left_empty_mean_none(admin_client: Client) -> None:
+    """Found by the form fuzzer: an emptied box was a server error on PostgreSQL."""
+    response = admin_client.post(
+        reverse("admin:fleet_modelprofile_add"), profile_form(extra_args="", env="", volumes="")
+    )
+    assert response.status_code == 302
+    profile = ModelProfile.objects.get(name="qwen-custom")
+    assert (profile.extra_args, profile.env, profile.volumes) == ([], {}, {})

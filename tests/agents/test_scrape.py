@@ -3,9 +3,12 @@ deltas with hand-computed answers, garbage input, and a fetch over loopback HTTP
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -432,3 +435,59 @@ def test_metrics_url() -> None:
     assert metrics_url("http://h:8000") == "http://h:8000/metrics"
     assert metrics_url("http://h:8000/") == "http://h:8000/metrics"
     assert metrics_url("http://h:8000/metrics") == "http://h:8000/metrics"
+
+
+def _misbehaving_server(send_body: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A /metrics server that answers 200 and then sends its body however ``send_body`` likes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+                with contextlib.suppress(OSError):
+                    send_body(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def _endless(conn: socket.socket) -> None:
+    line = b'vllm:num_requests_running{engine="0"} 1\n' * 1000
+    while True:
+        conn.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+
+
+def _trickle(conn: socket.socket) -> None:
+    for _ in range(200):
+        conn.sendall(b"1\r\n#\r\n")
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("send_body", [_endless, _trickle], ids=["endless", "trickle"])
+def test_a_server_that_never_finishes_its_metrics_costs_a_bounded_scrape(
+    send_body: Callable[[socket.socket], None],
+) -> None:
+    """An enormous body stops at MAX_TEXT_BYTES, a trickling one at the scrape's timeout."""
+    server = _misbehaving_server(send_body)
+    url = next(server)
+    started = time.monotonic()
+    try:
+        with httpx.Client() as client, pytest.raises(ScrapeError, match=r"more than|time ran out"):
+            scrape(url, client, timeout=2.0)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 10

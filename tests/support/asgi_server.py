@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ class AsgiServer:
 
     port: int
     app: Any
+    lifespan: str = "off"
     _server: Any = None
     _thread: threading.Thread | None = None
 
@@ -37,7 +39,7 @@ class AsgiServer:
         import uvicorn
 
         self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=self.lifespan)
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -65,3 +67,16 @@ def asgi_live_server(transactional_db: None, settings: object) -> Iterator[AsgiS
     server.start()
     yield server
     server.stop()
+
+
+@contextmanager
+def asgi_serve(app: Any, *, lifespan: str = "on") -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port for the block; yields its base URL."""
+    from tests.support.vllm_server import free_port
+
+    server = AsgiServer(port=free_port(), app=app, lifespan=lifespan)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
