@@ -549,9 +549,15 @@ def gateway_pools() -> QuerySet[Pool]:
 
 
 def gateway_ready_instances() -> QuerySet[Instance, tuple[int, int, str]]:
-    """(instance id, pool id, endpoint) of instances the agent reports ready, in enabled pools."""
+    """(instance id, pool id, endpoint) of instances the agent reports ready, in enabled pools.
+
+    Only those the panel still wants running: one a policy decided to stop or put to sleep
+    gets no new request from the next refresh on, so it drains while the agent stops it.
+    """
     return (
-        Instance.objects.filter(actual_state=Instance.Actual.READY, pool__enabled=True)
+        Instance.objects.filter(
+            actual_state=Instance.Actual.READY, desired_state=Instance.Desired.RUNNING, pool__enabled=True
+        )
         .exclude(endpoint="")
         .order_by("pk")
         .values_list("pk", "pool_id", "endpoint")

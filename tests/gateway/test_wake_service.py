@@ -75,3 +75,25 @@ def test_no_free_gpu_is_a_logged_decision_and_no_instance() -> None:
     assert decision.action == "wake_failed"
     assert "fits nowhere" in decision.reason and "144 KiB/token" in decision.reason
     assert not Instance.objects.exists()
+
+
+def test_an_instance_being_stopped_or_put_to_sleep_gets_no_new_requests_and_a_request_wakes_it() -> None:
+    from fleet.gateway.table import routing_table_load
+
+    pool = make_pool()
+    draining = Instance.objects.create(
+        pool=pool, desired_state="stopped", actual_state="ready", endpoint="http://127.0.0.1:9"
+    )
+    dozing = Instance.objects.create(
+        pool=pool, desired_state="sleeping", actual_state="ready", endpoint="http://127.0.0.1:10"
+    )
+    serving = Instance.objects.create(
+        pool=pool, desired_state="running", actual_state="ready", endpoint="http://127.0.0.1:11"
+    )
+    assert [u.instance_id for u in routing_table_load().pools[pool.pk].upstreams] == [serving.pk]
+
+    Instance.objects.filter(pk=serving.pk).update(desired_state="stopped")
+    assert routing_table_load().pools[pool.pk].upstreams == ()
+    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+    assert decision.instance in {draining, dozing}
+    assert Instance.objects.get(pk=decision.instance.pk).desired_state == "running"
