@@ -4,24 +4,44 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from django.db import OperationalError
 
 from fleet.models import Decision, Instance
 from tests.factories import make_gpu, make_node
 from tests.gateway.conftest import LiveGateway, chat, client, make_routed_pool
 from tests.support.openai_stub import OpenAIStub
 
+T = TypeVar("T")
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not unlocked(predicate):
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def unlocked(query: Callable[[], T]) -> T:
+    """Run a query, again while SQLite's shared in-memory test database has the table locked.
+
+    The gateway's database thread reads the same tables (routing refresh, request log);
+    in-memory SQLite answers a clash with "table is locked" at once instead of waiting.
+    """
+    for _ in range(100):
+        try:
+            return query()
+        except OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.02)
+    return query()
 
 
 def post_all(live: LiveGateway, key: str, count: int) -> tuple[ThreadPoolExecutor, list]:  # type: ignore[type-arg]
@@ -52,7 +72,7 @@ def test_held_requests_go_through_when_the_stopped_instance_turns_ready(
     assert (decision.policy_kind, decision.action) == ("gateway", "start")
     assert all(not future.done() for future in futures)
     # The agent would report this; the gateway sees it at its next table refresh.
-    Instance.objects.filter(pk=instance.pk).update(actual_state="ready", endpoint=stub.base_url)
+    unlocked(lambda: Instance.objects.filter(pk=instance.pk).update(actual_state="ready", endpoint=stub.base_url))
     responses = [future.result(timeout=10) for future in futures]
     executor.shutdown()
 
