@@ -35,7 +35,8 @@ def celery_processes(redis_url: str, tmp_path: Path) -> Iterator[None]:
         yield
 
 
-def _idle_fleet() -> list[Instance]:
+def idle_fleet() -> list[Instance]:
+    """``IDLE_INSTANCES`` ready instances on one GPU, unasked for 11 minutes: idle reclaim stops each."""
     node = make_node()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.ONLINE)
     gpu = make_gpu(node)
@@ -57,7 +58,7 @@ def _idle_fleet() -> list[Instance]:
 def test_scheduled_evaluations_on_two_workers_stop_each_idle_instance_once(
     redis_url: str, request: pytest.FixtureRequest
 ) -> None:
-    instances = _idle_fleet()
+    instances = idle_fleet()
     schedules_install(IntervalSchedule=IntervalSchedule, PeriodicTask=PeriodicTask)  # a transactional test flushed it
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     PeriodicTask.objects.filter(name=EVALUATE_TASK).update(interval=every_second)
