@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -156,6 +157,9 @@ class Gateway:
         )
         self._changed = loop.create_future()
         await self.refresh()
+        # Everything loaded so far (Django, the first table) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it mid-request.
+        gc.freeze()
         self._background = [loop.create_task(self._refresh_loop()), loop.create_task(self._flush_loop())]
         self._starting.set_result(None)
 

@@ -71,6 +71,7 @@ def test_held_requests_go_through_when_the_stopped_instance_turns_ready(
     decision = Decision.objects.get(instance=instance)
     assert (decision.policy_kind, decision.action) == ("gateway", "start")
     assert all(not future.done() for future in futures)
+    wait_for(lambda: live.gateway.held == 3)  # all three are in, not one still on its way
     # The agent would report this; the gateway sees it at its next table refresh.
     unlocked(lambda: Instance.objects.filter(pk=instance.pk).update(actual_state="ready", endpoint=stub.base_url))
     responses = [future.result(timeout=10) for future in futures]
