@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from tests.agents.test_reconcile import FakeRuntime
 from tests.support.agent_process import RecordedGpus
 from tests.support.panel_process import panel_manage, panel_process
 from tests.support.private_postgres import PrivatePostgres, private_postgres
+from tests.support.require import require
 
 pytestmark = pytest.mark.services
 
@@ -142,6 +148,32 @@ def fleet(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[Fleet]:
             fleet.halt()
 
 
+def report_directly(fleet: Fleet) -> httpx.Response:
+    """One report of the first agent's, sent by the test itself, to read the panel's answer."""
+    agent = fleet.agents[0]
+    batch = protocol.Batch(version=1, node=agent.config.node_name, reports=[agent.sense()], dropped=0)
+    return httpx.post(
+        f"{fleet.url}/api/agent/v1/report",
+        content=batch.model_dump_json(),
+        headers={"authorization": f"Bearer {agent.state.node_token}", "content-type": "application/json"},
+    )
+
+
+@contextmanager
+def small_disk(size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` the cluster's ``postgres`` user owns: a disk that fills up for real."""
+    require(os.geteuid() == 0, "mounting a small tmpfs to fill up needs root")
+    root = Path(tempfile.mkdtemp(prefix="fleet-disk-"))
+    root.chmod(0o755)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], check=True)
+    try:
+        shutil.chown(root, "postgres", "postgres")
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+        root.rmdir()
+
+
 def test_postgres_restarted_under_report_load_loses_no_acknowledged_report(fleet: Fleet) -> None:
     fleet.run()
     time.sleep(2)
@@ -163,13 +195,7 @@ def test_read_only_database_answers_503_and_agents_keep_their_buffer(fleet: Flee
     fleet.cluster.psql("ALTER DATABASE fleet SET default_transaction_read_only = on", "postgres")
     fleet.cluster.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'fleet'", "postgres")
     time.sleep(0.5)
-    agent = fleet.agents[0]
-    batch = protocol.Batch(version=1, node=agent.config.node_name, reports=[agent.sense()], dropped=0)
-    refused = httpx.post(
-        f"{fleet.url}/api/agent/v1/report",
-        content=batch.model_dump_json(),
-        headers={"authorization": f"Bearer {agent.state.node_token}", "content-type": "application/json"},
-    )
+    refused = report_directly(fleet)
     time.sleep(2)
     buffered = [len(agent.buffer) for agent in fleet.agents]
     fleet.cluster.psql("ALTER DATABASE fleet SET default_transaction_read_only = off", "postgres")
@@ -181,3 +207,28 @@ def test_read_only_database_answers_503_and_agents_keep_their_buffer(fleet: Flee
     assert fleet.drained(within_s=40), [len(agent.buffer) for agent in fleet.agents]
     fleet.halt()
     fleet.assert_nothing_lost()
+
+
+def test_a_full_disk_answers_503_and_agents_keep_their_buffer(fleet: Fleet) -> None:
+    with small_disk("8m") as disk:
+        fleet.cluster.psql(f"CREATE TABLESPACE small LOCATION '{disk}'")
+        fleet.cluster.psql("ALTER TABLE fleet_gpusample SET TABLESPACE small")
+        fleet.run()
+        time.sleep(1.5)
+        filler = disk / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
+        deadline = time.monotonic() + 30
+        while (refused := report_directly(fleet)).status_code != 503:
+            assert time.monotonic() < deadline, "the panel kept storing reports on a full disk"
+            time.sleep(0.2)
+        time.sleep(2)
+        buffered = [len(agent.buffer) for agent in fleet.agents]
+        filler.unlink()
+
+        assert "No space left on device" in json.loads(refused.text)["error"]["message"]
+        assert refused.headers["retry-after"].isdigit()
+        assert all(count >= 5 for count in buffered), buffered
+        assert fleet.drained(within_s=40), [len(agent.buffer) for agent in fleet.agents]
+        fleet.halt()
+        fleet.assert_nothing_lost()
+        fleet.cluster.stop("fast")  # before the disk goes away
