@@ -174,6 +174,17 @@ def small_disk(size: str) -> Iterator[Path]:
         root.rmdir()
 
 
+def assert_refused_then_delivered(fleet: Fleet, refused: httpx.Response, buffered: list[int], *, why: str) -> None:
+    """The panel said 503 and why, the agents kept what they could not deliver, then delivered it all."""
+    assert refused.status_code == 503
+    assert why in json.loads(refused.text)["error"]["message"]
+    assert refused.headers["retry-after"].isdigit()
+    assert all(count >= 5 for count in buffered), buffered
+    assert fleet.drained(within_s=40), [len(agent.buffer) for agent in fleet.agents]
+    fleet.halt()
+    fleet.assert_nothing_lost()
+
+
 def test_postgres_restarted_under_report_load_loses_no_acknowledged_report(fleet: Fleet) -> None:
     fleet.run()
     time.sleep(2)
@@ -200,13 +211,7 @@ def test_read_only_database_answers_503_and_agents_keep_their_buffer(fleet: Flee
     buffered = [len(agent.buffer) for agent in fleet.agents]
     fleet.cluster.psql("ALTER DATABASE fleet SET default_transaction_read_only = off", "postgres")
 
-    assert refused.status_code == 503
-    assert "read-only" in json.loads(refused.text)["error"]["message"]
-    assert refused.headers["retry-after"].isdigit()
-    assert all(count >= 5 for count in buffered), buffered
-    assert fleet.drained(within_s=40), [len(agent.buffer) for agent in fleet.agents]
-    fleet.halt()
-    fleet.assert_nothing_lost()
+    assert_refused_then_delivered(fleet, refused, buffered, why="read-only")
 
 
 def test_a_full_disk_answers_503_and_agents_keep_their_buffer(fleet: Fleet) -> None:
@@ -225,10 +230,5 @@ def test_a_full_disk_answers_503_and_agents_keep_their_buffer(fleet: Fleet) -> N
         buffered = [len(agent.buffer) for agent in fleet.agents]
         filler.unlink()
 
-        assert "No space left on device" in json.loads(refused.text)["error"]["message"]
-        assert refused.headers["retry-after"].isdigit()
-        assert all(count >= 5 for count in buffered), buffered
-        assert fleet.drained(within_s=40), [len(agent.buffer) for agent in fleet.agents]
-        fleet.halt()
-        fleet.assert_nothing_lost()
+        assert_refused_then_delivered(fleet, refused, buffered, why="No space left on device")
         fleet.cluster.stop("fast")  # before the disk goes away
