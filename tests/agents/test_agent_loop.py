@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agents import protocol
-from agents.agent import Agent, AgentConfig, AgentState, ReportBuffer
+from agents.agent import MAX_BACKOFF_S, Agent, AgentConfig, AgentState, ReportBuffer
 from agents.nvml import NvmlBackend
 from fleet.models import Gpu, GpuSample, Instance, JoinToken, ModelProfile, Node
 from tests.agents.test_reconcile import FakeRuntime
@@ -76,6 +76,38 @@ def test_reports_buffered_while_the_panel_is_away_arrive_in_order(live_server: A
     stored = list(GpuSample.objects.order_by("id").values_list("at", flat=True))
     assert len(stored) == 6 and stored == sorted(stored)
     assert Node.objects.get(name="h100-a").last_seq == max(seqs) + (agent.state.last_seq - max(seqs))
+
+
+def test_a_ten_minute_outage_at_the_default_interval_loses_nothing_and_ends_within_one_backoff(
+    live_server: Any, tmp_path: Path
+) -> None:
+    """Ten minutes of the agent's own clock at its default 5 s interval, with the panel unreachable."""
+    now = [time.time() - 3600.0]
+    config = AgentConfig(panel_url=live_server.url, state_dir=tmp_path, node_name="h100-a")
+    agent = Agent(config, gpus=RecordedGpus(), runtime=FakeRuntime(), http=httpx.Client(), clock=lambda: now[0])
+    agent.register(join_token())
+    interval, outage = config.interval_s, 600.0
+    object.__setattr__(agent.config, "panel_url", "http://127.0.0.1:9")
+    tries = 0
+    for _ in range(int(outage / interval)):
+        before = agent.failures
+        agent.tick()
+        tries += agent.failures - before
+        now[0] += interval
+    assert (len(agent.buffer), agent.buffer.dropped) == (int(outage / interval), 0)
+    # It backs off: a try every MAX_BACKOFF_S at most once the doubling reaches it, not one per tick.
+    assert tries <= 7 + outage / MAX_BACKOFF_S
+
+    object.__setattr__(agent.config, "panel_url", live_server.url)
+    waited = 0.0
+    while agent.tick() is None:
+        now[0] += interval
+        waited += interval
+        assert waited <= MAX_BACKOFF_S, "the agent did not come back within one backoff"
+    assert len(agent.buffer) == 0
+    stored = list(GpuSample.objects.order_by("id").values_list("at", flat=True))
+    assert stored == sorted(stored) and len(stored) == int(outage / interval) + int(waited / interval) + 1
+    assert Node.objects.get(name="h100-a").reports_dropped == 0
 
 
 def test_buffer_overflow_drops_the_oldest_and_the_panel_learns_how_many(live_server: Any, tmp_path: Path) -> None:
