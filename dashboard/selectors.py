@@ -22,6 +22,7 @@ from django.utils.dateparse import parse_datetime
 from fleet.costs.budgets import usage_source_configured
 from fleet.costs.selectors import (
     billing_currency,
+    cost_per_million_tokens,
     fleet_window,
     period_bounds,
     run_rate,
@@ -379,16 +380,12 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
                 "spend": unallocated.spend,
             }
         )
-    tokens: dict[int, float] = defaultdict(float)
-    for pool_id, prompt, generated in _pool_rollups(time_range).values_list(
-        "pool_id", "prompt_tokens", "generation_tokens"
-    ):
-        tokens[pool_id] += (prompt or 0) + (generated or 0)
+    token_costs = cost_per_million_tokens(start=time_range.start, end=time_range.end, report=report, raw=False)
     per_million = [
         {
             "name": row["name"],
-            "tokens": tokens.get(row["pool"], 0.0),
-            "cost": row["spend"] / Decimal(tokens[row["pool"]] / 1e6) if tokens.get(row["pool"]) else None,
+            "tokens": float(token_costs[row["pool"]].tokens),
+            "cost": token_costs[row["pool"]].per_million_allocation,
         }
         for row in by_pool
         if row["pool"] is not None
@@ -428,7 +425,7 @@ def spend_summary(*, now: datetime | None = None) -> SpendSummary:
     window = fleet_window(start=month_start, end=now, raw=False)
     report = spend_report(start=month_start, end=now, window=window)
     today = sum((line.spend * _overlap(line.start, line.end, day_start, now) for line in report.lines), Decimal(0))
-    savings = savings_compute(start=month_start, end=now, window=window)
+    savings = savings_compute(start=month_start, end=now, window=window, report=report)
     return SpendSummary(
         currency=billing_currency(),
         rate_per_hour=run_rate(now=now).per_hour,

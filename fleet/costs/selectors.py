@@ -324,10 +324,16 @@ class Savings:
 
 
 def savings_compute(
-    *, start: datetime, end: datetime, currency: str | None = None, window: FleetWindow | None = None
+    *,
+    start: datetime,
+    end: datetime,
+    currency: str | None = None,
+    window: FleetWindow | None = None,
+    report: SpendReport | None = None,
 ) -> Savings:
+    """Savings against the static baseline; pass the period's window and report where the caller has them."""
     window = window or fleet_window(start=start, end=end)
-    report = spend_report(start=start, end=end, currency=currency, window=window)
+    report = report or spend_report(start=start, end=end, currency=currency, window=window)
     gpu_ids = set(window.up) | {row.gpu_id for row in window.allocations}
     seen_before = set(
         Gpu.objects.filter(pk__in=gpu_ids)
@@ -381,10 +387,14 @@ def tokens_by_pool(*, start: datetime, end: datetime, tiers: Tiers | None = None
                     share = Decimal(duration_us(begin, stop)) / Decimal(duration_us(bucket, bucket + width))
                     tokens[pool_id] += (Decimal(str(prompt)) + Decimal(str(generated))) * share
         lookback = timedelta(seconds=MAX_GAP_S)
-        rows = list(
-            InstanceSample.objects.filter(at__gte=tiers.minutes_until - lookback, at__lt=end + lookback)
-            .order_by("instance_id", "at")
-            .values_list("instance_id", "at", "instance__pool_id", "prompt_tokens_rate", "generation_tokens_rate")
+        rows = (
+            list(
+                InstanceSample.objects.filter(at__gte=tiers.minutes_until - lookback, at__lt=end + lookback)
+                .order_by("instance_id", "at")
+                .values_list("instance_id", "at", "instance__pool_id", "prompt_tokens_rate", "generation_tokens_rate")
+            )
+            if tiers.raw
+            else []
         )
         for previous, (_, at, pool_id, prompt_rate, generated_rate) in series_pairs(rows, tiers.minutes_until):
             begin, stop = (max(previous[1], start), min(at, end)) if previous else (at, at)
@@ -411,10 +421,11 @@ class TokenCost:
 
 
 def cost_per_million_tokens(
-    *, start: datetime, end: datetime, report: SpendReport | None = None
+    *, start: datetime, end: datetime, report: SpendReport | None = None, raw: bool = True
 ) -> dict[int, TokenCost]:
+    """Each pool's cost per million tokens on both bases; ``raw=False`` reads rollups only (``Tiers``)."""
     report = report or spend_report(start=start, end=end)
-    tokens = tokens_by_pool(start=start, end=end)
+    tokens = tokens_by_pool(start=start, end=end, tiers=Tiers.for_window(start=start, end=end, raw=raw))
     result = {}
     with localcontext(CONTEXT):
         for pool_id, totals in report.by(lambda line: line.pool_id).items():
@@ -562,6 +573,6 @@ def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, st
         for pool_id, totals in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(item[0]))
     ]
     rows.append(({"__name__": "gpufleet_spend_total", "currency": currency, "pool": ""}, report.unallocated.spend))
-    savings = savings_compute(start=first, end=now, window=window)
+    savings = savings_compute(start=first, end=now, window=window, report=report)
     rows.append(({"__name__": "gpufleet_savings_total", "currency": currency}, savings.savings))
     return rows
