@@ -8,6 +8,7 @@ panel allocate without limit. No Django here; the agent imports this module.
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
@@ -200,6 +201,21 @@ class Report(Strict):
     action_results: Annotated[list[ActionResult], Field(max_length=256)] = []
     batch_jobs: Annotated[list[BatchJobSample], Field(max_length=256)] = []
     reaped: Annotated[list[ReapResult], Field(max_length=256)] = []
+
+    @model_validator(mode="after")
+    def _one_reading_per_gpu(self) -> Report:
+        """A host has one GPU per index and per UUID (and one MIG device per UUID): a report
+        that says otherwise would replace GPUs it still names, so it is refused whole."""
+        for what, values in (
+            ("GPU index", [gpu.index for gpu in self.gpus]),
+            ("GPU uuid", [gpu.uuid for gpu in self.gpus]),
+            ("MIG device uuid", [device.uuid for gpu in self.gpus for device in gpu.mig_devices]),
+            ("instance_id", [sample.instance_id for sample in self.instances]),
+        ):
+            repeated = sorted(str(value) for value, times in Counter(values).items() if times > 1)
+            if repeated:
+                raise ValueError(f"{what} reported more than once: {', '.join(repeated[:5])}")
+        return self
 
 
 class Batch(Strict):

@@ -12,6 +12,11 @@ time the dashboard's pages as they build their Plotly figures on the server: sel
 and figure builder together (the month to date holds the ``--days`` generated).
 
     python bench/chart_queries.py [--gpus 1000] [--days 7] [--raw-hours 6] [--repeat 7] [--db-name bench_tele]
+                                  [--keep] [--reuse] [--only TEXT] [--profile N]
+
+``--keep`` leaves the database for a later ``--reuse`` (no generation; "now" is the newest
+raw sample); ``--only`` times the queries whose label contains TEXT; ``--profile N``
+prints the N costliest functions of those (cProfile).
 
 Target: every query <= 300 ms.
 """
@@ -233,11 +238,16 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL the bench may create and drop the database bench_tele on",
     )
+    parser.add_argument("--keep", action="store_true", help="leave the database for --reuse")
+    parser.add_argument("--reuse", action="store_true", help="time the database a --keep run left, as it is")
+    parser.add_argument("--only", default="", help="time only the queries whose label contains this")
+    parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions (cProfile)")
     args = parser.parse_args()
     db_name = args.db_name
     url = args.database_url.rsplit("/", 1)[0] + "/" + db_name
-    admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
-    admin_sql(args.database_url, f"CREATE DATABASE {db_name}")
+    if not args.reuse:
+        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        admin_sql(args.database_url, f"CREATE DATABASE {db_name}")
     try:
         setup_django(url)
         from django.db import connection
@@ -247,8 +257,14 @@ def main() -> None:
         from fleet import selectors
         from fleet.models import Gpu, GpuMinute, GpuSample, Pool
 
-        now = datetime.now(tz=UTC).replace(microsecond=0)
-        took = generate(args.gpus, args.days, args.raw_hours, now)
+        if args.reuse:
+            from django.db.models import Max
+
+            now = GpuSample.objects.aggregate(newest=Max("at"))["newest"] + timedelta(seconds=1)
+            took = {}
+        else:
+            now = datetime.now(tz=UTC).replace(microsecond=0)
+            took = generate(args.gpus, args.days, args.raw_hours, now)
         gpu = Gpu.objects.order_by("pk")[args.gpus // 2].pk
         pool = Pool.objects.order_by("pk").first().pk
         counts = {
@@ -294,10 +310,20 @@ def main() -> None:
             ("compare: heatmap 24 h from minutes", heatmap_from_minutes),
             *dashboard_figures(now=now, gpu=gpu, pool=pool, figures=figures, pages=pages),
         ]
+        queries = [query for query in queries if query is queries[0] or args.only in query[0]]
         results = [(label, *timed(call, args.repeat)) for label, call in queries]
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            for _label, call in queries[1:]:
+                profiler.runcall(call)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
         connection.close()
     finally:
-        admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        if not args.keep:
+            admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
 
     print(
         f"chart queries: {args.gpus} GPUs, {args.days} d of minute and hour rollups, {args.raw_hours} h of raw 5 s "

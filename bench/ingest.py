@@ -168,7 +168,7 @@ def free_port() -> int:
 
 
 def serve(
-    app: str, port: int, workers: int, url: str, worker_args: list[str], conn_max_age: str
+    app: str, port: int, workers: int, url: str, worker_args: list[str], conn_max_age: str, redis_url: str = ""
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -179,6 +179,8 @@ def serve(
         "FLEET_INPROCESS_SCHEDULER": "0",
     }
     env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
     process = subprocess.Popen(
         [
             sys.executable,
@@ -334,7 +336,28 @@ def load(*args: Any) -> dict[str, Any]:
     return result
 
 
-def measured(server: subprocess.Popen[bytes], admin_url: str, db_name: str, args: tuple[Any, ...]) -> dict[str, Any]:
+def redis_cpu_seconds(url: str) -> float | None:
+    """CPU seconds the Redis server has spent so far (its own INFO), or None without Redis."""
+    if not url:
+        return None
+    import redis
+
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def measured(
+    server: subprocess.Popen[bytes], admin_url: str, db_name: str, args: tuple[Any, ...], redis_url: str = ""
+) -> dict[str, Any]:
     """One load run, with the CPU time the server and its database backends spent during it.
 
     Backends are read before and after the run; the WSGI server keeps its connections open
@@ -343,12 +366,15 @@ def measured(server: subprocess.Popen[bytes], admin_url: str, db_name: str, args
     """
     server_before = cpu_seconds(server_pids(server.pid))
     db_before = cpu_seconds(database_pids(admin_url, db_name))
+    redis_before = redis_cpu_seconds(redis_url)
     run = load(*args)
+    redis_after = redis_cpu_seconds(redis_url)
     server_after = cpu_seconds(server_pids(server.pid))
     db_after = cpu_seconds(database_pids(admin_url, db_name))
     run["server_cpu_s"] = cpu_spent(server_before, server_after)
     run["db_cpu_s"] = cpu_spent(db_before, db_after) if db_after else None
     run["db_backends_closed"] = len(db_before.keys() - db_after.keys())
+    run["redis_cpu_s"] = redis_after - redis_before if redis_before is not None and redis_after is not None else None
     return run
 
 
@@ -394,7 +420,16 @@ def main() -> None:
         default=os.environ.get("BENCH_DB_NAME", DB_NAME),
         help="the scratch database's name, where several people bench on one server",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
+        help="the Redis the panel's channel layer uses, as in production ('' for the in-process layer)",
+    )
     args = parser.parse_args()
+    redis_url = args.redis_url
+    if redis_url and not redis_reachable(redis_url):
+        print(f"Redis at {redis_url} not reachable: the panel runs with the in-process channel layer")
+        redis_url = ""
     db_name = args.db_name
     url = database_url(args.database_url, db_name)
     admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
@@ -419,7 +454,7 @@ def main() -> None:
         stop(servers.pop())
 
         port = free_port()
-        servers.append(serve(panel_app, port, args.workers, url, worker_args, conn_max_age))
+        servers.append(serve(panel_app, port, args.workers, url, worker_args, conn_max_age, redis_url))
         load(
             port,
             "/api/agent/v1/report",
@@ -429,13 +464,16 @@ def main() -> None:
             args.interval,
             1,
         )  # GPUs registered
+        with connection.cursor() as cursor:  # the statistics autovacuum keeps on a fleet in steady state
+            cursor.execute("ANALYZE")
         before = GpuSample.objects.count()
         began = time.time()
         panel = measured(
             servers[-1],
             args.database_url,
             db_name,
-            (
+            redis_url=redis_url,
+            args=(
                 port,
                 "/api/agent/v1/report",
                 tokens,
@@ -466,11 +504,12 @@ def main() -> None:
     print(
         f"ingest: {args.hosts} hosts x {args.gpus} GPUs every {args.interval:g} s "
         f"(offered {offered:,.0f} GPU samples/s), gunicorn {args.workers} {args.server} workers, PostgreSQL, "
+        f"{'Redis channel layer' if redis_url else 'in-process channel layer'}, "
         f"{os.cpu_count()} CPU cores shared by server, database and load generator"
     )
     print(
         f"{'':34}{'reports/s':>10}{'GPU samples/s':>15}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}"
-        f"{'CPU ms/report: server':>23}{'db':>6}{'load':>6}"
+        f"{'CPU ms/report: server':>23}{'db':>6}{'redis':>6}{'load':>6}"
     )
     for label, run, samples in (
         ("baseline (trivial endpoint)", baseline, None),
@@ -481,7 +520,7 @@ def main() -> None:
         print(
             f"{label:34}{rate:>10,.1f}{shown}{pct(run['latencies'], 50):>9.1f}{pct(run['latencies'], 99):>9.1f}"
             f"{sum(run['errors'].values()):>8}{run['late']:>6}{per_report(run, 'server_cpu_s'):>23}"
-            f"{per_report(run, 'db_cpu_s'):>6}{per_report(run, 'load_cpu_s'):>6}"
+            f"{per_report(run, 'db_cpu_s'):>6}{per_report(run, 'redis_cpu_s'):>6}{per_report(run, 'load_cpu_s'):>6}"
         )
     print(
         f"{'ratio panel/baseline':34}{'':>10}{'':>15}"
@@ -494,8 +533,9 @@ def main() -> None:
         print(f"errors: panel {panel['errors']}, baseline {baseline['errors']}")
     print(f"GPU samples stored in the database during the window: {stored:,}")
     print(
-        "CPU ms/report: CPU time of the server processes, of the database backends serving them, and of the "
-        "load generator in the window, divided by the reports stored (panel) or answered (baseline)"
+        "CPU ms/report: CPU time of the server processes, of the database backends serving them, of the Redis "
+        "server (its INFO) and of the load generator in the window, divided by the reports stored (panel) or "
+        "answered (baseline)"
     )
     print(f"minute rollup of {rollup_rows:,} samples: {rollup_s * 1000:.0f} ms")
 

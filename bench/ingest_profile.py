@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ingest import admin_sql, body, database_url, prepare
+from ingest import admin_sql, body, cpu_seconds, database_url, prepare
 
 
 def instance_readings(instance_ids: list[int], tick: int) -> list[dict[str, Any]]:
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=500)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--instances", type=int, default=3)
+    parser.add_argument("--hosts", type=int, default=1, help="hosts reporting in turn (the first has the instances)")
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions")
     parser.add_argument("--profile-file", help="also write the cProfile data here, for pstats or snakeviz")
     parser.add_argument(
@@ -109,13 +110,15 @@ def main() -> None:
         help="a PostgreSQL the profile may create and drop its scratch database on",
     )
     parser.add_argument("--db-name", default=os.environ.get("BENCH_DB_NAME", "bench_tele_profile"))
+    parser.add_argument("--statements", action="store_true", help="print the SQL statements of one steady report")
     args = parser.parse_args()
     url = database_url(args.database_url, args.db_name)
     admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {args.db_name} WITH (FORCE)")
     admin_sql(args.database_url, f"CREATE DATABASE {args.db_name}")
     os.environ.setdefault("DEBUG", "0")
     try:
-        [(name, token)] = prepare(url, 1)
+        hosts = prepare(url, args.hosts)
+        name = hosts[0][0]
         from django.core.wsgi import get_wsgi_application
         from django.db import connection
 
@@ -127,21 +130,38 @@ def main() -> None:
             statuses.append(status)
 
         def one(seq: int) -> None:
-            report = json.loads(body(name, seq, args.gpus, seq))
-            report["reports"][0]["instances"] = instance_readings(instance_ids, seq)
-            b"".join(app(environ(token, json.dumps(report).encode()), start_response))
+            host, host_token = hosts[seq % len(hosts)]
+            report = json.loads(body(host, seq, args.gpus, seq))
+            if host == name:
+                report["reports"][0]["instances"] = instance_readings(instance_ids, seq)
+            b"".join(app(environ(host_token, json.dumps(report).encode()), start_response))
 
-        for seq in range(1, 21):  # warm up: imports, connection, caches
+        for seq in range(1, 21 + len(hosts)):  # warm up: imports, connection, caches, every host's GPUs
             one(seq)
+        with connection.cursor() as cursor:  # the statistics autovacuum keeps on a fleet in steady state
+            cursor.execute("ANALYZE")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            [(backend,)] = cursor.fetchall()
+        db_cpu = cpu_seconds([backend]).get(backend)
         profiler = cProfile.Profile(time.process_time) if args.profile else None
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
-        for seq in range(21, 21 + args.reports):
+        for seq in range(21 + len(hosts), 21 + len(hosts) + args.reports):
             one(seq)
         if profiler:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        db_after = cpu_seconds([backend]).get(backend)
+        db_cpu = db_after - db_cpu if db_cpu is not None and db_after is not None else None
+        if args.statements:
+            from django.test.utils import CaptureQueriesContext
+
+            with CaptureQueriesContext(connection) as captured:
+                one(21 + len(hosts) + args.reports)
+            for query in captured.captured_queries:
+                print(f"{query['time']:>7} s  {query['sql'][:160]}")
         refused = [s for s in statuses if not s.startswith("200")]
         connection.close()
     finally:
@@ -150,7 +170,9 @@ def main() -> None:
         raise SystemExit(f"refused reports: {refused[:3]}")
     print(
         f"{args.reports} reports of {args.gpus} GPUs and {args.instances} instances on the real view: "
-        f"{cpu / args.reports * 1000:.2f} ms panel CPU per report, {wall / args.reports * 1000:.2f} ms wall"
+        f"{cpu / args.reports * 1000:.2f} ms panel CPU per report, "
+        + (f"{db_cpu / args.reports * 1000:.2f} ms database CPU, " if db_cpu is not None else "")
+        + f"{wall / args.reports * 1000:.2f} ms wall"
     )
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)

@@ -1,8 +1,118 @@
-"""Appending many rows at once, for the hot write paths (report ingest, the gateway's request log)."""
+"""Hot write paths (report ingest, the gateway's request log): rows in, without the ORM's per-call work.
+
+On PostgreSQL these statements run on a cursor that PostgreSQL prepares: parameters bound
+on the server (Django's default binds them into the text on the client, so every
+statement arrives as new text, to be parsed and planned again), ``%s`` turned into ``$n``
+once per statement text (psycopg does that itself only for statements of up to 50
+parameters), integers always sent as ``bigint`` (psycopg picks the smallest type that
+fits a value, and each mix of types would be prepared separately). Elsewhere (SQLite) the
+same calls run on Django's usual cursor.
+
+PostgreSQL keeps a generic plan for a prepared statement once it finds it no worse than
+planning each run, and plans again when the tables' statistics change (autovacuum's
+ANALYZE). The hot statements are lookups by key, whose plans do not depend on the values.
+"""
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache, lru_cache
+from typing import Any
+
 from django.db import connection, models
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+HOT_PREPARE_THRESHOLD = 5
+_PLACEHOLDER = re.compile(r"%(%|s)")
+
+
+@lru_cache(maxsize=1024)
+def numbered(sql: str) -> str:
+    """``sql`` with Django's ``%s`` placeholders as PostgreSQL's ``$1``, ``$2``... (and ``%%`` as ``%``)."""
+    count = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda match: "%" if match.group(1) == "%" else f"${next(count)}", sql)
+
+
+@cache
+def _cursor_class() -> type[Any]:
+    import psycopg
+    from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
+
+    class HotCursor(psycopg.RawCursor):  # type: ignore[misc]
+        """psycopg's raw-query cursor, taking the ``%s`` placeholders Django's SQL has."""
+
+        def __init__(self, raw: Any) -> None:
+            super().__init__(raw)
+            self.adapters.register_dumper(int, Int8Dumper)
+            self.adapters.register_dumper(int, Int8BinaryDumper)
+
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            # Prepared at once: every statement run here is one the connection runs again.
+            return super().execute(numbered(query), params, prepare=True, **kwargs)
+
+    return HotCursor
+
+
+@contextmanager
+def hot_cursor(db: Any = None) -> Iterator[Any]:
+    """A cursor for statements run hundreds of times a second with different values.
+
+    On PostgreSQL one ``HotCursor`` per connection, kept with it (its prepared statements
+    belong to the connection), wrapped as Django wraps its own, so database errors arrive
+    as Django's exceptions and ``CaptureQueriesContext`` sees the statements; elsewhere
+    Django's usual cursor.
+    """
+    db = db or connection
+    if db.vendor != "postgresql":
+        with db.cursor() as cursor:
+            yield cursor
+        return
+    db.ensure_connection()
+    raw = getattr(db, "_fleet_hot_cursor", None)
+    if raw is None or raw.connection is not db.connection or raw.closed:
+        if db.connection.prepare_threshold is None:
+            # Django turns preparation off for the connection; its own (client-side
+            # binding) cursors never prepare, so turning it on concerns these alone.
+            db.connection.prepare_threshold = HOT_PREPARE_THRESHOLD
+        raw = _cursor_class()(db.connection)
+        db._fleet_hot_cursor = raw
+    yield _HotDebugWrapper(raw, db) if db.queries_logged else db.make_cursor(raw)
+
+
+class _HotDebugWrapper(CursorDebugWrapper):
+    """Logs the statement as written (``%s`` placeholders): psycopg keeps no text of a prepared run."""
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        with self.debug_sql(sql, params):
+            return CursorWrapper.execute(self, sql, params)
+
+
+def _preparation(field: models.Field, vendor: str) -> Callable[[Any], Any] | None:
+    """How a column's Python value becomes a parameter, where it needs more than itself."""
+    if vendor == "postgresql" and isinstance(field, models.DateTimeField):
+        return None  # psycopg sends aware datetimes as timestamptz, as Django's preparation would
+    if vendor == "postgresql" and isinstance(field, models.JSONField) and field.encoder is None:
+        from psycopg.types.json import Jsonb
+
+        return Jsonb
+    if isinstance(field, models.DateTimeField | models.JSONField):
+        return lambda value: field.get_db_prep_save(value, connection)
+    return None
+
+
+@cache
+def _insert_plan(
+    model: type[models.Model], fields: tuple[str, ...], vendor: str
+) -> tuple[str, str, list[models.Field], list[tuple[int, Callable[[Any], Any]]]]:
+    meta = [model._meta.get_field(name) for name in fields]
+    quote = connection.ops.quote_name
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in meta)}) VALUES "
+    placeholders = f"({', '.join(['%s'] * len(fields))})"
+    prepare = [(index, how) for index, field in enumerate(meta) if (how := _preparation(field, vendor)) is not None]
+    return head, placeholders, meta, prepare
 
 
 def rows_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
@@ -11,23 +121,46 @@ def rows_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: lis
     ``bulk_create`` builds a model object per row and prepares every value of every row
     through its field; for a report of 8 GPUs that was a sizeable share of the request's
     CPU. Append-only rows (samples, request logs) hold plain numbers and strings already,
-    so only the columns that need it (times and JSON) go through their field's preparation.
+    so only times and JSON are prepared, and on PostgreSQL only JSON.
     """
     if not rows:
         return
-    meta = [model._meta.get_field(name) for name in fields]
-    prepare = [index for index, field in enumerate(meta) if isinstance(field, models.DateTimeField | models.JSONField)]
-    quote = connection.ops.quote_name
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in meta)}) VALUES "
-    placeholders = f"({', '.join(['%s'] * len(fields))})"
+    head, placeholders, meta, prepare = _insert_plan(model, fields, connection.vendor)
     size = connection.ops.bulk_batch_size(meta, rows) or len(rows)
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
             params: list[object] = []
             for row in chunk:
                 values = list(row)
-                for index in prepare:
-                    values[index] = meta[index].get_db_prep_save(values[index], connection)
+                for index, how in prepare:
+                    if values[index] is not None:
+                        values[index] = how(values[index])
                 params.extend(values)
             cursor.execute(head + ", ".join([placeholders] * len(chunk)), params)
+
+
+@cache
+def _update_sql(model: type[models.Model], names: tuple[str, ...], added: tuple[str, ...], count: int) -> str:
+    quote = connection.ops.quote_name
+    sets = [f"{quote(model._meta.get_field(name).column)} = %s" for name in names]
+    sets += [f"{quote(column)} = {quote(column)} + %s" for column in (model._meta.get_field(n).column for n in added)]
+    ids = ", ".join(["%s"] * count)
+    return f"UPDATE {quote(model._meta.db_table)} SET {', '.join(sets)} WHERE {quote(model._meta.pk.column)} IN ({ids})"
+
+
+def rows_update(
+    *, model: type[models.Model], pks: Sequence[int], values: dict[str, Any], add: dict[str, int] | None = None
+) -> None:
+    """``UPDATE ... SET`` the same values (and ``column = column + n`` for ``add``) on rows by id.
+
+    The statement's text depends only on the columns and the number of ids, so it is
+    built once; values go through their field's preparation.
+    """
+    add = add or {}
+    names = tuple(sorted(values))
+    added = tuple(sorted(add))
+    params = [model._meta.get_field(name).get_db_prep_save(values[name], connection) for name in names]
+    params += [add[name] for name in added]
+    with hot_cursor() as cursor:
+        cursor.execute(_update_sql(model, names, added, len(pks)), [*params, *pks])

@@ -13,8 +13,11 @@ one message per report batch, for the few browsers watching that node.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -46,16 +49,90 @@ def event_publish(*, kind: str, payload: dict[str, Any], groups: tuple[str, ...]
 
     Best effort: the database is the record and pages reload from it, so a channel layer
     that is down (Redis restarting) costs live updates, never the write that caused them.
+    With a shared layer (Redis) the event is handed to this process's publisher thread and
+    the caller goes on at once (``async_to_sync`` made a new event loop per call, half a
+    millisecond of a report's CPU); the in-process layer, whose listeners live on the
+    server's own loop, is sent to directly.
     """
     layer = get_channel_layer()
     if layer is None:
         return
     message = {"type": "fleet.event", "event": {"kind": kind, **payload}}
+    if not isinstance(layer, InMemoryChannelLayer):
+        _publisher().put(layer, groups, message)
+        return
     try:
         for group in groups:
             async_to_sync(layer.group_send)(group, message)
     except Exception as exc:
         logger.warning("fleet event %s not sent, channel layer unavailable: %s", kind, exc)
+
+
+class Publisher:
+    """One thread per process with its own event loop, sending events in the order given.
+
+    The queue is bounded: with the layer unreachable, events beyond ``PUBLISH_BACKLOG``
+    are dropped (and counted in the log) rather than held in memory.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, tuple[str, ...], dict[str, Any]]] = queue.SimpleQueue()
+        self._dropped = 0
+        self._thread = threading.Thread(target=self._run, name="fleet-events", daemon=True)
+        self._thread.start()
+
+    def put(self, layer: Any, groups: tuple[str, ...], message: dict[str, Any]) -> None:
+        if self._queue.qsize() >= PUBLISH_BACKLOG:
+            self._dropped += 1
+            if self._dropped % PUBLISH_BACKLOG == 1:
+                logger.warning("fleet events: %d dropped, the channel layer is not keeping up", self._dropped)
+            return
+        self._queue.put((layer, groups, message))
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        while True:
+            layer, groups, message = self._queue.get()
+            if isinstance(layer, _Marker):
+                layer.done.set()
+                continue
+            try:
+                for group in groups:
+                    loop.run_until_complete(layer.group_send(group, message))
+            except Exception as exc:
+                logger.warning("fleet event %s not sent, channel layer unavailable: %s", message["event"]["kind"], exc)
+
+    def idle(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every event handed over so far is sent (for tests and shutdown)."""
+        done = threading.Event()
+        self._queue.put((_Marker(done), (), {}))
+        return done.wait(timeout_s)
+
+
+def events_flush(timeout_s: float = 5.0) -> bool:
+    """Wait until this process's events handed to the publisher are sent; True if they were."""
+    publisher = _publishers.get(os.getpid())
+    return publisher is None or publisher.idle(timeout_s)
+
+
+@dataclass
+class _Marker:
+    done: threading.Event
+
+
+PUBLISH_BACKLOG = 10_000
+_publishers: dict[int, Publisher] = {}
+_publishers_lock = threading.Lock()
+
+
+def _publisher() -> Publisher:
+    """This process's publisher (a forked worker starts its own: threads do not survive fork)."""
+    pid = os.getpid()
+    publisher = _publishers.get(pid)
+    if publisher is None:
+        with _publishers_lock:
+            publisher = _publishers.setdefault(pid, Publisher())
+    return publisher
 
 
 @dataclass

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet import catalog
-from fleet.bulk import rows_insert
+from fleet.bulk import rows_insert, rows_update
 from fleet.events import event_publish, fleet_summary_add, node_group
 from fleet.models import (
     BatchJob,
@@ -127,15 +127,21 @@ def _mig_mode(reading: protocol.GpuSample) -> str:
 
 
 _node_gpus_query = PreparedValues(
-    lambda *, node, uuids: Gpu.objects.filter(Q(node_id=node) | Q(uuid__in=uuids)).values_list(
-        *(field.attname for field in Gpu._meta.concrete_fields)
+    lambda *, node, uuids: (
+        Gpu.objects.filter(Q(node_id=node) | Q(uuid__in=uuids))
+        .order_by()
+        .values_list(*(field.attname for field in Gpu._meta.concrete_fields))
     ),
     dicts=False,
 )
 
 
-def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
+def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> tuple[dict[str, Gpu], bool]:
     """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes.
+
+    Returns the node's GPUs by UUID and whether a GPU or MIG device was deleted (another
+    UUID now sits at a GPU's index, a card swapped, or a MIG layout changed); instances
+    placed on those lose their placement.
 
     One SELECT (compiled once, see ``PreparedValues``) finds both this node's GPUs and any
     reported UUID held by another node; a row is written only when the report differs
@@ -151,6 +157,7 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
     if taken:
         raise IngestError(403, "GPUs already registered to another node", taken)
     existing = {gpu.uuid: gpu for gpu in rows}
+    gone = False
     had_mig = {gpu.uuid for gpu in rows if gpu.mig_mode == Gpu.MigMode.ENABLED}
     for reading in gpus:
         values = dict(
@@ -162,7 +169,8 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
         )
         gpu = existing.get(reading.uuid)
         if gpu is None:
-            Gpu.objects.filter(node=node, index=reading.index).exclude(uuid=reading.uuid).delete()
+            deleted, _ = Gpu.objects.filter(node=node, index=reading.index).exclude(uuid=reading.uuid).delete()
+            gone = gone or deleted > 0
             try:
                 with transaction.atomic():
                     existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
@@ -173,13 +181,29 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> dict[str, Gpu]:
             for key, value in values.items():
                 setattr(gpu, key, value)
     mig_gpus = [existing[r.uuid] for r in gpus if r.mig_devices or r.uuid in had_mig or r.mig_enabled]
-    if mig_gpus:
-        _sync_mig_devices(mig_gpus, {r.uuid: r.mig_devices for r in gpus})
-    return existing
+    if mig_gpus and _sync_mig_devices(mig_gpus, {r.uuid: r.mig_devices for r in gpus}):
+        gone = True
+    return existing, gone
 
 
-def _sync_mig_devices(gpus: list[Gpu], reported: dict[str, list[protocol.MigDevice]]) -> None:
-    """Bring the MIG devices of ``gpus`` in line with the report, writing only what changed."""
+def _forget_placements(rows: dict[int, dict[str, Any]]) -> None:
+    """Drop placements on GPUs or MIG devices deleted since ``rows`` were read (a card swapped).
+
+    The database set them to NULL; the rows must say so too, or the instance events
+    written next would name a device that no longer exists.
+    """
+    gpus = set(Gpu.objects.filter(pk__in={r["gpu_id"] for r in rows.values()} - {None}).values_list("pk", flat=True))
+    migs = {r["mig_device_id"] for r in rows.values()} - {None}
+    migs = set(MigDevice.objects.filter(pk__in=migs).values_list("pk", flat=True))
+    for row in rows.values():
+        if row["gpu_id"] is not None and row["gpu_id"] not in gpus:
+            row.update(gpu_id=None, gpu__uuid=None)
+        if row["mig_device_id"] is not None and row["mig_device_id"] not in migs:
+            row.update(mig_device_id=None, mig_device__uuid=None)
+
+
+def _sync_mig_devices(gpus: list[Gpu], reported: dict[str, list[protocol.MigDevice]]) -> bool:
+    """Bring the MIG devices of ``gpus`` in line with the report, writing only what changed; True if any went."""
     current = {device.uuid: device for device in MigDevice.objects.filter(gpu__in=gpus)}
     wanted: set[str] = set()
     for gpu in gpus:
@@ -198,6 +222,7 @@ def _sync_mig_devices(gpus: list[Gpu], reported: dict[str, list[protocol.MigDevi
     gone = [row.pk for uuid, row in current.items() if uuid not in wanted]
     if gone:
         MigDevice.objects.filter(pk__in=gone).delete()
+    return bool(gone)
 
 
 _GPU_SAMPLE_FIELDS = (
@@ -379,7 +404,7 @@ def _apply_instance_states(
     if events:
         InstanceEvent.objects.bulk_create(events)
     for changes, pks in writes.items():
-        Instance.objects.filter(pk__in=pks).update(**dict(changes))
+        rows_update(model=Instance, pks=pks, values=dict(changes))
     return changed
 
 
@@ -507,7 +532,9 @@ def _store(
 ) -> Stored:
     """Write the reports' samples (one INSERT per table) and the node's newest state."""
     newest = reports[-1]
-    gpus = _sync_gpus(node, newest.gpus)
+    gpus, gone = _sync_gpus(node, newest.gpus)
+    if gone:
+        _forget_placements(rows)
     stored = Stored()
     # Live chart labels: node/index, and simulated hardware says so wherever it appears.
     suffix = " (simulated)" if simulated else ""
@@ -535,17 +562,21 @@ def _store(
     stored.ended = _apply_batch_job_states(node, jobs) if jobs else []
     _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped], orphans)
     _record_orphans(node, _when(newest.sampled_at), newest.containers, orphans)
-    Node.objects.filter(pk=node.pk).update(
-        last_seq=newest.seq,
-        last_seen_at=timezone.now(),
-        status=Node.Status.ONLINE,
-        address=newest.host.hostname,
-        agent_version=newest.host.agent_version,
-        nvml_available=newest.host.nvml_available,
-        nvml_reason=newest.host.nvml_reason,
-        runtime_reason=newest.host.runtime_reason,
-        containers=[container.model_dump() for container in newest.containers],
-        reports_dropped=F("reports_dropped") + dropped,
+    rows_update(
+        model=Node,
+        pks=[node.pk],
+        values=dict(
+            last_seq=newest.seq,
+            last_seen_at=timezone.now(),
+            status=Node.Status.ONLINE,
+            address=newest.host.hostname,
+            agent_version=newest.host.agent_version,
+            nvml_available=newest.host.nvml_available,
+            nvml_reason=newest.host.nvml_reason,
+            runtime_reason=newest.host.runtime_reason,
+            containers=[container.model_dump() for container in newest.containers],
+        ),
+        add={"reports_dropped": dropped},
     )
     stored.gpu_samples = len(gpu_rows)
     return stored

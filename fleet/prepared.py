@@ -18,6 +18,8 @@ from typing import Any
 from django.db import connections
 from django.db.models import QuerySet
 
+from fleet.bulk import hot_cursor
+
 # Marker values stand where the parameters go; they must differ from every constant a
 # query compiles in, which negative ids and NUL-prefixed strings do.
 _INT_MARKER = -(10**15)
@@ -56,7 +58,7 @@ class PreparedValues:
         for position, name, index in slots:
             values[position] = params[name] if index is None else params[name][index]
         connection = connections[using]
-        with connection.cursor() as cursor:
+        with hot_cursor(connection) as cursor:
             cursor.execute(sql, values)
             rows = cursor.fetchall()
         if converters:

@@ -345,10 +345,15 @@ def savings_compute(
         )
         .values_list("pk", flat=True)
     )
+    held_from: dict[int, datetime] = {}
+    for row in window.allocations:
+        if row.gpu_id not in held_from or row.start < held_from[row.gpu_id]:
+            held_from[row.gpu_id] = row.start
     spans = {}
     for gpu_id in gpu_ids:
         firsts = [run[0] for run in window.up.get(gpu_id, [])]
-        firsts += [row.start for row in window.allocations if row.gpu_id == gpu_id]
+        if gpu_id in held_from:
+            firsts.append(held_from[gpu_id])
         spans[gpu_id] = (start if gpu_id in seen_before else min(firsts), end)
     lines = baseline_lines(spans=spans, gpus=window.gpus, prices=price_book(currency=currency))
     with localcontext(CONTEXT):

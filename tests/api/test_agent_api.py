@@ -182,6 +182,14 @@ def test_reports_out_of_order_are_refused(agent: Agent) -> None:
             "cumulative counts must not decrease",
         ),
         (lambda b: b["reports"][0].update(gpus=[gpu_reading(index=i, uuid=f"G{i}") for i in range(65)]), "at most 64"),
+        (
+            lambda b: b["reports"][1].update(gpus=[gpu_reading(0, "GPU-x"), gpu_reading(0, "GPU-y")]),
+            "GPU index reported more than once: 0",
+        ),
+        (
+            lambda b: b["reports"][1].update(gpus=[gpu_reading(0, "GPU-x"), gpu_reading(1, "GPU-x")]),
+            "GPU uuid reported more than once: GPU-x",
+        ),
     ],
 )
 def test_malformed_reports_are_refused_whole_with_a_reason(agent: Agent, mutate: Any, message: str) -> None:
@@ -309,6 +317,21 @@ def test_a_node_cannot_report_instances_placed_elsewhere(agent: Agent, client: C
     assert stored() == (1, 0, 0)  # only gpu-b's own GPU
     elsewhere.refresh_from_db()
     assert elsewhere.actual_state == "pending"
+
+
+def test_a_swapped_card_drops_the_placements_on_the_old_one_and_stores_the_report(agent: Agent) -> None:
+    agent.post(batch("gpu-a", report(1)))
+    old = Gpu.objects.get(node=agent.node)
+    instance = make_instance(make_pool(), old)
+    # The card at index 0 was replaced (new UUID) while the agent still reports the instance.
+    response = agent.post(batch("gpu-a", report(2, [gpu_reading(0, "GPU-new-0")], [instance_sample(instance)])))
+    assert response.status_code == 200, response.content
+    assert list(Gpu.objects.filter(node=agent.node).values_list("uuid", flat=True)) == ["GPU-new-0"]
+    instance.refresh_from_db()
+    assert (instance.gpu_id, instance.actual_state) == (None, "ready")
+    assert list(InstanceEvent.objects.values_list("instance_id", "gpu_id")) == [(instance.pk, None)]
+    [desired] = response.json()["desired"]
+    assert desired["spec"].get("gpu_uuids", []) == []
 
 
 def test_the_reply_carries_the_desired_state_with_generations(agent: Agent) -> None:
