@@ -49,6 +49,7 @@ T = TypeVar("T")
 KEY_PREFIX = "gfk_"
 JSON = b"application/json"
 PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+WAKE_FAILED_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -185,10 +186,23 @@ class Gateway:
         assert self._executor is not None
 
         def call() -> T:
-            from django.db import close_old_connections
+            from django.db import DatabaseError, DataError, IntegrityError, connection
 
-            close_old_connections()
-            return function(**kwargs)
+            # This thread's connection is kept for the life of the process: it serves the
+            # gateway's background work alone, and reconnecting every call (what the
+            # connection age does under CONN_MAX_AGE=0) cost more than the work itself (on
+            # SQLite, a WAL checkpoint each close). A call that failed on the connection
+            # (not on the data) closes it, so the next one starts on a fresh one.
+            connection.close_if_unusable_or_obsolete()
+            try:
+                return function(**kwargs)
+            except DatabaseError as exc:
+                if not isinstance(exc, DataError | IntegrityError):
+                    with contextlib.suppress(DatabaseError):
+                        connection.close()
+                raise
+            finally:
+                connection.close_at = None
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
@@ -456,12 +470,14 @@ class Gateway:
             )
         )
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda done: self._wake_done(done, pool_id))
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _wake_done(self, task: asyncio.Task[Any], pool_id: int) -> None:
+        """A failed wake-up (the database busy or away) is tried again a second later, not a retry period later."""
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("gateway wake-up failed", exc_info=task.exception())
+            self._wake_sent[pool_id] = time.monotonic() - self.config.wake_retry_s + WAKE_FAILED_RETRY_S
+            logger.error("gateway wake-up of pool %s failed; trying again", pool_id, exc_info=task.exception())
 
     async def _hold(self, routed: Routed) -> Upstream | None:
         """Wait for capacity, bounded in time; None when the wait ran out."""

@@ -139,3 +139,33 @@ def test_past_the_bounded_queue_requests_are_refused_at_once(
     assert [future.result(timeout=10).status_code for future in futures] == [503, 503]
     executor.shutdown()
     assert len(live.logs()) == 3
+
+
+def test_a_wake_up_the_database_refused_is_tried_again_within_the_wait(
+    live_gateway: Callable[..., LiveGateway], api_key: str, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet import services
+
+    node = make_node()
+    node.status = "online"
+    node.save()
+    pool = make_routed_pool("chat-l")
+    instance = Instance.objects.create(
+        pool=pool, gpu=make_gpu(node, 0), desired_state="stopped", actual_state="stopped"
+    )
+    real_wake, calls = services.pool_wake, []
+
+    def flaky_wake(**kwargs: object) -> object:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OperationalError("database table is locked: fleet_instance")
+        return real_wake(**kwargs)
+
+    monkeypatch.setattr(services, "pool_wake", flaky_wake)
+    live = live_gateway(hold_timeout_s=10, wake_retry_s=30)
+    executor, futures = post_all(live, api_key, 1)
+    wait_for(lambda: Instance.objects.get(pk=instance.pk).desired_state == "running", timeout=5)
+    assert len(calls) == 2 and calls[1] - calls[0] < 3  # not a 30 s retry period later
+    unlocked(lambda: Instance.objects.filter(pk=instance.pk).update(actual_state="ready", endpoint=stub.base_url))
+    assert futures[0].result(timeout=10).status_code == 200
+    executor.shutdown()
