@@ -61,7 +61,8 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
     from django.core.management import call_command
     from django.db import connection
 
-    from fleet.models import Gpu, Instance, InstanceEvent, ModelProfile, Node, Pool
+    from fleet.models import Gpu, Instance, InstanceEvent, ModelProfile, Node, Pool, RollupWatermark
+    from fleet.rollups import days_rollup, floor_day
 
     took: dict[str, float] = {}
     started = time.perf_counter()
@@ -159,7 +160,19 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
             hour = until
         took["fleet_gpusample"] = time.perf_counter() - started
         started = time.perf_counter()
-        for table in ("fleet_gpusample", "fleet_gpuminute", "fleet_gpuhour", "fleet_poolminute", "fleet_poolhour"):
+        # Day rollups of the complete days, by the rollup task's own function, and its watermark.
+        days_rollup(start=floor_day(start), end=floor_day(now))
+        RollupWatermark.objects.update_or_create(name="day", defaults={"done_until": floor_day(now)})
+        took["fleet_gpuday"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for table in (
+            "fleet_gpusample",
+            "fleet_gpuminute",
+            "fleet_gpuhour",
+            "fleet_gpuday",
+            "fleet_poolminute",
+            "fleet_poolhour",
+        ):
             cursor.execute(f"VACUUM ANALYZE {table}")
         took["vacuum analyze"] = time.perf_counter() - started
     return took

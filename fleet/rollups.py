@@ -6,7 +6,9 @@ hour can be recomputed after its raw samples are pruned. Each window is recomput
 idempotent: running a window twice gives the same rows. A watermark per resolution says
 how far the rollup is complete; ingest pulls the minute watermark back when a batch of
 late reports lands (an agent flushing its buffer after the panel was away), and the minute
-task pulls the hour watermark back over whatever minutes it recomputes.
+task pulls the hour watermark back over whatever minutes it recomputes. Day rollups (what
+spend over weeks and months reads) are summed from hour rollups once a UTC day is
+complete, and again from the first day any hour is recomputed in.
 
 Arithmetic, chosen so no figure is invented:
 
@@ -29,19 +31,22 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Avg, Count, Min, Sum
+from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from agents.scrape import histogram_quantile
-from fleet.models import GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
+from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
 from fleet.models.telemetry import GpuRollup, PoolRollup
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 MAX_GAP_S = 60.0
 ROLLUP_LAG = timedelta(seconds=30)
 CHUNK_MINUTES = 10
@@ -51,6 +56,11 @@ QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 def floor_minute(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
+
+
+def floor_day(at: datetime) -> datetime:
+    """Start of the UTC day of ``at``: day rollups are UTC days, as hour rollups are UTC hours."""
+    return at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def floor_hour(at: datetime) -> datetime:
@@ -354,6 +364,34 @@ def pool_hours_compute(*, start: datetime, end: datetime) -> list[PoolHour]:
     ]
 
 
+def gpu_days_compute(*, start: datetime, end: datetime) -> list[GpuDay]:
+    """Per-GPU day rollups of the hour rollups in [start, end) (whole UTC days), not yet saved.
+
+    Summed in the database: a day is the hours in which the GPU reported, from the first
+    of them, their samples, and the mean of their duty cycles.
+    """
+    grouped = (
+        GpuHour.objects.filter(bucket__gte=start, bucket__lt=end, samples__gt=0)
+        .annotate(day=TruncDay("bucket", tzinfo=UTC))
+        .values("gpu_id", "day")
+        .annotate(first=Min("bucket"), n=Count("id"), mean=Avg("utilization_mean"), weight=Sum("samples"))
+        .values_list("gpu_id", "day", "first", "n", "mean", "weight")
+    )
+    return [
+        GpuDay(gpu_id=gpu_id, bucket=day, first_hour=first, hours=n, samples=weight, utilization_mean=mean)
+        for gpu_id, day, first, n, mean, weight in grouped
+    ]
+
+
+def days_rollup(*, start: datetime, end: datetime) -> int:
+    """Recompute every day rollup in [start, end) from hour rollups; returns the rows written."""
+    with transaction.atomic():
+        rows = gpu_days_compute(start=start, end=end)
+        GpuDay.objects.filter(bucket__gte=start, bucket__lt=end).delete()
+        GpuDay.objects.bulk_create(rows, batch_size=2000)
+    return len(rows)
+
+
 # ---- windows, watermarks, tasks ------------------------------------------------------------
 
 
@@ -434,11 +472,18 @@ def rollup_hours_run(*, now: datetime | None = None) -> dict[str, Any]:
             return {"hours": 0, "rows": 0}
         mark = _watermark("hour", floor_hour(minute_mark))
         end = floor_hour(minute_mark) + HOUR
-        rows = hours_rollup(start=mark.done_until, end=end)
-        hours = int((end - mark.done_until) / HOUR)
+        recomputed_from = mark.done_until
+        rows = hours_rollup(start=recomputed_from, end=end)
+        hours = int((end - recomputed_from) / HOUR)
         mark.done_until = floor_hour(minute_mark)
         mark.save(update_fields=["done_until"])
-    return {"hours": hours, "rows": rows}
+        # Days whose every hour is done, again from the first day an hour was recomputed in.
+        day_mark = _watermark("day", floor_day(recomputed_from))
+        day_from, day_to = min(day_mark.done_until, floor_day(recomputed_from)), floor_day(mark.done_until)
+        days = days_rollup(start=day_from, end=day_to) if day_from < day_to else 0
+        day_mark.done_until = max(day_from, day_to)
+        day_mark.save(update_fields=["done_until"])
+    return {"hours": hours, "rows": rows, "day_rows": days}
 
 
 def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
@@ -451,6 +496,7 @@ def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
         GpuMinute: ("bucket", now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)),
         PoolMinute: ("bucket", now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)),
         GpuHour: ("bucket", now - timedelta(days=settings.TELEMETRY_HOUR_RETENTION_DAYS)),
+        GpuDay: ("bucket", now - timedelta(days=settings.TELEMETRY_HOUR_RETENTION_DAYS)),
         PoolHour: ("bucket", now - timedelta(days=settings.TELEMETRY_HOUR_RETENTION_DAYS)),
     }
     return {

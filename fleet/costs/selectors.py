@@ -40,6 +40,7 @@ from fleet.costs.teams import Basis, UsageSource, team_shares
 from fleet.models import (
     Budget,
     Gpu,
+    GpuDay,
     GpuHour,
     GpuMinute,
     GpuSample,
@@ -53,7 +54,7 @@ from fleet.models import (
     PriceRate,
     RollupWatermark,
 )
-from fleet.rollups import MAX_GAP_S, floor_hour, floor_minute, series_pairs
+from fleet.rollups import DAY, MAX_GAP_S, floor_day, floor_hour, floor_minute, series_pairs
 
 PERIODS = ("day", "week", "month")
 
@@ -201,6 +202,10 @@ def _rollup_periods(
     exact for a GPU that reported throughout, and where a period has gaps its up time is
     right but placed from its first bucket. A month of a thousand GPUs is 30,000 rows.
     """
+    if width == HOUR and until - first > PERIOD_AFTER[HOUR]:
+        days = _day_periods(first, until)
+        if days is not None:
+            return days
     rows = model.objects.filter(bucket__gte=floor_hour(first) if width == HOUR else floor_minute(first))
     rows = rows.filter(bucket__lt=until, samples__gt=0)
     if until - first > PERIOD_AFTER[width]:
@@ -214,6 +219,29 @@ def _rollup_periods(
         .annotate(**aggregate)
         .values_list("gpu_id", "first", "n", "mean", "weight")
     ]
+
+
+def _day_periods(first: datetime, until: datetime) -> list[tuple[int, datetime, timedelta, float | None, int]] | None:
+    """Hour periods of [first, until) with every complete day inside it read from day rollups.
+
+    The same rows summing hour rollups per day gives (``GpuDay`` is that sum, kept), for
+    the days the ``day`` watermark says are done; the hours either side are summed as
+    before. None when no whole rolled-up day lies inside.
+    """
+    done = RollupWatermark.objects.filter(name="day").values_list("done_until", flat=True).first()
+    day_from = floor_day(first) + (DAY if floor_day(first) < first else timedelta(0))
+    day_to = min(floor_day(until), done) if done is not None else day_from
+    if day_to <= day_from:
+        return None
+    days = [
+        (gpu_id, first_hour, hours * HOUR, mean, samples)
+        for gpu_id, first_hour, hours, mean, samples in GpuDay.objects.filter(
+            bucket__gte=day_from, bucket__lt=day_to
+        ).values_list("gpu_id", "first_hour", "hours", "utilization_mean", "samples")
+    ]
+    before = _rollup_periods(GpuHour, HOUR, first, day_from) if first < day_from else []
+    after = _rollup_periods(GpuHour, HOUR, day_to, until) if day_to < until else []
+    return before + days + after
 
 
 def gpu_activity(

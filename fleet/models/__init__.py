@@ -8,6 +8,7 @@ from fleet.models.policies import Decision, Policy
 from fleet.models.serving import Instance, InstanceEvent, ModelProfile, Pool
 from fleet.models.teams import ApiKey, Team
 from fleet.models.telemetry import (
+    GpuDay,
     GpuHour,
     GpuMinute,
     GpuSample,
@@ -26,6 +27,7 @@ __all__ = [
     "Budget",
     "Decision",
     "Gpu",
+    "GpuDay",
     "GpuHour",
     "GpuMinute",
     "GpuSample",

@@ -132,6 +132,28 @@ class GpuHour(GpuRollup):
         indexes = [models.Index(fields=["bucket"], name="gpu_hour_bucket")]
 
 
+class GpuDay(models.Model):
+    """One GPU over one UTC day, summed from its hour rollups: what spend over weeks and months reads.
+
+    A month of a thousand GPUs is 30,000 of these, where summing hour rows per day meant
+    scanning 720,000. Only complete days are written (the ``day`` watermark).
+    """
+
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="+", db_index=False)
+    bucket = models.DateTimeField(help_text="Start of the day (UTC).")
+    first_hour = models.DateTimeField(help_text="The first hour of the day in which the GPU reported.")
+    hours = models.PositiveSmallIntegerField(help_text="Hours of the day in which the GPU reported.")
+    samples = models.PositiveIntegerField(help_text="Raw samples behind the hours.")
+    utilization_mean = models.FloatField(null=True, help_text="Mean of the hours' duty cycles, 0-100.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["gpu", "bucket"], name="gpu_day_unique")]
+        indexes = [models.Index(fields=["bucket"], name="gpu_day_bucket")]
+
+    def __str__(self) -> str:
+        return f"gpu {self.gpu_id} on {self.bucket:%Y-%m-%d}"
+
+
 class PoolRollup(models.Model):
     """One pool's instances over one bucket: queue, KV cache, traffic and merged latency buckets.
 

@@ -6,12 +6,14 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import Tiers, cost_per_million_tokens, savings_compute, spend_report
-from fleet.models import GpuMinute, GpuSample, InstanceSample, RollupWatermark
-from fleet.rollups import floor_hour, rollup_hours_run, rollup_minutes_run
+from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, RollupWatermark
+from fleet.rollups import days_rollup, floor_hour, rollup_hours_run, rollup_minutes_run
 from tests.costs.history import gpu_samples, instance_samples, price, states, utc
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
@@ -100,3 +102,33 @@ def test_a_gpu_seen_only_in_rollups_before_the_period_counts_in_the_baseline_fro
     gpu_samples(gpu, utc(2024, 3, 1, 9), end, every_s=60, utilization=0.0)
     # Seen before the period (in a rollup), so the baseline counts it from 08:00: 2 h x 1.00.
     assert cents(savings_compute(start=start, end=end).baseline) == "2.00"
+
+
+def test_whole_days_read_from_day_rollups_give_the_money_hours_give() -> None:
+    price(GPU, "2.0000", date(2024, 1, 1))
+    node = make_node()
+    held, free = make_gpu(node, 0, model_name=GPU), make_gpu(node, 1, model_name=GPU)
+    instance = make_instance(make_pool(), held)
+    first = utc(2024, 5, 1)
+    states(instance, (first + timedelta(hours=5), "ready"), (first + timedelta(days=2, hours=7), "stopped"))
+    hours = []
+    for n in range(3 * 24):
+        at = first + timedelta(hours=n)
+        hours.append(GpuHour(gpu=held, bucket=at, samples=720, utilization_mean=float(n % 24) * 4))
+        if n % 5 == 0:  # the free card reports now and then
+            hours.append(GpuHour(gpu=free, bucket=at, samples=60, utilization_mean=None))
+    GpuHour.objects.bulk_create(hours)
+    RollupWatermark.objects.create(name="minute", done_until=first + timedelta(days=4))
+    RollupWatermark.objects.create(name="hour", done_until=first + timedelta(days=4))
+    window = (first + timedelta(hours=6, minutes=30), first + timedelta(days=2, hours=20))
+
+    from_hours = summary(*window), savings_compute(start=window[0], end=window[1]).baseline
+    days_rollup(start=first, end=first + timedelta(days=3))
+    RollupWatermark.objects.create(name="day", done_until=first + timedelta(days=3))
+    with CaptureQueriesContext(connection) as captured:
+        from_days = summary(*window), savings_compute(start=window[0], end=window[1]).baseline
+
+    assert any("fleet_gpuday" in query["sql"] for query in captured.captured_queries)
+    assert GpuDay.objects.count() == 6  # two cards, three days; the window holds one whole day
+    assert from_days == from_hours
+    assert from_hours[0][0] != "0.00"

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from fleet import rollups
-from fleet.models import GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
+from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -182,3 +182,38 @@ def test_ingest_of_a_late_batch_pulls_the_watermark_back() -> None:
     fresh_mark = RollupWatermark.objects.get(name="minute").done_until
     rollups.rollup_reopen(since=timezone.now())
     assert RollupWatermark.objects.get(name="minute").done_until == fresh_mark
+
+
+def test_day_rollups_sum_complete_days_and_follow_hours_recomputed_after_late_reports() -> None:
+    gpu = make_gpu(make_node())
+    midnight = datetime(2026, 3, 2, tzinfo=UTC)
+
+    def hour(h: int, util: float, samples: int = 720) -> GpuHour:
+        return GpuHour(gpu=gpu, bucket=midnight + timedelta(hours=h), samples=samples, utilization_mean=util)
+
+    # Mar 1 from 22:00: 20 and 40; Mar 2: 10 at 03:00, an hour of no samples at 04:00, 50 at 23:00; Mar 3 02:00: 90.
+    GpuHour.objects.bulk_create([hour(-2, 20.0), hour(-1, 40.0), hour(3, 10.0), hour(4, 0.0, 0), hour(23, 50.0)])
+    GpuHour.objects.bulk_create([hour(26, 90.0)])
+    RollupWatermark.objects.create(name="minute", done_until=midnight + timedelta(hours=26, minutes=30))
+    RollupWatermark.objects.create(name="hour", done_until=midnight - timedelta(hours=2))
+    RollupWatermark.objects.create(name="day", done_until=midnight - timedelta(days=1))
+    # The hour task recomputes hours from minutes; give it minutes that reproduce the rows above.
+    for row in GpuHour.objects.all():
+        GpuMinute.objects.create(gpu=gpu, bucket=row.bucket, samples=row.samples, utilization_mean=row.utilization_mean)
+
+    result = rollups.rollup_hours_run(now=midnight + timedelta(hours=27))
+
+    days = {day.bucket: (day.first_hour, day.hours, day.samples, day.utilization_mean) for day in GpuDay.objects.all()}
+    assert days == {
+        midnight - timedelta(days=1): (midnight - timedelta(hours=2), 2, 1440, pytest.approx(30.0)),
+        midnight: (midnight + timedelta(hours=3), 2, 1440, pytest.approx(30.0)),  # the empty hour is no hour
+    }  # Mar 3 is not over: no row yet
+    assert result["day_rows"] == 2
+    assert RollupWatermark.objects.get(name="day").done_until == midnight + timedelta(days=1)
+
+    # A late report for Mar 2 03:00 recomputes that hour, and so that day, at the next run.
+    GpuMinute.objects.filter(bucket=midnight + timedelta(hours=3)).update(utilization_mean=70.0)
+    RollupWatermark.objects.filter(name="hour").update(done_until=midnight + timedelta(hours=3))
+    rollups.rollup_hours_run(now=midnight + timedelta(hours=27))
+    assert GpuDay.objects.get(bucket=midnight).utilization_mean == pytest.approx(60.0)
+    assert GpuDay.objects.get(bucket=midnight - timedelta(days=1)).utilization_mean == pytest.approx(30.0)
