@@ -35,7 +35,16 @@ def test_every_fleet_admin_page_renders(admin_client: Client, model: type) -> No
 
 def test_every_fleet_model_but_telemetry_is_in_the_admin() -> None:
     """Samples and rollups are too many to page through; the dashboard charts them instead."""
-    telemetry = {"GpuSample", "InstanceSample", "GpuMinute", "GpuHour", "PoolMinute", "PoolHour", "RollupWatermark"}
+    telemetry = {
+        "GpuSample",
+        "InstanceSample",
+        "GpuMinute",
+        "GpuHour",
+        "GpuDay",
+        "PoolMinute",
+        "PoolHour",
+        "RollupWatermark",
+    }
     assert {model.__name__ for model in FLEET_MODELS} == {
         model.__name__ for model in apps.get_app_config("fleet").get_models()
     } - telemetry
