@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dashboard.views import PLOTLY_JS, PLOTLY_JS_VERSION
-from fleet.models import Alert, AlertRule, BatchJob, Budget, Decision, Team
+from fleet.models import Alert, AlertRule, BatchJob, Budget, Decision, PoolHour, Team
+from fleet.rollups import HOUR, floor_hour, pool_hours_compute
 from tests.costs.history import price, states
 from tests.dashboard.history import gpu_rollups, pool_rollup, request
 from tests.factories import make_gpu, make_instance, make_node, make_pool
@@ -37,6 +38,9 @@ def fleet() -> dict[str, object]:
     states(instance, (now - timedelta(minutes=40), "starting"), (now - timedelta(minutes=39), "ready"))
     for i in range(5):
         pool_rollup(pool, now - timedelta(minutes=10 - i), requests=20, fast=i != 4)
+    # And the hour rows the rollup task makes of those minutes: a page reads complete hours
+    # from hour rollups, so in the first minutes of an hour these minutes are an hour ago.
+    PoolHour.objects.bulk_create(pool_hours_compute(start=floor_hour(now) - HOUR, end=floor_hour(now) + HOUR))
     Decision.objects.create(
         policy_kind="autoscale", pool=pool, action="scale_out", reason="P95 over the SLA for 3 windows"
     )
