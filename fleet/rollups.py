@@ -36,7 +36,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg, Count, Min, Sum
+from django.db.models import Avg, Count, F, Min, Sum
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
@@ -364,22 +364,30 @@ def pool_hours_compute(*, start: datetime, end: datetime) -> list[PoolHour]:
     ]
 
 
-def gpu_days_compute(*, start: datetime, end: datetime) -> list[GpuDay]:
-    """Per-GPU day rollups of the hour rollups in [start, end) (whole UTC days), not yet saved.
-
-    Summed in the database: a day is the hours in which the GPU reported, from the first
-    of them, their samples, and the mean of their duty cycles.
+def gpu_period_sums(
+    model: type[GpuHour] | type[GpuMinute], *, start: datetime, end: datetime, period: Any = None
+) -> Any:
+    """Per GPU and period (a ``Trunc`` of the bucket, or each bucket when None), summed in the
+    database over the buckets in [start, end) in which the GPU reported: (gpu, period, first
+    bucket, buckets, mean of their duty cycles, raw samples). Day rollups store these sums
+    over hours; spend reads them for the parts of a range no day rollup covers.
     """
-    grouped = (
-        GpuHour.objects.filter(bucket__gte=start, bucket__lt=end, samples__gt=0)
-        .annotate(day=TruncDay("bucket", tzinfo=UTC))
-        .values("gpu_id", "day")
+    rows = model.objects.filter(bucket__gte=start, bucket__lt=end, samples__gt=0)
+    return (
+        rows.annotate(period=period or F("bucket"))
+        .values("gpu_id", "period")
         .annotate(first=Min("bucket"), n=Count("id"), mean=Avg("utilization_mean"), weight=Sum("samples"))
-        .values_list("gpu_id", "day", "first", "n", "mean", "weight")
+        .values_list("gpu_id", "period", "first", "n", "mean", "weight")
     )
+
+
+def gpu_days_compute(*, start: datetime, end: datetime) -> list[GpuDay]:
+    """Per-GPU day rollups of the hour rollups in [start, end) (whole UTC days), not yet saved."""
     return [
         GpuDay(gpu_id=gpu_id, bucket=day, first_hour=first, hours=n, samples=weight, utilization_mean=mean)
-        for gpu_id, day, first, n, mean, weight in grouped
+        for gpu_id, day, first, n, mean, weight in gpu_period_sums(
+            GpuHour, start=start, end=end, period=TruncDay("bucket", tzinfo=UTC)
+        )
     ]
 
 
@@ -387,15 +395,16 @@ def days_rollup(*, start: datetime, end: datetime) -> int:
     """Recompute every day rollup in [start, end) from hour rollups; returns the rows written."""
     with transaction.atomic():
         rows = gpu_days_compute(start=start, end=end)
-        GpuDay.objects.filter(bucket__gte=start, bucket__lt=end).delete()
-        GpuDay.objects.bulk_create(rows, batch_size=2000)
+        _replace(GpuDay, rows, start, end)
     return len(rows)
 
 
 # ---- windows, watermarks, tasks ------------------------------------------------------------
 
 
-def _replace(model: type[GpuRollup] | type[PoolRollup], rows: list[Any], start: datetime, end: datetime) -> None:
+def _replace(
+    model: type[GpuRollup] | type[PoolRollup] | type[GpuDay], rows: list[Any], start: datetime, end: datetime
+) -> None:
     model.objects.filter(bucket__gte=start, bucket__lt=end).delete()
     model.objects.bulk_create(rows, batch_size=2000)
 

@@ -10,7 +10,7 @@ from decimal import Decimal, localcontext
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import Avg, Count, Exists, F, Min, OuterRef, Subquery, Sum
+from django.db.models import Exists, OuterRef, Subquery
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
@@ -54,7 +54,7 @@ from fleet.models import (
     PriceRate,
     RollupWatermark,
 )
-from fleet.rollups import DAY, MAX_GAP_S, floor_day, floor_hour, floor_minute, series_pairs
+from fleet.rollups import DAY, MAX_GAP_S, floor_day, floor_hour, floor_minute, gpu_period_sums, series_pairs
 
 PERIODS = ("day", "week", "month")
 
@@ -206,18 +206,11 @@ def _rollup_periods(
         days = _day_periods(first, until)
         if days is not None:
             return days
-    rows = model.objects.filter(bucket__gte=floor_hour(first) if width == HOUR else floor_minute(first))
-    rows = rows.filter(bucket__lt=until, samples__gt=0)
-    if until - first > PERIOD_AFTER[width]:
-        grouped = rows.annotate(period=PERIOD_TRUNC[width]("bucket", tzinfo=UTC))
-    else:
-        grouped = rows.annotate(period=F("bucket"))
-    aggregate = {"first": Min("bucket"), "n": Count("id"), "mean": Avg("utilization_mean"), "weight": Sum("samples")}
+    period = PERIOD_TRUNC[width]("bucket", tzinfo=UTC) if until - first > PERIOD_AFTER[width] else None
+    start = floor_hour(first) if width == HOUR else floor_minute(first)
     return [
         (gpu_id, begin, n * width, mean, weight)
-        for gpu_id, begin, n, mean, weight in grouped.values("gpu_id", "period")
-        .annotate(**aggregate)
-        .values_list("gpu_id", "first", "n", "mean", "weight")
+        for gpu_id, _, begin, n, mean, weight in gpu_period_sums(model, start=start, end=until, period=period)
     ]
 
 
