@@ -142,11 +142,12 @@ def test_decisions_filter_by_kind_pool_and_range() -> None:
     chat, code = make_pool("chat-l"), make_pool("code-m", tier="M")
     for kind, pool in (("autoscale", chat), ("idle", chat), ("autoscale", code)):
         Decision.objects.create(policy_kind=kind, pool=pool, action="scale_out", reason=f"{kind} on {pool.name}")
+    Decision.objects.filter(pool=chat).update(created_at=NOW - timedelta(hours=1))
     Decision.objects.filter(pool=code).update(created_at=NOW - timedelta(days=3))
-    day = pages.time_range_parse(params={"range": "24h"})
+    day = pages.time_range_parse(params={"range": "24h"}, now=NOW)
     assert {d.reason for d in pages.decisions_filtered(time_range=day)} == {"autoscale on chat-l", "idle on chat-l"}
     assert [d.reason for d in pages.decisions_filtered(time_range=day, kind="idle")] == ["idle on chat-l"]
-    week = pages.time_range_parse(params={"range": "7d"})
+    week = pages.time_range_parse(params={"range": "7d"}, now=NOW)
     assert [d.reason for d in pages.decisions_filtered(time_range=week, pool_id=code.pk)] == ["autoscale on code-m"]
 
 
