@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from fleet.gateway.app import Gateway, GatewayConfig
+from fleet.gateway.server import server_config
 from fleet.models import Instance, ModelProfile, Pool, RequestLog, Team
 from fleet.services import api_key_create
 from tests.support.openai_stub import OpenAIStub
@@ -22,15 +23,12 @@ FAST = GatewayConfig(refresh_s=0.1, held_refresh_s=0.05, log_flush_s=0.1, hold_t
 
 
 class LiveGateway:
-    """A gateway served by uvicorn on 127.0.0.1, as clients reach it in production."""
+    """A gateway served on 127.0.0.1 as ``python -m fleet.gateway`` serves it, as clients reach it in production."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.port = free_port()
-        config = uvicorn.Config(
-            gateway, host="127.0.0.1", port=self.port, lifespan="on", log_level="warning", ws="none"
-        )
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(gateway, host="127.0.0.1", port=self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="gateway")
 
     @property
