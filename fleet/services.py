@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from fleet.bulk import rows_insert
+from fleet.bulk import rows_insert, rows_update
 from fleet.events import FLEET_GROUP, event_publish, pool_group
 from fleet.models import (
     ApiKey,
@@ -323,19 +323,48 @@ REQUEST_LOG_FIELDS = (
 
 
 def request_logs_write(*, records: Sequence[RequestRecord]) -> int:
-    """Store a batch of gateway request records in one insert and mark their keys used."""
+    """Store a batch of gateway request records in one insert and mark their keys used.
+
+    A record may name a pool, instance or team deleted since its request: the row is kept
+    and the link dropped. Looking every link up costs three queries a batch for what
+    almost never happens, so a batch written in its own transaction goes in as it is and
+    the database's foreign keys, checked at commit, say when one was deleted; then the
+    batch is written again with the links looked up. Inside a caller's transaction the
+    commit is not this function's, so it looks them up first.
+    """
     if not records:
         return 0
-    # Rows may name a pool, instance or team deleted since the request; keep the row, drop the link.
-    pools = set(Pool.objects.filter(pk__in={r.pool_id for r in records}).values_list("pk", flat=True))
-    instances = set(Instance.objects.filter(pk__in={r.instance_id for r in records}).values_list("pk", flat=True))
-    teams = set(Team.objects.filter(pk__in={r.team_id for r in records}).values_list("pk", flat=True))
+    if not connection.in_atomic_block:
+        try:
+            with transaction.atomic():
+                _request_logs_store(records, existing=None)
+            return len(records)
+        except IntegrityError:
+            pass
+    with transaction.atomic():
+        _request_logs_store(records, existing=_request_log_links(records))
+    return len(records)
+
+
+def _request_log_links(records: Sequence[RequestRecord]) -> tuple[set[int], set[int], set[int]]:
+    """The pools, instances and teams named by ``records`` that still exist."""
+    return (
+        set(Pool.objects.filter(pk__in={r.pool_id for r in records}).values_list("pk", flat=True)),
+        set(Instance.objects.filter(pk__in={r.instance_id for r in records}).values_list("pk", flat=True)),
+        set(Team.objects.filter(pk__in={r.team_id for r in records}).values_list("pk", flat=True)),
+    )
+
+
+def _request_logs_store(
+    records: Sequence[RequestRecord], *, existing: tuple[set[int], set[int], set[int]] | None
+) -> None:
+    """Insert ``records`` as plain rows; with ``existing``, links to anything else become empty."""
     rows = [
         (
             datetime.fromtimestamp(record.at, tz=UTC),
-            record.team_id if record.team_id in teams else None,
-            record.pool_id if record.pool_id in pools else None,
-            record.instance_id if record.instance_id in instances else None,
+            record.team_id,
+            record.pool_id,
+            record.instance_id,
             record.endpoint,
             record.model[:100],
             record.rcf,
@@ -353,13 +382,24 @@ def request_logs_write(*, records: Sequence[RequestRecord]) -> int:
         )
         for record in records
     ]
+    if existing is not None:
+        pools, instances, teams = existing
+        rows = [
+            (
+                at,
+                team if team in teams else None,
+                pool if pool in pools else None,
+                instance if instance in instances else None,
+                *rest,
+            )
+            for at, team, pool, instance, *rest in rows
+        ]
     last_used: dict[int, float] = {}
     for record in records:
         last_used[record.key_id] = max(record.at, last_used.get(record.key_id, 0.0))
-    # Plain rows, no model objects: this runs on the gateway's database thread, and every
-    # millisecond it holds the interpreter is a millisecond the event loop waits.
-    with transaction.atomic():
-        rows_insert(model=RequestLog, fields=REQUEST_LOG_FIELDS, rows=rows)
-        for key_id, at in last_used.items():
-            ApiKey.objects.filter(pk=key_id).update(last_used_at=datetime.fromtimestamp(at, tz=UTC))
-    return len(rows)
+    # Plain rows and statements, no model objects or querysets: this runs on the gateway's
+    # database thread, and every millisecond it holds the interpreter is a millisecond the
+    # event loop waits.
+    rows_insert(model=RequestLog, fields=REQUEST_LOG_FIELDS, rows=rows)
+    for key_id, at in last_used.items():
+        rows_update(model=ApiKey, pks=[key_id], values={"last_used_at": datetime.fromtimestamp(at, tz=UTC)})

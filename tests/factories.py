@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleet.gateway.accounting import RequestRecord
 from fleet.models import Gpu, Instance, ModelProfile, Node, Policy, Pool, PriceRate
 from fleet.presets import presets_install
 from fleet.services import node_create
@@ -58,3 +59,30 @@ def inline_management(prefix: str) -> dict[str, str]:
         f"{prefix}-MIN_NUM_FORMS": "0",
         f"{prefix}-MAX_NUM_FORMS": "1000",
     }
+
+
+def make_request_record(**changes: Any) -> RequestRecord:
+    """A gateway request record of a plain chat request answered 200, with ``changes``."""
+    values: dict[str, Any] = dict(
+        at=0.0,
+        key_id=1,
+        team_id=1,
+        pool_id=None,
+        instance_id=None,
+        endpoint="chat",
+        model="stub-model",
+        rcf=1.0,
+        tier="L",
+        stream=False,
+        prompt_tokens=12,
+        output_tokens=3,
+        tokens_from_usage=True,
+        ttft_ms=None,
+        latency_ms=1.0,
+        status=200,
+        cold_start=False,
+        retried=False,
+        error="",
+    )
+    values.update(changes)
+    return RequestRecord(**values)

@@ -7,7 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from fleet.gateway.accounting import RequestRecord, RequestRecorder
+from fleet.gateway.accounting import RequestRecorder
+from tests.factories import make_request_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,34 +32,10 @@ def test_v1_paths_reach_the_gateway_and_others_reach_django() -> None:
     assert b"<form" in django.content
 
 
-def record(at: float) -> RequestRecord:
-    return RequestRecord(
-        at=at,
-        key_id=1,
-        team_id=1,
-        pool_id=None,
-        instance_id=None,
-        endpoint="chat",
-        model="m",
-        rcf=1.0,
-        tier="L",
-        stream=False,
-        prompt_tokens=1,
-        output_tokens=1,
-        tokens_from_usage=True,
-        ttft_ms=None,
-        latency_ms=1.0,
-        status=200,
-        cold_start=False,
-        retried=False,
-        error="",
-    )
-
-
 def test_the_log_queue_is_bounded_and_counts_what_it_drops() -> None:
     recorder = RequestRecorder(max_pending=3)
     for at in range(5):
-        recorder.record(record(float(at)))
+        recorder.record(make_request_record(at=float(at)))
 
     assert (len(recorder), recorder.dropped) == (3, 2)
     assert [item.at for item in recorder.take(2)] == [0.0, 1.0]
