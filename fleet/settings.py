@@ -204,6 +204,10 @@ GATEWAY_LOG_FLUSH_S = envfloat("GATEWAY_LOG_FLUSH_S", 0.25)
 # for that long; 0.5 ms keeps its p99 near the p50. 0 leaves Python's default.
 GATEWAY_SWITCH_INTERVAL_S = envfloat("GATEWAY_SWITCH_INTERVAL_S", 0.0005)
 GATEWAY_LOG_MAX_PENDING = envint("GATEWAY_LOG_MAX_PENDING", 50_000)
+# A dedicated gateway (python -m fleet.gateway) does its database work (routing refresh,
+# request log, wake-ups) in a worker process, out of the way of its event loop; 0 keeps it
+# on a thread of the serving process, as the panel's own /v1/ mount always does.
+GATEWAY_DB_PROCESS = envbool("GATEWAY_DB_PROCESS", "1")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

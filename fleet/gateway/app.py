@@ -3,7 +3,8 @@
 Why not a Django view: Django's request path costs milliseconds, the gateway's budget is
 half of one. Here a request touches no database: it reads the in-memory routing table
 (refreshed by a background task), talks to vLLM over kept-alive connections, and queues
-its log record for a background batch writer. All ORM work runs on one dedicated thread.
+its log record for a background batch writer. All ORM work runs on one database worker:
+a process of its own in a dedicated gateway, a thread in the panel's mount.
 
 Routing: the request's RCF picks a tier; the tier's fallback order (``FALLBACK``) lists
 the pools to try, without any pool whose ``max_model_len`` the request exceeds; within a
@@ -23,13 +24,15 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fleet.gateway import worker
 from fleet.gateway.accounting import RequestRecord, RequestRecorder
 from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
 from fleet.gateway.protocol import ApiError, ParsedRequest, SseRelay, load_json, parse_chat, parse_completion
@@ -70,6 +73,7 @@ class GatewayConfig:
     switch_interval_s: float = 0.0005
     log_max_pending: int = 50_000
     log_batch: int = 2_000
+    db_process: bool = False
 
     @classmethod
     def from_settings(cls) -> GatewayConfig:
@@ -134,7 +138,7 @@ class Gateway:
         self._background: list[asyncio.Task[None]] = []
         self._changed: asyncio.Future[None] | None = None
         self._starting: asyncio.Future[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Executor | None = None
         self._upstreams: UpstreamPool | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -150,7 +154,7 @@ class Gateway:
             # The ORM thread must not hold the interpreter for Python's default 5 ms while
             # requests wait; process-wide, which suits a process that serves requests.
             sys.setswitchinterval(min(sys.getswitchinterval(), self.config.switch_interval_s))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        self._executor = self._db_executor()
         self._upstreams = UpstreamPool(
             connect_timeout_s=self.config.connect_timeout_s,
             header_timeout_s=self.config.upstream_timeout_s,
@@ -164,6 +168,22 @@ class Gateway:
         self._background = [loop.create_task(self._refresh_loop()), loop.create_task(self._flush_loop())]
         self._starting.set_result(None)
 
+    def _db_executor(self) -> Executor:
+        """The database worker: a process of its own where ``db_process`` says so, else a thread.
+
+        ORM work is Python, and Python run on a second thread of the serving process takes
+        the interpreter from the event loop: every routing-table refresh and request-log
+        batch held up the requests that arrived meanwhile by milliseconds (the tail of the
+        latency). A worker process runs it beside the event loop instead; only pickled
+        arguments and results cross. The panel's own mount keeps the thread: it serves
+        Django's pages in the same process anyway, and its tests' database is the test's.
+        """
+        if self.config.db_process:
+            return ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=worker.start
+            )
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+
     async def stop(self) -> None:
         """Stop the background tasks, write the queued log records, close connections."""
         for task in self._background:
@@ -175,36 +195,30 @@ class Gateway:
         if self._upstreams is not None:
             await self._upstreams.close()
         if self._executor is not None:
-            from django.db import connections
+            if isinstance(self._executor, ThreadPoolExecutor):
+                from django.db import connections
 
-            await self._db(connections.close_all)
+                await self._db(connections.close_all)
             self._executor.shutdown(wait=True)
         self._starting = None
 
     async def _db(self, function: Callable[..., T], **kwargs: Any) -> T:
-        """Run ORM work on the gateway's one database thread, never on the event loop."""
-        assert self._executor is not None
+        """Run ORM work on the gateway's database worker, never on the event loop.
 
-        def call() -> T:
-            from django.db import DatabaseError, DataError, IntegrityError, connection
-
-            # This thread's connection is kept for the life of the process: it serves the
-            # gateway's background work alone, and reconnecting every call (what the
-            # connection age does under CONN_MAX_AGE=0) cost more than the work itself (on
-            # SQLite, a WAL checkpoint each close). A call that failed on the connection
-            # (not on the data) closes it, so the next one starts on a fresh one.
-            connection.close_if_unusable_or_obsolete()
-            try:
-                return function(**kwargs)
-            except DatabaseError as exc:
-                if not isinstance(exc, DataError | IntegrityError):
-                    with contextlib.suppress(DatabaseError):
-                        connection.close()
-                raise
-            finally:
-                connection.close_at = None
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        A worker process that died (killed, out of memory) is replaced and the call tried
+        once on the new one.
+        """
+        executor = self._executor
+        assert executor is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, worker.call, function, kwargs)
+        except BrokenExecutor:
+            if self._executor is executor:
+                logger.error("the gateway's database worker died; starting another")
+                executor.shutdown(wait=False)
+                self._executor = self._db_executor()
+            return await loop.run_in_executor(self._executor, worker.call, function, kwargs)
 
     async def refresh(self) -> None:
         """Swap in a fresh routing table and release held requests to look again."""
@@ -458,11 +472,9 @@ class Gateway:
         self._wake_sent[pool_id] = now
         pool = self.table.pools.get(pool_id)
         name = pool.name if pool else str(pool_id)
-        from fleet.services import pool_wake
-
         task = asyncio.get_running_loop().create_task(
             self._db(
-                pool_wake,
+                worker.pool_wake,
                 pool_id=pool_id,
                 reason=f"gateway holds a tier {routed.tier} request for {routed.request.model} and pool {name} "
                 "has no ready instance",

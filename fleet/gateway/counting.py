@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ class EstimateCounter:
     def count(self, text: str) -> int:
         return -(-len(text) // CHARS_PER_TOKEN)
 
+    def __reduce__(self) -> str:
+        return "ESTIMATE"
+
 
 class TokenizerCounter:
     """Counts with a Hugging Face ``tokenizer.json``, as vLLM will."""
@@ -54,6 +57,14 @@ class TokenizerCounter:
             # Lone surrogates (valid JSON escapes, invalid UTF-8) cannot cross into Rust.
             encoding = self._tokenizer.encode(text.encode("utf-8", "replace").decode(), add_special_tokens=False)
         return len(encoding.ids)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """A routing table built in the gateway's database worker travels with the path alone.
+
+        The receiving process loads the file once (``counter_for`` caches it), instead of
+        a pickle of the whole vocabulary arriving with every refresh.
+        """
+        return counter_for, (self.path,)
 
 
 ESTIMATE = EstimateCounter()

@@ -23,7 +23,11 @@ FAST = GatewayConfig(refresh_s=0.1, held_refresh_s=0.05, log_flush_s=0.1, hold_t
 
 
 class LiveGateway:
-    """A gateway served on 127.0.0.1 as ``python -m fleet.gateway`` serves it, as clients reach it in production."""
+    """A gateway served on 127.0.0.1 with the dedicated gateway's protocol, as clients reach it in production.
+
+    Its database worker is a thread, so it sees the test's database; ``test_db_process``
+    runs ``python -m fleet.gateway`` with its worker process.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
