@@ -320,8 +320,12 @@ async def measure_gateway(args: argparse.Namespace, ports: dict[str, int], token
     at500 = {name: await measure(name, port, CHAT, token, 500, seconds) for name, port in targets}
     print("Highest rate with p99 < 50 ms and no errors (rising steps):", flush=True)
     best = {
-        "direct": await sustained("direct", ports["stub"], CHAT, token, [500, 1000, 1500, 2000, 3000], steps),
-        "gateway": await sustained("gateway", ports["gateway"], CHAT, token, [250, 500, 750, 1000, 1500, 2000], steps),
+        "direct": await sustained(
+            "direct", ports["stub"], CHAT, token, [500, 1000, 1500, 2000, 3000, 4000, 6000], steps
+        ),
+        "gateway": await sustained(
+            "gateway", ports["gateway"], CHAT, token, [250, 500, 750, 1000, 1500, 2000, 2500, 3000, 4000], steps
+        ),
     }
     return at50, at500, best
 

@@ -1,7 +1,7 @@
 """A dedicated gateway does its database work in a worker process, and outlives that worker.
 
-``python -m fleet.gateway`` is run for real, on a SQLite file of its own (the worker is a
-separate process, so it cannot see the test's database), in front of the stub upstream.
+``python -m fleet.gateway`` is run for real, on a database of its own (the worker is a
+separate process, so it cannot see the test's), in front of the stub upstream.
 """
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import secrets
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -92,17 +95,69 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+ScratchDatabase = tuple[dict[str, str], Callable[[], int]]
+
+
+@dataclass
+class Dedicated:
+    process: subprocess.Popen[bytes]
+    url: str
+    key: str
+    env: dict[str, str]
+    logged: Callable[[], int]
+
+
 @pytest.fixture
-def dedicated_gateway(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, str, dict[str, str], Path]]:
-    """``python -m fleet.gateway`` on a migrated SQLite file with one ready stub instance and a key."""
+def gateway_database(tmp_path: Path) -> Iterator[ScratchDatabase]:
+    """A database of the gateway's own, and a count of its request-log rows.
+
+    A scratch database on the suite's PostgreSQL where ``DATABASE_URL`` names one, else a
+    SQLite file: the worker is a process of its own and cannot see the test's database.
+    """
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        path = tmp_path / "fleet.sqlite3"
+
+        def sqlite_rows() -> int:
+            with sqlite3.connect(path, timeout=10) as db:
+                return int(db.execute("SELECT count(*) FROM fleet_requestlog").fetchone()[0])
+
+        yield {"FLEET_VAR_DIR": str(tmp_path)}, sqlite_rows
+        return
+    import psycopg
+
+    name = f"gateway_worker_{secrets.token_hex(4)}"
+    server = urlsplit(url)
+    scratch = urlunsplit(server._replace(path=f"/{name}"))
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def postgres_rows() -> int:
+        with psycopg.connect(scratch) as db:
+            row = db.execute("SELECT count(*) FROM fleet_requestlog").fetchone()
+            return int(row[0]) if row else 0
+
+    try:
+        yield {"DATABASE_URL": scratch}, postgres_rows
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dedicated_gateway(
+    tmp_path: Path, gateway_database: tuple[dict[str, str], Callable[[], int]]
+) -> Iterator[Dedicated]:
+    """``python -m fleet.gateway`` on a migrated database with one ready stub instance and a key."""
+    database, logged = gateway_database
     stub = OpenAIStub().start()
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
-        FLEET_VAR_DIR=str(tmp_path),
         DJANGO_SETTINGS_MODULE="fleet.settings",
         GATEWAY_REFRESH_S="0.2",
         GATEWAY_LOG_FLUSH_S="0.1",
         PYTHONPATH=str(ROOT),
+        **database,
     )
     manage(env, "migrate", "--noinput", "-v", "0")
     key = manage(env, "shell", "-c", SETUP.format(model=STUB_MODEL, endpoint=stub.base_url, team="research"))
@@ -122,7 +177,7 @@ def dedicated_gateway(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
                 return False
 
         wait_for(answers, "the gateway did not start")
-        yield process, url, key, env, tmp_path / "fleet.sqlite3"
+        yield Dedicated(process, url, key, env, logged)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -134,34 +189,28 @@ def dedicated_gateway(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
         stub.stop()
 
 
-def logged(database: Path) -> int:
-    with sqlite3.connect(database, timeout=10) as db:
-        return int(db.execute("SELECT count(*) FROM fleet_requestlog").fetchone()[0])
-
-
 def chat(url: str, key: str) -> int:
     body = {"model": STUB_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}).status_code
 
 
 @pytest.mark.services
-def test_the_database_work_runs_in_a_worker_process_that_is_replaced_when_it_dies(
-    dedicated_gateway: tuple[subprocess.Popen[bytes], str, str, dict[str, str], Path],
-) -> None:
-    process, url, key, env, database = dedicated_gateway
-    [worker] = workers(process.pid)
+def test_the_database_work_runs_in_a_worker_process_that_is_replaced_when_it_dies(dedicated_gateway: Dedicated) -> None:
+    gateway = dedicated_gateway
+    url, key = gateway.url, gateway.key
+    [worker] = workers(gateway.process.pid)
 
     assert [chat(url, key) for _ in range(20)] == [200] * 20
-    wait_for(lambda: logged(database) == 20, "the worker did not write the request log")
+    wait_for(lambda: gateway.logged() == 20, "the worker did not write the request log")
 
     # A key made after the start works from a refresh, which the worker reads.
-    late = manage(env, "shell", "-c", NEW_KEY)
+    late = manage(gateway.env, "shell", "-c", NEW_KEY)
     wait_for(lambda: chat(url, late) == 200, "the worker's refresh did not bring the new key")
-    wait_for(lambda: logged(database) == 21, "the worker did not write the new key's request")
+    wait_for(lambda: gateway.logged() == 21, "the worker did not write the new key's request")
 
     os.kill(worker, signal.SIGKILL)
     # Requests never wait for the worker: they are served while it is gone.
     assert [chat(url, key) for _ in range(10)] == [200] * 10
-    wait_for(lambda: workers(process.pid) not in ([], [worker]), "no new worker was started")
-    wait_for(lambda: logged(database) == 31, "records queued while the worker was away were not written")
-    assert process.poll() is None
+    wait_for(lambda: workers(gateway.process.pid) not in ([], [worker]), "no new worker was started")
+    wait_for(lambda: gateway.logged() == 31, "records queued while the worker was away were not written")
+    assert gateway.process.poll() is None
