@@ -11,7 +11,9 @@ figures are the proxies' own cost. Everything runs on loopback in one go:
 3. the highest rate each sustains with p99 < 50 ms and no errors (rising steps).
 
 Added latency = the proxy's percentile minus the direct percentile at the same rate in
-the same run. LiteLLM runs only inside a network namespace that has nothing but
+the same run. Server CPU = CPU time the server's processes used (the gateway's with its
+database worker, the stub's alone when direct) over the requests sent, which holds on a
+busy machine where latencies do not. LiteLLM runs only inside a network namespace that has nothing but
 loopback (``make bench-gateway`` makes one), because it reaches for the internet.
 
     python bench/gateway_latency.py [--seconds 8] [--no-litellm]
@@ -47,6 +49,9 @@ from tests.support.vllm_server import free_port  # noqa: E402
 
 MODEL = "stub-model"
 PR_SET_TIMERSLACK = 29
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Port -> process id of the server behind it, for the CPU each request costs it.
+SERVERS: dict[int, int] = {}
 SLO_P99_MS = 50.0
 LITELLM_ENV = {
     "LITELLM_OFFLINE_MODE": "true",
@@ -74,6 +79,7 @@ class Result:
     p99_ms: float
     achieved: float
     late_p99_ms: float = 0.0
+    cpu_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,8 +106,12 @@ class Client:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def send(self) -> bool:
-        if self.idle:
+        while self.idle:
             reader, writer = self.idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                break
+            # The server closed it while idle (its keep-alive timeout), as any client sees happen.
+            writer.close()
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         try:
@@ -198,7 +208,10 @@ async def open_loop(client: Client, rate: float, seconds: float) -> tuple[list[f
 async def measure(target: str, port: int, path: bytes, token: str, rate: float, seconds: float) -> Result:
     client = Client(port, path, token)
     await open_loop(client, min(rate, 200), 1.0)  # warm connections and caches
+    server = SERVERS.get(port)
+    cpu_before = tree_cpu_s(server) if server else 0.0
     latencies, errors, achieved, late_p99 = await open_loop(client, rate, seconds)
+    cpu_ms = (tree_cpu_s(server) - cpu_before) * 1000 / max(1, len(latencies) + errors) if server else None
     client.close()
     if not latencies:
         return Result(target, rate, errors, errors, float("inf"), float("inf"), 0.0)
@@ -211,7 +224,25 @@ async def measure(target: str, port: int, path: bytes, token: str, rate: float, 
         percentile(latencies, 0.99),
         achieved,
         late_p99,
+        cpu_ms,
     )
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) used so far by ``pid`` and the processes it started.
+
+    The gateway's figure includes its database worker; the direct one is the stub's own.
+    """
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+    return total
 
 
 def wait_http(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
@@ -292,7 +323,7 @@ async def sustained(target: str, port: int, path: bytes, token: str, rates: list
         result = await measure(target, port, path, token, rate, seconds)
         print(
             f"  {target:8} {rate:6.0f}/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-            f"errors {result.errors}  {'ok' if result.ok else 'over'}",
+            f"errors {result.errors}  CPU {result.cpu_ms or 0:.3f} ms/request  {'ok' if result.ok else 'over'}",
             flush=True,
         )
         if not result.ok:
@@ -305,7 +336,7 @@ def row(name: str, result: Result, base: Result) -> str:
     return (
         f"| {name} | {result.rate:.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
         f"{result.p50_ms - base.p50_ms:+.2f} | {result.p99_ms - base.p99_ms:+.2f} | {result.errors} | "
-        f"{result.late_p99_ms:.3f} |"
+        f"{result.late_p99_ms:.3f} | {'' if result.cpu_ms is None else f'{result.cpu_ms:.3f}'} |"
     )
 
 
@@ -341,8 +372,11 @@ async def measure_litellm(args: argparse.Namespace, ports: dict[str, int], token
 
 def report(measured: Measured, litellm: bool) -> None:
     at50, at500, best = measured
-    print("\n| path | rate (req/s) | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | sent late, p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| path | rate (req/s) | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | sent late, p99 ms "
+        "| server CPU ms/request |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, result in at50.items():
         base = at50["direct (LiteLLM phase)"] if name == "litellm" else at50["direct"]
         print(row(name, result, base))
@@ -405,11 +439,13 @@ def main() -> None:
             }
         )
         stub_cmd = [sys.executable, str(REPO / "tests" / "support" / "openai_stub.py"), "--port", str(ports["stub"])]
-        with process(stub_cmd, env, work / "stub.log"):
+        with process(stub_cmd, env, work / "stub.log") as stub:
+            SERVERS[ports["stub"]] = stub.pid
             wait_port(ports["stub"], 10)
             token = prepare_database(env, ports["stub"])
             gateway_cmd = [sys.executable, "-m", "fleet.gateway", "--port", str(ports["gateway"])]
-            with process(gateway_cmd, {**env, "PYTHONPATH": str(REPO)}, work / "gateway.log"):
+            with process(gateway_cmd, {**env, "PYTHONPATH": str(REPO)}, work / "gateway.log") as gateway:
+                SERVERS[ports["gateway"]] = gateway.pid
                 wait_http(f"http://127.0.0.1:{ports['gateway']}/v1/models", 30, {"authorization": f"Bearer {token}"})
                 measured = run_loop(measure_gateway(args, ports, token))
                 if litellm:
@@ -426,7 +462,8 @@ def main() -> None:
                         str(ports["litellm"]),
                     ]
                     litellm_env = {**env, **LITELLM_ENV, "LITELLM_MASTER_KEY": LITELLM_KEY}
-                    with process(command, litellm_env, work / "litellm.log"):
+                    with process(command, litellm_env, work / "litellm.log") as proxy:
+                        SERVERS[ports["litellm"]] = proxy.pid
                         try:
                             wait_http(f"http://127.0.0.1:{ports['litellm']}/health/liveliness", 180)
                         except RuntimeError:

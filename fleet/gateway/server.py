@@ -18,6 +18,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+KEEP_ALIVE_S = 75
+
 
 class CoalescingTransport:
     """A transport whose writes within one event-loop step leave as one write."""
@@ -83,4 +85,8 @@ def server_config(app: Any, *, host: str, port: int, log_level: str = "warning")
         # Proxy-header parsing and the Server header cost tens of microseconds a request; unused here.
         proxy_headers=False,
         server_header=False,
+        # Longer than the idle timeout of the load balancers in front (60 s is the usual):
+        # a server that closes an idle connection first races the balancer's next request
+        # on it, which the client then sees fail.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
