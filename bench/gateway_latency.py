@@ -13,8 +13,9 @@ figures are the proxies' own cost. Everything runs on loopback in one go:
 Added latency = the proxy's percentile minus the direct percentile at the same rate in
 the same run. Server CPU = CPU time the server's processes used (the gateway's with its
 database worker, the stub's alone when direct) over the requests sent, which holds on a
-busy machine where latencies do not. LiteLLM runs only inside a network namespace that has nothing but
-loopback (``make bench-gateway`` makes one), because it reaches for the internet.
+busy machine where latencies do not. LiteLLM runs only inside a network namespace that
+has nothing but loopback (``make bench-gateway`` makes one), because it reaches for the
+internet.
 
     python bench/gateway_latency.py [--seconds 8] [--no-litellm]
 """
@@ -45,11 +46,14 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest import cpu_seconds, cpu_spent, server_pids  # noqa: E402
+
 from tests.support.vllm_server import free_port  # noqa: E402
 
 MODEL = "stub-model"
 PR_SET_TIMERSLACK = 29
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Port -> process id of the server behind it, for the CPU each request costs it.
 SERVERS: dict[int, int] = {}
 SLO_P99_MS = 50.0
@@ -209,9 +213,12 @@ async def measure(target: str, port: int, path: bytes, token: str, rate: float, 
     client = Client(port, path, token)
     await open_loop(client, min(rate, 200), 1.0)  # warm connections and caches
     server = SERVERS.get(port)
-    cpu_before = tree_cpu_s(server) if server else 0.0
+    cpu_before = cpu_seconds(server_pids(server)) if server else {}
     latencies, errors, achieved, late_p99 = await open_loop(client, rate, seconds)
-    cpu_ms = (tree_cpu_s(server) - cpu_before) * 1000 / max(1, len(latencies) + errors) if server else None
+    cpu_ms = None
+    if server:
+        spent = cpu_spent(cpu_before, cpu_seconds(server_pids(server)))
+        cpu_ms = spent * 1000 / max(1, len(latencies) + errors)
     client.close()
     if not latencies:
         return Result(target, rate, errors, errors, float("inf"), float("inf"), 0.0)
@@ -226,23 +233,6 @@ async def measure(target: str, port: int, path: bytes, token: str, rate: float, 
         late_p99,
         cpu_ms,
     )
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) used so far by ``pid`` and the processes it started.
-
-    The gateway's figure includes its database worker; the direct one is the stub's own.
-    """
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending.extend(int(child) for child in (task / "children").read_text().split())
-    return total
 
 
 def wait_http(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:

@@ -137,7 +137,7 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 def server_pids(master: int) -> list[int]:
-    """The gunicorn master and its workers."""
+    """A server process and the processes it started (gunicorn's workers, the gateway's database worker)."""
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     return [master, *map(int, children)]
 

@@ -359,12 +359,17 @@ def _request_logs_store(
     records: Sequence[RequestRecord], *, existing: tuple[set[int], set[int], set[int]] | None
 ) -> None:
     """Insert ``records`` as plain rows; with ``existing``, links to anything else become empty."""
+    pools, instances, teams = existing or (None, None, None)
+
+    def link(pk: int | None, present: set[int] | None) -> int | None:
+        return pk if present is None or pk in present else None
+
     rows = [
         (
             datetime.fromtimestamp(record.at, tz=UTC),
-            record.team_id,
-            record.pool_id,
-            record.instance_id,
+            link(record.team_id, teams),
+            link(record.pool_id, pools),
+            link(record.instance_id, instances),
             record.endpoint,
             record.model[:100],
             record.rcf,
@@ -382,24 +387,12 @@ def _request_logs_store(
         )
         for record in records
     ]
-    if existing is not None:
-        pools, instances, teams = existing
-        rows = [
-            (
-                at,
-                team if team in teams else None,
-                pool if pool in pools else None,
-                instance if instance in instances else None,
-                *rest,
-            )
-            for at, team, pool, instance, *rest in rows
-        ]
     last_used: dict[int, float] = {}
     for record in records:
         last_used[record.key_id] = max(record.at, last_used.get(record.key_id, 0.0))
     # Plain rows and statements, no model objects or querysets: this runs on the gateway's
-    # database thread, and every millisecond it holds the interpreter is a millisecond the
-    # event loop waits.
+    # database worker, which in the panel's mount is a thread, and every millisecond it holds
+    # the interpreter there is a millisecond the event loop waits.
     rows_insert(model=RequestLog, fields=REQUEST_LOG_FIELDS, rows=rows)
     for key_id, at in last_used.items():
         rows_update(model=ApiKey, pks=[key_id], values={"last_used_at": datetime.fromtimestamp(at, tz=UTC)})

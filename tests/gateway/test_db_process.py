@@ -29,6 +29,7 @@ from fleet.gateway.upstream import Target
 from fleet.policies.routing import RoutingSettings
 from tests.gateway.conftest import STUB_MODEL
 from tests.support.openai_stub import OpenAIStub
+from tests.support.processes import process_stop
 from tests.support.vllm_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,12 +180,7 @@ def dedicated_gateway(
         wait_for(answers, "the gateway did not start")
         yield Dedicated(process, url, key, env, logged)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        process_stop(process, grace_s=15)
         log.close()
         stub.stop()
 

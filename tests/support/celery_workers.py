@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.db import connection
 
+from tests.support.processes import process_stop
 from tests.support.require import require
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -50,10 +51,6 @@ def celery_processes(commands: Sequence[Sequence[str]], *, env: Mapping[str, str
         for process in processes:
             process.terminate()
         for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                # Seen once in CI: beat sat on SIGTERM for over 30 s after the test had
-                # finished. What the tests check is done by then; don't leave it running.
-                process.kill()
-                process.wait(timeout=10)
+            # Beat once sat on SIGTERM for good (its sync handler ran a query inside another
+            # on the same connection); what the tests check is done by then.
+            process_stop(process, grace_s=30)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import process_stop
 from tests.support.vllm_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,9 +66,4 @@ def panel_process(database_url: str, log: Path, *, port: int | None = None, **en
                 time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        process_stop(process, grace_s=10)
