@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
-WHEELHOUSE ?= var/wheelhouse
+WHEELHOUSE ?= $(or $(AGENT_WHEELHOUSE),var/wheelhouse)
 
-.PHONY: run serve test lint format migrate admin bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
+.PHONY: run serve test lint format migrate admin static bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,17 @@ migrate: $(VENV)/.runtime
 admin: migrate
 	$(BIN)/python manage.py fleet_admin
 
+# The admin's and the dashboard's static files into STATIC_ROOT, which the app's WhiteNoise serves.
+static: $(VENV)/.runtime
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+
 # The demo: the panel with simulated GPU hosts and a real Azure trace replayed through its gateway.
 # DEMO_ARGS passes options, e.g. DEMO_ARGS="--trace code --speedup 4 --hosts 3".
 DEMO_ARGS ?=
-run: $(VENV)/.runtime
+run: $(VENV)/.runtime $(WHEELHOUSE)/.complete
 	$(BIN)/python manage.py demo --host $(HOST) --port $(PORT) $(DEMO_ARGS)
 
-serve: admin
+serve: admin static $(WHEELHOUSE)/.complete
 	@echo "GPU fleet control panel: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
@@ -44,6 +48,13 @@ test: $(VENV)/.dev
 # Wheels of the agent's dependencies, which the panel serves to GPU hosts (set PANEL's AGENT_WHEELHOUSE).
 agent-wheels: | $(BIN)/python
 	$(BIN)/pip download --quiet --only-binary=:all: -r agents/requirements.txt -d $(WHEELHOUSE)
+	touch $(WHEELHOUSE)/.complete
+
+# What run and serve fill the wheelhouse with: once, again when the agent's requirements change.
+# Never fatal: offline, the panel starts anyway and its Add-a-host page says what is missing.
+$(WHEELHOUSE)/.complete: agents/requirements.txt | $(BIN)/python
+	@PIP_RETRIES=0 PIP_TIMEOUT=10 $(MAKE) --no-print-directory agent-wheels \
+	  || echo "agent wheels not downloaded (no PyPI?); the panel starts, its Add-a-host page says what is missing" >&2
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/agent_overhead.py

@@ -18,9 +18,10 @@ from pathlib import Path
 import docker
 import httpx
 
-from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, node_name_default
+from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, listen_host_for, node_name_default
 from agents.nvml import NvmlBackend
 from agents.processes import Launcher, ProcessRuntime
+from agents.protocol import address_check
 from agents.runtime import ContainerState, DockerRuntime, Runtime, RuntimeFailure
 from agents.simulated import SimulatedGpus, gpus_parse
 
@@ -56,11 +57,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="python -m agents", description=__doc__)
     parser.add_argument("--panel", default=env("GPUFLEET_PANEL"), help="panel base URL (env GPUFLEET_PANEL)")
-    parser.add_argument("--join-token", default=env("GPUFLEET_JOIN_TOKEN"), help="needed on the first run only")
-    parser.add_argument("--name", default=env("GPUFLEET_NODE_NAME") or node_name_default())
-    parser.add_argument("--state-dir", type=Path, default=Path(env("GPUFLEET_STATE_DIR", "/var/lib/gpufleet-agent")))
+    parser.add_argument(
+        "--join-token",
+        default=env("GPUFLEET_JOIN_TOKEN"),
+        help="needed on the first run only (env GPUFLEET_JOIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--name",
+        default=env("GPUFLEET_NODE_NAME") or node_name_default(),
+        help="node name in the panel (env GPUFLEET_NODE_NAME; default: this host's name, %(default)s)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(env("GPUFLEET_STATE_DIR", "/var/lib/gpufleet-agent")),
+        help="where the node token and buffered reports are kept (env GPUFLEET_STATE_DIR; default: %(default)s)",
+    )
     parser.add_argument("--config", type=Path, help="JSON file with any of the options below, by their long names")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between reports")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between reports (default: %(default)g)")
     parser.add_argument(
         "--allow-image",
         action="append",
@@ -75,11 +89,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATTERN",
         help="image pattern co-located batch jobs may use (repeatable; default none: no batch jobs)",
     )
-    parser.add_argument("--batch-max-image-mb", type=int, default=200, help="largest batch image this host runs")
-    parser.add_argument("--batch-stop-timeout", type=int, default=10, help="seconds a stopped batch job gets to exit")
-    parser.add_argument("--port-range", default="8100-8199", help="ports for the servers this host runs")
-    parser.add_argument("--buffer-size", type=int, default=720, help="reports kept while the panel is away")
-    parser.add_argument("--advertise-host", default="127.0.0.1", help="address the gateway reaches servers on")
+    parser.add_argument(
+        "--batch-max-image-mb", type=int, default=200, help="largest batch image this host runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-stop-timeout",
+        type=int,
+        default=10,
+        help="seconds a stopped batch job gets to exit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port-range", default="8100-8199", help="ports for the servers this host runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--buffer-size", type=int, default=720, help="reports kept while the panel is away (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--advertise-address",
+        default=env("GPUFLEET_ADVERTISE_ADDRESS", ""),
+        metavar="ADDRESS",
+        help="IP address or host name other hosts reach this one's servers at (env GPUFLEET_ADVERTISE_ADDRESS;"
+        " default: the address the panel sees this host at)",
+    )
     parser.add_argument("--no-gpu-devices", action="store_true", help="start containers without GPU devices")
     parser.add_argument(
         "--runtime",
@@ -110,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.panel:
         parser.error("--panel (or GPUFLEET_PANEL) is required")
     try:
+        args.advertise_address = address_check(args.advertise_address) if args.advertise_address else ""
         args.launchers = [Launcher.parse(text) for text in args.launchers or ()]
         args.simulated_gpus = gpus_parse(args.simulated_gpus) if args.simulated_gpus else None
     except ValueError as exc:
@@ -132,7 +164,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         batch_stop_timeout_s=int(args.batch_stop_timeout),
         port_range=(int(low), int(high or low)),
         buffer_size=int(args.buffer_size),
-        advertise_host=args.advertise_host,
+        advertise_address=args.advertise_address,
+        listen_host=listen_host_for(advertise_address=args.advertise_address, panel_url=str(args.panel)),
         attach_gpus=not args.no_gpu_devices,
         simulated=bool(args.simulated_gpus),
     )

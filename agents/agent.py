@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import gzip
+import ipaddress
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -81,7 +83,11 @@ class AgentConfig:
     image_allowlist: tuple[str, ...] = ("vllm/vllm-openai:*",)
     port_range: tuple[int, int] = (8100, 8199)
     buffer_size: int = 720
-    advertise_host: str = "127.0.0.1"
+    # Where other hosts reach this host's servers, told to the panel; empty: the panel takes
+    # the address it sees the agent at.
+    advertise_address: str = ""
+    # Where the servers listen (``listen_host_for``): loopback unless the gateway is elsewhere.
+    listen_host: str = "127.0.0.1"
     probe_timeout_s: float = 2.0
     panel_timeout_s: float = 15.0
     attach_gpus: bool = True
@@ -90,6 +96,17 @@ class AgentConfig:
     batch_stop_timeout_s: int = DEFAULT_BATCH_STOP_TIMEOUT_S
     batch_host_memory_bytes: int | None = 8 * GIB
     simulated: bool = False
+
+    @property
+    def local_host(self) -> str:
+        """Where the agent itself reaches its servers: health, metrics, sleep and wake."""
+        return "127.0.0.1" if self.listen_host == "0.0.0.0" else self.listen_host
+
+    @property
+    def endpoint_host(self) -> str:
+        """The host of the endpoints the agent reports: the advertised address, else its own
+        loopback one, which the panel replaces with the address it sees the agent at."""
+        return self.advertise_address or self.local_host
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
@@ -171,7 +188,7 @@ class HttpSleepControl:
         self.client, self.host, self.timeout_s = client, host, timeout_s
 
     def _post(self, port: int, path: str) -> None:
-        response = self.client.post(f"http://{self.host}:{port}{path}", timeout=self.timeout_s)
+        response = self.client.post(f"http://{url_host(self.host)}:{port}{path}", timeout=self.timeout_s)
         response.raise_for_status()
 
     def sleep(self, action: Sleep) -> None:
@@ -284,6 +301,7 @@ class Agent:
             agent_version=AGENT_VERSION,
             labels=labels or {},
             simulated=self.config.simulated,
+            advertise_address=self.config.advertise_address,
         )
         response = self.http.post(
             f"{self.config.panel_url}/api/agent/v1/register",
@@ -302,7 +320,7 @@ class Agent:
     def _probe(self, port: int, path: str) -> httpx.Response | None:
         try:
             return self.http.get(
-                f"http://{self.config.advertise_host}:{port}{path}", timeout=self.config.probe_timeout_s
+                f"http://{url_host(self.config.local_host)}:{port}{path}", timeout=self.config.probe_timeout_s
             )
         except httpx.HTTPError:
             return None
@@ -312,7 +330,7 @@ class Agent:
         if instance_id is None:
             return None
         port = int(container.labels.get(PORT_LABEL, "0"))
-        endpoint = f"http://{self.config.advertise_host}:{port}" if port else ""
+        endpoint = f"http://{url_host(self.config.endpoint_host)}:{port}" if port else ""
         common = dict(
             instance_id=instance_id,
             generation=max(container.generation, 1),
@@ -330,7 +348,7 @@ class Agent:
         if health is None or health.status_code != 200:
             return protocol.InstanceSample(state="starting", **common)
         state = "sleeping" if container.instance_id in self.asleep else "ready"
-        stats, gauges = self._window(container, endpoint)
+        stats, gauges = self._window(container, f"http://{url_host(self.config.local_host)}:{port}")
         return protocol.InstanceSample(
             state=state,
             requests_waiting=gauges.get("requests_waiting"),
@@ -411,6 +429,7 @@ class Agent:
         host = protocol.HostInfo(
             hostname=socket.gethostname()[:255],
             agent_version=AGENT_VERSION,
+            advertise_address=self.config.advertise_address,
             nvml_available=reading.available,
             nvml_reason=(reading.unavailable_reason or "")[:1000],
             runtime_reason=runtime_error[:1000],
@@ -489,7 +508,7 @@ class Agent:
                 return int(container.labels[PORT_LABEL])
         low, high = self.config.port_range
         for port in range(low, high + 1):
-            if port not in taken and _port_free(self.config.advertise_host, port):
+            if port not in taken and _port_free(self.config.listen_host, port):
                 return port
         raise RuntimeFailure(f"no free port in {low}-{high}")
 
@@ -519,13 +538,14 @@ class Agent:
                     gpu_uuids=item.spec.gpu_uuids if self.config.attach_gpus else (),
                     mig_uuids=item.spec.mig_uuids if self.config.attach_gpus else (),
                     labels={PORT_LABEL: str(port)},
+                    listen_host=self.config.listen_host,
                 )
             except (ValueError, RuntimeFailure) as exc:
                 self._refuse(item, str(exc))
                 continue
             wanted.append(DesiredInstance(instance_id, item.generation, item.state, spec))
         actions = reconcile(wanted, containers, asleep=frozenset(self.asleep))
-        results = apply(actions, self.runtime, sleep_control=HttpSleepControl(self.http, self.config.advertise_host))
+        results = apply(actions, self.runtime, sleep_control=HttpSleepControl(self.http, self.config.local_host))
         for result in results:
             self._record(result)
         self.act_batch(reply.batch_jobs)
@@ -715,8 +735,42 @@ class Agent:
             stop.wait(max(0.0, self.config.interval_s - (self.clock() - started)))
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _bindable(address: str) -> bool:
+    """Whether ``address`` is an IP address of this host, one a server can listen on."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return False
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def listen_host_for(*, advertise_address: str, panel_url: str) -> str:
+    """Where this host's servers listen so that the panel's gateway reaches them.
+
+    Loopback when a loopback address is advertised, or when nothing is and the panel is on
+    this machine (the demo); the advertised address itself when it is one of this host's;
+    else every interface, as the gateway comes to the address the panel sees this host at
+    (or to an advertised name, or an address a NAT forwards).
+    """
+    if advertise_address:
+        if protocol.address_is_loopback(advertise_address):
+            return "127.0.0.1"
+        return advertise_address if _bindable(advertise_address) else "0.0.0.0"
+    return "127.0.0.1" if protocol.address_is_loopback(urlsplit(panel_url).hostname or "") else "0.0.0.0"
+
+
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))

@@ -8,11 +8,13 @@ panel allocate without limit. No Django here; the agent imports this module.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections import Counter
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 PROTOCOL_VERSION = 1
 MAX_REPORTS_PER_BATCH = 720  # an hour of 5 s reports, buffered while the panel was away
@@ -31,6 +33,39 @@ Timestamp = Annotated[float, Field(gt=1_000_000_000, lt=10_000_000_000, allow_in
 
 InstanceState = Literal["starting", "ready", "sleeping", "stopping", "stopped", "failed", "unknown"]
 DesiredState = Literal["running", "sleeping", "stopped"]
+
+
+_HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+
+
+def address_check(value: str) -> str:
+    """An IP address (v4 or v6, no brackets, no port) or a DNS host name; ValueError otherwise."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if len(value) <= 253 and _HOST_NAME.match(value):
+        return value
+    raise ValueError(f"not an IP address or a host name: {value[:100]!r}")
+
+
+def address_is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, IPv6 with or without brackets, or a name) means this machine only.
+
+    0.0.0.0 and :: count: connecting to them reaches this machine, and no other host can.
+    """
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+# Where other hosts reach the agent's servers, as the agent was told to advertise it; empty: not told.
+AdvertisedAddress = Annotated[str, AfterValidator(lambda value: address_check(value) if value else value)]
 
 
 def id_or_none(text: str) -> int | None:
@@ -183,6 +218,7 @@ class ReapResult(Strict):
 class HostInfo(Strict):
     hostname: Text
     agent_version: Annotated[str, Field(max_length=50)]
+    advertise_address: AdvertisedAddress = ""
     nvml_available: bool
     nvml_reason: Annotated[str, Field(max_length=1000)] = ""
     runtime_reason: Annotated[str, Field(max_length=1000)] = ""
@@ -296,6 +332,7 @@ class Registration(Strict):
         dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=255)]], Field(max_length=32)
     ] = {}
     simulated: bool = False  # the demo's hosts: their GPUs and engines are simulated, never billed as real
+    advertise_address: AdvertisedAddress = ""  # empty: the panel takes the address it sees the agent at
 
 
 class Registered(Strict):

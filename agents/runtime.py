@@ -104,6 +104,8 @@ class ContainerSpec:
     init: bool = True
     ipc_host: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The host address the server is reached at: loopback, one of the host's, or 0.0.0.0 for all.
+    listen_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         # Tuples, so two specs built from equal lists compare equal and cannot be
@@ -336,13 +338,15 @@ def vllm_container_spec(
     mem_limit: str | None = None,
     shm_size: str | None = None,
     labels: Mapping[str, str] | None = None,
+    listen_host: str = "127.0.0.1",
 ) -> ContainerSpec:
     """Build the container spec for a vLLM OpenAI-compatible server from a model profile.
 
     The command holds only server flags: the vllm/vllm-openai images' entrypoint is the
-    server itself. With host networking the server binds 127.0.0.1, so it is reachable
-    only through the agent; without it, it binds 0.0.0.0 inside its own network
-    namespace and the port is published on the host's 127.0.0.1 only.
+    server itself. With host networking the server binds ``listen_host``: loopback where
+    the gateway runs on this host, else where the gateway reaches it (see the agent's
+    ``listen_host_for``); without it, it binds 0.0.0.0 inside its own network namespace
+    and the port is published on the host's ``listen_host``.
 
     Optional profile keys left out (None or empty) leave the flag out, so vLLM's own
     default applies. ``--disable-log-stats`` is refused: it empties /metrics.
@@ -356,7 +360,7 @@ def vllm_container_spec(
         "--served-model-name",
         str(profile.get("served_name") or model),
         "--host",
-        "127.0.0.1" if host_network else "0.0.0.0",
+        listen_host if host_network else "0.0.0.0",
         "--port",
         str(port),
     ]
@@ -404,6 +408,7 @@ def vllm_container_spec(
         mem_limit=mem_limit,
         shm_size=shm_size,
         labels=dict(labels or {}),
+        listen_host=listen_host,
     )
 
 
@@ -438,7 +443,7 @@ def docker_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     if spec.host_network:
         kwargs["network_mode"] = "host"
     else:
-        kwargs["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", spec.port)}
+        kwargs["ports"] = {f"{spec.port}/tcp": (spec.listen_host, spec.port)}
     if spec.device_ids:
         kwargs["device_requests"] = _gpu_request(spec.device_ids)
     if spec.mem_limit is not None:

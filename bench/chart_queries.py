@@ -199,27 +199,32 @@ def dashboard_figures(*, now: datetime, gpu: int, pool: int, figures: Any, pages
         return pages.time_range_parse(params={"range": key}, now=now)
 
     def heatmap(key: str) -> list[Any]:
-        return figures.utilization_heatmap(grid=pages.gpu_utilization_grid(time_range=span(key)))["data"]
+        grid = pages.gpu_utilization_grid(time_range=span(key))
+        return figures.utilization_heatmap(grid=grid, span=span(key).span)["data"]
 
     def node_charts(key: str) -> list[Any]:
         node = Node.objects.get(gpus=gpu)
-        series = pages.gpu_series_by_gpu(gpus=Gpu.objects.filter(node=node), time_range=span(key))
-        return [
-            trace
+        time_range = span(key)
+        series = pages.gpu_series_by_gpu(gpus=Gpu.objects.filter(node=node), time_range=time_range)
+        charts = [
+            figures.gpu_lines(series=series, field=field, title=field, unit=field, span=time_range.span)
             for field in ("utilization", "memory_used", "power", "temperature")
-            for trace in figures.gpu_lines(series=series, field=field, title=field, unit=field)["data"]
         ]
+        return [trace for chart in charts for trace in chart["data"]]
 
     def pool_charts(key: str) -> list[Any]:
         item = Pool.objects.get(pk=pool)
         history = pages.pool_history(pool=item, time_range=span(key))
-        latency = figures.pool_latency(history=history, sla_ms=item.sla_latency_ms, sla_label="SLA", metric="TTFT")
-        return latency["data"] + figures.pool_queue(history=history)["data"]
+        within = span(key).span
+        latency = figures.pool_latency(
+            history=history, sla_ms=item.sla_latency_ms, sla_label="SLA", metric="TTFT", span=within
+        )
+        return latency["data"] + figures.pool_queue(history=history, span=within)["data"]
 
     def costs(key: str) -> list[Any]:
         cost = pages.cost_page(time_range=span(key))
         return (
-            figures.spend_over_time(buckets=cost.over_time, currency=cost.currency)["data"]
+            figures.spend_over_time(buckets=cost.over_time, currency=cost.currency, span=span(key).span)["data"]
             + figures.spend_by_pool(rows=cost.by_pool, currency=cost.currency)["data"]
         )
 

@@ -9,7 +9,7 @@ extend carry ``meta`` (the GPU id, say) so the browser finds them without guessi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,17 @@ import plotly.graph_objects as go
 from plotly.basedatatypes import BaseTraceType
 
 TIME_AXIS = {"title": {"text": "time (UTC)"}, "type": "date"}
+# One colour per spend category, on every chart that shows one; allocated = busy + idle.
+SPEND_COLOURS = {"busy": "#2354c7", "idle": "#9db4ec", "allocated": "#5b7bd5", "unallocated": "#8e6bbf"}
+# Against a target or threshold: met, near it, missed.
+STATUS_COLOURS = {"met": "#2a9d55", "warning": "#e0a100", "missed": "#c0392b"}
+# A heatmap's hover reads the middle of its column; these formats print it as the bucket's start.
+BUCKET_HOVER = {
+    timedelta(minutes=1): "minute from %Y-%m-%d %H:%M",
+    timedelta(hours=1): "hour from %Y-%m-%d %H:00",
+    timedelta(days=1): "day %Y-%m-%d",
+}
+MUTED = "#5c6577"
 STATE_COLOURS = {
     "starting": "#e0a100",
     "ready": "#2a9d55",
@@ -46,6 +57,15 @@ ARRAYS = ("x", "y", "z", "customdata")
 Trace = tuple[BaseTraceType, dict[str, list[Any]]]
 
 
+# A line, a target or a threshold drawn for comparison, not data: marked so a reader (or a
+# test) can tell a chart that draws only its reference from one that draws data.
+REFERENCE = {"reference": True}
+# Rollup series (one point a bucket) as lines with small markers: a lone bucket, or one
+# between gaps, would draw nothing as a bare line.
+BUCKET_LINE = "lines+markers"
+BUCKET_MARKER = {"size": 4}
+
+
 def _trace(kind: type[BaseTraceType], **properties: Any) -> Trace:
     """A trace built and checked by ``plotly.graph_objects``, its data arrays kept apart.
 
@@ -71,35 +91,117 @@ def _money(values: Sequence[Decimal | float | None]) -> list[float | None]:
     return [None if v is None else round(float(v), 4) for v in values]
 
 
-def utilization_heatmap(*, grid: Mapping[str, Any]) -> dict[str, Any]:
+def _time_axis(span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """A time axis over the page's chosen range, whatever the data covers: one bucket or one
+    point would otherwise be stretched across the chart with sub-millisecond ticks."""
+    return {**TIME_AXIS, "range": list(span)}
+
+
+def _duration(step: timedelta) -> str:
+    """A bucket's width as people write it: 5 min, 1 h, 6 h, 1 d."""
+    seconds = int(step.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _partial(at: Sequence[datetime], step: timedelta, span: tuple[datetime, datetime]) -> list[bool]:
+    """Which buckets the range holds only part of: the one still running at its end, or one its start cuts."""
+    return [bucket < span[0] or bucket + step > span[1] for bucket in at]
+
+
+def _partial_marks(
+    at: Sequence[datetime], step: timedelta, span: tuple[datetime, datetime]
+) -> dict[str, list[dict[str, Any]]]:
+    """Layout shapes and annotations that lighten each partial bucket and label it "partial" above the plot.
+
+    The label sits at the band's outer edge (the range's end, or its start for a bucket the
+    start cuts), so a thin band at the chart's edge does not push it off the chart.
+    """
+    shapes, labels = [], []
+    for bucket, cut in zip(at, _partial(at, step, span), strict=True):
+        if not cut:
+            continue
+        first, last = max(bucket, span[0]), min(bucket + step, span[1])
+        at_end = bucket + step > span[1]
+        shapes.append(
+            {
+                "type": "rect",
+                "name": "partial",
+                "xref": "x",
+                "yref": "paper",
+                "x0": first,
+                "x1": last,
+                "y0": 0,
+                "y1": 1,
+                "layer": "above",
+                "fillcolor": "rgba(255, 255, 255, 0.5)",
+                "line": {"width": 1, "dash": "dot", "color": MUTED},
+            }
+        )
+        labels.append(
+            {
+                "name": "partial",
+                "text": "partial",
+                "xref": "x",
+                "yref": "paper",
+                "x": last if at_end else first,
+                "xanchor": "right" if at_end else "left",
+                "y": 1,
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 11, "color": MUTED},
+            }
+        )
+    return {"shapes": shapes, "annotations": labels}
+
+
+def utilization_heatmap(*, grid: Mapping[str, Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
     """Duty cycle per GPU, or per node in a large fleet (rows), per bucket (columns), 0-100 %;
-    simulated GPUs and nodes say so in their label."""
+    simulated GPUs and nodes say so in their label.
+
+    Columns are given by their edges, every ``step`` from the first bucket to the last, so each
+    is as wide as its bucket (a lone column too) and a bucket without rollups stays blank
+    instead of being covered by its neighbours. A bucket the range holds only part of is
+    shaded and labelled "partial".
+    """
     labels = [f"{row['label']} (simulated)" if row["simulated"] else row["label"] for row in grid["rows"]]
+    step, at = grid["step"], list(grid["at"])
+    columns = [at[0] + i * step for i in range(int((at[-1] - at[0]) / step) + 1)] if at else []
+    position = {bucket: i for i, bucket in enumerate(at)}
     trace = _trace(
         go.Heatmap,
-        x=list(grid["at"]),
+        x=[*columns, columns[-1] + step] if columns else [],
         y=labels,
-        z=[list(row) for row in grid["utilization"]],
+        z=[[row[position[c]] if c in position else None for c in columns] for row in grid["utilization"]],
         zmin=0,
         zmax=100,
         colorscale="Blues",
         colorbar={"title": {"text": "utilization (%)"}},
-        hovertemplate="%{y}<br>%{x}<br>%{z:.0f} %<extra></extra>",
+        hovertemplate=f"%{{y}}<br>%{{x|{BUCKET_HOVER.get(step, '%Y-%m-%d %H:%M')}}}<br>%{{z:.0f}} %<extra></extra>",
     )
     height = max(260, 60 + 22 * len(labels))
     return _figure(
         [trace],
         _layout(
             "GPU utilization (duty cycle, %)",
-            xaxis=TIME_AXIS,
+            xaxis=_time_axis(span),
             yaxis={"title": {"text": "node (mean of its GPUs)" if grid["by_node"] else "GPU (node/index)"}},
             height=height,
+            **_partial_marks(columns, step, span),
         ),
     )
 
 
 def gpu_lines(
-    *, series: Sequence[Mapping[str, Any]], field: str, title: str, unit: str, scale: float = 1.0
+    *,
+    series: Sequence[Mapping[str, Any]],
+    field: str,
+    title: str,
+    unit: str,
+    span: tuple[datetime, datetime],
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """One line per GPU of ``field`` over time (divided by ``scale``, e.g. bytes to GiB)."""
     traces = [
@@ -113,24 +215,29 @@ def gpu_lines(
         )
         for gpu in series
     ]
-    return _figure(traces, _layout(title, xaxis=TIME_AXIS, yaxis={"title": {"text": unit}, "rangemode": "tozero"}))
+    return _figure(
+        traces, _layout(title, xaxis=_time_axis(span), yaxis={"title": {"text": unit}, "rangemode": "tozero"})
+    )
 
 
-def pool_latency(*, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label: str, metric: str) -> dict[str, Any]:
-    """Latency percentiles (ms) of the pool's SLA metric against its SLA line."""
+def pool_latency(
+    *, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label: str, metric: str, span: tuple[datetime, datetime]
+) -> dict[str, Any]:
+    """Latency percentiles (ms) of the pool's SLA metric against its SLA line across the range."""
     at = list(history.get("at", []))
     traces = [
-        _trace(go.Scatter, x=at, y=list(history.get(q, [])), mode="lines", name=q.upper())
+        _trace(go.Scatter, x=at, y=list(history.get(q, [])), mode=BUCKET_LINE, marker=BUCKET_MARKER, name=q.upper())
         for q in ("p50", "p95", "p99")
     ]
     if at:
         traces.append(
             _trace(
                 go.Scatter,
-                x=[at[0], at[-1]],
+                x=list(span),
                 y=[sla_ms, sla_ms],
                 mode="lines",
                 name=f"SLA {sla_ms} ms",
+                meta=REFERENCE,
                 hovertext=sla_label,
                 line={"dash": "dash", "color": "#c0392b"},
             )
@@ -139,22 +246,30 @@ def pool_latency(*, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label
         traces,
         _layout(
             f"Latency ({metric}) against the SLA",
-            xaxis=TIME_AXIS,
+            xaxis=_time_axis(span),
             yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"},
         ),
     )
 
 
-def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+def pool_queue(*, history: Mapping[str, Sequence[Any]], span: tuple[datetime, datetime]) -> dict[str, Any]:
     """Requests waiting (mean and peak per bucket) and instances reporting."""
     at = list(history.get("at", []))
     traces = [
-        _trace(go.Scatter, x=at, y=list(history.get("queue_mean", [])), mode="lines", name="waiting, mean"),
+        _trace(
+            go.Scatter,
+            x=at,
+            y=list(history.get("queue_mean", [])),
+            mode=BUCKET_LINE,
+            marker=BUCKET_MARKER,
+            name="waiting, mean",
+        ),
         _trace(
             go.Scatter,
             x=at,
             y=list(history.get("queue_max", [])),
-            mode="lines",
+            mode=BUCKET_LINE,
+            marker=BUCKET_MARKER,
             name="waiting, peak",
             line={"dash": "dot"},
         ),
@@ -162,7 +277,8 @@ def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
             go.Scatter,
             x=at,
             y=list(history.get("instances", [])),
-            mode="lines",
+            mode=BUCKET_LINE,
+            marker=BUCKET_MARKER,
             name="instances reporting",
             yaxis="y2",
             line={"shape": "hv"},
@@ -172,7 +288,7 @@ def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         traces,
         _layout(
             "Queue and instances",
-            xaxis=TIME_AXIS,
+            xaxis=_time_axis(span),
             yaxis={"title": {"text": "requests waiting"}, "rangemode": "tozero"},
             yaxis2={
                 "title": {"text": "instances"},
@@ -185,7 +301,7 @@ def pool_queue(*, history: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     )
 
 
-def instance_states(*, states: Mapping[str, Any]) -> dict[str, Any]:
+def instance_states(*, states: Mapping[str, Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
     """Instances of the pool in each actual state over time, stacked steps."""
     traces = [
         _trace(
@@ -203,7 +319,7 @@ def instance_states(*, states: Mapping[str, Any]) -> dict[str, Any]:
         traces,
         _layout(
             "Instances by state",
-            xaxis=TIME_AXIS,
+            xaxis=_time_axis(span),
             yaxis={"title": {"text": "instances"}, "dtick": 1, "rangemode": "tozero"},
         ),
     )
@@ -224,18 +340,27 @@ def tier_traffic(*, counts: Mapping[str, int]) -> dict[str, Any]:
     )
 
 
-def spend_over_time(*, buckets: Mapping[str, Sequence[Any]], currency: str) -> dict[str, Any]:
-    """Spend per bucket, stacked busy / idle (allocated) / unallocated."""
-    at = list(buckets["at"])
-    colours = {"busy": "#2354c7", "idle": "#9db4ec", "unallocated": "#e0a100"}
+def spend_over_time(*, buckets: Mapping[str, Any], currency: str, span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """Spend per bucket, stacked busy / idle (allocated) / unallocated, each bar drawn over its bucket;
+    a bucket the range holds only part of (the one still running, one the range's start cuts)
+    is lightened and labelled "partial"."""
+    at, step = list(buckets["at"]), buckets["step"]
+    step_ms = step.total_seconds() * 1000
+    labels = [
+        f"{bucket:%Y-%m-%d %H:%M} + {_duration(step)}{' (partial)' if cut else ''}"
+        for bucket, cut in zip(at, _partial(at, step, span), strict=True)
+    ]
     traces = [
         _trace(
             go.Bar,
             x=at,
             y=_money(buckets[part]),
             name=part,
-            marker={"color": colours[part]},
-            hovertemplate=f"%{{y:.2f}} {currency}<extra>{part}</extra>",
+            width=step_ms * 0.9,
+            offset=step_ms * 0.05,
+            marker={"color": SPEND_COLOURS[part]},
+            customdata=labels,
+            hovertemplate=f"%{{customdata}}<br>%{{y:.2f}} {currency}<extra>{part}</extra>",
         )
         for part in ("busy", "idle", "unallocated")
     ]
@@ -244,32 +369,26 @@ def spend_over_time(*, buckets: Mapping[str, Sequence[Any]], currency: str) -> d
         _layout(
             f"Spend over time ({currency})",
             barmode="stack",
-            xaxis=TIME_AXIS,
+            xaxis=_time_axis(span),
             yaxis={"title": {"text": f"spend ({currency})"}},
+            **_partial_marks(at, step, span),
         ),
     )
 
 
 def spend_by_pool(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
-    """Each pool's spend split busy / idle; the unallocated row is all idle."""
+    """Each pool's spend split busy / idle, and the unallocated row's spend in its own colour."""
     names = [row["name"] for row in rows]
     traces = [
         _trace(
             go.Bar,
             y=names,
-            x=_money([row["busy"] for row in rows]),
-            name="busy",
+            x=_money([row[part] for row in rows]),
+            name=part,
             orientation="h",
-            marker={"color": "#2354c7"},
-        ),
-        _trace(
-            go.Bar,
-            y=names,
-            x=_money([row["idle"] for row in rows]),
-            name="idle",
-            orientation="h",
-            marker={"color": "#9db4ec"},
-        ),
+            marker={"color": SPEND_COLOURS[part]},
+        )
+        for part in ("busy", "idle", "unallocated")
     ]
     return _figure(
         traces,
@@ -283,12 +402,14 @@ def spend_by_pool(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[s
 
 
 def spend_by_team(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
+    """Each team's share of the pools' allocated spend (busy and idle alike)."""
     trace = _trace(
         go.Bar,
         y=[row["name"] for row in rows],
         x=_money([row["spend"] for row in rows]),
         orientation="h",
-        marker={"color": "#2354c7"},
+        name="allocated",
+        marker={"color": SPEND_COLOURS["allocated"]},
     )
     return _figure(
         [trace],
@@ -301,13 +422,14 @@ def spend_by_team(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[s
 
 
 def cost_per_million_tokens(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
-    """Each pool's spend over the tokens it served (prompt + generated), per million tokens."""
+    """Each pool's allocated spend over the tokens it served (prompt + generated), per million tokens."""
     priced = [row for row in rows if row["cost"] is not None]
     trace = _trace(
         go.Bar,
         x=[row["name"] for row in priced],
         y=_money([row["cost"] for row in priced]),
-        marker={"color": "#2a9d55"},
+        name="allocated",
+        marker={"color": SPEND_COLOURS["allocated"]},
         hovertemplate=f"%{{y:.4f}} {currency} per 1M tokens<extra>%{{x}}</extra>",
     )
     return _figure(
@@ -332,11 +454,11 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
         name="spent",
         marker={
             "color": [
-                "#c0392b"
+                STATUS_COLOURS["missed"]
                 if s is not None and s >= row["hard_pct"]
-                else "#e0a100"
+                else STATUS_COLOURS["warning"]
                 if s is not None and s >= row["soft_pct"]
-                else "#2a9d55"
+                else STATUS_COLOURS["met"]
                 for s, row in zip(shares, rows, strict=True)
             ]
         },
@@ -350,6 +472,7 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
             y=names,
             mode="markers",
             name=label,
+            meta=REFERENCE,
             marker={"symbol": "line-ns-open", "size": 18, "color": colour},
         )
         for key, label, colour in (("soft_pct", "soft threshold", "#9a5b00"), ("hard_pct", "hard threshold", "#c0392b"))
@@ -366,20 +489,39 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
 
 
 def sla_attainment(*, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Share of each pool's requests served within its SLA, 0-100 %."""
+    """Share of each pool's requests served within its SLA latency, 0-100 %, against the share its
+    SLA asks for (``target``: 95 % for a P95 SLA), marked on each bar; bars met or missed by colour
+    and by word."""
     measured = [row for row in rows if row["attainment"] is not None]
-    trace = _trace(
+    names = [row["name"] for row in measured]
+    verdicts = ["met" if row["attainment"] >= row["target"] else "missed" for row in measured]
+    bars = _trace(
         go.Bar,
-        x=[row["name"] for row in measured],
+        x=names,
         y=[row["attainment"] * 100 for row in measured],
-        customdata=[row["sla"] for row in measured],
-        marker={"color": "#2a9d55"},
-        hovertemplate="%{x}: %{y:.1f} % within %{customdata}<extra></extra>",
+        name="within SLA",
+        showlegend=False,
+        text=verdicts,
+        texttemplate="%{y:.1f} % %{text}",
+        textposition="inside",
+        customdata=[[row["sla"], row["target"] * 100] for row in measured],
+        marker={"color": [STATUS_COLOURS[verdict] for verdict in verdicts]},
+        hovertemplate="%{x}: %{y:.2f} % within %{customdata[0]}, target %{customdata[1]:.0f} %<extra>%{text}</extra>",
+    )
+    target = _trace(
+        go.Scatter,
+        x=names,
+        y=[row["target"] * 100 for row in measured],
+        mode="markers",
+        name="target",
+        meta=REFERENCE,
+        marker={"symbol": "line-ew-open", "size": 40, "color": "#1d2330", "line": {"width": 3}},
+        hovertemplate="%{x}: target %{y:.0f} % within the SLA<extra></extra>",
     )
     return _figure(
-        [trace],
+        [bars, target],
         _layout(
-            "SLA attainment",
+            "SLA attainment against each pool's target",
             xaxis={"title": {"text": "pool"}},
             yaxis={"title": {"text": "requests within SLA (%)"}, "range": [0, 100]},
         ),

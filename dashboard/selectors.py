@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Avg, Count, F, Prefetch, QuerySet
+from django.db.models import Avg, Count, F, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDay
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
@@ -48,7 +48,7 @@ from fleet.models import (
     RequestLog,
     Team,
 )
-from fleet.policies.snapshot import histogram_quantile
+from fleet.rollups import histograms_merge
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 DEFAULT_RANGE = "24h"
@@ -74,6 +74,10 @@ class TimeRange:
     @property
     def resolution(self) -> str:
         return "minute" if self.bucket == timedelta(minutes=1) else "hour"
+
+    @property
+    def span(self) -> tuple[datetime, datetime]:
+        return self.start, self.end
 
 
 def time_range_parse(*, params: Mapping[str, str], now: datetime | None = None) -> TimeRange:
@@ -111,7 +115,7 @@ def gpu_labels(*, gpus: QuerySet[Gpu]) -> list[dict[str, Any]]:
 
 
 def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
-    """Mean duty cycle per row per column: rows GPUs (or nodes), columns minutes, hours or days.
+    """Mean duty cycle per row per column: rows GPUs (or nodes), columns minutes, hours or days (``step``).
 
     The grid stays small whatever the fleet: columns are minute rollups up to two hours,
     hour rollups up to eight days, hour rollups averaged per day beyond; a fleet of more
@@ -119,26 +123,31 @@ def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
     are taken in the database. A cell without data stays None.
     """
     span = time_range.end - time_range.start
-    by_node = Gpu.objects.count() > HEATMAP_GPU_ROWS
+    by_node = Gpu.objects.filter(decommissioned_at__isnull=True).count() > HEATMAP_GPU_ROWS
     key = "gpu__node_id" if by_node else "gpu_id"
     window = {"bucket__gte": time_range.start, "bucket__lt": time_range.end}
     if span <= HEATMAP_MINUTES_UP_TO:
-        cells = GpuMinute.objects.filter(**window).annotate(column=F("bucket"))
+        step, cells = timedelta(minutes=1), GpuMinute.objects.filter(**window).annotate(column=F("bucket"))
     elif span <= HEATMAP_HOURS_UP_TO:
-        cells = GpuHour.objects.filter(**window).annotate(column=F("bucket"))
+        step, cells = timedelta(hours=1), GpuHour.objects.filter(**window).annotate(column=F("bucket"))
     else:
+        step = timedelta(days=1)
         cells = GpuHour.objects.filter(**window).annotate(column=TruncDay("bucket", tzinfo=UTC))
     rows = list(cells.values(key, "column").annotate(mean=Avg("utilization_mean")).values_list(key, "column", "mean"))
+    # Hosts and cards that left the fleet keep a row where the range holds some of their history.
+    seen = {row_key for row_key, _column, _value in rows}
     if by_node:
         labels = [
             {"id": pk, "label": f"{name} ({count} GPU{pluralize(count)})", "simulated": simulated}
-            for pk, name, simulated, count in Node.objects.annotate(count=Count("gpus"))
+            for pk, name, simulated, count in Node.objects.filter(Q(decommissioned_at__isnull=True) | Q(pk__in=seen))
+            .annotate(count=Count("gpus"))
             .filter(count__gt=0)
             .order_by("name")
             .values_list("pk", "name", "simulated", "count")
         ]
     else:
-        labels = [{"id": gpu["gpu"], **gpu} for gpu in gpu_labels(gpus=Gpu.objects.all())]
+        shown = Gpu.objects.filter(Q(decommissioned_at__isnull=True) | Q(pk__in=seen))
+        labels = [{"id": gpu["gpu"], **gpu} for gpu in gpu_labels(gpus=shown)]
     index = {row["id"]: i for i, row in enumerate(labels)}
     columns = sorted({column for _key, column, _value in rows})
     position = {column: i for i, column in enumerate(columns)}
@@ -146,7 +155,7 @@ def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
     for row_key, column, value in rows:
         if row_key in index:
             grid[index[row_key]][position[column]] = value
-    return {"at": columns, "rows": labels, "by_node": by_node, "utilization": grid}
+    return {"at": columns, "step": step, "rows": labels, "by_node": by_node, "utilization": grid}
 
 
 def gpu_series_by_gpu(*, gpus: QuerySet[Gpu], time_range: TimeRange) -> list[dict[str, Any]]:
@@ -172,40 +181,35 @@ def gpu_series_by_gpu(*, gpus: QuerySet[Gpu], time_range: TimeRange) -> list[dic
     return [series[gpu["gpu"]] for gpu in labels]
 
 
+def gpu_history_before(*, gpus: QuerySet[Gpu], before: datetime) -> bool:
+    """Whether any of these GPUs has rollups older than ``before``: only then does a longer range show more."""
+    return any(model.objects.filter(gpu__in=gpus, bucket__lt=before).exists() for model in (GpuMinute, GpuHour))
+
+
+def pool_history_before(*, pool: Pool, before: datetime) -> bool:
+    """Whether the pool has traffic rollups older than ``before``."""
+    return any(model.objects.filter(pool=pool, bucket__lt=before).exists() for model in (PoolMinute, PoolHour))
+
+
 def _pool_rollups(time_range: TimeRange) -> QuerySet[Any]:
     model = PoolMinute if time_range.resolution == "minute" else PoolHour
     return model.objects.filter(bucket__gte=time_range.start, bucket__lt=time_range.end)
 
 
-STORED_PERCENTILES = (50, 95, 99)
+def _share_within(histogram: Mapping[str, Any], limit_s: float) -> float:
+    """The share of a cumulative histogram's observations at or under ``limit_s``.
 
-
-def _sla_fields(pool: Pool) -> tuple[str, ...]:
-    """The rollup column holding the pool's SLA percentile, or its histogram where none is stored."""
-    metric = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
-    if pool.sla_percentile in STORED_PERCENTILES:
-        return (f"{metric}_p{pool.sla_percentile}_s",)
-    return (f"{metric}_histogram",)
-
-
-def _sla_seconds(pool: Pool, row: Mapping[str, Any]) -> float | None:
-    """The pool's SLA percentile of its SLA metric in one rollup row.
-
-    P50, P95 and P99 are stored by the rollup; any other percentile is read from the merged
-    histogram, whose JSON costs far more to load, so it is fetched only then.
+    Interpolated linearly inside the bucket that holds the limit, as ``histogram_quantile``
+    reads a percentile, so a pool whose P95 is under its limit has at least 95 % within it.
+    Observations over the last finite bound count as over the limit: nothing places them.
     """
-    (field,) = _sla_fields(pool)
-    if not field.endswith("_histogram"):
-        return row[field]
-    histogram = row[field]
-    if not histogram or not histogram.get("count"):
-        return None
-    return histogram_quantile(
-        quantile=pool.sla_percentile / 100,
-        bounds=histogram["bounds"],
-        counts=histogram["counts"],
-        count=histogram["count"],
-    )
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(histogram["bounds"], histogram["counts"], strict=True):
+        if limit_s <= bound:
+            inside = (cumulative - below) * (limit_s - lower) / (bound - lower) if bound > lower else cumulative - below
+            return (below + inside) / histogram["count"]
+        lower, below = bound, cumulative
+    return below / histogram["count"]
 
 
 def pool_history(*, pool: Pool, time_range: TimeRange) -> dict[str, list[Any]]:
@@ -239,34 +243,37 @@ def pool_history(*, pool: Pool, time_range: TimeRange) -> dict[str, list[Any]]:
 
 
 def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
-    """Per enabled pool: the share of requests served in buckets whose SLA percentile met the SLA.
+    """Per enabled pool: the share of its requests in the range served within its SLA latency, and
+    the share its SLA asks for (``target``, the SLA's percentile): "P95 TTFT <= 500 ms" is met
+    when at least 95 % of requests got their first token within 500 ms.
 
-    Weighted by requests, so a quiet bucket that missed counts less than a busy one that met it.
-    None where the pool served no request in the range.
+    Read from the pool's histograms of its SLA metric merged over the range, not bucket by
+    bucket: a minute whose own P95 missed does not make all its requests late. None where the
+    pool served no request in the range.
     """
     pools = {pool.pk: pool for pool in Pool.objects.filter(enabled=True).order_by("tier", "name")}
-    met: dict[int, float] = defaultdict(float)
-    total: dict[int, float] = defaultdict(float)
-    fields = sorted({field for pool in pools.values() for field in _sla_fields(pool)})
-    rows = _pool_rollups(time_range).filter(pool_id__in=list(pools)).values("pool_id", "requests", *fields)
-    for row in rows:
-        pool = pools[row["pool_id"]]
-        seconds = _sla_seconds(pool, row)
-        if seconds is None or not row["requests"]:
-            continue
-        total[pool.pk] += row["requests"]
-        if seconds * 1000 <= pool.sla_latency_ms:
-            met[pool.pk] += row["requests"]
-    return [
-        {
-            "pool": pool.pk,
-            "name": pool.name,
-            "sla": pool.sla_label,
-            "requests": total[pool.pk],
-            "attainment": met[pool.pk] / total[pool.pk] if total[pool.pk] else None,
-        }
-        for pool in pools.values()
-    ]
+    by_field: dict[str, list[int]] = defaultdict(list)
+    for pool in pools.values():
+        by_field["ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"].append(pool.pk)
+    histograms: dict[int, list[Any]] = defaultdict(list)
+    for field, pool_ids in by_field.items():
+        for pool_id, histogram in _pool_rollups(time_range).filter(pool_id__in=pool_ids).values_list("pool_id", field):
+            histograms[pool_id].append(histogram)
+    rows = []
+    for pool in pools.values():
+        merged = histograms_merge(histograms[pool.pk])
+        requests = merged["count"] if merged else 0
+        rows.append(
+            {
+                "pool": pool.pk,
+                "name": pool.name,
+                "sla": pool.sla_label,
+                "target": pool.sla_percentile / 100,
+                "requests": requests,
+                "attainment": _share_within(merged, pool.sla_latency_ms / 1000) if merged and requests else None,
+            }
+        )
+    return rows
 
 
 def instance_states_over_time(*, pool: Pool, time_range: TimeRange) -> dict[str, Any]:
@@ -331,6 +338,7 @@ def spend_buckets(*, report: SpendReport, size: timedelta) -> dict[str, list[Any
     ordered = sorted(sums)
     return {
         "at": ordered,
+        "step": size,
         "busy": [sums[at][0] for at in ordered],
         "idle": [sums[at][1] for at in ordered],
         "unallocated": [sums[at][2] for at in ordered],
@@ -366,7 +374,14 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
     report = spend_report(start=time_range.start, end=time_range.end, window=window)
     names = dict(Pool.objects.values_list("pk", "name"))
     by_pool = [
-        {"pool": pool_id, "name": names.get(pool_id, "unknown pool"), "busy": t.busy, "idle": t.idle, "spend": t.spend}
+        {
+            "pool": pool_id,
+            "name": names.get(pool_id, "unknown pool"),
+            "busy": t.busy,
+            "idle": t.idle,
+            "unallocated": Decimal(0),
+            "spend": t.spend,
+        }
         for pool_id, t in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(names.get(item[0])))
     ]
     unallocated = report.unallocated
@@ -376,7 +391,8 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
                 "pool": None,
                 "name": "unallocated",
                 "busy": Decimal(0),
-                "idle": unallocated.spend,
+                "idle": Decimal(0),
+                "unallocated": unallocated.spend,
                 "spend": unallocated.spend,
             }
         )
@@ -418,12 +434,16 @@ class SpendSummary:
 
 
 def spend_summary(*, now: datetime | None = None) -> SpendSummary:
-    """Run rate, today and month to date and the month's savings, all from rollups."""
+    """Run rate, today and month to date and the month's savings, all from rollups.
+
+    All but the run rate stop at the last complete minute (``FleetWindow.complete``), the end
+    savings are computed to, so month to date + savings = baseline holds on the page.
+    """
     now = now or timezone.now()
     month_start, _ = period_bounds(period="month", now=now)
     day_start, _ = period_bounds(period="day", now=now)
-    window = fleet_window(start=month_start, end=now, raw=False)
-    report = spend_report(start=month_start, end=now, window=window)
+    window = fleet_window(start=month_start, end=now, raw=False).complete()
+    report = spend_report(start=month_start, end=window.end, window=window)
     today = sum((line.spend * _overlap(line.start, line.end, day_start, now) for line in report.lines), Decimal(0))
     savings = savings_compute(start=month_start, end=now, window=window, report=report)
     return SpendSummary(

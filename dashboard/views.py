@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import plotly
+from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -17,7 +18,7 @@ from dashboard import figures
 from dashboard import selectors as pages
 from dashboard.forms import JoinTokenForm
 from fleet import selectors
-from fleet.agent_dist import install_command
+from fleet.agent_dist import install_command, install_problems, panel_url
 from fleet.costs.selectors import billing_currency
 from fleet.events import FLEET_GROUP, node_group, pool_group
 from fleet.models import Gpu, Instance, Node, Pool, RequestLog
@@ -54,7 +55,7 @@ def index(request: HttpRequest) -> HttpResponse:
     time_range, context = _range_context(request)
     grid = pages.gpu_utilization_grid(time_range=time_range)
     live_range = pages.TimeRange(key="1h", start=timezone.now() - timedelta(hours=1), end=timezone.now())
-    live = pages.gpu_series_by_gpu(gpus=Gpu.objects.all(), time_range=live_range)
+    live = pages.gpu_series_by_gpu(gpus=Gpu.objects.filter(decommissioned_at__isnull=True), time_range=live_range)
     attainment = pages.sla_attainment(time_range=time_range)
     context.update(
         nodes=selectors.nodes_overview(),
@@ -62,11 +63,16 @@ def index(request: HttpRequest) -> HttpResponse:
         spend=pages.spend_summary(),
         alerts=pages.alerts_firing(),
         attainment=attainment,
-        heatmap=figures.utilization_heatmap(grid=grid) if grid["at"] else None,
+        heatmap=figures.utilization_heatmap(grid=grid, span=time_range.span) if grid["at"] else None,
         live_figure=figures.gpu_lines(
-            series=live, field="utilization", title="GPU utilization, live (%)", unit="utilization (%)"
+            series=live,
+            field="utilization",
+            title="GPU utilization, live (%)",
+            unit="utilization (%)",
+            span=live_range.span,
         ),
         has_gpus=bool(live),
+        longer_range_helps=not grid["at"] and pages.gpu_history_before(gpus=Gpu.objects.all(), before=time_range.start),
         sla_figure=figures.sla_attainment(rows=attainment)
         if any(r["attainment"] is not None for r in attainment)
         else None,
@@ -87,12 +93,13 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
         live_groups=[pool_group(item.pk)],
         instances=Instance.objects.filter(pool=item).select_related("gpu__node").order_by("pk"),
         latency=figures.pool_latency(
-            history=history, sla_ms=item.sla_latency_ms, sla_label=item.sla_label, metric=metric
+            history=history, sla_ms=item.sla_latency_ms, sla_label=item.sla_label, metric=metric, span=time_range.span
         )
         if history
         else None,
-        queue=figures.pool_queue(history=history) if history else None,
-        states=figures.instance_states(states=states) if states["at"] else None,
+        queue=figures.pool_queue(history=history, span=time_range.span) if history else None,
+        longer_range_helps=not history and pages.pool_history_before(pool=item, before=time_range.start),
+        states=figures.instance_states(states=states, span=time_range.span) if states["at"] else None,
         traffic=figures.tier_traffic(counts=traffic) if traffic else None,
         decisions=pages.decisions_filtered(time_range=time_range, pool_id=item.pk, limit=20),
     )
@@ -107,21 +114,20 @@ def node(request: HttpRequest, node_id: int) -> HttpResponse:
     has_data = any(gpu["at"] for gpu in series)
     context.update(
         node=pages.node_detail(node_id=item.pk),
-        live_groups=[node_group(item.pk)],
+        live_groups=[] if item.decommissioned_at else [node_group(item.pk)],
         charts=[
-            figures.gpu_lines(
-                series=series, field="utilization", title="Utilization (duty cycle)", unit="utilization (%)"
-            ),
-            figures.gpu_lines(
-                series=series, field="memory_used", title="Memory used", unit="memory used (GiB)", scale=GIB
-            ),
-            figures.gpu_lines(series=series, field="power", title="Power draw", unit="power (W)"),
-            figures.gpu_lines(
-                series=series, field="temperature", title="Temperature (hottest in bucket)", unit="temperature (°C)"
-            ),
+            figures.gpu_lines(series=series, field=field, title=title, unit=unit, span=time_range.span, scale=scale)
+            for field, title, unit, scale in (
+                ("utilization", "Utilization (duty cycle)", "utilization (%)", 1.0),
+                ("memory_used", "Memory used", "memory used (GiB)", GIB),
+                ("power", "Power draw", "power (W)", 1.0),
+                ("temperature", "Temperature (hottest in bucket)", "temperature (°C)", 1.0),
+            )
         ]
         if has_data
         else [],
+        longer_range_helps=not has_data
+        and pages.gpu_history_before(gpus=Gpu.objects.filter(node=item), before=time_range.start),
     )
     return render(request, "dashboard/node.html", context)
 
@@ -136,7 +142,9 @@ def costs(request: HttpRequest) -> HttpResponse:
         cost=cost,
         currency=currency,
         total=cost.report.total,
-        over_time=figures.spend_over_time(buckets=cost.over_time, currency=currency) if cost.over_time["at"] else None,
+        over_time=figures.spend_over_time(buckets=cost.over_time, currency=currency, span=time_range.span)
+        if cost.over_time["at"]
+        else None,
         by_pool=figures.spend_by_pool(rows=cost.by_pool, currency=currency) if cost.by_pool else None,
         by_team=figures.spend_by_team(rows=cost.by_team, currency=currency) if cost.by_team else None,
         per_million=figures.cost_per_million_tokens(rows=cost.per_million_tokens, currency=currency)
@@ -198,7 +206,13 @@ def hosts_add(request: HttpRequest) -> HttpResponse:
     the admin, not merely staff status.
     """
     form = JoinTokenForm(request.POST or None)
-    context: dict[str, object] = {"form": form}
+    context: dict[str, object] = {
+        "form": form,
+        "panel": panel_url(request),
+        "panel_from_setting": bool(settings.PANEL_URL),
+        "problems": install_problems(request),
+        "ttl_hours": settings.JOIN_TOKEN_DEFAULT_TTL_HOURS,
+    }
     if request.method == "POST" and form.is_valid():
         token, secret = join_token_create(
             name=form.cleaned_data["name"],

@@ -5,18 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from fleet import catalog
-from fleet.agent_dist import install_command
+from fleet.agent_dist import install_command, install_problems
 from fleet.costs.budgets import budget_block_lift
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import billing_currency, period_bounds
+from fleet.forms import PercentField, PolicyKindForm, policy_form
 from fleet.models import (
     Alert,
     AlertDelivery,
@@ -40,7 +43,7 @@ from fleet.models import (
     Team,
 )
 from fleet.policies.settings import SCHEMAS
-from fleet.services import node_token_rotate
+from fleet.services import join_token_ttl, node_decommission, node_token_rotate
 
 GIB = 1024**3
 
@@ -50,7 +53,15 @@ class GpuInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = readonly_fields = ("index", "model_name", "uuid", "memory_total_bytes", "mig_capable", "mig_mode")
+    fields = readonly_fields = (
+        "index",
+        "model_name",
+        "uuid",
+        "memory_total_bytes",
+        "mig_capable",
+        "mig_mode",
+        "decommissioned_at",
+    )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -73,10 +84,11 @@ class NodeAdmin(admin.ModelAdmin):
         "containers",
         "token_prefix",
         "created_at",
+        "decommissioned_at",
     )
     fields = ("name", "labels", "simulated", *readonly_fields)
     inlines = [GpuInline]
-    actions = ["rotate_token"]
+    actions = ["rotate_token", "decommission"]
 
     @admin.display(description="GPUs")
     def gpu_count(self, obj: Node) -> int:
@@ -98,9 +110,27 @@ class NodeAdmin(admin.ModelAdmin):
         Not as messages: those that do not fit the message cookie are parked in the session
         table, which would put agent tokens in the database in clear.
         """
-        rotated = [(node, node_token_rotate(node=node)) for node in queryset]
+        rotated = [(node, node_token_rotate(node=node)) for node in queryset.filter(decommissioned_at__isnull=True)]
         context = {**self.admin_site.each_context(request), "rotated": rotated, "opts": self.model._meta}
         return TemplateResponse(request, "admin/fleet/node/rotated_tokens.html", context)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Node | None = None) -> bool:
+        """Never: deleting a host would take the spend and telemetry billed to it along. Decommission it."""
+        return False
+
+    @admin.action(description="Decommission (its agent token stops working; its spend and telemetry stay)")
+    def decommission(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
+        nodes = [
+            node_decommission(node=node, reason=f"host {node.name} decommissioned by {request.user} in the admin")
+            for node in queryset.filter(decommissioned_at__isnull=True)
+        ]
+        names = ", ".join(node.name for node in nodes) or "none (all were already)"
+        self.message_user(
+            request,
+            f"Decommissioned {len(nodes)} host{pluralize(len(nodes))}: {names}. Their instances were stopped; "
+            "their spend, samples and rollups stay in every past period.",
+            messages.SUCCESS,
+        )
 
 
 class MigDeviceInline(admin.TabularInline):
@@ -115,6 +145,20 @@ class JoinTokenAdmin(admin.ModelAdmin):
     readonly_fields = ("token_prefix", "uses", "created_at")
     fields = ("name", "max_uses", "expires_at", "revoked_at", *readonly_fields)
 
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        """A new token starts with the lifetime every join token gets by default."""
+        return {"expires_at": timezone.now() + join_token_ttl(), **super().get_changeform_initial_data(request)}
+
+    def formfield_for_dbfield(self, db_field: models.Field, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "expires_at" and field is not None:
+            hours = int(join_token_ttl().total_seconds() // 3600)
+            field.help_text = (
+                f"New tokens start at {hours} hour{pluralize(hours)} from now (JOIN_TOKEN_DEFAULT_TTL_HOURS);"
+                " empty: never expires."
+            )
+        return field
+
     def save_model(self, request: HttpRequest, obj: JoinToken, form: Any, change: bool) -> None:
         token = None if change else obj.issue_token()
         super().save_model(request, obj, form, change)
@@ -122,6 +166,8 @@ class JoinTokenAdmin(admin.ModelAdmin):
             messages.warning(
                 request, f"Join token (shown once): {token}  On each new host run: {install_command(request, token)}"
             )
+            for problem in install_problems(request):
+                messages.warning(request, problem)
 
 
 @admin.register(MigDevice)
@@ -245,6 +291,12 @@ class PoolAdmin(admin.ModelAdmin):
         ("Idle and pre-warm", {"fields": ("idle_minimize_after_s", "idle_stop_after_s", "prewarm_margin_s")}),
     )
 
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        """The band is stored as fractions, the share the policies compare load with; people type per cent."""
+        if db_field.name in ("util_band_low", "util_band_high"):
+            kwargs["form_class"] = PercentField
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     @admin.display(description="SLA")
     def sla_label(self, obj: Pool) -> str:
         return obj.sla_label
@@ -298,31 +350,43 @@ class InstanceEventAdmin(admin.ModelAdmin):
 
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin):
+    """Settings are typed fields of the policy's kind; adding one asks for the kind first."""
+
     list_display = ("kind", "pool", "enabled", "updated_at")
     list_filter = ("kind", "enabled")
     list_select_related = ("pool",)
-    readonly_fields = ("settings_reference",)
-    fields = ("kind", "pool", "enabled", "settings", "settings_reference")
 
-    @admin.display(description="settings this kind takes")
-    def settings_reference(self, obj: Policy) -> str:
-        schema = SCHEMAS.get(obj.kind)
-        if not schema:
-            return "Choose a kind and save to see its settings."
-        rows = format_html_join(
-            "",
-            "<li><code>{}</code>: default {}{}{}</li>",
-            (
-                (
-                    key,
-                    setting.default,
-                    f", from {setting.minimum} to {setting.maximum}" if setting.minimum is not None else "",
-                    f". {setting.help}" if setting.help else "",
-                )
-                for key, setting in schema.items()
-            ),
+    def policy_kind(self, request: HttpRequest, obj: Policy | None) -> str:
+        """The kind whose fields the form shows: the policy's, or on the add form the one chosen first."""
+        return obj.kind if obj is not None else request.GET["kind"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        return (
+            (None, {"fields": ("kind", "pool", "enabled")}),
+            ("Settings", {"fields": tuple(SCHEMAS[self.policy_kind(request, obj)])}),
         )
-        return format_html("<ul>{}</ul>", rows)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        kwargs["form"] = policy_form(self.policy_kind(request, obj))
+        return super().get_form(request, obj, change, **kwargs)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        step = PolicyKindForm(request.GET if "kind" in request.GET else None)
+        if step.is_valid():
+            return super().add_view(request, form_url, extra_context)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Add policy: choose its kind",
+            "form": step,
+            "kinds": [
+                (kind, label, [setting.title for setting in SCHEMAS[kind].values()])
+                for kind, label in Policy.Kind.choices
+            ],
+        }
+        return TemplateResponse(request, "admin/fleet/policy/choose_kind.html", context)
 
 
 @admin.register(PriceRate)

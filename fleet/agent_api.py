@@ -8,6 +8,7 @@ is wrong.
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import logging
 import re
@@ -15,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import InternalError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -122,6 +124,31 @@ def _parse(request: HttpRequest, model: type[M]) -> M:
         raise IngestError(400, "report refused, nothing stored", protocol.error_summary(exc.errors())) from exc
 
 
+def _ip(text: str) -> str:
+    """``text`` as a normalised IP address (IPv4-mapped IPv6 as IPv4), or empty if it is none."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return ""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def agent_peer(request: HttpRequest) -> str:
+    """The address the agent's request came from, as the panel sees it; empty if unknown.
+
+    The connection's peer (REMOTE_ADDR, which the ASGI handler fills from the client of
+    the connection). Behind a reverse proxy that is the proxy, so ``AGENT_ADDRESS_HEADER``
+    names the header the proxy writes the agent's address into; its last entry is the one
+    the proxy itself added. The header counts only when configured: any client can send it.
+    """
+    if settings.AGENT_ADDRESS_HEADER:
+        forwarded = _ip(request.headers.get(settings.AGENT_ADDRESS_HEADER, "").rsplit(",", 1)[-1])
+        if forwarded:
+            return forwarded
+    return _ip(request.META.get("REMOTE_ADDR", ""))
+
+
 def _bearer(request: HttpRequest) -> str:
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
@@ -156,7 +183,7 @@ def _refusals(view: View) -> View:
 @_refusals
 def register(request: HttpRequest) -> JsonResponse:
     registration = _parse(request, protocol.Registration)
-    node, token = node_register(registration=registration)
+    node, token = node_register(registration=registration, peer=agent_peer(request))
     reply = protocol.Registered(node=node.name, node_token=token, report_interval_s=5.0)
     return JsonResponse(reply.model_dump(), status=201)
 
@@ -167,5 +194,5 @@ def register(request: HttpRequest) -> JsonResponse:
 def report(request: HttpRequest) -> HttpResponse:
     node = node_authenticate(token=_bearer(request))
     batch = _parse(request, protocol.Batch)
-    reply = report_ingest(node=node, batch=batch)
+    reply = report_ingest(node=node, batch=batch, peer=agent_peer(request))
     return HttpResponse(reply.model_dump_json(exclude_defaults=True), content_type="application/json")

@@ -12,14 +12,20 @@ import io
 import re
 import tarfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
+from agents.protocol import address_is_loopback
+
 AGENTS_DIR = Path(settings.BASE_DIR) / "agents"
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.(whl|tar\.gz)$")
+REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:==\s*([^\s;]+))?")
+# What fills the wheelhouse, on the panel's machine with PyPI in reach.
+WHEELHOUSE_FILL = "make agent-wheels"
 
 
 def panel_url(request: HttpRequest) -> str:
@@ -31,10 +37,32 @@ def install_command(request: HttpRequest, join_token: str) -> str:
     return f"curl -fsSL {panel_url(request)}/agent/install.sh | sudo sh -s -- --join-token {join_token}"
 
 
+def install_problems(request: HttpRequest) -> list[str]:
+    """Why a host given the install line now would not end up in the fleet; empty when nothing stops it."""
+    problems = []
+    url = panel_url(request)
+    if address_is_loopback(urlsplit(url).hostname or ""):
+        problems.append(
+            f"The install line points hosts at {url}, a loopback address: hosts elsewhere cannot reach it."
+            " Set PANEL_URL to the URL they reach the panel at (e.g. PANEL_URL=http://panel.example:8000)"
+            " and restart the panel."
+        )
+    missing = wheelhouse_missing()
+    if missing:
+        problems.append(
+            f"The wheelhouse {wheelhouse()} has no wheels for {', '.join(missing)}, so hosts cannot install"
+            f" the agent's dependencies. On the panel's machine run '{WHEELHOUSE_FILL}' (it needs PyPI), or"
+            f" copy those wheels into {wheelhouse()}."
+        )
+    return problems
+
+
 @require_GET
 def install_script(request: HttpRequest) -> HttpResponse:
+    """The script, which stops before it changes anything when the panel lacks wheels it would need."""
     unit = render_to_string("agent/gpufleet-agent.service", {"prefix": "$PREFIX"}).strip()
-    script = render_to_string("agent/install.sh", {"panel": panel_url(request), "unit": unit})
+    context = {"panel": panel_url(request), "unit": unit, "missing": wheelhouse_missing(), "fill": WHEELHOUSE_FILL}
+    script = render_to_string("agent/install.sh", context)
     return HttpResponse(script, content_type="text/x-shellscript; charset=utf-8")
 
 
@@ -75,6 +103,33 @@ def agent_tarball(request: HttpRequest) -> HttpResponse:
 
 def wheelhouse() -> Path:
     return Path(getattr(settings, "AGENT_WHEELHOUSE", Path(settings.VAR_DIR) / "wheelhouse"))
+
+
+def _dist_name(name: str) -> str:
+    """A project name as wheel file names spell it: lower case, runs of ``-_.`` as one ``_``."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def wheelhouse_missing() -> list[str]:
+    """The agent's requirements, as written, that no wheel in the wheelhouse provides.
+
+    Only the direct requirements, which name the agent's needs; ``make agent-wheels``
+    downloads their own dependencies along with them.
+    """
+    present = set()
+    if wheelhouse().is_dir():
+        for path in wheelhouse().glob("*.whl"):
+            name, _, rest = path.name.partition("-")
+            present.add((_dist_name(name), rest.partition("-")[0]))
+    missing = []
+    for line in (AGENTS_DIR / "requirements.txt").read_text().splitlines():
+        match = REQUIREMENT.match(line.split("#")[0].strip())
+        if match is None:
+            continue
+        name, version = _dist_name(match.group(1)), match.group(2)
+        if not any(have == name and (version is None or have_version == version) for have, have_version in present):
+            missing.append(match.group(0).strip())
+    return missing
 
 
 @require_GET

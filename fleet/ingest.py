@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
@@ -39,6 +40,7 @@ from fleet.models import (
 from fleet.policies.settings import policy_defaults, policy_settings_validate
 from fleet.prepared import PreparedValues
 from fleet.rollups import rollup_reopen
+from fleet.services import gpus_retire
 from fleet.tokens import token_hash
 
 REPORT_INTERVAL_S = 5.0
@@ -60,8 +62,50 @@ class IngestError(Exception):
         self.details = list(details)
 
 
-def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
-    """Spend one use of a join token on a new node; return the node and its token (shown once)."""
+def _loopback_from_afar(advertised: str, peer: str) -> bool:
+    return protocol.address_is_loopback(advertised) and bool(peer) and not protocol.address_is_loopback(peer)
+
+
+def node_address(*, advertised: str, peer: str) -> str:
+    """Where the gateway reaches a node's servers: the address the agent advertises, else the
+    address the panel sees its requests come from (empty if neither is known).
+
+    A loopback address is taken only from a host the panel sees on loopback too (the demo, every
+    host on the panel's machine); from anywhere else it would send the gateway to the panel's
+    own machine, so the address the panel sees stands instead.
+    """
+    if advertised and not _loopback_from_afar(advertised, peer):
+        return advertised
+    return peer
+
+
+def endpoint_at(endpoint: str, address: str) -> str:
+    """An agent's endpoint with a loopback host replaced by the node's address.
+
+    Agents that advertise nothing report their servers at 127.0.0.1; the gateway, on another
+    machine, reaches them at the address the panel sees the agent at. Left alone: endpoints
+    already naming another host, and nodes whose address is loopback too (the demo).
+    """
+    if not endpoint or not address or protocol.address_is_loopback(address):
+        return endpoint
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        return endpoint
+    if not parts.hostname or not protocol.address_is_loopback(parts.hostname):
+        return endpoint
+    host = f"[{address}]" if ":" in address else address
+    return urlunsplit(parts._replace(netloc=f"{host}:{port}" if port else host))
+
+
+def node_register(*, registration: protocol.Registration, peer: str = "") -> tuple[Node, str]:
+    """Spend one use of a join token on a new node; return the node and its token (shown once).
+
+    ``peer`` is the address the request came from; with the advertised address it makes the
+    node's address (``node_address``). A host that advertises a loopback address from another
+    machine is refused, and the token keeps its use: the fleet could never reach its servers.
+    """
     now = timezone.now()
     usable = JoinToken.objects.filter(
         Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")),
@@ -72,10 +116,18 @@ def node_register(*, registration: protocol.Registration) -> tuple[Node, str]:
     with transaction.atomic():
         if usable.update(uses=F("uses") + 1) != 1:
             raise IngestError(401, "join token unknown, expired, revoked or used up")
+        advertised = registration.advertise_address
+        if _loopback_from_afar(advertised, peer):
+            raise IngestError(
+                400,
+                f"this host advertises {advertised}, a loopback address, but the panel sees it at {peer}:"
+                f" other hosts cannot reach its servers at {advertised}. Run the agent (or install.sh) with"
+                f" --advertise-address set to an address they reach, or without it to use {peer}.",
+            )
         node = Node(
             join_token=JoinToken.objects.get(token_hash=token_hash(registration.join_token)),
             name=registration.name,
-            address=registration.hostname,
+            address=node_address(advertised=advertised, peer=peer) or registration.hostname,
             agent_version=registration.agent_version,
             labels=registration.labels,
             simulated=registration.simulated,
@@ -128,7 +180,7 @@ def _mig_mode(reading: protocol.GpuSample) -> str:
 
 _node_gpus_query = PreparedValues(
     lambda *, node, uuids: (
-        Gpu.objects.filter(Q(node_id=node) | Q(uuid__in=uuids))
+        Gpu.objects.filter(Q(node_id=node) | Q(uuid__in=uuids), decommissioned_at__isnull=True)
         .order_by()
         .values_list(*(field.attname for field in Gpu._meta.concrete_fields))
     ),
@@ -139,9 +191,11 @@ _node_gpus_query = PreparedValues(
 def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> tuple[dict[str, Gpu], bool]:
     """Create or update the node's GPU rows from the newest report; refuse GPUs of other nodes.
 
-    Returns the node's GPUs by UUID and whether a GPU or MIG device was deleted (another
+    Returns the node's GPUs by UUID and whether a GPU or MIG device went away (another
     UUID now sits at a GPU's index, a card swapped, or a MIG layout changed); instances
-    placed on those lose their placement.
+    placed on those lose their placement. A swapped-out card is retired, not deleted: its
+    samples, rollups and spend stay. Cards that left the fleet are not this node's, nor
+    another's: a host that joins again after its decommission reports its cards anew.
 
     One SELECT (compiled once, see ``PreparedValues``) finds both this node's GPUs and any
     reported UUID held by another node; a row is written only when the report differs
@@ -169,8 +223,11 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> tuple[dict[str, Gp
         )
         gpu = existing.get(reading.uuid)
         if gpu is None:
-            deleted, _ = Gpu.objects.filter(node=node, index=reading.index).exclude(uuid=reading.uuid).delete()
-            gone = gone or deleted > 0
+            swapped = [row.pk for row in rows if row.index == reading.index and row.uuid != reading.uuid]
+            if swapped:
+                gpus_retire(gpu_ids=swapped, at=timezone.now())
+                existing = {uuid: row for uuid, row in existing.items() if row.pk not in swapped}
+                gone = True
             try:
                 with transaction.atomic():
                     existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
@@ -187,14 +244,15 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> tuple[dict[str, Gp
 
 
 def _forget_placements(rows: dict[int, dict[str, Any]]) -> None:
-    """Drop placements on GPUs or MIG devices deleted since ``rows`` were read (a card swapped).
+    """Drop placements on GPUs retired or MIG devices deleted since ``rows`` were read (a card swapped).
 
-    The database set them to NULL; the rows must say so too, or the instance events
-    written next would name a device that no longer exists.
+    The instances lost them in the database; the rows must say so too, or the instance
+    events written next would name a device the instance no longer has.
     """
-    gpus = set(Gpu.objects.filter(pk__in={r["gpu_id"] for r in rows.values()} - {None}).values_list("pk", flat=True))
+    gpus = {r["gpu_id"] for r in rows.values()} - {None}
+    gpus = set(Gpu.objects.filter(pk__in=gpus, decommissioned_at__isnull=True).values_list("pk", flat=True))
     migs = {r["mig_device_id"] for r in rows.values()} - {None}
-    migs = set(MigDevice.objects.filter(pk__in=migs).values_list("pk", flat=True))
+    migs = set(MigDevice.objects.filter(pk__in=migs, gpu__decommissioned_at__isnull=True).values_list("pk", flat=True))
     for row in rows.values():
         if row["gpu_id"] is not None and row["gpu_id"] not in gpus:
             row.update(gpu_id=None, gpu__uuid=None)
@@ -357,12 +415,14 @@ def _apply_instance_states(
     rows: dict[int, dict[str, Any]],
     latest: dict[int, tuple[datetime, protocol.InstanceSample]],
     requested: dict[int, datetime],
+    address: str,
 ) -> list[int]:
     """Record each instance's newest actual state and last request; return the ids whose state changed.
 
     ``requested`` holds, per instance, the newest sample time with a request rate above
     zero: idle reclaim measures idleness from it. ``rows`` are updated in place, so the
-    reply sees the states just stored.
+    reply sees the states just stored. Endpoints are stored as the gateway reaches them,
+    at the node's ``address`` (``endpoint_at``).
 
     Only what differs from the row is written, one UPDATE per distinct set of changes: in
     a steady fleet that is the last request time, the same for every instance that served
@@ -377,7 +437,7 @@ def _apply_instance_states(
             actual_state=reading.state,
             actual_generation=reading.generation,
             container_id=reading.container_id,
-            endpoint=reading.endpoint,
+            endpoint=endpoint_at(reading.endpoint, address),
             last_error=reading.error,
         )
         if pk in requested and (row["last_request_at"] is None or requested[pk] > row["last_request_at"]):
@@ -450,12 +510,13 @@ def _node_orphans(node: Node) -> Orphans:
     return {container_id: (first_seen, requested, stopped) for container_id, first_seen, requested, stopped in rows}
 
 
-def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
+def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> protocol.Reply:
     """Store a batch whole or refuse it whole; reply with the node's desired state.
 
     The reply is read in the same transaction as the writes (one SELECT serves the
     instance check, the state update and the desired state) and returned only after the
-    commit, so an acknowledgement always stands for stored samples.
+    commit, so an acknowledgement always stands for stored samples. ``peer``, the address
+    the request came from, keeps the node's address current (``node_address``).
     """
     seqs = [report.seq for report in batch.reports]
     if any(later <= earlier for earlier, later in pairwise(seqs)):
@@ -474,7 +535,7 @@ def report_ingest(*, node: Node, batch: protocol.Batch) -> protocol.Reply:
         orphans = _node_orphans(node) if has_orphans else {}
         stored = Stored()
         if fresh:
-            stored = _store(node, fresh, batch.dropped, rows, orphans, label=name, simulated=simulated)
+            stored = _store(node, fresh, batch.dropped, rows, orphans, label=name, simulated=simulated, peer=peer)
         jobs = batch_jobs_for(node) if has_jobs else []
     if stored.changed:
         event_publish(kind="instances", payload={"node": name, "instances_changed": stored.changed})
@@ -529,9 +590,11 @@ def _store(
     *,
     label: str,
     simulated: bool,
+    peer: str,
 ) -> Stored:
     """Write the reports' samples (one INSERT per table) and the node's newest state."""
     newest = reports[-1]
+    reachable = node_address(advertised=newest.host.advertise_address, peer=peer)
     gpus, gone = _sync_gpus(node, newest.gpus)
     if gone:
         _forget_placements(rows)
@@ -557,7 +620,7 @@ def _store(
     rows_insert(model=GpuSample, fields=_GPU_SAMPLE_FIELDS, rows=gpu_rows)
     rows_insert(model=InstanceSample, fields=_INSTANCE_SAMPLE_FIELDS, rows=instance_rows)
     rollup_reopen(since=_when(reports[0].sampled_at))
-    stored.changed = _apply_instance_states(rows, latest, requested) if latest else []
+    stored.changed = _apply_instance_states(rows, latest, requested, reachable) if latest else []
     jobs = {sample.job_id: (_when(report.sampled_at), sample) for report in reports for sample in report.batch_jobs}
     stored.ended = _apply_batch_job_states(node, jobs) if jobs else []
     _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped], orphans)
@@ -569,7 +632,7 @@ def _store(
             last_seq=newest.seq,
             last_seen_at=timezone.now(),
             status=Node.Status.ONLINE,
-            address=newest.host.hostname,
+            address=reachable or newest.host.hostname,
             agent_version=newest.host.agent_version,
             nvml_available=newest.host.nvml_available,
             nvml_reason=newest.host.nvml_reason,

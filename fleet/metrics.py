@@ -83,7 +83,7 @@ class FleetCollector(Collector):
             "gpufleet_node_last_seen_timestamp_seconds", "When the node last reported (Unix time).", labels=["node"]
         )
         recent = timezone.now() - NODE_UP_WITHIN
-        for name, last_seen in Node.objects.values_list("name", "last_seen_at"):
+        for name, last_seen in Node.objects.filter(decommissioned_at__isnull=True).values_list("name", "last_seen_at"):
             up.add_metric([name], 1.0 if last_seen is not None and last_seen >= recent else 0.0)
             if last_seen is not None:
                 seen.add_metric([name], last_seen.timestamp())

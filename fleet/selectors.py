@@ -57,10 +57,23 @@ log = logging.getLogger(__name__)
 
 
 def nodes_overview() -> QuerySet[Node]:
-    """Nodes with their GPU count and total GPU memory, in one query."""
-    return Node.objects.annotate(gpu_count=Count("gpus"), gpu_memory_bytes=Sum("gpus__memory_total_bytes")).order_by(
-        "name"
-    )
+    """Nodes with their GPU count and total GPU memory, in one query; live ones first, by name.
+
+    Decommissioned hosts follow, newest first, with the cards they had when they left
+    (their history still counts); a card swapped out of a live host is not counted.
+    """
+    cards = Q(gpus__decommissioned_at__isnull=True) | Q(gpus__decommissioned_at=F("decommissioned_at"))
+    return Node.objects.annotate(
+        gpu_count=Count("gpus", filter=cards), gpu_memory_bytes=Sum("gpus__memory_total_bytes", filter=cards)
+    ).order_by(F("decommissioned_at").desc(nulls_first=True), "name")
+
+
+def fleet_simulated_hosts() -> int:
+    """Simulated hosts in the fleet (the demo's): while there are any, every page says the fleet is simulated.
+
+    A decommissioned one has left the fleet: its history stays, the banner goes.
+    """
+    return Node.objects.filter(simulated=True, decommissioned_at__isnull=True).count()
 
 
 def pools_overview() -> QuerySet[Pool]:
@@ -233,14 +246,18 @@ def _pool_windows(
 
 
 def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
-    """The fleet as policies see it: enabled pools, their instances, GPUs and recent telemetry."""
+    """The fleet as policies see it: enabled pools, their instances, GPUs and recent telemetry.
+
+    Cards that left the fleet (decommissioned hosts, swapped-out cards) are not in it: nothing
+    is placed on them.
+    """
     now = now or timezone.now()
     fresh = now - timedelta(seconds=SAMPLE_FRESH_S)
     history = now - timedelta(seconds=WINDOW_S * WINDOWS)
     pools = list(Pool.objects.filter(enabled=True).select_related("model_profile"))
     pool_ids = [pool.pk for pool in pools]
     instances = list(Instance.objects.filter(pool_id__in=pool_ids).order_by("id"))
-    gpus = list(Gpu.objects.select_related("node").order_by("id"))
+    gpus = list(Gpu.objects.filter(decommissioned_at__isnull=True).select_related("node").order_by("id"))
     jobs = list(BatchJob.objects.exclude(state__in=[BatchJob.State.DONE, BatchJob.State.FAILED]))
     gpu_rows = list(GpuSample.objects.filter(at__gte=min(fresh, history), at__lte=now).order_by("gpu_id", "-at"))
     instance_rows = list(
@@ -319,7 +336,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         instances=instance_views,
         mig_devices=tuple(
             MigView(id=d.pk, gpu_id=d.gpu_id, uuid=d.uuid, profile=d.profile, memory_total_bytes=d.memory_total_bytes)
-            for d in MigDevice.objects.order_by("id")
+            for d in MigDevice.objects.filter(gpu__decommissioned_at__isnull=True).order_by("id")
         ),
         batch_jobs=tuple(
             BatchJobView(
@@ -497,10 +514,11 @@ def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[dict[
     The newest sample id per GPU is one probe of the ``(gpu, at DESC)`` index each, so
     this stays fast however long the table grows. GPUs whose newest sample is older than
     ``fresh_for`` (None: any age) are left out: a host that stopped reporting must not
-    show its last utilization as if it were current.
+    show its last utilization as if it were current. So are cards that left the fleet.
     """
     newest = GpuSample.objects.filter(gpu_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
-    ids = Gpu.objects.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
+    live = Gpu.objects.filter(decommissioned_at__isnull=True)
+    ids = live.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
     samples = GpuSample.objects.filter(pk__in=ids)
     if fresh_for is not None:
         samples = samples.filter(at__gte=timezone.now() - fresh_for)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet.bulk import rows_insert, rows_update
@@ -18,6 +19,7 @@ from fleet.models import (
     Decision,
     Gpu,
     Instance,
+    InstanceEvent,
     JoinToken,
     MigDevice,
     Node,
@@ -42,13 +44,121 @@ def node_create(*, name: str, labels: dict[str, str] | None = None, simulated: b
 
 
 def node_token_rotate(*, node: Node) -> str:
+    if node.decommissioned_at is not None:
+        raise ValueError(f"host {node.name} is decommissioned: register it again with a join token")
     token = node.issue_token()
     node.save(update_fields=["token_hash", "token_prefix"])
     return token
 
 
-def join_token_create(*, name: str, max_uses: int | None, expires_at: datetime | None) -> tuple[JoinToken, str]:
-    """A token new hosts register with; the secret is returned once and stored hashed."""
+def gpus_retire(*, gpu_ids: Sequence[int], at: datetime) -> int:
+    """Mark cards as gone from the fleet; their rows, samples, rollups and spend stay.
+
+    Instances and batch jobs placed on them lose the placement, as if the cards had been
+    pulled: a card swapped out of a host, or every card of a decommissioned one. A card
+    that comes back (the host joins again) gets a new row; this one keeps its history.
+    Returns the cards marked.
+    """
+    retired = Gpu.objects.filter(pk__in=gpu_ids, decommissioned_at__isnull=True).update(decommissioned_at=at)
+    Instance.objects.filter(_on_cards(gpu_ids)).update(gpu=None, mig_device=None)
+    BatchJob.objects.filter(gpu_id__in=gpu_ids).update(gpu=None)
+    return retired
+
+
+def _on_cards(gpu_ids: Sequence[int]) -> Q:
+    """Instances on these cards, whole or on a MIG slice; without a join, so rows can be locked."""
+    slices = MigDevice.objects.filter(gpu_id__in=gpu_ids).values("pk")
+    return Q(gpu_id__in=gpu_ids) | Q(mig_device_id__in=slices)
+
+
+def node_decommission(*, node: Node, reason: str = "", kind: str = "manual") -> Node:
+    """Take a host out of the fleet for good, keeping everything billed to it.
+
+    Its agent token stops working. Its instances end now: a ``stopped`` event at this
+    instant ends their allocations, so no spend accrues after it (a sleeping one would
+    otherwise be the first woken by its pool's next request). Its running batch jobs go
+    back to the queue and its cards are retired (``gpus_retire``), so placement, live
+    views and silent-node alerts pass it by. Samples, rollups, instance events and prices
+    stay, so past periods bill the same before and after; deleting the node instead is
+    refused by the database while any of them refer to it. Claimed with a conditional
+    update, so a second call (or a second admin) changes nothing.
+    """
+    now = timezone.now()
+    why = reason or f"host {node.name} decommissioned"
+    with transaction.atomic():
+        node.issue_token()  # a fresh hash nobody holds: the agent's token is refused from now on
+        claimed = Node.objects.filter(pk=node.pk, decommissioned_at__isnull=True).update(
+            status=Node.Status.DECOMMISSIONED,
+            decommissioned_at=now,
+            token_hash=node.token_hash,
+            token_prefix=node.token_prefix,
+            containers=[],
+        )
+        if claimed != 1:
+            node.refresh_from_db()
+            return node
+        gpu_ids = list(Gpu.objects.filter(node=node, decommissioned_at__isnull=True).values_list("pk", flat=True))
+        ended = _instances_end(gpu_ids=gpu_ids, at=now, reason=why, kind=kind)
+        for job in BatchJob.objects.filter(gpu_id__in=gpu_ids, state=BatchJob.State.RUNNING):
+            batch_job_preempt(job=job, reason=why, kind=kind)
+        gpus_retire(gpu_ids=gpu_ids, at=now)
+        OrphanContainer.objects.filter(node=node).delete()  # nobody is left to stop them
+        decision = Decision.objects.create(
+            policy_kind=kind,
+            action="decommission",
+            reason=why,
+            inputs={"node": node.name, "gpus": len(gpu_ids), "instances_ended": ended},
+            applied_at=now,
+        )
+    _decision_event(decision, {"node": node.name, "status": Node.Status.DECOMMISSIONED, "reason": why})
+    transaction.on_commit(
+        lambda: event_publish(kind="node", payload={"node": node.name, "status": Node.Status.DECOMMISSIONED})
+    )
+    node.refresh_from_db()
+    return node
+
+
+def _instances_end(*, gpu_ids: Sequence[int], at: datetime, reason: str, kind: str) -> list[int]:
+    """Stop every instance on these cards now, and record that it stopped: the end of its allocation.
+
+    No agent is left to report the stop, so the ``stopped`` state is written here, at ``at``.
+    """
+    placed = Instance.objects.select_for_update().filter(_on_cards(gpu_ids)).order_by("pk")
+    ended = []
+    for instance in placed.exclude(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED):
+        if instance.desired_state != Instance.Desired.STOPPED:
+            instance_desire(instance=instance, state=Instance.Desired.STOPPED, reason=reason, action="stop", kind=kind)
+        if instance.actual_state != Instance.Actual.STOPPED:
+            InstanceEvent.objects.create(
+                instance=instance,
+                at=at,
+                state=Instance.Actual.STOPPED,
+                generation=instance.generation,
+                gpu_id=instance.gpu_id,
+                mig_device_id=instance.mig_device_id,
+            )
+            Instance.objects.filter(pk=instance.pk).update(
+                actual_state=Instance.Actual.STOPPED, actual_changed_at=at, endpoint=""
+            )
+        ended.append(instance.pk)
+    return ended
+
+
+def join_token_ttl() -> timedelta:
+    """How long a new join token works unless its maker says otherwise (``JOIN_TOKEN_DEFAULT_TTL_HOURS``)."""
+    return timedelta(hours=settings.JOIN_TOKEN_DEFAULT_TTL_HOURS)
+
+
+def join_token_create(
+    *, name: str, max_uses: int | None, expires_at: datetime | Literal["default"] | None = "default"
+) -> tuple[JoinToken, str]:
+    """A token new hosts register with; the secret is returned once and stored hashed.
+
+    ``expires_at`` None makes a token that never expires; left out, the token gets the
+    default lifetime, the same one the admin and the Add-a-host page offer.
+    """
+    if expires_at == "default":
+        expires_at = timezone.now() + join_token_ttl()
     token = JoinToken(name=name, max_uses=max_uses, expires_at=expires_at)
     secret = token.issue_token()
     token.full_clean()

@@ -15,6 +15,7 @@ test suite can run the same code against PostgreSQL and Redis.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -86,6 +87,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's, the dashboard's script) from the app server itself, in every
+    # mode: ASGI (make run, daphne), WSGI (gunicorn) and runserver alike. Production serves the
+    # files `manage.py collectstatic` put in STATIC_ROOT; with DEBUG on it also finds them in
+    # the apps, so a change shows without collecting again.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -94,9 +100,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-if PRODUCTION:
-    # Static files straight from the app server; the embedded runserver serves them itself.
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+# WhiteNoise hands Django a file as a synchronous iterator; under ASGI Django reads it on a
+# worker thread and warns about each file it serves that way. Static files are small.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
 ROOT_URLCONF = "fleet.urls"
 ASGI_APPLICATION = "fleet.asgi.application"
@@ -112,6 +118,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.simulated_fleet",
             ],
         },
     },
@@ -122,6 +129,13 @@ VAR_DIR = Path(os.environ.get("FLEET_VAR_DIR", BASE_DIR / "var"))
 PANEL_URL = os.environ.get("PANEL_URL", "").strip()
 # Wheels of the agent's dependencies, served to hosts that reach no package index.
 AGENT_WHEELHOUSE = Path(os.environ.get("AGENT_WHEELHOUSE", VAR_DIR / "wheelhouse"))
+# Behind a reverse proxy, the header it puts the agent's address in (e.g. X-Forwarded-For; its
+# last entry counts). Empty: the connection's own peer address, as no client can forge it.
+AGENT_ADDRESS_HEADER = os.environ.get("AGENT_ADDRESS_HEADER", "").strip()
+# How long a new join token lets hosts register, wherever it is made, unless its maker says otherwise.
+JOIN_TOKEN_DEFAULT_TTL_HOURS = envint("JOIN_TOKEN_DEFAULT_TTL_HOURS", 24)
+if JOIN_TOKEN_DEFAULT_TTL_HOURS < 1:
+    raise ImproperlyConfigured(f"JOIN_TOKEN_DEFAULT_TTL_HOURS must be at least 1, not {JOIN_TOKEN_DEFAULT_TTL_HOURS}")
 
 if DATABASE_URL:
     DATABASES = {

@@ -26,6 +26,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"skipped under CI=true, where nothing may be skipped: {report.longrepr}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def static_files_collected() -> None:
+    """``collectstatic`` once, as a deployment runs it, before any test builds the app.
+
+    DEBUG is off in tests, so the app's WhiteNoise serves STATIC_ROOT only, as in production.
+    """
+    from django.core.management import call_command
+
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
 def reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:

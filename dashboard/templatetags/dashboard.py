@@ -21,11 +21,16 @@ def plotly_js_url() -> str:
 
 @register.simple_tag
 def chart(figure: dict[str, Any], name: str, live: str = "", field: str = "", scale: float = 1.0) -> str:
-    """A div that ``live.js`` draws the figure into; ``live`` names the events that extend it."""
+    """A div that ``live.js`` draws the figure into; ``live`` names the events that extend it.
+
+    The div is as tall as the figure: on a window resize Plotly drops the layout's height and
+    takes the div's, which without one would shrink every chart to the div's minimum.
+    """
     return format_html(
-        '<div class="chart" id="chart-{}" data-figure="figure-{}" data-live="{}" data-field="{}" data-scale="{}">'
-        "</div>{}",
+        '<div class="chart" id="chart-{}" style="height:{}px" data-figure="figure-{}" data-live="{}" data-field="{}"'
+        ' data-scale="{}"></div>{}',
         name,
+        int(figure["layout"]["height"]),
         name,
         live,
         field,

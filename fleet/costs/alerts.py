@@ -129,7 +129,7 @@ def _idle_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
 
 def _container_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
     conditions = []
-    for node in Node.objects.exclude(containers=[]):
+    for node in Node.objects.exclude(containers=[]).filter(decommissioned_at__isnull=True):
         for container in node.containers:
             gpus = ", ".join(container.get("gpu_uuids") or []) or "no GPU"
             conditions.append(
@@ -147,7 +147,8 @@ def _container_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
 def _silent_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
     limit = timedelta(seconds=float(rule.threshold or 0))
     conditions = []
-    for node in Node.objects.filter(last_seen_at__lt=now - limit).exclude(status=Node.Status.PENDING):
+    silent = Node.objects.filter(last_seen_at__lt=now - limit, decommissioned_at__isnull=True)
+    for node in silent.exclude(status=Node.Status.PENDING):
         silent_s = int((now - node.last_seen_at).total_seconds())  # type: ignore[operator]
         conditions.append(
             Condition(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from zoneinfo import ZoneInfo
@@ -142,6 +142,19 @@ class FleetWindow:
     up: dict[int, list[tuple[datetime, datetime]]]
     utilization: UtilizationIndex
     pools: dict[int, int]
+    complete_until: datetime
+
+    def complete(self) -> FleetWindow:
+        """The window cut at ``complete_until`` (``Tiers``), so holds and up time end at the same instant."""
+        cut = self.complete_until
+        if cut >= self.end:
+            return self
+        return replace(
+            self,
+            end=cut,
+            allocations=[replace(row, end=min(row.end, cut)) for row in self.allocations if row.start < cut],
+            up={gpu_id: clipped for gpu_id, runs in self.up.items() if (clipped := _clip(runs, self.start, cut))},
+        )
 
 
 MINUTE = timedelta(minutes=1)
@@ -159,10 +172,16 @@ class Tiers:
     from minute rollups, the rest from raw samples. Rollups count a GPU that reported in a
     bucket as up for the whole bucket. Without a watermark (rollups never ran) everything
     is raw.
+
+    ``complete_until`` is how far the window's up time is known: ``end`` when raw samples
+    are read; for rollups only, the minute watermark (the end of the last complete minute,
+    the window's start if rollups never ran), as up time past it is not rolled up yet while
+    holds, read from state events, run to ``end``.
     """
 
     hours_until: datetime
     minutes_until: datetime
+    complete_until: datetime
     raw: bool = True
 
     @classmethod
@@ -172,8 +191,9 @@ class Tiers:
         now = now or timezone.now()
         marks = dict(RollupWatermark.objects.values_list("name", "done_until"))
         if raw and "minute" not in marks:
-            return cls(hours_until=start, minutes_until=start)
-        minutes_until = min(max(marks["minute"], start), end) if raw else end
+            return cls(hours_until=start, minutes_until=start, complete_until=end)
+        rolled_up = min(max(marks.get("minute", start), start), end)
+        minutes_until = rolled_up if raw else end
         # History pages take every complete hour from hour rollups: a chart of a day or a month
         # of a thousand GPUs must not sum a million minute rows.
         detail_from = (
@@ -183,7 +203,9 @@ class Tiers:
         # Hours never rolled up count as incomplete for billing; history pages take what is there.
         hours_done = min(marks.get("hour", start if raw else floor_hour(end)), detail_from)
         hours_until = min(max(oldest_minute, hours_done, start), minutes_until)
-        return cls(hours_until=hours_until, minutes_until=minutes_until, raw=raw)
+        return cls(
+            hours_until=hours_until, minutes_until=minutes_until, complete_until=end if raw else rolled_up, raw=raw
+        )
 
 
 # Rollup rows are summed in the database per GPU into periods: hour rows per day, minute
@@ -299,7 +321,8 @@ def fleet_window(
         sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
     states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
     holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
-    up, utilization = gpu_activity(start=start, end=end, tiers=Tiers.for_window(start=start, end=end, raw=raw))
+    tiers = Tiers.for_window(start=start, end=end, raw=raw)
+    up, utilization = gpu_activity(start=start, end=end, tiers=tiers)
     return FleetWindow(
         start=start,
         end=end,
@@ -308,6 +331,7 @@ def fleet_window(
         up=up,
         utilization=utilization,
         pools=dict(Instance.objects.values_list("pk", "pool_id")),
+        complete_until=tiers.complete_until,
     )
 
 
@@ -337,8 +361,10 @@ class Savings:
     method: str = (
         "Baseline: the static layout the method starts from, one always-on instance on every GPU, "
         "each GPU counted from the period start (or from when it first reported or held an instance "
-        "in the period, if it is new) to the period end, at the same prices. Actual: allocated plus "
-        "unallocated spend, i.e. what was paid for GPUs while they were up. Savings = baseline - actual. "
+        "in the period, if it is new) until it left the fleet, if it did, at the same prices. Actual: "
+        "allocated plus unallocated spend, "
+        "i.e. what was paid for GPUs while they were up. Both run to the same end: the period end, or "
+        "the last complete minute where spend is read from rollups. Savings = baseline - actual. "
         "Reclaimable: the unallocated part, paid for capacity no instance held; releasing those GPUs "
         "would save it too."
     )
@@ -352,9 +378,19 @@ def savings_compute(
     window: FleetWindow | None = None,
     report: SpendReport | None = None,
 ) -> Savings:
-    """Savings against the static baseline; pass the period's window and report where the caller has them."""
-    window = window or fleet_window(start=start, end=end)
-    report = report or spend_report(start=start, end=end, currency=currency, window=window)
+    """Savings against the static baseline, the one definition every page and metric reads.
+
+    Baseline and actual both cover [start, until), ``until`` being ``end`` where the window
+    reads raw samples and the last complete minute where it reads rollups only
+    (``FleetWindow.complete``): past it no GPU's up time is known, so a baseline running
+    on to ``end`` would count those seconds of every unallocated or departed GPU as saved.
+    Pass the period's window, and a report of that window's complete part, where the caller
+    has them.
+    """
+    window = (window or fleet_window(start=start, end=end)).complete()
+    until = window.end
+    if report is None or report.end != until:
+        report = spend_report(start=start, end=until, currency=currency, window=window)
     gpu_ids = set(window.up) | {row.gpu_id for row in window.allocations}
     seen_before = set(
         Gpu.objects.filter(pk__in=gpu_ids)
@@ -370,12 +406,14 @@ def savings_compute(
     for row in window.allocations:
         if row.gpu_id not in held_from or row.start < held_from[row.gpu_id]:
             held_from[row.gpu_id] = row.start
+    # A card that left the fleet (its host decommissioned, or swapped out) is in the static layout until then.
+    left = dict(Gpu.objects.filter(pk__in=gpu_ids, decommissioned_at__lt=until).values_list("pk", "decommissioned_at"))
     spans = {}
     for gpu_id in gpu_ids:
         firsts = [run[0] for run in window.up.get(gpu_id, [])]
         if gpu_id in held_from:
             firsts.append(held_from[gpu_id])
-        spans[gpu_id] = (start if gpu_id in seen_before else min(firsts), end)
+        spans[gpu_id] = (start if gpu_id in seen_before else min(firsts), left.get(gpu_id, until))
     lines = baseline_lines(spans=spans, gpus=window.gpus, prices=price_book(currency=currency))
     with localcontext(CONTEXT):
         baseline = sum((line.spend for line in lines if line.kind == BASELINE), ZERO)
@@ -491,7 +529,7 @@ def run_rate(*, now: datetime | None = None) -> RunRate:
         "pk", "gpu_id", "mig_device_id", "actual_state"
     )
     holds = [Hold(pk, gpu_id, mig_id, now, end, state) for pk, gpu_id, mig_id, state in holders]
-    up_ids = set(Gpu.objects.filter(node__status="online").values_list("pk", flat=True))
+    up_ids = set(Gpu.objects.filter(node__status="online", decommissioned_at__isnull=True).values_list("pk", flat=True))
     window = FleetWindow(
         start=now,
         end=end,
@@ -500,6 +538,7 @@ def run_rate(*, now: datetime | None = None) -> RunRate:
         up={gpu_id: [(now, end)] for gpu_id in up_ids},
         utilization=UtilizationIndex([]),
         pools=dict(Instance.objects.values_list("pk", "pool_id")),
+        complete_until=end,
     )
     report = spend_report(start=now, end=end, window=window)
     return RunRate(

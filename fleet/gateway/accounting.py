@@ -27,6 +27,8 @@ class RequestRecord:
     prompt_tokens: int | None
     output_tokens: int | None
     tokens_from_usage: bool
+    # From where latency starts to the first event carrying a generated token (``SseRelay.generated``);
+    # None for an answer that is not streamed or a stream that generated nothing.
     ttft_ms: float | None
     latency_ms: float
     status: int

@@ -619,7 +619,11 @@ class Gateway:
         receive: Receive,
         send: Send,
     ) -> None:
-        """Pass events through as they arrive; stop reading when the client goes away."""
+        """Pass events through as they arrive; stop reading when the client goes away.
+
+        Time to first token runs from where latency starts (the request read and routed) to the
+        first event with a generated token in it (``SseRelay.generated``), not to the first event.
+        """
         headers = self._headers(routed, upstream, response.headers.get(b"content-type", b"text/event-stream"))
         headers.append((b"cache-control", b"no-cache"))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -630,9 +634,9 @@ class Gateway:
         try:
             async for piece in response.chunks():
                 out = relay.feed(piece)
+                if first is None and relay.generated:
+                    first = time.perf_counter()
                 if out:
-                    if first is None:
-                        first = time.perf_counter()
                     await send({"type": "http.response.body", "body": out, "more_body": True})
                 if disconnect.done():
                     response.close()
@@ -643,7 +647,10 @@ class Gateway:
         finally:
             disconnect.cancel()
         if status != 499:
-            await send({"type": "http.response.body", "body": relay.finish(), "more_body": False})
+            rest = relay.finish()
+            if first is None and relay.generated:
+                first = time.perf_counter()
+            await send({"type": "http.response.body", "body": rest, "more_body": False})
         from_usage = relay.completion_tokens is not None
         self._record(
             routed,

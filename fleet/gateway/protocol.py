@@ -178,39 +178,82 @@ def parse_completion(payload: dict[str, Any]) -> ParsedRequest:
     )
 
 
+# Delta fields that carry generated tokens in a chat chunk; vLLM names reasoning text
+# ``reasoning_content`` (``reasoning`` in newer releases).
+OUTPUT_FIELDS = ("content", "reasoning_content", "reasoning", "tool_calls")
+
+
+def _event_json(event: bytes) -> Any:
+    """The JSON in an event's data lines, or None (``[DONE]``, comments, anything unreadable)."""
+    data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    try:
+        return json.loads(data) if data else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def carries_output(chunk: Any) -> bool:
+    """True for a stream chunk with a generated token in it: non-empty ``text`` (completions) or a
+    non-empty ``OUTPUT_FIELDS`` entry in a choice's ``delta`` (chat)."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if choice.get("text") or (isinstance(delta, dict) and any(delta.get(name) for name in OUTPUT_FIELDS)):
+            return True
+    return False
+
+
 class SseRelay:
-    """Passes server-sent events through whole, and reads the usage report on the way.
+    """Passes server-sent events through whole, and reads the first token and the usage on the way.
 
     Complete events (up to the last blank line) go out as soon as they arrive; a partial
-    event waits for its end. When the gateway added ``include_usage`` itself, the usage
-    event (empty ``choices``) is removed so the client gets the stream it asked for.
-    Without any usage event the output token count falls back to the number of data
-    events, one per generated token in vLLM's streams (an estimate).
+    event waits for its end, kept as the pieces it came in, so an event arriving in many
+    small reads is joined once and the relay stays linear in bytes. When the gateway added
+    ``include_usage`` itself, the usage event (empty ``choices``) is removed so the client
+    gets the stream it asked for. Without any usage event the output token count falls back
+    to the number of data events, one per generated token in vLLM's streams (an estimate).
+
+    ``generated`` turns true with the first event that ``carries_output``: the gateway's time
+    to first token. Not the first event: vLLM opens a chat stream with an empty role chunk
+    (``"delta": {"role": "assistant", "content": ""}``) before any token is computed. Events
+    are parsed until then, each once.
     """
 
-    __slots__ = ("_buffer", "completion_tokens", "data_events", "prompt_tokens", "strip_usage")
+    __slots__ = ("_pending", "completion_tokens", "data_events", "generated", "prompt_tokens", "strip_usage")
 
     def __init__(self, *, strip_usage: bool) -> None:
-        self._buffer = b""
+        self._pending: list[bytes] = []
         self.strip_usage = strip_usage
         self.data_events = 0
+        self.generated = False
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._buffer + data if self._buffer else data
-        end = buffer.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = buffer
+        end = data.rfind(b"\n\n")
+        if end >= 0:
+            end += 2
+        elif data[:1] == b"\n" and self._pending and self._pending[-1][-1:] == b"\n":
+            end = 1  # the blank line began in the previous read
+        else:
+            if data:
+                self._pending.append(data)
             return b""
-        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        complete = b"".join([*self._pending, data[:end]]) if self._pending else data[:end]
+        self._pending = [data[end:]] if end < len(data) else []
         return self._events(complete)
 
     def finish(self) -> bytes:
-        rest, self._buffer = self._buffer, b""
+        rest, self._pending = b"".join(self._pending), []
         return self._events(rest) if rest else b""
 
     def _events(self, complete: bytes) -> bytes:
+        if not self.generated:
+            self.generated = any(carries_output(_event_json(event)) for event in complete.split(b"\n\n") if event)
         if USAGE_EVENT.search(complete) is None:
             self.data_events += complete.count(b"data:") - complete.count(b"data: [DONE]")
             return complete
@@ -225,9 +268,8 @@ class SseRelay:
 
     def _read_usage(self, event: bytes) -> bool:
         """Record the usage in ``event``; True if it is a usage-only event (no choices)."""
-        data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        chunk = _event_json(event)
         try:
-            chunk = json.loads(data)
             usage = chunk["usage"]
             self.prompt_tokens = int(usage["prompt_tokens"])
             self.completion_tokens = int(usage.get("completion_tokens") or 0)

@@ -10,17 +10,17 @@ from django.db import models
 
 
 class PriceRate(models.Model):
-    gpu_model = models.CharField(max_length=100, help_text="GPU model as NVML names it, e.g. NVIDIA L4.")
+    gpu_model = models.CharField("GPU model", max_length=100, help_text="GPU model as NVML names it, e.g. NVIDIA L4.")
     node = models.ForeignKey(
         "fleet.Node",
-        on_delete=models.CASCADE,
+        on_delete=models.PROTECT,
         null=True,
         blank=True,
         related_name="price_rates",
         help_text="Only for this node (reserved or on-premises host); empty for every node.",
     )
     price_per_gpu_hour = models.DecimalField(
-        max_digits=12, decimal_places=4, validators=[MinValueValidator(Decimal("0"))]
+        "price per GPU-hour", max_digits=12, decimal_places=4, validators=[MinValueValidator(Decimal("0"))]
     )
     currency = models.CharField(
         max_length=3, default="USD", validators=[RegexValidator(r"^[A-Z]{3}$", "Use an ISO 4217 code such as USD.")]

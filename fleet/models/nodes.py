@@ -18,13 +18,14 @@ class Node(models.Model):
         STALE = "stale", "stale (reports late)"
         OFFLINE = "offline", "offline"
         DRAINING = "draining", "draining"
+        DECOMMISSIONED = "decommissioned", "decommissioned"
 
-    name = models.SlugField(max_length=100, unique=True)
+    name = models.SlugField(max_length=100, help_text="Unique among hosts not decommissioned.")
     address = models.CharField(max_length=255, blank=True, help_text="Host name or IP the agent reported.")
     labels = models.JSONField(default=dict, blank=True, help_text='Free-form labels, e.g. {"zone": "a"}.')
     agent_version = models.CharField(max_length=50, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField("last seen", null=True, blank=True)
     simulated = models.BooleanField(default=False, help_text="Part of the simulated demo fleet, not a real host.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_prefix = models.CharField(max_length=16, editable=False)
@@ -32,10 +33,17 @@ class Node(models.Model):
     join_token = models.ForeignKey(
         "fleet.JoinToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="nodes", editable=False
     )
-    nvml_available = models.BooleanField(null=True, blank=True, help_text="Whether the agent could use NVML.")
-    nvml_reason = models.CharField(max_length=1000, blank=True, help_text="Why NVML is unusable, as the agent said.")
+    nvml_available = models.BooleanField(
+        "NVML available", null=True, blank=True, help_text="Whether the agent could use NVML."
+    )
+    nvml_reason = models.CharField(
+        "NVML problem", max_length=1000, blank=True, help_text="Why NVML is unusable, as the agent said."
+    )
     runtime_reason = models.CharField(
-        max_length=1000, blank=True, help_text="Why the container runtime is unusable, as the agent said."
+        "container runtime problem",
+        max_length=1000,
+        blank=True,
+        help_text="Why the container runtime is unusable, as the agent said.",
     )
     containers = models.JSONField(
         default=list,
@@ -46,10 +54,20 @@ class Node(models.Model):
     reports_dropped = models.PositiveBigIntegerField(
         default=0, help_text="Reports the agent's buffer lost while the panel was unreachable."
     )
+    decommissioned_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the host left the fleet; its history stays."
+    )
 
     class Meta:
         ordering = ["name"]
         indexes = [models.Index(fields=["status", "last_seen_at"], name="node_status_seen")]
+        # A host that joins again after its decommission is a new row under the same name:
+        # the old row keeps the history billed to it.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(decommissioned_at__isnull=True), name="node_name_live_unique"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -68,17 +86,36 @@ class Gpu(models.Model):
         DISABLED = "disabled", "disabled"
         ENABLED = "enabled", "enabled"
 
-    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="gpus")
     index = models.PositiveSmallIntegerField()
-    uuid = models.CharField(max_length=64, unique=True)
-    model_name = models.CharField(max_length=100)
-    memory_total_bytes = models.PositiveBigIntegerField()
-    mig_capable = models.BooleanField(default=False)
-    mig_mode = models.CharField(max_length=16, choices=MigMode.choices, default=MigMode.UNSUPPORTED)
+    uuid = models.CharField("UUID", max_length=64)
+    model_name = models.CharField("GPU model", max_length=100)
+    memory_total_bytes = models.PositiveBigIntegerField("memory (bytes)")
+    mig_capable = models.BooleanField("MIG capable", default=False)
+    mig_mode = models.CharField("MIG mode", max_length=16, choices=MigMode.choices, default=MigMode.UNSUPPORTED)
+    decommissioned_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the card left the fleet (its host decommissioned, or the card swapped out); its history stays.",
+    )
 
     class Meta:
+        verbose_name = "GPU"
+        verbose_name_plural = "GPUs"
         ordering = ["node__name", "index"]
-        constraints = [models.UniqueConstraint(fields=["node", "index"], name="gpu_node_index_unique")]
+        # Only cards in the fleet are unique by UUID and position: a card that left keeps its
+        # row (and the samples, rollups and spend on it) beside the row it has if it comes back.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["node", "index"],
+                condition=models.Q(decommissioned_at__isnull=True),
+                name="gpu_node_index_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["uuid"], condition=models.Q(decommissioned_at__isnull=True), name="gpu_uuid_live_unique"
+            ),
+        ]
         indexes = [models.Index(fields=["model_name"], name="gpu_model_name")]
 
     def __str__(self) -> str:
@@ -98,14 +135,15 @@ class Gpu(models.Model):
 class MigDevice(models.Model):
     """A MIG slice of a GPU, reported by the agent where MIG is enabled."""
 
-    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="mig_devices")
-    uuid = models.CharField(max_length=64, unique=True)
-    profile = models.CharField(max_length=32, help_text="MIG profile, e.g. 1g.10gb.")
-    gpu_instance_id = models.PositiveSmallIntegerField()
-    compute_instance_id = models.PositiveSmallIntegerField(default=0)
-    memory_total_bytes = models.PositiveBigIntegerField()
+    gpu = models.ForeignKey(Gpu, on_delete=models.CASCADE, related_name="mig_devices", verbose_name="GPU")
+    uuid = models.CharField("UUID", max_length=64, unique=True)
+    profile = models.CharField("MIG profile", max_length=32, help_text="MIG profile, e.g. 1g.10gb.")
+    gpu_instance_id = models.PositiveSmallIntegerField("GPU instance ID")
+    compute_instance_id = models.PositiveSmallIntegerField("compute instance ID", default=0)
+    memory_total_bytes = models.PositiveBigIntegerField("memory (bytes)")
 
     class Meta:
+        verbose_name = "MIG device"
         ordering = ["gpu", "gpu_instance_id", "compute_instance_id"]
 
     def __str__(self) -> str:

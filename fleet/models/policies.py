@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
 from django.db import models
 
-from fleet.policies.settings import SCHEMAS, policy_settings_validate
+from fleet.policies.settings import SCHEMAS, policy_settings_clean
 
 
 class Policy(models.Model):
@@ -46,12 +45,9 @@ class Policy(models.Model):
         return f"{self.get_kind_display()} ({self.pool or 'fleet'})"
 
     def clean(self) -> None:
-        if self.kind not in SCHEMAS:
-            return
-        try:
-            self.settings = policy_settings_validate(kind=self.kind, settings=self.settings)
-        except ValidationError as exc:
-            raise ValidationError({"settings": exc.messages}) from exc
+        """Errors come keyed by setting, the names of the admin's typed fields."""
+        if self.kind in SCHEMAS:
+            self.settings = policy_settings_clean(kind=self.kind, settings=self.settings)
 
 
 class Decision(models.Model):

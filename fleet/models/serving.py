@@ -32,20 +32,34 @@ class ModelProfile(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     use_case = models.CharField(max_length=16, choices=UseCase.choices, default=UseCase.CUSTOM)
-    image = models.CharField(max_length=255, default="vllm/vllm-openai:v0.11.0")
+    image = models.CharField("container image", max_length=255, default="vllm/vllm-openai:v0.11.0")
     model = models.CharField(max_length=255, help_text="Model path or hub id passed as --model.")
-    served_name = models.CharField(max_length=100, help_text="--served-model-name: what clients ask for.")
+    served_name = models.CharField(
+        "served model name", max_length=100, help_text="--served-model-name: what clients ask for."
+    )
     tokenizer = models.CharField(
         max_length=255, blank=True, help_text="tokenizer.json the gateway counts tokens with; blank for an estimate."
     )
     context_limit = models.PositiveIntegerField(
+        "context limit (tokens)",
         null=True,
         blank=True,
         help_text="Longest context the model supports. Blank: taken from the catalogue for known models.",
     )
-    max_model_len = models.PositiveIntegerField(default=8192, validators=[MinValueValidator(256)])
-    max_num_seqs = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)])
+    max_model_len = models.PositiveIntegerField(
+        "max model length (tokens)",
+        default=8192,
+        validators=[MinValueValidator(256)],
+        help_text="--max-model-len: the longest prompt plus output one request may take.",
+    )
+    max_num_seqs = models.PositiveIntegerField(
+        "max concurrent sequences",
+        default=64,
+        validators=[MinValueValidator(1)],
+        help_text="--max-num-seqs: requests one instance runs at once.",
+    )
     dtype = models.CharField(
+        "model dtype",
         max_length=16,
         choices=[("auto", "auto"), ("bfloat16", "bfloat16"), ("float16", "float16"), ("float32", "float32 (CPU)")],
         default="auto",
@@ -58,20 +72,26 @@ class ModelProfile(models.Model):
         error_messages={"invalid_choice": "Unknown quantization %(value)r: choose one vLLM supports."},
     )
     kv_cache_dtype = models.CharField(
+        "KV-cache dtype",
         max_length=16,
         choices=list(catalog.KV_CACHE_DTYPES.items()),
         default="auto",
         error_messages={"invalid_choice": "Unknown KV-cache dtype %(value)r."},
     )
-    enable_prefix_caching = models.BooleanField(default=False)
+    enable_prefix_caching = models.BooleanField("prefix caching", default=False)
     enable_sleep_mode = models.BooleanField(
-        default=False, help_text="vLLM sleep mode (CUDA only): lets idle reclaim free GPU memory and wake in ~1 s."
+        "sleep mode",
+        default=False,
+        help_text="vLLM sleep mode (CUDA only): lets idle reclaim free GPU memory and wake in ~1 s.",
     )
     gpu_memory_utilization = models.FloatField(
-        default=0.9, validators=[MinValueValidator(0.05), MaxValueValidator(0.98)]
+        "GPU memory utilization",
+        default=0.9,
+        validators=[MinValueValidator(0.05), MaxValueValidator(0.98)],
+        help_text="--gpu-memory-utilization: the share of the GPU's memory vLLM reserves, from 0.05 to 0.98.",
     )
-    extra_args = models.JSONField(default=list, blank=True, validators=[validate_str_list])
-    env = models.JSONField(default=dict, blank=True, validators=[validate_str_dict])
+    extra_args = models.JSONField("extra vLLM arguments", default=list, blank=True, validators=[validate_str_list])
+    env = models.JSONField("environment variables", default=dict, blank=True, validators=[validate_str_dict])
     volumes = models.JSONField(
         default=dict, blank=True, validators=[validate_str_dict], help_text="Host path -> container path."
     )
@@ -136,22 +156,29 @@ class Pool(models.Model):
     isolation = models.CharField(max_length=16, choices=Isolation.choices)
     model_profile = models.ForeignKey(ModelProfile, on_delete=models.PROTECT, related_name="pools")
     gpu_model = models.CharField(
-        max_length=100, blank=True, help_text="Run only on GPUs of this model (as NVML names it); blank for any."
+        "GPU model",
+        max_length=100,
+        blank=True,
+        help_text="Run only on GPUs of this model (as NVML names it); blank for any.",
     )
-    mig_profile = models.CharField(max_length=32, blank=True, help_text="MIG slice size for MIG pools, e.g. 1g.10gb.")
-    sla_metric = models.CharField(max_length=8, choices=SlaMetric.choices, default=SlaMetric.TTFT)
+    mig_profile = models.CharField(
+        "MIG profile", max_length=32, blank=True, help_text="MIG slice size for MIG pools, e.g. 1g.10gb."
+    )
+    sla_metric = models.CharField("SLA metric", max_length=8, choices=SlaMetric.choices, default=SlaMetric.TTFT)
     sla_percentile = models.PositiveSmallIntegerField(
-        default=95, validators=[MinValueValidator(50), MaxValueValidator(99)]
+        "SLA percentile", default=95, validators=[MinValueValidator(50), MaxValueValidator(99)]
     )
-    sla_latency_ms = models.PositiveIntegerField(default=500, validators=[MinValueValidator(1)])
+    sla_latency_ms = models.PositiveIntegerField("SLA latency (ms)", default=500, validators=[MinValueValidator(1)])
     util_band_low = models.FloatField(
+        "utilization band low",
         default=0.50,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Autoscale scales in under this load: the share of an instance's capacity in use (running "
-        "sequences over max_num_seqs, KV-cache usage, prompt tokens a second over the autoscale policy's "
-        "prefill_tokens_per_s), not the GPU duty cycle.",
+        "sequences over max concurrent sequences, KV-cache usage, prompt tokens a second over the autoscale "
+        "policy's prefill capacity), not the GPU duty cycle.",
     )
     util_band_high = models.FloatField(
+        "utilization band high",
         default=0.65,
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Autoscale scales out over this load (the same measure as the band's low edge).",
@@ -159,12 +186,14 @@ class Pool(models.Model):
     min_instances = models.PositiveSmallIntegerField(default=0)
     max_instances = models.PositiveSmallIntegerField(default=4)
     idle_minimize_after_s = models.PositiveIntegerField(
-        default=300, help_text="Idle seconds before the first idle stage."
+        "minimize after idle (s)", default=300, help_text="Idle seconds before the first idle stage."
     )
     idle_stop_after_s = models.PositiveIntegerField(
-        default=600, help_text="Idle seconds before the instance is stopped."
+        "stop after idle (s)", default=600, help_text="Idle seconds before the instance is stopped."
     )
-    prewarm_margin_s = models.PositiveIntegerField(default=30, help_text="Start this long before predicted traffic.")
+    prewarm_margin_s = models.PositiveIntegerField(
+        "pre-warm margin (s)", default=30, help_text="Start this long before predicted traffic."
+    )
     enabled = models.BooleanField(default=True)
 
     class Meta:
@@ -182,7 +211,9 @@ class Pool(models.Model):
         errors: dict[str, str] = {}
         low, high = self.util_band_low, self.util_band_high
         if low is not None and high is not None and low >= high:
-            errors["util_band_low"] = f"The utilization band's low ({low:.2f}) must be below its high ({high:.2f})."
+            errors["util_band_low"] = (
+                f"The utilization band's low ({low * 100:g}%) must be below its high ({high * 100:g}%)."
+            )
         if (
             self.min_instances is not None
             and self.max_instances is not None
@@ -238,9 +269,16 @@ class Instance(models.Model):
         UNKNOWN = "unknown", "unknown"
 
     pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="instances")
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.SET_NULL, null=True, blank=True, related_name="instances")
+    gpu = models.ForeignKey(
+        "fleet.Gpu", on_delete=models.SET_NULL, null=True, blank=True, related_name="instances", verbose_name="GPU"
+    )
     mig_device = models.ForeignKey(
-        "fleet.MigDevice", on_delete=models.SET_NULL, null=True, blank=True, related_name="instances"
+        "fleet.MigDevice",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="instances",
+        verbose_name="MIG device",
     )
     desired_state = models.CharField(max_length=16, choices=Desired.choices, default=Desired.RUNNING)
     actual_state = models.CharField(max_length=16, choices=Actual.choices, default=Actual.PENDING)
@@ -301,7 +339,7 @@ class InstanceEvent(models.Model):
     at = models.DateTimeField()
     state = models.CharField(max_length=16, choices=Instance.Actual.choices)
     generation = models.PositiveBigIntegerField(null=True, blank=True)
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     mig_device = models.ForeignKey(
         "fleet.MigDevice", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

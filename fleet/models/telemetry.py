@@ -39,7 +39,7 @@ class TimeIndex(models.Index):
 
 class GpuSample(models.Model):
     id = models.BigAutoField(primary_key=True)
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="samples", db_index=False)
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.PROTECT, related_name="samples", db_index=False)
     at = models.DateTimeField()
     utilization_gpu_pct = models.FloatField(null=True, help_text="NVML duty cycle.")
     sm_activity_pct = models.FloatField(null=True, help_text="Share of SMs busy (GPM), where supported.")
@@ -96,7 +96,7 @@ class InstanceSample(models.Model):
 class GpuRollup(models.Model):
     """One GPU over one bucket (a minute or an hour); the abstract shape of both tables."""
 
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="+", db_index=False)
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.PROTECT, related_name="+", db_index=False)
     bucket = models.DateTimeField(help_text="Start of the minute or hour.")
     samples = models.PositiveIntegerField(help_text="Raw samples behind the means; the weight of this row.")
     utilization_mean = models.FloatField(null=True, help_text="Duty cycle, 0-100.")
@@ -139,7 +139,7 @@ class GpuDay(models.Model):
     scanning 720,000. Only complete days are written (the ``day`` watermark).
     """
 
-    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.CASCADE, related_name="+", db_index=False)
+    gpu = models.ForeignKey("fleet.Gpu", on_delete=models.PROTECT, related_name="+", db_index=False)
     bucket = models.DateTimeField(help_text="Start of the day (UTC).")
     first_hour = models.DateTimeField(help_text="The first hour of the day in which the GPU reported.")
     hours = models.PositiveSmallIntegerField(help_text="Hours of the day in which the GPU reported.")

@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -41,7 +40,7 @@ from agents.simulated import MODELS, simulated_name
 from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Policy, Pool, PriceRate, Team
 from fleet.policies.vram import vram_estimate
 from fleet.presets import presets_install, price_presets, profile_presets
-from fleet.services import api_key_create, join_token_create
+from fleet.services import api_key_create, instance_desire, join_token_create, node_decommission
 
 SIMULATED_IMAGE = "simulated/vllm:qwen3-4b"
 SIMULATED_LAUNCHER = "simulated/vllm:*={python} -m fleet.sim.engine_server"
@@ -52,6 +51,7 @@ REAL_MAX_MODEL_LEN = 2048
 DEMO_USER = "demo"
 TEAM_SLUG = "demo-simulated-traffic"
 JOIN_TOKEN_NAME = "demo fleet (simulated hosts)"
+DEMO = "demo"  # who decided, in the decision log
 AGENT_INTERVAL_S = 2.0
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
@@ -211,11 +211,18 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
 
     Only demo objects are touched: simulated nodes, the demo pools' instances, demo
     profiles, pools, team and token. A user's own fleet in the same database is left alone.
+    The previous run's hosts are decommissioned, not deleted: what they cost stays in the
+    periods it was spent in, and this run's hosts join again under the same names.
     """
     presets_install(ModelProfile=ModelProfile, PriceRate=PriceRate, Policy=Policy)  # the method's default policies
     pool_names = tuple(f"demo-{plan.tier.lower()}" for plan in options.tiers)
-    Instance.objects.filter(pool__name__in=pool_names).delete()
-    Node.objects.filter(simulated=True).delete()
+    for node in Node.objects.filter(simulated=True, decommissioned_at__isnull=True):
+        node_decommission(node=node, reason=f"demo reset: {node.name} was an earlier run's host", kind=DEMO)
+    # Any demo instance still wanted (one never placed) would keep its pool from waking.
+    for instance in Instance.objects.filter(pool__name__in=pool_names).exclude(desired_state=Instance.Desired.STOPPED):
+        instance_desire(
+            instance=instance, state=Instance.Desired.STOPPED, reason="demo reset", action="stop", kind=DEMO
+        )
     JoinToken.objects.filter(name=JOIN_TOKEN_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
     card = simulated_name(MODELS[options.gpu])
     layout = MODELS[options.gpu].mig
@@ -249,9 +256,7 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
     team, _ = Team.objects.get_or_create(slug=TEAM_SLUG, defaults={"name": "Demo traffic (simulated fleet)"})
     ApiKey.objects.filter(team=team, revoked_at__isnull=True).update(revoked_at=timezone.now())
     _key, api_key = api_key_create(team=team, name="demo replayer")
-    _token, join_token = join_token_create(
-        name=JOIN_TOKEN_NAME, max_uses=options.hosts, expires_at=timezone.now() + timedelta(days=1)
-    )
+    _token, join_token = join_token_create(name=JOIN_TOKEN_NAME, max_uses=options.hosts)
     return DemoSetup(DEMO_USER, demo_login_create(), api_key, join_token, pool_names)
 
 

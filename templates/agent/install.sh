@@ -1,6 +1,8 @@
 {% autoescape off %}#!/bin/sh
 # Install the GPU fleet agent from the panel at {{ panel }}; everything comes from the panel.
 #   curl -fsSL {{ panel }}/agent/install.sh | sudo sh -s -- --join-token TOKEN
+# The panel's gateway reaches this host's servers at the address the panel sees it at; where
+# that is not one other hosts reach (NAT, a proxy), add --advertise-address ADDRESS.
 set -eu
 
 PANEL="{{ panel }}"
@@ -8,6 +10,7 @@ PREFIX=/opt/gpufleet-agent
 STATE_DIR=/var/lib/gpufleet-agent
 JOIN_TOKEN=""
 NAME=""
+ADVERTISE=""
 PYTHON=python3
 SYSTEMD=1
 VENV_FLAGS=""
@@ -16,6 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --join-token) JOIN_TOKEN="$2"; shift 2 ;;
     --name) NAME="$2"; shift 2 ;;
+    --advertise-address) ADVERTISE="$2"; shift 2 ;;
     --prefix) PREFIX="$2"; shift 2 ;;
     --state-dir) STATE_DIR="$2"; shift 2 ;;
     --python) PYTHON="$2"; shift 2 ;;
@@ -25,7 +29,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-fetch() { if command -v curl >/dev/null; then curl -fsSL "$1"; else wget -qO- "$1"; fi; }
+{% if missing %}echo "gpufleet-agent: the panel at $PANEL has no wheels for {{ missing|join:', ' }}, so nothing was installed." >&2
+echo "gpufleet-agent: on the panel's machine run '{{ fill }}' (it needs PyPI), then run this again." >&2
+exit 1
+{% endif %}fetch() { if command -v curl >/dev/null; then curl -fsSL "$1"; else wget -qO- "$1"; fi; }
 
 echo "gpufleet-agent: installing into $PREFIX from $PANEL"
 mkdir -p "$PREFIX" "$STATE_DIR"
@@ -41,6 +48,7 @@ umask 077
   echo "GPUFLEET_PANEL=$PANEL"
   echo "GPUFLEET_STATE_DIR=$STATE_DIR"
   [ -n "$NAME" ] && echo "GPUFLEET_NODE_NAME=$NAME"
+  [ -n "$ADVERTISE" ] && echo "GPUFLEET_ADVERTISE_ADDRESS=$ADVERTISE"
   [ -n "$JOIN_TOKEN" ] && echo "GPUFLEET_JOIN_TOKEN=$JOIN_TOKEN"
 } > "$ENV_FILE"
 umask 022

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet.models import Gpu, GpuSample, Instance, InstanceEvent, InstanceSample, JoinToken, Node
-from fleet.services import node_create, node_token_rotate
+from fleet.services import node_create, node_decommission, node_token_rotate
 from fleet.tokens import token_hash
 from tests.factories import make_gpu, make_instance, make_pool
 
@@ -236,7 +236,9 @@ def test_unknown_or_missing_tokens_get_401(agent: Agent) -> None:
     assert stored() == (0, 0, 0)
 
 
-def test_a_token_accepted_before_is_refused_once_rotated_or_its_node_deleted(agent: Agent, client: Client) -> None:
+def test_a_token_accepted_before_is_refused_once_rotated_or_its_node_decommissioned(
+    agent: Agent, client: Client
+) -> None:
     assert agent.post(batch("gpu-a", report(1))).status_code == 200
     node_token_rotate(node=agent.node)
     response = agent.post(batch("gpu-a", report(2)))
@@ -244,8 +246,9 @@ def test_a_token_accepted_before_is_refused_once_rotated_or_its_node_deleted(age
     assert GpuSample.objects.count() == 1
     other = Agent(client, "gpu-b")
     assert other.post(batch("gpu-b", report(1, [gpu_reading(uuid="GPU-bbbb-0")]))).status_code == 200
-    other.node.delete()
+    node_decommission(node=other.node)
     assert other.post(batch("gpu-b", report(2, [gpu_reading(uuid="GPU-bbbb-0")]))).status_code == 401
+    assert GpuSample.objects.count() == 2, "one sample of each host, none after"
 
 
 def test_a_renamed_node_reports_under_its_new_name_only(agent: Agent) -> None:
@@ -326,7 +329,8 @@ def test_a_swapped_card_drops_the_placements_on_the_old_one_and_stores_the_repor
     # The card at index 0 was replaced (new UUID) while the agent still reports the instance.
     response = agent.post(batch("gpu-a", report(2, [gpu_reading(0, "GPU-new-0")], [instance_sample(instance)])))
     assert response.status_code == 200, response.content
-    assert list(Gpu.objects.filter(node=agent.node).values_list("uuid", flat=True)) == ["GPU-new-0"]
+    live = Gpu.objects.filter(node=agent.node, decommissioned_at__isnull=True)
+    assert list(live.values_list("uuid", flat=True)) == ["GPU-new-0"]
     instance.refresh_from_db()
     assert (instance.gpu_id, instance.actual_state) == (None, "ready")
     assert list(InstanceEvent.objects.values_list("instance_id", "gpu_id")) == [(instance.pk, None)]

@@ -101,3 +101,54 @@ def test_one_line_install_registers_the_host(live_server: Any, tmp_path: Path, s
     node = Node.objects.get(name="installed-host")
     assert node.last_seq > 0 and node.nvml_available is not None
     assert (state / "state.json").exists()
+
+
+def fake_wheelhouse(path: Path) -> Path:
+    """A wheel file, empty, for every requirement: enough for the panel's check, not for pip."""
+    path.mkdir()
+    for line in (ROOT / "agents" / "requirements.txt").read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if requirement:
+            name, version = requirement.split("==")
+            (path / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"")
+    return path
+
+
+def test_an_incomplete_wheelhouse_stops_the_script_before_it_changes_anything(
+    client: Client, settings: Any, tmp_path: Path
+) -> None:
+    settings.AGENT_WHEELHOUSE = tmp_path / "wheelhouse"
+    script = client.get("/agent/install.sh").content.decode()
+    prefix, state = tmp_path / "agent", tmp_path / "state"
+    argv = ["--join-token", "gfj_x", "--prefix", str(prefix), "--state-dir", str(state), "--no-systemd"]
+    run = subprocess.run(["sh", "-s", "--", *argv], input=script, text=True, capture_output=True, timeout=60)
+    assert run.returncode == 1
+    assert "has no wheels for docker==7.2.0, httpx==0.28.1" in run.stderr and "make agent-wheels" in run.stderr
+    assert not prefix.exists() and not state.exists()
+
+    settings.AGENT_WHEELHOUSE = fake_wheelhouse(tmp_path / "wheelhouse")
+    assert "has no wheels" not in client.get("/agent/install.sh").content.decode()
+
+
+STUB_PYTHON = """#!/bin/sh
+# Stands in for python: '-m venv ... DIR' makes DIR/bin/python, which accepts anything (pip install).
+for last; do :; done
+mkdir -p "$last/bin" && printf '#!/bin/sh\\nexit 0\\n' > "$last/bin/python" && chmod +x "$last/bin/python"
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_install_passes_an_advertised_address_to_the_agent(live_server: Any, tmp_path: Path, settings: Any) -> None:
+    settings.AGENT_WHEELHOUSE = fake_wheelhouse(tmp_path / "wheelhouse")
+    python = tmp_path / "python"
+    python.write_text(STUB_PYTHON)
+    python.chmod(0o755)
+    script = httpx.get(f"{live_server.url}/agent/install.sh").text
+    prefix = tmp_path / "agent"
+    argv = ["--join-token", "gfj_x", "--advertise-address", "10.0.0.5", "--prefix", str(prefix)]
+    argv += ["--state-dir", str(tmp_path / "state"), "--no-systemd", "--python", str(python)]
+    install = subprocess.run(["sh", "-s", "--", *argv], input=script, text=True, capture_output=True, timeout=60)
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = dict(line.split("=", 1) for line in (prefix / "agent.env").read_text().splitlines())
+    assert env["GPUFLEET_ADVERTISE_ADDRESS"] == "10.0.0.5"
+    assert (prefix / "agents" / "__main__.py").exists()

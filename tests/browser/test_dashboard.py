@@ -150,7 +150,7 @@ def test_a_policy_edited_in_the_admin_shows_on_the_decisions_page_after_the_next
     assert not evaluate_idle_reclaim().applied  # busy at 50 % by the default 20 % threshold
 
     sign_in(page, asgi_live_server.url, f"/admin/fleet/policy/{policy.pk}/change/")
-    page.fill("#id_settings", '{"idle_duty_cycle_pct": 80}')
+    page.fill("#id_idle_duty_cycle_pct", "80")
     page.click("input[name=_save]")
     page.wait_for_selector(".messagelist .success")
     page.goto(f"{asgi_live_server.url}/decisions/")

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fleet.models import Gpu, GpuHour, GpuMinute, Pool, PoolHour, PoolMinute, RequestLog
+from fleet.rollups import histogram_percentiles
 
 GIB = 1024**3
 
@@ -50,10 +51,22 @@ def histogram(observations: dict[float, int]) -> dict[str, Any]:
     return {"bounds": bounds, "counts": counts, "count": running + observations.get(float("inf"), 0)}
 
 
-def pool_rollup(pool: Pool, bucket: datetime, *, requests: int, fast: bool, hourly: bool = False) -> None:
-    """One bucket of traffic whose TTFT sits well under (fast) or over 500 ms."""
+def pool_rollup(
+    pool: Pool,
+    bucket: datetime,
+    *,
+    requests: int,
+    fast: bool = True,
+    hourly: bool = False,
+    ttft: dict[str, Any] | None = None,
+) -> None:
+    """One bucket of traffic whose TTFT sits well under (fast) or over 500 ms, or follows ``ttft``."""
     model = PoolHour if hourly else PoolMinute
-    ttft = histogram({0.1: requests} if fast else {1.0: requests})
+    if ttft is None:
+        ttft = histogram({0.1: requests} if fast else {1.0: requests})
+        percentiles: list[float | None] = [0.08, 0.095, 0.099] if fast else [0.8, 0.95, 0.99]
+    else:
+        percentiles = list(histogram_percentiles(ttft).values())
     model.objects.create(
         pool=pool,
         bucket=bucket,
@@ -66,9 +79,9 @@ def pool_rollup(pool: Pool, bucket: datetime, *, requests: int, fast: bool, hour
         generation_tokens=requests * 100,
         ttft_histogram=ttft,
         e2e_histogram=ttft,
-        ttft_p50_s=0.08 if fast else 0.8,
-        ttft_p95_s=0.095 if fast else 0.95,
-        ttft_p99_s=0.099 if fast else 0.99,
+        ttft_p50_s=percentiles[0],
+        ttft_p95_s=percentiles[1],
+        ttft_p99_s=percentiles[2],
     )
 
 

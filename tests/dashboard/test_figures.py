@@ -8,12 +8,14 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from django.core.serializers.json import DjangoJSONEncoder
 
 from dashboard import figures
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 AT = [T0, T0 + timedelta(minutes=1)]
+RANGE = (T0 - timedelta(hours=1), T0 + timedelta(minutes=2))
 
 
 def axis_title(figure: dict[str, Any], axis: str) -> str:
@@ -28,11 +30,12 @@ def as_json(figure: dict[str, Any]) -> dict[str, Any]:
 def test_heatmap_has_a_row_per_gpu_marks_simulated_ones_and_keeps_gaps() -> None:
     grid = {
         "at": AT,
+        "step": timedelta(minutes=1),
         "rows": [{"id": 1, "label": "rack1/0", "simulated": False}, {"id": 2, "label": "demo/0", "simulated": True}],
         "by_node": False,
         "utilization": [[40.0, None], [10.0, 90.0]],
     }
-    figure = as_json(figures.utilization_heatmap(grid=grid))
+    figure = as_json(figures.utilization_heatmap(grid=grid, span=RANGE))
     trace = figure["data"][0]
     assert trace["type"] == "heatmap"
     assert trace["y"] == ["rack1/0", "demo/0 (simulated)"]
@@ -45,7 +48,9 @@ def test_heatmap_has_a_row_per_gpu_marks_simulated_ones_and_keeps_gaps() -> None
 def test_gpu_lines_scale_values_and_tag_traces_for_live_updates() -> None:
     series = [{"gpu": 7, "label": "rack1/0", "simulated": False, "at": AT, "memory_used": [2 * 1024**3, None]}]
     figure = as_json(
-        figures.gpu_lines(series=series, field="memory_used", title="Memory", unit="memory used (GiB)", scale=1024**3)
+        figures.gpu_lines(
+            series=series, field="memory_used", title="Memory", unit="memory used (GiB)", span=RANGE, scale=1024**3
+        )
     )
     trace = figure["data"][0]
     assert trace["y"] == [2.0, None]
@@ -55,25 +60,47 @@ def test_gpu_lines_scale_values_and_tag_traces_for_live_updates() -> None:
 
 def test_pool_latency_draws_the_sla_line_across_the_range() -> None:
     history = {"at": AT, "p50": [100.0, 120.0], "p95": [300.0, 650.0], "p99": [400.0, 900.0]}
-    figure = as_json(figures.pool_latency(history=history, sla_ms=500, sla_label="P95 TTFT <= 500 ms", metric="TTFT"))
+    figure = as_json(
+        figures.pool_latency(history=history, sla_ms=500, sla_label="P95 TTFT <= 500 ms", metric="TTFT", span=RANGE)
+    )
     names = [trace["name"] for trace in figure["data"]]
     assert names == ["P50", "P95", "P99", "SLA 500 ms"]
     assert figure["data"][-1]["hovertext"] == "P95 TTFT <= 500 ms"
     assert "TTFT" in figure["layout"]["title"]["text"]
     assert figure["data"][-1]["y"] == [500, 500]
+    assert figure["data"][-1]["x"] == figure["layout"]["xaxis"]["range"]
     assert axis_title(figure, "yaxis") == "latency (ms)"
+
+
+def test_a_lone_bucket_is_drawn_and_reference_lines_are_marked_as_such() -> None:
+    """One minute of rollups must show as points (a line through one point draws nothing), and
+    the SLA line, which draws with no data at all, says it is a reference."""
+    history = {"at": AT[:1], "p50": [100.0], "p95": [300.0], "p99": [400.0]}
+    latency = as_json(
+        figures.pool_latency(history=history, sla_ms=500, sla_label="P95 TTFT <= 500 ms", metric="TTFT", span=RANGE)
+    )
+    queue = as_json(
+        figures.pool_queue(history={"at": AT[:1], "queue_mean": [0.5], "queue_max": [2], "instances": [1]}, span=RANGE)
+    )
+    for trace in latency["data"][:3] + queue["data"]:
+        assert "markers" in trace["mode"], trace["name"]
+        assert not trace.get("meta"), trace["name"]
+    assert latency["data"][3]["meta"] == {"reference": True}
+    rows = [{"pool": 1, "name": "chat", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "requests": 9, "attainment": 0.9}]
+    attainment = as_json(figures.sla_attainment(rows=rows))
+    assert [trace.get("meta") for trace in attainment["data"]] == [None, {"reference": True}]
 
 
 def test_queue_chart_puts_instances_on_a_second_axis() -> None:
     history = {"at": AT, "queue_mean": [1.0, 2.5], "queue_max": [3.0, 4.0], "instances": [1, 2]}
-    figure = as_json(figures.pool_queue(history=history))
+    figure = as_json(figures.pool_queue(history=history, span=RANGE))
     assert figure["data"][2]["yaxis"] == "y2"
     assert axis_title(figure, "yaxis") == "requests waiting" and axis_title(figure, "yaxis2") == "instances"
 
 
 def test_instance_states_stack_one_trace_per_state() -> None:
     states = {"at": AT, "states": {"ready": [1, 2], "sleeping": [1, 0]}}
-    figure = as_json(figures.instance_states(states=states))
+    figure = as_json(figures.instance_states(states=states, span=RANGE))
     assert [(t["name"], t["y"], t["stackgroup"]) for t in figure["data"]] == [
         ("ready", [1, 2], "states"),
         ("sleeping", [1, 0], "states"),
@@ -91,11 +118,12 @@ def test_tier_traffic_counts_requests_per_routed_tier() -> None:
 def test_spend_over_time_stacks_busy_idle_unallocated_in_the_currency() -> None:
     buckets = {
         "at": AT,
+        "step": timedelta(minutes=1),
         "busy": [Decimal("1.25"), Decimal(0)],
         "idle": [Decimal("0.75"), Decimal(1)],
         "unallocated": [Decimal(0), Decimal("2.5")],
     }
-    figure = as_json(figures.spend_over_time(buckets=buckets, currency="EUR"))
+    figure = as_json(figures.spend_over_time(buckets=buckets, currency="EUR", span=RANGE))
     assert [(t["name"], t["y"]) for t in figure["data"]] == [
         ("busy", [1.25, 0.0]),
         ("idle", [0.75, 1.0]),
@@ -107,11 +135,11 @@ def test_spend_over_time_stacks_busy_idle_unallocated_in_the_currency() -> None:
 
 def test_spend_by_pool_and_team_label_money_with_the_currency() -> None:
     pools = [
-        {"name": "chat-l", "busy": Decimal("3"), "idle": Decimal("1")},
-        {"name": "unallocated", "busy": Decimal(0), "idle": Decimal("2")},
+        {"name": "chat-l", "busy": Decimal("3"), "idle": Decimal("1"), "unallocated": Decimal(0)},
+        {"name": "unallocated", "busy": Decimal(0), "idle": Decimal(0), "unallocated": Decimal("2")},
     ]
     by_pool = as_json(figures.spend_by_pool(rows=pools, currency="USD"))
-    assert by_pool["data"][0]["x"] == [3.0, 0.0] and by_pool["data"][1]["x"] == [1.0, 2.0]
+    assert [trace["x"] for trace in by_pool["data"]] == [[3.0, 0.0], [1.0, 0.0], [0.0, 2.0]]
     assert axis_title(by_pool, "xaxis") == "spend (USD)"
     by_team = as_json(figures.spend_by_team(rows=[{"name": "search", "spend": Decimal("4.5")}], currency="USD"))
     assert by_team["data"][0]["x"] == [4.5] and axis_title(by_team, "xaxis") == "spend (USD)"
@@ -148,8 +176,8 @@ def test_budget_burn_colours_by_threshold_and_marks_both_thresholds() -> None:
 
 def test_sla_attainment_is_a_percentage_of_pools_with_traffic() -> None:
     rows = [
-        {"name": "chat-s", "sla": "P95 TTFT <= 500 ms", "attainment": 0.975},
-        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "attainment": None},
+        {"name": "chat-s", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": 0.975},
+        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": None},
     ]
     figure = as_json(figures.sla_attainment(rows=rows))
     assert (figure["data"][0]["x"], figure["data"][0]["y"]) == (["chat-s"], [97.5])
@@ -184,3 +212,142 @@ def test_request_latency_separates_cold_starts() -> None:
     figure = as_json(figures.request_latency(requests=requests))
     assert [(t["name"], t["y"]) for t in figure["data"]] == [("warm", [120.0]), ("cold start", [9000.0])]
     assert axis_title(figure, "yaxis") == "latency (ms)"
+
+
+HOUR_MS = 3_600_000
+SPAN = (T0 - timedelta(hours=1), T0 + timedelta(minutes=20))
+
+
+def iso(at: datetime) -> str:
+    return as_json({"at": at})["at"]
+
+
+def test_time_series_x_axes_follow_the_chosen_range() -> None:
+    """One column or one point must not shrink the axis to sub-millisecond ticks."""
+    grid = {
+        "at": [T0],
+        "step": timedelta(hours=1),
+        "rows": [{"id": 1, "label": "rack1/0", "simulated": False}],
+        "by_node": False,
+        "utilization": [[40.0]],
+    }
+    history = {"at": [T0], "p50": [1.0], "p95": [2.0], "p99": [3.0], "queue_mean": [0], "queue_max": [0]}
+    history["instances"] = [1]
+    buckets = {"at": [T0], "step": timedelta(hours=1), "busy": [1.0], "idle": [0.0], "unallocated": [0.0]}
+    built = [
+        figures.utilization_heatmap(grid=grid, span=SPAN),
+        figures.gpu_lines(
+            series=[{"gpu": 7, "label": "rack1/0", "at": [T0], "power": [100.0]}],
+            field="power",
+            title="Power",
+            unit="power (W)",
+            span=SPAN,
+        ),
+        figures.pool_latency(history=history, sla_ms=500, sla_label="P95 TTFT <= 500 ms", metric="TTFT", span=SPAN),
+        figures.pool_queue(history=history, span=SPAN),
+        figures.instance_states(states={"at": [T0], "states": {"ready": [1]}}, span=SPAN),
+        figures.spend_over_time(buckets=buckets, currency="USD", span=SPAN),
+    ]
+    for figure in built:
+        layout = as_json(figure)["layout"]
+        assert layout["xaxis"]["range"] == [iso(SPAN[0]), iso(SPAN[1])], layout["title"]["text"]
+
+
+def test_heatmap_columns_are_as_wide_as_their_bucket_with_gaps_left_empty() -> None:
+    """Columns are given by their edges, so a lone column spans its hour; a missing hour stays blank."""
+    grid = {
+        "at": [T0 - timedelta(hours=2), T0],
+        "step": timedelta(hours=1),
+        "rows": [{"id": 1, "label": "rack1/0", "simulated": False}],
+        "by_node": False,
+        "utilization": [[40.0, 60.0]],
+    }
+    trace = as_json(figures.utilization_heatmap(grid=grid, span=(T0 - timedelta(hours=3), T0)))["data"][0]
+    assert trace["x"] == [iso(T0 + timedelta(hours=h)) for h in (-2, -1, 0, 1)]
+    assert trace["z"] == [[40.0, None, 60.0]]
+    one = as_json(figures.utilization_heatmap(grid={**grid, "at": [T0], "utilization": [[60.0]]}, span=SPAN))
+    assert one["data"][0]["x"] == [iso(T0), iso(T0 + timedelta(hours=1))]
+
+
+def partial_marks(figure: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The lightened bands (from, to) and the labels (text, where) that mark partial buckets."""
+    layout = figure["layout"]
+    bands = [(mark["x0"], mark["x1"]) for mark in layout.get("shapes", []) if mark.get("name") == "partial"]
+    labels = [(note["text"], note["x"]) for note in layout.get("annotations", []) if note.get("name") == "partial"]
+    return bands, labels
+
+
+def test_the_partial_bucket_is_marked_and_complete_ones_are_not() -> None:
+    """The range ends 20 minutes into the T0 hour: that hour is partial, the two before it complete."""
+    at = [T0 - timedelta(hours=2), T0 - timedelta(hours=1), T0]
+    span = (T0 - timedelta(hours=2), T0 + timedelta(minutes=20))
+    buckets = {"at": at, "step": timedelta(hours=1), "busy": [1, 2, 3], "idle": [1, 1, 1], "unallocated": [0, 0, 1]}
+    grid = {
+        "at": at,
+        "step": timedelta(hours=1),
+        "rows": [{"id": 1, "label": "rack1/0", "simulated": False}],
+        "by_node": False,
+        "utilization": [[10.0, 20.0, 30.0]],
+    }
+    bars = as_json(figures.spend_over_time(buckets=buckets, currency="USD", span=span))
+    heatmap = as_json(figures.utilization_heatmap(grid=grid, span=span))
+    for figure in (bars, heatmap):
+        assert partial_marks(figure) == ([(iso(T0), iso(span[1]))], [("partial", iso(span[1]))])
+    assert bars["data"][0]["customdata"] == [
+        "2026-11-25 06:00 + 1 h",
+        "2026-11-25 07:00 + 1 h",
+        "2026-11-25 08:00 + 1 h (partial)",
+    ]
+    # Each bar is drawn over its own hour, not centred on the hour's start.
+    first = bars["data"][0]
+    assert first["x"][0] == iso(at[0]) and 0 <= first["offset"] < first["offset"] + first["width"] <= HOUR_MS
+
+    # A range that starts mid-bucket cuts its first bucket too.
+    cut = (at[0] + timedelta(minutes=5), span[1])
+    late = as_json(figures.spend_over_time(buckets=buckets, currency="USD", span=cut))
+    assert partial_marks(late)[0] == [(iso(cut[0]), iso(at[1])), (iso(T0), iso(span[1]))]
+
+    # A range that ends with the last bucket holds every bucket whole.
+    whole = (at[0], T0 + timedelta(hours=1))
+    assert partial_marks(as_json(figures.spend_over_time(buckets=buckets, currency="USD", span=whole))) == ([], [])
+    assert partial_marks(as_json(figures.utilization_heatmap(grid=grid, span=whole))) == ([], [])
+
+
+def test_sla_bars_are_coloured_met_or_not_against_each_pools_target() -> None:
+    rows = [
+        {"name": "chat-s", "sla": "P95 TTFT <= 450 ms", "target": 0.95, "attainment": 0.97},
+        {"name": "chat-m", "sla": "P95 TTFT <= 600 ms", "target": 0.95, "attainment": 0.94},
+        {"name": "chat-l", "sla": "P99 TTFT <= 900 ms", "target": 0.99, "attainment": 0.985},
+        {"name": "code-l", "sla": "P90 E2E <= 9000 ms", "target": 0.90, "attainment": 0.90},
+        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": None},
+    ]
+    figure = as_json(figures.sla_attainment(rows=rows))
+    bars, target = figure["data"]
+    assert bars["x"] == ["chat-s", "chat-m", "chat-l", "code-l"]
+    met, missed = figures.STATUS_COLOURS["met"], figures.STATUS_COLOURS["missed"]
+    assert bars["marker"]["color"] == [met, missed, missed, met]
+    assert target["name"] == "target"
+    assert target["x"] == bars["x"]
+    assert target["y"] == pytest.approx([95.0, 95.0, 99.0, 90.0])
+
+
+def test_a_spend_category_has_one_colour_on_every_chart() -> None:
+    buckets = {"at": AT, "step": timedelta(minutes=1), "busy": [1, 1], "idle": [1, 1], "unallocated": [1, 1]}
+    over_time = as_json(figures.spend_over_time(buckets=buckets, currency="USD", span=(AT[0], AT[-1])))
+    rows = [
+        {"name": "chat-l", "busy": Decimal(3), "idle": Decimal(1), "unallocated": Decimal(0)},
+        {"name": "unallocated", "busy": Decimal(0), "idle": Decimal(0), "unallocated": Decimal(2)},
+    ]
+    by_pool = as_json(figures.spend_by_pool(rows=rows, currency="USD"))
+
+    def colours(figure: dict[str, Any]) -> dict[str, str]:
+        return {trace["name"]: trace["marker"]["color"] for trace in figure["data"]}
+
+    assert (
+        colours(over_time)
+        == colours(by_pool)
+        == {part: figures.SPEND_COLOURS[part] for part in ("busy", "idle", "unallocated")}
+    )
+    assert len(set(figures.SPEND_COLOURS.values())) == len(figures.SPEND_COLOURS)
+    unallocated = next(trace for trace in by_pool["data"] if trace["name"] == "unallocated")
+    assert unallocated["x"] == [0.0, 2.0]

@@ -87,7 +87,7 @@ def test_overview_shows_spend_heatmap_sla_alerts_and_live_chart(admin_client: Cl
     charts = figures_in(page)
     assert set(charts) == {"live", "heatmap", "sla"}
     assert charts["heatmap"]["data"][0]["y"] == ["demo-l4/0 (simulated)", "rack1-h100/0"]
-    assert len(charts["heatmap"]["data"][0]["x"]) == 30
+    assert len(charts["heatmap"]["data"][0]["z"][0]) == 30  # columns; x holds their 31 edges
     assert charts["sla"]["data"][0]["y"] == [80.0]
     assert 'data-live-groups="fleet"' in page and 'data-live="fleet"' in page
     assert "USD/h" in page and "Month to date" in page
@@ -182,3 +182,32 @@ def test_pages_load_plotly_from_the_panel_not_a_cdn(admin_client: Client) -> Non
     page = admin_client.get(reverse("dashboard:index")).content.decode()
     assert reverse("dashboard:plotly-js", args=[PLOTLY_JS_VERSION]) in page
     assert "cdn" not in page.lower()
+
+
+def test_longer_range_advice_only_where_there_is_history_before_the_range(admin_client: Client) -> None:
+    """An empty chart says to pick a longer range only when an earlier rollup exists; otherwise what to wait for."""
+    gpu = make_gpu(make_node("rack1"), 0)
+    pool = make_pool("chat-l")
+    pages = [
+        reverse("dashboard:index") + "?range=1h",
+        reverse("dashboard:node", args=[gpu.node_id]) + "?range=1h",
+        reverse("dashboard:pool", args=[pool.pk]) + "?range=1h",
+    ]
+    for url in pages:
+        page = admin_client.get(url).content.decode().lower()
+        assert "longer range" not in page, url
+        assert "a minute or two" in page, url
+    hours_ago = timezone.now().replace(second=0, microsecond=0) - timedelta(hours=3)
+    gpu_rollups(gpu, hours_ago, 2)
+    pool_rollup(pool, hours_ago, requests=5)
+    for url in pages:
+        assert "pick a longer range" in admin_client.get(url).content.decode().lower(), url
+
+
+def test_each_chart_is_as_tall_as_its_figure(admin_client: Client, fleet: dict[str, object]) -> None:
+    """Plotly's resize takes the div's height over the layout's: without one every chart shrinks to the minimum."""
+    page = admin_client.get(reverse("dashboard:index") + "?range=1h").content.decode()
+    charts = figures_in(page)
+    assert charts
+    for name, figure in charts.items():
+        assert f'id="chart-{name}" style="height:{figure["layout"]["height"]}px"' in page, name

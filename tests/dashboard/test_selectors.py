@@ -9,11 +9,12 @@ import pytest
 from django.utils import timezone
 
 from dashboard import selectors as pages
+from fleet.costs.money import money_cents
 from fleet.costs.selectors import fleet_window, spend_report
-from fleet.models import Decision
+from fleet.models import Decision, RollupWatermark
 from fleet.rollups import floor_hour
 from tests.costs.history import price, states
-from tests.dashboard.history import gpu_rollups, pool_rollup
+from tests.dashboard.history import gpu_rollups, histogram, pool_rollup
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -60,6 +61,7 @@ def test_utilization_grid_has_a_row_per_gpu_and_gaps_where_no_rollup_exists() ->
     assert [(g["label"], g["simulated"]) for g in grid["rows"]] == [("demo/0", True), ("rack1/0", False)]
     assert grid["at"] == [start, start + timedelta(minutes=1), start + timedelta(minutes=2)]
     assert grid["utilization"] == [[None, None, 90.0], [40.0, 40.0, 40.0]]
+    assert grid["step"] == timedelta(minutes=1)
 
 
 @pytest.mark.django_db
@@ -84,8 +86,40 @@ def test_spend_from_rollups_splits_busy_idle_and_unallocated_by_hand() -> None:
     assert report.unallocated.spend == Decimal("2.00")
     buckets = pages.spend_buckets(report=report, size=timedelta(hours=1))
     assert buckets["at"] == [start, start + timedelta(hours=1), start + timedelta(hours=2)]
+    assert buckets["step"] == timedelta(hours=1)
     assert [round(v, 2) for v in buckets["busy"]] == [Decimal("0.50"), Decimal("0.50"), Decimal("0.00")]
     assert [round(v, 2) for v in buckets["unallocated"]] == [Decimal("0.00"), Decimal("0.00"), Decimal("2.00")]
+
+
+@pytest.mark.django_db
+def test_savings_compare_actual_and_baseline_up_to_the_same_complete_minute(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two GPUs at 3.60 USD/h (0.06 a minute), both reporting since before the month began; the clock
+    stands at 01:01:30 on the 1st, minute rollups are complete to 01:00.
+
+    One GPU is up throughout and held from 00:10 on; the other reported until 00:15 and left.
+    Up to 01:00: held 50 min x 0.06 = 3.00, free before the hold 10 min = 0.60, the departed
+    GPU 15 min = 0.90: month to date 4.50. Baseline 2 GPUs x 60 min x 0.06 = 7.20; saved
+    7.20 - 4.50 = 2.70. Running the baseline on to 01:01:30 instead would add 2 x 1.5 min x 0.06
+    = 0.18, of which the hold covers 0.09, so 0.09 of a departed GPU would show as saved.
+    """
+    settings.FLEET_BILLING_TIMEZONE = "UTC"
+    now = datetime(2026, 11, 1, 1, 1, 30, tzinfo=UTC)
+    monkeypatch.setattr(timezone, "now", lambda: now)
+    month = datetime(2026, 11, 1, tzinfo=UTC)
+    price("Acme X1", "3.60", date(2026, 1, 1))
+    node = make_node("rack1")
+    held, departed = make_gpu(node, 0, "Acme X1"), make_gpu(node, 1, "Acme X1")
+    gpu_rollups(held, month - timedelta(minutes=1), 62)  # 23:59 on the 31st to the minute of 00:59
+    gpu_rollups(departed, month - timedelta(minutes=1), 16)  # 23:59 to the minute of 00:14
+    RollupWatermark.objects.create(name="minute", done_until=month + timedelta(hours=1))
+    RollupWatermark.objects.create(name="hour", done_until=month)
+    states(make_instance(make_pool("chat-l"), held), (month + timedelta(minutes=10), "ready"))
+
+    summary = pages.spend_summary(now=now)
+
+    figures = (summary.month_to_date, summary.today, summary.baseline_month_to_date, summary.savings_month_to_date)
+    assert [str(money_cents(value)) for value in figures] == ["4.50", "4.50", "7.20", "2.70"]
+    assert summary.month_to_date + summary.savings_month_to_date == summary.baseline_month_to_date
 
 
 @pytest.mark.django_db
@@ -113,6 +147,31 @@ def test_sla_attainment_weighs_buckets_by_requests(percentile: int) -> None:
     assert by_name["chat-l"]["attainment"] == pytest.approx(0.9)
     assert by_name["chat-l"]["requests"] == 100
     assert by_name["quiet"]["attainment"] is None
+    assert (by_name["chat-l"]["target"], by_name["quiet"]["target"]) == (percentile / 100, 0.95)
+
+
+@pytest.mark.django_db
+def test_sla_attainment_is_the_share_of_requests_within_the_latency_limit() -> None:
+    """P95 TTFT <= 500 ms over the range holds when at least 95 % of its requests got their first
+    token within 500 ms, whatever each minute's own P95 was.
+
+    Minute 1: 94 requests under 100 ms, 6 between 500 ms and 1 s (that minute's P95 is over 500 ms).
+    Minute 2: 100 requests under 100 ms. Within 500 ms: (94 + 100) / 200 = 0.97, over the 0.95 target.
+    The other pool's limit, 300 ms, falls inside the 250-500 ms bucket: of its 10 requests there,
+    (300 - 250) / (500 - 250) = 1/5 count as within, as a histogram quantile interpolates:
+    (90 + 10 / 5) / 100 = 0.92.
+    """
+    pool = make_pool("chat-l", sla_metric="ttft", sla_percentile=95, sla_latency_ms=500)
+    strict = make_pool("chat-s", sla_metric="ttft", sla_percentile=90, sla_latency_ms=300)
+    pool_rollup(pool, NOW - timedelta(minutes=3), requests=100, ttft=histogram({0.1: 94, 1.0: 6}))
+    pool_rollup(pool, NOW - timedelta(minutes=2), requests=100, fast=True)
+    pool_rollup(strict, NOW - timedelta(minutes=2), requests=100, ttft=histogram({0.1: 90, 0.5: 10}))
+    rows = pages.sla_attainment(time_range=pages.time_range_parse(params={"range": "1h"}, now=NOW))
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["chat-l"]["attainment"] == pytest.approx(0.97)
+    assert by_name["chat-l"]["requests"] == 200
+    assert by_name["chat-s"]["attainment"] == pytest.approx(0.92)
+    assert by_name["chat-s"]["target"] == 0.90
 
 
 @pytest.mark.django_db
@@ -160,6 +219,7 @@ def test_a_month_heatmap_averages_hour_rollups_per_day() -> None:
     gpu_rollups(gpu, NOW - timedelta(minutes=5), 5)  # minute rollups are not read for a month
     grid = pages.gpu_utilization_grid(time_range=pages.time_range_parse(params={"range": "30d"}, now=NOW))
     assert grid["at"] == [day, day + timedelta(days=1)]
+    assert grid["step"] == timedelta(days=1)
     assert grid["utilization"] == [[pytest.approx(30.0), pytest.approx(90.0)]]
 
 

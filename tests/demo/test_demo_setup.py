@@ -12,7 +12,7 @@ from agents.agent import Agent, AgentConfig
 from agents.processes import Launcher, ProcessRuntime
 from agents.runtime import ContainerSpec
 from agents.simulated import MODELS, SimulatedGpus, gpus_parse, simulated_name
-from fleet.models import ApiKey, Gpu, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
+from fleet.models import ApiKey, Gpu, GpuSample, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
 from fleet.policies.settings import SCHEMAS
 from fleet.services import pool_wake
 from fleet.sim.demo import DemoFleet, DemoOptions, demo_prepare
@@ -87,8 +87,25 @@ def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_card
     assert placed["S"].mig_device is None and placed["S"].gpu != placed["L"].gpu
     assert not placed["L"].gpu.mig_enabled
 
-    demo_prepare(options=options)
-    assert not Node.objects.exists() and not Instance.objects.exists(), "a new demo starts from an empty fleet"
+    samples = GpuSample.objects.count()
+    again = demo_prepare(options=options)
+    # A new demo starts from an empty live fleet; the earlier hosts stay, decommissioned, with their history.
+    assert not Node.objects.filter(decommissioned_at__isnull=True).exists()
+    assert set(Node.objects.values_list("status", flat=True)) == {"decommissioned"}
+    assert not Instance.objects.exclude(desired_state="stopped", actual_state="stopped").exists()
+    assert samples > 0 and GpuSample.objects.count() == samples
+    # The same hosts join again, under their names and with their cards' UUIDs, and the pools place on them.
+    agents = [simulated_agent(tmp_path / "again", f"simulated-host-{i + 1}", options.host_gpus(i)) for i in range(2)]
+    for agent in agents:
+        agent.register(again.join_token)
+        assert agent.tick() is not None, "the report was accepted"
+    live = Gpu.objects.filter(decommissioned_at__isnull=True)
+    assert live.count() == Gpu.objects.count() // 2 and not live.filter(node__decommissioned_at__isnull=False)
+    for tier in "SML":
+        pool = Pool.objects.get(name=f"demo-{tier.lower()}")
+        assert pool_wake(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed again"
+    running = Instance.objects.filter(desired_state="running")
+    assert running.count() == 3 and not running.exclude(gpu__in=live).exists()
 
 
 def test_a_new_demo_run_stops_what_an_earlier_one_left_and_forgets_its_hosts(tmp_path: Path) -> None:

@@ -57,13 +57,11 @@ class AsgiServer:
 @pytest.fixture
 def asgi_live_server(transactional_db: None, settings: object) -> Iterator[AsgiServer]:
     require(bool(os.environ.get("REDIS_URL")), "live pages need the Redis channel layer: set REDIS_URL")
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
     from fleet.asgi import application
     from tests.support.vllm_server import free_port
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]  # type: ignore[attr-defined]
-    server = AsgiServer(port=free_port(), app=ASGIStaticFilesHandler(application))
+    server = AsgiServer(port=free_port(), app=application)
     server.start()
     yield server
     server.stop()

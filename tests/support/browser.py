@@ -27,7 +27,8 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCREENSHOTS = ROOT / "test-results" / "screenshots"
-# With FLEET_SCREENSHOTS=1 the pages' screenshots also land here, for the README.
+# With FLEET_SCREENSHOTS=1 the first-run test's screenshots (the README's command, not a
+# constructed history) land here instead, for the README.
 DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
@@ -62,8 +63,8 @@ def page(browser: object) -> Iterator[object]:
     context.close()
 
 
-def screenshot(page: object, name: str) -> Path:
-    folder = DOCS_SCREENSHOTS if os.environ.get("FLEET_SCREENSHOTS") == "1" else SCREENSHOTS
+def screenshot(page: object, name: str, *, docs: bool = False) -> Path:
+    folder = DOCS_SCREENSHOTS if docs and os.environ.get("FLEET_SCREENSHOTS") == "1" else SCREENSHOTS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]

@@ -3,7 +3,8 @@
 It answers /v1/chat/completions and /v1/completions in microseconds (plain JSON, or a
 short SSE stream with a usage event when asked for one), so what a test or benchmark
 measures is the gateway, not a model. It can also be told to fail with a status, to
-exercise failover. Only the standard library, so any virtualenv can run it:
+exercise failover, or to open chat streams as vLLM does, with an empty role chunk sent
+before the first token is ready. Only the standard library, so any virtualenv can run it:
 ``python tests/support/openai_stub.py --port 9000`` serves until killed.
 """
 
@@ -43,6 +44,16 @@ def _chat_body(model: str, prompt_tokens: int, endpoint: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _event(model: str, choices: list[dict[str, Any]]) -> bytes:
+    chunk = {"id": "cmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": choices}
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def role_event(model: str) -> bytes:
+    """vLLM's first chat chunk: the role, with empty content, before any token is generated."""
+    return _event(model, [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+
+
 def _stream_events(model: str, prompt_tokens: int, endpoint: str, include_usage: bool) -> list[bytes]:
     events = []
     for index in range(COMPLETION_TOKENS):
@@ -51,14 +62,7 @@ def _stream_events(model: str, prompt_tokens: int, endpoint: str, include_usage:
         else:
             choice = {"index": 0, "text": CONTENT[index % len(CONTENT)]}
         choice["finish_reason"] = "length" if index == COMPLETION_TOKENS - 1 else None
-        chunk = {
-            "id": "cmpl-stub",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model,
-            "choices": [choice],
-        }
-        events.append(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+        events.append(_event(model, [choice]))
     if include_usage:
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -75,10 +79,19 @@ def _stream_events(model: str, prompt_tokens: int, endpoint: str, include_usage:
 class OpenAIStub:
     """The stub server; ``start()`` runs it on a thread of its own, ``serve()`` in the caller's loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, fail_status: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        fail_status: int | None = None,
+        first_token_after_s: float | None = None,
+    ) -> None:
+        """``first_token_after_s``: chat streams open with ``role_event`` at once, tokens follow that much later."""
         self.host = host
         self.port = port
         self.fail_status = fail_status
+        self.first_token_after_s = first_token_after_s
         self.requests = 0
         self.bodies: deque[dict[str, Any]] = deque(maxlen=100)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,18 +139,22 @@ class OpenAIStub:
                 body = await reader.readexactly(length) if length else b""
                 path = head.split(b" ", 2)[1]
                 self.requests += 1
-                writer.write(self._answer(path, body))
-                await writer.drain()
+                for index, part in enumerate(self._answer(path, body)):
+                    if index:
+                        await asyncio.sleep(self.first_token_after_s or 0)
+                    writer.write(part)
+                    await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.CancelledError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    def _answer(self, path: bytes, body: bytes) -> bytes:
+    def _answer(self, path: bytes, body: bytes) -> list[bytes]:
+        """The response in the parts it is written in, a ``first_token_after_s`` pause between them."""
         if self.fail_status is not None:
             error = b'{"error":{"message":"stub told to fail"}}'
             status = f"HTTP/1.1 {self.fail_status} Failing\r\n".encode()
-            return status + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(error) + error
+            return [status + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(error) + error]
         payload = json.loads(body or b"{}")
         self.bodies.append(payload)
         endpoint = "chat" if path.endswith(b"/chat/completions") else "completions"
@@ -148,9 +165,13 @@ class OpenAIStub:
             events = _stream_events(model, prompt_tokens, endpoint, include_usage)
             chunks = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events)
             head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            return head + chunks + b"0\r\n\r\n"
+            if self.first_token_after_s is not None and endpoint == "chat":
+                role = role_event(model)
+                return [head + b"%x\r\n%s\r\n" % (len(role), role), chunks + b"0\r\n\r\n"]
+            return [head + chunks + b"0\r\n\r\n"]
         answer = _chat_body(model, prompt_tokens, endpoint)
-        return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(answer) + answer
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(answer)
+        return [head + answer]
 
 
 def main() -> None:

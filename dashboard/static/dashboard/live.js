@@ -5,18 +5,59 @@
 // this page subscribes to. Events extend traces with Plotly.extendTraces, keeping a rolling
 // window of MAX_POINTS; the socket reconnects with backoff after a server restart, and the
 // page says "stale" when no event arrived for data-stale-after seconds.
+//
+// What no event extends (spend cards, tables, rollup charts) is fetched again every
+// data-refresh-every seconds while the page is live and visible: the page's own URL is
+// rendered anew and swapped in, the live-extended charts kept as they are, so everything a
+// live page shows moves. main.dataset.refreshedAt says when that last happened.
 "use strict";
 
 (function () {
   const MAX_POINTS = 720;
   const charts = [];
 
-  function draw() {
-    document.querySelectorAll(".chart[data-figure]").forEach((div) => {
+  function draw(root) {
+    root.querySelectorAll(".chart[data-figure]:not(.js-plotly-plot)").forEach((div) => {
       const figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
       Plotly.newPlot(div, figure.data, figure.layout, { responsive: true, displaylogo: false });
       charts.push(div);
     });
+  }
+
+  function extended(div) {
+    return div.dataset.live !== "" && div.classList.contains("js-plotly-plot");
+  }
+
+  // The page rendered anew, swapped in; charts that events extend stay, with their points.
+  function swap(main, fresh) {
+    const kept = new Map();
+    main.querySelectorAll(".chart[data-figure]").forEach((div) => {
+      if (extended(div)) kept.set(div.id, div);
+      else Plotly.purge(div);
+    });
+    charts.splice(0, charts.length, ...kept.values());
+    main.replaceChildren(...Array.from(fresh.childNodes, (node) => document.importNode(node, true)));
+    kept.forEach((div, id) => {
+      const placeholder = document.getElementById(id);
+      if (placeholder) {
+        placeholder.replaceWith(div);
+        Plotly.Plots.resize(div);
+      } else {
+        charts.splice(charts.indexOf(div), 1);
+      }
+    });
+    draw(main);
+    main.dataset.refreshedAt = new Date().toISOString();
+  }
+
+  async function refresh(main) {
+    const busy = main.contains(document.activeElement) && document.activeElement !== document.body;
+    if (document.hidden || busy) return; // not while someone types in the range form
+    const response = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    if (!response.ok || response.redirected) return;
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = page.querySelector("main[data-live-groups]");
+    if (fresh) swap(main, fresh);
   }
 
   function pointCount(div) {
@@ -25,6 +66,21 @@
 
   function traceIndex(div, test) {
     return div.data.findIndex((trace) => trace.meta && test(trace.meta));
+  }
+
+  // A chart drawn over a range that ends now keeps its span and slides with each reading. One
+  // drawn over a past range stays put, and so does one zoomed by hand (Plotly writes no zone).
+  const ZONED = /(Z|[+-]\d\d:?\d\d)$/;
+  const FOLLOW_WITHIN_MS = 5 * 60 * 1000;
+
+  function follow(div, time) {
+    const range = div.layout.xaxis && div.layout.xaxis.range;
+    if (!range || !ZONED.test(range[1])) return;
+    const end = Date.parse(range[1]);
+    if (div.dataset.follows === undefined) div.dataset.follows = String(time - end < FOLLOW_WITHIN_MS);
+    if (div.dataset.follows !== "true" || !(time > end)) return;
+    const span = end - Date.parse(range[0]);
+    Plotly.relayout(div, { "xaxis.range": [new Date(time - span).toISOString(), new Date(time).toISOString()] });
   }
 
   function extendGpus(kind, readings) {
@@ -42,6 +98,7 @@
           const value = reading[field];
           Plotly.extendTraces(div, { x: [[reading.at]], y: [[value == null ? null : value / scale]] }, [index], MAX_POINTS);
         });
+        if (readings.length) follow(div, Math.max(...readings.map((reading) => Date.parse(reading.at))));
       });
   }
 
@@ -60,6 +117,7 @@
           index = div.data.length - 1;
         }
         Plotly.extendTraces(div, { x: [[event.at]], y: [[event.policy_kind]] }, [index], MAX_POINTS);
+        follow(div, Date.parse(event.at));
       });
     const table = document.querySelector("#decisions tbody");
     if (!table || table.querySelector(`tr[data-decision="${event.decision}"]`)) return;
@@ -78,11 +136,13 @@
   }
 
   function connect(main) {
+    let open = false;
+    const every = Number(main.dataset.refreshEvery || 0) * 1000;
+    if (every > 0) setInterval(() => open && refresh(main).catch(() => {}), every);
     const state = document.getElementById("live-state");
     const groups = main.dataset.liveGroups.split(",").filter(Boolean);
     let delay = 1000;
     let lastEvent = Date.now();
-    let open = false;
 
     function show(text, kind) {
       if (!state) return;
@@ -128,7 +188,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    draw();
+    draw(document);
     window.fleetCharts = { charts, pointCount };
     const main = document.querySelector("main[data-live-groups]");
     if (main) connect(main);

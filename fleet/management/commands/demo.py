@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,34 @@ from fleet.sim.demo import REAL_IMAGE, DemoFleet, DemoOptions, demo_prepare
 class Command(BaseCommand):
     help = (
         "Migrate, create a demo login, and run the panel with simulated GPU hosts and a replayer "
-        "sending a real Azure trace through the gateway. Ctrl-C stops everything."
+        "sending a real Azure trace through the gateway. Ctrl-C stops everything. Reads FLEET_VAR_DIR "
+        "(database, logs and the hosts' state; default var/) and, with --real-vllm, FLEET_VLLM_PYTHON "
+        "(the Python that has vLLM)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--trace", default="conv", help="conv, code (the Azure 2023 traces) or a CSV path")
-        parser.add_argument("--speedup", type=float, default=1.0, help="replay this many times faster than recorded")
-        parser.add_argument("--hosts", type=int, default=2, help="simulated GPU hosts")
-        parser.add_argument("--gpus-per-host", type=int, default=2)
-        parser.add_argument("--gpu", default="H100", choices=sorted(MODELS), help="simulated GPU model")
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument(
+            "--trace", default="conv", help="conv, code (the Azure 2023 traces) or a CSV path (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--speedup",
+            type=float,
+            default=1.0,
+            help="replay this many times faster than recorded (default: %(default)g)",
+        )
+        parser.add_argument("--hosts", type=int, default=2, help="simulated GPU hosts (default: %(default)s)")
+        parser.add_argument(
+            "--gpus-per-host", type=int, default=2, help="simulated GPUs on each host (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--gpu", default="H100", choices=sorted(MODELS), help="simulated GPU model (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="address the panel listens on (default: %(default)s; make run: HOST)"
+        )
+        parser.add_argument(
+            "--port", type=int, default=8000, help="port the panel listens on (default: %(default)s; make run: PORT)"
+        )
         parser.add_argument(
             "--real-vllm",
             action="store_true",
@@ -36,7 +54,6 @@ class Command(BaseCommand):
         parser.add_argument(
             "--model-path", default="", help="with --real-vllm: the model (default: the tiny test model)"
         )
-
         parser.add_argument(
             "--engine-cold-start",
             type=float,
@@ -59,7 +76,9 @@ class Command(BaseCommand):
             model_path=opts["model_path"] or (_tiny_model() if opts["real_vllm"] else ""),
             engine_cold_start_s=opts["engine_cold_start"],
         )
+        port_check(opts["host"], opts["port"])
         call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
         setup = demo_prepare(options=options)
         fleet = DemoFleet(options, setup, Path(settings.VAR_DIR))
         self._announce(options, setup, fleet)
@@ -97,6 +116,24 @@ class Command(BaseCommand):
                 5, f"  REAL vLLM:  the L pool runs a real vLLM CPU server ({REAL_IMAGE}, {options.model_path})"
             )
         self.stdout.write("\n".join(lines))
+
+
+def port_check(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before the demo touches the database or starts anything."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot listen on {host}: {exc.strerror}") from exc
+    family, kind, proto, _name, address = addresses[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CommandError(
+                f"port {port} on {host} is in use ({exc.strerror}): stop what listens there or pick another port,"
+                f" e.g. make run PORT={port + 1}"
+            ) from exc
 
 
 def _tiny_model() -> str:

@@ -1,0 +1,91 @@
+"""Admin forms that let people type what they mean: per cent for shares, a field per policy setting."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django import forms
+
+from fleet.models import Policy
+from fleet.policies.settings import SCHEMAS, Setting, number_text
+
+
+class PercentField(forms.FloatField):
+    """A share stored as a fraction from 0 to 1, typed and shown in per cent."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("label"):
+            kwargs["label"] = f"{kwargs['label']} (%)"
+        super().__init__(min_value=0, max_value=100, **kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        """A stored fraction becomes its per cent; what the user typed is shown as typed."""
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return f"{value * 100:.10g}"
+        return value
+
+    def clean(self, value: Any) -> float | None:
+        percent = super().clean(value)
+        return None if percent is None else percent / 100
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return super().has_changed(self.to_python(self.prepare_value(initial)), data)
+
+
+class PolicyKindForm(forms.Form):
+    """The first step of adding a policy: its kind decides which settings the second step asks for."""
+
+    kind = forms.ChoiceField(choices=Policy.Kind.choices, widget=forms.RadioSelect)
+
+
+def setting_field(setting: Setting) -> forms.Field:
+    """A typed field that only reads the number or switch; ``policy_settings_clean`` checks its bounds."""
+    options: dict[str, Any] = {"label": setting.title, "initial": setting.default}
+    if isinstance(setting.default, bool):
+        default = "on" if setting.default else "off"
+        return forms.BooleanField(required=False, help_text=f"{setting.help} Default {default}.", **options)
+    low, high, default = setting.minimum, setting.maximum, number_text(setting.default)
+    limits = (
+        f"From {number_text(low)} to {number_text(high)}; default {default}."
+        if low is not None and high is not None
+        else f"Default {default}."
+    )
+    options["help_text"] = f"{setting.help} {limits}".lstrip()
+    attrs = {name: limit for name, limit in (("min", low), ("max", high)) if limit is not None}
+    if isinstance(setting.default, int):
+        return forms.IntegerField(widget=forms.NumberInput(attrs=attrs), **options)
+    return forms.FloatField(widget=forms.NumberInput(attrs={**attrs, "step": "any"}), **options)
+
+
+class PolicyForm(forms.ModelForm):
+    """A policy of one kind, its settings as typed fields; subclasses come from ``policy_form``.
+
+    The kind is fixed: the fields are those of the kind, so a posted kind is ignored. The
+    settings are written whole from the fields (keys the kind no longer takes are dropped),
+    and ``Policy.clean`` validates them with errors keyed by setting, that is by field.
+    """
+
+    policy_kind: ClassVar[str]
+
+    class Meta:
+        model = Policy
+        fields = ("kind", "pool", "enabled")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].disabled = True
+        self.initial["kind"] = self.instance.kind = self.policy_kind
+        stored = self.instance.settings if isinstance(self.instance.settings, dict) else {}
+        for key in SCHEMAS[self.policy_kind]:
+            if key in stored:
+                self.initial.setdefault(key, stored[key])
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        self.instance.settings = {key: cleaned[key] for key in SCHEMAS[self.policy_kind] if key in cleaned}
+        return cleaned
+
+
+def policy_form(kind: str) -> type[PolicyForm]:
+    fields = {key: setting_field(setting) for key, setting in SCHEMAS[kind].items()}
+    return type(f"{kind.title().replace('_', '')}PolicyForm", (PolicyForm,), {**fields, "policy_kind": kind})
