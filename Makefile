@@ -1,5 +1,5 @@
 # The few commands everyone runs. `make run` runs the demo (a simulated fleet); `make serve` serves the panel
-# alone; `make test` runs the suite.
+# alone; `make test` runs the suite, `make test-fast` its quick part; `make lint` checks style, types and layers.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= $(or $(AGENT_WHEELHOUSE),var/wheelhouse)
 
-.PHONY: run serve test lint format migrate admin static bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
+.PHONY: run serve test test-fast lint format migrate admin static bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ serve: admin static $(WHEELHOUSE)/.complete
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: the embedded default (SQLite, no Redis), no heavyweight components, first failure stops.
+test-fast: $(VENV)/.dev
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -m pytest -m "not services" -x -q $(PYTEST_ARGS)
 
 # Wheels of the agent's dependencies, which the panel serves to GPU hosts (set PANEL's AGENT_WHEELHOUSE).
 agent-wheels: | $(BIN)/python
@@ -88,13 +92,16 @@ bench-gateway: $(VENV)/.dev
 	ip netns exec $(BENCH_NETNS) ip link set lo up
 	ip netns exec $(BENCH_NETNS) $(BIN)/python bench/gateway_latency.py
 
+# ruff, then mypy (pyproject.toml: strict on the pure packages), then the layer contracts (import-linter).
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

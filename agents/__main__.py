@@ -19,6 +19,7 @@ import docker
 import httpx
 
 from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, listen_host_for, node_name_default
+from agents.host_policy import ENV_PATTERNS, VLLM_FLAGS, HostPolicy, vllm_flag_name
 from agents.nvml import NvmlBackend
 from agents.processes import Launcher, ProcessRuntime
 from agents.protocol import address_check
@@ -132,6 +133,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="simulate this host's GPUs instead of reading NVML, e.g. H100x2 (the demo); the node registers"
         " as simulated",
     )
+    parser.add_argument(
+        "--allow-volume",
+        action="append",
+        dest="allow_volumes",
+        metavar="HOST_PATH",
+        help="host path under which a profile may bind-mount (read-only; repeatable; default none)."
+        " Never /, the Docker socket or the system's own directories",
+    )
+    parser.add_argument(
+        "--allow-env",
+        action="append",
+        dest="allow_env",
+        metavar="PATTERN",
+        help=f"environment variable names a profile may set, besides {', '.join(ENV_PATTERNS)} (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-vllm-flag",
+        action="append",
+        dest="allow_vllm_flags",
+        metavar="FLAG",
+        help="a vLLM flag a profile may add, besides the default set (repeatable; as vLLM spells it, e.g. --max-loras)",
+    )
+    parser.add_argument(
+        "--allow-host-ipc",
+        action="store_true",
+        help="let servers share the host's IPC namespace (default: their own /dev/shm of --shm-size)",
+    )
+    parser.add_argument("--shm-size", default="8g", help="/dev/shm of a server without host IPC (default: %(default)s)")
     parser.add_argument("--once", action="store_true", help="one report, then exit")
     parser.add_argument("--version", action="version", version=AGENT_VERSION)
     args = parser.parse_args(argv)
@@ -168,6 +197,13 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         listen_host=listen_host_for(advertise_address=args.advertise_address, panel_url=str(args.panel)),
         attach_gpus=not args.no_gpu_devices,
         simulated=bool(args.simulated_gpus),
+        host_policy=HostPolicy(
+            volume_prefixes=tuple(args.allow_volumes or ()),
+            env_patterns=ENV_PATTERNS + tuple(args.allow_env or ()),
+            vllm_flags=VLLM_FLAGS | {vllm_flag_name(flag) for flag in args.allow_vllm_flags or ()},
+            host_ipc=bool(args.allow_host_ipc),
+            shm_size=str(args.shm_size),
+        ),
     )
 
 

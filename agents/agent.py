@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,6 +39,7 @@ from agents.batch import (
     reap_plan,
     reap_result,
 )
+from agents.host_policy import HostPolicy
 from agents.nvml import GpuReading, HostReading
 from agents.reconcile import ActionResult, DesiredInstance, Sleep, Wake, apply, reconcile
 from agents.runtime import (
@@ -96,6 +97,8 @@ class AgentConfig:
     batch_stop_timeout_s: int = DEFAULT_BATCH_STOP_TIMEOUT_S
     batch_host_memory_bytes: int | None = 8 * GIB
     simulated: bool = False
+    # What this host lets a server do, whatever the panel asks (agents/host_policy.py).
+    host_policy: HostPolicy = field(default_factory=HostPolicy)
 
     @property
     def local_host(self) -> str:
@@ -331,7 +334,7 @@ class Agent:
             return None
         port = int(container.labels.get(PORT_LABEL, "0"))
         endpoint = f"http://{url_host(self.config.endpoint_host)}:{port}" if port else ""
-        common = dict(
+        common: dict[str, Any] = dict(
             instance_id=instance_id,
             generation=max(container.generation, 1),
             container_id=container.container_id[:80],
@@ -347,7 +350,7 @@ class Agent:
         health = self._probe(port, "/health") if port else None
         if health is None or health.status_code != 200:
             return protocol.InstanceSample(state="starting", **common)
-        state = "sleeping" if container.instance_id in self.asleep else "ready"
+        state: protocol.InstanceState = "sleeping" if container.instance_id in self.asleep else "ready"
         stats, gauges = self._window(container, f"http://{url_host(self.config.local_host)}:{port}")
         return protocol.InstanceSample(
             state=state,
@@ -439,7 +442,7 @@ class Agent:
             seq=self.state.next_seq(),
             sampled_at=self.clock(),
             host=host,
-            gpus=[sample for gpu in reading.gpus if (sample := gpu_sample(gpu)) is not None],
+            gpus=[reported for gpu in reading.gpus if (reported := gpu_sample(gpu)) is not None],
             instances=instances,
             containers=orphans,
             action_results=results,
@@ -527,6 +530,7 @@ class Agent:
                 self._refuse(item, f"image {item.spec.image!r} is not in this agent's allowlist")
                 continue
             try:
+                self.config.host_policy.check(args=item.spec.extra_args, env=item.spec.env, volumes=item.spec.volumes)
                 port = self._port_for(instance_id, containers, taken)
                 taken.add(port)
                 spec = vllm_container_spec(
@@ -539,6 +543,8 @@ class Agent:
                     mig_uuids=item.spec.mig_uuids if self.config.attach_gpus else (),
                     labels={PORT_LABEL: str(port)},
                     listen_host=self.config.listen_host,
+                    ipc_host=self.config.host_policy.host_ipc,
+                    shm_size=None if self.config.host_policy.host_ipc else self.config.host_policy.shm_size,
                 )
             except (ValueError, RuntimeFailure) as exc:
                 self._refuse(item, str(exc))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from agents import protocol
 from agents.runtime import BatchSpec, ContainerGone, ContainerState
@@ -92,10 +92,10 @@ def batch_reconcile(
     generation, or of a job not desired, is stopped and removed.
     """
     wanted: dict[int, DesiredJob] = {}
-    for want in desired:
-        if want.job_id in wanted:
-            raise ValueError(f"batch job {want.job_id} is desired twice")
-        wanted[want.job_id] = want
+    for job in desired:
+        if job.job_id in wanted:
+            raise ValueError(f"batch job {job.job_id} is desired twice")
+        wanted[job.job_id] = job
     stops: list[BatchAction] = []
     current: dict[int, list[ContainerState]] = {}
     for c in sorted(actual, key=lambda c: (c.job_id or 0, c.generation, c.container_id)):
@@ -182,7 +182,7 @@ def batch_observe(
             containers.setdefault(c.job_id, []).append(c)
     samples = []
     for want in sorted(desired, key=lambda w: w.job_id):
-        common = {"job_id": want.job_id, "generation": want.generation}
+        common: dict[str, Any] = {"job_id": want.job_id, "generation": want.generation}
         mine = containers.get(want.job_id, [])
         if want.job_id in refused:
             samples.append(protocol.BatchJobSample(state="refused", error=refused[want.job_id][:2000], **common))
@@ -204,8 +204,9 @@ def batch_observe(
     return samples
 
 
-def _running_sample(c: ContainerState, common: dict[str, int]) -> protocol.BatchJobSample:
+def _running_sample(c: ContainerState, common: dict[str, Any]) -> protocol.BatchJobSample:
     """A desired-running job's container: running, or exited with its result, or on its way."""
+    state: protocol.BatchJobState
     if c.running:
         state, error = "running", ""
     elif c.status in {"exited", "dead"} and c.exit_code is not None:

@@ -8,6 +8,7 @@ typed readings. Raw readings recorded on a real GPU host can then be replayed th
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -176,10 +177,11 @@ def _utilization(handle: Any) -> dict[str, int]:
 
 
 def _clock_event_reasons(handle: Any) -> int:
-    return _first_of(
+    reasons: int = _first_of(
         lambda: pynvml.nvmlDeviceGetCurrentClocksEventReasons(handle),
         lambda: pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle),
     )
+    return reasons
 
 
 def _processes(handle: Any) -> list[dict[str, int | None]]:
@@ -366,7 +368,7 @@ def collect_raw(gpm_interval_s: float = DEFAULT_GPM_INTERVAL_S) -> dict[str, Any
             "gpm_sm_util_pct": None,
         }
         devices.append(device)
-        handle = _attempt(errors, "handle", lambda i=index: pynvml.nvmlDeviceGetHandleByIndex(i))
+        handle = _attempt(errors, "handle", functools.partial(pynvml.nvmlDeviceGetHandleByIndex, index))
         if handle is None:
             continue
         samples = _gpm_start(handle, errors)
@@ -402,8 +404,8 @@ def _cuda_version(value: int | None) -> str | None:
 
 def _mig_slices(raw: dict[str, Any]) -> int | None:
     """Slice count from the profile, else from the name (``... MIG 3g.40gb``)."""
-    if raw.get("slice_count") is not None:
-        return raw["slice_count"]
+    if (count := raw.get("slice_count")) is not None:
+        return int(count)
     match = _MIG_SLICES_IN_NAME.search(raw.get("name") or "")
     return int(match.group(1)) if match else None
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agents.runtime import (
     GENERATION_LABEL,
@@ -118,7 +119,7 @@ class ProcessRuntime:
     def _record_path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
 
-    def _records(self) -> list[dict]:
+    def _records(self) -> list[dict[str, Any]]:
         records = []
         for path in sorted(self.dir.glob("*.json")):
             try:
@@ -129,13 +130,13 @@ class ProcessRuntime:
                 records.append(record)
         return records
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         path = self._record_path(record["name"])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)
 
-    def _refresh(self, record: dict) -> dict:
+    def _refresh(self, record: dict[str, Any]) -> dict[str, Any]:
         """Bring a record's status up to date with the process it names."""
         if record["status"] != "running":
             return record
@@ -155,7 +156,7 @@ class ProcessRuntime:
         self._write(record)
         return record
 
-    def _state(self, record: dict) -> ContainerState:
+    def _state(self, record: dict[str, Any]) -> ContainerState:
         labels = record["labels"]
         try:
             generation = int(labels.get(GENERATION_LABEL, ""))
@@ -176,7 +177,7 @@ class ProcessRuntime:
             error=error,
         )
 
-    def _matching(self, instance_id: str, generation: int | None) -> list[dict]:
+    def _matching(self, instance_id: str, generation: int | None) -> list[dict[str, Any]]:
         return [
             self._refresh(record)
             for record in self._records()
@@ -241,7 +242,7 @@ class ProcessRuntime:
         self._write(record)
         return self._state(record)
 
-    def _terminate(self, record: dict, timeout_s: float) -> None:
+    def _terminate(self, record: dict[str, Any], timeout_s: float) -> None:
         """SIGTERM the process group, wait up to ``timeout_s``, then SIGKILL it."""
         pid = record["pid"]
         for signum, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, _KILL_WAIT_S)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
@@ -341,7 +342,7 @@ class Registered(Strict):
     report_interval_s: float
 
 
-def error_summary(errors: list[dict[str, Any]], limit: int = 10) -> list[str]:
+def error_summary(errors: Sequence[Mapping[str, Any]], limit: int = 10) -> list[str]:
     """pydantic's errors as short lines: ``reports.0.gpus.1.utilization_gpu_pct: ...``."""
     lines = [f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in errors[:limit]]
     if len(errors) > limit:

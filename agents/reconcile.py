@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol, get_args
 
+from agents.protocol import DesiredState
 from agents.runtime import ContainerSpec, ContainerState, Runtime
-
-DesiredState = Literal["running", "sleeping", "stopped"]
 
 DEFAULT_STOP_TIMEOUT_S = 30
 # Enough of a crashed server's output to see the traceback, small enough to report.
@@ -38,7 +37,7 @@ class DesiredInstance:
     sleep_level: int = 1
 
     def __post_init__(self) -> None:
-        if self.state not in {"running", "sleeping", "stopped"}:
+        if self.state not in get_args(DesiredState):
             raise ValueError(f"{self.instance_id}: unknown desired state {self.state!r}")
         if self.sleep_level not in {1, 2}:
             raise ValueError(f"{self.instance_id}: sleep_level must be 1 or 2")

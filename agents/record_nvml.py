@@ -141,7 +141,8 @@ def _load_info(gpu: int) -> dict[str, Any]:
 
 
 def _gpu_uuid(gpu: int) -> str:
-    return pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(gpu))
+    uuid: str = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(gpu))
+    return uuid
 
 
 def _wait_ready(ready: Event, child: multiprocessing.process.BaseProcess) -> bool:

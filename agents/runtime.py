@@ -22,6 +22,8 @@ import docker.errors
 import docker.types
 import requests
 
+from agents.host_policy import vllm_flag_name
+
 MANAGED_LABEL = "gpufleet.managed"
 INSTANCE_LABEL = "gpufleet.instance"
 GENERATION_LABEL = "gpufleet.generation"
@@ -318,7 +320,9 @@ def _profile_volumes(raw: Mapping[str, Any]) -> dict[str, Volume]:
 
 def _check_extra_args(extra_args: Sequence[str]) -> None:
     for arg in extra_args:
-        flag = arg.split("=", 1)[0]
+        if not arg.startswith("--"):
+            continue
+        flag = vllm_flag_name(arg)
         if flag in _FORBIDDEN_VLLM_FLAGS:
             raise ValueError(f"extra_args may not contain {flag}: it empties /metrics")
         if flag in _OWNED_VLLM_FLAGS:
@@ -339,6 +343,7 @@ def vllm_container_spec(
     shm_size: str | None = None,
     labels: Mapping[str, str] | None = None,
     listen_host: str = "127.0.0.1",
+    ipc_host: bool = True,
 ) -> ContainerSpec:
     """Build the container spec for a vLLM OpenAI-compatible server from a model profile.
 
@@ -409,6 +414,7 @@ def vllm_container_spec(
         shm_size=shm_size,
         labels=dict(labels or {}),
         listen_host=listen_host,
+        ipc_host=ipc_host,
     )
 
 
@@ -572,7 +578,8 @@ class DockerRuntime:
         if container_id is not None:
             filters["id"] = container_id
         # ignore_removed: a container removed between listing and inspecting is just gone.
-        return self.client.containers.list(all=True, filters=filters, ignore_removed=True)
+        found: list[Any] = self.client.containers.list(all=True, filters=filters, ignore_removed=True)
+        return found
 
     def list_managed(self) -> list[ContainerState]:
         """Managed instance containers of this node, in any state, sorted by instance and generation.

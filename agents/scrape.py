@@ -20,6 +20,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from agents.histograms import buckets_merge, counts_monotonic, histogram_quantile
+
 MAX_TEXT_BYTES = 16 * 1024 * 1024
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -117,55 +119,6 @@ class WindowStats:
     histograms: dict[str, Histogram | None]
 
 
-def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
-    """The q-quantile of a cumulative histogram, interpolating linearly inside a bucket.
-
-    Same rules as Prometheus's ``histogram_quantile``: the first bucket starts at 0
-    (when its bound is positive), and a rank falling in the +Inf bucket gives the
-    highest finite bound. None when the histogram holds no observations.
-    """
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile must be within [0, 1], got {q}")
-    if len(bounds) != len(counts) or len(bounds) < 2 or bounds[-1] != math.inf:
-        raise ValueError("need matching bounds and counts, at least two buckets, the last +Inf")
-    counts = _monotonic(counts)
-    if counts[-1] <= 0:
-        return None
-    rank = q * counts[-1]
-    b = next((i for i, c in enumerate(counts[:-1]) if c >= rank), len(counts) - 1)
-    if b == len(counts) - 1:
-        return bounds[-2]
-    if b == 0 and bounds[0] <= 0:
-        return bounds[0]
-    start = bounds[b - 1] if b > 0 else 0.0
-    below = counts[b - 1] if b > 0 else 0.0
-    in_bucket = counts[b] - below
-    if in_bucket <= 0:
-        return start
-    return start + (bounds[b] - start) * (rank - below) / in_bucket
-
-
-def _monotonic(counts: Sequence[float]) -> list[float]:
-    """Cumulative counts never fall; a torn read can make them, so flatten (as Prometheus)."""
-    fixed, highest = [], -math.inf
-    for c in counts:
-        highest = max(highest, c)
-        fixed.append(highest)
-    return fixed
-
-
-def merge_buckets(histograms: Iterable[Histogram]) -> Histogram:
-    """Sum histograms with identical bounds (several engines, servers or windows)."""
-    items = list(histograms)
-    if not items:
-        raise ValueError("nothing to merge")
-    bounds = items[0].bounds
-    if any(h.bounds != bounds for h in items):
-        raise ValueError("histograms with different bucket bounds cannot be merged")
-    counts = tuple(sum(column) for column in zip(*(h.counts for h in items), strict=True))
-    return Histogram(bounds=bounds, counts=counts, sum=sum(h.sum for h in items))
-
-
 def _families(text: str) -> list[Sample]:
     """All samples of the text, or ScrapeError whatever way the parser objects."""
     if len(text) > MAX_TEXT_BYTES:
@@ -221,7 +174,7 @@ def _series_histogram(buckets: Sequence[Sample], sum_value: float) -> Histogram 
     except (KeyError, ValueError):
         return None
     bounds = tuple(b for b, _ in pairs)
-    counts = tuple(_monotonic([c for _, c in pairs]))
+    counts = tuple(counts_monotonic(c for _, c in pairs))
     if len(pairs) < 2 or bounds[-1] != math.inf or len(set(bounds)) != len(bounds) or any(map(math.isnan, bounds)):
         return None
     if not all(math.isfinite(c) and c >= 0 for c in counts) or not math.isfinite(sum_value):
@@ -243,13 +196,13 @@ def _histogram(grouped: dict[str, list[Sample]], names: Sequence[str]) -> Histog
         series[_without_le(s.labels)].append(s)
     sums = {_without_le(s.labels): float(s.value) for s in grouped.get(f"{base}_sum", [])}
     parts = [_series_histogram(buckets, sums.get(labels, math.nan)) for labels, buckets in series.items()]
-    if any(p is None for p in parts):
+    usable = [p for p in parts if p is not None]
+    merged = buckets_merge((p.bounds, p.counts) for p in usable)
+    # Engines of one server share their bounds; a server whose engines differ is not to be trusted.
+    if merged is None or len(usable) != len(parts) or len({p.bounds for p in usable}) != 1:
         return None
-    try:
-        merged = merge_buckets(p for p in parts if p is not None)
-    except ValueError:
-        return None
-    return merged if all(math.isfinite(v) for v in (*merged.counts, merged.sum)) else None
+    histogram = Histogram(bounds=merged[0], counts=merged[1], sum=sum(p.sum for p in usable))
+    return histogram if all(math.isfinite(v) for v in (*histogram.counts, histogram.sum)) else None
 
 
 def parse(text: str, timestamp: float) -> Snapshot:

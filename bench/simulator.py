@@ -18,12 +18,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import django
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
-django.setup()
 
 from fleet.sim.compare import compare, price_preset  # noqa: E402
 from fleet.sim.engine import engine_model_for  # noqa: E402

@@ -59,9 +59,8 @@ def estimator() -> Any:
 
 def expected(tokens: int) -> dict[str, int]:
     """The estimator's weights and KV-cache bytes for bf16 at ``tokens`` tokens."""
-    estimate = estimator().vram_estimate(
-        model=MODEL, dtype="bfloat16", quantization="", kv_cache_dtype="auto", max_model_len=tokens
-    )
+    vram = estimator()
+    estimate = vram.vram_estimate_for(vram.ProfileFacts(MODEL, "bfloat16", "", "auto", tokens))
     return {"weights": estimate.weight_bytes, "kv_cache": estimate.kv_bytes, "parameters": estimate.parameters}
 
 

@@ -19,6 +19,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from agents.histograms import attainment, histograms_merge
 from fleet.costs.budgets import usage_source_configured
 from fleet.costs.selectors import (
     billing_currency,
@@ -48,7 +49,6 @@ from fleet.models import (
     RequestLog,
     Team,
 )
-from fleet.rollups import histograms_merge
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 DEFAULT_RANGE = "24h"
@@ -196,22 +196,6 @@ def _pool_rollups(time_range: TimeRange) -> QuerySet[Any]:
     return model.objects.filter(bucket__gte=time_range.start, bucket__lt=time_range.end)
 
 
-def _share_within(histogram: Mapping[str, Any], limit_s: float) -> float:
-    """The share of a cumulative histogram's observations at or under ``limit_s``.
-
-    Interpolated linearly inside the bucket that holds the limit, as ``histogram_quantile``
-    reads a percentile, so a pool whose P95 is under its limit has at least 95 % within it.
-    Observations over the last finite bound count as over the limit: nothing places them.
-    """
-    lower, below = 0.0, 0.0
-    for bound, cumulative in zip(histogram["bounds"], histogram["counts"], strict=True):
-        if limit_s <= bound:
-            inside = (cumulative - below) * (limit_s - lower) / (bound - lower) if bound > lower else cumulative - below
-            return (below + inside) / histogram["count"]
-        lower, below = bound, cumulative
-    return below / histogram["count"]
-
-
 def pool_history(*, pool: Pool, time_range: TimeRange) -> dict[str, list[Any]]:
     """A pool's latency percentiles of its SLA metric (ms), queue and traffic per bucket."""
     prefix = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
@@ -270,7 +254,7 @@ def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
                 "sla": pool.sla_label,
                 "target": pool.sla_percentile / 100,
                 "requests": requests,
-                "attainment": _share_within(merged, pool.sla_latency_ms / 1000) if merged and requests else None,
+                "attainment": attainment([merged], pool.sla_latency_ms / 1000),
             }
         )
     return rows
@@ -528,3 +512,26 @@ def node_detail(*, node_id: int) -> Node:
             ),
         )
     ).get(pk=node_id)
+
+
+def pools() -> QuerySet[Pool]:
+    """The pools by name, with their profiles: the pool page and the pages' pool filters."""
+    return Pool.objects.select_related("model_profile").order_by("name")
+
+
+def pool_instances(*, pool: Pool) -> QuerySet[Instance]:
+    return Instance.objects.filter(pool=pool).select_related("gpu__node").order_by("pk")
+
+
+def nodes() -> QuerySet[Node]:
+    return Node.objects.all()
+
+
+def gpus(*, node_id: int | None = None, live: bool = False) -> QuerySet[Gpu]:
+    """A node's GPUs, or the fleet's; ``live`` leaves out the decommissioned."""
+    chosen = Gpu.objects.all() if node_id is None else Gpu.objects.filter(node_id=node_id)
+    return chosen.filter(decommissioned_at__isnull=True) if live else chosen
+
+
+def requests_any() -> bool:
+    return RequestLog.objects.exists()

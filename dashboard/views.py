@@ -21,7 +21,6 @@ from fleet import selectors
 from fleet.agent_dist import install_command, install_problems, panel_url
 from fleet.costs.selectors import billing_currency
 from fleet.events import FLEET_GROUP, node_group, pool_group
-from fleet.models import Gpu, Instance, Node, Pool, RequestLog
 from fleet.services import join_token_create
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
@@ -55,7 +54,7 @@ def index(request: HttpRequest) -> HttpResponse:
     time_range, context = _range_context(request)
     grid = pages.gpu_utilization_grid(time_range=time_range)
     live_range = pages.TimeRange(key="1h", start=timezone.now() - timedelta(hours=1), end=timezone.now())
-    live = pages.gpu_series_by_gpu(gpus=Gpu.objects.filter(decommissioned_at__isnull=True), time_range=live_range)
+    live = pages.gpu_series_by_gpu(gpus=pages.gpus(live=True), time_range=live_range)
     attainment = pages.sla_attainment(time_range=time_range)
     context.update(
         nodes=selectors.nodes_overview(),
@@ -72,7 +71,7 @@ def index(request: HttpRequest) -> HttpResponse:
             span=live_range.span,
         ),
         has_gpus=bool(live),
-        longer_range_helps=not grid["at"] and pages.gpu_history_before(gpus=Gpu.objects.all(), before=time_range.start),
+        longer_range_helps=not grid["at"] and pages.gpu_history_before(gpus=pages.gpus(), before=time_range.start),
         sla_figure=figures.sla_attainment(rows=attainment)
         if any(r["attainment"] is not None for r in attainment)
         else None,
@@ -82,7 +81,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
-    item = get_object_or_404(Pool.objects.select_related("model_profile"), pk=pool_id)
+    item = get_object_or_404(pages.pools(), pk=pool_id)
     time_range, context = _range_context(request)
     history = pages.pool_history(pool=item, time_range=time_range)
     states = pages.instance_states_over_time(pool=item, time_range=time_range)
@@ -91,7 +90,7 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
     context.update(
         pool=item,
         live_groups=[pool_group(item.pk)],
-        instances=Instance.objects.filter(pool=item).select_related("gpu__node").order_by("pk"),
+        instances=pages.pool_instances(pool=item),
         latency=figures.pool_latency(
             history=history, sla_ms=item.sla_latency_ms, sla_label=item.sla_label, metric=metric, span=time_range.span
         )
@@ -108,9 +107,9 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
 
 @login_required
 def node(request: HttpRequest, node_id: int) -> HttpResponse:
-    item = get_object_or_404(Node, pk=node_id)
+    item = get_object_or_404(pages.nodes(), pk=node_id)
     time_range, context = _range_context(request)
-    series = pages.gpu_series_by_gpu(gpus=Gpu.objects.filter(node=item), time_range=time_range)
+    series = pages.gpu_series_by_gpu(gpus=pages.gpus(node_id=item.pk), time_range=time_range)
     has_data = any(gpu["at"] for gpu in series)
     context.update(
         node=pages.node_detail(node_id=item.pk),
@@ -127,7 +126,7 @@ def node(request: HttpRequest, node_id: int) -> HttpResponse:
         if has_data
         else [],
         longer_range_helps=not has_data
-        and pages.gpu_history_before(gpus=Gpu.objects.filter(node=item), before=time_range.start),
+        and pages.gpu_history_before(gpus=pages.gpus(node_id=item.pk), before=time_range.start),
     )
     return render(request, "dashboard/node.html", context)
 
@@ -170,7 +169,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
     context.update(
         decisions=rows,
         kinds=pages.decision_kinds(),
-        pools=Pool.objects.order_by("name"),
+        pools=pages.pools(),
         kind=kind,
         pool_id=pool_id,
         timeline=figures.decisions_timeline(decisions=rows, span=_padded(time_range)) if rows else None,
@@ -186,12 +185,12 @@ def requests_page(request: HttpRequest) -> HttpResponse:
     rows = pages.requests_recent(pool_id=pool_id, tier=tier)
     context = {
         "requests": rows,
-        "pools": Pool.objects.order_by("name"),
+        "pools": pages.pools(),
         "pool_id": pool_id,
         "tier": tier,
         "tiers": ("S", "M", "L"),
         "latency": figures.request_latency(requests=rows) if rows else None,
-        "any_requests": bool(rows) or RequestLog.objects.exists(),
+        "any_requests": bool(rows) or pages.requests_any(),
     }
     return render(request, "dashboard/requests.html", context)
 

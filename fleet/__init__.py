@@ -1,5 +1,5 @@
-"""The fleet domain: nodes, GPUs, pools, instances, policies, prices, and the project wiring."""
+"""The fleet domain: nodes, GPUs, pools, instances, policies, prices, and the project wiring.
 
-from fleet.celery import app as celery_app
-
-__all__ = ["celery_app"]
+Importing the package loads nothing else, so its pure parts (the policies, the trace
+simulator) run without Django; ``FleetConfig.ready`` loads the Celery app in Django processes.
+"""

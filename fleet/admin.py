@@ -14,12 +14,11 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from fleet import catalog
 from fleet.agent_dist import install_command, install_problems
 from fleet.costs.budgets import budget_block_lift
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import billing_currency, period_bounds
-from fleet.forms import PercentField, PolicyKindForm, policy_form
+from fleet.forms import InstanceForm, PercentField, PolicyKindForm, policy_form
 from fleet.models import (
     Alert,
     AlertDelivery,
@@ -43,7 +42,15 @@ from fleet.models import (
     Team,
 )
 from fleet.policies.settings import SCHEMAS
-from fleet.services import join_token_ttl, node_decommission, node_token_rotate
+from fleet.policies.vram import vram_estimate_for
+from fleet.services import (
+    StaleGeneration,
+    instance_add,
+    instance_desire,
+    join_token_ttl,
+    node_decommission,
+    node_token_rotate,
+)
 
 GIB = 1024**3
 
@@ -232,38 +239,57 @@ class ModelProfileAdmin(admin.ModelAdmin):
 
     @admin.display(description="GPU memory arithmetic")
     def memory_arithmetic(self, obj: ModelProfile) -> str:
-        spec = obj.spec
-        if spec is None:
-            return "Unknown architecture: add the model to the catalogue to see its memory needs."
-        kv_bytes = catalog.KV_CACHE_DTYPE_BYTES.get(obj.kv_cache_dtype, 2)
-        per_token = spec.kv_bytes_per_token(kv_bytes)
-        bits = catalog.QUANTIZATION_BITS.get(obj.quantization, 16)
-        weights = spec.weight_bytes(bits)
-        kv_total = per_token * obj.max_model_len
+        """The estimate placement checks, written out so a person can check it by hand."""
+        estimate = vram_estimate_for(obj)
+        if estimate is None:
+            return "No estimate: the catalogue lacks this model's architecture or its quantization's bits."
         return format_html(
             "KV cache per token: 2 × {} layers × {} KV heads × {} head dim × {} B = {} KiB.<br>"
             "One {}-token sequence: {} GiB of KV cache.<br>"
-            "Weights: {} parameters × {} bits ≈ {} GiB.",
-            spec.layers,
-            spec.kv_heads,
-            spec.head_dim,
-            kv_bytes,
-            f"{per_token / 1024:g}",
-            f"{obj.max_model_len:,}",
-            f"{kv_total / GIB:.2f}",
-            f"{spec.parameters:,}",
-            f"{bits:g}",
-            f"{weights / GIB:.2f}",
+            "Weights: {} parameters × {} bits ≈ {} GiB.<br>"
+            "Needs {} GiB: weights, one full-length sequence and overhead {} GiB (CUDA context, "
+            "activations, CUDA graphs). Placement refuses a device whose budget (GPU memory "
+            "utilization × its memory) is smaller.",
+            estimate.layers,
+            estimate.kv_heads,
+            estimate.head_dim,
+            estimate.kv_dtype_bytes,
+            f"{estimate.kv_bytes_per_token / 1024:g}",
+            f"{estimate.kv_tokens:,}",
+            f"{estimate.kv_bytes / GIB:.2f}",
+            f"{estimate.parameters:,}",
+            f"{estimate.bits_per_weight:g}",
+            f"{estimate.weight_bytes / GIB:.2f}",
+            f"{estimate.required_bytes / GIB:.2f}",
+            f"{estimate.overhead_bytes / GIB:.2f}",
         )
+
+
+# The action a person's change of desired state is logged as, by the state asked for (the policies' words).
+INSTANCE_ACTIONS: dict[str, str] = {
+    Instance.Desired.RUNNING: "start",
+    Instance.Desired.SLEEPING: "sleep",
+    Instance.Desired.STOPPED: "stop",
+}
 
 
 class InstanceInline(admin.TabularInline):
     model = Instance
     extra = 0
     show_change_link = True
-    fields = ("gpu", "mig_device", "desired_state", "actual_state", "generation", "endpoint", "last_request_at")
-    readonly_fields = ("actual_state", "generation", "endpoint", "last_request_at")
-    raw_id_fields = ("gpu", "mig_device")
+    fields = readonly_fields = (
+        "gpu",
+        "mig_device",
+        "desired_state",
+        "actual_state",
+        "generation",
+        "endpoint",
+        "last_request_at",
+    )
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Instances are added and changed on their own page, where desired state goes through the services."""
+        return False
 
 
 @admin.register(Pool)
@@ -308,6 +334,7 @@ class PoolAdmin(admin.ModelAdmin):
 
 @admin.register(Instance)
 class InstanceAdmin(admin.ModelAdmin):
+    form = InstanceForm
     list_display = (
         "__str__",
         "pool",
@@ -332,6 +359,37 @@ class InstanceAdmin(admin.ModelAdmin):
         "ready_at",
         "last_request_at",
     )
+
+    def save_model(self, request: HttpRequest, obj: Instance, form: Any, change: bool) -> None:
+        """Desired state changes through the service, so each is a decision with its generation, its event and who.
+
+        The change claims the generation the person saw: one a policy or the gateway made
+        since the page loaded wins, and the person is told. The other fields save alone
+        (``update_fields``), so a save never writes back a desired state or an agent's report.
+        """
+        who = {"user": request.user.get_username()}
+        if not change:
+            reason = f"instance added, desired {obj.desired_state}, by {request.user} in the admin"
+            instance_add(instance=obj, reason=reason, kind="manual", inputs=who)
+            return
+        if fields := [name for name in form.changed_data if name not in ("desired_state", "seen_generation")]:
+            obj.save(update_fields=fields)
+        if "desired_state" not in form.changed_data:
+            return
+        state, was = obj.desired_state, form.initial["desired_state"]
+        obj.generation = form.cleaned_data.get("seen_generation") or obj.generation
+        try:
+            instance_desire(
+                instance=obj,
+                state=state,
+                action=INSTANCE_ACTIONS[state],
+                reason=f"desired state {was} -> {state}, set by {request.user} in the admin",
+                kind="manual",
+                inputs={**who, "from": was},
+            )
+        except StaleGeneration as exc:
+            obj.refresh_from_db()
+            self.message_user(request, f"Desired state not changed: {exc}; look again and retry.", messages.ERROR)
 
 
 @admin.register(InstanceEvent)

@@ -5,3 +5,7 @@ class FleetConfig(AppConfig):
     name = "fleet"
     verbose_name = "Fleet"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The Celery app, so the tasks this process sends go to its broker; ``celery -A fleet`` finds it alone.
+        import fleet.celery  # noqa: F401

@@ -1,6 +1,7 @@
 """ASGI entry point: the gateway under /v1/, other HTTP through Django, WebSockets through Channels."""
 
 import os
+from typing import cast
 
 from django.core.asgi import get_asgi_application
 
@@ -73,6 +74,34 @@ def body_limited(app: AsgiApp, *, limit: int) -> AsgiApp:
     return limited
 
 
+def scheduler_started(app: AsgiApp) -> AsgiApp:
+    """Start the embedded default's scheduler when a server starts serving ``app``, never at import.
+
+    uvicorn (``make run``, the demo) says it is starting through the ASGI lifespan protocol;
+    daphne (``runserver``) has none, so there the first request or socket starts it. Importing
+    this module (a test, a shell, a management command) starts nothing.
+    """
+    started = False
+
+    async def served(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            scheduler_start()
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return served
+
+
 def application_build(*, gateway: Gateway, body_limit: int = MAX_BODY_BYTES) -> ProtocolTypeRouter:
     """The whole panel around one gateway; tests build their own so each gets a fresh gateway.
 
@@ -80,14 +109,13 @@ def application_build(*, gateway: Gateway, body_limit: int = MAX_BODY_BYTES) -> 
     """
     return ProtocolTypeRouter(
         {
-            "http": http_router(gateway, body_limited(django_asgi_app, limit=body_limit)),
+            # Django's handler types ASGI messages as read-only mappings, the gateway's as dicts.
+            "http": http_router(gateway, body_limited(cast(AsgiApp, django_asgi_app), limit=body_limit)),
             "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     )
 
 
 gateway = Gateway()
-application = application_build(gateway=gateway)
-
-# Embedded default only (no Celery beat): run the periodic tasks in this process.
-scheduler_start()
+# The embedded default (no Celery beat) runs the periodic tasks in the serving process.
+application = scheduler_started(application_build(gateway=gateway))

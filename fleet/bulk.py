@@ -41,7 +41,7 @@ def _cursor_class() -> type[Any]:
     import psycopg
     from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
-    class HotCursor(psycopg.RawCursor):  # type: ignore[misc]
+    class HotCursor(psycopg.RawCursor):
         """psycopg's raw-query cursor, taking the ``%s`` placeholders Django's SQL has."""
 
         def __init__(self, raw: Any) -> None:
@@ -85,7 +85,7 @@ def hot_cursor(db: Any = None) -> Iterator[Any]:
 class _HotDebugWrapper(CursorDebugWrapper):
     """Logs the statement as written (``%s`` placeholders): psycopg keeps no text of a prepared run."""
 
-    def execute(self, sql: str, params: Any = None) -> Any:
+    def execute(self, sql: Any, params: Any = None) -> Any:
         with self.debug_sql(sql, params):
             return CursorWrapper.execute(self, sql, params)
 
@@ -107,19 +107,33 @@ def _preparation(field: models.Field, vendor: str) -> Callable[[Any], Any] | Non
     return None
 
 
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    """One of ``model``'s own columns by field name, ``pk`` for the primary key (never a reverse relation)."""
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    assert isinstance(field, models.Field), f"{model.__name__}.{name} is not a column"
+    return field
+
+
+def _column(model: type[models.Model], name: str) -> str:
+    column = _field(model, name).column
+    assert column is not None, f"{model.__name__}.{name} has no column"
+    return column
+
+
 @cache
 def _insert_plan(
     model: type[models.Model], fields: tuple[str, ...], vendor: str
 ) -> tuple[str, str, list[models.Field], list[tuple[int, Callable[[Any], Any]]]]:
-    meta = [model._meta.get_field(name) for name in fields]
+    meta = [_field(model, name) for name in fields]
     quote = connection.ops.quote_name
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in meta)}) VALUES "
+    columns = ", ".join(quote(_column(model, name)) for name in fields)
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
     placeholders = f"({', '.join(['%s'] * len(fields))})"
     prepare = [(index, how) for index, field in enumerate(meta) if (how := _preparation(field, vendor)) is not None]
     return head, placeholders, meta, prepare
 
 
-def rows_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+def rows_insert(*, model: type[models.Model], fields: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
     """Append rows with one multi-row INSERT per batch of rows, without model objects.
 
     ``bulk_create`` builds a model object per row and prepares every value of every row
@@ -159,10 +173,10 @@ def _prepared(row: tuple[object, ...], prepare: list[tuple[int, Callable[[Any], 
 @cache
 def _update_sql(model: type[models.Model], names: tuple[str, ...], added: tuple[str, ...], count: int) -> str:
     quote = connection.ops.quote_name
-    sets = [f"{quote(model._meta.get_field(name).column)} = %s" for name in names]
-    sets += [f"{quote(column)} = {quote(column)} + %s" for column in (model._meta.get_field(n).column for n in added)]
+    sets = [f"{quote(_column(model, name))} = %s" for name in names]
+    sets += [f"{quote(column)} = {quote(column)} + %s" for column in (_column(model, n) for n in added)]
     ids = ", ".join(["%s"] * count)
-    return f"UPDATE {quote(model._meta.db_table)} SET {', '.join(sets)} WHERE {quote(model._meta.pk.column)} IN ({ids})"
+    return f"UPDATE {quote(model._meta.db_table)} SET {', '.join(sets)} WHERE {quote(_column(model, 'pk'))} IN ({ids})"
 
 
 def rows_update(
@@ -176,7 +190,7 @@ def rows_update(
     add = add or {}
     names = tuple(sorted(values))
     added = tuple(sorted(add))
-    params = [model._meta.get_field(name).get_db_prep_save(values[name], connection) for name in names]
+    params = [_field(model, name).get_db_prep_save(values[name], connection) for name in names]
     params += [add[name] for name in added]
     with hot_cursor() as cursor:
         cursor.execute(_update_sql(model, names, added, len(pks)), [*params, *pks])

@@ -82,13 +82,6 @@ class ModelSpec:
     head_dim: int
     context_limit: int
 
-    def kv_bytes_per_token(self, kv_dtype_bytes: int = 2) -> int:
-        """K and V, for every layer and KV head: 2 x layers x kv_heads x head_dim x bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
-
-    def weight_bytes(self, bits_per_weight: float = 16) -> int:
-        return int(self.parameters * bits_per_weight / 8)
-
 
 _QWEN3_4B = dict(parameters=4_022_468_096, layers=36, kv_heads=8, head_dim=128, context_limit=262_144)
 

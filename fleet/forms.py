@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from django import forms
 
-from fleet.models import Policy
+from fleet.models import Instance, Policy
 from fleet.policies.settings import SCHEMAS, Setting, number_text
 
 
@@ -81,7 +81,8 @@ class PolicyForm(forms.ModelForm):
                 self.initial.setdefault(key, stored[key])
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         self.instance.settings = {key: cleaned[key] for key in SCHEMAS[self.policy_kind] if key in cleaned}
         return cleaned
 
@@ -89,3 +90,18 @@ class PolicyForm(forms.ModelForm):
 def policy_form(kind: str) -> type[PolicyForm]:
     fields = {key: setting_field(setting) for key, setting in SCHEMAS[kind].items()}
     return type(f"{kind.title().replace('_', '')}PolicyForm", (PolicyForm,), {**fields, "policy_kind": kind})
+
+
+class InstanceForm(forms.ModelForm):
+    """An instance with the generation the person saw: a change of desired state claims it, as a policy's does."""
+
+    seen_generation = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+    class Meta:
+        model = Instance
+        fields = ("pool", "gpu", "mig_device", "desired_state", "actual_generation", "last_error", "expires_at")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["seen_generation"].initial = self.instance.generation

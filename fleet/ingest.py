@@ -15,13 +15,12 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from agents import protocol
-from fleet import catalog
+from fleet import catalog, states
 from fleet.bulk import rows_insert, rows_update
 from fleet.events import event_publish, fleet_summary_add, node_group
 from fleet.models import (
@@ -37,15 +36,13 @@ from fleet.models import (
     OrphanContainer,
     Policy,
 )
-from fleet.policies.settings import policy_defaults, policy_settings_validate
+from fleet.policies.settings import policy_defaults, policy_settings_stored
+from fleet.policies.windows import REPORT_INTERVAL_S
 from fleet.prepared import PreparedValues
 from fleet.rollups import rollup_reopen
 from fleet.services import gpus_retire
 from fleet.tokens import token_hash
 
-REPORT_INTERVAL_S = 5.0
-# Batch jobs the agent must hear about: those to run, and preempted ones to stop.
-ACTIVE_BATCH_STATES = (BatchJob.State.RUNNING, BatchJob.State.PREEMPTED)
 # Image sizes as Docker shows them, and as the co-location policy's max_image_mb counts.
 MB = 1_000_000
 # What an agent's report of a running job's current generation makes of it.
@@ -474,7 +471,7 @@ _node_lock_query = PreparedValues(
         .filter(pk=node, token_hash=token)
         .annotate(
             has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
-            has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=ACTIVE_BATCH_STATES)),
+            has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=states.JOB_ON_NODE)),
         )
         .values_list("name", "simulated", "last_seq", "has_orphans", "has_jobs")
     ),
@@ -745,7 +742,7 @@ def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
     co-location policy's image size bound, which the agent enforces.
     """
     jobs = (
-        BatchJob.objects.filter(gpu__node=node, state__in=ACTIVE_BATCH_STATES)
+        BatchJob.objects.filter(gpu__node=node, state__in=states.JOB_ON_NODE)
         .exclude(state=BatchJob.State.PREEMPTED, actual_state="stopped")
         .select_related("gpu")
         .order_by("pk")
@@ -753,10 +750,11 @@ def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
     if not jobs:
         return []
     policy = Policy.objects.filter(kind=Policy.Kind.COLOCATE, pool__isnull=True).first()
-    try:
-        settings = policy_settings_validate(kind=Policy.Kind.COLOCATE, settings=policy.settings if policy else {})
-    except ValidationError:  # a bad edit must not stop the node's replies: the default bound holds
-        settings = policy_defaults(Policy.Kind.COLOCATE)
+    settings = (
+        policy_settings_stored(kind=Policy.Kind.COLOCATE, settings=policy.settings, row=str(policy))
+        if policy
+        else policy_defaults(Policy.Kind.COLOCATE)
+    )
     max_image_bytes = int(settings["max_image_mb"] * MB)
     return [
         protocol.DesiredBatchJob(

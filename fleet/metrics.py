@@ -31,8 +31,8 @@ from prometheus_client.registry import Collector
 
 from fleet import selectors
 from fleet.costs.selectors import spend_metric_rows
-from fleet.ingest import REPORT_INTERVAL_S
 from fleet.models import Instance, Node
+from fleet.policies.windows import REPORT_INTERVAL_S
 
 NODE_UP_WITHIN = timedelta(seconds=3 * REPORT_INTERVAL_S)
 GPU_LABELS = ["node", "gpu", "uuid", "model"]
@@ -48,7 +48,7 @@ class FleetCollector(Collector):
         yield from self._spend()
 
     def _gpus(self) -> Iterator[Metric]:
-        families = {
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "utilization_gpu_pct": GaugeMetricFamily(
                 "gpufleet_gpu_utilization_ratio", "GPU duty cycle (NVML utilization), 0-1.", labels=GPU_LABELS
             ),

@@ -21,14 +21,15 @@ Arithmetic, chosen so no figure is invented:
 * Tokens: each sample's rate times the time since the instance's previous sample, under
   the same gap rule; requests are the observations of the end-to-end latency histogram.
 * Latency: histogram buckets are summed over instances and reports (only histograms with
-  the same bounds can be summed; where bounds differ the bounds most samples use win), and
-  percentiles are read from the merged buckets, never averaged.
+  the same bounds can be summed; where bounds differ the bounds holding the most requests
+  win), and percentiles are read from the merged buckets, never averaged
+  (``agents.histograms``, as the policy windows, alerts and dashboard read them).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,7 @@ from django.db.models import Avg, Count, F, Min, Sum
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
-from agents.scrape import histogram_quantile
+from agents.histograms import histograms_merge, pool_latency
 from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
 from fleet.models.telemetry import GpuRollup, PoolRollup
 
@@ -51,7 +52,7 @@ MAX_GAP_S = 60.0
 ROLLUP_LAG = timedelta(seconds=30)
 CHUNK_MINUTES = 10
 RUN_BUDGET_S = 40.0
-QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
 
 
 def floor_minute(at: datetime) -> datetime:
@@ -82,24 +83,9 @@ def rollup_reopen(*, since: datetime) -> None:
 # ---- histograms ----------------------------------------------------------------------
 
 
-def histograms_merge(histograms: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """Sum histograms in the protocol's shape; where bounds differ, the most used bounds win."""
-    present = [h for h in histograms if h and h.get("bounds") is not None]
-    if not present:
-        return None
-    bounds, _ = Counter(tuple(h["bounds"]) for h in present).most_common(1)[0]
-    same = [h for h in present if tuple(h["bounds"]) == bounds]
-    counts = [sum(column) for column in zip(*(h["counts"] for h in same), strict=True)] if bounds else []
-    return {"bounds": list(bounds), "counts": counts, "count": sum(h["count"] for h in same)}
-
-
 def histogram_percentiles(histogram: dict[str, Any] | None) -> dict[str, float | None]:
     """p50/p95/p99 of a merged histogram, read from its buckets as Prometheus does."""
-    if not histogram or not histogram["bounds"] or histogram["count"] <= 0:
-        return dict.fromkeys(QUANTILES)
-    bounds = [*histogram["bounds"], float("inf")]
-    counts = [*histogram["counts"], histogram["count"]]
-    return {name: histogram_quantile(q, bounds, counts) for name, q in QUANTILES.items()}
+    return {name: pool_latency([histogram], percentile) for name, percentile in PERCENTILES.items()}
 
 
 # ---- minute rollups from raw samples ---------------------------------------------------

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from statistics import median
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
-from fleet.ingest import REPORT_INTERVAL_S
+from agents.histograms import pool_latency
+from fleet import states
 from fleet.models import (
     ApiKey,
     BatchJob,
@@ -35,9 +33,8 @@ from fleet.models import (
     PoolHour,
     PoolMinute,
 )
-from fleet.policies.settings import SCHEMAS, policy_defaults, policy_settings_validate
+from fleet.policies.settings import SCHEMAS, policy_defaults, policy_settings_stored
 from fleet.policies.snapshot import (
-    HOLDING,
     BatchJobView,
     FleetSnapshot,
     GpuView,
@@ -47,13 +44,16 @@ from fleet.policies.snapshot import (
     PolicyConfig,
     PoolView,
     PoolWindow,
-    histogram_quantile,
-    per_instance_mean,
-    per_instance_total,
 )
-from fleet.policies.vram import vram_estimate
-
-log = logging.getLogger(__name__)
+from fleet.policies.vram import vram_estimate_for
+from fleet.policies.windows import (
+    REPORT_INTERVAL_S,
+    SAMPLE_FRESH_S,
+    WINDOW_S,
+    WINDOWS,
+    cold_start_median,
+    pool_windows,
+)
 
 
 def nodes_overview() -> QuerySet[Node]:
@@ -91,20 +91,13 @@ def pools_overview() -> QuerySet[Pool]:
 
 # -- what policies see -----------------------------------------------------------------
 
-SAMPLE_FRESH_S = 120
-WINDOW_S = 60
-WINDOWS = 6
-COLD_STARTS_CONSIDERED = 20
-
-RequestTimesSource = Callable[[list[int], datetime, datetime], dict[int, list[datetime]]]
-
 
 def request_times_from_samples(pool_ids: list[int], since: datetime, until: datetime) -> dict[int, list[datetime]]:
     """Request timestamps rebuilt from the request rate each instance reported.
 
     The interim source for pre-warm: each sample with a rate stands for rate x report
     interval requests at its time. The gateway's request log, which has every request's
-    time, replaces it: pass a source reading that log to ``pool_request_times``.
+    time, replaces it: pass a source reading that log to ``policies_evaluate``.
     """
     times: dict[int, list[datetime]] = defaultdict(list)
     rows = InstanceSample.objects.filter(
@@ -115,18 +108,11 @@ def request_times_from_samples(pool_ids: list[int], since: datetime, until: date
     return dict(times)
 
 
-def pool_request_times(
-    *, pool_ids: list[int], since: datetime, until: datetime, source: RequestTimesSource | None = None
-) -> dict[int, list[datetime]]:
-    """Request timestamps per pool for the traffic profile, from ``source`` (default: sample rates)."""
-    return (source or request_times_from_samples)(pool_ids, since, until)
-
-
 def policy_configs() -> dict[str, PolicyConfig]:
     """Each policy kind's settings, fleet-wide and per pool, defaults filled in; disabled ones None.
 
-    A row whose stored settings no longer validate counts as disabled, logged, rather than
-    letting one bad edit stop every policy.
+    A row whose stored settings no longer validate runs on its kind's defaults, logged
+    (``policy_settings_stored``), as the gateway and the agents' replies read it.
     """
     fleet: dict[str, Mapping[str, Any] | None] = {}
     pools: dict[str, dict[int, Mapping[str, Any] | None]] = defaultdict(dict)
@@ -134,10 +120,7 @@ def policy_configs() -> dict[str, PolicyConfig]:
     for policy in Policy.objects.filter(kind__in=list(SCHEMAS)):
         values: Mapping[str, Any] | None = None
         if policy.enabled:
-            try:
-                values = policy_settings_validate(kind=policy.kind, settings=policy.settings)
-            except ValidationError as exc:
-                log.warning("policy %s disabled by invalid settings: %s", policy, "; ".join(exc.messages))
+            values = policy_settings_stored(kind=policy.kind, settings=policy.settings, row=str(policy))
         ids[policy.kind][policy.pool_id] = policy.pk
         if policy.pool_id is None:
             fleet[policy.kind] = values
@@ -156,7 +139,7 @@ def _latest(rows: Iterable[Any], key: str) -> dict[int, Any]:
     return latest
 
 
-def _cold_starts(pool_ids: list[int]) -> dict[int, float]:
+def _cold_starts(pool_ids: list[int]) -> dict[int, float | None]:
     """Median starting -> ready seconds over each pool's recent starts."""
     durations: dict[int, list[float]] = defaultdict(list)
     events = (
@@ -172,77 +155,33 @@ def _cold_starts(pool_ids: list[int]) -> dict[int, float]:
             durations[pool_id].append((at - started.pop(instance_id)).total_seconds())
         else:
             started.pop(instance_id, None)
-    return {pool_id: median(values[-COLD_STARTS_CONSIDERED:]) for pool_id, values in durations.items()}
+    return {pool_id: cold_start_median(values) for pool_id, values in durations.items()}
 
 
 def _window_latency(pool: Pool, samples: list[InstanceSample]) -> float | None:
-    key = "ttft" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e"
-    merged: dict[tuple[float, ...], list[float]] = {}
-    for sample in samples:
-        histogram = getattr(sample, f"{key}_histogram")
-        if histogram and histogram.get("count"):
-            bounds = tuple(histogram["bounds"])
-            into = merged.setdefault(bounds, [0.0] * (len(bounds) + 1))
-            for index, value in enumerate([*histogram["counts"], histogram["count"]]):
-                into[index] += value
-    if merged:
-        bounds, sums = max(merged.items(), key=lambda item: item[1][-1])
-        seconds = histogram_quantile(
-            quantile=pool.sla_percentile / 100, bounds=list(bounds), counts=sums[:-1], count=sums[-1]
-        )
-        return None if seconds is None else seconds * 1000
-    if pool.sla_percentile not in (50, 95):
-        return None
-    values = [v for s in samples if (v := getattr(s, f"{key}_p{pool.sla_percentile}_s")) is not None]
-    return max(values) * 1000 if values else None
-
-
-def _by_instance(samples: list[InstanceSample], field: str) -> dict[int, list[float]]:
-    values: dict[int, list[float]] = defaultdict(list)
-    for sample in samples:
-        if (value := getattr(sample, field)) is not None:
-            values[sample.instance_id].append(value)
-    return values
+    """The pool's SLA percentile of its SLA metric over the window's reports, in ms (``pool_latency``)."""
+    field = "ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"
+    seconds = pool_latency((getattr(sample, field) for sample in samples), pool.sla_percentile)
+    return None if seconds is None else seconds * 1000
 
 
 def _pool_windows(
     pool: Pool, serving: list[Instance], gpu_rows: list[GpuSample], instance_rows: list[InstanceSample], now: datetime
 ) -> tuple[PoolWindow, ...]:
-    """The last WINDOWS windows of WINDOW_S, oldest first.
-
-    Utilization is the mean duty cycle of the GPUs the pool's serving instances run on; on
-    MIG slices, where NVML has no duty cycle, it is running requests over ``max_num_seqs``.
-    The queue is the sum over instances of their mean ``requests_waiting``. The load
-    figures (running sequences, KV-cache usage, prompt tokens a second) are means per
-    instance: each instance's mean over its samples, averaged over the instances.
-    """
+    """``pool_windows`` over the serving instances' reports and their GPUs' duty cycles."""
     gpu_ids = {i.gpu_id for i in serving if i.gpu_id and not i.mig_device_id}
     ids = {i.pk for i in serving}
-    windows = []
-    for back in range(WINDOWS, 0, -1):
-        start, end = now - timedelta(seconds=back * WINDOW_S), now - timedelta(seconds=(back - 1) * WINDOW_S)
-        duty = [
-            s.utilization_gpu_pct / 100
+    return pool_windows(
+        now=now,
+        samples=[s for s in instance_rows if s.instance_id in ids],
+        duty=[
+            (s.at, s.utilization_gpu_pct / 100)
             for s in gpu_rows
-            if s.gpu_id in gpu_ids and start <= s.at < end and s.utilization_gpu_pct is not None
-        ]
-        mine = [s for s in instance_rows if s.instance_id in ids and start <= s.at < end]
-        if not duty and mine:
-            seqs = pool.model_profile.max_num_seqs
-            duty = [(s.requests_running or 0) / seqs for s in mine if s.requests_running is not None]
-        windows.append(
-            PoolWindow(
-                start=start,
-                end=end,
-                utilization=sum(duty) / len(duty) if duty else None,
-                queue=per_instance_total(_by_instance(mine, "requests_waiting")),
-                latency_ms=_window_latency(pool, mine),
-                running=per_instance_mean(_by_instance(mine, "requests_running")),
-                kv_cache=per_instance_mean(_by_instance(mine, "kv_cache_usage")),
-                prompt_tokens_rate=per_instance_mean(_by_instance(mine, "prompt_tokens_rate")),
-            )
-        )
-    return tuple(windows)
+            if s.gpu_id in gpu_ids and s.utilization_gpu_pct is not None
+        ],
+        max_num_seqs=pool.model_profile.max_num_seqs,
+        latency=lambda start, end, samples: _window_latency(pool, samples),
+    )
 
 
 def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
@@ -258,7 +197,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     pool_ids = [pool.pk for pool in pools]
     instances = list(Instance.objects.filter(pool_id__in=pool_ids).order_by("id"))
     gpus = list(Gpu.objects.filter(decommissioned_at__isnull=True).select_related("node").order_by("id"))
-    jobs = list(BatchJob.objects.exclude(state__in=[BatchJob.State.DONE, BatchJob.State.FAILED]))
+    jobs = list(BatchJob.objects.exclude(state__in=states.JOB_ENDED))
     gpu_rows = list(GpuSample.objects.filter(at__gte=min(fresh, history), at__lte=now).order_by("gpu_id", "-at"))
     instance_rows = list(
         InstanceSample.objects.filter(
@@ -298,13 +237,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 enable_sleep_mode=profile.enable_sleep_mode,
                 gpu_memory_utilization=profile.gpu_memory_utilization,
                 max_num_seqs=profile.max_num_seqs,
-                estimate=vram_estimate(
-                    model=profile.model,
-                    dtype=profile.dtype,
-                    quantization=profile.quantization,
-                    kv_cache_dtype=profile.kv_cache_dtype,
-                    max_model_len=profile.max_model_len,
-                ),
+                estimate=vram_estimate_for(profile),
                 cold_start_s=cold.get(pool.pk),
                 last_scale_out_at=scaled.get((pool.pk, "scale_out")),
                 last_scale_in_at=scaled.get((pool.pk, "scale_in")),
@@ -376,16 +309,18 @@ def _gpu_view(
 ) -> GpuView:
     """The GPU with its latest reading; foreign memory is what NVML counts beyond what is ours.
 
-    Ours: the budgets of instances holding memory on it (starting or ready) and the
-    memory of batch jobs running there. Pools outside the snapshot count as foreign.
+    Ours: the budgets of instances holding memory on it (``states.gpu_holding_states``, as
+    placement counts them) and the memory of batch jobs running there. Pools outside the
+    snapshot count as foreign.
     """
     pools = {pool.id for pool in snapshot.pools}
+    holding = states.gpu_holding_states(sleeping_holds_gpu=False)
     used = sample.memory_used_bytes if sample else None
     ours = sum(
         int(gpu.memory_total_bytes * snapshot.pool(i.pool_id).gpu_memory_utilization)
         for i in instances
-        if i.gpu_id == gpu.pk and i.mig_device_id is None and i.actual_state in HOLDING and i.pool_id in pools
-    ) + sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == BatchJob.State.RUNNING)
+        if i.gpu_id == gpu.pk and i.mig_device_id is None and i.actual_state in holding and i.pool_id in pools
+    ) + sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == states.JOB_RUNNING)
     foreign_containers = sum(
         1
         for c in gpu.node.containers
@@ -421,7 +356,6 @@ def join_tokens_recent(limit: int = 10) -> list[JoinToken]:
 
 RAW_MAX_RANGE = timedelta(hours=2)
 MINUTE_MAX_RANGE = timedelta(hours=25)
-HOLDING_STATES = frozenset({"starting", "ready", "sleeping", "stopping"})
 SAMPLE_FRESH_FOR = timedelta(minutes=2)
 
 GPU_SERIES_FIELDS = ("utilization", "sm_activity", "memory_used", "power")
@@ -585,14 +519,9 @@ def gateway_ready_instances() -> QuerySet[Instance, tuple[int, int, str]]:
 def routing_policy_settings() -> tuple[dict[str, float | int | bool], bool]:
     """The fleet-wide routing policy's settings (defaults filled in) and whether it is enabled.
 
-    Settings that fail validation (edited outside the admin) fall back to the defaults with
-    a warning rather than stopping the gateway.
+    Settings that fail validation mean what they mean everywhere (``policy_settings_stored``).
     """
     policy = Policy.objects.filter(kind=Policy.Kind.ROUTING, pool=None).first()
     if policy is None:
         return policy_defaults("routing"), True
-    try:
-        return policy_settings_validate(kind="routing", settings=policy.settings), policy.enabled
-    except ValidationError as exc:
-        log.warning("routing policy settings invalid (%s); using the defaults", "; ".join(exc.messages))
-        return policy_defaults("routing"), policy.enabled
+    return policy_settings_stored(kind="routing", settings=policy.settings, row=str(policy)), policy.enabled

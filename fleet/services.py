@@ -11,6 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from fleet import states
 from fleet.bulk import rows_insert, rows_update
 from fleet.events import FLEET_GROUP, event_publish, pool_group
 from fleet.models import (
@@ -218,6 +219,33 @@ def instance_desire(
     return decision
 
 
+def instance_add(*, instance: Instance, reason: str, kind: str, inputs: dict[str, Any] | None = None) -> Decision:
+    """Save an instance someone placed by hand, with the decision that says who and why."""
+    now = timezone.now()
+    with transaction.atomic():
+        instance.full_clean()
+        instance.save()
+        decision = Decision.objects.create(
+            policy_kind=kind,
+            pool_id=instance.pool_id,
+            instance=instance,
+            action="add",
+            reason=reason,
+            inputs=inputs or {},
+            applied_at=now,
+        )
+    _decision_event(
+        decision,
+        {
+            "instance": instance.pk,
+            "desired_state": instance.desired_state,
+            "generation": instance.generation,
+            "reason": reason,
+        },
+    )
+    return decision
+
+
 def _decision_event(decision: Decision, payload: dict[str, Any]) -> None:
     transaction.on_commit(
         lambda: event_publish(
@@ -296,9 +324,7 @@ def batch_job_start(
     """Put a waiting batch job on a GPU; conditional on the generation read, like ``instance_desire``."""
     now = timezone.now()
     with transaction.atomic():
-        claimed = BatchJob.objects.filter(
-            pk=job.pk, generation=job.generation, state__in=[BatchJob.State.QUEUED, BatchJob.State.PREEMPTED]
-        ).update(
+        claimed = BatchJob.objects.filter(pk=job.pk, generation=job.generation, state__in=states.JOB_WAITING).update(
             state=BatchJob.State.RUNNING,
             gpu=gpu,
             started_at=now,
@@ -382,32 +408,11 @@ def orphan_stop_request(
 GATEWAY = "gateway"
 
 
-def pool_wake(*, pool_id: int, reason: str, inputs: dict[str, Any] | None = None) -> list[Decision]:
-    """Capacity for a pool the gateway holds requests for, now: what was decided.
-
-    An instance already desired running is on its way (nothing to do). Otherwise the
-    policies' wake path decides, with the same placement (VRAM estimate, isolation) as
-    scale-out: wake a sleeping instance, restart a stopped one or place a new one. When
-    nothing fits, a ``wake_failed`` decision records the placement arithmetic.
-    """
-    from fleet.policies.evaluate import pool_wake as wake
-    from fleet.policies.placement import PlacementRefused
-
-    pool = Pool.objects.get(pk=pool_id)
-    if Instance.objects.filter(pool=pool, desired_state=Instance.Desired.RUNNING).exists():
-        return []
-    outcome = wake(pool=pool, reason=reason, kind=GATEWAY)
-    if isinstance(outcome, PlacementRefused):
-        return [
-            Decision.objects.create(
-                policy_kind=GATEWAY,
-                pool=pool,
-                action="wake_failed",
-                reason=f"{reason}; {outcome.message}",
-                inputs=inputs or {},
-            )
-        ]
-    return [outcome]
+def pool_wake_refused(*, pool: Pool, reason: str, inputs: dict[str, Any] | None = None) -> Decision:
+    """Log that a wake the gateway asked for found no room; ``reason`` carries the placement arithmetic."""
+    return Decision.objects.create(
+        policy_kind=GATEWAY, pool=pool, action="wake_failed", reason=reason, inputs=inputs or {}
+    )
 
 
 REQUEST_LOG_FIELDS = (

@@ -148,7 +148,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "fleet.sqlite3",
+            "NAME": str(VAR_DIR / "fleet.sqlite3"),
             # WAL lets the dashboard read while ingest writes. IMMEDIATE transactions take the
             # write lock up front, so concurrent writers (ingest, the gateway's request log, the
             # scheduler) wait for each other instead of failing with "database is locked" when a
@@ -212,6 +212,9 @@ GATEWAY_WAKE_RETRY_S = envfloat("GATEWAY_WAKE_RETRY_S", 30.0)
 GATEWAY_CONNECT_TIMEOUT_S = envfloat("GATEWAY_CONNECT_TIMEOUT_S", 3.0)
 GATEWAY_UPSTREAM_TIMEOUT_S = envfloat("GATEWAY_UPSTREAM_TIMEOUT_S", 600.0)
 GATEWAY_MAX_BODY_BYTES = envint("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
+# What the gateway takes from an upstream: a response's whole time and size (it is not trusted).
+GATEWAY_UPSTREAM_RESPONSE_TIMEOUT_S = envfloat("GATEWAY_UPSTREAM_RESPONSE_TIMEOUT_S", 1800.0)
+GATEWAY_UPSTREAM_MAX_BODY_BYTES = envint("GATEWAY_UPSTREAM_MAX_BODY_BYTES", 64 * 1024 * 1024)
 GATEWAY_LOG_FLUSH_S = envfloat("GATEWAY_LOG_FLUSH_S", 0.25)
 # How long Python lets one thread hold the interpreter before another may take it (default
 # 5 ms). The gateway's database thread (routing refresh, request log) would stall requests

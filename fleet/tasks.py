@@ -3,7 +3,8 @@
 The periodic ones are registered with django-celery-beat by ``fleet.schedules`` (a data
 migration installs them; ``manage.py fleet_schedule`` puts them back). In the embedded
 default, where Celery is eager and there is no beat, ``fleet.scheduler`` runs the same
-task functions from a thread in the server process.
+task functions from a thread in the server process. ``fleet.alert_deliver`` lives with the
+alerts it delivers (``fleet.costs.alerts``), which this module imports, so it registers with the rest.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from celery import shared_task
 from django.db import connection
 
 from fleet import rollups
-from fleet.models import AlertDelivery
-from fleet.policies.evaluate import ORDER, policies_evaluate
-
-ALERT_RETRY_BASE_S = 15
+from fleet.costs.alerts import alerts_evaluate
+from fleet.costs.budgets import budgets_evaluate
+from fleet.policies.evaluate import policies_evaluate
+from fleet.policies.registry import ORDER
 
 
 @shared_task(name="fleet.ping")
@@ -40,40 +41,9 @@ def policies_evaluate_task(kinds: list[str] | None = None) -> dict[str, Any]:
 @shared_task(name="fleet.costs_evaluate")
 def costs_evaluate() -> dict[str, int]:
     """Budgets first, so budget alerts see this minute's spend; then every alert rule."""
-    from fleet.costs.alerts import alerts_evaluate
-    from fleet.costs.budgets import budgets_evaluate
-
     results = budgets_evaluate()
     counts = alerts_evaluate()
     return {"budgets": len(results), **counts}
-
-
-@shared_task(bind=True, name="fleet.alert_deliver", max_retries=5)
-def alert_deliver(self, delivery_id: int) -> object:  # type: ignore[no-untyped-def]
-    """Deliver one alert notice; on failure retry after 15 s, 30 s, 60 s... then give up.
-
-    Any exception counts as a failed attempt (a receiver answering 500, a refused connection,
-    an SMTP error): the receiver may be down for a while, and the attempt is recorded on the
-    delivery row so the admin shows why. In the embedded mode retries run at once, in-process.
-    """
-    from fleet.costs.alerts import alert_delivery_give_up, alert_delivery_send
-
-    delivery = AlertDelivery.objects.get(pk=delivery_id)
-    if delivery.status != AlertDelivery.Status.PENDING:
-        return delivery.status
-    try:
-        alert_delivery_send(delivery=delivery)
-    except Exception as exc:
-        if self.request.retries >= self.max_retries:
-            alert_delivery_give_up(delivery_id=delivery_id)
-            return AlertDelivery.Status.FAILED
-        countdown = ALERT_RETRY_BASE_S * 2**self.request.retries
-        if self.request.is_eager:
-            # Eager Celery propagates a raised Retry to the caller instead of retrying; a returned
-            # one it runs again at once, in-process (the embedded mode's retry, without the wait).
-            return self.retry(exc=exc, countdown=countdown, throw=False)
-        raise self.retry(exc=exc, countdown=countdown) from exc
-    return AlertDelivery.Status.SENT
 
 
 @shared_task(name="fleet.telemetry.rollup_minutes")

@@ -5,24 +5,16 @@ from __future__ import annotations
 import pytest
 
 from fleet import catalog
+from fleet.policies.vram import ProfileFacts, vram_estimate_for
 
 GIB = 1024**3
 
 
-def test_qwen3_4b_kv_cache_arithmetic() -> None:
-    spec = catalog.model_spec("Qwen/Qwen3-4B-Instruct-2507")
-    assert spec is not None
-    assert spec.kv_bytes_per_token() == 144 * 1024
-    assert spec.kv_bytes_per_token() * 32_768 == 4.5 * GIB
-    assert spec.kv_bytes_per_token() * 262_144 == 36 * GIB
-    assert spec.kv_bytes_per_token(kv_dtype_bytes=1) == 72 * 1024
-
-
 def test_the_reported_256k_peak_of_9_1_gb_contradicts_the_arithmetic() -> None:
-    spec = catalog.model_spec("Qwen/Qwen3-4B-Instruct-2507")
-    assert spec is not None
-    needed = spec.kv_bytes_per_token() * 262_144 + spec.weight_bytes(16)
-    assert needed > 40 * GIB > 9.1e9
+    estimate = vram_estimate_for(ProfileFacts("Qwen/Qwen3-4B-Instruct-2507", "bfloat16", "", "auto", 262_144))
+    assert estimate is not None
+    # 36 x 8 x 128 x 2 x 2 B = 144 KiB a token x 262,144 = 36 GiB, plus 8,044,936,192 B of bf16 weights.
+    assert estimate.kv_bytes + estimate.weight_bytes == 36 * GIB + 8_044_936_192 > 40 * GIB > 9.1e9
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
-# Actual states in which the container exists and keeps its device. "stopping" holds it too:
-# the process still has the card until the agent reports it stopped.
-HOLDING_STATES = frozenset({"starting", "ready", "stopping"})
-SLEEPING = "sleeping"
-
-
-def holding_states(*, sleeping_holds_gpu: bool) -> frozenset[str]:
-    return HOLDING_STATES | {SLEEPING} if sleeping_holds_gpu else HOLDING_STATES
-
 
 @dataclass(frozen=True)
 class StateEvent:

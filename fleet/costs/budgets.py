@@ -60,9 +60,11 @@ def budgets_evaluate(*, now: datetime | None = None, usage_source: UsageSource |
             results.append(BudgetResult(budget.pk, None, False, "no team usage source (FLEET_TEAM_USAGE_SOURCE)"))
             continue
         else:
+            team_id = budget.team_id
+            assert team_id is not None  # a budget is a pool's or a team's (budget_team_xor_pool)
             shares = team_spend(report=report, usage_source=source)
             with localcontext(CONTEXT):
-                spent = sum((teams.get(budget.team_id, ZERO) for teams in shares.values()), ZERO)
+                spent = sum((teams.get(team_id, ZERO) for teams in shares.values()), ZERO)
         Budget.objects.filter(pk=budget.pk).update(spent=spent, spent_period_start=first, evaluated_at=now)
         blocked_now = False
         hard = budget.hard_threshold_pct

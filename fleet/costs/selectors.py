@@ -20,7 +20,6 @@ from fleet.costs.allocation import (
     Hold,
     StateEvent,
     allocations_split,
-    holding_states,
     holds_from_events,
     uptime_runs,
 )
@@ -55,6 +54,7 @@ from fleet.models import (
     RollupWatermark,
 )
 from fleet.rollups import DAY, MAX_GAP_S, floor_day, floor_hour, floor_minute, gpu_period_sums, series_pairs
+from fleet.states import gpu_holding_states
 
 PERIODS = ("day", "week", "month")
 
@@ -319,7 +319,7 @@ def fleet_window(
     """What spend arithmetic needs of [start, end); ``raw=False`` for history pages (``Tiers``)."""
     if sleeping_holds_gpu is None:
         sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
-    states = holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
+    states = gpu_holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
     holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
     tiers = Tiers.for_window(start=start, end=end, raw=raw)
     up, utilization = gpu_activity(start=start, end=end, tiers=tiers)
@@ -524,7 +524,7 @@ def run_rate(*, now: datetime | None = None) -> RunRate:
     """
     now = now or timezone.now()
     end = now + timedelta(hours=1)
-    states = holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
+    states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
     holders = Instance.objects.filter(actual_state__in=states, gpu__isnull=False).values_list(
         "pk", "gpu_id", "mig_device_id", "actual_state"
     )

@@ -10,9 +10,9 @@ Routing: the request's RCF picks a tier; the tier's fallback order (``FALLBACK``
 the pools to try, without any pool whose ``max_model_len`` the request exceeds; within a
 tier the ready instance with the fewest outstanding requests wins. When no eligible pool
 has a ready instance the request is held (bounded in number and time) while the
-preferred pool is woken through ``fleet.services.pool_wake``; a refresh that sees an
-instance ready releases it. A connection error or 5xx before the first byte is retried
-once on another instance, and the failing one sits out a cool-down.
+preferred pool is woken through ``fleet.policies.evaluate.pool_wake_request``; a refresh
+that sees an instance ready releases it. A connection error or 5xx before the first byte
+is retried once on another instance, and the failing one sits out a cool-down.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import sys
 import time
@@ -34,10 +33,20 @@ from typing import Any, TypeVar
 
 from fleet.gateway import worker
 from fleet.gateway.accounting import RequestRecord, RequestRecorder
+from fleet.gateway.config import GatewayConfig
 from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
-from fleet.gateway.protocol import ApiError, ParsedRequest, SseRelay, load_json, parse_chat, parse_completion
+from fleet.gateway.protocol import (
+    ApiError,
+    ParsedRequest,
+    SseRelay,
+    load_json,
+    parse_chat,
+    parse_completion,
+    usage_tokens,
+)
 from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, RoutingTable, Upstream, routing_table_load
 from fleet.gateway.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
+from fleet.policies.pick import Picker
 from fleet.policies.routing import FALLBACK, TIERS, rcf_compute, text_features, tier_for
 
 logger = logging.getLogger(__name__)
@@ -53,46 +62,6 @@ KEY_PREFIX = "gfk_"
 JSON = b"application/json"
 PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 WAKE_FAILED_RETRY_S = 1.0
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Bounds of the gateway; ``from_settings`` reads the ``GATEWAY_*`` environment settings."""
-
-    hold_timeout_s: float = 60.0
-    max_held: int = 256
-    retry_after_s: int = 10
-    cooldown_s: float = 15.0
-    refresh_s: float = 1.0
-    held_refresh_s: float = 0.25
-    wake_retry_s: float = 30.0
-    connect_timeout_s: float = 3.0
-    upstream_timeout_s: float = 600.0
-    max_body_bytes: int = 8 * 1024 * 1024
-    log_flush_s: float = 0.25
-    switch_interval_s: float = 0.0005
-    log_max_pending: int = 50_000
-    log_batch: int = 2_000
-    db_process: bool = False
-
-    @classmethod
-    def from_settings(cls) -> GatewayConfig:
-        from django.conf import settings
-
-        return cls(
-            hold_timeout_s=settings.GATEWAY_HOLD_TIMEOUT_S,
-            max_held=settings.GATEWAY_MAX_HELD,
-            retry_after_s=max(1, math.ceil(min(settings.GATEWAY_HOLD_TIMEOUT_S, 30.0))),
-            cooldown_s=settings.GATEWAY_COOLDOWN_S,
-            refresh_s=settings.GATEWAY_REFRESH_S,
-            wake_retry_s=settings.GATEWAY_WAKE_RETRY_S,
-            connect_timeout_s=settings.GATEWAY_CONNECT_TIMEOUT_S,
-            upstream_timeout_s=settings.GATEWAY_UPSTREAM_TIMEOUT_S,
-            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
-            log_flush_s=settings.GATEWAY_LOG_FLUSH_S,
-            log_max_pending=settings.GATEWAY_LOG_MAX_PENDING,
-            switch_interval_s=settings.GATEWAY_SWITCH_INTERVAL_S,
-        )
 
 
 class ClientGone(Exception):
@@ -128,11 +97,9 @@ class Gateway:
         self.table = EMPTY_TABLE
         self.loaded = False
         self.recorder = RequestRecorder(max_pending=self.config.log_max_pending)
-        self.outstanding: dict[int, int] = {}
-        self.cooldown: dict[int, float] = {}
+        self.picker = Picker(cooldown_s=self.config.cooldown_s)
         self.held = 0
         self._table_loader = table_loader
-        self._picks: dict[int, int] = {}
         self._wake_sent: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -159,6 +126,8 @@ class Gateway:
             connect_timeout_s=self.config.connect_timeout_s,
             header_timeout_s=self.config.upstream_timeout_s,
             read_timeout_s=self.config.upstream_timeout_s,
+            response_timeout_s=self.config.upstream_response_timeout_s,
+            max_body_bytes=self.config.upstream_max_body_bytes,
         )
         self._changed = loop.create_future()
         await self.refresh()
@@ -432,35 +401,12 @@ class Gateway:
         )
 
     def pick(self, groups: list[list[int]], exclude: int | None = None) -> Upstream | None:
-        """The ready instance with the fewest outstanding requests in the first tier that has one.
+        """``Picker.pick`` over the routing table's ready instances (the simulator's pick too)."""
+        return self.picker.pick(groups, self._ready, now=time.monotonic(), exclude=exclude)
 
-        Ties go to the instance picked least often, so an idle pool is used round-robin.
-        """
-        now = time.monotonic()
-        pools = self.table.pools
-        for group in groups:
-            best: Upstream | None = None
-            best_rank = (math.inf, 0)
-            for pool_id in group:
-                pool = pools.get(pool_id)
-                if pool is None:
-                    continue
-                for upstream in pool.upstreams:
-                    instance_id = upstream.instance_id
-                    if instance_id == exclude:
-                        continue
-                    until = self.cooldown.get(instance_id)
-                    if until is not None:
-                        if until > now:
-                            continue
-                        del self.cooldown[instance_id]
-                    rank = (self.outstanding.get(instance_id, 0), self._picks.get(instance_id, 0))
-                    if rank < best_rank:
-                        best, best_rank = upstream, rank
-            if best is not None:
-                self._picks[best.instance_id] = best_rank[1] + 1
-                return best
-        return None
+    def _ready(self, pool_id: int) -> tuple[Upstream, ...]:
+        pool = self.table.pools.get(pool_id)
+        return pool.upstreams if pool is not None else ()
 
     def _wake(self, routed: Routed) -> None:
         """Ask the database thread to wake the preferred pool; at most once per ``wake_retry_s``."""
@@ -543,33 +489,35 @@ class Gateway:
             body = json.dumps(payload, separators=(",", ":")).encode()
         response, upstream = await self._exchange(routed, upstream, path, body)
         instance_id = upstream.instance_id
-        self.outstanding[instance_id] = self.outstanding.get(instance_id, 0) + 1
+        outstanding = self.picker.outstanding
+        outstanding[instance_id] = outstanding.get(instance_id, 0) + 1
         try:
             if request.stream and response.status == 200:
                 await self._relay_stream(routed, upstream, response, inject_usage, receive, send)
             else:
                 await self._relay_whole(routed, upstream, response, send)
         finally:
-            self.outstanding[instance_id] -= 1
+            outstanding[instance_id] -= 1
 
     async def _exchange(
         self, routed: Routed, upstream: Upstream, path: bytes, body: bytes
     ) -> tuple[UpstreamResponse, Upstream]:
         """Send the request; on a connection error or 5xx, cool the instance and try one other."""
         assert self._upstreams is not None
+        outstanding = self.picker.outstanding
         while True:
             instance_id = upstream.instance_id
-            self.outstanding[instance_id] = self.outstanding.get(instance_id, 0) + 1
+            outstanding[instance_id] = outstanding.get(instance_id, 0) + 1
             try:
                 response = await self._upstreams.request(upstream.target, b"POST", path, body)
                 failure = f"upstream answered {response.status}" if response.status >= 500 else ""
             except UpstreamUnavailable as exc:
                 response, failure = None, str(exc)
             finally:
-                self.outstanding[instance_id] -= 1
+                outstanding[instance_id] -= 1
             if not failure and response is not None:
                 return response, upstream
-            self.cooldown[instance_id] = time.monotonic() + self.config.cooldown_s
+            self.picker.cool(instance_id, now=time.monotonic())
             logger.warning("instance %s failed (%s); cooling down %g s", instance_id, failure, self.config.cooldown_s)
             other = None if routed.retried else self.pick(routed.groups, exclude=instance_id)
             if other is None:
@@ -604,10 +552,12 @@ class Gateway:
         prompt = output = None
         if response.status == 200:
             try:
-                usage = json.loads(data)["usage"]
-                prompt, output = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
-            except (ValueError, KeyError, TypeError):
-                prompt = output = None
+                body = json.loads(data)
+            except ValueError:
+                body = None
+            tokens = usage_tokens(body.get("usage") if isinstance(body, dict) else None)
+            if tokens is not None:
+                prompt, output = tokens
         self._record(routed, upstream, response.status, prompt_tokens=prompt, output_tokens=output)
 
     async def _relay_stream(

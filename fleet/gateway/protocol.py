@@ -11,11 +11,30 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 # vLLM's completions default, as in OpenAI's legacy API: used when max_tokens is absent.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
+# The most tokens one request can report: more than any context holds, so a larger count
+# is a server misbehaving, not a request (and would not fit the request log's columns).
+MAX_REPORTED_TOKENS = 10_000_000
+
+
+def usage_tokens(usage: object) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of an OpenAI ``usage`` object, or None where it is not one.
+
+    The numbers come from an upstream, which is not trusted: each must be a whole number
+    from 0 to ``MAX_REPORTED_TOKENS`` (not a float, a string, a bool or null; a missing
+    completion count is 0), else the usage is ignored and the request counted without it.
+    """
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    counts = (prompt, 0 if completion is None else completion)
+    if all(type(count) is int and 0 <= count <= MAX_REPORTED_TOKENS for count in counts):
+        return counts  # type: ignore[return-value]
+    return None
 
 
 class ApiError(Exception):
@@ -144,7 +163,7 @@ def parse_chat(payload: dict[str, Any]) -> ParsedRequest:
     )
 
 
-def _is_token_ids(value: Any) -> bool:
+def _is_token_ids(value: Any) -> TypeGuard[list[int]]:
     return isinstance(value, list) and bool(value) and all(type(item) is int for item in value)
 
 
@@ -269,10 +288,8 @@ class SseRelay:
     def _read_usage(self, event: bytes) -> bool:
         """Record the usage in ``event``; True if it is a usage-only event (no choices)."""
         chunk = _event_json(event)
-        try:
-            usage = chunk["usage"]
-            self.prompt_tokens = int(usage["prompt_tokens"])
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        except (ValueError, KeyError, TypeError):
+        tokens = usage_tokens(chunk.get("usage") if isinstance(chunk, dict) else None)
+        if tokens is None:
             return False
+        self.prompt_tokens, self.completion_tokens = tokens
         return not chunk.get("choices")

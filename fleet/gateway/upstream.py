@@ -7,6 +7,10 @@ arrives (Content-Length, chunked, or until close), which keeps the added latency
 under a millisecond. Connections are reused per upstream; a reused connection that the
 server closed while idle is retried once on a fresh one, before any response byte,
 which is what every keep-alive client does.
+
+An upstream is not trusted: a response body larger than ``max_body_bytes`` (declared or
+streamed) or one that takes longer than ``response_timeout_s`` in all is cut off as
+broken, so a hostile or broken server holds neither the gateway's memory nor a client.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ HEADER_END = b"\r\n\r\n"
 CRLF = b"\r\n"
 WRITE_HIGH_WATER = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+# A completion's whole body, or a stream's: a 128k-token answer as server-sent events is
+# about 30 MB; more is a server misbehaving.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# A response's whole time, head to last byte: a long generation at a slow rate, with room.
+RESPONSE_TIMEOUT_S = 1800.0
 
 
 class UpstreamUnavailable(Exception):
@@ -80,7 +89,22 @@ class UpstreamResponse:
     _target: Target
     _keep_alive: bool
     _read_timeout_s: float
+    _deadline: float
+    _max_bytes: int
+    _received: int = field(default=0)
     _done: bool = field(default=False)
+
+    def _timeout(self) -> asyncio.Timeout:
+        """The next read's bound: the idle read timeout, or what is left of the response's time."""
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutError("the response took longer than the gateway allows in all")
+        return asyncio.timeout(min(self._read_timeout_s, left))
+
+    def _count(self, size: int) -> None:
+        self._received += size
+        if self._received > self._max_bytes:
+            raise ValueError(f"the response is larger than the gateway takes ({self._max_bytes} bytes)")
 
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.chunks()])
@@ -94,32 +118,41 @@ class UpstreamResponse:
                 async for piece in self._chunked(reader):
                     yield piece
             elif length is not None:
-                async with asyncio.timeout(self._read_timeout_s):
+                if not length.isdigit():
+                    raise ValueError(f"bad content-length {length[:40]!r}")
+                self._count(int(length))
+                async with self._timeout():
                     body = await reader.readexactly(int(length))
                 if body:
                     yield body
             else:
                 self._keep_alive = False
                 while True:
-                    async with asyncio.timeout(self._read_timeout_s):
+                    async with self._timeout():
                         piece = await reader.read(65536)
                     if not piece:
                         break
+                    self._count(len(piece))
                     yield piece
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, asyncio.LimitOverrunError) as exc:
             self.close()
+            if isinstance(exc, TimeoutError) and asyncio.get_running_loop().time() >= self._deadline:
+                exc = TimeoutError("the response took longer than the gateway allows in all")
             raise UpstreamBroken(f"response body from {self._target.host}:{self._target.port} broke: {exc!r}") from exc
         self._finish()
 
     async def _chunked(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         while True:
-            async with asyncio.timeout(self._read_timeout_s):
+            async with self._timeout():
                 line = await reader.readuntil(CRLF)
                 size = int(line.split(b";", 1)[0], 16)
+                if size < 0:
+                    raise ValueError(f"bad chunk size {line[:40]!r}")
                 if size == 0:
                     while (await reader.readuntil(CRLF)) != CRLF:
                         pass
                     return
+                self._count(size)
                 piece = await reader.readexactly(size + 2)
             yield piece[:-2]
 
@@ -148,11 +181,15 @@ class UpstreamPool:
         connect_timeout_s: float = 5.0,
         header_timeout_s: float = 600.0,
         read_timeout_s: float = 600.0,
+        response_timeout_s: float = RESPONSE_TIMEOUT_S,
+        max_body_bytes: int = MAX_BODY_BYTES,
         max_idle_per_target: int = 64,
     ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.header_timeout_s = header_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.response_timeout_s = response_timeout_s
+        self.max_body_bytes = max_body_bytes
         self.max_idle_per_target = max_idle_per_target
         self._idle: dict[Target, list[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
@@ -233,7 +270,10 @@ class UpstreamPool:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
         keep_alive = version == b"HTTP/1.1" and headers.get(b"connection", b"").lower() != b"close"
-        return UpstreamResponse(status, headers, connection, self, target, keep_alive, self.read_timeout_s)
+        deadline = asyncio.get_running_loop().time() + self.response_timeout_s
+        return UpstreamResponse(
+            status, headers, connection, self, target, keep_alive, self.read_timeout_s, deadline, self.max_body_bytes
+        )
 
     async def close(self) -> None:
         for connections in self._idle.values():

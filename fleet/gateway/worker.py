@@ -53,7 +53,7 @@ def call(function: Callable[..., T], kwargs: dict[str, Any]) -> T:
 
 
 def pool_wake(**kwargs: Any) -> None:
-    """``fleet.services.pool_wake``; the gateway needs only whether it failed, not the decisions."""
-    from fleet.services import pool_wake as wake
+    """``fleet.policies.evaluate.pool_wake_request``; the gateway needs only whether it failed, not the decisions."""
+    from fleet.policies.evaluate import pool_wake_request as wake
 
     wake(**kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from fleet import states
 from fleet.models.serving import validate_str_list
 
 
@@ -20,11 +21,11 @@ class BatchJob(models.Model):
     """
 
     class State(models.TextChoices):
-        QUEUED = "queued", "queued"
-        RUNNING = "running", "running"
-        PREEMPTED = "preempted", "preempted (requeued)"
-        DONE = "done", "done"
-        FAILED = "failed", "failed"
+        QUEUED = states.JOB_QUEUED, "queued"
+        RUNNING = states.JOB_RUNNING, "running"
+        PREEMPTED = states.JOB_PREEMPTED, "preempted (requeued)"
+        DONE = states.JOB_DONE, "done"
+        FAILED = states.JOB_FAILED, "failed"
 
     name = models.CharField(max_length=100)
     image = models.CharField(max_length=255)

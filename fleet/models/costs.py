@@ -140,7 +140,7 @@ class AlertRule(models.Model):
         NODE_SILENT = "node_silent", "node stopped reporting"
 
     # What ``threshold`` means for each kind; shown in the admin and enforced in clean().
-    THRESHOLD_MEANING = {
+    THRESHOLD_MEANING: dict[str, str] = {
         Kind.BUDGET: "not used: each budget's own soft and hard thresholds apply",
         Kind.SLA_BREACH: "not used: each pool's own SLA latency applies",
         Kind.IDLE_WASTE: "idle and unallocated spend per hour, in the billing currency",

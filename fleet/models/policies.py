@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
-from fleet.policies.settings import SCHEMAS, policy_settings_clean
+from fleet.policies.settings import SCHEMAS, SettingsInvalid, policy_settings_clean
 
 
 class Policy(models.Model):
@@ -47,7 +48,10 @@ class Policy(models.Model):
     def clean(self) -> None:
         """Errors come keyed by setting, the names of the admin's typed fields."""
         if self.kind in SCHEMAS:
-            self.settings = policy_settings_clean(kind=self.kind, settings=self.settings)
+            try:
+                self.settings = policy_settings_clean(kind=self.kind, settings=self.settings)
+            except SettingsInvalid as exc:
+                raise ValidationError(exc.message_dict) from exc
 
 
 class Decision(models.Model):

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from fleet import catalog
+from fleet import catalog, states
 
 
 def validate_str_list(value: object) -> None:
@@ -113,14 +113,6 @@ class ModelProfile(models.Model):
             return self.context_limit
         spec = self.spec
         return spec.context_limit if spec else None
-
-    def kv_cache_bytes(self, tokens: int | None = None) -> int | None:
-        """KV-cache bytes for ``tokens`` (default: one full max_model_len sequence)."""
-        spec = self.spec
-        if spec is None:
-            return None
-        per_token = spec.kv_bytes_per_token(catalog.KV_CACHE_DTYPE_BYTES.get(self.kv_cache_dtype, 2))
-        return per_token * (tokens if tokens is not None else self.max_model_len)
 
     def clean(self) -> None:
         # A JSON box left empty in a form arrives as None, which the columns refuse: it means "none".
@@ -254,19 +246,19 @@ class Instance(models.Model):
     """One vLLM server. The panel owns ``desired_state``; the agent reports ``actual_state``."""
 
     class Desired(models.TextChoices):
-        RUNNING = "running", "running"
-        SLEEPING = "sleeping", "sleeping (minimized)"
-        STOPPED = "stopped", "stopped"
+        RUNNING = states.RUNNING, "running"
+        SLEEPING = states.SLEEPING, "sleeping (minimized)"
+        STOPPED = states.STOPPED, "stopped"
 
     class Actual(models.TextChoices):
-        PENDING = "pending", "pending"
-        STARTING = "starting", "starting"
-        READY = "ready", "ready"
-        SLEEPING = "sleeping", "sleeping"
-        STOPPING = "stopping", "stopping"
-        STOPPED = "stopped", "stopped"
-        FAILED = "failed", "failed"
-        UNKNOWN = "unknown", "unknown"
+        PENDING = states.PENDING, "pending"
+        STARTING = states.STARTING, "starting"
+        READY = states.READY, "ready"
+        SLEEPING = states.SLEEPING, "sleeping"
+        STOPPING = states.STOPPING, "stopping"
+        STOPPED = states.STOPPED, "stopped"
+        FAILED = states.FAILED, "failed"
+        UNKNOWN = states.UNKNOWN, "unknown"
 
     pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="instances")
     gpu = models.ForeignKey(

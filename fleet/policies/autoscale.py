@@ -29,14 +29,13 @@ from typing import Any
 from fleet.policies.actions import Action, DesireInstance
 from fleet.policies.placement import PlacementRefused, pool_wake_actions
 from fleet.policies.snapshot import (
-    RUNNING,
-    STOPPED,
     FleetSnapshot,
     InstanceView,
     PolicyConfig,
     PoolView,
     PoolWindow,
 )
+from fleet.states import RUNNING, STOPPED
 
 KIND = "autoscale"
 

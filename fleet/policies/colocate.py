@@ -15,11 +15,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from fleet.policies.actions import Action, PreemptBatchJob, StartBatchJob
-from fleet.policies.snapshot import RUNNING, FleetSnapshot, GpuView, PolicyConfig
+from fleet.policies.snapshot import FleetSnapshot, GpuView, PolicyConfig
 from fleet.policies.vram import GIB, gib
+from fleet.states import JOB_RUNNING, JOB_WAITING
 
 KIND = "colocate"
-WAITING = frozenset({"queued", "preempted"})
 
 
 def gpu_free_bytes(snapshot: FleetSnapshot, gpu: GpuView) -> int | None:
@@ -48,7 +48,7 @@ def colocate(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> li
     actions: list[Action] = []
     preempted_on: set[int] = set()
     for job in snapshot.batch_jobs:
-        if job.state != RUNNING or job.gpu_id is None:
+        if job.state != JOB_RUNNING or job.gpu_id is None:
             continue
         gpu = snapshot.gpu(job.gpu_id)
         free = gpu_free_bytes(snapshot, gpu) if gpu else None
@@ -82,7 +82,9 @@ def colocate(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> li
         and gpu.utilization_pct < max_duty
         and (free := gpu_free_bytes(snapshot, gpu)) is not None
     }
-    waiting = sorted((j for j in snapshot.batch_jobs if j.state in WAITING), key=lambda j: (-j.priority, j.created_at))
+    waiting = sorted(
+        (j for j in snapshot.batch_jobs if j.state in JOB_WAITING), key=lambda j: (-j.priority, j.created_at)
+    )
     for job in waiting:
         fitting = [(free, gpu) for gpu, free in free_now.values() if free >= job.memory_bytes + margin]
         if not fitting:

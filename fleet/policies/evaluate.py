@@ -1,8 +1,8 @@
-"""Run the enabled policies on a fresh snapshot and apply their actions through the services.
+"""Run the enabled policies on snapshots read from the database and apply their actions through the services.
 
-Kinds run in a fixed order (reap, idle reclaim, autoscale, pre-warm, co-location), each on
-a snapshot taken after the previous kind's changes, so autoscale sees what idle reclaim
-just stopped. Every apply is a claim on what the policy read (an instance's generation, a
+The loop itself is ``fleet.policies.registry.policies_run``, the one the trace simulator
+runs on its simulated fleet; this module reads what it needs and applies what it decides.
+Every apply is a claim on what the policy read (an instance's generation, a
 pool's instance count, a job's generation, an orphan's empty mark): an action another
 worker applied first is counted as ``stale`` and skipped, never applied twice.
 """
@@ -10,9 +10,10 @@ worker applied first is counted as ``stale`` and skipped, never applied twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -27,17 +28,10 @@ from fleet.policies.actions import (
     StartBatchJob,
     StopOrphan,
 )
-from fleet.policies.autoscale import autoscale
-from fleet.policies.colocate import colocate
-from fleet.policies.idle import idle_reclaim
 from fleet.policies.placement import PlacementRefused, pool_wake_actions
-from fleet.policies.prewarm import prewarm, traffic_profile_learn
-from fleet.policies.reap import reap
-from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
+from fleet.policies.registry import ORDER, RequestTimesSource, policies_run
 
 log = logging.getLogger(__name__)
-
-ORDER = ("reap", "idle_reclaim", "autoscale", "prewarm", "colocate")
 
 
 @dataclass
@@ -45,27 +39,6 @@ class Evaluation:
     applied: list[Decision] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-
-
-def _prewarm(
-    snapshot: FleetSnapshot, config: PolicyConfig, now: datetime, source: selectors.RequestTimesSource | None
-) -> list[Action]:
-    pools = [pool.id for pool in snapshot.pools if config.for_pool(pool.id) is not None]
-    if not pools:
-        return []
-    longest = max(int(settings["lookback_days"]) for p in pools if (settings := config.for_pool(p)))
-    times = selectors.pool_request_times(pool_ids=pools, since=now - timedelta(days=longest), until=now, source=source)
-    profiles = {
-        pool_id: traffic_profile_learn(
-            times.get(pool_id, []),
-            now=now,
-            lookback_days=int(settings["lookback_days"]),
-            slot_minutes=int(settings["slot_minutes"]),
-        )
-        for pool_id in pools
-        if (settings := config.for_pool(pool_id)) is not None
-    }
-    return prewarm(snapshot, config, now, profiles)
 
 
 def action_apply(*, action: Action, policies: dict[int, Policy]) -> Decision:
@@ -113,45 +86,40 @@ def action_apply(*, action: Action, policies: dict[int, Policy]) -> Decision:
     raise TypeError(f"unknown action {action!r}")
 
 
-def actions_apply(*, actions: Iterable[Action], policies: dict[int, Policy], into: Evaluation) -> None:
-    for action in actions:
-        try:
-            into.applied.append(action_apply(action=action, policies=policies))
-        except services.StaleGeneration as exc:
-            into.stale.append(str(exc))
-        except (ValidationError, Instance.DoesNotExist, BatchJob.DoesNotExist, OrphanContainer.DoesNotExist) as exc:
-            log.warning("action %s failed: %s", action.action, exc)
-            into.failed.append(f"{action.reason}: {exc}")
+def action_record(*, action: Action, policies: dict[int, Policy], into: Evaluation) -> bool:
+    """Apply one action, recording it as applied, stale or failed; whether it was applied."""
+    try:
+        into.applied.append(action_apply(action=action, policies=policies))
+        return True
+    except services.StaleGeneration as exc:
+        into.stale.append(str(exc))
+    except (ValidationError, Instance.DoesNotExist, BatchJob.DoesNotExist, OrphanContainer.DoesNotExist) as exc:
+        log.warning("action %s failed: %s", action.action, exc)
+        into.failed.append(f"{action.reason}: {exc}")
+    return False
 
 
 def policies_evaluate(
     *,
     now: datetime | None = None,
     kinds: Iterable[str] = ORDER,
-    request_times: selectors.RequestTimesSource | None = None,
+    request_times: RequestTimesSource | None = None,
 ) -> Evaluation:
-    """Evaluate the enabled policies of the given kinds once and apply what they decide."""
+    """Evaluate the enabled policies of the given kinds once and apply what they decide.
+
+    Pre-warm learns from ``request_times`` (default: rebuilt from the reported request rates).
+    """
     now = now or timezone.now()
-    wanted = set(kinds)
-    configs = selectors.policy_configs()
     policies = {policy.pk: policy for policy in Policy.objects.all()}
-    functions: dict[str, Callable[[FleetSnapshot, PolicyConfig, datetime], list[Action]]] = {
-        "reap": reap,
-        "idle_reclaim": idle_reclaim,
-        "autoscale": autoscale,
-        "prewarm": lambda snapshot, config, at: _prewarm(snapshot, config, at, request_times),
-        "colocate": colocate,
-    }
     evaluation = Evaluation()
-    snapshot: FleetSnapshot | None = None
-    for kind in ORDER:
-        if kind not in wanted:
-            continue
-        snapshot = snapshot or selectors.fleet_snapshot(now=now)
-        before = len(evaluation.applied)
-        actions_apply(actions=functions[kind](snapshot, configs[kind], now), policies=policies, into=evaluation)
-        if len(evaluation.applied) != before:
-            snapshot = None
+    policies_run(
+        configs=selectors.policy_configs(),
+        now=now,
+        snapshot=lambda: selectors.fleet_snapshot(now=now),
+        apply=lambda action: action_record(action=action, policies=policies, into=evaluation),
+        request_times=request_times or selectors.request_times_from_samples,
+        kinds=kinds,
+    )
     return evaluation
 
 
@@ -170,3 +138,20 @@ def pool_wake(*, pool: Pool, reason: str, kind: str = "gateway") -> Decision | P
         return action_apply(action=planned[0], policies={})
     except services.StaleGeneration as exc:
         return PlacementRefused(pool_id=pool.pk, message=f"another writer changed pool {pool.name} first: {exc}")
+
+
+def pool_wake_request(*, pool_id: int, reason: str, inputs: dict[str, Any] | None = None) -> list[Decision]:
+    """Capacity for a pool the gateway holds requests for, now: what was decided.
+
+    An instance already desired running is on its way (nothing to do). Otherwise the
+    policies' wake path decides, with the same placement (VRAM estimate, isolation) as
+    scale-out: wake a sleeping instance, restart a stopped one or place a new one. When
+    nothing fits, a ``wake_failed`` decision records the placement arithmetic.
+    """
+    pool = Pool.objects.get(pk=pool_id)
+    if Instance.objects.filter(pool=pool, desired_state=Instance.Desired.RUNNING).exists():
+        return []
+    outcome = pool_wake(pool=pool, reason=reason, kind=services.GATEWAY)
+    if isinstance(outcome, PlacementRefused):
+        return [services.pool_wake_refused(pool=pool, reason=f"{reason}; {outcome.message}", inputs=inputs)]
+    return [outcome]

@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from fleet.policies.actions import Action, DesireInstance, duration
-from fleet.policies.snapshot import READY, RUNNING, SLEEPING, STOPPED, FleetSnapshot, InstanceView, PolicyConfig
+from fleet.policies.snapshot import FleetSnapshot, InstanceView, PolicyConfig
+from fleet.states import READY, RUNNING, SLEEPING, STOPPED
 
 KIND = "idle_reclaim"
 

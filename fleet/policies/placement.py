@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance
-from fleet.policies.snapshot import READY, RUNNING, SLEEPING, STOPPED, FleetSnapshot, GpuView, PoolView
+from fleet.policies.snapshot import FleetSnapshot, GpuView, PoolView
 from fleet.policies.vram import gib
+from fleet.states import READY, RUNNING, SLEEPING, STOPPED
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def pool_wake_actions(
     instances = snapshot.instances_of(pool_id)
     active = [instance for instance in instances if instance.desired_state != STOPPED]
     sleeping = sorted(
-        (i for i in instances if i.desired_state == SLEEPING), key=lambda i: (i.actual_state != "sleeping", i.id)
+        (i for i in instances if i.desired_state == SLEEPING), key=lambda i: (i.actual_state != SLEEPING, i.id)
     )
     inputs = {"pool": pool.name, "active_instances": len(active)}
     if sleeping:

@@ -18,7 +18,8 @@ from datetime import datetime, timedelta
 
 from fleet.policies.actions import Action, duration
 from fleet.policies.placement import PlacementRefused, pool_wake_actions
-from fleet.policies.snapshot import RUNNING, FleetSnapshot, PolicyConfig
+from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
+from fleet.states import RUNNING
 
 KIND = "prewarm"
 # Cold start assumed for a pool that has never been started: a vLLM start with weights in the page cache.

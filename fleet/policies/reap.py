@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from fleet.policies.actions import Action, DesireInstance, StopOrphan, duration
-from fleet.policies.snapshot import STOPPED, FleetSnapshot, PolicyConfig
+from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
+from fleet.states import STOPPED
 
 KIND = "reap"
 

@@ -3,15 +3,38 @@
 The admin builds a typed field for each setting from here and validates with
 ``policy_settings_clean``, so a bad value is refused under its field instead of failing later
 inside a Celery task; logs and the simulator get the same checks through
-``policy_settings_validate``, as one flat message naming each key.
+``policy_settings_validate``, as one flat message naming each key. A stored row whose
+settings no longer validate means what ``policy_settings_stored`` says, wherever it is read.
+Errors are ``SettingsInvalid``, a plain ``ValueError``, so the simulator needs no Django.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+log = logging.getLogger(__name__)
+
+# The key of a problem with the settings as a whole: Django's NON_FIELD_ERRORS, so the admin
+# shows it above the fields.
+WHOLE = "__all__"
+
+
+class SettingsInvalid(ValueError):
+    """Settings that do not fit their kind: the messages under each setting (``WHOLE`` for all of them).
+
+    The ``Policy`` model raises them as the admin's ``ValidationError`` (``message_dict`` is its shape).
+    """
+
+    def __init__(self, problems: Mapping[str, list[str]]) -> None:
+        self.message_dict = {key: list(messages) for key, messages in problems.items()}
+        super().__init__("; ".join(self.messages))
+
+    @property
+    def messages(self) -> list[str]:
+        return [message for messages in self.message_dict.values() for message in messages]
 
 
 def number_text(value: float) -> str:
@@ -37,18 +60,18 @@ class Setting:
         kind = type(self.default)
         if kind is bool:
             if not isinstance(value, bool):
-                raise ValidationError(f"expected true or false, got {value!r}.")
+                raise ValueError(f"expected true or false, got {value!r}.")
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValidationError(f"expected a number, got {value!r}.")
+            raise ValueError(f"expected a number, got {value!r}.")
         if kind is int and not float(value).is_integer():
-            raise ValidationError(f"expected a whole number, got {value!r}.")
+            raise ValueError(f"expected a whole number, got {value!r}.")
         if value != value or value in (float("inf"), float("-inf")):
-            raise ValidationError(f"{value!r} is not a finite number.")
+            raise ValueError(f"{value!r} is not a finite number.")
         if self.minimum is not None and value < self.minimum:
-            raise ValidationError(f"{number_text(value)} is below the minimum {number_text(self.minimum)}.")
+            raise ValueError(f"{number_text(value)} is below the minimum {number_text(self.minimum)}.")
         if self.maximum is not None and value > self.maximum:
-            raise ValidationError(f"{number_text(value)} is above the maximum {number_text(self.maximum)}.")
+            raise ValueError(f"{number_text(value)} is above the maximum {number_text(self.maximum)}.")
         return kind(value)
 
 
@@ -205,9 +228,9 @@ def policy_settings_clean(*, kind: str, settings: Any) -> dict[str, float | int 
     Messages do not repeat the key: the admin shows each under the field of its setting.
     """
     if kind not in SCHEMAS:
-        raise ValidationError({NON_FIELD_ERRORS: f"Unknown policy kind {kind!r}; known: {', '.join(sorted(SCHEMAS))}."})
+        raise SettingsInvalid({WHOLE: [f"Unknown policy kind {kind!r}; known: {', '.join(sorted(SCHEMAS))}."]})
     if not isinstance(settings, dict):
-        raise ValidationError({NON_FIELD_ERRORS: "Settings must be a JSON object."})
+        raise SettingsInvalid({WHOLE: ["Settings must be a JSON object."]})
     schema = SCHEMAS[kind]
     problems: dict[str, list[str]] = {}
     result = policy_defaults(kind)
@@ -217,12 +240,12 @@ def policy_settings_clean(*, kind: str, settings: Any) -> dict[str, float | int 
             continue
         try:
             result[key] = schema[key].parse(value)
-        except ValidationError as exc:
-            problems[key] = exc.messages
+        except ValueError as exc:
+            problems[key] = [str(exc)]
     if not problems:
         problems.update(_cross_checks(kind, result))
     if problems:
-        raise ValidationError(problems)
+        raise SettingsInvalid(problems)
     return result
 
 
@@ -230,14 +253,42 @@ def policy_settings_validate(*, kind: str, settings: Any) -> dict[str, float | i
     """``policy_settings_clean`` with one flat error, each message naming its key, for logs and commands."""
     try:
         return policy_settings_clean(kind=kind, settings=settings)
-    except ValidationError as exc:
-        raise ValidationError(
-            [
-                message if key == NON_FIELD_ERRORS else f"{key}: {message}"
-                for key, messages in exc.message_dict.items()
-                for message in messages
-            ]
+    except SettingsInvalid as exc:
+        raise SettingsInvalid(
+            {
+                WHOLE: [
+                    message if key == WHOLE else f"{key}: {message}"
+                    for key, messages in exc.message_dict.items()
+                    for message in messages
+                ]
+            }
         ) from exc
+
+
+# Each row's problem as last logged, so a row read every few seconds is reported once per problem.
+_REPORTED: dict[str, str] = {}
+
+
+def policy_settings_stored(*, kind: str, settings: Any, row: str) -> dict[str, float | int | bool]:
+    """What a stored policy row's settings mean, for every reader: the evaluate loop, the
+    gateway's routing, the agents' batch-job bound and the simulator run on a stored pool.
+
+    The admin refuses invalid settings, so a row that fails validation was edited outside it
+    or predates a change of the schema. One bad edit must not stop the policies, the gateway
+    or the agents' replies, and the policy stays as enabled as its row says: the kind's
+    defaults apply, and the problem is logged once (``row`` names the row) until it changes.
+    """
+    try:
+        values = policy_settings_validate(kind=kind, settings=settings)
+    except SettingsInvalid as exc:
+        problem = "; ".join(exc.messages)
+    else:
+        _REPORTED.pop(row, None)
+        return values
+    if _REPORTED.get(row) != problem:
+        _REPORTED[row] = problem
+        log.warning("%s: stored settings are invalid (%s); the defaults of %s apply", row, problem, kind)
+    return policy_defaults(kind)
 
 
 def _cross_checks(kind: str, values: dict[str, float | int | bool]) -> dict[str, list[str]]:

@@ -14,13 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from fleet.policies.vram import VramEstimate
-
-RUNNING = "running"
-SLEEPING = "sleeping"
-STOPPED = "stopped"
-READY = "ready"
-# Actual states in which a container holds GPU memory the agent's NVML readings include.
-HOLDING = frozenset({"starting", "ready"})
+from fleet.states import JOB_RUNNING, RUNNING, instance_occupies_device
 
 
 @dataclass(frozen=True)
@@ -99,6 +93,11 @@ class InstanceView:
     @property
     def busy(self) -> bool:
         return self.in_flight > 0
+
+    @property
+    def occupies_device(self) -> bool:
+        """Whether it holds its device's memory now or will (see ``states.instance_occupies_device``)."""
+        return instance_occupies_device(desired_state=self.desired_state, actual_state=self.actual_state)
 
     @property
     def idle_since(self) -> datetime:
@@ -208,19 +207,17 @@ class FleetSnapshot:
         return [
             instance
             for instance in self.instances
-            if instance.gpu_id == gpu_id and instance.mig_device_id is None and instance.desired_state != STOPPED
+            if instance.gpu_id == gpu_id and instance.mig_device_id is None and instance.occupies_device
         ]
 
     def gpu_reserved_bytes(self, gpu_id: int) -> int:
         """Memory the panel has promised on a GPU: its instances' budgets and its running batch jobs."""
         instances = sum(self.reservation_bytes(instance) for instance in self.gpu_instances(gpu_id))
-        jobs = sum(job.memory_bytes for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == RUNNING)
+        jobs = sum(job.memory_bytes for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == JOB_RUNNING)
         return instances + jobs
 
     def mig_device_taken(self, mig_id: int) -> bool:
-        return any(
-            instance.mig_device_id == mig_id and instance.desired_state != STOPPED for instance in self.instances
-        )
+        return any(instance.mig_device_id == mig_id and instance.occupies_device for instance in self.instances)
 
 
 @dataclass(frozen=True)
@@ -252,20 +249,3 @@ def per_instance_mean(values: Mapping[Any, list[float]]) -> float | None:
     """The mean over instances of each one's mean sample (the load of an average instance)."""
     total = per_instance_total(values)
     return None if total is None else total / len(values)
-
-
-def histogram_quantile(*, quantile: float, bounds: list[float], counts: list[float], count: float) -> float | None:
-    """The quantile of cumulative bucket counts, interpolated inside its bucket as Prometheus does.
-
-    Observations above the last finite bound report that bound: the histogram cannot say more.
-    """
-    if count <= 0 or not bounds:
-        return None
-    rank = quantile * count
-    lower, below = 0.0, 0.0
-    for bound, cumulative in zip(bounds, counts, strict=True):
-        if cumulative >= rank:
-            inside = cumulative - below
-            return bound if inside <= 0 else lower + (bound - lower) * (rank - below) / inside
-        lower, below = bound, cumulative
-    return bounds[-1]

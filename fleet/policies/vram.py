@@ -19,6 +19,7 @@ memory an instance *reserves* on a device is that budget, and the budget must co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from fleet import catalog
 
@@ -84,12 +85,44 @@ def kv_dtype_bytes(*, dtype: str, kv_cache_dtype: str) -> int:
     return catalog.KV_CACHE_DTYPE_BYTES.get(kv_cache_dtype, 2)
 
 
-def vram_estimate(
-    *, model: str, dtype: str, quantization: str, kv_cache_dtype: str, max_model_len: int
-) -> VramEstimate | None:
-    """The estimate for a profile's settings, or None where the catalogue lacks the architecture."""
-    spec = catalog.model_spec(model)
-    bits = bits_per_weight(dtype=dtype, quantization=quantization)
+class ServedProfile(Protocol):
+    """What the estimate reads of a profile: a ``ModelProfile`` row, or a plain ``ProfileFacts``."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def quantization(self) -> str: ...
+
+    @property
+    def kv_cache_dtype(self) -> str: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ProfileFacts:
+    """A served model's settings as the estimate takes them, where there is no ``ModelProfile`` row."""
+
+    model: str
+    dtype: str
+    quantization: str
+    kv_cache_dtype: str
+    max_model_len: int
+
+
+def vram_estimate_for(profile: ServedProfile) -> VramEstimate | None:
+    """The estimate for a profile, or None where the catalogue lacks the architecture.
+
+    The one place a profile becomes bytes: placement, the admin, the demo and the simulator
+    all ask here, so the figure the admin shows is the one placement checks.
+    """
+    spec = catalog.model_spec(profile.model)
+    bits = bits_per_weight(dtype=profile.dtype, quantization=profile.quantization)
     if spec is None or bits is None:
         return None
     return VramEstimate(
@@ -99,6 +132,6 @@ def vram_estimate(
         layers=spec.layers,
         kv_heads=spec.kv_heads,
         head_dim=spec.head_dim,
-        kv_dtype_bytes=kv_dtype_bytes(dtype=dtype, kv_cache_dtype=kv_cache_dtype),
-        kv_tokens=max_model_len,
+        kv_dtype_bytes=kv_dtype_bytes(dtype=profile.dtype, kv_cache_dtype=profile.kv_cache_dtype),
+        kv_tokens=profile.max_model_len,
     )

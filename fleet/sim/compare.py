@@ -24,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from agents.histograms import attainment, histogram_observe
 from fleet.presets import PRICE_PRESETS
+from fleet.sim.engine import TTFT_BUCKETS
 from fleet.sim.simulate import SimResult, SimSetup, Simulation, tick_period_s
 from fleet.sim.traces import Trace, TraceRequest
 
@@ -118,12 +120,13 @@ def oracle_refine(
         ).run()
         if result.meets_sla(setup.sla_target):
             break
-        within: list[list[bool]] = [[] for _ in current]
+        arrived: list[list[float]] = [[] for _ in current]
         for request, ttft in zip(trace.requests, result.ttft_s, strict=True):
-            within[int(request.arrival_s // tick)].append(ttft <= limit)
+            arrived[int(request.arrival_s // tick)].append(ttft)
         bumped = False
-        for index, flags in enumerate(within):
-            if flags and sum(flags) < setup.sla_target * len(flags) and current[index] < setup.gpus:
+        for index, ttfts in enumerate(arrived):
+            share = attainment([histogram_observe(ttfts, TTFT_BUCKETS)], limit)
+            if share is not None and share < setup.sla_target and current[index] < setup.gpus:
                 current[index] += 1
                 bumped = True
         if not bumped:

@@ -38,7 +38,7 @@ from django.utils import timezone
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, simulated_name
 from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Policy, Pool, PriceRate, Team
-from fleet.policies.vram import vram_estimate
+from fleet.policies.vram import vram_estimate_for
 from fleet.presets import presets_install, price_presets, profile_presets
 from fleet.services import api_key_create, instance_desire, join_token_create, node_decommission
 
@@ -158,13 +158,7 @@ def _memory_share(options: DemoOptions, plan: TierPlan, preset: dict) -> float:
     """
     if plan.isolation != Pool.Isolation.SHARED:
         return plan.gpu_memory_utilization
-    estimate = vram_estimate(
-        model=preset["model"],
-        dtype=preset["dtype"],
-        quantization=preset["quantization"],
-        kv_cache_dtype=preset["kv_cache_dtype"],
-        max_model_len=preset["max_model_len"],
-    )
+    estimate = vram_estimate_for(ModelProfile(**preset))
     assert estimate is not None, preset["model"]
     needed = math.ceil(estimate.required_bytes * 1.02 / MODELS[options.gpu].memory_bytes * 20) / 20
     return min(0.9, max(plan.gpu_memory_utilization, needed))

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet import catalog
-from fleet.policies.vram import OVERHEAD_BYTES, vram_estimate
+from fleet.policies.vram import ProfileFacts, vram_estimate_for
 
 DEFAULT_PROFILE = "qwen3-4b-instruct-bf16"
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
@@ -79,6 +79,10 @@ COLD_START_S = 30.0
 SLEEP_FIXED_S = 0.1
 MAX_NUM_SEQS = 256
 MAX_NUM_BATCHED_TOKENS = 8_192
+# vLLM's own latency bucket bounds (up to 40 s): the engine server's /metrics and the
+# simulator's windows read a simulated engine's latencies from the grid a real server reports.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0)
 
 
 @dataclass(frozen=True)
@@ -103,17 +107,6 @@ GPU_FACTS: dict[str, GpuFacts] = {
         GpuFacts("H100", 80, 3350, 989, 50, "NVIDIA H100 datasheet (SXM)"),
     )
 }
-
-
-@dataclass(frozen=True)
-class ProfileFacts:
-    """A served model's settings as the VRAM estimator takes them."""
-
-    model: str
-    dtype: str
-    quantization: str
-    kv_cache_dtype: str
-    max_model_len: int
 
 
 PROFILES: dict[str, ProfileFacts] = {
@@ -165,17 +158,11 @@ def gpu_short_name(gpu_model: str) -> str:
 
 def kv_cache_tokens_for(*, memory_gib: float, profile: ProfileFacts) -> int:
     """vLLM's KV cache: its memory budget minus weights and overhead, in tokens."""
-    estimate = vram_estimate(
-        model=profile.model,
-        dtype=profile.dtype,
-        quantization=profile.quantization,
-        kv_cache_dtype=profile.kv_cache_dtype,
-        max_model_len=profile.max_model_len,
-    )
+    estimate = vram_estimate_for(profile)
     if estimate is None:
         raise ValueError(f"the catalogue lacks the architecture of {profile.model}")
     budget = int(memory_gib * catalog.GIB * GPU_MEMORY_UTILIZATION)
-    free = budget - estimate.weight_bytes - OVERHEAD_BYTES
+    free = budget - estimate.weight_bytes - estimate.overhead_bytes
     return max(0, free // estimate.kv_bytes_per_token)
 
 
@@ -195,10 +182,10 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
         raise ValueError(f"no engine model for profile {profile!r}; known: {', '.join(PROFILES)}")
     facts = GPU_FACTS[gpu_short_name(gpu_model)]
     settings = PROFILES[profile]
-    spec = catalog.model_spec(settings.model)
-    assert spec is not None, settings.model
-    weight_bytes = spec.weight_bytes(16)
-    flops_per_token = 2 * spec.parameters
+    estimate = vram_estimate_for(settings)
+    assert estimate is not None, settings.model
+    weight_bytes = estimate.weight_bytes
+    flops_per_token = 2 * estimate.parameters
     bandwidth = facts.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY
     compute = facts.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY
     link_s = weight_bytes / (facts.host_link_gb_s * 1e9)
@@ -212,7 +199,8 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
         profile=profile,
         prefill_tokens_per_s=prefill,
         decode_step_base_s=weight_bytes / bandwidth,
-        decode_step_per_seq_s=DECODE_CONTEXT_TOKENS * spec.kv_bytes_per_token() / bandwidth + flops_per_token / compute,
+        decode_step_per_seq_s=DECODE_CONTEXT_TOKENS * estimate.kv_bytes_per_token / bandwidth
+        + flops_per_token / compute,
         max_num_seqs=MAX_NUM_SEQS,
         kv_cache_tokens=kv_cache_tokens_for(memory_gib=facts.memory_gib, profile=settings),
         cold_start_s=COLD_START_S,

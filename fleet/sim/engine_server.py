@@ -49,9 +49,11 @@ from agents.simulated import (
 from fleet.catalog import GIB
 from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD, ESTIMATE
 from fleet.sim.engine import (
+    E2E_BUCKETS,
     GPU_FACTS,
     GPU_MEMORY_UTILIZATION,
     PROFILES,
+    TTFT_BUCKETS,
     EngineCore,
     EngineModel,
     SimRequest,
@@ -74,9 +76,6 @@ DEFAULT_MAX_TOKENS = 128
 # What a sleeping (level 1) engine still holds: its CUDA context.
 SLEEPING_BYTES = GIB // 2
 FILLER = ("simulated", " output", " from", " a", " simulated", " engine", ".")
-# vLLM's own bucket bounds, so the agent's percentiles are read from the same grid.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0)
 
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

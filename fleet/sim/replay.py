@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from fleet.gateway.counting import CHARS_PER_TOKEN, CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
 from fleet.sim.traces import Trace, TraceRequest, trace_load
@@ -91,7 +92,9 @@ class Replayer:
         self.span_s = trace.duration_s + 1.0
 
     async def one(self, row: TraceRequest, stream: bool) -> None:
-        messages = [{"role": "user", "content": prompt_text(row.prompt_tokens, code=self.code)}]
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "user", "content": prompt_text(row.prompt_tokens, code=self.code)}
+        ]
         started = time.monotonic()
         first: float | None = None
         try:
@@ -156,7 +159,10 @@ async def replay(args: argparse.Namespace) -> None:
         api_key=os.environ[API_KEY_ENV],
         timeout=REQUEST_TIMEOUT_S,
         max_retries=0,
-        http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_IN_FLIGHT), timeout=REQUEST_TIMEOUT_S),
+        # openai takes a client of the httpx the project pins as well; its types name only httpx2.
+        http_client=httpx.AsyncClient(  # type: ignore[arg-type]
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT), timeout=REQUEST_TIMEOUT_S
+        ),
     )
     code = "code" in trace.name
     print(

@@ -2,12 +2,13 @@
 
 What is simulated: GPUs, vLLM engines (``fleet.sim.engine``), container start-ups, sleep
 and wake. What is not: the routing function (``rcf_compute``, ``tier_for``, ``FALLBACK``),
-the gateway's least-outstanding pick and its hold-and-wake path (``pool_wake_actions``),
-the policy functions (reap, idle reclaim, autoscale, pre-warm, co-location, in
-``evaluate.ORDER``), the tick period (the ``policies_evaluate`` schedule), the telemetry
-windows the snapshot selector builds, and which instance states are billed
-(``holding_states``): all are the production objects, looked up when called, so a change
-to a policy changes the simulation.
+the gateway's pick with its cool-down (``Picker``) and its hold-and-wake path
+(``pool_wake_actions``), the evaluation loop and its policy functions (reap, idle reclaim,
+autoscale, pre-warm, co-location: ``policies_run``), the tick period (the
+``policies_evaluate`` schedule), the telemetry windows (``pool_windows``, as the snapshot
+selector builds them), and which instance states hold a GPU
+(``states.gpu_holding_states``): all are the production objects, looked up when called, so a change
+to a policy changes the simulation. None of them needs Django, and neither does a simulation.
 
 Three fleets run on the same trace and engine model:
 
@@ -24,42 +25,44 @@ pool wakes and fails only as the gateway would (hold time-out or too many held).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import random
-import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from fleet import catalog, schedules, selectors
-from fleet.costs import allocation
-from fleet.gateway.app import GatewayConfig
-from fleet.ingest import REPORT_INTERVAL_S
-from fleet.policies import autoscale, colocate, evaluate, idle, placement, prewarm, reap, routing
+from agents.histograms import attainment, histogram_observe, pool_latency
+from fleet import catalog, schedules, states
+from fleet.gateway.config import GatewayConfig
+from fleet.policies import placement, routing
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance
+from fleet.policies.pick import Picker
+from fleet.policies.registry import policies_run
 from fleet.policies.settings import SCHEMAS, policy_settings_validate
 from fleet.policies.snapshot import (
-    READY,
-    RUNNING,
-    SLEEPING,
-    STOPPED,
     FleetSnapshot,
     GpuView,
     InstanceView,
     PolicyConfig,
     PoolView,
     PoolWindow,
-    per_instance_mean,
-    per_instance_total,
 )
-from fleet.policies.vram import vram_estimate
-from fleet.sim.engine import GPU_FACTS, PROFILES, EngineCore, EngineModel, SimRequest
+from fleet.policies.vram import vram_estimate_for
+from fleet.policies.windows import (
+    REPORT_INTERVAL_S,
+    SAMPLE_FRESH_S,
+    WINDOW_S,
+    WINDOWS,
+    cold_start_median,
+    pool_windows,
+)
+from fleet.sim.engine import GPU_FACTS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
 from fleet.sim.traces import Trace
+from fleet.states import READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
 
-STARTING = "starting"
-STOPPING = "stopping"
 WAKING = "waking"
 HELD_FAILED = float("inf")
 
@@ -67,17 +70,6 @@ HELD_FAILED = float("inf")
 def tick_period_s() -> float:
     """The production evaluation period (the ``policies_evaluate`` periodic task)."""
     return float(next(every for task, every, _ in schedules.PERIODIC_TASKS if task == schedules.EVALUATE_TASK))
-
-
-def policy_functions() -> dict[str, Callable[..., list[Action]]]:
-    """The production policy functions, looked up now (so a patched module is what runs)."""
-    return {
-        "reap": reap.reap,
-        "idle_reclaim": idle.idle_reclaim,
-        "autoscale": autoscale.autoscale,
-        "prewarm": prewarm.prewarm,
-        "colocate": colocate.colocate,
-    }
 
 
 def policy_configs_build(overrides: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, PolicyConfig]:
@@ -117,13 +109,7 @@ class SimSetup:
 def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
     """One exclusive pool of the engine's profile that may use every GPU."""
     profile = PROFILES[engine.profile]
-    estimate = vram_estimate(
-        model=profile.model,
-        dtype=profile.dtype,
-        quantization=profile.quantization,
-        kv_cache_dtype=profile.kv_cache_dtype,
-        max_model_len=profile.max_model_len,
-    )
+    estimate = vram_estimate_for(profile)
     base: dict[str, Any] = dict(
         id=1,
         name="simulated",
@@ -166,13 +152,14 @@ def setup_build(
 
 @dataclass(frozen=True)
 class _Sample:
-    """One agent report: the GPU's duty cycle and what vLLM's metrics say."""
+    """One agent report: the GPU's duty cycle and what vLLM's metrics say (a ``LoadSample``)."""
 
-    at: float
+    instance_id: int
+    at: datetime
     duty: float
-    running: int
-    waiting: int
-    kv_cache: float
+    requests_running: int
+    requests_waiting: int
+    kv_cache_usage: float
     prompt_tokens_rate: float
 
 
@@ -190,14 +177,21 @@ class _Instance:
     last_request_s: float | None = None
     desired_changed_s: float | None = None
     stepping: bool = False
-    outstanding: int = 0
-    picks: int = 0
     token: int = 0
     held_since_s: float | None = None
     billed_s: float = 0.0
     starting_since_s: float | None = None
     samples: list[_Sample] = field(default_factory=list)
     prompt_tokens_reported: int = 0
+
+    @property
+    def occupies_device(self) -> bool:
+        return states.instance_occupies_device(desired_state=self.desired, actual_state=self.actual)
+
+    @property
+    def instance_id(self) -> int:
+        """Its id as the gateway's pick reads it (a ``Candidate``)."""
+        return self.id
 
 
 @dataclass
@@ -246,9 +240,10 @@ class SimResult:
 
     @property
     def attainment(self) -> float:
-        """Share of requests whose first token came within the SLA."""
-        limit = self.sla_ms / 1000
-        return sum(1 for value in self.ttft_s if value <= limit) / len(self.ttft_s) if self.ttft_s else 1.0
+        """Share of requests whose first token came within the SLA, read from vLLM's TTFT buckets as the
+        dashboard reads a pool's (exact where the SLA is a bucket bound, as 500 ms is)."""
+        share = attainment([histogram_observe(self.ttft_s, TTFT_BUCKETS)], self.sla_ms / 1000)
+        return 1.0 if share is None else share
 
     def ttft_ms(self, percentile: float) -> float:
         return percentile_of(self.ttft_s, percentile) * 1000
@@ -297,8 +292,9 @@ class Simulation:
         self.pools = {pool.view.id: pool for pool in setup.pools}
         self.gpu_name = _catalog_gpu_name(setup.engine)
         self.gpu_bytes = GPU_FACTS[setup.engine.gpu_model].memory_gib * catalog.GIB
-        self.holding = allocation.holding_states(sleeping_holds_gpu=setup.sleeping_holds_gpu) | {WAKING}
+        self.holding = states.gpu_holding_states(sleeping_holds_gpu=setup.sleeping_holds_gpu) | {WAKING}
         self.instances: dict[int, _Instance] = {}
+        self.picker = Picker(cooldown_s=setup.gateway.cooldown_s)
         self.events: list[tuple[float, int, str, int, int]] = []
         self.step_ends: list[tuple[float, int, int]] = []
         self.sequence = 0
@@ -409,7 +405,7 @@ class Simulation:
             self._warm_instance(pool_id)
 
     def _free_gpu(self) -> int | None:
-        taken = {i.gpu_id for i in self.instances.values() if i.desired != STOPPED or i.actual == STOPPING}
+        taken = {i.gpu_id for i in self.instances.values() if i.occupies_device}
         return next((gpu for gpu in range(1, self.setup.gpus + 1) if gpu not in taken), None)
 
     def _new_instance(self, pool_id: int, gpu_id: int) -> _Instance:
@@ -506,9 +502,7 @@ class Simulation:
         return True
 
     def _gpu_taken(self, gpu_id: int) -> bool:
-        return any(
-            i.gpu_id == gpu_id and (i.desired != STOPPED or i.actual == STOPPING) for i in self.instances.values()
-        )
+        return any(i.gpu_id == gpu_id and i.occupies_device for i in self.instances.values())
 
     def _desire(self, instance: _Instance, state: str) -> None:
         previous = instance.desired
@@ -547,16 +541,14 @@ class Simulation:
         return groups
 
     def _pick(self, groups: list[list[int]]) -> _Instance | None:
-        """The gateway's pick: fewest outstanding requests, ties to the least picked, first tier that has one."""
-        for group in groups:
-            ready = [
-                i for i in self.instances.values() if i.pool_id in group and i.actual == READY and i.desired == RUNNING
-            ]
-            if ready:
-                best = min(ready, key=lambda i: (i.outstanding, i.picks, i.id))
-                best.picks += 1
-                return best
-        return None
+        """The gateway's pick (``Picker.pick``), on the simulated clock."""
+        return self.picker.pick(groups, self._routable, now=self.now)
+
+    def _routable(self, pool_id: int) -> list[_Instance]:
+        """What the gateway's routing table lists: the pool's instances ready and still wanted running."""
+        return [
+            i for i in self.instances.values() if i.pool_id == pool_id and i.actual == READY and i.desired == RUNNING
+        ]
 
     def _arrival(self, index: int) -> None:
         self.interval_arrivals += 1
@@ -614,7 +606,8 @@ class Simulation:
         instance.core.submit(
             SimRequest(str(index), request.arrival_s, request.prompt_tokens, request.output_tokens), self.now
         )
-        instance.outstanding += 1
+        outstanding = self.picker.outstanding
+        outstanding[instance.id] = outstanding.get(instance.id, 0) + 1
         instance.last_request_s = self.now
         if not instance.stepping:
             self._step_start(instance)
@@ -637,7 +630,7 @@ class Simulation:
             ttft = request.first_token_s - request.arrival_s
             self.ttft_log[instance.pool_id].append((request.first_token_s, ttft))
             self.interval_ttft.append(ttft)
-            instance.outstanding -= 1
+            self.picker.outstanding[instance.id] -= 1
             self.done += 1
         self._step_start(instance)
         if not instance.stepping and instance.actual == STOPPING:
@@ -649,6 +642,8 @@ class Simulation:
         """What an agent reports every interval: duty cycle and vLLM's running and waiting counts,
         KV-cache usage, and the prompt-token rate (from the ``prompt_tokens_total`` counter)."""
         since = self.now - REPORT_INTERVAL_S
+        at = self._at(self.now)
+        horizon = self._at(self.now - WINDOW_S * WINDOWS - REPORT_INTERVAL_S)
         for instance in self.instances.values():
             core = instance.core
             prompt_tokens = core.prompt_tokens_total - instance.prompt_tokens_reported
@@ -658,16 +653,16 @@ class Simulation:
             duty = core.busy_fraction(max(since, instance.ready_s or since), self.now)
             instance.samples.append(
                 _Sample(
-                    at=self.now,
+                    instance_id=instance.id,
+                    at=at,
                     duty=duty,
-                    running=core.running,
-                    waiting=core.waiting,
-                    kv_cache=core.kv_usage,
+                    requests_running=core.running,
+                    requests_waiting=core.waiting,
+                    kv_cache_usage=core.kv_usage,
                     prompt_tokens_rate=prompt_tokens / REPORT_INTERVAL_S,
                 )
             )
             self.utilization.append(duty)
-            horizon = self.now - selectors.WINDOW_S * selectors.WINDOWS - REPORT_INTERVAL_S
             while instance.samples and instance.samples[0].at < horizon:
                 instance.samples.pop(0)
 
@@ -679,34 +674,22 @@ class Simulation:
         self._record_timeline()
 
     def _evaluate(self) -> None:
-        """``policies_evaluate`` on simulated state: same order, re-snapshot after a change."""
-        functions = policy_functions()
-        at = self._at(self.now)
-        snapshot: FleetSnapshot | None = None
-        for kind in evaluate.ORDER:
-            config = self.setup.policies[kind]
-            if config.fleet is None and not config.pools:
-                continue
-            snapshot = snapshot or self._snapshot()
-            if kind == "prewarm":
-                actions = functions[kind](snapshot, config, at, self._profiles(config, at))
-            else:
-                actions = functions[kind](snapshot, config, at)
-            if sum(self._apply(action) for action in actions):
-                snapshot = None
+        """``policies_evaluate``'s loop on simulated state, its actions applied to the simulated fleet."""
+        policies_run(
+            configs=self.setup.policies,
+            now=self._at(self.now),
+            snapshot=self._snapshot,
+            apply=self._apply,
+            request_times=self._request_times,
+        )
 
-    def _profiles(self, config: PolicyConfig, at: datetime) -> dict[int, prewarm.TrafficProfile]:
-        profiles = {}
-        for pool_id in self.pools:
-            settings = config.for_pool(pool_id)
-            if settings is not None:
-                profiles[pool_id] = prewarm.traffic_profile_learn(
-                    self.request_times[pool_id],
-                    now=at,
-                    lookback_days=int(settings["lookback_days"]),
-                    slot_minutes=int(settings["slot_minutes"]),
-                )
-        return profiles
+    def _request_times(self, pool_ids: list[int], since: datetime, until: datetime) -> dict[int, list[datetime]]:
+        """The gateway's arrival times per pool (kept in order) in [since, until)."""
+        return {
+            pool_id: times[bisect.bisect_left(times, since) : bisect.bisect_left(times, until)]
+            for pool_id in pool_ids
+            if (times := self.request_times.get(pool_id))
+        }
 
     def _follow_schedule(self) -> None:
         assert self.schedule is not None
@@ -714,7 +697,9 @@ class Simulation:
         wanted = self.schedule[interval] if interval < len(self.schedule) else 0
         pool_id = self.setup.pools[0].view.id
         serving = [i for i in self.instances.values() if i.desired == RUNNING]
-        for instance in sorted(serving, key=lambda i: (i.outstanding, -i.id))[: max(0, len(serving) - wanted)]:
+        outstanding = self.picker.outstanding
+        draining = sorted(serving, key=lambda i: (outstanding.get(i.id, 0), -i.id))[: max(0, len(serving) - wanted)]
+        for instance in draining:
             instance.desired = STOPPED
             self._stop(instance)
         for _ in range(wanted - len(serving)):
@@ -748,16 +733,15 @@ class Simulation:
         at = self._at(self.now)
         pools = tuple(self._pool_view(pool) for pool in self.setup.pools)
         instances = tuple(self._instance_view(i) for i in self.instances.values())
-        by_gpu = {i.gpu_id: i for i in self.instances.values() if i.desired != STOPPED or i.actual == STOPPING}
+        by_gpu = {i.gpu_id: i for i in self.instances.values() if i.occupies_device}
         gpus = tuple(self._gpu_view(gpu, by_gpu.get(gpu)) for gpu in range(1, self.setup.gpus + 1))
         return FleetSnapshot(at=at, pools=pools, instances=instances, gpus=gpus)
 
     def _pool_view(self, pool: SimPool) -> PoolView:
         view = pool.view
-        measured = self.cold_measured.get(view.id)
         return replace(
             view,
-            cold_start_s=statistics.median(measured[-selectors.COLD_STARTS_CONSIDERED :]) if measured else None,
+            cold_start_s=cold_start_median(self.cold_measured.get(view.id, [])),
             last_scale_out_at=self._moment((view.id, "scale_out")),
             last_scale_in_at=self._moment((view.id, "scale_in")),
             windows=self._windows(view),
@@ -767,39 +751,34 @@ class Simulation:
         return self._at(self.last_scale[key]) if key in self.last_scale else None
 
     def _windows(self, view: PoolView) -> tuple[PoolWindow, ...]:
-        """Utilization: mean duty of the serving instances' samples; queue: sum of their mean waiting;
-        load figures: means per instance; latency: the SLA percentile of time to first token."""
+        """``pool_windows`` over the serving instances' reports, each carrying its GPU's duty cycle."""
         serving = [i for i in self.instances.values() if i.pool_id == view.id and i.desired == RUNNING]
+        samples = [s for i in serving for s in i.samples]
+        return pool_windows(
+            now=self._at(self.now),
+            samples=samples,
+            duty=[(s.at, s.duty) for s in samples],
+            max_num_seqs=view.max_num_seqs,
+            latency=lambda start, end, mine: self._window_latency(view, start, end),
+        )
+
+    def _window_latency(self, view: PoolView, start: datetime, end: datetime) -> float | None:
+        """The SLA percentile of the time to first token of the requests whose first token came in the window."""
         log = self.ttft_log[view.id]
-        horizon = self.now - selectors.WINDOW_S * selectors.WINDOWS
+        horizon = self.now - WINDOW_S * WINDOWS
         while log and log[0][0] < horizon - 60:
             log.pop(0)
-        windows = []
-        for back in range(selectors.WINDOWS, 0, -1):
-            start = self.now - back * selectors.WINDOW_S
-            end = start + selectors.WINDOW_S
-            mine = [(i.id, s) for i in serving for s in i.samples if start <= s.at < end]
-            duty = [s.duty for _, s in mine]
-            ttfts = [value for t, value in log if start <= t < end]
-            windows.append(
-                PoolWindow(
-                    start=self._at(start),
-                    end=self._at(end),
-                    utilization=sum(duty) / len(duty) if duty else None,
-                    queue=per_instance_total(_by_instance(mine, "waiting")),
-                    latency_ms=percentile_of(ttfts, view.sla_percentile) * 1000 if ttfts else None,
-                    running=per_instance_mean(_by_instance(mine, "running")),
-                    kv_cache=per_instance_mean(_by_instance(mine, "kv_cache")),
-                    prompt_tokens_rate=per_instance_mean(_by_instance(mine, "prompt_tokens_rate")),
-                )
-            )
-        return tuple(windows)
+        low, high = (start - self.trace.start).total_seconds(), (end - self.trace.start).total_seconds()
+        ttfts = [value for t, value in log if low <= t < high]
+        # Read as production reads the agents' reports: vLLM's TTFT buckets, then ``pool_latency``.
+        seconds = pool_latency([histogram_observe(ttfts, TTFT_BUCKETS)], view.sla_percentile)
+        return None if seconds is None else seconds * 1000
 
     def _instance_view(self, instance: _Instance) -> InstanceView:
         """Running and waiting counts come from the agent's latest report, as in production."""
         latest = (
             instance.samples[-1]
-            if instance.samples and instance.samples[-1].at >= self.now - selectors.SAMPLE_FRESH_S
+            if instance.samples and instance.samples[-1].at >= self._at(self.now - SAMPLE_FRESH_S)
             else None
         )
         return InstanceView(
@@ -813,8 +792,8 @@ class Simulation:
             ready_at=self._at(instance.ready_s) if instance.ready_s is not None else None,
             last_request_at=self._at(instance.last_request_s) if instance.last_request_s is not None else None,
             desired_changed_at=self._at(instance.desired_changed_s) if instance.desired_changed_s is not None else None,
-            requests_running=float(latest.running) if latest else None,
-            requests_waiting=float(latest.waiting) if latest else None,
+            requests_running=float(latest.requests_running) if latest else None,
+            requests_waiting=float(latest.requests_waiting) if latest else None,
         )
 
     def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:
@@ -828,13 +807,6 @@ class Simulation:
             node_name=f"simulated-{gpu}",
             utilization_pct=duty,
         )
-
-
-def _by_instance(samples: list[tuple[int, _Sample]], field: str) -> dict[int, list[float]]:
-    values: dict[int, list[float]] = defaultdict(list)
-    for instance_id, sample in samples:
-        values[instance_id].append(getattr(sample, field))
-    return values
 
 
 def _catalog_gpu_name(engine: EngineModel) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
 BUILTIN = {
@@ -141,14 +141,15 @@ def trace_from_rows(rows: Iterable[Mapping[str, Any]], *, name: str, fields: Ite
     kinds = {type(moment) for moment, _, _ in parsed}
     if len(kinds) > 1:
         raise TraceError(f"{name}: arrival times mix timestamps and seconds")
-    parsed.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]
+    parsed.sort(key=lambda item: item[0])
     first = parsed[0][0]
+    # One kind of arrival time throughout (checked above): all timestamps or all seconds.
     if isinstance(first, datetime):
         start = first
-        offsets = [(moment - first).total_seconds() for moment, _, _ in parsed]  # type: ignore[operator]
+        offsets = [(cast(datetime, moment) - first).total_seconds() for moment, _, _ in parsed]
     else:
         start = EPOCH
-        offsets = [float(moment) - first for moment, _, _ in parsed]  # type: ignore[operator]
+        offsets = [float(cast(float, moment)) - first for moment, _, _ in parsed]
     requests = tuple(
         TraceRequest(offset, prompt, max(1, output))
         for offset, (_, prompt, output) in zip(offsets, parsed, strict=True)

@@ -23,8 +23,6 @@ from agents.scrape import (
     ScrapeError,
     Snapshot,
     delta,
-    histogram_quantile,
-    merge_buckets,
     metrics_url,
     parse,
     scrape,
@@ -230,51 +228,17 @@ def test_delta_needs_time_to_pass() -> None:
         delta(CUR, PREV)
 
 
-QUANTILE_BOUNDS = (0.1, 0.5, 1.0, INF)
-
-
-@pytest.mark.parametrize(
-    ("counts", "q", "expected"),
-    [
-        ((10.0, 30.0, 40.0, 40.0), 0.0, 0.0),  # rank 0: the bottom of (0, 0.1]
-        ((10.0, 30.0, 40.0, 40.0), 0.25, 0.1),  # rank 10 fills (0, 0.1] exactly
-        ((10.0, 30.0, 40.0, 40.0), 0.5, 0.3),  # rank 20 in (0.1, 0.5]: 0.1 + 0.4 * 10/20
-        ((10.0, 30.0, 40.0, 40.0), 0.75, 0.5),  # rank 30 fills (0.1, 0.5] exactly
-        ((10.0, 30.0, 40.0, 40.0), 0.9, 0.8),  # rank 36 in (0.5, 1]: 0.5 + 0.5 * 6/10
-        ((10.0, 30.0, 40.0, 40.0), 1.0, 1.0),  # rank 40 fills (0.5, 1]
-        ((10.0, 30.0, 40.0, 50.0), 0.9, 1.0),  # rank 45 in +Inf: the highest finite bound
-        ((0.0, 0.0, 8.0, 8.0), 0.5, 0.75),  # rank 4 in (0.5, 1] holding all 8: 0.5 + 0.5 * 4/8
-        # a torn read (8 after 10) is flattened to 10, as Prometheus does; then
-        # rank 20 in (0.5, 1] (10 below, 30 inside): 0.5 + 0.5 * 10/30
-        ((10.0, 8.0, 40.0, 40.0), 0.5, 0.5 + 0.5 * 10 / 30),
-    ],
-)
-def test_histogram_quantile_known_values(counts: tuple[float, ...], q: float, expected: float) -> None:
-    assert histogram_quantile(q, QUANTILE_BOUNDS, counts) == pytest.approx(expected)
-
-
-def test_histogram_quantile_edges() -> None:
-    assert histogram_quantile(0.5, QUANTILE_BOUNDS, (0.0, 0.0, 0.0, 0.0)) is None
-    assert histogram_quantile(0.1, (-1.0, 0.0, INF), (5.0, 9.0, 10.0)) == -1.0  # non-positive first bound
-    with pytest.raises(ValueError, match="quantile"):
-        histogram_quantile(1.5, QUANTILE_BOUNDS, (1.0, 1.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match="Inf"):
-        histogram_quantile(0.5, (0.1, 0.5), (1.0, 2.0))
-    with pytest.raises(ValueError, match="matching"):
-        histogram_quantile(0.5, QUANTILE_BOUNDS, (1.0, 2.0))
-
-
-def test_merge_buckets_across_servers() -> None:
-    """Two servers' window deltas merged, then one quantile over both."""
-    a = Histogram(QUANTILE_BOUNDS, (10.0, 10.0, 10.0, 10.0), 0.5)
-    b = Histogram(QUANTILE_BOUNDS, (0.0, 20.0, 30.0, 30.0), 12.0)
-    merged = merge_buckets([a, b])
-    assert merged == Histogram(QUANTILE_BOUNDS, (10.0, 30.0, 40.0, 40.0), 12.5)
-    assert merged.quantile(0.5) == pytest.approx(0.3)  # as in the known-values table
-    with pytest.raises(ValueError, match="bounds"):
-        merge_buckets([a, Histogram((0.2, INF), (1.0, 1.0), 0.1)])
-    with pytest.raises(ValueError, match="nothing"):
-        merge_buckets([])
+def test_engines_with_other_bucket_bounds_give_no_histogram() -> None:
+    """Engines of one server share their bounds; where they differ the server's histogram is not trusted."""
+    text = """\
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="1.0",model_name="m"} 10.0
+vllm:e2e_request_latency_seconds_bucket{engine="0",le="+Inf",model_name="m"} 10.0
+vllm:e2e_request_latency_seconds_sum{engine="0",model_name="m"} 5.0
+vllm:e2e_request_latency_seconds_bucket{engine="1",le="2.0",model_name="m"} 10.0
+vllm:e2e_request_latency_seconds_bucket{engine="1",le="+Inf",model_name="m"} 10.0
+vllm:e2e_request_latency_seconds_sum{engine="1",model_name="m"} 5.0
+"""
+    assert parse(text, 0.0).histograms["e2e"] is None
 
 
 @pytest.mark.parametrize(

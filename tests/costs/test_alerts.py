@@ -15,7 +15,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from fleet import celery_app
+from fleet.celery import app as celery_app
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.selectors import period_bounds
 from fleet.models import Alert, AlertDelivery, AlertRule, Budget, InstanceSample, Node, Team
@@ -125,17 +125,22 @@ def test_a_condition_must_hold_for_the_rules_duration_before_it_fires(django_cap
     assert "FIRING" in message.subject and "miner:latest" in message.body
 
 
-def test_sla_breach_compares_the_pools_worst_recent_p95_with_its_sla() -> None:
-    pool = make_pool(sla_metric="e2e", sla_latency_ms=500)
+def test_sla_breach_fires_while_too_few_of_the_pools_recent_requests_are_within_its_sla() -> None:
+    """P95 end-to-end <= 500 ms: 72 of 100 requests within 0.5 s fire (P95 at rank 95, in (0.5, 1] holding
+    28 of them: 0.5 + 0.5 * 23/28 = 0.911 s); once those leave the window, 100 of 100 within resolve."""
+    pool = make_pool(sla_metric="e2e", sla_percentile=95, sla_latency_ms=500)
     instance = make_instance(pool)
     now = timezone.now()
-    InstanceSample.objects.create(instance=instance, at=now - timedelta(seconds=30), state="ready", e2e_p95_s=0.72)
-    rule(name="sla", kind="sla_breach", email_to="ops@example.com")
+    slow = {"bounds": [0.5, 1.0], "counts": [72, 100], "count": 100}
+    InstanceSample.objects.create(instance=instance, at=now - timedelta(seconds=30), state="ready", e2e_histogram=slow)
+    rule(name="sla", kind="sla_breach", window_s=60, email_to="ops@example.com")
     alerts_evaluate(now=now)
     alert = Alert.objects.get()
-    assert (alert.key, alert.value, alert.state) == (f"pool:{pool.name}", "0.720 s", "firing")
-    InstanceSample.objects.create(instance=instance, at=now, state="ready", e2e_p95_s=0.41)
-    alerts_evaluate(now=now + timedelta(seconds=1))
+    assert (alert.key, alert.value, alert.state) == (f"pool:{pool.name}", "72.0%", "firing")
+    assert "P95 end-to-end latency 0.911 s" in alert.message
+    fast = {"bounds": [0.5, 1.0], "counts": [100, 100], "count": 100}
+    InstanceSample.objects.create(instance=instance, at=now + timedelta(seconds=30), state="ready", e2e_histogram=fast)
+    alerts_evaluate(now=now + timedelta(seconds=60))
     alert.refresh_from_db()
     assert alert.state == "resolved"
 

@@ -13,8 +13,8 @@ from agents.processes import Launcher, ProcessRuntime
 from agents.runtime import ContainerSpec
 from agents.simulated import MODELS, SimulatedGpus, gpus_parse, simulated_name
 from fleet.models import ApiKey, Gpu, GpuSample, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
+from fleet.policies.evaluate import pool_wake_request
 from fleet.policies.settings import SCHEMAS
-from fleet.services import pool_wake
 from fleet.sim.demo import DemoFleet, DemoOptions, demo_prepare
 from tests.support.sim_engine import process_running
 
@@ -81,7 +81,7 @@ def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_card
 
     for tier in "SML":
         pool = Pool.objects.get(name=f"demo-{tier.lower()}")
-        assert pool_wake(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed"
+        assert pool_wake_request(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed"
     placed = {i.pool.tier: i for i in Instance.objects.select_related("pool", "gpu", "mig_device")}
     assert (placed["M"].mig_device is not None) == mig
     assert placed["S"].mig_device is None and placed["S"].gpu != placed["L"].gpu
@@ -103,7 +103,7 @@ def test_simulated_hosts_register_as_simulated_and_the_pools_place_on_their_card
     assert live.count() == Gpu.objects.count() // 2 and not live.filter(node__decommissioned_at__isnull=False)
     for tier in "SML":
         pool = Pool.objects.get(name=f"demo-{tier.lower()}")
-        assert pool_wake(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed again"
+        assert pool_wake_request(pool_id=pool.pk, reason="test"), f"pool {pool.name} was not placed again"
     running = Instance.objects.filter(desired_state="running")
     assert running.count() == 3 and not running.exclude(gpu__in=live).exists()
 

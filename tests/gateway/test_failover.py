@@ -26,7 +26,7 @@ def test_a_dead_instance_fails_over_and_is_cooled_down(
         statuses = [http.post("/v1/chat/completions", json=chat()).status_code for _ in range(6)]
 
     assert statuses == [200] * 6
-    assert live.gateway.cooldown[dead.pk] > time.monotonic()
+    assert live.gateway.picker.cooldown[dead.pk] > time.monotonic()
     assert stub.requests == 6
     logs = live.logs()
     assert {log.instance_id for log in logs} == {alive.pk}
@@ -50,7 +50,7 @@ def test_a_5xx_before_the_first_byte_is_retried_on_another_instance(
 
     assert statuses == [200] * 4
     assert failing.requests == 1
-    assert broken.pk in live.gateway.cooldown
+    assert broken.pk in live.gateway.picker.cooldown
 
 
 def test_when_every_instance_fails_the_client_gets_a_502_and_the_attempt_is_logged(
@@ -68,4 +68,4 @@ def test_when_every_instance_fails_the_client_gets_a_502_and_the_attempt_is_logg
     assert response.json()["error"]["code"] == "upstream"
     (log,) = live.logs()
     assert (log.status, log.retried) == (502, True)
-    assert len(live.gateway.cooldown) == 2
+    assert len(live.gateway.picker.cooldown) == 2

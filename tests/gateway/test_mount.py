@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,8 @@ from tests.factories import make_request_record
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_v1_paths_reach_the_gateway_and_others_reach_django() -> None:
+def test_v1_paths_reach_the_gateway_and_others_reach_django(settings: Any) -> None:
+    settings.FLEET_INPROCESS_SCHEDULER = False  # the first request would start it, against the test database
     from fleet.asgi import application, gateway
 
     async def fetch() -> tuple[httpx.Response, httpx.Response]:

@@ -144,7 +144,7 @@ def test_past_the_bounded_queue_requests_are_refused_at_once(
 def test_a_wake_up_the_database_refused_is_tried_again_within_the_wait(
     live_gateway: Callable[..., LiveGateway], api_key: str, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fleet import services
+    from fleet.policies import evaluate
 
     node = make_node()
     node.status = "online"
@@ -153,7 +153,7 @@ def test_a_wake_up_the_database_refused_is_tried_again_within_the_wait(
     instance = Instance.objects.create(
         pool=pool, gpu=make_gpu(node, 0), desired_state="stopped", actual_state="stopped"
     )
-    real_wake, calls = services.pool_wake, []
+    real_wake, calls = evaluate.pool_wake_request, []
 
     def flaky_wake(**kwargs: object) -> object:
         calls.append(time.monotonic())
@@ -161,7 +161,7 @@ def test_a_wake_up_the_database_refused_is_tried_again_within_the_wait(
             raise OperationalError("database table is locked: fleet_instance")
         return real_wake(**kwargs)
 
-    monkeypatch.setattr(services, "pool_wake", flaky_wake)
+    monkeypatch.setattr(evaluate, "pool_wake_request", flaky_wake)
     live = live_gateway(hold_timeout_s=10, wake_retry_s=30)
     executor, futures = post_all(live, api_key, 1)
     wait_for(lambda: Instance.objects.get(pk=instance.pk).desired_state == "running", timeout=5)

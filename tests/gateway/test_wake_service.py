@@ -1,11 +1,11 @@
-"""``pool_wake``: the service the gateway calls for a pool with no ready instance."""
+"""``pool_wake_request``: what the gateway calls for a pool with no ready instance."""
 
 from __future__ import annotations
 
 import pytest
 
 from fleet.models import Decision, Instance, Node
-from fleet.services import pool_wake
+from fleet.policies.evaluate import pool_wake_request
 from tests.factories import make_gpu, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -23,7 +23,7 @@ def test_a_sleeping_instance_is_preferred_over_a_stopped_one() -> None:
     stopped = Instance.objects.create(pool=pool, desired_state="stopped", actual_state="stopped")
     sleeping = Instance.objects.create(pool=pool, desired_state="sleeping", actual_state="sleeping")
 
-    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+    (decision,) = pool_wake_request(pool_id=pool.pk, reason="held")
 
     assert decision.instance == sleeping
     assert Instance.objects.get(pk=sleeping.pk).desired_state == "running"
@@ -35,7 +35,7 @@ def test_nothing_is_done_while_an_instance_is_already_coming() -> None:
     Instance.objects.create(pool=pool, desired_state="running", actual_state="starting")
     Instance.objects.create(pool=pool, desired_state="stopped", actual_state="stopped")
 
-    assert pool_wake(pool_id=pool.pk, reason="held") == []
+    assert pool_wake_request(pool_id=pool.pk, reason="held") == []
     assert not Decision.objects.exists()
 
 
@@ -48,7 +48,7 @@ def test_placement_skips_busy_gpus_other_models_and_offline_nodes() -> None:
     Instance.objects.create(pool=make_pool("other"), gpu=busy)
     pool = make_pool(gpu_model="NVIDIA L4")
 
-    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+    (decision,) = pool_wake_request(pool_id=pool.pk, reason="held")
 
     created = Instance.objects.get(pool=pool)
     assert (created.gpu, created.desired_state, decision.action) == (free, "running", "launch")
@@ -62,7 +62,7 @@ def test_a_mig_pool_gets_a_free_slice_of_its_profile() -> None:
     wanted = gpu.mig_devices.create(uuid="MIG-b", profile="3g.40gb", gpu_instance_id=2, memory_total_bytes=40 * gib)
     pool = make_pool(isolation="mig", tier="M", gpu_model="NVIDIA H100 80GB HBM3", mig_profile="3g.40gb")
 
-    pool_wake(pool_id=pool.pk, reason="held")
+    pool_wake_request(pool_id=pool.pk, reason="held")
 
     assert Instance.objects.get(pool=pool).mig_device == wanted
 
@@ -70,7 +70,7 @@ def test_a_mig_pool_gets_a_free_slice_of_its_profile() -> None:
 def test_no_free_gpu_is_a_logged_decision_and_no_instance() -> None:
     pool = make_pool()
 
-    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+    (decision,) = pool_wake_request(pool_id=pool.pk, reason="held")
 
     assert decision.action == "wake_failed"
     assert "fits nowhere" in decision.reason and "144 KiB/token" in decision.reason
@@ -94,6 +94,6 @@ def test_an_instance_being_stopped_or_put_to_sleep_gets_no_new_requests_and_a_re
 
     Instance.objects.filter(pk=serving.pk).update(desired_state="stopped")
     assert routing_table_load().pools[pool.pk].upstreams == ()
-    (decision,) = pool_wake(pool_id=pool.pk, reason="held")
+    (decision,) = pool_wake_request(pool_id=pool.pk, reason="held")
     assert decision.instance in {draining, dozing}
     assert Instance.objects.get(pk=decision.instance.pk).desired_state == "running"

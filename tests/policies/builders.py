@@ -7,7 +7,7 @@ from typing import Any
 
 from fleet.policies.settings import policy_defaults
 from fleet.policies.snapshot import FleetSnapshot, GpuView, InstanceView, PolicyConfig, PoolView, PoolWindow
-from fleet.policies.vram import vram_estimate
+from fleet.policies.vram import ProfileFacts, vram_estimate_for
 
 GIB = 1024**3
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
@@ -21,7 +21,7 @@ def ago(seconds: float) -> datetime:
 def qwen_estimate(max_model_len: int = 8192, **kwargs: Any):  # type: ignore[no-untyped-def]
     values = dict(model=QWEN, dtype="bfloat16", quantization="", kv_cache_dtype="auto", max_model_len=max_model_len)
     values.update(kwargs)
-    return vram_estimate(**values)
+    return vram_estimate_for(ProfileFacts(**values))
 
 
 def pool(pool_id: int = 1, **kwargs: Any) -> PoolView:

@@ -12,10 +12,9 @@ from django_celery_beat.models import PeriodicTask
 
 from fleet import selectors
 from fleet.models import BatchJob, Decision, GpuSample, Instance, InstanceEvent, InstanceSample, Node, Policy
-from fleet.policies.evaluate import Evaluation, actions_apply, policies_evaluate, pool_wake
+from fleet.policies.evaluate import Evaluation, action_record, policies_evaluate, pool_wake
 from fleet.policies.idle import idle_reclaim
 from fleet.policies.placement import PlacementRefused
-from fleet.policies.snapshot import histogram_quantile
 from fleet.schedules import EVALUATE_TASK
 from fleet.services import StaleGeneration, batch_job_preempt, batch_job_start, instance_launch
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
@@ -45,13 +44,6 @@ def idle_instance(pool, gpu, idle_s: float = 660):  # type: ignore[no-untyped-de
         instance=instance, at=now - timedelta(seconds=5), state="ready", requests_running=0, requests_waiting=0
     )
     return Instance.objects.get(pk=instance.pk)
-
-
-def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
-    assert histogram_quantile(quantile=0.95, bounds=[0.1, 0.5, 1.0], counts=[50, 90, 100], count=100) == 0.75
-    assert histogram_quantile(quantile=0.5, bounds=[0.1, 0.5], counts=[50, 90], count=100) == 0.1
-    assert histogram_quantile(quantile=0.99, bounds=[0.1, 0.5], counts=[50, 90], count=100) == 0.5
-    assert histogram_quantile(quantile=0.9, bounds=[0.1], counts=[0], count=0) is None
 
 
 def test_the_snapshot_reads_latest_telemetry_foreign_memory_latency_and_history(fleet) -> None:  # type: ignore[no-untyped-def]
@@ -147,8 +139,9 @@ def test_two_workers_with_the_same_snapshot_apply_the_action_once(fleet) -> None
     configs = selectors.policy_configs()
     actions = idle_reclaim(snapshot, configs["idle_reclaim"], snapshot.at)
     worker_a, worker_b = Evaluation(), Evaluation()
-    actions_apply(actions=actions, policies={}, into=worker_a)
-    actions_apply(actions=actions, policies={}, into=worker_b)
+    for worker in (worker_a, worker_b):
+        for action in actions:
+            action_record(action=action, policies={}, into=worker)
     assert (len(worker_a.applied), len(worker_b.applied), len(worker_b.stale)) == (1, 0, 1)
     assert Decision.objects.filter(instance=instance).count() == 1
 
@@ -194,7 +187,7 @@ def test_ended_jobs_are_out_of_the_policies_snapshot() -> None:
     assert [job.state for job in selectors.fleet_snapshot().batch_jobs] == ["queued"]
 
 
-def test_policy_configs_take_pool_overrides_and_skip_invalid_settings(fleet) -> None:  # type: ignore[no-untyped-def]
+def test_policy_configs_take_pool_overrides_and_give_invalid_settings_the_defaults(fleet) -> None:  # type: ignore[no-untyped-def]
     _node, _gpu, pool = fleet
     other = make_pool("chat-l2")
     Policy.objects.create(kind="idle_reclaim", pool=pool, settings={"sleep_level": 2})
@@ -204,7 +197,7 @@ def test_policy_configs_take_pool_overrides_and_skip_invalid_settings(fleet) -> 
     assert configs["idle_reclaim"].for_pool(pool.pk)["sleep_level"] == 2
     assert configs["idle_reclaim"].for_pool(other.pk) is None
     assert configs["idle_reclaim"].for_pool(None)["sleep_level"] == 1
-    assert configs["autoscale"].for_pool(pool.pk) is None
+    assert configs["autoscale"].for_pool(pool.pk)["breach_windows"] == 2  # the default
 
 
 def test_prewarm_reads_request_times_from_an_injected_source(fleet) -> None:  # type: ignore[no-untyped-def]

@@ -52,8 +52,18 @@ def test_shared_pools_never_join_an_exclusive_instance() -> None:
 
 def test_stopped_instances_promise_nothing() -> None:
     pools = [pool(1, isolation="exclusive")]
-    placed = place(pools=pools, gpus=[gpu(1)], instances=[instance(5, gpu_id=1, desired_state="stopped")])
+    gone = instance(5, gpu_id=1, desired_state="stopped", actual_state="stopped")
+    placed = place(pools=pools, gpus=[gpu(1)], instances=[gone])
     assert isinstance(placed, Placement)
+
+
+@pytest.mark.parametrize("actual_state", ["starting", "ready", "stopping"])
+def test_an_instance_told_to_stop_holds_its_gpu_until_its_process_has_exited(actual_state: str) -> None:
+    pools = [pool(1, isolation="exclusive")]
+    leaving = instance(5, gpu_id=1, desired_state="stopped", actual_state=actual_state)
+    refused = place(pools=pools, gpus=[gpu(1)], instances=[leaving])
+    assert isinstance(refused, PlacementRefused)
+    assert "holds 1 instance(s); exclusive pools need an empty GPU" in refused.message
 
 
 def test_running_batch_jobs_count_as_promised_memory() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS
 
-from fleet.policies.settings import policy_defaults, policy_settings_clean, policy_settings_validate
+from fleet.policies.settings import SettingsInvalid, policy_defaults, policy_settings_clean, policy_settings_validate
 
 
 @pytest.mark.parametrize(
@@ -25,19 +25,19 @@ from fleet.policies.settings import policy_defaults, policy_settings_clean, poli
     ],
 )
 def test_bad_settings_are_refused_in_one_message_naming_each_key(kind: str, settings: Any, message: str) -> None:
-    with pytest.raises(ValidationError) as raised:
+    with pytest.raises(SettingsInvalid) as raised:
         policy_settings_validate(kind=kind, settings=settings)
     assert any(text.startswith(message) for text in raised.value.messages), raised.value.messages
 
 
 def test_errors_are_keyed_by_setting_for_the_admins_fields() -> None:
-    with pytest.raises(ValidationError) as raised:
+    with pytest.raises(SettingsInvalid) as raised:
         policy_settings_clean(kind="autoscale", settings={"scale_in_windows": 7, "queue_threshold": -1})
     assert raised.value.message_dict == {
         "scale_in_windows": ["7 is above the maximum 6."],
         "queue_threshold": ["-1 is below the minimum 0."],
     }
-    with pytest.raises(ValidationError) as raised:
+    with pytest.raises(SettingsInvalid) as raised:
         policy_settings_clean(kind="reap", settings=None)
     assert raised.value.message_dict == {NON_FIELD_ERRORS: ["Settings must be a JSON object."]}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.policies.placement import PlacementRefused, placement_choose
-from fleet.policies.vram import KIB, OVERHEAD_BYTES, vram_estimate
+from fleet.policies.vram import KIB, OVERHEAD_BYTES, ProfileFacts, vram_estimate_for
 from tests.policies.builders import GIB, QWEN, gpu, pool, qwen_estimate, snapshot
 
 
@@ -35,6 +35,19 @@ def test_weights_follow_the_bits_of_dtype_or_quantization() -> None:
     assert fp32.kv_bytes_per_token == 2 * bf16.kv_bytes_per_token
 
 
+def test_a_float32_profile_takes_4_bytes_a_weight_and_a_kv_element_and_the_overhead() -> None:
+    estimate = vram_estimate_for(ProfileFacts(QWEN, "float32", "", "auto", 8_192))
+    assert estimate is not None
+    # 4,022,468,096 x 4 B = 16,089,872,384; 2 x 36 x 8 x 128 x 4 B = 294,912 B a token x 8,192
+    # = 2,415,919,104; overhead 1.5 GiB = 1,610,612,736; in all 20,116,404,224 B.
+    assert (estimate.weight_bytes, estimate.kv_bytes, estimate.overhead_bytes) == (
+        16_089_872_384,
+        2_415_919_104,
+        1_610_612_736,
+    )
+    assert estimate.required_bytes == 20_116_404_224
+
+
 def test_fp8_kv_cache_halves_the_cache() -> None:
     estimate = qwen_estimate(32_768, kv_cache_dtype="fp8")
     assert estimate is not None
@@ -52,11 +65,8 @@ def test_required_is_weights_plus_one_sequence_plus_overhead_and_the_line_shows_
 
 
 def test_unknown_models_and_quantizations_have_no_estimate() -> None:
-    assert (
-        vram_estimate(model="acme/mystery", dtype="auto", quantization="", kv_cache_dtype="auto", max_model_len=1)
-        is None
-    )
-    assert vram_estimate(model=QWEN, dtype="auto", quantization="gguf", kv_cache_dtype="auto", max_model_len=1) is None
+    assert vram_estimate_for(ProfileFacts("acme/mystery", "auto", "", "auto", 1)) is None
+    assert vram_estimate_for(ProfileFacts(QWEN, "auto", "gguf", "auto", 1)) is None
 
 
 def test_a_256k_context_on_24_gib_cards_is_refused_with_the_arithmetic() -> None:

@@ -20,8 +20,7 @@ PanelServer = Callable[..., AbstractContextManager[str]]
 def serve_panel(transactional_db: None, settings: Any, in_memory_channel_layer: None) -> PanelServer:
     """Serve the panel's ASGI app, with a fresh fast gateway, for a ``with`` block; yields its URL.
 
-    The app module starts the embedded scheduler on import unless told not to: it would
-    run policies against the test database from then on.
+    The embedded scheduler stays off: it would run policies against the test database.
     """
     settings.ALLOWED_HOSTS = ["127.0.0.1"]
     settings.FLEET_INPROCESS_SCHEDULER = False

@@ -13,7 +13,7 @@ import fleet.policies.colocate
 import fleet.policies.idle
 import fleet.policies.prewarm
 import fleet.policies.reap
-from fleet.policies import evaluate, routing
+from fleet.policies import registry, routing
 from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
 from fleet.sim.compare import compare, oracle_refine, oracle_schedule, static_search
@@ -24,7 +24,6 @@ from fleet.sim.simulate import (
     SimSetup,
     Simulation,
     policy_configs_build,
-    policy_functions,
     pool_view_default,
     setup_build,
     tick_period_s,
@@ -51,13 +50,13 @@ def trace_of(*requests: tuple[float, int, int]) -> Trace:
 
 
 def test_the_simulator_runs_the_production_policy_functions_in_production_order() -> None:
-    functions = policy_functions()
+    functions = registry.policy_functions()
     assert functions["reap"] is fleet.policies.reap.reap
     assert functions["idle_reclaim"] is fleet.policies.idle.idle_reclaim
     assert functions["autoscale"] is fleet.policies.autoscale.autoscale
     assert functions["prewarm"] is fleet.policies.prewarm.prewarm
     assert functions["colocate"] is fleet.policies.colocate.colocate
-    assert set(functions) == set(evaluate.ORDER)
+    assert set(functions) == set(registry.ORDER)
     assert tick_period_s() == 30.0
 
 

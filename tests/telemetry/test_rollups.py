@@ -132,14 +132,6 @@ def test_pool_hour_merges_minutes_buckets_before_taking_percentiles(pool: Any) -
     assert hour.requests_waiting_mean == pytest.approx((2 + 4 + 0) / 3)
 
 
-def test_histograms_with_other_bounds_are_left_out_of_a_merge() -> None:
-    merged = rollups.histograms_merge(
-        [histogram([1, 2, 3], 3), histogram([1, 1, 1], 2), {"bounds": [1.0], "counts": [5], "count": 5}, None]
-    )
-    assert merged == histogram([2, 3, 4], 5)
-    assert rollups.histograms_merge([None, None]) is None
-
-
 def test_the_minute_task_follows_its_watermark_and_late_reports_reopen_it(gpu: Any, settings: Any) -> None:
     settings.TELEMETRY_RAW_RETENTION_HOURS = 10_000
     # 12:04 ends at 12:05 and waits out the 30 s lag: 11:59 .. 12:03 are done

@@ -17,7 +17,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from fleet import selectors
@@ -202,5 +201,3 @@ class Command(BaseCommand):
             )
         except (TypeError, ValueError) as exc:
             raise CommandError(f"settings: {exc}") from exc
-        except ValidationError as exc:
-            raise CommandError(f"settings: {'; '.join(exc.messages)}") from exc

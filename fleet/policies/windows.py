@@ -1,0 +1,98 @@
+"""A pool's recent load, window by window: what autoscaling compares with the SLA and the band.
+
+Pure arithmetic over what agents report, so the snapshot selector (reports read from the
+database) and the trace simulator (reports of its simulated engines) compute every
+window, and the cold start the pre-warm policy plans with, through the same functions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from statistics import median
+from typing import Protocol, TypeVar
+
+from fleet.policies.snapshot import PoolWindow, per_instance_mean, per_instance_total
+
+# How often an agent reports (the panel tells it so in each reply).
+REPORT_INTERVAL_S = 5.0
+# A report older than this no longer says what an instance or GPU is doing now.
+SAMPLE_FRESH_S = 120
+WINDOW_S = 60
+WINDOWS = 6
+COLD_STARTS_CONSIDERED = 20
+
+
+class LoadSample(Protocol):
+    """One instance's report, as vLLM's metrics give it (``InstanceSample`` rows have these fields)."""
+
+    @property
+    def instance_id(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def requests_running(self) -> float | None: ...
+    @property
+    def requests_waiting(self) -> float | None: ...
+    @property
+    def kv_cache_usage(self) -> float | None: ...
+    @property
+    def prompt_tokens_rate(self) -> float | None: ...
+
+
+S = TypeVar("S", bound=LoadSample)
+# The pool's SLA latency over one window, in ms: (start, end, the window's samples) -> latency.
+WindowLatency = Callable[[datetime, datetime, list[S]], float | None]
+
+
+def pool_windows(
+    *,
+    now: datetime,
+    samples: Sequence[S],
+    duty: Sequence[tuple[datetime, float]],
+    max_num_seqs: int,
+    latency: WindowLatency[S],
+) -> tuple[PoolWindow, ...]:
+    """The last ``WINDOWS`` windows of ``WINDOW_S`` before ``now``, oldest first.
+
+    ``samples`` are the reports of the pool's serving instances, ``duty`` the duty cycles
+    (0..1, with their times) of the GPUs they run on. Utilization is the mean duty cycle;
+    on MIG slices, where NVML has no duty cycle, it is running requests over
+    ``max_num_seqs``. The queue is the sum over instances of their mean ``requests_waiting``.
+    The load figures (running sequences, KV-cache usage, prompt tokens a second) are means
+    per instance: each instance's mean over its samples, averaged over the instances.
+    """
+    windows = []
+    for back in range(WINDOWS, 0, -1):
+        start, end = now - timedelta(seconds=back * WINDOW_S), now - timedelta(seconds=(back - 1) * WINDOW_S)
+        busy = [value for at, value in duty if start <= at < end]
+        mine = [sample for sample in samples if start <= sample.at < end]
+        if not busy and mine:
+            busy = [(s.requests_running or 0) / max_num_seqs for s in mine if s.requests_running is not None]
+        windows.append(
+            PoolWindow(
+                start=start,
+                end=end,
+                utilization=sum(busy) / len(busy) if busy else None,
+                queue=per_instance_total(_by_instance(mine, lambda s: s.requests_waiting)),
+                latency_ms=latency(start, end, mine),
+                running=per_instance_mean(_by_instance(mine, lambda s: s.requests_running)),
+                kv_cache=per_instance_mean(_by_instance(mine, lambda s: s.kv_cache_usage)),
+                prompt_tokens_rate=per_instance_mean(_by_instance(mine, lambda s: s.prompt_tokens_rate)),
+            )
+        )
+    return tuple(windows)
+
+
+def cold_start_median(durations: Sequence[float]) -> float | None:
+    """A pool's cold start: the median starting -> ready seconds of its recent starts; None before any."""
+    return median(durations[-COLD_STARTS_CONSIDERED:]) if durations else None
+
+
+def _by_instance(samples: Iterable[S], value: Callable[[S], float | None]) -> dict[int, list[float]]:
+    values: dict[int, list[float]] = defaultdict(list)
+    for sample in samples:
+        if (number := value(sample)) is not None:
+            values[sample.instance_id].append(number)
+    return values
