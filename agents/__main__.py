@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="needed on the first run only (env GPUFLEET_JOIN_TOKEN)",
     )
     parser.add_argument(
+        "--join-token-file",
+        type=Path,
+        default=env("GPUFLEET_JOIN_TOKEN_FILE"),
+        help="a file holding the join token, deleted once registered (env GPUFLEET_JOIN_TOKEN_FILE)",
+    )
+    parser.add_argument(
         "--name",
         default=env("GPUFLEET_NODE_NAME") or node_name_default(),
         help="node name in the panel (env GPUFLEET_NODE_NAME; default: this host's name, %(default)s)",
@@ -252,6 +258,22 @@ def register_until_done(agent: Agent, join_token: str | None, stop: threading.Ev
     return False
 
 
+def join_token(args: argparse.Namespace) -> str | None:
+    """From ``--join-token``, else from the join token file while it is there."""
+    if args.join_token:
+        return str(args.join_token)
+    if args.join_token_file is not None and args.join_token_file.is_file():
+        return args.join_token_file.read_text().strip() or None
+    return None
+
+
+def forget_join_token(path: Path | None) -> None:
+    """Registered: the join token, which may admit other hosts, is no longer kept on this one."""
+    if path is not None and path.exists():
+        path.unlink()
+        log.info("registered; deleted the join token file %s", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -263,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     with httpx.Client() as http:
         gpus, runtime = backends(args, config)
         agent = Agent(config, gpus=gpus, runtime=runtime, http=http)
-        if not register_until_done(agent, args.join_token, stop):
+        if not register_until_done(agent, join_token(args), stop):
             return 2
+        forget_join_token(args.join_token_file)
         log.info("agent %s reporting to %s every %.0f s", AGENT_VERSION, config.panel_url, config.interval_s)
         if args.once:
             started = time.monotonic()

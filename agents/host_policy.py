@@ -71,23 +71,18 @@ VLLM_FLAGS = frozenset(
 ENV_PATTERNS = ("VLLM_*", "HF_*", "HUGGING_FACE_*", "TRANSFORMERS_*", "TOKENIZERS_*", "NCCL_*", "PYTORCH_*", "OMP_*")
 # Never, whatever a host's patterns say: each makes the process load code of the setter's choosing.
 ENV_NEVER = ("LD_*", "PYTHON*", "VLLM_PLUGINS", "PATH")
-# Never mounted, whatever a host allows: the root, the engine's sockets, the system's own state.
+# Never mounted, whatever a host allows: the root, the engine's sockets and state, the
+# kernel's views. Anything else a host must name with --allow-volume.
 PATHS_NEVER = (
     "/",
     "/proc",
     "/sys",
     "/dev",
-    "/etc",
     "/boot",
-    "/root",
     "/run",
     "/var/run",
     "/var/lib/docker",
     "/var/lib/containerd",
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
 )
 SOCKET_NAMES = re.compile(r"(docker|containerd|podman|crio)[^/]*\.sock$")
 _NEGATIVE_NUMBER = re.compile(r"^-\d")

@@ -20,6 +20,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 PROTOCOL_VERSION = 1
 MAX_REPORTS_PER_BATCH = 720  # an hour of 5 s reports, buffered while the panel was away
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Far deeper than any registration or report nests (a histogram's bounds in a batch are 7 levels).
+MAX_JSON_DEPTH = 32
 
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 Text = Annotated[str, Field(max_length=255)]
@@ -27,6 +29,10 @@ Pct = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
+Count32 = Annotated[int, Field(ge=0, le=2**31 - 1)]  # stored in a 32-bit column
+ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+# A GPU or MIG UUID, as its column holds it (NVML's are 40 characters).
+Uuid = Annotated[str, Field(max_length=64)]
 # Ids, generations and sequence numbers end up in 64-bit columns: bounded so none overflows one.
 MAX_ID = 2**62
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -74,12 +80,24 @@ def id_or_none(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
 
 
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests lists and objects more than ``limit`` deep; a loop, not recursion."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class MigDevice(Strict):
-    uuid: Text
+    uuid: Uuid
     profile: Annotated[str, Field(max_length=32)] = ""
     gpu_instance_id: Annotated[int, Field(ge=0, le=64)]
     compute_instance_id: Annotated[int, Field(ge=0, le=64)] = 0
@@ -96,8 +114,8 @@ class GpuSample(Strict):
     """One GPU at one moment; None where NVML could not answer."""
 
     index: Annotated[int, Field(ge=0, le=63)]
-    uuid: Text
-    name: Text
+    uuid: Uuid
+    name: Annotated[str, Field(max_length=100)]
     memory_total_bytes: Count
     memory_used_bytes: Count | None = None
     memory_reserved_bytes: Count | None = None
@@ -108,8 +126,8 @@ class GpuSample(Strict):
     power_limit_watts: NonNegative | None = None
     energy_joules: NonNegative | None = None
     temperature_c: Annotated[float, Field(ge=-50, le=200)] | None = None
-    sm_clock_mhz: Count | None = None
-    mem_clock_mhz: Count | None = None
+    sm_clock_mhz: Count32 | None = None
+    mem_clock_mhz: Count32 | None = None
     pstate: Annotated[int, Field(ge=0, le=32)] | None = None
     throttle_reasons: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = []
     ecc_uncorrected_volatile: Count | None = None
@@ -146,7 +164,7 @@ class InstanceSample(Strict):
     generation: Id
     state: InstanceState
     container_id: Annotated[str, Field(max_length=80)] = ""
-    endpoint: Annotated[str, Field(max_length=255)] = ""
+    endpoint: Annotated[str, Field(max_length=200)] = ""
     error: Annotated[str, Field(max_length=2000)] = ""
     requests_waiting: NonNegative | None = None
     requests_running: NonNegative | None = None
@@ -194,11 +212,11 @@ class BatchJobSample(Strict):
     the code its container stopped with, where this agent stopped it.
     """
 
-    job_id: Annotated[int, Field(ge=1)]
-    generation: Annotated[int, Field(ge=1)]
+    job_id: Id
+    generation: Id
     state: BatchJobState
     container_id: Annotated[str, Field(max_length=80)] = ""
-    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
+    exit_code: ExitCode | None = None
     error: Annotated[str, Field(max_length=2000)] = ""
 
 
@@ -212,7 +230,7 @@ class ReapResult(Strict):
 
     container_id: Annotated[str, Field(max_length=80)]
     outcome: Literal["stopped", "gone", "skipped", "failed"]
-    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31)] | None = None
+    exit_code: ExitCode | None = None
     detail: Annotated[str, Field(max_length=2000)] = ""
 
 

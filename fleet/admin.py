@@ -18,7 +18,7 @@ from fleet.agent_dist import install_command, install_problems
 from fleet.costs.budgets import budget_block_lift
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import billing_currency, period_bounds
-from fleet.forms import InstanceForm, PercentField, PolicyKindForm, policy_form
+from fleet.forms import JSON_FORM_FIELDS, InstanceForm, PercentField, PolicyKindForm, policy_form
 from fleet.models import (
     Alert,
     AlertDelivery,
@@ -53,6 +53,35 @@ from fleet.services import (
 )
 
 GIB = 1024**3
+SHOWN_ONCE = "fleet_shown_once"
+
+
+class ShownOnceAdmin(admin.ModelAdmin):
+    """Shows the secret a new object was issued in the response to the add form, and nowhere else.
+
+    Not as a message: messages ride to the next page in a cookie (signed, not encrypted),
+    or in the session table when they overflow it, so the secret would sit in the browser's
+    cookie jar or the database.
+    """
+
+    def secret_show(
+        self, request: HttpRequest, message: str, *, command: str = "", notes: list[str] | None = None
+    ) -> None:
+        setattr(request, SHOWN_ONCE, {"message": message, "command": command, "notes": notes or []})
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: str | None = None) -> HttpResponse:
+        shown = getattr(request, SHOWN_ONCE, None)
+        if shown is None:
+            return super().response_add(request, obj, post_url_continue)
+        opts = self.model._meta
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": opts,
+            "obj": obj,
+            "title": f"New {opts.verbose_name}",
+            **shown,
+        }
+        return TemplateResponse(request, "admin/fleet/shown_once.html", context)
 
 
 class GpuInline(admin.TabularInline):
@@ -75,7 +104,8 @@ class GpuInline(admin.TabularInline):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(ShownOnceAdmin):
+    formfield_overrides = JSON_FORM_FIELDS
     list_display = ("name", "status", "simulated", "address", "gpu_count", "agent_version", "last_seen_at")
     list_filter = ("status", "simulated")
     search_fields = ("name", "address")
@@ -108,7 +138,7 @@ class NodeAdmin(admin.ModelAdmin):
         token = None if change else obj.issue_token()
         super().save_model(request, obj, form, change)
         if token:
-            messages.warning(request, f"Agent token for {obj.name} (shown once, store it now): {token}")
+            self.secret_show(request, f"Agent token for {obj.name} (shown once, store it now): {token}")
 
     @admin.action(description="Issue a new agent token (the old one stops working)")
     def rotate_token(self, request: HttpRequest, queryset: QuerySet[Node]) -> TemplateResponse:
@@ -147,7 +177,7 @@ class MigDeviceInline(admin.TabularInline):
 
 
 @admin.register(JoinToken)
-class JoinTokenAdmin(admin.ModelAdmin):
+class JoinTokenAdmin(ShownOnceAdmin):
     list_display = ("name", "token_prefix", "uses", "max_uses", "expires_at", "revoked_at", "created_at")
     readonly_fields = ("token_prefix", "uses", "created_at")
     fields = ("name", "max_uses", "expires_at", "revoked_at", *readonly_fields)
@@ -170,11 +200,12 @@ class JoinTokenAdmin(admin.ModelAdmin):
         token = None if change else obj.issue_token()
         super().save_model(request, obj, form, change)
         if token:
-            messages.warning(
-                request, f"Join token (shown once): {token}  On each new host run: {install_command(request, token)}"
+            self.secret_show(
+                request,
+                f"Join token (shown once): {token}",
+                command=install_command(request, token),
+                notes=install_problems(request),
             )
-            for problem in install_problems(request):
-                messages.warning(request, problem)
 
 
 @admin.register(MigDevice)
@@ -201,6 +232,7 @@ class GpuAdmin(admin.ModelAdmin):
 
 @admin.register(ModelProfile)
 class ModelProfileAdmin(admin.ModelAdmin):
+    formfield_overrides = JSON_FORM_FIELDS
     list_display = (
         "name",
         "use_case",
@@ -476,7 +508,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ShownOnceAdmin):
     list_display = ("__str__", "team", "prefix", "created_at", "revoked_at", "last_used_at")
     list_filter = ("team",)
     list_select_related = ("team",)
@@ -487,7 +519,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         secret = None if change else obj.issue()
         super().save_model(request, obj, form, change)
         if secret:
-            messages.warning(request, f"API key for {obj.team} (shown once, store it now): {secret}")
+            self.secret_show(request, f"API key for {obj.team} (shown once, store it now): {secret}")
 
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
@@ -516,6 +548,7 @@ class DecisionAdmin(admin.ModelAdmin):
 class BatchJobAdmin(admin.ModelAdmin):
     """Jobs are queued here; the co-location policy alone starts and preempts them."""
 
+    formfield_overrides = JSON_FORM_FIELDS
     list_display = ("name", "state", "actual_state", "exit_code", "priority", "memory_bytes", "gpu", "preemptions")
     list_filter = ("state",)
     list_select_related = ("gpu__node",)

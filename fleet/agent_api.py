@@ -109,10 +109,15 @@ def _parse(request: HttpRequest, model: type[M]) -> M:
             return model.model_validate_json(body)
         except ValidationError:
             pass
+    too_deep = f"body is nested more than {protocol.MAX_JSON_DEPTH} deep"
     try:
         data = json.loads(body)
+    except RecursionError as exc:
+        raise IngestError(400, too_deep) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IngestError(400, f"body is not JSON: {exc}") from exc
+    if protocol.nested_deeper_than(data, protocol.MAX_JSON_DEPTH):
+        raise IngestError(400, too_deep)
     where = _unstorable_text(data)
     if where is not None:
         raise IngestError(400, "report refused, nothing stored", [f"{where[:200]}: NUL character or invalid UTF-8"])

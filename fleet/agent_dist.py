@@ -7,6 +7,7 @@ to the panel alone: ``curl -fsSL PANEL/agent/install.sh | sudo sh -s -- --join-t
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import io
 import re
@@ -61,7 +62,14 @@ def install_problems(request: HttpRequest) -> list[str]:
 def install_script(request: HttpRequest) -> HttpResponse:
     """The script, which stops before it changes anything when the panel lacks wheels it would need."""
     unit = render_to_string("agent/gpufleet-agent.service", {"prefix": "$PREFIX"}).strip()
-    context = {"panel": panel_url(request), "unit": unit, "missing": wheelhouse_missing(), "fill": WHEELHOUSE_FILL}
+    context = {
+        "panel": panel_url(request),
+        "unit": unit,
+        "missing": wheelhouse_missing(),
+        "fill": WHEELHOUSE_FILL,
+        "tarball_sha256": hashlib.sha256(_tarball(agent_fingerprint())).hexdigest(),
+        "wheels": wheel_checksums(),
+    }
     script = render_to_string("agent/install.sh", context)
     return HttpResponse(script, content_type="text/x-shellscript; charset=utf-8")
 
@@ -72,9 +80,16 @@ def _agent_files() -> list[Path]:
 
 @functools.lru_cache(maxsize=2)
 def _tarball(fingerprint: str) -> bytes:
-    """The agent package as a tar.gz; cached per content fingerprint."""
+    """The agent package as a tar.gz; cached per content fingerprint.
+
+    The same bytes from every panel process (no time in the gzip header), so the checksum
+    one process writes into the install script holds for the tarball another one serves.
+    """
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
         for path in _agent_files():
             info = tar.gettarinfo(str(path), arcname=f"agents/{path.name}")
             info.uid = info.gid = 0
@@ -110,6 +125,31 @@ def _dist_name(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
+def _served_wheels() -> list[Path]:
+    if not wheelhouse().is_dir():
+        return []
+    return sorted(path for path in wheelhouse().glob("*") if WHEEL_NAME.match(path.name) and path.is_file())
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """A file's SHA-256; cached per size and modification time so a changed file is hashed again."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def wheel_checksums() -> list[dict[str, str]]:
+    """Name and SHA-256 of each file the wheelhouse serves, for the install script to check its downloads."""
+    checksums = []
+    for path in _served_wheels():
+        stat = path.stat()
+        checksums.append({"name": path.name, "sha256": _file_sha256(path, stat.st_size, stat.st_mtime_ns)})
+    return checksums
+
+
 def wheelhouse_missing() -> list[str]:
     """The agent's requirements, as written, that no wheel in the wheelhouse provides.
 
@@ -135,7 +175,7 @@ def wheelhouse_missing() -> list[str]:
 @require_GET
 def wheel_index(request: HttpRequest) -> HttpResponse:
     """A flat HTML index that ``pip install --find-links`` reads."""
-    files = sorted(p.name for p in wheelhouse().glob("*") if WHEEL_NAME.match(p.name)) if wheelhouse().is_dir() else []
+    files = [path.name for path in _served_wheels()]
     links = "\n".join(f'<a href="{name}">{name}</a><br>' for name in files)
     return HttpResponse(f"<!doctype html><html><body>\n{links}\n</body></html>\n")
 

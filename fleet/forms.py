@@ -5,9 +5,45 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django import forms
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.forms.fields import InvalidJSONInput
 
+from agents.protocol import nested_deeper_than
 from fleet.models import Instance, Policy
 from fleet.policies.settings import SCHEMAS, Setting, number_text
+
+# Deeper than any label set, argument list or environment nests.
+MAX_JSON_DEPTH = 32
+
+
+class BoundedJSONField(forms.JSONField):
+    """JSON typed in the admin, refused with a message when it nests deeper than ``MAX_JSON_DEPTH``.
+
+    Django's own field lets the parser's RecursionError through: a server error, not a form error.
+    """
+
+    def to_python(self, value: Any) -> Any:
+        message = f"This JSON is nested more than {MAX_JSON_DEPTH} deep."
+        try:
+            converted = super().to_python(value)
+        except RecursionError as exc:
+            raise ValidationError(message, code="invalid") from exc
+        if nested_deeper_than(converted, MAX_JSON_DEPTH):
+            raise ValidationError(message, code="invalid")
+        return converted
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+
+
+# For every admin with a JSON field: ``formfield_overrides = JSON_FORM_FIELDS``.
+JSON_FORM_FIELDS: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
+    models.JSONField: {"form_class": BoundedJSONField}
+}
 
 
 class PercentField(forms.FloatField):

@@ -8,6 +8,8 @@ stored (the reply was lost and the agent sent it again) is acknowledged and skip
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,8 +45,21 @@ from fleet.rollups import rollup_reopen
 from fleet.services import gpus_retire
 from fleet.tokens import token_hash
 
+logger = logging.getLogger(__name__)
+
 # Image sizes as Docker shows them, and as the co-location policy's max_image_mb counts.
 MB = 1_000_000
+# How far a host's clock may run from the panel's. A reading newer than now plus this is
+# refused; one older than the agent's buffer can hold (its reports times the interval,
+# plus this) was not buffered by an honest agent, and is not stored.
+CLOCK_SKEW_S = 120.0
+OLDEST_READING_S = protocol.MAX_REPORTS_PER_BATCH * REPORT_INTERVAL_S + CLOCK_SKEW_S
+# The ports an instance endpoint may use. The panel is not told an agent's --port-range:
+# unprivileged ports of the host's own address are the bound it can enforce.
+ENDPOINT_PORTS = range(1024, 65536)
+# GPUs the catalogue does not know are believed up to this much memory (eight times the
+# largest card it knows): enough for cards not listed yet, not for a made-up terabyte.
+UNKNOWN_GPU_MAX_BYTES = 8 * max(spec.memory_gib for spec in catalog.GPUS) * catalog.GIB
 # What an agent's report of a running job's current generation makes of it.
 _JOB_ENDS = {"finished": BatchJob.State.DONE, "failed": BatchJob.State.FAILED, "refused": BatchJob.State.FAILED}
 
@@ -94,6 +109,91 @@ def endpoint_at(endpoint: str, address: str) -> str:
         return endpoint
     host = f"[{address}]" if ":" in address else address
     return urlunsplit(parts._replace(netloc=f"{host}:{port}" if port else host))
+
+
+def report_address(*, stored: str, advertised: str, peer: str) -> str:
+    """The node's address after a report: where the panel sees it, or the address it was given.
+
+    The peer is observed, not claimed, so it always counts (``node_address``). An advertised
+    address counts only where it is the one the node already has, or the node has none yet:
+    otherwise any host could move itself, and the endpoints the gateway connects to, to an
+    address of its choosing. A host that moves is given its new address by an operator.
+    """
+    if advertised and stored and advertised != stored:
+        return stored
+    return node_address(advertised=advertised, peer=peer)
+
+
+def _same_host(host: str, address: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) == ipaddress.ip_address(address)
+    except ValueError:
+        return host.lower().rstrip(".") == address.lower().rstrip(".")
+
+
+def endpoint_problem(endpoint: str, address: str) -> str:
+    """Why an instance endpoint (already through ``endpoint_at``) is not on the node; empty if it is.
+
+    An endpoint is plain ``http(s)://host:port`` on the node's own ``address`` (loopback
+    only where the node is on loopback itself) and a port in ``ENDPOINT_PORTS``: the
+    gateway connects there with other teams' prompts.
+    """
+    if not endpoint:
+        return ""
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None:
+        return "not http(s)://host:port"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or port is None:
+        return "not http(s)://host:port"
+    if port not in ENDPOINT_PORTS:
+        return f"port {port} outside {ENDPOINT_PORTS.start}-{ENDPOINT_PORTS.stop - 1}"
+    host = parts.hostname or ""
+    local = not address or protocol.address_is_loopback(address)
+    if not (_same_host(host, address) or (local and protocol.address_is_loopback(host))):
+        return f"not on this host's address {address or '(none)'}"
+    return ""
+
+
+def clock_check(reports: Iterable[protocol.Report], *, now: float) -> None:
+    """Refuse a batch with a reading from the future: the host's clock is wrong, or it lies."""
+    future = [report.seq for report in reports if report.sampled_at > now + CLOCK_SKEW_S]
+    if future:
+        raise IngestError(
+            400,
+            f"reports sampled in the future (more than {CLOCK_SKEW_S:.0f} s ahead of the panel's clock);"
+            " set the host's clock right (NTP)",
+            [f"seq {seq}" for seq in future[:10]],
+        )
+
+
+def inventory_check(reports: Iterable[protocol.Report]) -> None:
+    """Refuse GPUs larger than the catalogue says their model is, and MIG devices larger than their GPU.
+
+    Placement sizes instances by the memory a GPU reports; a card that claims more than it
+    has would be given work it cannot hold. Unknown models are bounded by
+    ``UNKNOWN_GPU_MAX_BYTES``.
+    """
+    problems: list[str] = []
+    limits: dict[str, int] = {}
+    for report in reports:
+        for gpu in report.gpus:
+            limit = limits.get(gpu.name)
+            if limit is None:
+                spec = catalog.gpu_spec(gpu.name)
+                limit = limits[gpu.name] = spec.memory_gib * catalog.GIB if spec else UNKNOWN_GPU_MAX_BYTES
+            if gpu.memory_total_bytes > limit:
+                problems.append(f"{gpu.uuid}: {gpu.name} with {gpu.memory_total_bytes} bytes, at most {limit}")
+            problems.extend(
+                f"{device.uuid}: {device.memory_total_bytes} bytes, more than its GPU {gpu.uuid}"
+                for device in gpu.mig_devices
+                if device.memory_total_bytes > gpu.memory_total_bytes
+            )
+    if problems:
+        raise IngestError(400, "GPU memory larger than the catalogue or the card allows, nothing stored", problems[:10])
 
 
 def node_register(*, registration: protocol.Registration, peer: str = "") -> tuple[Node, str]:
@@ -204,9 +304,9 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> tuple[dict[str, Gp
         Gpu.from_db(connection.alias, names, row)
         for row in _node_gpus_query.rows(node=node.pk, uuids=[gpu.uuid for gpu in gpus])
     ]
-    taken = [gpu.uuid for gpu in rows if gpu.node_id != node.pk][:5]
+    taken = [gpu for gpu in rows if gpu.node_id != node.pk]
     if taken:
-        raise IngestError(403, "GPUs already registered to another node", taken)
+        _claim_refused(node, "GPUs", {gpu.uuid: gpu.node_id for gpu in taken})
     existing = {gpu.uuid: gpu for gpu in rows}
     gone = False
     had_mig = {gpu.uuid for gpu in rows if gpu.mig_mode == Gpu.MigMode.ENABLED}
@@ -229,15 +329,35 @@ def _sync_gpus(node: Node, gpus: list[protocol.GpuSample]) -> tuple[dict[str, Gp
                 with transaction.atomic():
                     existing[reading.uuid] = Gpu.objects.create(node=node, uuid=reading.uuid, **values)
             except IntegrityError as exc:  # another node's report created it since the SELECT above
-                raise IngestError(403, "GPUs already registered to another node", [reading.uuid]) from exc
+                owner = Gpu.objects.filter(uuid=reading.uuid, decommissioned_at__isnull=True).values_list(
+                    "node_id", flat=True
+                )
+                _claim_refused(node, "GPUs", {reading.uuid: owner.first()}, cause=exc)
         elif any(getattr(gpu, key) != value for key, value in values.items()):
             Gpu.objects.filter(pk=gpu.pk).update(**values)
             for key, value in values.items():
                 setattr(gpu, key, value)
     mig_gpus = [existing[r.uuid] for r in gpus if r.mig_devices or r.uuid in had_mig or r.mig_enabled]
-    if mig_gpus and _sync_mig_devices(mig_gpus, {r.uuid: r.mig_devices for r in gpus}):
+    if mig_gpus and _sync_mig_devices(node, mig_gpus, {r.uuid: r.mig_devices for r in gpus}):
         gone = True
     return existing, gone
+
+
+def _claim_refused(node: Node, what: str, owners: dict[str, Any], cause: Exception | None = None) -> None:
+    """Refuse a report that claims hardware another node holds, and tell the operator who claimed what.
+
+    The node that holds it keeps it: a first claimant is never displaced by a later one.
+    Where the claimant is the real host (a lying host squatted its UUIDs first), the
+    warning names both, and decommissioning the squatter frees the hardware.
+    """
+    logger.warning(
+        "node %s (id %s) claims %s held by other nodes, refused; the holders keep them: %s",
+        node.name,
+        node.pk,
+        what,
+        ", ".join(f"{uuid} (node id {owner})" for uuid, owner in list(owners.items())[:10]),
+    )
+    raise IngestError(403, f"{what} already registered to another node", list(owners)[:5]) from cause
 
 
 def _forget_placements(rows: dict[int, dict[str, Any]]) -> None:
@@ -257,9 +377,19 @@ def _forget_placements(rows: dict[int, dict[str, Any]]) -> None:
             row.update(mig_device_id=None, mig_device__uuid=None)
 
 
-def _sync_mig_devices(gpus: list[Gpu], reported: dict[str, list[protocol.MigDevice]]) -> bool:
-    """Bring the MIG devices of ``gpus`` in line with the report, writing only what changed; True if any went."""
+def _sync_mig_devices(node: Node, gpus: list[Gpu], reported: dict[str, list[protocol.MigDevice]]) -> bool:
+    """Bring the MIG devices of ``gpus`` in line with the report, writing only what changed; True if any went.
+
+    A MIG device new to these GPUs that sits on another node's GPU in the fleet is refused,
+    as a GPU is; one seen on this node before costs no query.
+    """
     current = {device.uuid: device for device in MigDevice.objects.filter(gpu__in=gpus)}
+    new = {device.uuid for devices in reported.values() for device in devices} - current.keys()
+    if new:
+        held = MigDevice.objects.filter(uuid__in=new, gpu__decommissioned_at__isnull=True).exclude(gpu__node=node)
+        owners = dict(held.values_list("uuid", "gpu__node_id"))
+        if owners:
+            _claim_refused(node, "MIG devices", owners)
     wanted: set[str] = set()
     for gpu in gpus:
         for device in reported.get(gpu.uuid, []):
@@ -419,7 +549,7 @@ def _apply_instance_states(
     ``requested`` holds, per instance, the newest sample time with a request rate above
     zero: idle reclaim measures idleness from it. ``rows`` are updated in place, so the
     reply sees the states just stored. Endpoints are stored as the gateway reaches them,
-    at the node's ``address`` (``endpoint_at``).
+    at the node's ``address`` (``endpoint_at``); one anywhere else refuses the report.
 
     Only what differs from the row is written, one UPDATE per distinct set of changes: in
     a steady fleet that is the last request time, the same for every instance that served
@@ -430,11 +560,15 @@ def _apply_instance_states(
     writes: dict[tuple[tuple[str, object], ...], list[int]] = {}
     for pk, (at, reading) in latest.items():
         row = rows[pk]
+        endpoint = endpoint_at(reading.endpoint, address)
+        problem = endpoint_problem(endpoint, address)
+        if problem:
+            raise IngestError(400, "instance endpoint not on this host, nothing stored", [f"{pk}: {problem}"])
         updates: dict[str, object] = dict(
             actual_state=reading.state,
             actual_generation=reading.generation,
             container_id=reading.container_id,
-            endpoint=endpoint_at(reading.endpoint, address),
+            endpoint=endpoint,
             last_error=reading.error,
         )
         if pk in requested and (row["last_request_at"] is None or requested[pk] > row["last_request_at"]):
@@ -473,15 +607,15 @@ _node_lock_query = PreparedValues(
             has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
             has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=states.JOB_ON_NODE)),
         )
-        .values_list("name", "simulated", "last_seq", "has_orphans", "has_jobs")
+        .values_list("name", "simulated", "last_seq", "has_orphans", "has_jobs", "address")
     ),
     dicts=False,
 )
 
 
-def _node_lock(node: Node) -> tuple[str, bool, int, bool, bool]:
+def _node_lock(node: Node) -> tuple[str, bool, int, bool, bool, str]:
     """Lock the node's row for this report: its name, whether it is simulated, newest stored seq,
-    and whether it has orphans or batch jobs.
+    whether it has orphans or batch jobs, and its address.
 
     The row is found by id and token hash together, so a token rotated or a node deleted
     since ``node_authenticate`` is refused here. The two flags ride on the same SELECT,
@@ -513,34 +647,51 @@ def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> proto
     The reply is read in the same transaction as the writes (one SELECT serves the
     instance check, the state update and the desired state) and returned only after the
     commit, so an acknowledgement always stands for stored samples. ``peer``, the address
-    the request came from, keeps the node's address current (``node_address``).
+    the request came from, keeps the node's address current (``report_address``).
+
+    The host is trusted with its own hardware only: GPUs, MIG devices and instances of
+    other nodes are refused, memory beyond the catalogue is refused, readings from the
+    future are refused, and readings older than the agent's buffer holds are acknowledged
+    but not stored (they count as dropped), so they move no rollup, spend or newest value.
     """
     seqs = [report.seq for report in batch.reports]
     if any(later <= earlier for earlier, later in pairwise(seqs)):
         raise IngestError(400, "reports must be in increasing seq order")
+    now = timezone.now().timestamp()
+    clock_check(batch.reports, now=now)
+    inventory_check(batch.reports)
 
     reported_ids = {sample.instance_id for report in batch.reports for sample in report.instances}
     with transaction.atomic():
-        name, simulated, last_seq, has_orphans, has_jobs = _node_lock(node)
+        name, simulated, last_seq, has_orphans, has_jobs, address = _node_lock(node)
         if batch.node != name:
             raise IngestError(403, f"this token belongs to node {name!r}, not {batch.node!r}")
         fresh = [report for report in batch.reports if report.seq > last_seq]
+        timely = [report for report in fresh if report.sampled_at >= now - OLDEST_READING_S]
         rows = _node_instance_rows(node, reported_ids)
         foreign = reported_ids - rows.keys()
         if foreign:
             raise IngestError(403, "instances not placed on this node", [str(pk) for pk in sorted(foreign)[:10]])
         orphans = _node_orphans(node) if has_orphans else {}
         stored = Stored()
-        if fresh:
-            stored = _store(node, fresh, batch.dropped, rows, orphans, label=name, simulated=simulated, peer=peer)
+        dropped = batch.dropped + len(fresh) - len(timely)
+        if timely:
+            where = report_address(stored=address, advertised=timely[-1].host.advertise_address, peer=peer)
+            stored = _store(
+                node, timely, dropped, rows, orphans, label=name, simulated=simulated, address=where, seq=fresh[-1].seq
+            )
+        elif fresh:
+            rows_update(
+                model=Node, pks=[node.pk], values=dict(last_seq=fresh[-1].seq), add={"reports_dropped": dropped}
+            )
         jobs = batch_jobs_for(node) if has_jobs else []
     if stored.changed:
         event_publish(kind="instances", payload={"node": name, "instances_changed": stored.changed})
     if stored.ended:
         event_publish(kind="batch_jobs", payload={"node": name, "batch_jobs_ended": stored.ended})
-    if fresh:
+    if timely:
         readings = tuple(stored.readings.values())
-        fleet_summary_add(node=name, reports=len(fresh), gpu_samples=stored.gpu_samples, gpus=readings)
+        fleet_summary_add(node=name, reports=len(timely), gpu_samples=stored.gpu_samples, gpus=readings)
         event_publish(kind="gpus", payload={"node": name, "gpus": list(readings)}, groups=(node_group(node.pk),))
     return protocol.Reply(
         ack_seq=max(seqs[-1], last_seq),
@@ -587,11 +738,15 @@ def _store(
     *,
     label: str,
     simulated: bool,
-    peer: str,
+    address: str,
+    seq: int,
 ) -> Stored:
-    """Write the reports' samples (one INSERT per table) and the node's newest state."""
+    """Write the reports' samples (one INSERT per table) and the node's newest state.
+
+    ``address`` is where the node is after this report (``report_address``); instance
+    endpoints must be there. ``seq`` is the newest report of the batch, stored or not.
+    """
     newest = reports[-1]
-    reachable = node_address(advertised=newest.host.advertise_address, peer=peer)
     gpus, gone = _sync_gpus(node, newest.gpus)
     if gone:
         _forget_placements(rows)
@@ -617,7 +772,7 @@ def _store(
     rows_insert(model=GpuSample, fields=_GPU_SAMPLE_FIELDS, rows=gpu_rows)
     rows_insert(model=InstanceSample, fields=_INSTANCE_SAMPLE_FIELDS, rows=instance_rows)
     rollup_reopen(since=_when(reports[0].sampled_at))
-    stored.changed = _apply_instance_states(rows, latest, requested, reachable) if latest else []
+    stored.changed = _apply_instance_states(rows, latest, requested, address) if latest else []
     jobs = {sample.job_id: (_when(report.sampled_at), sample) for report in reports for sample in report.batch_jobs}
     stored.ended = _apply_batch_job_states(node, jobs) if jobs else []
     _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped], orphans)
@@ -626,10 +781,10 @@ def _store(
         model=Node,
         pks=[node.pk],
         values=dict(
-            last_seq=newest.seq,
+            last_seq=seq,
             last_seen_at=timezone.now(),
             status=Node.Status.ONLINE,
-            address=reachable or newest.host.hostname,
+            address=address or newest.host.hostname,
             agent_version=newest.host.agent_version,
             nvml_available=newest.host.nvml_available,
             nvml_reason=newest.host.nvml_reason,

@@ -8,8 +8,9 @@ state, currency; nothing per request.
 
 Access: a scrape is let in when it carries ``Authorization: Bearer <METRICS_TOKEN>`` (if
 that setting is set) or comes from an address in ``METRICS_ALLOWED_IPS`` (addresses or
-networks; loopback by default). Behind a reverse proxy the address is the proxy's, so use
-the token there.
+networks; loopback by default). Behind a reverse proxy, list it in ``TRUSTED_PROXIES``: the
+address is then the client's as the proxy saw it (``fleet.client_address``), and a
+forwarded-for header from any other peer is ignored.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleet import selectors
+from fleet.client_address import client_address
 from fleet.costs.selectors import spend_metric_rows
 from fleet.models import Instance, Node
 from fleet.policies.windows import REPORT_INTERVAL_S
@@ -147,9 +149,8 @@ def _allowed(request: HttpRequest) -> bool:
         scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
             return True
-    try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
+    address = client_address(request)
+    if address is None:
         return False
     return any(address in ipaddress.ip_network(allowed, strict=False) for allowed in settings.METRICS_ALLOWED_IPS)
 

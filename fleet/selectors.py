@@ -491,9 +491,22 @@ def instances_latest(*, fresh_for: timedelta = SAMPLE_FRESH_FOR) -> list[dict[st
     )
 
 
-def gateway_api_keys() -> QuerySet[ApiKey, tuple[int, int, str]]:
-    """(key id, team id, digest) of every usable key: what the gateway authenticates against."""
-    return ApiKey.objects.filter(revoked_at__isnull=True).values_list("pk", "team_id", "key_hash")
+def gateway_api_keys() -> QuerySet[ApiKey, tuple[int, int, str, str, int | None, int | None]]:
+    """(key id, team id, digest, allowed models, requests and tokens per minute) of every usable key.
+
+    What the gateway authenticates against and limits by; the pools each may use are in
+    ``gateway_api_key_pools``.
+    """
+    return ApiKey.objects.filter(revoked_at__isnull=True).values_list(
+        "pk", "team_id", "key_hash", "allowed_models", "requests_per_minute", "tokens_per_minute"
+    )
+
+
+def gateway_api_key_pools() -> list[tuple[int, int]]:
+    """(key id, pool id) for every pool a usable key is limited to."""
+    through = ApiKey.allowed_pools.through
+    rows = through.objects.filter(apikey__revoked_at__isnull=True).values_list("apikey_id", "pool_id")
+    return list(rows)
 
 
 def gateway_pools() -> QuerySet[Pool]:

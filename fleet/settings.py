@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -81,12 +82,14 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "channels",
     "django_celery_beat",
+    "axes",
     "fleet",
     "dashboard",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "fleet.middleware.ContentSecurityPolicyMiddleware",
     # Static files (the admin's, the dashboard's script) from the app server itself, in every
     # mode: ASGI (make run, daphne), WSGI (gunicorn) and runserver alike. Production serves the
     # files `manage.py collectstatic` put in STATIC_ROOT; with DEBUG on it also finds them in
@@ -98,6 +101,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out client's sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # WhiteNoise hands Django a file as a synchronous iterator; under ASGI Django reads it on a
@@ -234,6 +239,16 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOGIN_URL = "admin:login"
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed sign-ins from one client
+# address (through TRUSTED_PROXIES, fleet/client_address.py) that address may not sign in,
+# with any password, for LOGIN_COOLOFF_MINUTES; a successful sign-in clears its count.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "fleet.client_address.client_address_text"
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
 LOGIN_REDIRECT_URL = "dashboard:index"
 
 LANGUAGE_CODE = "en-us"
@@ -257,9 +272,19 @@ CSRF_COOKIE_SECURE = PRODUCTION
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Production: browsers keep to HTTPS for a year once they have seen the panel over it, and
+# pages run only the panel's own scripts (fleet/middleware.py). Plotly sets inline styles.
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+    if PRODUCTION
+    else "",
+).strip()
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 365 * 24 * 3600)
 
 LOGGING = {
     "version": 1,
@@ -276,10 +301,16 @@ TELEMETRY_RAW_RETENTION_HOURS = envint("TELEMETRY_RAW_RETENTION_HOURS", 48)
 TELEMETRY_MINUTE_RETENTION_DAYS = envint("TELEMETRY_MINUTE_RETENTION_DAYS", 30)
 TELEMETRY_HOUR_RETENTION_DAYS = envint("TELEMETRY_HOUR_RETENTION_DAYS", 400)
 FLEET_SUMMARY_INTERVAL_S = float(os.environ.get("FLEET_SUMMARY_INTERVAL_S", "1.0"))
+# How stale a live socket's view of its session may get: it is read again before a send and on
+# a timer at most this often, and a socket whose session ended is closed (dashboard/consumers.py).
+FLEET_SOCKET_SESSION_CHECK_S = envfloat("FLEET_SOCKET_SESSION_CHECK_S", 1.0)
 
 # /metrics: a bearer token, or (without one) client addresses allowed; loopback by default.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+# Reverse proxies (addresses or networks) whose X-Forwarded-For is believed, for /metrics and
+# login throttling (fleet/client_address.py); empty: the connection's peer is the client.
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES")
 
 # The in-process scheduler runs the periodic tasks where there is no Celery beat (the
 # embedded default). Off where Redis is set: there beat and workers run them.

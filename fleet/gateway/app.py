@@ -35,6 +35,7 @@ from fleet.gateway import worker
 from fleet.gateway.accounting import RequestRecord, RequestRecorder
 from fleet.gateway.config import GatewayConfig
 from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
+from fleet.gateway.limits import KeyLimiter
 from fleet.gateway.protocol import (
     ApiError,
     ParsedRequest,
@@ -44,7 +45,7 @@ from fleet.gateway.protocol import (
     parse_completion,
     usage_tokens,
 )
-from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, RoutingTable, Upstream, routing_table_load
+from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, PoolRoute, RoutingTable, Upstream, routing_table_load
 from fleet.gateway.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 from fleet.policies.pick import Picker
 from fleet.policies.routing import FALLBACK, TIERS, rcf_compute, text_features, tier_for
@@ -98,6 +99,7 @@ class Gateway:
         self.loaded = False
         self.recorder = RequestRecorder(max_pending=self.config.log_max_pending)
         self.picker = Picker(cooldown_s=self.config.cooldown_s)
+        self.limiter = KeyLimiter()
         self.held = 0
         self._table_loader = table_loader
         self._wake_sent: dict[int, float] = {}
@@ -198,6 +200,7 @@ class Gateway:
             return
         self.table = table
         self.loaded = True
+        self.limiter.forget({key.key_id for key in table.keys.values()})
         for pool_id, pool in table.pools.items():
             if pool.upstreams:
                 self._wake_sent.pop(pool_id, None)
@@ -274,7 +277,7 @@ class Gateway:
         endpoint = PATHS.get(path)
         if endpoint is None:
             if path == "/v1/models":
-                await self._models(scope, send, table)
+                await self._models(scope, send, table, key)
                 return
             raise ApiError(404, f"Unknown path {path[:100]}.", code="unknown_url")
         if scope["method"] != "POST":
@@ -286,6 +289,7 @@ class Gateway:
         payload = load_json(body)
         request = parse_chat(payload) if endpoint == "chat" else parse_completion(payload)
         routed = self._route(request, key, table)
+        self.limiter.admit(key, tokens=routed.prompt_tokens + (request.max_tokens or 1), now=time.monotonic())
         await self._serve(routed, body, path.encode(), receive, send)
 
     def _authenticate(self, scope: Scope, table: RoutingTable) -> ApiKeyRoute:
@@ -310,10 +314,13 @@ class Gateway:
             raise ApiError(429, blocked, code="budget_exceeded", type="insufficient_quota")
         return route
 
-    async def _models(self, scope: Scope, send: Send, table: RoutingTable) -> None:
+    async def _models(self, scope: Scope, send: Send, table: RoutingTable, key: ApiKeyRoute) -> None:
         if scope["method"] != "GET":
             raise ApiError(405, "/v1/models takes GET.", code="method_not_allowed")
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gpufleet"} for name in table.served_models()]
+        names = table.served_models()
+        if key.models or key.pool_ids:
+            names = [name for name in names if any(map(key.may_use, self._pools_of(table.models[name])))]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gpufleet"} for name in names]
         body = json.dumps({"object": "list", "data": data}).encode()
         await send(
             {
@@ -355,12 +362,17 @@ class Gateway:
     def _route(self, request: ParsedRequest, key: ApiKeyRoute, table: RoutingTable) -> Routed:
         """Fingerprint the request and list the pools it may go to, in order, or refuse it."""
         started = time.perf_counter()
-        tiers = table.models.get(request.model)
-        if tiers is None:
+        tiers = table.models.get(request.model, {})
+        if tiers and (key.models or key.pool_ids):
+            tiers = {tier: tuple(pool for pool in pools if key.may_use(pool)) for tier, pools in tiers.items()}
+        pools = self._pools_of(tiers) if tiers else []
+        if not pools:
             raise ApiError(
-                404, f"The model {request.model[:100]!r} is not served here.", code="model_not_found", param="model"
+                404,
+                f"The model {request.model[:100]!r} is not served here, or not to this key.",
+                code="model_not_found",
+                param="model",
             )
-        pools = [pool for tier in TIERS for pool in tiers[tier]]
         counter = pools[0].counter
         counts = [counter.count(text) for text in request.texts] + request.known_token_counts
         prompt_tokens = max(counts)
@@ -399,6 +411,10 @@ class Gateway:
             prompt_tokens=prompt_tokens,
             groups=groups,
         )
+
+    @staticmethod
+    def _pools_of(tiers: dict[str, tuple[PoolRoute, ...]]) -> list[PoolRoute]:
+        return [pool for tier in TIERS for pool in tiers[tier]]
 
     def pick(self, groups: list[list[int]], exclude: int | None = None) -> Upstream | None:
         """``Picker.pick`` over the routing table's ready instances (the simulator's pick too)."""

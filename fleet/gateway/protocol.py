@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from agents.protocol import nested_deeper_than
+
 # vLLM's completions default, as in OpenAI's legacy API: used when max_tokens is absent.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 USAGE_EVENT = re.compile(rb'"usage"\s*:\s*\{')
@@ -86,11 +88,22 @@ class ParsedRequest:
         return "\n".join(self.texts)
 
 
+# Far deeper than a request nests, JSON schemas of tools included; deep enough nesting would
+# otherwise exhaust the parser's recursion.
+MAX_JSON_DEPTH = 100
+
+
 def load_json(body: bytes) -> dict[str, Any]:
+    too_deep = f"The request body is nested too deep: at most {MAX_JSON_DEPTH} levels of arrays and objects."
     try:
         payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise invalid(too_deep) from exc
+    except ValueError as exc:
         raise invalid(f"The request body is not valid JSON: {str(exc)[:200]}") from exc
+    # Only a body with that many brackets can nest that deep: most skip the walk.
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and nested_deeper_than(payload, MAX_JSON_DEPTH):
+        raise invalid(too_deep)
     if not isinstance(payload, dict):
         raise invalid("The request body must be a JSON object.")
     return payload

@@ -43,8 +43,19 @@ class PoolRoute:
 
 @dataclass(frozen=True, slots=True)
 class ApiKeyRoute:
+    """A usable key and what it may reach: empty ``models`` or ``pool_ids`` and None rates mean no limit."""
+
     key_id: int
     team_id: int
+    models: frozenset[str] = frozenset()
+    pool_ids: frozenset[int] = frozenset()
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    def may_use(self, pool: PoolRoute) -> bool:
+        return (not self.models or pool.served_name in self.models) and (
+            not self.pool_ids or pool.pool_id in self.pool_ids
+        )
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,20 @@ EMPTY_TABLE = RoutingTable(keys={}, pools={})
 
 def routing_table_load() -> RoutingTable:
     """Read keys, pools, ready instances and routing settings; a few queries, once a refresh."""
-    keys = {digest: ApiKeyRoute(key_id, team_id) for key_id, team_id, digest in selectors.gateway_api_keys()}
+    key_pools: dict[int, set[int]] = {}
+    for key_id, pool_id in selectors.gateway_api_key_pools():
+        key_pools.setdefault(key_id, set()).add(pool_id)
+    keys = {
+        digest: ApiKeyRoute(
+            key_id,
+            team_id,
+            models=frozenset(name.strip() for name in models.split(",") if name.strip()),
+            pool_ids=frozenset(key_pools.get(key_id, ())),
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+        )
+        for key_id, team_id, digest, models, rpm, tpm in selectors.gateway_api_keys()
+    }
     ready: dict[int, list[Upstream]] = {}
     for instance_id, pool_id, endpoint in selectors.gateway_ready_instances():
         try:

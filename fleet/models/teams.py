@@ -30,6 +30,19 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # What the key may reach and how fast; empty or blank: no limit (fleet/gateway/limits.py).
+    allowed_models = models.CharField(
+        max_length=1000, blank=True, help_text="Served model names, comma-separated; empty: every model."
+    )
+    allowed_pools = models.ManyToManyField(
+        "fleet.Pool", blank=True, related_name="+", help_text="Pools requests may go to; none selected: every pool."
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests admitted per minute; empty: no limit."
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompt plus max_tokens admitted per minute; empty: no limit."
+    )
 
     class Meta:
         ordering = ["team__name", "name"]

@@ -76,10 +76,18 @@ def test_the_environment_vllm_and_hugging_face_read_passes() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/var/run/docker.sock", "/run/containerd/containerd.sock", "/etc", "/proc/1", "models", "/models/../etc"],
+    [
+        "/",
+        "/var/run/docker.sock",
+        "/run/containerd/containerd.sock",
+        "/root/.ssh",
+        "/proc/1",
+        "models",
+        "/models/../etc",
+    ],
 )
 def test_host_paths_that_reach_the_host_are_refused_even_when_allowed(path: str) -> None:
-    everything = HostPolicy(volume_prefixes=("/", "/var", "/run", "/etc", "/proc", "/models"))
+    everything = HostPolicy(volume_prefixes=("/", "/var", "/run", "/sys", "/proc", "/models"))
     with pytest.raises(Refused, match="refused"):
         everything.check_volumes({path: "/data"})
 

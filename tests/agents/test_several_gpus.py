@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,13 @@ def test_the_panel_stores_each_gpu_apart_and_places_an_instance_on_the_chosen_on
 ) -> None:
     agent = Agent(client, name="two-gpu-host")
     reports = []
+    shift = time.time() - readings[4].sampled_at  # replayed now: the panel stores no reading older than an hour
     for seq, host in enumerate(readings[:5], start=1):
         gpus = [gpu_sample(gpu).model_dump() for gpu in host.gpus]  # type: ignore[union-attr]
         reports.append(
             {
                 "seq": seq,
-                "sampled_at": host.sampled_at,
+                "sampled_at": host.sampled_at + shift,
                 "host": {"hostname": "two-gpu-host", "agent_version": "test", "nvml_available": True},
                 "gpus": gpus,
                 "instances": [],

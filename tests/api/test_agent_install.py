@@ -152,3 +152,73 @@ def test_the_install_passes_an_advertised_address_to_the_agent(live_server: Any,
     env = dict(line.split("=", 1) for line in (prefix / "agent.env").read_text().splitlines())
     assert env["GPUFLEET_ADVERTISE_ADDRESS"] == "10.0.0.5"
     assert (prefix / "agents" / "__main__.py").exists()
+
+
+def stub_python(tmp_path: Path) -> Path:
+    python = tmp_path / "python"
+    python.write_text(STUB_PYTHON)
+    python.chmod(0o755)
+    return python
+
+
+def evil_tarball() -> bytes:
+    """A well-formed agent tarball whose agent is someone else's: what a tampering proxy would serve."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        body = b"import os; os.system('id > /tmp/owned')\n"
+        info = tarfile.TarInfo("agents/__main__.py")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("tampered", ["tarball", "wheel"])
+@pytest.mark.django_db(transaction=True)
+def test_a_tampered_download_is_refused_before_anything_is_installed(
+    live_server: Any, tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, tampered: str
+) -> None:
+    """The script carries the checksums of what it fetches; a download changed after that is refused."""
+    settings.AGENT_WHEELHOUSE = fake_wheelhouse(tmp_path / "wheelhouse")
+    python = stub_python(tmp_path)
+    script = httpx.get(f"{live_server.url}/agent/install.sh").text
+    if tampered == "tarball":
+        monkeypatch.setattr("fleet.agent_dist._tarball", lambda fingerprint: evil_tarball())
+    else:
+        wheel = sorted(settings.AGENT_WHEELHOUSE.glob("*.whl"))[0]
+        wheel.write_bytes(b"PK not the wheel the script was given")
+    prefix, state = tmp_path / "agent", tmp_path / "state"
+    argv = ["--join-token", "gfj_x", "--prefix", str(prefix), "--state-dir", str(state)]
+    argv += ["--no-systemd", "--python", str(python)]
+    install = subprocess.run(["sh", "-s", "--", *argv], input=script, text=True, capture_output=True, timeout=60)
+    assert install.returncode != 0, install.stdout + install.stderr
+    assert "does not match the checksum" in install.stderr and "nothing was installed" in install.stderr
+    assert not prefix.exists() and not state.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_join_token_is_left_on_the_host_after_registration(live_server: Any, tmp_path: Path, settings: Any) -> None:
+    """A join token may admit more hosts; once this host has its node token, nothing on it holds the join token."""
+    settings.AGENT_WHEELHOUSE = fake_wheelhouse(tmp_path / "wheelhouse")
+    token = JoinToken(name="install test", max_uses=5)
+    secret = token.issue_token()
+    token.save()
+    script = httpx.get(f"{live_server.url}/agent/install.sh").text
+    prefix, state = tmp_path / "agent", tmp_path / "state"
+    argv = ["--join-token", secret, "--name", "token-host", "--prefix", str(prefix), "--state-dir", str(state)]
+    argv += ["--no-systemd", "--python", str(stub_python(tmp_path))]
+    install = subprocess.run(["sh", "-s", "--", *argv], input=script, text=True, capture_output=True, timeout=60)
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = dict(line.split("=", 1) for line in (prefix / "agent.env").read_text().splitlines())
+    run = subprocess.run(
+        [sys.executable, "-m", "agents", "--once", "--simulated-gpus", "L4"],
+        cwd=prefix,
+        env={**env, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert Node.objects.filter(name="token-host").exists()
+    holding = [str(path) for path in [*prefix.rglob("*"), *state.rglob("*")] if path.is_file()]
+    holding = [path for path in holding if secret.encode() in Path(path).read_bytes()]
+    assert holding == []

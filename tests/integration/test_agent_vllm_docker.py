@@ -21,7 +21,7 @@ import pytest
 from fleet.models import Gpu, Instance, InstanceSample, JoinToken, ModelProfile, Node
 from fleet.services import instance_desire
 from tests.factories import make_instance, make_pool
-from tests.support.vllm_container import IMAGE, SERVED_NAME, remove_node_containers
+from tests.support.vllm_container import IMAGE, SERVED_NAME, host_allows, remove_node_containers
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -103,7 +103,7 @@ def test_agent_runs_a_real_vllm_container_reports_its_metrics_and_stops_it(
     secret = token.issue_token()
     token.save()
     agent = AgentProcess(live_server.url, tmp_path / "state", node_name, tmp_path / "agent.log")
-    agent.start(join_token=secret)
+    agent.start(join_token=secret, extra=host_allows(vllm_container_profile))
     try:
         gpu = wait_for(
             "the node's first report", lambda: Gpu.objects.filter(node__name=node_name).first(), 60, agent.log_tail
@@ -115,7 +115,7 @@ def test_agent_runs_a_real_vllm_container_reports_its_metrics_and_stops_it(
             "the container to be created", lambda: containers_of(docker_client, node_name, instance), 60, agent.log_tail
         )
         agent.kill()  # mid-start: the container is up, the server not yet ready
-        agent.start()  # the node token is in the state directory: no join token needed
+        agent.start(extra=host_allows(vllm_container_profile))  # the node token is kept: no join token needed
 
         def ready() -> Instance | None:
             instance.refresh_from_db()

@@ -37,7 +37,7 @@ from tests.factories import make_instance, make_pool
 from tests.gateway.conftest import LiveGateway
 from tests.integration.test_agent_vllm_docker import AgentProcess, containers_of, wait_for
 from tests.support.celery_workers import WORKER_ARGS, celery_processes, shared_database_url
-from tests.support.vllm_container import SERVED_NAME, remove_node_containers
+from tests.support.vllm_container import SERVED_NAME, host_allows, remove_node_containers
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -71,7 +71,7 @@ def test_idle_pool_stops_and_traffic_brings_it_back(
     secret = token.issue_token()
     token.save()
     agent = AgentProcess(live_server.url, tmp_path / "state", node_name, tmp_path / "agent.log")
-    agent.start(join_token=secret, nvml="*-idle-*.json")
+    agent.start(join_token=secret, nvml="*-idle-*.json", extra=host_allows(vllm_container_profile))
     gateway: LiveGateway | None = None
     try:
         gpu = wait_for(

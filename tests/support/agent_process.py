@@ -21,6 +21,7 @@ import docker
 import httpx
 
 from agents.agent import Agent, AgentConfig
+from agents.host_policy import ENV_PATTERNS, HostPolicy
 from agents.nvml import HostReading, convert
 from agents.runtime import DockerRuntime
 
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--port-range", default="18100-18199")
     parser.add_argument("--allow-image", action="append", default=[])
     parser.add_argument("--allow-batch-image", action="append", default=[])
+    parser.add_argument("--allow-volume", action="append", default=[])
+    parser.add_argument("--allow-env", action="append", default=[])
     parser.add_argument("--nvml", default="*-load-*.json", help="which recording to replay (idle or load)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
@@ -65,6 +68,9 @@ def main() -> None:
         batch_stop_timeout_s=2,
         port_range=(low, high),
         attach_gpus=False,
+        host_policy=HostPolicy(
+            volume_prefixes=tuple(args.allow_volume), env_patterns=ENV_PATTERNS + tuple(args.allow_env)
+        ),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

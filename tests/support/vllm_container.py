@@ -93,6 +93,16 @@ def profile_fields(python: Path, model_dir: Path) -> dict[str, Any]:
     )
 
 
+def host_allows(profile: dict[str, Any]) -> list[str]:
+    """The agent options a test host needs to run this profile: its own configuration, not the panel's.
+
+    The test image runs the host's vLLM virtualenv, so it bind-mounts the host's Python
+    (read-only) and sets variables beyond those vLLM reads; a real host allows neither.
+    """
+    volumes = [arg for path in profile["volumes"] for arg in ("--allow-volume", path)]
+    return [*volumes, *(arg for name in profile["env"] for arg in ("--allow-env", name))]
+
+
 @pytest.fixture(scope="session")
 def vllm_container_profile(docker_client: docker.DockerClient) -> dict[str, Any]:
     """Build the image once per session; return the profile fields that run it."""
