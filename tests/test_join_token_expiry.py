@@ -66,8 +66,10 @@ def test_the_admin_add_form_starts_from_the_default_lifetime(admin_client: Clien
         reverse("admin:fleet_jointoken_add"),
         {"name": "rack 5", "max_uses": 1, "expires_at_0": day.group(1), "expires_at_1": time.group(1)},
     )
-    assert response.status_code == 302, response.content.decode()
-    assert_default_lifetime(JoinToken.objects.get())
+    assert response.status_code == 200, response.content.decode()  # the token is shown once, on this page
+    token = JoinToken.objects.get()
+    assert token.token_prefix in response.content.decode()
+    assert_default_lifetime(token)
 
 
 def test_the_demo_token_has_the_default_lifetime() -> None:
