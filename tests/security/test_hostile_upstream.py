@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 
 import httpx
 import pytest
@@ -102,6 +102,31 @@ def bounded(live_gateway: Callable[..., LiveGateway]) -> LiveGateway:
     return live_gateway(upstream_max_body_bytes=LIMIT, upstream_response_timeout_s=WHOLE_TIME_S)
 
 
+def endless(*, pause_s: float) -> Callable[[asyncio.StreamWriter], Coroutine[None, None, None]]:
+    """An answer that streams tokens and never ends, ``pause_s`` between them."""
+
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(STREAM_HEAD)
+        while True:
+            writer.write(sse(TOKEN))
+            await writer.drain()
+            await asyncio.sleep(pause_s)
+
+    return answer
+
+
+def streamed(gateway: LiveGateway, key: str) -> tuple[int, int]:
+    """A streamed chat request read to its end, or to where the gateway cut it off: status and bytes."""
+    received = 0
+    with client(gateway, key).stream("POST", "/v1/chat/completions", json=chat(stream=True)) as response:
+        try:
+            for piece in response.iter_bytes():
+                received += len(piece)
+        except httpx.HTTPError:
+            pass  # the gateway cut the stream off
+    return response.status_code, received
+
+
 def test_a_declared_body_of_gigabytes_is_refused_before_it_is_read(
     live_gateway: Callable[..., LiveGateway], hostile: Callable[..., str], api_key: str
 ) -> None:
@@ -122,22 +147,10 @@ def test_a_declared_body_of_gigabytes_is_refused_before_it_is_read(
 def test_a_stream_without_end_is_cut_at_the_size_bound(
     live_gateway: Callable[..., LiveGateway], hostile: Callable[..., str], api_key: str
 ) -> None:
-    async def answer(writer: asyncio.StreamWriter) -> None:
-        writer.write(STREAM_HEAD)
-        while True:
-            writer.write(sse(TOKEN))
-            await writer.drain()
-
-    make_ready(routed_pool("chat-l"), hostile(answer))
+    make_ready(routed_pool("chat-l"), hostile(endless(pause_s=0)))
     gateway = bounded(live_gateway)
-    received = 0
-    with client(gateway, api_key).stream("POST", "/v1/chat/completions", json=chat(stream=True)) as response:
-        assert response.status_code == 200
-        try:
-            for piece in response.iter_bytes():
-                received += len(piece)
-        except httpx.HTTPError:
-            pass  # the gateway cut the stream off
+    status, received = streamed(gateway, api_key)
+    assert status == 200
     assert received <= LIMIT + 64 * 1024, received
     [log] = gateway.logs()
     assert log.status == 502 and "larger than the gateway takes" in log.error
@@ -146,22 +159,10 @@ def test_a_stream_without_end_is_cut_at_the_size_bound(
 def test_a_stream_dripping_under_the_read_timeout_is_cut_at_the_whole_time_bound(
     live_gateway: Callable[..., LiveGateway], hostile: Callable[..., str], api_key: str
 ) -> None:
-    async def answer(writer: asyncio.StreamWriter) -> None:
-        writer.write(STREAM_HEAD)
-        while True:
-            writer.write(sse(TOKEN))
-            await writer.drain()
-            await asyncio.sleep(0.2)
-
-    make_ready(routed_pool("chat-l"), hostile(answer))
+    make_ready(routed_pool("chat-l"), hostile(endless(pause_s=0.2)))
     gateway = bounded(live_gateway)
     started = time.monotonic()
-    with client(gateway, api_key).stream("POST", "/v1/chat/completions", json=chat(stream=True)) as response:
-        try:
-            for _piece in response.iter_bytes():
-                pass
-        except httpx.HTTPError:
-            pass
+    streamed(gateway, api_key)
     assert WHOLE_TIME_S <= time.monotonic() - started < WHOLE_TIME_S + 3
     [log] = gateway.logs()
     assert log.status == 502 and "longer than the gateway allows" in log.error
