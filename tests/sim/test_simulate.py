@@ -83,9 +83,8 @@ def test_a_patched_production_policy_changes_the_simulation(monkeypatch: pytest.
     assert patched.instances_peak == 3 > baseline.instances_peak
 
 
-def test_simulated_windows_carry_the_load_figures_the_agent_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One instance, 100 prompt tokens every 2 s: 50 prompt tokens a second, a few sequences, no GPU-bound duty."""
-    trace = trace_of(*[(t * 2.0, 100, 4) for t in range(100)])
+def autoscale_snapshots(monkeypatch: pytest.MonkeyPatch) -> list[FleetSnapshot]:
+    """Every snapshot autoscale is called with from now on, in order; autoscale still decides."""
     seen: list[FleetSnapshot] = []
     original = fleet.policies.autoscale.autoscale
 
@@ -94,6 +93,13 @@ def test_simulated_windows_carry_the_load_figures_the_agent_scrapes(monkeypatch:
         return original(snapshot, config, now)
 
     monkeypatch.setattr(fleet.policies.autoscale, "autoscale", watching)
+    return seen
+
+
+def test_simulated_windows_carry_the_load_figures_the_agent_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One instance, 100 prompt tokens every 2 s: 50 prompt tokens a second, a few sequences, no GPU-bound duty."""
+    trace = trace_of(*[(t * 2.0, 100, 4) for t in range(100)])
+    seen = autoscale_snapshots(monkeypatch)
     Simulation(trace=trace, setup=toy_setup(gpus=1), label="policy").run()
     steady = [s.pools[0].windows[-2] for s in seen[3:]]
     assert steady and all(w.prompt_tokens_rate == pytest.approx(50, rel=0.05) for w in steady)

@@ -10,18 +10,16 @@ from typing import Any
 
 import pytest
 
-import fleet.policies.autoscale
 from agents.histograms import histogram_observe
 from dashboard import selectors as pages
 from fleet import rollups, selectors
 from fleet.costs.alerts import alerts_evaluate
 from fleet.models import Alert, AlertRule, InstanceSample, PoolMinute
-from fleet.policies.actions import Action
-from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
 from fleet.sim.engine import TTFT_BUCKETS, engine_model_for
 from fleet.sim.simulate import SimResult, Simulation, setup_build
 from fleet.sim.traces import Trace, TraceRequest
 from tests.factories import make_gpu, make_instance, make_node, make_pool
+from tests.sim.test_simulate import autoscale_snapshots
 
 pytestmark = pytest.mark.django_db
 
@@ -120,14 +118,7 @@ def test_the_policy_window_reads_the_latency_the_simulator_reads_for_the_same_re
         start=START,
         requests=tuple(TraceRequest(*r) for r in ((0.0, 400, 1), (0.0, 400, 1), (40.0, 100, 1))),
     )
-    seen: list[FleetSnapshot] = []
-    original = fleet.policies.autoscale.autoscale
-
-    def watching(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> list[Action]:
-        seen.append(snapshot)
-        return original(snapshot, config, now)
-
-    monkeypatch.setattr(fleet.policies.autoscale, "autoscale", watching)
+    seen = autoscale_snapshots(monkeypatch)
     Simulation(trace=trace, setup=setup, label="policy").run()
     simulated = seen[0].pools[0].windows[-1].latency_ms  # the tick at 30 s: the window [-30 s, 30 s)
 
