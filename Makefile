@@ -40,7 +40,7 @@ run: $(VENV)/.runtime $(WHEELHOUSE)/.complete
 
 serve: admin static $(WHEELHOUSE)/.complete
 	@echo "GPU fleet control panel: http://$(HOST):$(PORT)/  (admin: http://$(HOST):$(PORT)/admin/)"
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+	$(BIN)/python -m uvicorn fleet.project.asgi:application --host $(HOST) --port $(PORT) --http fleet.project.http:ReadDeadlineProtocol
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

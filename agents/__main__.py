@@ -18,11 +18,12 @@ from pathlib import Path
 import docker
 import httpx
 
-from agents.agent import AGENT_VERSION, Agent, AgentConfig, PanelRefused, listen_host_for, node_name_default
+from agents.agent import AGENT_VERSION, Agent, PanelRefused, listen_host_for
+from agents.config import AgentConfig, node_name_default
 from agents.host_policy import ENV_PATTERNS, VLLM_FLAGS, HostPolicy, vllm_flag_name
 from agents.nvml import NvmlBackend
 from agents.processes import Launcher, ProcessRuntime
-from agents.protocol import address_check
+from agents.protocol import DEFAULT_PORT_RANGE, address_check
 from agents.runtime import ContainerState, DockerRuntime, Runtime, RuntimeFailure
 from agents.simulated import SimulatedGpus, gpus_parse
 
@@ -106,7 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a stopped batch job gets to exit (default: %(default)s)",
     )
     parser.add_argument(
-        "--port-range", default="8100-8199", help="ports for the servers this host runs (default: %(default)s)"
+        "--port-range",
+        default="{}-{}".format(*DEFAULT_PORT_RANGE),
+        help="ports for the servers this host runs (default: %(default)s)",
     )
     parser.add_argument(
         "--buffer-size", type=int, default=720, help="reports kept while the panel is away (default: %(default)s)"

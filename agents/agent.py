@@ -9,7 +9,6 @@ are dropped and counted, and the count travels with the next delivered batch.
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import ipaddress
 import json
@@ -21,7 +20,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -30,7 +28,6 @@ import httpx
 
 from agents import protocol
 from agents.batch import (
-    DEFAULT_BATCH_STOP_TIMEOUT_S,
     DesiredJob,
     Reap,
     StartJob,
@@ -39,27 +36,21 @@ from agents.batch import (
     reap_plan,
     reap_result,
 )
-from agents.host_policy import HostPolicy
+from agents.config import AgentConfig
 from agents.nvml import GpuReading, HostReading
-from agents.reconcile import ActionResult, DesiredInstance, Sleep, Wake, apply, reconcile
+from agents.plan import PORT_LABEL, Refusal, instances_plan, job_plan
+from agents.reconcile import ActionResult, Sleep, Wake, apply, reconcile
 from agents.runtime import (
     BatchRuntime,
-    BatchSpec,
     ContainerGone,
     ContainerState,
-    ImageMissing,
     Runtime,
     RuntimeFailure,
-    vllm_container_spec,
 )
 from agents.scrape import ScrapeError, Snapshot, WindowStats, delta, scrape
 
 AGENT_VERSION = "0.1.0"
-PORT_LABEL = "gpufleet.port"
 MAX_BACKOFF_S = 60.0
-# Image sizes as Docker shows them: MB of 10^6 bytes.
-MB = 1_000_000
-GIB = 1024**3
 _MIG_PROFILE = re.compile(r"(\d+g\.\d+gb)")
 
 log = logging.getLogger("gpufleet.agent")
@@ -67,56 +58,6 @@ log = logging.getLogger("gpufleet.agent")
 
 class GpuSource(Protocol):
     def read(self) -> HostReading: ...
-
-
-def node_name_default() -> str:
-    """The host name, lower-cased and reduced to what the panel accepts as a node name."""
-    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
-    return name or "gpu-host"
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    panel_url: str
-    state_dir: Path
-    node_name: str = field(default_factory=node_name_default)
-    interval_s: float = 5.0
-    image_allowlist: tuple[str, ...] = ("vllm/vllm-openai:*",)
-    port_range: tuple[int, int] = (8100, 8199)
-    buffer_size: int = 720
-    # Where other hosts reach this host's servers, told to the panel; empty: the panel takes
-    # the address it sees the agent at.
-    advertise_address: str = ""
-    # Where the servers listen (``listen_host_for``): loopback unless the gateway is elsewhere.
-    listen_host: str = "127.0.0.1"
-    probe_timeout_s: float = 2.0
-    panel_timeout_s: float = 15.0
-    attach_gpus: bool = True
-    batch_image_allowlist: tuple[str, ...] = ()
-    batch_max_image_mb: int = 200
-    batch_stop_timeout_s: int = DEFAULT_BATCH_STOP_TIMEOUT_S
-    batch_host_memory_bytes: int | None = 8 * GIB
-    simulated: bool = False
-    # What this host lets a server do, whatever the panel asks (agents/host_policy.py).
-    host_policy: HostPolicy = field(default_factory=HostPolicy)
-
-    @property
-    def local_host(self) -> str:
-        """Where the agent itself reaches its servers: health, metrics, sleep and wake."""
-        return "127.0.0.1" if self.listen_host == "0.0.0.0" else self.listen_host
-
-    @property
-    def endpoint_host(self) -> str:
-        """The host of the endpoints the agent reports: the advertised address, else its own
-        loopback one, which the panel replaces with the address it sees the agent at."""
-        return self.advertise_address or self.local_host
-
-    def image_allowed(self, image: str) -> bool:
-        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.image_allowlist)
-
-    def batch_image_allowed(self, image: str) -> bool:
-        """Batch images have their own allowlist, empty by default: a host runs no batch work unless told."""
-        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.batch_image_allowlist)
 
 
 class AgentState:
@@ -293,6 +234,11 @@ class Agent:
     # -- registration -------------------------------------------------------------------
 
     @property
+    def node_name(self) -> str:
+        """The name the panel knows this host by (its own after registering)."""
+        return self.state.node_name or self.config.node_name
+
+    @property
     def registered(self) -> bool:
         return bool(self.state.node_token)
 
@@ -305,6 +251,7 @@ class Agent:
             labels=labels or {},
             simulated=self.config.simulated,
             advertise_address=self.config.advertise_address,
+            port_range=self.config.port_range,
         )
         response = self.http.post(
             f"{self.config.panel_url}/api/agent/v1/register",
@@ -478,9 +425,7 @@ class Agent:
         if not reports:
             return None
         dropped = self.buffer.dropped - self._dropped_reported
-        batch = protocol.Batch(
-            version=1, node=self.state.node_name or self.config.node_name, reports=reports, dropped=dropped
-        )
+        batch = protocol.Batch(version=1, node=self.node_name, reports=reports, dropped=dropped)
         body = gzip.compress(batch.model_dump_json().encode(), compresslevel=5)
         headers = {
             "Authorization": f"Bearer {self.state.node_token}",
@@ -505,51 +450,19 @@ class Agent:
 
     # -- acting -------------------------------------------------------------------------
 
-    def _port_for(self, instance_id: str, containers: list[ContainerState], taken: set[int]) -> int:
-        for container in containers:
-            if container.instance_id == instance_id and container.labels.get(PORT_LABEL, "").isdigit():
-                return int(container.labels[PORT_LABEL])
-        low, high = self.config.port_range
-        for port in range(low, high + 1):
-            if port not in taken and _port_free(self.config.listen_host, port):
-                return port
-        raise RuntimeFailure(f"no free port in {low}-{high}")
-
     def act(self, reply: protocol.Reply) -> list[ActionResult]:
         """Make the containers match the desired state in the reply."""
         self.desired = {item.instance_id: item for item in reply.desired}
         containers = self.runtime.list_managed()
-        taken = {int(c.labels[PORT_LABEL]) for c in containers if c.labels.get(PORT_LABEL, "").isdigit()}
-        wanted: list[DesiredInstance] = []
-        for item in reply.desired:
-            instance_id = str(item.instance_id)
-            if item.state == "stopped":
-                wanted.append(DesiredInstance(instance_id, item.generation, "stopped"))
-                continue
-            if not self.config.image_allowed(item.spec.image):
-                self._refuse(item, f"image {item.spec.image!r} is not in this agent's allowlist")
-                continue
-            try:
-                self.config.host_policy.check(args=item.spec.extra_args, env=item.spec.env, volumes=item.spec.volumes)
-                port = self._port_for(instance_id, containers, taken)
-                taken.add(port)
-                spec = vllm_container_spec(
-                    instance_id=instance_id,
-                    generation=item.generation,
-                    profile=item.spec.model_dump(),
-                    port=port,
-                    node_name=self.state.node_name or self.config.node_name,
-                    gpu_uuids=item.spec.gpu_uuids if self.config.attach_gpus else (),
-                    mig_uuids=item.spec.mig_uuids if self.config.attach_gpus else (),
-                    labels={PORT_LABEL: str(port)},
-                    listen_host=self.config.listen_host,
-                    ipc_host=self.config.host_policy.host_ipc,
-                    shm_size=None if self.config.host_policy.host_ipc else self.config.host_policy.shm_size,
-                )
-            except (ValueError, RuntimeFailure) as exc:
-                self._refuse(item, str(exc))
-                continue
-            wanted.append(DesiredInstance(instance_id, item.generation, item.state, spec))
+        wanted, refused = instances_plan(
+            reply.desired,
+            config=self.config,
+            containers=containers,
+            node_name=self.node_name,
+            port_free=lambda port: _port_free(self.config.listen_host, port),
+        )
+        for refusal in refused:
+            self._refuse(refusal)
         actions = reconcile(wanted, containers, asleep=frozenset(self.asleep))
         results = apply(actions, self.runtime, sleep_control=HttpSleepControl(self.http, self.config.local_host))
         for result in results:
@@ -563,49 +476,18 @@ class Agent:
     def _batch_list(self) -> list[ContainerState]:
         return self.jobs_runtime.batch_list() if self.jobs_runtime is not None else []
 
-    def _job_refusal(self, job: protocol.DesiredBatchJob) -> str:
-        """Why this agent will not run the job; empty if it will. Checked before anything is created."""
-        if self.jobs_runtime is None:
-            return "this node's container runtime cannot run batch jobs"
-        if not self.config.batch_image_allowed(job.image):
-            return f"image {job.image!r} is not in this agent's batch image allowlist"
-        limits = [self.config.batch_max_image_mb * MB]
-        if job.max_image_bytes is not None:
-            limits.append(job.max_image_bytes)
-        try:
-            size = self.jobs_runtime.image_size(job.image)
-        except ImageMissing as exc:
-            return str(exc)
-        if size > min(limits):
-            return (
-                f"image {job.image!r} is {size / MB:.1f} MB, over the {min(limits) / MB:.0f} MB limit for batch images"
-            )
-        return ""
-
     def _desired_job(self, job: protocol.DesiredBatchJob) -> DesiredJob:
-        if job.state == "stopped":
-            return DesiredJob(job.job_id, job.generation, "stopped")
-        why = self._job_refusal(job)
-        spec = None
-        if not why:
-            try:
-                spec = BatchSpec(
-                    job_id=job.job_id,
-                    generation=job.generation,
-                    image=job.image,
-                    node_name=self.state.node_name or self.config.node_name,
-                    command=job.command,
-                    gpu_uuids=job.gpu_uuids if self.config.attach_gpus else (),
-                    gpu_memory_bytes=job.memory_bytes,
-                    host_memory_bytes=self.config.batch_host_memory_bytes,
-                )
-            except ValueError as exc:
-                why = str(exc)
+        runtime = self.jobs_runtime
+        desired, why = job_plan(
+            job,
+            config=self.config,
+            node_name=self.node_name,
+            image_size=runtime.image_size if runtime is not None else None,
+        )
         if why:
             log.error("batch job %s refused: %s", job.job_id, why)
             self._job_refused[job.job_id] = why
-            return DesiredJob(job.job_id, job.generation, "stopped")
-        return DesiredJob(job.job_id, job.generation, "running", spec)
+        return desired
 
     def act_batch(self, jobs: list[protocol.DesiredBatchJob]) -> None:
         """Run, keep or stop the node's batch job containers as the reply says; failures wait for the next pass."""
@@ -674,11 +556,11 @@ class Agent:
             if result.outcome != "failed":
                 self._reap_settled.add(result.container_id)
 
-    def _refuse(self, item: protocol.DesiredInstance, why: str) -> None:
-        log.error("instance %s refused: %s", item.instance_id, why)
+    def _refuse(self, refusal: Refusal) -> None:
+        log.error("instance %s refused: %s", refusal.item_id, refusal.why)
         self._results.append(
             protocol.ActionResult(
-                instance_id=item.instance_id, generation=item.generation, action="refuse", ok=False, error=why
+                instance_id=refusal.item_id, generation=refusal.generation, action="refuse", ok=False, error=refusal.why
             )
         )
 

@@ -54,7 +54,7 @@ class Launcher:
 
     @classmethod
     def parse(cls, text: str) -> Launcher:
-        """``PATTERN=COMMAND``, e.g. ``simulated/vllm:*={python} -m fleet.sim.engine_server``."""
+        """``PATTERN=COMMAND``, e.g. ``simulated/vllm:*={python} -m fleet.demo.engine_server``."""
         pattern, sep, command = text.partition("=")
         if not sep or not pattern.strip() or not command.strip():
             raise ValueError(f"launcher {text!r}: expected IMAGE_PATTERN=COMMAND")

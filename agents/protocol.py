@@ -37,6 +37,10 @@ Uuid = Annotated[str, Field(max_length=64)]
 MAX_ID = 2**62
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Timestamp = Annotated[float, Field(gt=1_000_000_000, lt=10_000_000_000, allow_inf_nan=False)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+# The agent's --port-range unless it is told otherwise: where instance endpoints of an agent
+# that registered without saying its range (one older than the field) are taken.
+DEFAULT_PORT_RANGE = (8100, 8199)
 
 InstanceState = Literal["starting", "ready", "sleeping", "stopping", "stopped", "failed", "unknown"]
 DesiredState = Literal["running", "sleeping", "stopped"]
@@ -352,6 +356,16 @@ class Registration(Strict):
     ] = {}
     simulated: bool = False  # the demo's hosts: their GPUs and engines are simulated, never billed as real
     advertise_address: AdvertisedAddress = ""  # empty: the panel takes the address it sees the agent at
+    # The ports the agent runs its servers on (its --port-range), first and last; the panel takes
+    # instance endpoints on these ports only. Agents that predate it run on the default range.
+    port_range: tuple[Port, Port] = DEFAULT_PORT_RANGE
+
+    @model_validator(mode="after")
+    def _port_range_ordered(self) -> Registration:
+        low, high = self.port_range
+        if low > high:
+            raise ValueError(f"port_range starts at {low}, after its end {high}")
+        return self
 
 
 class Registered(Strict):

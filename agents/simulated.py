@@ -1,6 +1,6 @@
 """Simulated GPUs for the demo fleet: an NVML stand-in driven by the simulated engines' load.
 
-Nothing here touches a GPU. Each simulated engine process (``fleet.sim.engine_server``)
+Nothing here touches a GPU. Each simulated engine process (``fleet.demo.engine_server``)
 writes a small status file saying which GPUs it was given, how much memory it holds and
 its duty cycle over the last second (the share of wall time its engine spent in
 scheduler steps). ``SimulatedGpus.read`` sums those per GPU, as NVML would see several

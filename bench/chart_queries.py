@@ -49,7 +49,7 @@ def setup_django(url: str) -> None:
     os.environ["DATABASE_URL"] = url
     os.environ.pop("REDIS_URL", None)
     os.environ["DEBUG"] = "0"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.project.settings")
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -62,7 +62,7 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
     from django.db import connection
 
     from fleet.models import Gpu, Instance, InstanceEvent, ModelProfile, Node, Pool, RollupWatermark
-    from fleet.rollups import days_rollup, floor_day
+    from fleet.telemetry.rollups import days_rollup, floor_day
 
     took: dict[str, float] = {}
     started = time.perf_counter()

@@ -277,7 +277,7 @@ def prepare_database(env: dict[str, str], stub_port: int) -> str:
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
     script = f"""
 from fleet.models import Instance, ModelProfile, Pool, Team
-from fleet.services import api_key_create
+from fleet.decide.services import api_key_create
 profile = ModelProfile.objects.create(name="bench", model="bench/stub", served_name="{MODEL}", max_model_len=4096)
 pool = Pool.objects.create(name="bench-l", tier="L", isolation="shared", model_profile=profile)
 Instance.objects.create(pool=pool, actual_state="ready", endpoint="http://127.0.0.1:{stub_port}")
@@ -423,7 +423,7 @@ def main() -> None:
         env.update(
             {
                 "FLEET_VAR_DIR": str(work),
-                "DJANGO_SETTINGS_MODULE": "fleet.settings",
+                "DJANGO_SETTINGS_MODULE": "fleet.project.settings",
                 "LOG_LEVEL": "WARNING",
                 "DEBUG": "0",
             }

@@ -50,8 +50,18 @@ TRIVIAL_REPLY = b'{"ack_seq": 1, "desired": [], "report_interval_s": 5.0}'
 # connections, the ASGI one on uvicorn workers without (Django's documentation says to
 # disable them under ASGI; with them, connections pile up until PostgreSQL refuses more).
 SERVERS = {
-    "wsgi": ("fleet.wsgi:application", "ingest:trivial_app", ["--worker-class", "gthread", "--threads", "4"], "600"),
-    "asgi": ("fleet.asgi:application", "ingest:trivial_asgi", ["--worker-class", "uvicorn.workers.UvicornWorker"], "0"),
+    "wsgi": (
+        "fleet.project.wsgi:application",
+        "ingest:trivial_app",
+        ["--worker-class", "gthread", "--threads", "4"],
+        "600",
+    ),
+    "asgi": (
+        "fleet.project.asgi:application",
+        "ingest:trivial_asgi",
+        ["--worker-class", "uvicorn.workers.UvicornWorker"],
+        "0",
+    ),
 }
 
 
@@ -100,7 +110,7 @@ def prepare(url: str, hosts: int) -> list[tuple[str, str]]:
     """Migrate the scratch database and create the hosts; return (name, token) pairs."""
     os.environ["DATABASE_URL"] = url
     os.environ.pop("REDIS_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.project.settings")
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -442,7 +452,7 @@ def main() -> None:
         from django.db import connection
 
         from fleet.models import GpuSample
-        from fleet.rollups import minutes_rollup
+        from fleet.telemetry.rollups import minutes_rollup
 
         port = free_port()
         panel_app, trivial, worker_args, conn_max_age = SERVERS[args.server]

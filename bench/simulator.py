@@ -4,9 +4,10 @@ Writes an HTML report and a Markdown table per trace under ``var/`` and prints t
 benchmark table. The policy settings used are the JSON files in ``bench/sim/``. The fleet
 is up to 8 simulated H100s (the calibrated engine model). The code trace runs as
 published: its bursts already need 3 always-on H100s for 99.9% of first tokens within
-500 ms. The conversation trace is scaled x4 (every request copied, with seeded arrival
-jitter of up to 1 s, the trace's clock kept): as published, one H100 serves it all, and
-nothing can be saved against one always-on instance.
+500 ms. The conversation trace runs at four times its own rate (``Trace.rate_scaled``: new
+Poisson arrivals at 4x the trace's rate in each minute, token lengths drawn from the trace,
+the trace's clock kept; no request is a copy of another): as published, one H100 serves it
+all, and nothing can be saved against one always-on instance.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fleet.sim.report import benchmark_markdown, comparison_html, comparison_mar
 from fleet.sim.simulate import setup_build  # noqa: E402
 from fleet.sim.traces import trace_load  # noqa: E402
 
-TRACES = {"azure-code": 1, "azure-conv": 4}  # trace -> scale
+TRACES = {"azure-code": 1, "azure-conv": 4}  # trace -> rate scale (1: as published)
 GPU = os.environ.get("SIM_GPU", "H100")
 GPUS = int(os.environ.get("SIM_GPUS", "8"))
 SEED = int(os.environ.get("SIM_SEED", "0"))
@@ -42,7 +43,7 @@ def main() -> None:
         started = time.monotonic()
         values = json.loads((ROOT / "bench" / "sim" / f"{name}.json").read_text(encoding="utf-8"))
         setup = setup_build(engine=engine, gpus=GPUS, values=values, seed=SEED)
-        trace = trace_load(name).scaled(scale, seed=SEED)
+        trace = trace_load(name).rate_scaled(scale, seed=SEED)
         price = Decimal(os.environ["SIM_PRICE"]) if os.environ.get("SIM_PRICE") else price_preset(GPU)
         comparison = compare(trace=trace, setup=setup, price_per_gpu_hour=price)
         command = (

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db.models import Avg, Count, F, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDay
@@ -30,6 +30,7 @@ from fleet.costs.selectors import (
     savings_compute,
     spend_report,
     team_spend,
+    totals_by_pool,
 )
 from fleet.costs.spend import ALLOCATED, UNALLOCATED, SpendReport
 from fleet.models import (
@@ -126,6 +127,7 @@ def gpu_utilization_grid(*, time_range: TimeRange) -> dict[str, Any]:
     by_node = Gpu.objects.filter(decommissioned_at__isnull=True).count() > HEATMAP_GPU_ROWS
     key = "gpu__node_id" if by_node else "gpu_id"
     window = {"bucket__gte": time_range.start, "bucket__lt": time_range.end}
+    cells: QuerySet[GpuMinute] | QuerySet[GpuHour]
     if span <= HEATMAP_MINUTES_UP_TO:
         step, cells = timedelta(minutes=1), GpuMinute.objects.filter(**window).annotate(column=F("bucket"))
     elif span <= HEATMAP_HOURS_UP_TO:
@@ -295,7 +297,17 @@ def tier_traffic(*, pool: Pool, time_range: TimeRange) -> dict[str, int]:
     return {row["tier"]: row["n"] for row in rows}
 
 
-def spend_buckets(*, report: SpendReport, size: timedelta) -> dict[str, list[Any]]:
+class SpendBuckets(TypedDict):
+    """Spend per bar of the cost page's chart: the bars' starts, their width, and each part's amount."""
+
+    at: list[datetime]
+    step: timedelta
+    busy: list[float]
+    idle: list[float]
+    unallocated: list[float]
+
+
+def spend_buckets(*, report: SpendReport, size: timedelta) -> SpendBuckets:
     """Busy, idle and unallocated spend per time bucket, each line shared by its overlap with the bucket.
 
     For a chart: in floats, spread evenly over each line's time. Totals come from the report.
@@ -303,6 +315,7 @@ def spend_buckets(*, report: SpendReport, size: timedelta) -> dict[str, list[Any
     sums: dict[datetime, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     step = size.total_seconds()
     for line in report.lines:
+        parts: tuple[tuple[int, float], ...]
         if line.kind == ALLOCATED:
             parts = ((0, float(line.busy)), (1, float(line.idle)))
         elif line.kind == UNALLOCATED:
@@ -342,22 +355,42 @@ def spend_display_bucket(time_range: TimeRange) -> timedelta:
     return next((width for up_to, width in SPEND_BARS if span <= up_to), timedelta(days=1))
 
 
+class PoolSpendRow(TypedDict):
+    """One pool's spend in the range (``pool`` None: the unallocated row, or spend of no known pool)."""
+
+    pool: int | None
+    name: str
+    busy: Decimal
+    idle: Decimal
+    unallocated: Decimal
+    spend: Decimal
+
+
+class TokenCostRow(TypedDict):
+    """One pool's tokens and cost per million tokens (allocation basis; None where it served none)."""
+
+    name: str
+    tokens: float
+    cost: Decimal | None
+
+
 @dataclass(frozen=True)
 class CostPage:
     currency: str
     report: SpendReport
-    over_time: dict[str, list[Any]]
-    by_pool: list[dict[str, Any]]
+    over_time: SpendBuckets
+    by_pool: list[PoolSpendRow]
     by_team: list[dict[str, Any]]
-    per_million_tokens: list[dict[str, Any]]
+    per_million_tokens: list[TokenCostRow]
 
 
 def cost_page(*, time_range: TimeRange) -> CostPage:
     """Spend of the range from rollups: over time (busy/idle/unallocated), by pool, by team, per token."""
     window = fleet_window(start=time_range.start, end=time_range.end, raw=False)
     report = spend_report(start=time_range.start, end=time_range.end, window=window)
-    names = dict(Pool.objects.values_list("pk", "name"))
-    by_pool = [
+    # Keyed by int | None as the totals are: spend whose instance has no known pool reads "unknown pool".
+    names: dict[int | None, str] = dict(Pool.objects.values_list("pk", "name"))
+    by_pool: list[PoolSpendRow] = [
         {
             "pool": pool_id,
             "name": names.get(pool_id, "unknown pool"),
@@ -366,7 +399,7 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
             "unallocated": Decimal(0),
             "spend": t.spend,
         }
-        for pool_id, t in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(names.get(item[0])))
+        for pool_id, t in sorted(totals_by_pool(report).items(), key=lambda item: str(names.get(item[0])))
     ]
     unallocated = report.unallocated
     if unallocated.spend:
@@ -381,7 +414,7 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
             }
         )
     token_costs = cost_per_million_tokens(start=time_range.start, end=time_range.end, report=report, raw=False)
-    per_million = [
+    per_million: list[TokenCostRow] = [
         {
             "name": row["name"],
             "tokens": float(token_costs[row["pool"]].tokens),
@@ -451,11 +484,14 @@ def budgets_burn() -> list[dict[str, Any]]:
     """Enabled budgets with what their period has spent, as the budget task last computed it."""
     rows = []
     for budget in Budget.objects.filter(enabled=True).select_related("team", "pool").order_by("name"):
+        owner = budget.team or budget.pool
+        if owner is None:  # a check constraint gives every budget a team or a pool
+            continue
         rows.append(
             {
                 "id": budget.pk,
                 "name": budget.name,
-                "scope": budget.team.name if budget.team else budget.pool.name,  # type: ignore[union-attr]
+                "scope": owner.name,
                 "period": budget.get_period_display(),
                 "amount": budget.amount,
                 "spent": budget.spent,

@@ -18,10 +18,10 @@ from dashboard import figures
 from dashboard import selectors as pages
 from dashboard.forms import JoinTokenForm
 from fleet import selectors
-from fleet.agent_dist import install_command, install_problems, panel_url
 from fleet.costs.selectors import billing_currency
+from fleet.decide.services import join_token_create
 from fleet.events import FLEET_GROUP, node_group, pool_group
-from fleet.services import join_token_create
+from fleet.telemetry.agent_dist import install_command, install_problems, panel_url
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 PLOTLY_JS_VERSION = plotly.__version__

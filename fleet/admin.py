@@ -14,10 +14,17 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from fleet.agent_dist import install_command, install_problems
 from fleet.costs.budgets import budget_block_lift
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import billing_currency, period_bounds
+from fleet.decide.services import (
+    StaleGeneration,
+    instance_add,
+    instance_desire,
+    join_token_ttl,
+    node_decommission,
+    node_token_rotate,
+)
 from fleet.forms import JSON_FORM_FIELDS, InstanceForm, PercentField, PolicyKindForm, policy_form
 from fleet.models import (
     Alert,
@@ -43,14 +50,7 @@ from fleet.models import (
 )
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
-from fleet.services import (
-    StaleGeneration,
-    instance_add,
-    instance_desire,
-    join_token_ttl,
-    node_decommission,
-    node_token_rotate,
-)
+from fleet.telemetry.agent_dist import install_command, install_problems
 
 GIB = 1024**3
 SHOWN_ONCE = "fleet_shown_once"
@@ -344,7 +344,7 @@ class PoolAdmin(admin.ModelAdmin):
     inlines = [InstanceInline]
     fieldsets = (
         (None, {"fields": ("name", "tier", "isolation", "model_profile", "gpu_model", "mig_profile", "enabled")}),
-        ("Service level", {"fields": ("sla_metric", "sla_percentile", "sla_latency_ms")}),
+        ("Service level", {"fields": ("sla_metric", "sla_percentile", "sla_latency_ms", "sla_e2e_latency_ms")}),
         ("Capacity", {"fields": ("util_band_low", "util_band_high", "min_instances", "max_instances")}),
         ("Idle and pre-warm", {"fields": ("idle_minimize_after_s", "idle_stop_after_s", "prewarm_margin_s")}),
     )

@@ -7,5 +7,5 @@ class FleetConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The Celery app, so the tasks this process sends go to its broker; ``celery -A fleet`` finds it alone.
-        import fleet.celery  # noqa: F401
+        # The Celery app, so the tasks this process sends go to its broker; ``celery -A fleet.project`` finds it alone.
+        import fleet.project.celery  # noqa: F401

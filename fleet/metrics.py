@@ -9,7 +9,7 @@ state, currency; nothing per request.
 Access: a scrape is let in when it carries ``Authorization: Bearer <METRICS_TOKEN>`` (if
 that setting is set) or comes from an address in ``METRICS_ALLOWED_IPS`` (addresses or
 networks; loopback by default). Behind a reverse proxy, list it in ``TRUSTED_PROXIES``: the
-address is then the client's as the proxy saw it (``fleet.client_address``), and a
+address is then the client's as the proxy saw it (``fleet.project.client_address``), and a
 forwarded-for header from any other peer is ignored.
 """
 
@@ -31,10 +31,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleet import selectors
-from fleet.client_address import client_address
 from fleet.costs.selectors import spend_metric_rows
 from fleet.models import Instance, Node
 from fleet.policies.windows import REPORT_INTERVAL_S
+from fleet.project.client_address import client_address
 
 NODE_UP_WITHIN = timedelta(seconds=3 * REPORT_INTERVAL_S)
 GPU_LABELS = ["node", "gpu", "uuid", "model"]

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
@@ -104,6 +104,8 @@ def request_times_from_samples(pool_ids: list[int], since: datetime, until: date
         instance__pool_id__in=pool_ids, at__gte=since, at__lt=until, request_rate__gt=0
     ).values_list("instance__pool_id", "at", "request_rate")
     for pool_id, at, rate in rows.iterator(chunk_size=5000):
+        if rate is None:  # the column is nullable; request_rate__gt=0 leaves such rows out
+            continue
         times[pool_id].extend([at] * max(1, round(rate * REPORT_INTERVAL_S)))
     return dict(times)
 
@@ -158,9 +160,10 @@ def _cold_starts(pool_ids: list[int]) -> dict[int, float | None]:
     return {pool_id: cold_start_median(values) for pool_id, values in durations.items()}
 
 
-def _window_latency(pool: Pool, samples: list[InstanceSample]) -> float | None:
-    """The pool's SLA percentile of its SLA metric over the window's reports, in ms (``pool_latency``)."""
-    field = "ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"
+def _window_latency(pool: Pool, samples: list[InstanceSample], metric: str | None = None) -> float | None:
+    """The pool's SLA percentile of its SLA metric (or of ``metric``) over the window's reports, in ms
+    (``pool_latency``)."""
+    field = "ttft_histogram" if (metric or pool.sla_metric) == Pool.SlaMetric.TTFT else "e2e_histogram"
     seconds = pool_latency((getattr(sample, field) for sample in samples), pool.sla_percentile)
     return None if seconds is None else seconds * 1000
 
@@ -181,6 +184,11 @@ def _pool_windows(
         ],
         max_num_seqs=pool.model_profile.max_num_seqs,
         latency=lambda start, end, samples: _window_latency(pool, samples),
+        e2e_latency=(
+            (lambda start, end, samples: _window_latency(pool, samples, Pool.SlaMetric.E2E))
+            if pool.sla_e2e_latency_ms is not None
+            else None
+        ),
     )
 
 
@@ -229,6 +237,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 sla_metric=pool.sla_metric,
                 sla_percentile=pool.sla_percentile,
                 sla_latency_ms=pool.sla_latency_ms,
+                sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
                 util_band_low=pool.util_band_low,
                 util_band_high=pool.util_band_high,
                 idle_minimize_after_s=pool.idle_minimize_after_s,
@@ -237,6 +246,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 enable_sleep_mode=profile.enable_sleep_mode,
                 gpu_memory_utilization=profile.gpu_memory_utilization,
                 max_num_seqs=profile.max_num_seqs,
+                max_model_len=profile.max_model_len,
                 estimate=vram_estimate_for(profile),
                 cold_start_s=cold.get(pool.pk),
                 last_scale_out_at=scaled.get((pool.pk, "scale_out")),
@@ -376,12 +386,12 @@ def gpu_series(*, gpu_id: int, start: datetime, end: datetime) -> dict[str, Any]
     """
     resolution = _resolution(start, end)
     if resolution == "raw":
-        rows = (
+        samples = (
             GpuSample.objects.filter(gpu_id=gpu_id, at__gte=start, at__lt=end)
             .order_by("at")
             .values_list("at", "utilization_gpu_pct", "sm_activity_pct", "memory_used_bytes", "power_watts")
         )
-        columns = list(zip(*rows, strict=True)) or [()] * 5
+        columns = list(zip(*samples, strict=True)) or [()] * 5
         series = dict(zip(("at", *GPU_SERIES_FIELDS), (list(c) for c in columns), strict=True))
         return {"resolution": resolution, **series, **{f"{f}_max": series[f] for f in GPU_SERIES_FIELDS}}
     model = GpuMinute if resolution == "minute" else GpuHour
@@ -396,7 +406,24 @@ def gpu_series(*, gpu_id: int, start: datetime, end: datetime) -> dict[str, Any]
     return out
 
 
-def pool_series(*, pool_id: int, start: datetime, end: datetime) -> list[dict[str, Any]]:
+class PoolSeriesRow(TypedDict):
+    """One bucket of ``pool_series``: a minute or an hour of one pool."""
+
+    bucket: datetime
+    instances: int
+    requests: float
+    prompt_tokens: float
+    generation_tokens: float
+    requests_waiting_mean: float | None
+    requests_waiting_max: float | None
+    kv_cache_usage_mean: float | None
+    ttft_p95_s: float | None
+    e2e_p50_s: float | None
+    e2e_p95_s: float | None
+    e2e_p99_s: float | None
+
+
+def pool_series(*, pool_id: int, start: datetime, end: datetime) -> list[PoolSeriesRow]:
     """One pool's traffic, queue and latency percentiles (from merged buckets) per bucket."""
     model = PoolMinute if end - start <= MINUTE_MAX_RANGE else PoolHour
     return list(
@@ -442,13 +469,14 @@ def fleet_heatmap(*, start: datetime, end: datetime) -> dict[str, Any]:
     return {"hours": hours, "gpus": [f"{name}/{index}" for _pk, name, index in gpus], "utilization": cells}
 
 
-def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[dict[str, Any]]:
+def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[Mapping[str, Any]]:
     """Every GPU's newest sample with its node, in two index-backed queries.
 
     The newest sample id per GPU is one probe of the ``(gpu, at DESC)`` index each, so
     this stays fast however long the table grows. GPUs whose newest sample is older than
     ``fresh_for`` (None: any age) are left out: a host that stopped reporting must not
     show its last utilization as if it were current. So are cards that left the fleet.
+    Rows are read-only mappings (not a TypedDict): the metrics exporter reads their fields by name in a loop.
     """
     newest = GpuSample.objects.filter(gpu_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
     live = Gpu.objects.filter(decommissioned_at__isnull=True)
@@ -475,8 +503,11 @@ def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[dict[
     )
 
 
-def instances_latest(*, fresh_for: timedelta = SAMPLE_FRESH_FOR) -> list[dict[str, Any]]:
-    """Every instance's newest sample (queue, latency) with its pool, if fresh."""
+def instances_latest(*, fresh_for: timedelta = SAMPLE_FRESH_FOR) -> list[Mapping[str, Any]]:
+    """Every instance's newest sample (queue, latency) with its pool, if fresh.
+
+    Rows are read-only mappings (not a TypedDict): the metrics exporter reads their fields by name in a loop.
+    """
     newest = InstanceSample.objects.filter(instance_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
     ids = Instance.objects.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
     return list(

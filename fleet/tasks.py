@@ -2,7 +2,7 @@
 
 The periodic ones are registered with django-celery-beat by ``fleet.schedules`` (a data
 migration installs them; ``manage.py fleet_schedule`` puts them back). In the embedded
-default, where Celery is eager and there is no beat, ``fleet.scheduler`` runs the same
+default, where Celery is eager and there is no beat, ``fleet.project.scheduler`` runs the same
 task functions from a thread in the server process. ``fleet.alert_deliver`` lives with the
 alerts it delivers (``fleet.costs.alerts``), which this module imports, so it registers with the rest.
 """
@@ -14,11 +14,11 @@ from typing import Any
 from celery import shared_task
 from django.db import connection
 
-from fleet import rollups
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.budgets import budgets_evaluate
-from fleet.policies.evaluate import policies_evaluate
+from fleet.decide.evaluate import policies_evaluate
 from fleet.policies.registry import ORDER
+from fleet.telemetry import rollups
 
 
 @shared_task(name="fleet.ping")

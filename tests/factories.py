@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleet.decide.services import node_create
 from fleet.gateway.accounting import RequestRecord
 from fleet.models import Gpu, Instance, ModelProfile, Node, Policy, Pool, PriceRate
 from fleet.presets import presets_install
-from fleet.services import node_create
 
 GIB = 1024**3
 

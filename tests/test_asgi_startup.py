@@ -20,7 +20,7 @@ import asyncio, json, threading
 def threads():
     return sorted(thread.name for thread in threading.enumerate())
 
-from fleet.asgi import application
+from fleet.project.asgi import application
 print(json.dumps({"imported": threads()}), flush=True)
 sent = []
 
@@ -45,7 +45,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The embedded default (no Redis, a scratch SQLite), where the scheduler is on."""
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
-        DJANGO_SETTINGS_MODULE="fleet.settings",
+        DJANGO_SETTINGS_MODULE="fleet.project.settings",
         FLEET_VAR_DIR=str(tmp_path_factory.mktemp("var")),
         FLEET_INPROCESS_SCHEDULER="1",
     )

@@ -10,9 +10,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from fleet.decide.services import join_token_create
+from fleet.demo.runner import DemoOptions, demo_prepare
 from fleet.models import JoinToken
-from fleet.services import join_token_create
-from fleet.sim.demo import DemoOptions, demo_prepare
 
 pytestmark = pytest.mark.django_db
 

@@ -54,5 +54,7 @@ def test_the_commands_that_serve_the_panel_fill_the_wheelhouse_first(target: str
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     download = next(i for i, line in enumerate(lines) if "pip download" in line and str(wheelhouse) in line)
-    serving = next(i for i, line in enumerate(lines) if "manage.py demo" in line or "manage.py runserver" in line)
+    serving = next(
+        i for i, line in enumerate(lines) if "manage.py demo" in line or "uvicorn fleet.project.asgi" in line
+    )
     assert download < serving

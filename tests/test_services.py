@@ -6,9 +6,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from fleet.decide.services import StaleGeneration, api_key_create, instance_desire, node_token_rotate
 from fleet.events import FLEET_GROUP
 from fleet.models import ApiKey, Decision, Instance
-from fleet.services import StaleGeneration, api_key_create, instance_desire, node_token_rotate
 from fleet.tokens import token_hash, token_matches
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 

@@ -51,7 +51,7 @@ print(json.dumps(ping.delay().get(timeout=60)))
     result = subprocess.run(
         [sys.executable, "-c", client],
         cwd=ROOT,
-        env=dict(celery_worker, DJANGO_SETTINGS_MODULE="fleet.settings"),
+        env=dict(celery_worker, DJANGO_SETTINGS_MODULE="fleet.project.settings"),
         capture_output=True,
         text=True,
         timeout=120,

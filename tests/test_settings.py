@@ -34,7 +34,7 @@ CONFIG_VARS = ("DATABASE_URL", "REDIS_URL", "FLEET_ENV", "SECRET_KEY", "ALLOWED_
 
 def run_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {key: value for key, value in os.environ.items() if key not in CONFIG_VARS}
-    clean.update(DJANGO_SETTINGS_MODULE="fleet.settings", FLEET_VAR_DIR=str(tmp_path), **env)
+    clean.update(DJANGO_SETTINGS_MODULE="fleet.project.settings", FLEET_VAR_DIR=str(tmp_path), **env)
     return subprocess.run(
         [sys.executable, "-c", PROBE], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60
     )

@@ -31,6 +31,7 @@ from fleet.costs.spend import (
     PeriodUtilization,
     SpendReport,
     TieredUtilization,
+    Totals,
     UtilizationIndex,
     baseline_lines,
     spend_lines,
@@ -53,8 +54,8 @@ from fleet.models import (
     PriceRate,
     RollupWatermark,
 )
-from fleet.rollups import DAY, MAX_GAP_S, floor_day, floor_hour, floor_minute, gpu_period_sums, series_pairs
 from fleet.states import gpu_holding_states
+from fleet.telemetry.rollups import DAY, MAX_GAP_S, floor_day, floor_hour, floor_minute, gpu_period_sums, series_pairs
 
 PERIODS = ("day", "week", "month")
 
@@ -273,8 +274,8 @@ def gpu_activity(
     periods.sort(key=lambda row: (row[0], row[1]))
     # Touching periods make one run.
     runs: dict[int, list[list[datetime]]] = defaultdict(list)
-    for gpu_id, begin, up, _, _ in periods:
-        first, last = max(begin, start), min(begin + up, tiers.minutes_until)
+    for gpu_id, begin, up_time, _, _ in periods:
+        first, last = max(begin, start), min(begin + up_time, tiers.minutes_until)
         merged = runs[gpu_id]
         if first >= last:
             continue
@@ -407,8 +408,15 @@ def savings_compute(
         if row.gpu_id not in held_from or row.start < held_from[row.gpu_id]:
             held_from[row.gpu_id] = row.start
     # A card that left the fleet (its host decommissioned, or swapped out) is in the static layout until then.
-    left = dict(Gpu.objects.filter(pk__in=gpu_ids, decommissioned_at__lt=until).values_list("pk", "decommissioned_at"))
-    spans = {}
+    # (decommissioned_at is nullable: the filter keeps only cards that have one, the check narrows the type.)
+    left = {
+        pk: at
+        for pk, at in Gpu.objects.filter(pk__in=gpu_ids, decommissioned_at__lt=until).values_list(
+            "pk", "decommissioned_at"
+        )
+        if at is not None
+    }
+    spans: dict[int, tuple[datetime, datetime]] = {}
     for gpu_id in gpu_ids:
         firsts = [run[0] for run in window.up.get(gpu_id, [])]
         if gpu_id in held_from:
@@ -425,6 +433,19 @@ def savings_compute(
             reclaimable=report.unallocated.spend,
             currency=report.currency,
         )
+
+
+def totals_by_pool(report: SpendReport) -> dict[int | None, Totals]:
+    """The report's allocated totals per pool; None holds lines whose instance has no known pool.
+
+    ``SpendReport.by`` groups by any hashable key; the check keeps the keys this grouping gives
+    (a pool id or None, so it drops nothing) and tells the type checker so.
+    """
+    return {
+        pool_id: totals
+        for pool_id, totals in report.by(lambda line: line.pool_id).items()
+        if pool_id is None or isinstance(pool_id, int)
+    }
 
 
 def tokens_by_pool(*, start: datetime, end: datetime, tiers: Tiers | None = None) -> dict[int, Decimal]:
@@ -476,7 +497,7 @@ class TokenCost:
     usage: the busy part of that spend only / tokens x 1e6.
     """
 
-    pool_id: int
+    pool_id: int | None
     tokens: Decimal
     spend: Decimal
     busy: Decimal
@@ -486,17 +507,20 @@ class TokenCost:
 
 def cost_per_million_tokens(
     *, start: datetime, end: datetime, report: SpendReport | None = None, raw: bool = True
-) -> dict[int, TokenCost]:
-    """Each pool's cost per million tokens on both bases; ``raw=False`` reads rollups only (``Tiers``)."""
+) -> dict[int | None, TokenCost]:
+    """Each pool's cost per million tokens on both bases; ``raw=False`` reads rollups only (``Tiers``).
+
+    Keyed as ``totals_by_pool``: None holds spend whose instance has no known pool (it served no tokens).
+    """
     report = report or spend_report(start=start, end=end)
     tokens = tokens_by_pool(start=start, end=end, tiers=Tiers.for_window(start=start, end=end, raw=raw))
-    result = {}
+    result: dict[int | None, TokenCost] = {}
     with localcontext(CONTEXT):
-        for pool_id, totals in report.by(lambda line: line.pool_id).items():
-            count = tokens.get(pool_id, ZERO)  # type: ignore[arg-type]
+        for pool_id, totals in totals_by_pool(report).items():
+            count = tokens.get(pool_id, ZERO) if pool_id is not None else ZERO
             million = count / Decimal(1_000_000)
             result[pool_id] = TokenCost(
-                pool_id=pool_id,  # type: ignore[arg-type]
+                pool_id=pool_id,
                 tokens=count,
                 spend=totals.spend,
                 busy=totals.busy,
@@ -581,8 +605,8 @@ def team_spend(
     for (pool_id, team_id), amount in usage.items():
         per_pool[pool_id][team_id] = amount
     return {
-        pool_id: team_shares(total=totals.spend, usage=per_pool.get(pool_id, {}))  # type: ignore[call-overload]
-        for pool_id, totals in report.by(lambda line: line.pool_id).items()
+        pool_id: team_shares(total=totals.spend, usage=per_pool.get(pool_id, {}))
+        for pool_id, totals in totals_by_pool(report).items()
         if pool_id is not None
     }
 
@@ -600,11 +624,14 @@ def teams_blocked(*, now: datetime | None = None) -> dict[int, str]:
         team__isnull=False, enabled=True, blocked_period_start__isnull=False
     ).select_related("team")
     for budget in budgets:
+        team = budget.team
+        if team is None:  # the column is nullable; team__isnull=False leaves such budgets out
+            continue
         first, following = period_bounds(period=budget.period, now=now)
         if budget.blocked_period_start == first and budget.lifted_period_start != first:
             blocked.setdefault(
-                budget.team_id,  # type: ignore[arg-type]
-                f"Team {budget.team.name} reached the hard limit ({budget.hard_threshold_pct}%) of its "  # type: ignore[union-attr]
+                team.pk,
+                f"Team {team.name} reached the hard limit ({budget.hard_threshold_pct}%) of its "
                 f"{budget.get_period_display()} budget '{budget.name}' ({budget.amount} {billing_currency()}); "
                 f"requests are refused until {following.astimezone(billing_tz()):%Y-%m-%d %H:%M %Z} "
                 "or until an admin lifts the block.",
@@ -634,8 +661,15 @@ def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, st
     names = dict(Pool.objects.values_list("pk", "name"))
     currency = report.currency
     rows: list[tuple[dict[str, str], Decimal]] = [
-        ({"__name__": "gpufleet_spend_total", "currency": currency, "pool": names.get(pool_id, "")}, totals.spend)  # type: ignore[arg-type]
-        for pool_id, totals in sorted(report.by(lambda line: line.pool_id).items(), key=lambda item: str(item[0]))
+        (
+            {
+                "__name__": "gpufleet_spend_total",
+                "currency": currency,
+                "pool": names.get(pool_id, "") if pool_id is not None else "",
+            },
+            totals.spend,
+        )
+        for pool_id, totals in sorted(totals_by_pool(report).items(), key=lambda item: str(item[0]))
     ]
     rows.append(({"__name__": "gpufleet_spend_total", "currency": currency, "pool": ""}, report.unallocated.spend))
     savings = savings_compute(start=first, end=now, window=window, report=report)

@@ -1,7 +1,7 @@
 """Request records, queued on the hot path and written to the database in batches.
 
 Appending to a bounded deque is all a request pays; a background task hands batches to
-``fleet.services.request_logs_write`` (one insert). When the database falls
+``fleet.decide.services.request_logs_write`` (one insert). When the database falls
 behind and the queue is full, new records are dropped and counted rather than letting
 memory grow or slowing requests down.
 """

@@ -10,7 +10,7 @@ Routing: the request's RCF picks a tier; the tier's fallback order (``FALLBACK``
 the pools to try, without any pool whose ``max_model_len`` the request exceeds; within a
 tier the ready instance with the fewest outstanding requests wins. When no eligible pool
 has a ready instance the request is held (bounded in number and time) while the
-preferred pool is woken through ``fleet.policies.evaluate.pool_wake_request``; a refresh
+preferred pool is woken through ``fleet.decide.evaluate.pool_wake_request``; a refresh
 that sees an instance ready releases it. A connection error or 5xx before the first byte
 is retried once on another instance, and the failing one sits out a cool-down.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -28,27 +27,24 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fleet.gateway import worker
 from fleet.gateway.accounting import RequestRecord, RequestRecorder
 from fleet.gateway.config import GatewayConfig
-from fleet.gateway.counting import CHAT_MESSAGE_OVERHEAD, CHAT_REPLY_OVERHEAD
+from fleet.gateway.decide import Routed, authenticate, models_visible, route
 from fleet.gateway.limits import KeyLimiter
 from fleet.gateway.protocol import (
     ApiError,
-    ParsedRequest,
     SseRelay,
     load_json,
     parse_chat,
     parse_completion,
     usage_tokens,
 )
-from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, PoolRoute, RoutingTable, Upstream, routing_table_load
+from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, RoutingTable, Upstream, routing_table_load
 from fleet.gateway.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 from fleet.policies.pick import Picker
-from fleet.policies.routing import FALLBACK, TIERS, rcf_compute, text_features, tier_for
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +55,6 @@ Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 T = TypeVar("T")
 
-KEY_PREFIX = "gfk_"
 JSON = b"application/json"
 PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 WAKE_FAILED_RETRY_S = 1.0
@@ -67,22 +62,6 @@ WAKE_FAILED_RETRY_S = 1.0
 
 class ClientGone(Exception):
     """The client disconnected before its request was complete."""
-
-
-@dataclass(slots=True)
-class Routed:
-    """One request on its way: what was decided and what came back, for the log record."""
-
-    started: float
-    wall: float
-    key: ApiKeyRoute
-    request: ParsedRequest
-    rcf: float
-    tier: str
-    prompt_tokens: int
-    groups: list[list[int]]
-    cold_start: bool = False
-    retried: bool = False
 
 
 class Gateway:
@@ -218,7 +197,7 @@ class Gateway:
         while len(self.recorder):
             batch = self.recorder.take(self.config.log_batch)
             try:
-                from fleet.services import request_logs_write
+                from fleet.decide.services import request_logs_write
 
                 await self._db(request_logs_write, records=batch)
             except Exception:
@@ -272,7 +251,7 @@ class Gateway:
         if not self.loaded:
             raise ApiError(503, "The gateway has not loaded its routing table yet.", type="server_error")
         table = self.table
-        key = self._authenticate(scope, table)
+        key = authenticate(scope["headers"], table)
         path = scope["path"]
         endpoint = PATHS.get(path)
         if endpoint is None:
@@ -288,38 +267,14 @@ class Gateway:
         body = await self._read_body(receive)
         payload = load_json(body)
         request = parse_chat(payload) if endpoint == "chat" else parse_completion(payload)
-        routed = self._route(request, key, table)
+        routed = route(request, key, table)
         self.limiter.admit(key, tokens=routed.prompt_tokens + (request.max_tokens or 1), now=time.monotonic())
         await self._serve(routed, body, path.encode(), receive, send)
-
-    def _authenticate(self, scope: Scope, table: RoutingTable) -> ApiKeyRoute:
-        header = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.decode("latin-1").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401,
-                "Missing API key: send 'Authorization: Bearer gfk_...' with a key from the panel.",
-                code="invalid_api_key",
-            )
-        route = table.keys.get(hashlib.sha256(token.encode()).hexdigest()) if token.startswith(KEY_PREFIX) else None
-        if route is None:
-            raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
-        blocked = table.blocked_teams.get(route.team_id)
-        if blocked is not None:
-            raise ApiError(429, blocked, code="budget_exceeded", type="insufficient_quota")
-        return route
 
     async def _models(self, scope: Scope, send: Send, table: RoutingTable, key: ApiKeyRoute) -> None:
         if scope["method"] != "GET":
             raise ApiError(405, "/v1/models takes GET.", code="method_not_allowed")
-        names = table.served_models()
-        if key.models or key.pool_ids:
-            names = [name for name in names if any(map(key.may_use, self._pools_of(table.models[name])))]
+        names = models_visible(table, key)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "gpufleet"} for name in names]
         body = json.dumps({"object": "list", "data": data}).encode()
         await send(
@@ -358,63 +313,6 @@ class Gateway:
         return ApiError(413, f"The request body is over {self.config.max_body_bytes} bytes.", code="body_too_large")
 
     # -- routing -----------------------------------------------------------------
-
-    def _route(self, request: ParsedRequest, key: ApiKeyRoute, table: RoutingTable) -> Routed:
-        """Fingerprint the request and list the pools it may go to, in order, or refuse it."""
-        started = time.perf_counter()
-        tiers = table.models.get(request.model, {})
-        if tiers and (key.models or key.pool_ids):
-            tiers = {tier: tuple(pool for pool in pools if key.may_use(pool)) for tier, pools in tiers.items()}
-        pools = self._pools_of(tiers) if tiers else []
-        if not pools:
-            raise ApiError(
-                404,
-                f"The model {request.model[:100]!r} is not served here, or not to this key.",
-                code="model_not_found",
-                param="model",
-            )
-        counter = pools[0].counter
-        counts = [counter.count(text) for text in request.texts] + request.known_token_counts
-        prompt_tokens = max(counts)
-        if request.endpoint == "chat":
-            prompt_tokens += CHAT_MESSAGE_OVERHEAD * request.messages + CHAT_REPLY_OVERHEAD
-        settings = table.settings
-        rcf = rcf_compute(
-            prompt_tokens=prompt_tokens,
-            max_tokens=request.max_tokens,
-            features=text_features(request.text),
-            settings=settings,
-        )
-        tier = tier_for(rcf, settings)
-        needed = prompt_tokens + (request.max_tokens or 1)
-        groups = [[pool.pool_id for pool in tiers[t] if needed <= pool.max_model_len] for t in FALLBACK[tier]]
-        groups = [group for group in groups if group]
-        if not groups:
-            longest = max(pool.max_model_len for pool in pools)
-            asked = f"{prompt_tokens} prompt tokens" + (
-                f" + {request.max_tokens} max_tokens" if request.max_tokens else " and at least one output token"
-            )
-            raise ApiError(
-                400,
-                f"This request needs {asked} = {needed} tokens, more than the longest context of any pool "
-                f"serving {request.model} ({longest} tokens). Shorten the prompt or lower max_tokens.",
-                code="context_length_exceeded",
-                param="messages" if request.endpoint == "chat" else "prompt",
-            )
-        return Routed(
-            started=started,
-            wall=time.time(),
-            key=key,
-            request=request,
-            rcf=rcf,
-            tier=tier,
-            prompt_tokens=prompt_tokens,
-            groups=groups,
-        )
-
-    @staticmethod
-    def _pools_of(tiers: dict[str, tuple[PoolRoute, ...]]) -> list[PoolRoute]:
-        return [pool for tier in TIERS for pool in tiers[tier]]
 
     def pick(self, groups: list[list[int]], exclude: int | None = None) -> Upstream | None:
         """``Picker.pick`` over the routing table's ready instances (the simulator's pick too)."""

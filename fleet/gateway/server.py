@@ -15,7 +15,8 @@ import asyncio
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from fleet.project.http import ReadDeadlineProtocol
 
 KEEP_ALIVE_S = 75
 
@@ -57,8 +58,9 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class GatewayHttpProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` on a ``CoalescingTransport``; flow control stays on the real one."""
+class GatewayHttpProtocol(ReadDeadlineProtocol):
+    """The panel's protocol (uvicorn's httptools one with read deadlines) on a ``CoalescingTransport``;
+    flow control stays on the real one."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -23,7 +23,7 @@ def start() -> None:
     its last request-log batch, so the worker leaves the interrupt to it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.project.settings")
     import django
 
     django.setup()
@@ -53,7 +53,7 @@ def call(function: Callable[..., T], kwargs: dict[str, Any]) -> T:
 
 
 def pool_wake(**kwargs: Any) -> None:
-    """``fleet.policies.evaluate.pool_wake_request``; the gateway needs only whether it failed, not the decisions."""
-    from fleet.policies.evaluate import pool_wake_request as wake
+    """``fleet.decide.evaluate.pool_wake_request``; the gateway needs only whether it failed, not the decisions."""
+    from fleet.decide.evaluate import pool_wake_request as wake
 
     wake(**kwargs)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from agents import protocol
 from fleet import catalog
 from fleet.tokens import token_generate, token_hash, token_prefix
 
@@ -57,6 +59,19 @@ class Node(models.Model):
     decommissioned_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="When the host left the fleet; its history stays."
     )
+    # The agent's --port-range as it registered: instance endpoints are taken on these ports only.
+    port_low = models.PositiveIntegerField(
+        default=protocol.DEFAULT_PORT_RANGE[0],
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        editable=False,
+        help_text="First port the agent runs servers on, as it registered.",
+    )
+    port_high = models.PositiveIntegerField(
+        default=protocol.DEFAULT_PORT_RANGE[1],
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+        editable=False,
+        help_text="Last port the agent runs servers on, as it registered.",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -66,7 +81,11 @@ class Node(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["name"], condition=models.Q(decommissioned_at__isnull=True), name="node_name_live_unique"
-            )
+            ),
+            models.CheckConstraint(
+                condition=models.Q(port_low__gte=1, port_high__lte=65535, port_low__lte=models.F("port_high")),
+                name="node_port_range_valid",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -161,6 +161,14 @@ class Pool(models.Model):
         "SLA percentile", default=95, validators=[MinValueValidator(50), MaxValueValidator(99)]
     )
     sla_latency_ms = models.PositiveIntegerField("SLA latency (ms)", default=500, validators=[MinValueValidator(1)])
+    sla_e2e_latency_ms = models.PositiveIntegerField(
+        "SLA end-to-end latency (ms)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="A bound on the whole answer's latency (vLLM's e2e_request_latency_seconds) at the SLA "
+        "percentile, beside the SLA metric's: autoscale scales out when either is breached. Blank: none.",
+    )
     util_band_low = models.FloatField(
         "utilization band low",
         default=0.50,
@@ -197,7 +205,8 @@ class Pool(models.Model):
 
     @property
     def sla_label(self) -> str:
-        return f"P{self.sla_percentile} {self.get_sla_metric_display()} <= {self.sla_latency_ms} ms"
+        label = f"P{self.sla_percentile} {self.get_sla_metric_display()} <= {self.sla_latency_ms} ms"
+        return label if self.sla_e2e_latency_ms is None else f"{label}, end-to-end <= {self.sla_e2e_latency_ms} ms"
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
@@ -307,19 +316,29 @@ class Instance(models.Model):
         if not self.pool_id:
             return
         errors: dict[str, str] = {}
-        if self.mig_device_id and self.gpu_id and self.mig_device.gpu_id != self.gpu_id:
+        # Each foreign key is checked through its *_id first (no query when it is empty); the walrus
+        # binds the related row so the type checker sees it is not None.
+        if (
+            self.mig_device_id
+            and self.gpu_id
+            and (mig_device := self.mig_device) is not None
+            and mig_device.gpu_id != self.gpu_id
+        ):
             errors["mig_device"] = f"{self.mig_device} is not on {self.gpu}."
         if self.pool.isolation == Pool.Isolation.MIG:
-            if self.gpu_id and not self.gpu.mig_enabled:
-                errors["gpu"] = (
-                    f"{self.gpu} has MIG {self.gpu.get_mig_mode_display()}; pool {self.pool} needs a MIG slice."
-                )
+            if self.gpu_id and (gpu := self.gpu) is not None and not gpu.mig_enabled:
+                errors["gpu"] = f"{gpu} has MIG {gpu.get_mig_mode_display()}; pool {self.pool} needs a MIG slice."
             elif self.gpu_id and not self.mig_device_id:
                 errors["mig_device"] = f"Pool {self.pool} is a MIG pool: choose a MIG device on {self.gpu}."
         elif self.mig_device_id:
             errors["mig_device"] = f"Pool {self.pool} is not a MIG pool; leave the MIG device empty."
-        if self.pool.gpu_model and self.gpu_id and self.gpu.model_name != self.pool.gpu_model:
-            errors["gpu"] = f"Pool {self.pool} runs on {self.pool.gpu_model}; {self.gpu} is a {self.gpu.model_name}."
+        if (
+            self.pool.gpu_model
+            and self.gpu_id
+            and (gpu := self.gpu) is not None
+            and gpu.model_name != self.pool.gpu_model
+        ):
+            errors["gpu"] = f"Pool {self.pool} runs on {self.pool.gpu_model}; {gpu} is a {gpu.model_name}."
         if errors:
             raise ValidationError(errors)
 

@@ -7,11 +7,17 @@ and, where ``prefill_tokens_per_s`` says what one instance prefills a second, pr
 tokens a second against that. Not the GPU duty cycle: NVML counts a GPU busy whenever a
 kernel runs, so one decoding sequence reads 100% and a band on it only ever scales out.
 
+Only windows that began after the last scale-out or scale-in count: each decision needs its
+number of windows all measured on the fleet as the last action left it, so a cool-down
+shorter than the windows it reads cannot act on load measured before that action (which
+made the autoscaler hunt: scale in, read the old calm windows again, scale in, then out).
+
 Scale out by one when the last ``breach_windows`` windows were all in breach (the SLA
-percentile above its bound, the vLLM queue above ``queue_threshold``, or the load above
-the band) and the last scale-out is older than its cool-down. Scale in by one when the
-last ``scale_in_windows`` windows all had load under the band, latency under
-``scale_in_latency_ratio`` x the SLA and a queue of at most ``scale_in_max_queue``, and
+percentile above its bound, the end-to-end latency above the pool's end-to-end bound where
+it has one, the vLLM queue above ``queue_threshold``, or the load above the band) and the
+last scale-out is older than its cool-down. Scale in by one when the last
+``scale_in_windows`` windows all had load under the band, latency (and end-to-end latency)
+under ``scale_in_latency_ratio`` x its bound and a queue of at most ``scale_in_max_queue``, and
 neither a scale-out nor a scale-in happened within the scale-in cool-down; and only where
 the load spread over one instance fewer stays inside the band. The gap between the two
 conditions is the hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in leaves the
@@ -60,6 +66,9 @@ def _breaches(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -
     found = []
     if window.latency_ms is not None and window.latency_ms > pool.sla_latency_ms:
         found.append(f"P{pool.sla_percentile} {pool.sla_metric} {window.latency_ms:.0f} ms > {pool.sla_latency_ms} ms")
+    e2e, e2e_bound = window.e2e_latency_ms, pool.sla_e2e_latency_ms
+    if e2e is not None and e2e_bound is not None and e2e > e2e_bound:
+        found.append(f"P{pool.sla_percentile} e2e {e2e:.0f} ms > {e2e_bound} ms")
     if window.queue is not None and window.queue > settings["queue_threshold"]:
         found.append(f"queue {window.queue:g} > {settings['queue_threshold']}")
     load = window_load(pool, window, settings)
@@ -76,8 +85,18 @@ def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]
         return False
     if window.queue is not None and window.queue > settings["scale_in_max_queue"]:
         return False
-    bound = settings["scale_in_latency_ratio"] * pool.sla_latency_ms
-    return window.latency_ms is None or window.latency_ms <= bound
+    ratio = settings["scale_in_latency_ratio"]
+    e2e, e2e_bound = window.e2e_latency_ms, pool.sla_e2e_latency_ms
+    if e2e is not None and e2e_bound is not None and e2e > ratio * e2e_bound:
+        return False
+    return window.latency_ms is None or window.latency_ms <= ratio * pool.sla_latency_ms
+
+
+def windows_since_last_action(pool: PoolView) -> tuple[PoolWindow, ...]:
+    """The pool's windows that began at or after its last scale-out or scale-in: the only ones that
+    measured the pool as that action left it (a window straddling it measured the fleet before)."""
+    last = max((m for m in (pool.last_scale_out_at, pool.last_scale_in_at) if m is not None), default=None)
+    return pool.windows if last is None else tuple(w for w in pool.windows if w.start >= last)
 
 
 def _since(now: datetime, moment: datetime | None) -> float:
@@ -106,8 +125,9 @@ def _pool(
         reason = f"pool {pool.name} has {len(active)} instances, maximum {pool.max_instances}"
         surplus = [i for i in active if i.desired_state != RUNNING or len(serving) > pool.min_instances]
         return _in(pool, surplus, reason, policy_id, (), settings)
+    fresh = windows_since_last_action(pool)
     count = int(settings["breach_windows"])
-    windows = pool.windows[-count:]
+    windows = fresh[-count:]
     since_out = _since(now, pool.last_scale_out_at)
     since_last = min(since_out, _since(now, pool.last_scale_in_at))
     breaches = [_breaches(pool, window, settings) for window in windows]
@@ -117,7 +137,7 @@ def _pool(
         reason = f"pool {pool.name} in breach for {count} window(s): {'; '.join(breaches[-1])}"
         return _out(snapshot, pool, reason, policy_id, windows, settings)
     calm = int(settings["scale_in_windows"])
-    windows = pool.windows[-calm:]
+    windows = fresh[-calm:]
     if (
         len(windows) == calm
         and all(_comfortable(pool, window, settings, len(serving)) for window in windows)
@@ -147,6 +167,7 @@ def _window_inputs(
             "prompt_tokens_rate": w.prompt_tokens_rate,
             "queue": w.queue,
             "latency_ms": w.latency_ms,
+            "e2e_latency_ms": w.e2e_latency_ms,
         }
         for w in windows
     ]

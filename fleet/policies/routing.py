@@ -15,8 +15,9 @@ fenced code block and maths is both harder to read and to answer.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from fleet.policies.settings import policy_defaults
 
@@ -126,3 +127,50 @@ def tier_for(rcf: float, settings: RoutingSettings) -> str:
     if rcf >= settings.tier_m_min:
         return "M"
     return "L"
+
+
+class ContextPool(Protocol):
+    """A pool as the context check sees it: the gateway's ``PoolRoute``, or ``PoolContext``."""
+
+    @property
+    def pool_id(self) -> int: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolContext:
+    pool_id: int
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRefused:
+    """No pool serving the model takes ``needed`` tokens: the gateway answers 400 context_length_exceeded."""
+
+    needed: int
+    longest: int
+
+
+def context_needed(*, prompt_tokens: int, max_tokens: int | None) -> int:
+    """The context a request needs: its prompt and what it may generate (at least one token)."""
+    return prompt_tokens + (max_tokens or 1)
+
+
+def pool_groups_for(
+    *, tier: str, tiers: Mapping[str, Sequence[ContextPool]], prompt_tokens: int, max_tokens: int | None
+) -> list[list[int]] | ContextRefused:
+    """The pool ids to try, one group per tier in ``FALLBACK[tier]`` order, without the pools whose
+    ``max_model_len`` the request exceeds and without empty groups; a refusal where none is left.
+
+    The gateway routes by it and the simulator counts its refusals, so a request the gateway
+    would refuse is never served in a simulation.
+    """
+    needed = context_needed(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    groups = [[pool.pool_id for pool in tiers.get(t, ()) if needed <= pool.max_model_len] for t in FALLBACK[tier]]
+    groups = [group for group in groups if group]
+    if groups:
+        return groups
+    longest = max((pool.max_model_len for pools in tiers.values() for pool in pools), default=0)
+    return ContextRefused(needed=needed, longest=longest)

@@ -25,6 +25,8 @@ class PoolWindow:
     100% whenever one sequence decodes); it is reported, not a measure of load. The load
     figures are vLLM's, each the mean per serving instance: ``running`` sequences,
     ``kv_cache`` usage (0..1) and ``prompt_tokens_rate`` (prompt tokens prefilled a second).
+    ``latency_ms`` is the pool's SLA metric; ``e2e_latency_ms`` the end-to-end latency at the same
+    percentile, read where the pool has an end-to-end bound beside it.
     """
 
     start: datetime
@@ -35,6 +37,8 @@ class PoolWindow:
     running: float | None = None
     kv_cache: float | None = None
     prompt_tokens_rate: float | None = None
+    # The SLA percentile of the end-to-end latency of the requests that finished in the window.
+    e2e_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class PoolView:
     sla_metric: str = "ttft"
     sla_percentile: int = 95
     sla_latency_ms: int = 500
+    # An end-to-end bound beside ``sla_latency_ms`` (same percentile): None leaves it out.
+    sla_e2e_latency_ms: int | None = None
     util_band_low: float = 0.50
     util_band_high: float = 0.65
     idle_minimize_after_s: int = 300
@@ -57,6 +63,9 @@ class PoolView:
     enable_sleep_mode: bool = False
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 256
+    # The longest context (prompt + output tokens) the pool's model serves; the gateway refuses
+    # longer requests (``routing.pool_groups_for``). None: not known, no limit applied.
+    max_model_len: int | None = None
     estimate: VramEstimate | None = None
     cold_start_s: float | None = None
     last_scale_out_at: datetime | None = None

@@ -53,6 +53,7 @@ def pool_windows(
     duty: Sequence[tuple[datetime, float]],
     max_num_seqs: int,
     latency: WindowLatency[S],
+    e2e_latency: WindowLatency[S] | None = None,
 ) -> tuple[PoolWindow, ...]:
     """The last ``WINDOWS`` windows of ``WINDOW_S`` before ``now``, oldest first.
 
@@ -62,6 +63,7 @@ def pool_windows(
     ``max_num_seqs``. The queue is the sum over instances of their mean ``requests_waiting``.
     The load figures (running sequences, KV-cache usage, prompt tokens a second) are means
     per instance: each instance's mean over its samples, averaged over the instances.
+    ``e2e_latency``, where given, reads the end-to-end latency of each window as ``latency`` reads the SLA's.
     """
     windows = []
     for back in range(WINDOWS, 0, -1):
@@ -77,6 +79,7 @@ def pool_windows(
                 utilization=sum(busy) / len(busy) if busy else None,
                 queue=per_instance_total(_by_instance(mine, lambda s: s.requests_waiting)),
                 latency_ms=latency(start, end, mine),
+                e2e_latency_ms=e2e_latency(start, end, mine) if e2e_latency is not None else None,
                 running=per_instance_mean(_by_instance(mine, lambda s: s.requests_running)),
                 kv_cache=per_instance_mean(_by_instance(mine, lambda s: s.kv_cache_usage)),
                 prompt_tokens_rate=per_instance_mean(_by_instance(mine, lambda s: s.prompt_tokens_rate)),

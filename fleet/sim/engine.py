@@ -29,20 +29,38 @@ TFLOPS); [2] NVIDIA L4 datasheet (242 TFLOPS bf16 with sparsity); [3] NVIDIA L40
 
 Arithmetic, each a documented assumption a user can replace with ``sim_fit``:
 
-* **Decode** is memory-bandwidth bound: every step reads all weights once, so
-  ``decode_step_base_s = weight bytes / (bandwidth x 0.75)``; 75% of the datasheet
-  bandwidth is what well-tuned decode kernels sustain. H100: 8.04 GB / (3,350 GB/s x 0.75)
-  = 3.2 ms. Each running sequence adds its KV-cache read (a 1,500-token context: 1,500 x
-  144 KiB = 221 MB) at the same bandwidth plus its 2 x 4.02 GFLOP of matmul at 40% of peak:
-  H100 221 MB / 2,513 GB/s + 8.04 GFLOP / 396 TFLOPS = 0.088 + 0.020 = 0.108 ms.
-* **Prefill** is compute bound: ``prefill_tokens_per_s = peak x 0.40 / (2 x parameters)``
-  (40% model FLOPs utilization, typical of vLLM prefill). H100: 989e12 x 0.4 / 8.04e9 =
-  49,200 tokens/s. The H100 entry is **calibrated** instead: measured on an H100 80GB HBM3
-  with a random-weight model of Qwen3-4B's shape in bf16, with Hugging Face transformers
-  (eager kernels, SDPA attention), not vLLM: 42,600 tokens/s at 2,048-4,096-token prompts
-  (``calibration/qwen3_4b_h100_hf_eager.json``, 34% of peak). The same run's decode steps
-  (76-102 ms for batches 1-256) are transformers' per-step launch overhead, which vLLM's
-  CUDA graphs remove, so decode stays at the bandwidth arithmetic.
+* **Decode** is memory-bandwidth bound: every step reads all weights once, and each running
+  sequence reads its own KV cache, prompt plus the tokens it generated so far:
+  ``step = decode_step_base_s + decode_step_per_seq_s x B + decode_s_per_context_token x
+  (sum of the B contexts)``. Arithmetic: base = weight bytes / (bandwidth x 0.75) (75% of the
+  datasheet bandwidth is what well-tuned decode kernels sustain), per context token = 144 KiB
+  / (bandwidth x 0.75), per sequence = its 2 x 4.02 GFLOP of matmul at 40% of peak. The core
+  keeps the sum of contexts as two running sums (prompts, decode start steps), so a step
+  costs O(1) in it whatever the batch.
+* **Prefill** is compute bound, and its attention grows with the prompt. vLLM prefills a long
+  prompt in chunks of ``max_num_batched_tokens`` (8,192); a chunk of n tokens after p tokens
+  already in the cache costs ``a + b x n + c x ((p + n)^2 - p^2)``: b for the matmuls (linear),
+  c for causal attention over everything so far (its FLOPs are 4 x layers x heads x head_dim x
+  L^2 / 2 over a prompt of L, and the chunks' terms add up to c x L^2), a the step's fixed part.
+  The weights are read once a step, so a step with prompt chunks beside decodes costs its
+  decode part plus ``max(0, a - decode base + b x N) + c x (chunks' attention)`` (N prompt
+  tokens). Arithmetic: b = 2 x parameters / (peak x 0.40) (40% model FLOPs utilization),
+  a = the decode base, c = the H100's measured c scaled by peak compute (989 / this GPU's).
+  A prefix-cache hit (``SimRequest.cached_prompt_tokens``) starts the prompt at the cached
+  offset: no matmul for those tokens, but later chunks still attend to them; at least the
+  last prompt token is computed, as in vLLM.
+* **H100, measured** (``calibration/qwen3_4b_h100_graph.json``, ``bench/engine_calibration.py``):
+  a Qwen3-4B-shaped model (real weight shapes, random bf16 values) with PyTorch's fused
+  attention, every step captured in a CUDA graph as vLLM runs, on an H100 80GB HBM3
+  (torch 2.11): prefill of 512-65,536-token prompts chunked at 8,192, and decode steps of
+  1-256 sequences at 1k, 4k and 16k tokens of context. ``prefill_fit`` and ``decode_fit``
+  fit the constants by least squares on relative error: a = 2.76 ms, b = 12.55 us a token
+  (79,700 tokens/s), c = 8.94e-10 s a token squared (causal attention at 330 TFLOP/s);
+  decode base 4.54 ms (8.05 GB of weights at 1.77 TB/s), 6.3 us a sequence and 46.4 ns a
+  context token (144 KiB at 3.18 TB/s). Every measured point is within 7% of its fit. A 12k
+  prompt costs 1.9x, a 32k one 3.4x and an 85k one 7.1x what the linear rate alone says.
+  The earlier figure, 42,600 tokens/s, came from eager transformers
+  (``calibration/qwen3_4b_h100_hf_eager.json``): launch overhead, not the GPU.
 * **KV capacity** follows the VRAM estimator (``fleet.policies.vram``): vLLM takes
   ``gpu_memory_utilization`` (0.9) of the card, minus weights and the estimator's 1.5 GiB
   overhead, and fills the rest with KV cache. H100: 80 GiB x 0.9 - 7.49 GiB - 1.5 GiB =
@@ -58,9 +76,12 @@ Arithmetic, each a documented assumption a user can replace with ``sim_fit``:
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import json
+import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +90,14 @@ from fleet.policies.vram import ProfileFacts, vram_estimate_for
 
 DEFAULT_PROFILE = "qwen3-4b-instruct-bf16"
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
-# Measured prefill rates that replace the arithmetic: GPU -> (file, the prompts that count).
-PREFILL_MEASUREMENTS = {"H100": ("qwen3_4b_h100_hf_eager.json", 2_048)}
+# Step times measured on a GPU (``bench/engine_calibration.py``, for DEFAULT_PROFILE) that
+# replace the arithmetic: GPU -> file in CALIBRATION_DIR.
+CALIBRATIONS = {"H100": "qwen3_4b_h100_graph.json"}
+# The GPU whose measured attention cost the others scale by their datasheet compute.
+ATTENTION_REFERENCE_GPU = "H100"
 GPU_MEMORY_UTILIZATION = 0.9
 BANDWIDTH_EFFICIENCY = 0.75
 COMPUTE_EFFICIENCY = 0.40
-DECODE_CONTEXT_TOKENS = 1_500
 COLD_START_S = 30.0
 SLEEP_FIXED_S = 0.1
 MAX_NUM_SEQS = 256
@@ -128,21 +151,54 @@ class EngineModel:
     wake_s: float
     source: str
     max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS
+    # The fixed part of a step that carries prompt tokens (the intercept of the prefill fit);
+    # None: the decode step's base, which makes a prefill step ``base + tokens / rate``.
+    prefill_step_base_s: float | None = None
+    # Causal attention of prompt chunks: seconds per token squared (``c`` in the module docstring).
+    prefill_attention_s: float = 0.0
+    # A decode step's KV-cache read: seconds per token of context over all running sequences.
+    decode_s_per_context_token: float = 0.0
 
-    def prefill_s(self, tokens: int) -> float:
-        """A prefill-only step of ``tokens`` prompt tokens: one pass over the weights plus compute."""
-        return self.decode_step_base_s + tokens / self.prefill_tokens_per_s
+    def prefill_extra_s(self, tokens: int, attention: int) -> float:
+        """What a step's prompt chunks add to its decode part: ``tokens`` prompt tokens whose chunks
+        span ``attention`` = the sum over chunks of (offset + n)^2 - offset^2 (a chunk of n tokens
+        after ``offset`` tokens already cached attends causally to all of them). The weights are read
+        once a step, so the matmul part counts only beyond the decode base."""
+        if tokens <= 0:
+            return 0.0
+        base = self.decode_step_base_s if self.prefill_step_base_s is None else self.prefill_step_base_s
+        matmul = max(0.0, base - self.decode_step_base_s + tokens / self.prefill_tokens_per_s)
+        return matmul + self.prefill_attention_s * attention
 
-    def decode_step_s(self, batch: int) -> float:
-        """One decode step for ``batch`` running sequences (one token each)."""
-        return self.decode_step_base_s + self.decode_step_per_seq_s * batch
+    def prefill_s(self, tokens: int, offset: int = 0) -> float:
+        """A prefill-only step: one chunk of ``tokens`` prompt tokens after ``offset`` already cached."""
+        return self.decode_step_base_s + self.prefill_extra_s(tokens, (offset + tokens) ** 2 - offset**2)
 
-    def step_s(self, *, prefill_tokens: int, decode_batch: int) -> float:
-        """A mixed step (chunked prefill beside decodes) reads the weights once for both."""
+    def prompt_prefill_s(self, prompt_tokens: int, cached_tokens: int = 0) -> float:
+        """One prompt alone on the engine, in chunks of ``max_num_batched_tokens`` as vLLM's chunked
+        prefill runs it; a cached prefix costs no compute, but later chunks still attend to it."""
+        total, offset = 0.0, min(cached_tokens, prompt_tokens - 1)
+        while offset < prompt_tokens:
+            chunk = min(self.max_num_batched_tokens, prompt_tokens - offset)
+            total += self.prefill_s(chunk, offset)
+            offset += chunk
+        return total
+
+    def decode_step_s(self, batch: int, context_tokens: int = 0) -> float:
+        """One decode step for ``batch`` running sequences (one token each) holding ``context_tokens``
+        of KV cache between them (each sequence's prompt plus the tokens it generated so far)."""
         return (
             self.decode_step_base_s
-            + self.decode_step_per_seq_s * decode_batch
-            + prefill_tokens / self.prefill_tokens_per_s
+            + self.decode_step_per_seq_s * batch
+            + self.decode_s_per_context_token * context_tokens
+        )
+
+    def step_s(
+        self, *, prefill_tokens: int, decode_batch: int, prefill_attention: int = 0, decode_context_tokens: int = 0
+    ) -> float:
+        """A mixed step (chunked prefill beside decodes) reads the weights once for both."""
+        return self.decode_step_s(decode_batch, decode_context_tokens) + self.prefill_extra_s(
+            prefill_tokens, prefill_attention
         )
 
 
@@ -166,14 +222,49 @@ def kv_cache_tokens_for(*, memory_gib: float, profile: ProfileFacts) -> int:
     return max(0, free // estimate.kv_bytes_per_token)
 
 
-def prefill_measured(gpu: str) -> tuple[float, str] | None:
-    """The best prefill rate measured on this GPU at prompts of the stated length or more."""
-    if gpu not in PREFILL_MEASUREMENTS:
-        return None
-    name, shortest = PREFILL_MEASUREMENTS[gpu]
-    data = json.loads((CALIBRATION_DIR / name).read_text(encoding="utf-8"))
-    rate = max(row["tokens_per_s"] for row in data["prefill"] if row["tokens"] >= shortest)
-    return rate, f"prefill {rate:,.0f} tokens/s measured on {data['device']} ({data['what']}; {name})"
+def least_squares_relative(rows: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[float, ...]:
+    """The coefficients ``x`` minimising the sum of ((row . x - m) / m)^2: every measured point's
+    relative error weighs alike, so short prompts and small batches count as much as long ones.
+    Columns are scaled to 1 before the normal equations are solved (they span nine decades)."""
+    width = len(rows[0])
+    scale = [max(abs(row[j]) for row in rows) or 1.0 for j in range(width)]
+    scaled = [[row[j] / scale[j] / m for j in range(width)] for row, m in zip(rows, measured, strict=True)]
+    system = [
+        [sum(r[i] * r[j] for r in scaled) for j in range(width)] + [sum(r[i] for r in scaled)] for i in range(width)
+    ]
+    for col in range(width):
+        pivot = max(range(col, width), key=lambda k: abs(system[k][col]))
+        system[col], system[pivot] = system[pivot], system[col]
+        for other in range(width):
+            if other != col:
+                factor = system[other][col] / system[col][col]
+                system[other] = [a - factor * b for a, b in zip(system[other], system[col], strict=True)]
+    return tuple(system[j][width] / system[j][j] / scale[j] for j in range(width))
+
+
+@functools.cache
+def calibration(name: str) -> dict:
+    """A measurement file of ``bench/engine_calibration.py`` (read once)."""
+    return json.loads((CALIBRATION_DIR / name).read_text(encoding="utf-8"))
+
+
+def prefill_fit(data: dict) -> tuple[float, float, float]:
+    """``(a, b, c)`` of a prompt of L tokens prefilled alone in chunks of ``data['chunk_tokens']``:
+    ``t(L) = chunks(L) x a + b x L + c x L^2`` (a chunk of n tokens after p cached ones costs
+    ``a + b x n + c x ((p + n)^2 - p^2)``; over a prompt the attention terms add up to c x L^2)."""
+    points = data["prefill"]
+    rows = [(math.ceil(p["tokens"] / data["chunk_tokens"]), p["tokens"], p["tokens"] ** 2) for p in points]
+    a, b, c = least_squares_relative(rows, [p["seconds"] for p in points])
+    return a, b, c
+
+
+def decode_fit(data: dict) -> tuple[float, float, float]:
+    """``(base, per_seq, per_context_token)`` of a decode step of B sequences of C tokens of context:
+    ``t = base + per_seq x B + per_context_token x B x C``."""
+    points = data["decode"]
+    rows = [(1.0, float(p["batch"]), float(p["batch"] * p["context"])) for p in points]
+    base, per_seq, per_context = least_squares_relative(rows, [p["step_s"] for p in points])
+    return base, per_seq, per_context
 
 
 def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineModel:
@@ -189,25 +280,53 @@ def engine_model_for(gpu_model: str, profile: str = DEFAULT_PROFILE) -> EngineMo
     bandwidth = facts.bandwidth_gb_s * 1e9 * BANDWIDTH_EFFICIENCY
     compute = facts.bf16_tflops * 1e12 * COMPUTE_EFFICIENCY
     link_s = weight_bytes / (facts.host_link_gb_s * 1e9)
-    prefill = compute / flops_per_token
+    prefill_rate, prefill_base = compute / flops_per_token, None
+    decode_base, per_seq = weight_bytes / bandwidth, flops_per_token / compute
+    per_context = estimate.kv_bytes_per_token / bandwidth
+    reference = GPU_FACTS[ATTENTION_REFERENCE_GPU]
+    _, _, reference_attention = prefill_fit(calibration(CALIBRATIONS[reference.name]))
+    attention = reference_attention * reference.bf16_tflops / facts.bf16_tflops
     source = f"simulated: derived from {facts.citation} (see fleet.sim.engine)"
-    if (measured := prefill_measured(facts.name)) is not None:
-        prefill, note = measured
-        source = f"{source}; {note}"
+    if facts.name in CALIBRATIONS:
+        name = CALIBRATIONS[facts.name]
+        data = calibration(name)
+        prefill_base, linear, attention = prefill_fit(data)
+        prefill_rate = 1 / linear
+        decode_base, per_seq, per_context = decode_fit(data)
+        source = (
+            f"{source}; prefill and decode steps fitted to times measured on {data['device']} "
+            f"(torch {data['torch']}, {data['date'][:10]}, CUDA graphs; {name})"
+        )
     return EngineModel(
         gpu_model=facts.name,
         profile=profile,
-        prefill_tokens_per_s=prefill,
-        decode_step_base_s=weight_bytes / bandwidth,
-        decode_step_per_seq_s=DECODE_CONTEXT_TOKENS * estimate.kv_bytes_per_token / bandwidth
-        + flops_per_token / compute,
+        prefill_tokens_per_s=prefill_rate,
+        decode_step_base_s=decode_base,
+        decode_step_per_seq_s=per_seq,
         max_num_seqs=MAX_NUM_SEQS,
         kv_cache_tokens=kv_cache_tokens_for(memory_gib=facts.memory_gib, profile=settings),
         cold_start_s=COLD_START_S,
         sleep_s=link_s + SLEEP_FIXED_S,
         wake_s=link_s + SLEEP_FIXED_S,
         source=source,
+        prefill_step_base_s=prefill_base,
+        prefill_attention_s=attention,
+        decode_s_per_context_token=per_context,
     )
+
+
+def _steps_within(seconds: float, first: float, growth: float) -> int:
+    """How many decode steps fit in ``seconds`` when the first takes ``first`` and each one after
+    takes ``growth`` more than the one before (n steps take n x first + growth x n(n-1)/2)."""
+    if seconds < first:
+        return 0
+    if growth <= 0:
+        return int(seconds // first)
+    half = first - growth / 2
+    count = int((-half + math.sqrt(half * half + 2 * growth * seconds)) / growth)
+    while count > 0 and count * first + growth * count * (count - 1) / 2 > seconds:
+        count -= 1
+    return count
 
 
 @dataclass
@@ -218,6 +337,9 @@ class SimRequest:
     output_tokens: int
     first_token_s: float | None = None
     finished_s: float | None = None
+    # Leading prompt tokens whose KV cache the engine already holds (vLLM's prefix cache): they
+    # cost no prefill compute. At least the last prompt token is always computed, as in vLLM.
+    cached_prompt_tokens: int = 0
 
 
 @dataclass
@@ -225,11 +347,12 @@ class _Slot:
     """A request the core holds: its prompt progress, the KV tokens it reserved, its decode start."""
 
     request: SimRequest
-    prefilled: int = 0
+    prefilled: int = field(init=False)
     decode_from: int = -1
     reserved: int = field(init=False)
 
     def __post_init__(self) -> None:
+        self.prefilled = min(self.request.cached_prompt_tokens, self.request.prompt_tokens - 1)
         self.reserved = self.request.prompt_tokens + max(1, self.request.output_tokens)
 
 
@@ -275,6 +398,8 @@ class EngineCore:
             )
         if request.prompt_tokens < 1:
             raise ValueError(f"request {request.id} has no prompt tokens")
+        if request.cached_prompt_tokens < 0:
+            raise ValueError(f"request {request.id} has a negative cached prefix")
         self._waiting.append(request)
         self._progress[request.id] = _Slot(request)
 
@@ -295,15 +420,22 @@ class EngineCore:
         decoding = len(self._decoding)
         budget = self.model.max_num_batched_tokens - decoding
         chunks: list[tuple[_Slot, int]] = []
+        attention = 0
         for slot in self._prefilling:
             if budget <= 0:
                 break
             chunk = min(budget, slot.request.prompt_tokens - slot.prefilled)
             chunks.append((slot, chunk))
+            attention += (slot.prefilled + chunk) ** 2 - slot.prefilled**2
             budget -= chunk
         prefill_tokens = sum(chunk for _, chunk in chunks)
         self.prompt_tokens_total += prefill_tokens
-        duration = self.model.step_s(prefill_tokens=prefill_tokens, decode_batch=decoding)
+        duration = self.model.step_s(
+            prefill_tokens=prefill_tokens,
+            decode_batch=decoding,
+            prefill_attention=attention,
+            decode_context_tokens=self._decode_context_tokens(),
+        )
         end = now_s + duration
         self._steps += 1
         while self._decoding and self._decoding[0][0] <= self._steps:
@@ -336,11 +468,13 @@ class EngineCore:
         self._admit()
         if self._prefilling or not self._decoding:
             return self.step(now_s)
-        each = self.model.decode_step_s(len(self._decoding))
-        count = min(self._decoding[0][0] - self._steps, int((until_s - now_s) // each))
+        decoding = len(self._decoding)
+        first = self.model.decode_step_s(decoding, self._decode_context_tokens())
+        growth = self.model.decode_s_per_context_token * decoding  # every step adds a token to each context
+        count = min(self._decoding[0][0] - self._steps, _steps_within(until_s - now_s, first, growth))
         if count <= 1:
             return self.step(now_s)
-        ahead = (count - 1) * each
+        ahead = (count - 1) * first + growth * (count - 1) * (count - 2) / 2
         self._steps += count - 1
         self._record_busy(now_s, now_s + ahead)
         return ahead + self.step(now_s + ahead)
@@ -382,12 +516,15 @@ class EngineCore:
     def running(self) -> int:
         return len(self._prefilling) + len(self._decoding)
 
+    def _decode_context_tokens(self) -> int:
+        """The decoding sequences' KV cache: their prompts plus the tokens each generated so far
+        (1 + steps - decode_from), from two running sums, so it costs O(1) however large the batch."""
+        return self._decode_prompt_tokens + len(self._decoding) * (1 + self._steps) - self._decode_from_sum
+
     @property
     def kv_usage(self) -> float:
         """KV cache in use (prompt processed plus tokens generated), 0..1, as vLLM reports it."""
-        decoding = len(self._decoding)
-        generated = decoding * (1 + self._steps) - self._decode_from_sum
-        used = sum(slot.prefilled for slot in self._prefilling) + self._decode_prompt_tokens + generated
+        used = sum(slot.prefilled for slot in self._prefilling) + self._decode_context_tokens()
         return min(1.0, used / self.model.kv_cache_tokens) if self.model.kv_cache_tokens else 0.0
 
     def busy_fraction(self, since_s: float, now_s: float) -> float:

@@ -46,6 +46,11 @@ class EngineFit:
         return {
             "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1),
             "decode_step_base_s": round(self.decode_step_s, 6),
+            # The log's lines already hold the prompt-length and context costs that the
+            # documented model adds separately (fleet.sim.engine), so those terms are cleared.
+            "prefill_step_base_s": None,
+            "prefill_attention_s": 0.0,
+            "decode_s_per_context_token": 0.0,
             "source": (
                 f"fitted to a gateway request log: TTFT = {self.ttft.intercept * 1000:.1f} ms + prompt / "
                 f"{self.prefill_tokens_per_s:,.0f} tokens/s (R^2 {self.ttft.r2:.3f}, {self.ttft.points} requests); "

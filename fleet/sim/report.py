@@ -15,12 +15,14 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from fleet.policies.registry import ORDER
 from fleet.sim.compare import Comparison
 from fleet.sim.simulate import SimResult, percentile_of
 
 COLUMNS = (
     "fleet",
     "GPU-hours",
+    "paid GPU-hours",
     "spend",
     "saved vs static",
     "SLA attainment",
@@ -33,6 +35,7 @@ COLUMNS = (
     "cold starts",
     "waited for one",
     "failed",
+    "refused",
 )
 
 
@@ -42,12 +45,12 @@ def _ms(value: float) -> str:
 
 def _row(comparison: Comparison, result: SimResult) -> list[str]:
     spend = comparison.spend(result)
-    static = comparison.static.gpu_hours
     return [
         result.label,
         f"{result.gpu_hours:.3f}",
+        f"{result.paid_gpu_hours:.3f}",
         "-" if spend is None else f"{spend:,.2f}",
-        f"{1 - result.gpu_hours / static:.1%}" if static and result is not comparison.static else "-",
+        f"{comparison.saved(result):.1%}" if result is not comparison.static else "-",
         f"{result.attainment:.2%}",
         _ms(result.ttft_ms(50)),
         _ms(result.ttft_ms(95)),
@@ -58,6 +61,7 @@ def _row(comparison: Comparison, result: SimResult) -> list[str]:
         str(result.cold_starts),
         str(result.cold_waited),
         str(result.failed),
+        str(result.refused),
     ]
 
 
@@ -70,14 +74,25 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 def comparison_summary(comparison: Comparison) -> str:
     """The headline figures in one paragraph, stating what was compared with what."""
     setup = comparison.setup
+    e2e = "" if setup.e2e_sla_ms is None else f" and end-to-end latency <= {setup.e2e_sla_ms:.0f} ms"
     static_note = "" if comparison.static_meets_sla else " (no static size up to the fleet's GPUs met the SLA)"
     return (
         f"Trace {comparison.trace}, {comparison.policy.requests:,} requests, simulated {comparison.gpu_model} GPUs "
-        f"(up to {setup.gpus}), SLA: {setup.sla_target:.1%} of requests with TTFT <= {setup.sla_ms:.0f} ms. "
-        f"Policy saved {comparison.savings:.1%} of GPU-hours against the static fleet of "
+        f"(up to {setup.gpus}), SLA: {setup.sla_target:.1%} of requests with TTFT <= {setup.sla_ms:.0f} ms{e2e}. "
+        f"Policy saved {comparison.savings:.1%} of paid GPU-hours against the static fleet of "
         f"{comparison.static_instances} always-on instance(s){static_note}; oracle / policy = "
         f"{comparison.efficiency:.2f}; {comparison.policy.attainment:.2%} of requests got their first token "
-        f"within {setup.sla_ms:.0f} ms."
+        f"within {setup.sla_ms:.0f} ms{e2e}. "
+        f"Oracle: {'a lower bound of' if comparison.oracle_bound.feasible else 'none meets the SLA; fewest misses:'} "
+        f"{comparison.oracle_bound.gpu_hours:.3f} GPU-hours "
+        f"(the oracle row is its schedule replayed: {comparison.oracle.attainment:.2%} within the SLA, "
+        f"{'meets' if comparison.oracle_meets_sla else 'misses'} it)."
+        + (
+            f" Refused as the gateway refuses them (more tokens than any pool's context; answered at once, "
+            f"outside the SLA): {comparison.policy.refused:,} requests."
+            if comparison.policy.refused
+            else ""
+        )
         + (
             f" Spend at {comparison.price_per_gpu_hour} per GPU-hour."
             if comparison.price_per_gpu_hour is not None
@@ -93,31 +108,50 @@ def utilization_summary(result: SimResult) -> str:
     return " / ".join(f"P{p} {percentile_of(values, p):.0%}" for p in (10, 50, 90))
 
 
+def policy_activity(result: SimResult) -> str:
+    """What acted on one fleet and how often: every policy kind, in the order they run, with its count of
+    each action that took effect (0 where it never acted), then anything else that acted (the gateway's
+    wakes). A benchmark in which one policy does all the work shows as zeros for the others."""
+    counts = result.actions
+    parts = []
+    for kind in [*ORDER, *sorted({k for k, _ in counts} - set(ORDER))]:
+        mine = sorted((action, n) for (k, action), n in counts.items() if k == kind)
+        label = kind.replace("_", " ")
+        parts.append(f"{label} " + (", ".join(f"{action} {n}" for action, n in mine) if mine else "0"))
+    return f"{result.label} fleet: {'; '.join(parts)}"
+
+
 def comparison_markdown(comparison: Comparison) -> str:
     rows = [_row(comparison, r) for r in (comparison.policy, comparison.static, comparison.oracle)]
     utilization = "; ".join(
         f"{r.label}: {utilization_summary(r)}" for r in (comparison.policy, comparison.static, comparison.oracle)
     )
+    notes = "".join(f"\nNote: {note}.\n" for note in comparison.notes)
     return (
         f"### {comparison.trace} on simulated {comparison.gpu_model}\n\n{comparison_summary(comparison)}\n\n"
-        f"{_table(rows)}\n\nGPU duty cycle of serving instances (5 s samples), {utilization}.\n"
+        f"{_table(rows)}\n{notes}\nGPU duty cycle of serving instances (5 s samples), {utilization}.\n"
+        + "\nActions that took effect, per fleet:\n\n"
+        + "".join(f"* {policy_activity(r)}\n" for r in (comparison.policy, comparison.static, comparison.oracle))
     )
 
 
 def benchmark_markdown(comparisons: Sequence[Comparison]) -> str:
     """One row per trace: the benchmark table."""
     head = (
-        "| trace | policy GPU-h | static GPU-h (instances) | oracle GPU-h | savings | oracle/policy "
-        "| SLA attainment | P95 TTFT | cold starts |"
+        "| trace | policy GPU-h held / paid | static GPU-h paid (instances) | oracle bound GPU-h | savings "
+        "| oracle/policy | SLA attainment | P95 TTFT | cold starts |"
     )
     lines = [head, "|" + "---|" * 9]
     for c in comparisons:
         lines.append(
-            f"| {c.trace} | {c.policy.gpu_hours:.3f} | {c.static.gpu_hours:.3f} ({c.static_instances}) "
-            f"| {c.oracle.gpu_hours:.3f} | {c.savings:.1%} | {c.efficiency:.2f} | {c.policy.attainment:.2%} "
+            f"| {c.trace} | {c.policy.gpu_hours:.3f} / {c.policy.paid_gpu_hours:.3f} "
+            f"| {c.static.paid_gpu_hours:.3f} ({c.static_instances}) "
+            f"| {c.oracle_bound.gpu_hours:.3f} | {c.savings:.1%} | {c.efficiency:.2f} | {c.policy.attainment:.2%} "
             f"| {_ms(c.policy.ttft_ms(95))} | {c.policy.cold_starts} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = [f"* {c.trace}: {note}." for c in comparisons for note in c.notes]
+    activity = [f"* {c.trace}: {policy_activity(c.policy)}" for c in comparisons]
+    return "\n".join(lines + (["", *notes] if notes else []) + ["", *activity]) + "\n"
 
 
 def _minutes(result: SimResult) -> list[float]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ from typing import Any
 from agents.histograms import attainment, histogram_observe, pool_latency
 from fleet import catalog, schedules, states
 from fleet.gateway.config import GatewayConfig
-from fleet.policies import placement, routing
+from fleet.policies import placement, prewarm, routing
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance
 from fleet.policies.pick import Picker
 from fleet.policies.registry import policies_run
@@ -59,9 +60,11 @@ from fleet.policies.windows import (
     cold_start_median,
     pool_windows,
 )
-from fleet.sim.engine import GPU_FACTS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
+from fleet.sim.billing import Hold, node_billed_hours, node_billed_now, node_of
+from fleet.sim.engine import E2E_BUCKETS, GPU_FACTS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
+from fleet.sim.startup import ColdStartModel, StartDraw, start_draw
 from fleet.sim.traces import Trace
-from fleet.states import READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
+from fleet.states import FAILED, READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
 
 WAKING = "waking"
 HELD_FAILED = float("inf")
@@ -104,6 +107,14 @@ class SimSetup:
     start_jitter: float = 0.1
     sla_ms: float = 500.0
     sla_target: float = 0.999
+    # An end-to-end bound beside the first-token one: a request is within the SLA only if it meets both.
+    e2e_sla_ms: float | None = None
+    # Billing by the node (``fleet.sim.billing``): GPUs per rented node, and whether a node
+    # whose GPUs are all free is released (else paid from its first use to the end).
+    gpus_per_node: int = 1
+    node_release: bool = True
+    # What a start has to do and how long each part takes (``fleet.sim.startup``).
+    cold_start: ColdStartModel = field(default_factory=ColdStartModel)
 
 
 def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
@@ -116,6 +127,7 @@ def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolV
         isolation="exclusive",
         max_instances=gpus,
         max_num_seqs=engine.max_num_seqs,
+        max_model_len=profile.max_model_len,
         estimate=estimate,
     )
     return PoolView(**{**base, **fields})
@@ -129,6 +141,7 @@ def setup_build(
     seed: int = 0,
     sla_ms: float = 500.0,
     sla_target: float = 0.999,
+    e2e_sla_ms: float | None = None,
 ) -> SimSetup:
     """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
     {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
@@ -147,6 +160,7 @@ def setup_build(
         seed=seed,
         sla_ms=sla_ms,
         sla_target=sla_target,
+        e2e_sla_ms=e2e_sla_ms,
     )
 
 
@@ -181,6 +195,8 @@ class _Instance:
     held_since_s: float | None = None
     billed_s: float = 0.0
     starting_since_s: float | None = None
+    occupied_since_s: float | None = None
+    start: StartDraw | None = None
     samples: list[_Sample] = field(default_factory=list)
     prompt_tokens_reported: int = 0
 
@@ -237,13 +253,49 @@ class SimResult:
     decisions: list[Decision]
     instances_peak: int
     duration_s: float
+    # What the fleet paid, billed by the node (``fleet.sim.billing``), and what its starts did.
+    node_hours: float = 0.0
+    gpus_per_node: int = 1
+    start_failures: int = 0
+    starts_uncached: int = 0
+    image_pulls: int = 0
+    node_provisions: int = 0
+    # The end-to-end bound of the SLA, beside the first-token one (``SimSetup.e2e_sla_ms``); None: TTFT only.
+    e2e_sla_ms: float | None = None
+    # Requests the gateway refuses at once (400 context_length_exceeded: more tokens than any pool's
+    # ``max_model_len``, ``routing.pool_groups_for``). Counted in ``requests``, never served, and outside
+    # ``ttft_s``/``e2e_s`` and so the SLA: an immediate answer, not a miss nor a failure of the fleet.
+    refused: int = 0
+
+    @property
+    def paid_gpu_hours(self) -> float:
+        """The GPU-hours paid for: every GPU of a node while the node is billed."""
+        return self.node_hours * self.gpus_per_node
+
+    @property
+    def idle_paid_gpu_hours(self) -> float:
+        """Paid GPU-hours no instance held: cards on a billed node left free (or an instance
+        waiting to be restarted after a failed start)."""
+        return self.paid_gpu_hours - self.gpu_hours
 
     @property
     def attainment(self) -> float:
-        """Share of requests whose first token came within the SLA, read from vLLM's TTFT buckets as the
-        dashboard reads a pool's (exact where the SLA is a bucket bound, as 500 ms is)."""
-        share = attainment([histogram_observe(self.ttft_s, TTFT_BUCKETS)], self.sla_ms / 1000)
+        """Share of requests within the SLA: first token within ``sla_ms`` and, where ``e2e_sla_ms`` is set,
+        the whole answer within it too. Read from vLLM's TTFT buckets as the dashboard reads a pool's (exact
+        where the SLA is a bucket bound, as 500 ms is); a request over the end-to-end bound is observed
+        there as never having had its first token, so it counts outside whatever its TTFT."""
+        bound = float("inf") if self.e2e_sla_ms is None else self.e2e_sla_ms / 1000
+        ttfts = [ttft if e2e <= bound else HELD_FAILED for ttft, e2e in zip(self.ttft_s, self.e2e_s, strict=True)]
+        share = attainment([histogram_observe(ttfts, TTFT_BUCKETS)], self.sla_ms / 1000)
         return 1.0 if share is None else share
+
+    @property
+    def actions(self) -> dict[tuple[str, str], int]:
+        """How many actions of each (kind, action) took effect, counted over ``decisions``."""
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for decision in self.decisions:
+            counts[(decision.kind, decision.action)] += 1
+        return dict(counts)
 
     def ttft_ms(self, percentile: float) -> float:
         return percentile_of(self.ttft_s, percentile) * 1000
@@ -288,6 +340,12 @@ class Simulation:
         self.progress = progress
         self.policy_mode = static_instances is None and schedule is None
         self.random = random.Random(setup.seed)
+        # Start-up draws have their own stream, so stating a start-up model leaves the load jitter as it was.
+        self.start_random = random.Random(f"{setup.seed}:start-up")
+        self.weight_bytes = _weight_bytes(setup.engine)
+        self.gpu_holds: list[Hold] = []
+        self.nodes_used: set[int] = set()
+        self.starts: list[StartDraw] = []
         self.tick_s = tick_period_s()
         self.pools = {pool.view.id: pool for pool in setup.pools}
         self.gpu_name = _catalog_gpu_name(setup.engine)
@@ -306,12 +364,15 @@ class Simulation:
         self.wake_sent: dict[int, float] = {}
         self.request_times: dict[int, list[datetime]] = defaultdict(list)
         self.ttft_log: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        self.e2e_log: dict[int, list[tuple[float, float]]] = defaultdict(list)
         self.cold_measured: dict[int, list[float]] = defaultdict(list)
         self.last_scale: dict[tuple[int, str], float] = {}
+        self.traffic = prewarm.TrafficLearner()
         self.decisions: list[Decision] = []
         self.cold_starts = 0
         self.wakes = 0
         self.failed = 0
+        self.refused: set[int] = set()
         self.done = 0
         self.now = 0.0
         self.timeline: list[TimelinePoint] = []
@@ -370,13 +431,15 @@ class Simulation:
         end = self.now
         for instance in self.instances.values():
             self._bill_close(instance, end)
+            self._hold_close(instance, end)
+        setup = self.setup
         return SimResult(
             label=self.label,
             requests=total,
             sla_ms=self.setup.sla_ms,
             gpu_hours=sum(i.billed_s for i in self.instances.values()) / 3600,
-            ttft_s=[self.first_token[i] - r.arrival_s for i, r in enumerate(requests)],
-            e2e_s=[self.finished[i] - r.arrival_s for i, r in enumerate(requests)],
+            ttft_s=[self.first_token[i] - r.arrival_s for i, r in enumerate(requests) if i not in self.refused],
+            e2e_s=[self.finished[i] - r.arrival_s for i, r in enumerate(requests) if i not in self.refused],
             cold_waited=sum(self.cold),
             cold_starts=self.cold_starts,
             wakes=self.wakes,
@@ -386,6 +449,16 @@ class Simulation:
             decisions=self.decisions,
             instances_peak=self.peak,
             duration_s=end,
+            node_hours=node_billed_hours(
+                self.gpu_holds, gpus_per_node=setup.gpus_per_node, release=setup.node_release, end=end
+            ),
+            gpus_per_node=setup.gpus_per_node,
+            start_failures=sum(1 for s in self.starts if s.fails),
+            starts_uncached=sum(1 for s in self.starts if not s.weights_cached),
+            image_pulls=sum(1 for s in self.starts if not s.image_present),
+            node_provisions=sum(1 for s in self.starts if s.provisioned),
+            e2e_sla_ms=setup.e2e_sla_ms,
+            refused=len(self.refused),
         )
 
     # -- the fleet ------------------------------------------------------------------
@@ -405,8 +478,27 @@ class Simulation:
             self._warm_instance(pool_id)
 
     def _free_gpu(self) -> int | None:
+        """A free GPU, packed: on a node already paid for, the fullest such node first, so that
+        other nodes can empty and be released; else the lowest-numbered free GPU."""
         taken = {i.gpu_id for i in self.instances.values() if i.occupies_device}
-        return next((gpu for gpu in range(1, self.setup.gpus + 1) if gpu not in taken), None)
+        free = [gpu for gpu in range(1, self.setup.gpus + 1) if gpu not in taken]
+        if not free:
+            return None
+        per_node = self.setup.gpus_per_node
+        free_on: dict[int, int] = defaultdict(int)
+        for gpu in free:
+            free_on[node_of(gpu, per_node)] += 1
+        billed = {node for node in free_on if self._node_billed(node)}
+        return min(free, key=lambda gpu: (node_of(gpu, per_node) not in billed, free_on[node_of(gpu, per_node)], gpu))
+
+    def _node_billed(self, node: int) -> bool:
+        """Whether the node is paid for now (``node_billed_now``: one of its GPUs taken, or a reserved node used)."""
+        per_node = self.setup.gpus_per_node
+        taken = any(
+            i.occupied_since_s is not None and node_of(i.gpu_id, per_node) == node for i in self.instances.values()
+        )
+        used = node in self.nodes_used
+        return node_billed_now(taken_on_node=taken, used_before=used, release=self.setup.node_release)
 
     def _new_instance(self, pool_id: int, gpu_id: int) -> _Instance:
         instance = _Instance(
@@ -440,6 +532,13 @@ class Simulation:
         if now_holding and instance.held_since_s is None:
             instance.held_since_s = self.now
         instance.actual = state
+        # Its node is paid while the instance takes its GPU as placement counts it (until its
+        # process exits, or while it is still wanted: a failed start waiting for its restart).
+        if instance.occupies_device and instance.occupied_since_s is None:
+            instance.occupied_since_s = self.now
+            self.nodes_used.add(node_of(instance.gpu_id, self.setup.gpus_per_node))
+        elif not instance.occupies_device:
+            self._hold_close(instance, self.now)
         self.peak = max(self.peak, sum(1 for i in self.instances.values() if i.held_since_s is not None))
 
     def _bill_close(self, instance: _Instance, end: float) -> None:
@@ -447,18 +546,47 @@ class Simulation:
             instance.billed_s += end - instance.held_since_s
             instance.held_since_s = None
 
+    def _hold_close(self, instance: _Instance, end: float) -> None:
+        """End the instance's hold on its GPU, for the node bill."""
+        if instance.occupied_since_s is not None:
+            self.gpu_holds.append((instance.gpu_id, instance.occupied_since_s, end))
+            instance.occupied_since_s = None
+
     def _jittered(self, seconds: float) -> float:
         spread = self.setup.start_jitter
         return seconds * (1 + self.random.uniform(-spread, spread)) if spread else seconds
 
     def _begin_start(self, instance: _Instance) -> None:
+        """Start the container: a draw of the start-up model (``fleet.sim.startup``), with the node
+        provisioned first where it is not paid for now."""
         instance.token += 1
         instance.starting_since_s = self.now
+        fresh = not self._node_billed(node_of(instance.gpu_id, self.setup.gpus_per_node))
         self._set_actual(instance, STARTING)
-        self._push(self.now + self._jittered(self.setup.engine.cold_start_s), "ready", instance.id, instance.token)
+        draw = start_draw(
+            self.setup.cold_start,
+            self.start_random,
+            at_s=self.now,
+            load_s=self._jittered(self.setup.engine.cold_start_s),
+            weight_bytes=self.weight_bytes,
+            node_fresh=fresh,
+        )
+        instance.start = draw
+        self.starts.append(draw)
+        self._push(self.now + draw.total_s, "ready", instance.id, instance.token)
 
     def _ready(self, instance: _Instance, token: int) -> None:
         if token != instance.token or instance.desired != RUNNING:
+            return
+        if instance.actual == FAILED:
+            # The agent's reconciliation replaces a failed container of a wanted instance.
+            self._begin_start(instance)
+            return
+        if instance.actual == STARTING and instance.start is not None and instance.start.fails:
+            # The server exited: reported failed; it keeps its GPU (still desired running) until restarted.
+            instance.token += 1
+            self._set_actual(instance, FAILED)
+            self._push(self.now + self.setup.cold_start.restart_after_s, "ready", instance.id, instance.token)
             return
         if instance.actual == STARTING and instance.starting_since_s is not None:
             self.cold_measured[instance.pool_id].append(self.now - instance.starting_since_s)
@@ -523,8 +651,9 @@ class Simulation:
 
     # -- requests -----------------------------------------------------------------
 
-    def _groups(self, index: int) -> list[list[int]]:
-        """The pools to try, in the tier fallback order of the request's RCF tier."""
+    def _groups(self, index: int) -> list[list[int]] | routing.ContextRefused:
+        """The pools to try, in the tier fallback order of the request's RCF tier, as the gateway lists
+        them (``routing.pool_groups_for``); its refusal where the request exceeds every pool's context."""
         request = self.trace.requests[index]
         settings = self.setup.routing
         rcf = routing.rcf_compute(
@@ -534,11 +663,13 @@ class Simulation:
             settings=settings,
         )
         tier = routing.tier_for(rcf, settings)
-        by_tier: dict[str, list[int]] = defaultdict(list)
+        by_tier: dict[str, list[routing.PoolContext]] = defaultdict(list)
         for pool in self.setup.pools:
-            by_tier[pool.tier].append(pool.view.id)
-        groups = [by_tier[t] for t in routing.FALLBACK[tier] if by_tier[t]]
-        return groups
+            limit = pool.view.max_model_len
+            by_tier[pool.tier].append(routing.PoolContext(pool.view.id, sys.maxsize if limit is None else limit))
+        return routing.pool_groups_for(
+            tier=tier, tiers=by_tier, prompt_tokens=request.prompt_tokens, max_tokens=request.output_tokens
+        )
 
     def _pick(self, groups: list[list[int]]) -> _Instance | None:
         """The gateway's pick (``Picker.pick``), on the simulated clock."""
@@ -553,6 +684,11 @@ class Simulation:
     def _arrival(self, index: int) -> None:
         self.interval_arrivals += 1
         groups = self._groups(index)
+        if isinstance(groups, routing.ContextRefused):
+            # The gateway answers 400 at once: no pool sees the request, and no one waits on it.
+            self.refused.add(index)
+            self.done += 1
+            return
         self.request_times[groups[0][0]].append(self._at(self.now))
         instance = self._pick(groups)
         if instance is not None:
@@ -629,6 +765,8 @@ class Simulation:
             self.finished[index] = request.finished_s
             ttft = request.first_token_s - request.arrival_s
             self.ttft_log[instance.pool_id].append((request.first_token_s, ttft))
+            if self.pools[instance.pool_id].view.sla_e2e_latency_ms is not None:
+                self.e2e_log[instance.pool_id].append((request.finished_s, request.finished_s - request.arrival_s))
             self.interval_ttft.append(ttft)
             self.picker.outstanding[instance.id] -= 1
             self.done += 1
@@ -681,6 +819,7 @@ class Simulation:
             snapshot=self._snapshot,
             apply=self._apply,
             request_times=self._request_times,
+            learner=self.traffic,
         )
 
     def _request_times(self, pool_ids: list[int], since: datetime, until: datetime) -> dict[int, list[datetime]]:
@@ -760,18 +899,31 @@ class Simulation:
             duty=[(s.at, s.duty) for s in samples],
             max_num_seqs=view.max_num_seqs,
             latency=lambda start, end, mine: self._window_latency(view, start, end),
+            e2e_latency=(
+                (lambda start, end, mine: self._window_latency(view, start, end, self.e2e_log, E2E_BUCKETS))
+                if view.sla_e2e_latency_ms is not None
+                else None
+            ),
         )
 
-    def _window_latency(self, view: PoolView, start: datetime, end: datetime) -> float | None:
-        """The SLA percentile of the time to first token of the requests whose first token came in the window."""
-        log = self.ttft_log[view.id]
+    def _window_latency(
+        self,
+        view: PoolView,
+        start: datetime,
+        end: datetime,
+        logs: Mapping[int, list[tuple[float, float]]] | None = None,
+        buckets: Sequence[float] = TTFT_BUCKETS,
+    ) -> float | None:
+        """The SLA percentile of the time to first token of the requests whose first token came in the window
+        (of the end-to-end latency of those that finished in it, given that log and vLLM's buckets for it)."""
+        log = (self.ttft_log if logs is None else logs)[view.id]
         horizon = self.now - WINDOW_S * WINDOWS
         while log and log[0][0] < horizon - 60:
             log.pop(0)
         low, high = (start - self.trace.start).total_seconds(), (end - self.trace.start).total_seconds()
         ttfts = [value for t, value in log if low <= t < high]
         # Read as production reads the agents' reports: vLLM's TTFT buckets, then ``pool_latency``.
-        seconds = pool_latency([histogram_observe(ttfts, TTFT_BUCKETS)], view.sla_percentile)
+        seconds = pool_latency([histogram_observe(ttfts, buckets)], view.sla_percentile)
         return None if seconds is None else seconds * 1000
 
     def _instance_view(self, instance: _Instance) -> InstanceView:
@@ -798,15 +950,22 @@ class Simulation:
 
     def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:
         duty = instance.samples[-1].duty * 100 if instance is not None and instance.samples else 0.0
+        node = node_of(gpu, self.setup.gpus_per_node)
         return GpuView(
             id=gpu,
-            node_id=gpu,
+            node_id=node,
             uuid=f"GPU-simulated-{gpu}",
             model_name=self.gpu_name,
             memory_total_bytes=self.gpu_bytes,
-            node_name=f"simulated-{gpu}",
+            node_name=f"simulated-{node}",
             utilization_pct=duty,
         )
+
+
+def _weight_bytes(engine: EngineModel) -> int:
+    """The served model's weights, as the VRAM estimator counts them (what a start downloads)."""
+    estimate = vram_estimate_for(PROFILES[engine.profile])
+    return estimate.weight_bytes if estimate is not None else 0
 
 
 def _catalog_gpu_name(engine: EngineModel) -> str:

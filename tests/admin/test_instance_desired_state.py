@@ -8,9 +8,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from fleet import services
+from fleet.decide import services
+from fleet.decide.services import instance_desire
 from fleet.models import Decision, Instance
-from fleet.services import instance_desire
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents import protocol
-from agents.agent import MB, Agent, AgentConfig
+from agents.agent import Agent, AgentConfig
 from agents.batch import (
     DesiredJob,
     LeaveAlone,
@@ -29,6 +29,7 @@ from agents.batch import (
     reap_plan,
 )
 from agents.nvml import HostReading
+from agents.plan import MB
 from agents.runtime import (
     GPU_MEMORY_ENV,
     BatchSpec,

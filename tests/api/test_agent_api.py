@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents import protocol
+from fleet.decide.services import node_create, node_decommission, node_token_rotate
 from fleet.models import Gpu, GpuSample, Instance, InstanceEvent, InstanceSample, JoinToken, Node
-from fleet.services import node_create, node_decommission, node_token_rotate
 from fleet.tokens import token_hash
 from tests.factories import make_gpu, make_instance, make_pool
 

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from agents import protocol
+from fleet.decide.services import batch_job_preempt, batch_job_start, orphan_stop_request
 from fleet.models import BatchJob, Gpu, Instance, OrphanContainer, Policy
-from fleet.services import batch_job_preempt, batch_job_start, orphan_stop_request
 from tests.api.test_agent_api import Agent, agent, batch, gpu_reading, instance_sample, report
 from tests.factories import GIB, make_instance, make_pool
 

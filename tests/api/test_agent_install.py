@@ -182,7 +182,7 @@ def test_a_tampered_download_is_refused_before_anything_is_installed(
     python = stub_python(tmp_path)
     script = httpx.get(f"{live_server.url}/agent/install.sh").text
     if tampered == "tarball":
-        monkeypatch.setattr("fleet.agent_dist._tarball", lambda fingerprint: evil_tarball())
+        monkeypatch.setattr("fleet.telemetry.agent_dist._tarball", lambda fingerprint: evil_tarball())
     else:
         wheel = sorted(settings.AGENT_WHEELHOUSE.glob("*.whl"))[0]
         wheel.write_bytes(b"PK not the wheel the script was given")

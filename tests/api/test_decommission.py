@@ -9,8 +9,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from fleet.decide.services import node_decommission
 from fleet.models import Gpu, GpuSample, Node
-from fleet.services import node_decommission
 from tests.api.test_agent_api import batch, gpu_reading, join_token, register, report
 
 pytestmark = pytest.mark.django_db

@@ -16,9 +16,9 @@ from django.db import connection
 from django.utils import timezone
 
 from fleet import events
+from fleet.decide.evaluate import Evaluation, policies_evaluate
+from fleet.decide.services import node_create
 from fleet.models import Decision, GpuSample, Instance, Policy
-from fleet.policies.evaluate import Evaluation, policies_evaluate
-from fleet.services import node_create
 from tests.api.test_agent_api import batch, gpu_reading, report
 from tests.browser.fleet_history import history_build
 from tests.factories import make_gpu, make_instance, make_node, make_pool

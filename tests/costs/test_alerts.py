@@ -15,10 +15,10 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from fleet.celery import app as celery_app
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.selectors import period_bounds
 from fleet.models import Alert, AlertDelivery, AlertRule, Budget, InstanceSample, Node, Team
+from fleet.project.celery import app as celery_app
 from tests.costs.history import gpu_samples, price
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 

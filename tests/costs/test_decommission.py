@@ -12,9 +12,9 @@ from django.utils import timezone
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import month_to_date, run_rate, savings_compute, spend_report
+from fleet.decide.services import node_decommission
 from fleet.models import Alert, AlertRule, Gpu, GpuHour, GpuMinute, GpuSample, Instance, InstanceEvent, Node
-from fleet.rollups import hours_rollup, minutes_rollup
-from fleet.services import node_decommission
+from fleet.telemetry.rollups import hours_rollup, minutes_rollup
 from tests.costs.history import gpu_samples, price, states, utc
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 

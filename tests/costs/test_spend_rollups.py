@@ -13,7 +13,7 @@ from django.utils import timezone
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import Tiers, cost_per_million_tokens, savings_compute, spend_report
 from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, RollupWatermark
-from fleet.rollups import days_rollup, floor_hour, rollup_hours_run, rollup_minutes_run
+from fleet.telemetry.rollups import days_rollup, floor_hour, rollup_hours_run, rollup_minutes_run
 from tests.costs.history import gpu_samples, instance_samples, price, states, utc
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fleet.models import Gpu, GpuHour, GpuMinute, Pool, PoolHour, PoolMinute, RequestLog
-from fleet.rollups import histogram_percentiles
+from fleet.telemetry.rollups import histogram_percentiles
 
 GIB = 1024**3
 

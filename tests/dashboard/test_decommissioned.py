@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.services import node_decommission
+from fleet.decide.services import node_decommission
 from tests.dashboard.history import gpu_rollups
 from tests.dashboard.test_pages import figures_in
 from tests.factories import make_gpu, make_node

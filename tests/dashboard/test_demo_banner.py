@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from fleet.services import node_decommission
+from fleet.decide.services import node_decommission
 from tests.factories import make_node
 
 pytestmark = pytest.mark.django_db

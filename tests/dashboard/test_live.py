@@ -11,9 +11,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from fleet import events
+from fleet.decide.services import instance_desire
 from fleet.events import SummaryThrottle, event_publish, node_group, pool_group
 from fleet.models import Gpu, Instance, Node
-from fleet.services import instance_desire
 from tests.api.test_agent_api import Agent, batch, gpu_reading, report
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 from tests.test_dashboard import connect

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from dashboard.views import PLOTLY_JS, PLOTLY_JS_VERSION
 from fleet.models import Alert, AlertRule, BatchJob, Budget, Decision, PoolHour, Team
-from fleet.rollups import HOUR, floor_hour, pool_hours_compute
+from fleet.telemetry.rollups import HOUR, floor_hour, pool_hours_compute
 from tests.costs.history import price, states
 from tests.dashboard.history import gpu_rollups, pool_rollup, request
 from tests.factories import make_gpu, make_instance, make_node, make_pool

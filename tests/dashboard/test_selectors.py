@@ -12,7 +12,7 @@ from dashboard import selectors as pages
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import fleet_window, spend_report
 from fleet.models import Decision, RollupWatermark
-from fleet.rollups import floor_hour
+from fleet.telemetry.rollups import floor_hour
 from tests.costs.history import price, states
 from tests.dashboard.history import gpu_rollups, histogram, pool_rollup
 from tests.factories import make_gpu, make_instance, make_node, make_pool

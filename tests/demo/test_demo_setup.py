@@ -12,10 +12,10 @@ from agents.agent import Agent, AgentConfig
 from agents.processes import Launcher, ProcessRuntime
 from agents.runtime import ContainerSpec
 from agents.simulated import MODELS, SimulatedGpus, gpus_parse, simulated_name
+from fleet.decide.evaluate import pool_wake_request
+from fleet.demo.runner import DemoFleet, DemoOptions, demo_prepare
 from fleet.models import ApiKey, Gpu, GpuSample, Instance, JoinToken, MigDevice, Node, Policy, Pool, PriceRate
-from fleet.policies.evaluate import pool_wake_request
 from fleet.policies.settings import SCHEMAS
-from fleet.sim.demo import DemoFleet, DemoOptions, demo_prepare
 from tests.support.sim_engine import process_running
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,8 +14,8 @@ from agents.processes import Launcher, ProcessRuntime
 from agents.reconcile import DesiredInstance, Restart, Start, Stop, apply, reconcile
 from agents.runtime import ContainerSpec, ImageMissing
 from agents.simulated import SimulatedGpus, gpus_parse
+from fleet.demo.engine_server import device_model
 from fleet.sim.engine import engine_model_for
-from fleet.sim.engine_server import device_model
 from tests.support.sim_engine import SERVED, SimEngine, process_running
 
 SLEEPER = Launcher.parse("test/sleeper:*={python} -c 'import time, sys; time.sleep(600)'")

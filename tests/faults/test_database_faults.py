@@ -131,7 +131,10 @@ class Fleet:
 
 def join_token_issue(database_url: str) -> str:
     """A join token for any number of hosts, made by the panel's own code on its database."""
-    code = "from fleet.services import join_token_create as c; print(c(name='ci', max_uses=None, expires_at=None)[1])"
+    code = (
+        "from fleet.decide.services import join_token_create as c; "
+        "print(c(name='ci', max_uses=None, expires_at=None)[1])"
+    )
     return panel_manage(database_url, "shell", "--no-imports", "-c", code).strip()
 
 

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from django.db import connection
 
+from fleet.decide.evaluate import policies_evaluate
 from fleet.models import Decision, Instance
-from fleet.policies.evaluate import policies_evaluate
 from tests.support.celery_workers import shared_database_url
 from tests.test_policies_live import idle_fleet
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent.parent
 WORKER = (
     "import django; django.setup(); "
-    "from fleet.policies.evaluate import policies_evaluate; policies_evaluate(kinds=['idle_reclaim'])"
+    "from fleet.decide.evaluate import policies_evaluate; policies_evaluate(kinds=['idle_reclaim'])"
 )
 
 
@@ -47,7 +47,9 @@ def test_a_worker_killed_mid_evaluation_leaves_no_action_twice_and_none_lost(tmp
 
     with psycopg.connect(url) as locker, psycopg.connect(url, autocommit=True) as watcher:
         locker.execute("SELECT id FROM fleet_instance WHERE id = %s FOR UPDATE", (held.pk,))
-        env = dict(os.environ, DATABASE_URL=url, DJANGO_SETTINGS_MODULE="fleet.settings", FLEET_VAR_DIR=str(tmp_path))
+        env = dict(
+            os.environ, DATABASE_URL=url, DJANGO_SETTINGS_MODULE="fleet.project.settings", FLEET_VAR_DIR=str(tmp_path)
+        )
         worker = subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=env)
         try:
             deadline = time.monotonic() + 60

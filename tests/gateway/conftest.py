@@ -11,10 +11,10 @@ import httpx
 import pytest
 import uvicorn
 
+from fleet.decide.services import api_key_create
 from fleet.gateway.app import Gateway, GatewayConfig
 from fleet.gateway.server import server_config
 from fleet.models import Instance, ModelProfile, Pool, RequestLog, Team
-from fleet.services import api_key_create
 from tests.support.openai_stub import OpenAIStub
 from tests.support.vllm_server import free_port
 

@@ -35,7 +35,7 @@ from tests.support.vllm_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = """
 from fleet.models import Instance, ModelProfile, Pool, Team
-from fleet.services import api_key_create
+from fleet.decide.services import api_key_create
 profile = ModelProfile.objects.create(name="stub", model="test/stub", served_name="{model}", max_model_len=4096)
 pool = Pool.objects.create(name="stub-l", tier="L", isolation="shared", model_profile=profile)
 Instance.objects.create(pool=pool, actual_state="ready", endpoint="{endpoint}")
@@ -43,7 +43,7 @@ print(api_key_create(team=Team.objects.create(name="{team}", slug="{team}"), nam
 """
 NEW_KEY = """
 from fleet.models import Team
-from fleet.services import api_key_create
+from fleet.decide.services import api_key_create
 print(api_key_create(team=Team.objects.create(name="late", slug="late"), name="late")[1])
 """
 
@@ -154,7 +154,7 @@ def dedicated_gateway(
     stub = OpenAIStub().start()
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
-        DJANGO_SETTINGS_MODULE="fleet.settings",
+        DJANGO_SETTINGS_MODULE="fleet.project.settings",
         GATEWAY_REFRESH_S="0.2",
         GATEWAY_LOG_FLUSH_S="0.1",
         PYTHONPATH=str(ROOT),

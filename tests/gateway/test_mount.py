@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_v1_paths_reach_the_gateway_and_others_reach_django(settings: Any) -> None:
     settings.FLEET_INPROCESS_SCHEDULER = False  # the first request would start it, against the test database
-    from fleet.asgi import application, gateway
+    from fleet.project.asgi import application, gateway
 
     async def fetch() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=application)

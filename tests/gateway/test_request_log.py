@@ -8,9 +8,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from fleet.decide.services import api_key_create, request_logs_write
 from fleet.gateway.accounting import RequestRecord
 from fleet.models import ApiKey, Instance, RequestLog, Team
-from fleet.services import api_key_create, request_logs_write
 from tests.factories import make_request_record
 from tests.gateway.conftest import make_ready, make_routed_pool
 

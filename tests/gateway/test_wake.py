@@ -144,7 +144,7 @@ def test_past_the_bounded_queue_requests_are_refused_at_once(
 def test_a_wake_up_the_database_refused_is_tried_again_within_the_wait(
     live_gateway: Callable[..., LiveGateway], api_key: str, stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fleet.policies import evaluate
+    from fleet.decide import evaluate
 
     node = make_node()
     node.status = "online"

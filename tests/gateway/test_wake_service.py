@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.decide.evaluate import pool_wake_request
 from fleet.models import Decision, Instance, Node
-from fleet.policies.evaluate import pool_wake_request
 from tests.factories import make_gpu, make_node, make_pool
 
 pytestmark = pytest.mark.django_db

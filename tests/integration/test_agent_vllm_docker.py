@@ -18,8 +18,8 @@ import docker
 import openai
 import pytest
 
+from fleet.decide.services import instance_desire
 from fleet.models import Gpu, Instance, InstanceSample, JoinToken, ModelProfile, Node
-from fleet.services import instance_desire
 from tests.factories import make_instance, make_pool
 from tests.support.vllm_container import IMAGE, SERVED_NAME, host_allows, remove_node_containers
 

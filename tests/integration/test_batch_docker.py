@@ -25,9 +25,9 @@ import docker
 import docker.errors
 import pytest
 
-from fleet.ingest import batch_jobs_for
+from fleet.decide.evaluate import policies_evaluate
 from fleet.models import BatchJob, Decision, Gpu, GpuSample, JoinToken, Node, OrphanContainer, Policy
-from fleet.policies.evaluate import policies_evaluate
+from fleet.telemetry.ingest import batch_jobs_for
 from tests.integration.test_agent_vllm_docker import AgentProcess, wait_for
 from tests.support.docker_engine import TEST_LABEL, free_port
 from tests.support.vllm_container import remove_node_containers

@@ -23,6 +23,7 @@ import pytest
 from celery import Celery
 from django.utils import timezone
 
+from fleet.decide.services import api_key_create
 from fleet.models import (
     Decision,
     Gpu,
@@ -32,7 +33,6 @@ from fleet.models import (
     RequestLog,
     Team,
 )
-from fleet.services import api_key_create
 from tests.factories import make_instance, make_pool
 from tests.gateway.conftest import LiveGateway
 from tests.integration.test_agent_vllm_docker import AgentProcess, containers_of, wait_for

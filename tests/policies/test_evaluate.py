@@ -11,12 +11,12 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from fleet import selectors
+from fleet.decide.evaluate import Evaluation, action_record, policies_evaluate, pool_wake
+from fleet.decide.services import StaleGeneration, batch_job_preempt, batch_job_start, instance_launch
 from fleet.models import BatchJob, Decision, GpuSample, Instance, InstanceEvent, InstanceSample, Node, Policy
-from fleet.policies.evaluate import Evaluation, action_record, policies_evaluate, pool_wake
 from fleet.policies.idle import idle_reclaim
 from fleet.policies.placement import PlacementRefused
 from fleet.schedules import EVALUATE_TASK
-from fleet.services import StaleGeneration, batch_job_preempt, batch_job_start, instance_launch
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db

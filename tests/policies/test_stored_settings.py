@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from fleet import ingest, selectors
+from fleet import selectors
 from fleet.gateway.table import routing_table_load
 from fleet.management.commands.simulate import setup_from_db
 from fleet.models import BatchJob, Policy
@@ -14,6 +14,7 @@ from fleet.policies import settings as policy_settings
 from fleet.policies.routing import RoutingSettings
 from fleet.sim.engine import engine_model_for
 from fleet.sim.simulate import setup_build
+from fleet.telemetry import ingest
 from tests.factories import GIB, make_gpu, make_node, make_pool
 
 pytestmark = pytest.mark.django_db

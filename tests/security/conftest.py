@@ -24,7 +24,7 @@ def serve_panel(transactional_db: None, settings: Any, in_memory_channel_layer: 
     """
     settings.ALLOWED_HOSTS = ["127.0.0.1"]
     settings.FLEET_INPROCESS_SCHEDULER = False
-    from fleet.asgi import application_build
+    from fleet.project.asgi import application_build
 
     def serve(**options: Any) -> AbstractContextManager[str]:
         return asgi_serve(application_build(gateway=Gateway(config=FAST), **options), lifespan="off")

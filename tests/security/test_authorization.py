@@ -23,8 +23,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
+from fleet.decide.services import api_key_create, join_token_create, node_create
 from fleet.models import ApiKey, JoinToken, Node, Team
-from fleet.services import api_key_create, join_token_create, node_create
 from tests.gateway.conftest import chat
 
 pytestmark = pytest.mark.django_db(transaction=True)

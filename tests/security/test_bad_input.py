@@ -22,8 +22,8 @@ from pydantic import BaseModel
 
 from agents import protocol
 from fleet import models as fleet
+from fleet.decide.services import node_create
 from fleet.gateway.protocol import ApiError, load_json
-from fleet.services import node_create
 from tests.api.test_agent_api_fuzz import fleet_state, valid_batch
 from tests.factories import make_gpu, make_instance, make_pool
 

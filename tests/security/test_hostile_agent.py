@@ -57,7 +57,7 @@ def test_a_conflicting_gpu_claim_is_refused_recorded_and_the_owner_keeps_it(
     victim: Agent, attacker: Agent, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert post(victim, report(1, [gpu_reading(uuid="GPU-shared")])).status_code == 200
-    with caplog.at_level(logging.WARNING, logger="fleet.ingest"):
+    with caplog.at_level(logging.WARNING, logger="fleet.telemetry.ingest"):
         response = post(attacker, report(1, [gpu_reading(uuid="GPU-shared")]))
     assert response.status_code == 403
     assert Gpu.objects.get(uuid="GPU-shared").node == victim.node

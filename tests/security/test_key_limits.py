@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from fleet.decide.services import api_key_create
 from fleet.models import ApiKey, Team
-from fleet.services import api_key_create
 from tests.gateway.conftest import (
     STUB_MODEL,
     LiveGateway,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from agents.protocol import MAX_BODY_BYTES
+from fleet.decide.services import api_key_create
 from fleet.models import Team
-from fleet.services import api_key_create
 from tests.security.conftest import PanelServer
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -34,7 +34,7 @@ def production_settings() -> dict[str, Any]:
         "import json, django; from django.conf import settings; django.setup(); "
         f"print(json.dumps({{name: getattr(settings, name, None) for name in {NAMES!r}}}))"
     )
-    env = {**os.environ, **PRODUCTION_ENV, "DJANGO_SETTINGS_MODULE": "fleet.settings"}
+    env = {**os.environ, **PRODUCTION_ENV, "DJANGO_SETTINGS_MODULE": "fleet.project.settings"}
     env.pop("SECURE_HSTS_SECONDS")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

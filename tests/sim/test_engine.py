@@ -48,9 +48,11 @@ def run_until_idle(core: EngineCore, now: float = 0.0) -> float:
 def test_h100_default_follows_the_stated_arithmetic() -> None:
     model = engine_model_for("NVIDIA H100 80GB HBM3")
     assert model.gpu_model == "H100"
-    assert model.decode_step_base_s == pytest.approx(QWEN3_4B_BF16_BYTES / (3350e9 * 0.75))
-    assert 40_000 < model.prefill_tokens_per_s < 45_000  # measured, see calibration/
-    assert "transformers" in model.source
+    # The H100's steps are fitted to graph-captured measurements (tests/sim/test_engine_model.py
+    # checks the fit); the other GPUs keep the datasheet arithmetic: the A100 reads its weights at
+    # 75% of 2,039 GB/s.
+    assert "qwen3_4b_h100_graph.json" in model.source
+    assert engine_model_for("A100").decode_step_base_s == pytest.approx(QWEN3_4B_BF16_BYTES / (2039e9 * 0.75))
     assert engine_model_for("A100").prefill_tokens_per_s == pytest.approx(312e12 * 0.4 / (2 * 4_022_468_096))
     budget = int(80 * catalog.GIB * 0.9)
     expected_kv = (budget - QWEN3_4B_BF16_BYTES - 3 * catalog.GIB // 2) // KV_BYTES_PER_TOKEN

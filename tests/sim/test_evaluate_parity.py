@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fleet import selectors
+from fleet.decide import evaluate
 from fleet.models import Decision
-from fleet.policies import evaluate
 from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PoolWindow
 from fleet.sim.engine import engine_model_for

@@ -1,10 +1,10 @@
-"""The simulator: production policy functions, hand-checked static and oracle references, determinism."""
+"""The simulator: production policy functions, the hand-checked static reference, determinism (the oracle:
+test_oracle.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import pytest
 
@@ -16,12 +16,10 @@ import fleet.policies.reap
 from fleet.policies import registry, routing
 from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
-from fleet.sim.compare import compare, oracle_refine, oracle_schedule, static_search
-from fleet.sim.engine import engine_model_for
+from fleet.sim.compare import compare, static_search
 from fleet.sim.report import comparison_html, comparison_markdown
 from fleet.sim.simulate import (
     SimPool,
-    SimSetup,
     Simulation,
     policy_configs_build,
     pool_view_default,
@@ -29,24 +27,7 @@ from fleet.sim.simulate import (
     tick_period_s,
 )
 from fleet.sim.traces import Trace, TraceRequest
-
-START = datetime(2026, 3, 2, 9, tzinfo=UTC)
-# Round numbers: a 400-token prompt alone takes 0.01 + 0.4 s; two at once 0.01 + 0.8 s.
-TOY = replace(
-    engine_model_for("H100"),
-    prefill_tokens_per_s=1000.0,
-    decode_step_base_s=0.01,
-    decode_step_per_seq_s=0.001,
-    cold_start_s=30.0,
-)
-
-
-def toy_setup(*, gpus: int = 4, values: dict[str, Any] | None = None) -> SimSetup:
-    return replace(setup_build(engine=TOY, gpus=gpus, values=values), start_jitter=0.0)
-
-
-def trace_of(*requests: tuple[float, int, int]) -> Trace:
-    return Trace(name="hand", start=START, requests=tuple(TraceRequest(*r) for r in requests))
+from tests.sim.toy import START, TOY, toy_setup, trace_of
 
 
 def test_the_simulator_runs_the_production_policy_functions_in_production_order() -> None:
@@ -139,33 +120,6 @@ def test_static_reference_is_the_fewest_instances_meeting_the_sla_hand_checked()
     assert runs[1].gpu_hours == pytest.approx(2 * 40.11 / 3600)
 
 
-def test_oracle_schedule_and_run_hand_checked() -> None:
-    trace = trace_of((0.0, 400, 1), (0.0, 400, 1), (40.0, 100, 1), (100.0, 100, 1))
-    setup = toy_setup()
-    schedule = oracle_schedule(trace=trace, setup=setup, most=setup.gpus)
-    assert schedule == (2, 1, 0, 1)
-    oracle = Simulation(trace=trace, setup=setup, label="oracle", schedule=schedule).run()
-    # 2 instances over [0, 30), 1 over [30, 60), none over [60, 90), 1 from 90 s to 100.11 s.
-    assert oracle.gpu_hours == pytest.approx((2 * 30 + 30 + 10.11) / 3600)
-    assert oracle.attainment == 1.0 and oracle.cold_starts == 0
-
-
-def test_oracle_adds_an_instance_where_carried_over_work_breaks_the_sla() -> None:
-    # Alone, each interval needs one instance. Run together, B (30.05 s) waits for A's
-    # prefill (29.9 s + 0.41 s), then its own 0.41 s: 0.67 s to its first token. The refined
-    # schedule gives interval 1 a second, warm instance, where B starts at once.
-    trace = trace_of((29.9, 400, 1), (30.05, 400, 1))
-    setup = toy_setup()
-    schedule = oracle_schedule(trace=trace, setup=setup, most=setup.gpus)
-    assert schedule == (1, 1)
-    assert Simulation(trace=trace, setup=setup, label="oracle", schedule=schedule).run().ttft_s == pytest.approx(
-        [0.41, 0.67]
-    )
-    refined, result = oracle_refine(trace=trace, setup=setup, schedule=schedule)
-    assert refined == (1, 2)
-    assert result.ttft_s == pytest.approx([0.41, 0.41])
-
-
 def test_requests_to_an_empty_pool_wait_for_a_cold_start() -> None:
     values = {"pool": {"idle_stop_after_s": 60, "idle_minimize_after_s": 30}}
     trace = trace_of((0.0, 100, 1), (200.0, 100, 1))
@@ -181,15 +135,15 @@ def test_same_seed_same_report_and_the_comparison_adds_up() -> None:
         name="hand",
         start=START,
         requests=tuple(TraceRequest(t * 1.5, 300 + 37 * (t % 5), 3 + t % 4) for t in range(120)),
-    ).scaled(2, seed=3)
+    ).rate_scaled(2, seed=3)
     setup = replace(setup_build(engine=TOY, gpus=4, seed=5), start_jitter=0.2)
     first = compare(trace=trace, setup=setup)
     second = compare(trace=trace, setup=setup)
     assert comparison_markdown(first) == comparison_markdown(second)
     assert comparison_html(first) == comparison_html(second)
     assert first.savings == pytest.approx(1 - first.policy.gpu_hours / first.static.gpu_hours)
-    assert first.efficiency == pytest.approx(first.oracle.gpu_hours / first.policy.gpu_hours)
-    assert first.oracle.gpu_hours <= first.static.gpu_hours
+    assert first.efficiency == pytest.approx(first.oracle_bound.gpu_hours / first.policy.gpu_hours)
+    assert first.oracle_bound.gpu_hours <= first.static.gpu_hours
     assert "simulated" in comparison_html(first)
 
 

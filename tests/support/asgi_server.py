@@ -57,7 +57,7 @@ class AsgiServer:
 @pytest.fixture
 def asgi_live_server(transactional_db: None, settings: object) -> Iterator[AsgiServer]:
     require(bool(os.environ.get("REDIS_URL")), "live pages need the Redis channel layer: set REDIS_URL")
-    from fleet.asgi import application
+    from fleet.project.asgi import application
     from tests.support.vllm_server import free_port
 
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]  # type: ignore[attr-defined]

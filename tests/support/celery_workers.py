@@ -32,13 +32,13 @@ def shared_database_url() -> str:
 
 @contextmanager
 def celery_processes(commands: Sequence[Sequence[str]], *, env: Mapping[str, str], log_dir: Path) -> Iterator[None]:
-    """Run ``celery -A fleet <command>`` for each command, logging to ``log_dir``; stop them after."""
+    """Run ``celery -A fleet.project <command>`` for each command, logging to ``log_dir``; stop them after."""
     processes = []
     for n, args in enumerate(commands):
         log = (log_dir / f"celery-{n}.log").open("w")
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "fleet", *args, "-l", "INFO"],
+                [sys.executable, "-m", "celery", "-A", "fleet.project", *args, "-l", "INFO"],
                 cwd=ROOT,
                 env=dict(env),
                 stdout=log,

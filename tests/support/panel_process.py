@@ -1,4 +1,4 @@
-"""The panel as its own process (uvicorn serving ``fleet.asgi``) on a database the test chooses."""
+"""The panel as its own process (uvicorn serving ``fleet.project.asgi``) on a database the test chooses."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def panel_env(database_url: str, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE"}}
+    # Agents here report every 0.2 s, 300 requests a minute, past the per-node bound (60) that
+    # tests/security/test_host_ports_and_rate.py tests; they test delivery, not the bound.
+    env["AGENT_REPORTS_PER_MINUTE"] = "6000"
     env.update(
         DATABASE_URL=database_url,
-        DJANGO_SETTINGS_MODULE="fleet.settings",
+        DJANGO_SETTINGS_MODULE="fleet.project.settings",
         FLEET_INPROCESS_SCHEDULER="0",
         ALLOWED_HOSTS="127.0.0.1",
         **extra,
@@ -48,7 +51,16 @@ def panel_manage(database_url: str, *args: str) -> str:
 def panel_process(database_url: str, log: Path, *, port: int | None = None, **env: str) -> Iterator[str]:
     """Serve the panel on ``port`` (a free loopback port by default) for the block; yields its URL."""
     port = port or free_port()
-    command = [sys.executable, "-m", "uvicorn", "fleet.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "fleet.project.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("ab") as output:
         process = subprocess.Popen(
             [*command, "--lifespan", "off"], cwd=ROOT, env=panel_env(database_url, **env), stdout=output, stderr=output

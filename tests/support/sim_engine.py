@@ -1,4 +1,4 @@
-"""Start the demo's SIMULATED vLLM server (``fleet.sim.engine_server``) as its own process for tests."""
+"""Start the demo's SIMULATED vLLM server (``fleet.demo.engine_server``) as its own process for tests."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class SimEngine:
 
     def start(self) -> SimEngine:
         argv = [
-            sys.executable, "-m", "fleet.sim.engine_server",
+            sys.executable, "-m", "fleet.demo.engine_server",
             "--model", "Qwen/Qwen3-4B-Instruct-2507", "--served-model-name", SERVED,
             "--port", str(self.port), "--cold-start-s", "0", "--max-model-len", "8192", *self.extra,
         ]  # fmt: skip

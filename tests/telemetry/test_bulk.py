@@ -8,8 +8,8 @@ import pytest
 from django.db import DataError, IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from fleet.bulk import hot_cursor, numbered, rows_insert, rows_update
 from fleet.models import GpuSample, Node
+from fleet.telemetry.bulk import hot_cursor, numbered, rows_insert, rows_update
 from tests.factories import make_gpu, make_node
 from tests.support.require import require
 

@@ -12,14 +12,16 @@ import pytest
 
 from agents.histograms import histogram_observe
 from dashboard import selectors as pages
-from fleet import rollups, selectors
+from fleet import selectors
 from fleet.costs.alerts import alerts_evaluate
 from fleet.models import Alert, AlertRule, InstanceSample, PoolMinute
-from fleet.sim.engine import TTFT_BUCKETS, engine_model_for
+from fleet.sim.engine import TTFT_BUCKETS
 from fleet.sim.simulate import SimResult, Simulation, setup_build
 from fleet.sim.traces import Trace, TraceRequest
+from fleet.telemetry import rollups
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 from tests.sim.test_simulate import autoscale_snapshots
+from tests.sim.toy import TOY
 
 pytestmark = pytest.mark.django_db
 
@@ -105,13 +107,7 @@ def test_the_policy_window_reads_the_latency_the_simulator_reads_for_the_same_re
     second waits for the first's prefill). In vLLM's TTFT buckets they sit in (0.25, 0.5] and
     (0.75, 1]; the P95 at rank 1.9 of 2 reads 0.75 + 0.25 * 0.9 = 0.975 s, not the 0.82 s
     the slower request took: production sees the buckets, and so must the simulator."""
-    engine = replace(
-        engine_model_for("H100"),
-        prefill_tokens_per_s=1000.0,
-        decode_step_base_s=0.01,
-        decode_step_per_seq_s=0.001,
-        cold_start_s=30.0,
-    )
+    engine = TOY
     setup = replace(setup_build(engine=engine, gpus=1, values={"pool": {"sla_percentile": 95}}), start_jitter=0.0)
     trace = Trace(
         name="hand",

@@ -8,7 +8,7 @@ import pytest
 from django.db.models import Q
 
 from fleet.models import Instance, Node
-from fleet.prepared import PreparedValues
+from fleet.telemetry.prepared import PreparedValues
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from fleet import rollups
 from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
+from fleet.telemetry import rollups
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.simulated import MODELS
-from fleet.sim.demo import REAL_IMAGE, DemoFleet, DemoOptions, demo_prepare
+from fleet.demo.runner import REAL_IMAGE, DemoFleet, DemoOptions, demo_prepare
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from fleet.celery import app
+from fleet.project.celery import app
 from fleet.schedules import schedules_install
 
 

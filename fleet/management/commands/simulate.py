@@ -106,6 +106,7 @@ def setup_from_db(*, pool_id: int, engine: EngineModel, gpus: int, base: SimSetu
         sla_metric=pool.sla_metric,
         sla_percentile=pool.sla_percentile,
         sla_latency_ms=pool.sla_latency_ms,
+        sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
         util_band_low=pool.util_band_low,
         util_band_high=pool.util_band_high,
         idle_minimize_after_s=pool.idle_minimize_after_s,
@@ -134,7 +135,24 @@ class Command(BaseCommand):
         parser.add_argument("--profile", default=DEFAULT_PROFILE)
         parser.add_argument("--engine", help="JSON engine model from sim_fit, overriding the defaults.")
         parser.add_argument("--speedup", type=float, default=1.0, help="Divide arrival gaps by this.")
-        parser.add_argument("--scale", type=int, default=1, help="Copies of each request (seeded arrival jitter).")
+        parser.add_argument(
+            "--scale",
+            type=float,
+            default=1.0,
+            help="Run at this many times the trace's own rate: new seeded arrivals at the scaled rate of each "
+            "--scale-window-s window, token lengths drawn from the trace (no request is copied); 1: as recorded.",
+        )
+        parser.add_argument(
+            "--cv",
+            "--burstiness",
+            dest="cv",
+            type=float,
+            default=1.0,
+            help="With --scale: coefficient of variation of the gaps between arrivals (1: Poisson, above 1 burstier).",
+        )
+        parser.add_argument(
+            "--scale-window-s", type=float, default=60.0, help="With --scale: the window the trace's rate is read in."
+        )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument(
             "--pool", type=int, help="Simulate this pool of the panel with its stored policy and routing settings."
@@ -145,6 +163,13 @@ class Command(BaseCommand):
             help="JSON file: pool fields, policy settings, routing settings.",
         )
         parser.add_argument("--sla-ms", type=float, default=500.0)
+        parser.add_argument(
+            "--e2e-sla-ms",
+            dest="e2e_sla_ms",
+            type=float,
+            help="An end-to-end latency bound beside the first-token one: a request is within the SLA only "
+            "if it meets both (default: first token only).",
+        )
         parser.add_argument("--sla-target", type=float, default=0.999, help="Share of requests within the SLA.")
         parser.add_argument("--price", help="Price per GPU-hour (default: the panel's rate for the GPU model).")
         parser.add_argument("--report", help="Write the HTML report here.")
@@ -185,7 +210,9 @@ class Command(BaseCommand):
                 trace = trace_from_request_log(rows)
             else:
                 trace = trace_load(options["trace"])
-            return trace.sped_up(options["speedup"]).scaled(options["scale"], seed=options["seed"])
+            return trace.sped_up(options["speedup"]).rate_scaled(
+                options["scale"], seed=options["seed"], window_s=options["scale_window_s"], cv=options["cv"]
+            )
         except TraceError as exc:
             raise CommandError(str(exc)) from exc
 
@@ -198,6 +225,7 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 sla_ms=options["sla_ms"],
                 sla_target=options["sla_target"],
+                e2e_sla_ms=options.get("e2e_sla_ms"),
             )
         except (TypeError, ValueError) as exc:
             raise CommandError(f"settings: {exc}") from exc

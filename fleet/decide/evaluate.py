@@ -18,7 +18,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from fleet import selectors, services
+from fleet import selectors
+from fleet.decide import services
 from fleet.models import BatchJob, Decision, Gpu, Instance, MigDevice, OrphanContainer, Policy, Pool
 from fleet.policies.actions import (
     Action,
@@ -29,9 +30,15 @@ from fleet.policies.actions import (
     StopOrphan,
 )
 from fleet.policies.placement import PlacementRefused, pool_wake_actions
+from fleet.policies.prewarm import TrafficLearner
 from fleet.policies.registry import ORDER, RequestTimesSource, policies_run
 
 log = logging.getLogger(__name__)
+
+# Pre-warm's traffic profiles, kept by this process between evaluations of the reported
+# request rates: each evaluation reads only the samples since the previous one (a new
+# process learns from the whole look-back on its first).
+TRAFFIC = TrafficLearner()
 
 
 @dataclass
@@ -107,7 +114,8 @@ def policies_evaluate(
 ) -> Evaluation:
     """Evaluate the enabled policies of the given kinds once and apply what they decide.
 
-    Pre-warm learns from ``request_times`` (default: rebuilt from the reported request rates).
+    Pre-warm learns from ``request_times`` (default: rebuilt from the reported request rates,
+    kept up to date in ``TRAFFIC``; a source passed here is learned from its whole look-back).
     """
     now = now or timezone.now()
     policies = {policy.pk: policy for policy in Policy.objects.all()}
@@ -119,6 +127,7 @@ def policies_evaluate(
         apply=lambda action: action_record(action=action, policies=policies, into=evaluation),
         request_times=request_times or selectors.request_times_from_samples,
         kinds=kinds,
+        learner=TRAFFIC if request_times is None else None,
     )
     return evaluation
 

@@ -1,7 +1,8 @@
 """HTTP endpoints the agents call: register with a join token, then report every interval.
 
 Bodies are JSON, optionally gzip-compressed; both the wire size and the decompressed size
-are capped before parsing, and every error is a JSON body with a message that says what
+are capped before parsing, each node's report requests are bounded per minute
+(``report_rate_wait``), and every error is a JSON body with a message that says what
 is wrong.
 """
 
@@ -11,20 +12,25 @@ import gzip
 import ipaddress
 import json
 import logging
+import math
 import re
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import InternalError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
 
 from agents import protocol
-from fleet.ingest import IngestError, node_authenticate, node_register, report_ingest
+from fleet.models import Node
+from fleet.telemetry.ingest import IngestError, node_authenticate, node_register, report_ingest
 
 logger = logging.getLogger(__name__)
 
@@ -193,11 +199,53 @@ def register(request: HttpRequest) -> JsonResponse:
     return JsonResponse(reply.model_dump(), status=201)
 
 
+REPORT_WINDOW_S = 60
+
+
+def report_rate_wait(node: Node, *, now: float | None = None) -> int:
+    """Count one report request of ``node``; the seconds until it may report again, 0 if within the bound.
+
+    A node's token makes at most ``AGENT_REPORTS_PER_MINUTE`` report requests per minute of
+    the clock. The count is kept in the cache every panel process shares (Redis in
+    production, see ``CACHES``), one counter per node and minute: ``cache.add`` starts it at
+    1 and ``cache.incr`` counts every other request, both atomic, so several workers
+    together allow the bound once, not once each. A counter lives two minutes, so it never
+    expires in the minute it counts. Without its cache the bound is not enforced (logged):
+    reports keep flowing while the cache is down.
+    """
+    now = time.time() if now is None else now
+    window = int(now // REPORT_WINDOW_S)
+    key = f"agent-reports:{node.pk}:{node.token_hash[:16]}:{window}"
+    try:
+        if cache.add(key, 1, timeout=2 * REPORT_WINDOW_S):
+            count = 1
+        else:
+            try:
+                count = cache.incr(key)
+            except ValueError:  # evicted since the add refused: this request starts it again
+                cache.add(key, 1, timeout=2 * REPORT_WINDOW_S)
+                count = 1
+    except (RedisError, OSError) as exc:
+        logger.warning("agent API: cache unavailable, report rate of node %s not bounded: %s", node.name, exc)
+        return 0
+    if count <= settings.AGENT_REPORTS_PER_MINUTE:
+        return 0
+    return max(1, math.ceil((window + 1) * REPORT_WINDOW_S - now))
+
+
 @csrf_exempt
 @require_POST
 @_refusals
 def report(request: HttpRequest) -> HttpResponse:
     node = node_authenticate(token=_bearer(request))
+    wait = report_rate_wait(node)
+    if wait:
+        limit = settings.AGENT_REPORTS_PER_MINUTE
+        response = error_response(
+            429, f"node {node.name} sent more than {limit} reports this minute; nothing stored, send again in {wait} s"
+        )
+        response["Retry-After"] = str(wait)
+        return response
     batch = _parse(request, protocol.Batch)
     reply = report_ingest(node=node, batch=batch, peer=agent_peer(request))
     return HttpResponse(reply.model_dump_json(exclude_defaults=True), content_type="application/json")

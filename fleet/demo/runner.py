@@ -2,10 +2,10 @@
 
 ``python manage.py demo`` (what ``make run`` runs) prepares the database with
 ``demo_prepare`` and then runs a ``DemoFleet``: the panel (uvicorn serving
-``fleet.asgi:application``, whose in-process scheduler runs the policies), one real
+``fleet.project.asgi:application``, whose in-process scheduler runs the policies), one real
 agent process per simulated host (``python -m agents --simulated-gpus ... --runtime
 process``), and the replayer sending a real Azure trace through the panel's gateway.
-The agents start simulated vLLM engines (``fleet.sim.engine_server``) as the policies
+The agents start simulated vLLM engines (``fleet.demo.engine_server``) as the policies
 ask, so placement, autoscaling, idle reclaim, routing and accounting are the production
 code paths; only the GPUs and the engines are simulated, and they are labelled so: the
 nodes are marked simulated, GPU names start with "Simulated", and the engines' model
@@ -37,14 +37,16 @@ from django.utils import timezone
 
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, simulated_name
+from fleet.decide.services import api_key_create, instance_desire, join_token_create, node_decommission
 from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Policy, Pool, PriceRate, Team
 from fleet.policies.vram import vram_estimate_for
 from fleet.presets import presets_install, price_presets, profile_presets
-from fleet.services import api_key_create, instance_desire, join_token_create, node_decommission
 
 SIMULATED_IMAGE = "simulated/vllm:qwen3-4b"
-SIMULATED_LAUNCHER = "simulated/vllm:*={python} -m fleet.sim.engine_server"
+SIMULATED_LAUNCHER = "simulated/vllm:*={python} -m fleet.demo.engine_server"
 REAL_IMAGE = "vllm/vllm-openai:cpu"
+# The panel's HTTP protocol: uvicorn's, with deadlines for receiving a request (fleet.project.http).
+UVICORN_PROTOCOL = "fleet.project.http:ReadDeadlineProtocol"
 REAL_VLLM_ENV = "FLEET_VLLM_PYTHON"
 # A CPU server is slow: short contexts, and one instance only (each takes gigabytes of memory).
 REAL_MAX_MODEL_LEN = 2048
@@ -178,7 +180,7 @@ def _profile(options: DemoOptions, plan: TierPlan) -> ModelProfile:
         "notes": (
             "Demo: a REAL vLLM server (CPU build, tiny random-weight model) serving the L pool."
             if real
-            else "Demo: served by SIMULATED vLLM engines (fleet.sim.engine_server); no model runs."
+            else "Demo: served by SIMULATED vLLM engines (fleet.demo.engine_server); no model runs."
         ),
     }
     if real:
@@ -338,8 +340,8 @@ class DemoFleet:
         options = self.options
         self._spawn(
             "panel",
-            [sys.executable, "-m", "uvicorn", "fleet.asgi:application", "--host", options.host,
-             "--port", str(options.port), "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", "fleet.project.asgi:application", "--host", options.host,
+             "--port", str(options.port), "--http", UVICORN_PROTOCOL, "--log-level", "warning"],
         )  # fmt: skip
         self._wait_for_panel()
         agent_env = {"GPUFLEET_JOIN_TOKEN": self.setup.join_token}

@@ -5,7 +5,7 @@ from typing import cast
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.project.settings")
 
 django_asgi_app = get_asgi_application()
 
@@ -16,7 +16,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from agents.protocol import MAX_BODY_BYTES  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from fleet.gateway.app import AsgiApp, Gateway, Message, Receive, Scope, Send  # noqa: E402
-from fleet.scheduler import scheduler_start  # noqa: E402
+from fleet.project.scheduler import scheduler_start  # noqa: E402
 
 GATEWAY_PREFIX = "/v1/"
 

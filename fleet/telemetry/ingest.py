@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from agents import protocol
 from fleet import catalog, states
-from fleet.bulk import rows_insert, rows_update
+from fleet.decide.services import gpus_retire
 from fleet.events import event_publish, fleet_summary_add, node_group
 from fleet.models import (
     BatchJob,
@@ -40,9 +40,9 @@ from fleet.models import (
 )
 from fleet.policies.settings import policy_defaults, policy_settings_stored
 from fleet.policies.windows import REPORT_INTERVAL_S
-from fleet.prepared import PreparedValues
-from fleet.rollups import rollup_reopen
-from fleet.services import gpus_retire
+from fleet.telemetry.bulk import rows_insert, rows_update
+from fleet.telemetry.prepared import PreparedValues
+from fleet.telemetry.rollups import rollup_reopen
 from fleet.tokens import token_hash
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ MB = 1_000_000
 # plus this) was not buffered by an honest agent, and is not stored.
 CLOCK_SKEW_S = 120.0
 OLDEST_READING_S = protocol.MAX_REPORTS_PER_BATCH * REPORT_INTERVAL_S + CLOCK_SKEW_S
-# The ports an instance endpoint may use. The panel is not told an agent's --port-range:
-# unprivileged ports of the host's own address are the bound it can enforce.
+# The ports an instance endpoint may use, whatever the agent registered: unprivileged ones. Within
+# them, only the node's own range (the agent's --port-range as it registered, ``node_ports``).
 ENDPOINT_PORTS = range(1024, 65536)
 # GPUs the catalogue does not know are believed up to this much memory (eight times the
 # largest card it knows): enough for cards not listed yet, not for a made-up terabyte.
@@ -131,12 +131,18 @@ def _same_host(host: str, address: str) -> bool:
         return host.lower().rstrip(".") == address.lower().rstrip(".")
 
 
-def endpoint_problem(endpoint: str, address: str) -> str:
+def node_ports(low: int, high: int) -> range:
+    """The ports a node's instance endpoints may use: its registered range, unprivileged ports only."""
+    return range(max(low, ENDPOINT_PORTS.start), min(high + 1, ENDPOINT_PORTS.stop))
+
+
+def endpoint_problem(endpoint: str, address: str, ports: range) -> str:
     """Why an instance endpoint (already through ``endpoint_at``) is not on the node; empty if it is.
 
     An endpoint is plain ``http(s)://host:port`` on the node's own ``address`` (loopback
-    only where the node is on loopback itself) and a port in ``ENDPOINT_PORTS``: the
-    gateway connects there with other teams' prompts.
+    only where the node is on loopback itself) and a port in ``ports`` (``node_ports``: the
+    range the agent registered with): the gateway connects there with other teams' prompts,
+    so a host cannot point it at another service of its address (a database, the panel).
     """
     if not endpoint:
         return ""
@@ -149,8 +155,10 @@ def endpoint_problem(endpoint: str, address: str) -> str:
         return "not http(s)://host:port"
     if parts.path not in ("", "/") or parts.query or parts.fragment or port is None:
         return "not http(s)://host:port"
-    if port not in ENDPOINT_PORTS:
-        return f"port {port} outside {ENDPOINT_PORTS.start}-{ENDPOINT_PORTS.stop - 1}"
+    if not ports:
+        return f"port {port}: this host registered no port range from {ENDPOINT_PORTS.start} up"
+    if port not in ports:
+        return f"port {port} outside this host's port range {ports.start}-{ports.stop - 1}"
     host = parts.hostname or ""
     local = not address or protocol.address_is_loopback(address)
     if not (_same_host(host, address) or (local and protocol.address_is_loopback(host))):
@@ -228,6 +236,8 @@ def node_register(*, registration: protocol.Registration, peer: str = "") -> tup
             agent_version=registration.agent_version,
             labels=registration.labels,
             simulated=registration.simulated,
+            port_low=registration.port_range[0],
+            port_high=registration.port_range[1],
         )
         token = node.issue_token()
         try:
@@ -543,13 +553,15 @@ def _apply_instance_states(
     latest: dict[int, tuple[datetime, protocol.InstanceSample]],
     requested: dict[int, datetime],
     address: str,
+    ports: range,
 ) -> list[int]:
     """Record each instance's newest actual state and last request; return the ids whose state changed.
 
     ``requested`` holds, per instance, the newest sample time with a request rate above
     zero: idle reclaim measures idleness from it. ``rows`` are updated in place, so the
     reply sees the states just stored. Endpoints are stored as the gateway reaches them,
-    at the node's ``address`` (``endpoint_at``); one anywhere else refuses the report.
+    at the node's ``address`` (``endpoint_at``); one anywhere else, or on a port outside
+    the node's ``ports``, refuses the report.
 
     Only what differs from the row is written, one UPDATE per distinct set of changes: in
     a steady fleet that is the last request time, the same for every instance that served
@@ -561,7 +573,7 @@ def _apply_instance_states(
     for pk, (at, reading) in latest.items():
         row = rows[pk]
         endpoint = endpoint_at(reading.endpoint, address)
-        problem = endpoint_problem(endpoint, address)
+        problem = endpoint_problem(endpoint, address, ports)
         if problem:
             raise IngestError(400, "instance endpoint not on this host, nothing stored", [f"{pk}: {problem}"])
         updates: dict[str, object] = dict(
@@ -575,7 +587,9 @@ def _apply_instance_states(
             updates["last_request_at"] = requested[pk]
         if reading.state != row["actual_state"] or reading.generation != row["actual_generation"]:
             updates["actual_changed_at"] = at
-            if reading.state == Instance.Actual.READY:
+            # The reading's state is the protocol's Literal; compare it with the shared string (the
+            # TextChoices member is equal at run time, but the type checker sees no overlap).
+            if reading.state == states.READY:
                 updates["ready_at"] = at
             events.append(
                 InstanceEvent(
@@ -607,15 +621,15 @@ _node_lock_query = PreparedValues(
             has_orphans=Exists(OrphanContainer.objects.filter(node=OuterRef("pk"))),
             has_jobs=Exists(BatchJob.objects.filter(gpu__node=OuterRef("pk"), state__in=states.JOB_ON_NODE)),
         )
-        .values_list("name", "simulated", "last_seq", "has_orphans", "has_jobs", "address")
+        .values_list("name", "simulated", "last_seq", "has_orphans", "has_jobs", "address", "port_low", "port_high")
     ),
     dicts=False,
 )
 
 
-def _node_lock(node: Node) -> tuple[str, bool, int, bool, bool, str]:
+def _node_lock(node: Node) -> tuple[str, bool, int, bool, bool, str, int, int]:
     """Lock the node's row for this report: its name, whether it is simulated, newest stored seq,
-    whether it has orphans or batch jobs, and its address.
+    whether it has orphans or batch jobs, its address and its registered port range (first, last).
 
     The row is found by id and token hash together, so a token rotated or a node deleted
     since ``node_authenticate`` is refused here. The two flags ride on the same SELECT,
@@ -663,7 +677,7 @@ def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> proto
 
     reported_ids = {sample.instance_id for report in batch.reports for sample in report.instances}
     with transaction.atomic():
-        name, simulated, last_seq, has_orphans, has_jobs, address = _node_lock(node)
+        name, simulated, last_seq, has_orphans, has_jobs, address, port_low, port_high = _node_lock(node)
         if batch.node != name:
             raise IngestError(403, f"this token belongs to node {name!r}, not {batch.node!r}")
         fresh = [report for report in batch.reports if report.seq > last_seq]
@@ -678,7 +692,16 @@ def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> proto
         if timely:
             where = report_address(stored=address, advertised=timely[-1].host.advertise_address, peer=peer)
             stored = _store(
-                node, timely, dropped, rows, orphans, label=name, simulated=simulated, address=where, seq=fresh[-1].seq
+                node,
+                timely,
+                dropped,
+                rows,
+                orphans,
+                label=name,
+                simulated=simulated,
+                address=where,
+                ports=node_ports(port_low, port_high),
+                seq=fresh[-1].seq,
             )
         elif fresh:
             rows_update(
@@ -739,12 +762,14 @@ def _store(
     label: str,
     simulated: bool,
     address: str,
+    ports: range,
     seq: int,
 ) -> Stored:
     """Write the reports' samples (one INSERT per table) and the node's newest state.
 
     ``address`` is where the node is after this report (``report_address``); instance
-    endpoints must be there. ``seq`` is the newest report of the batch, stored or not.
+    endpoints must be there, on one of ``ports`` (``node_ports``). ``seq`` is the newest
+    report of the batch, stored or not.
     """
     newest = reports[-1]
     gpus, gone = _sync_gpus(node, newest.gpus)
@@ -772,7 +797,7 @@ def _store(
     rows_insert(model=GpuSample, fields=_GPU_SAMPLE_FIELDS, rows=gpu_rows)
     rows_insert(model=InstanceSample, fields=_INSTANCE_SAMPLE_FIELDS, rows=instance_rows)
     rollup_reopen(since=_when(reports[0].sampled_at))
-    stored.changed = _apply_instance_states(rows, latest, requested, address) if latest else []
+    stored.changed = _apply_instance_states(rows, latest, requested, address, ports) if latest else []
     jobs = {sample.job_id: (_when(report.sampled_at), sample) for report in reports for sample in report.batch_jobs}
     stored.ended = _apply_batch_job_states(node, jobs) if jobs else []
     _apply_reaped(node, [(_when(report.sampled_at), result) for report in reports for result in report.reaped], orphans)

@@ -2,7 +2,7 @@
 
 In the embedded default Celery runs tasks eagerly and there is no beat, so nothing would
 roll up or prune telemetry. ``scheduler_start`` (called by the ASGI app when a server
-starts serving it, see ``fleet.asgi.scheduler_started``) runs the same periodic tasks as
+starts serving it, see ``fleet.project.asgi.scheduler_started``) runs the same periodic tasks as
 ``fleet.schedules`` lists, at the same intervals, in one thread. It is off wherever
 ``REDIS_URL`` is set (beat and workers run them there) and can be forced either way with
 ``FLEET_INPROCESS_SCHEDULER``.

@@ -18,7 +18,7 @@ from typing import Any
 from django.db import connections
 from django.db.models import QuerySet
 
-from fleet.bulk import hot_cursor
+from fleet.telemetry.bulk import hot_cursor
 
 # Marker values stand where the parameters go; they must differ from every constant a
 # query compiles in, which negative ids and NUL-prefixed strings do.

@@ -3,7 +3,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from fleet import agent_api, agent_dist, metrics
+from fleet import metrics
+from fleet.telemetry import agent_api, agent_dist
 
 admin.site.site_header = "GPU fleet control panel"
 admin.site.site_title = "GPU fleet"

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 
 DEFAULT_SECRET_KEY = "embedded-default-insecure-key-do-not-use-in-production"
 
@@ -89,7 +89,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "fleet.middleware.ContentSecurityPolicyMiddleware",
+    "fleet.project.middleware.ContentSecurityPolicyMiddleware",
     # Static files (the admin's, the dashboard's script) from the app server itself, in every
     # mode: ASGI (make run, daphne), WSGI (gunicorn) and runserver alike. Production serves the
     # files `manage.py collectstatic` put in STATIC_ROOT; with DEBUG on it also finds them in
@@ -109,9 +109,9 @@ MIDDLEWARE = [
 # worker thread and warns about each file it serves that way. Static files are small.
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
-ROOT_URLCONF = "fleet.urls"
-ASGI_APPLICATION = "fleet.asgi.application"
-WSGI_APPLICATION = "fleet.wsgi.application"
+ROOT_URLCONF = "fleet.project.urls"
+ASGI_APPLICATION = "fleet.project.asgi.application"
+WSGI_APPLICATION = "fleet.project.wsgi.application"
 
 TEMPLATES = [
     {
@@ -137,6 +137,11 @@ AGENT_WHEELHOUSE = Path(os.environ.get("AGENT_WHEELHOUSE", VAR_DIR / "wheelhouse
 # Behind a reverse proxy, the header it puts the agent's address in (e.g. X-Forwarded-For; its
 # last entry counts). Empty: the connection's own peer address, as no client can forge it.
 AGENT_ADDRESS_HEADER = os.environ.get("AGENT_ADDRESS_HEADER", "").strip()
+# Report requests one node's token may make per minute; beyond it a 429 with Retry-After, nothing
+# stored. An agent posts every 5 s (12 a minute), a whole buffer in one request after an outage.
+AGENT_REPORTS_PER_MINUTE = envint("AGENT_REPORTS_PER_MINUTE", 60)
+if AGENT_REPORTS_PER_MINUTE < 1:
+    raise ImproperlyConfigured(f"AGENT_REPORTS_PER_MINUTE must be at least 1, not {AGENT_REPORTS_PER_MINUTE}")
 # How long a new join token lets hosts register, wherever it is made, unless its maker says otherwise.
 JOIN_TOKEN_DEFAULT_TTL_HOURS = envint("JOIN_TOKEN_DEFAULT_TTL_HOURS", 24)
 if JOIN_TOKEN_DEFAULT_TTL_HOURS < 1:
@@ -173,6 +178,19 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Counters every panel process must share (each node's report rate, AGENT_REPORTS_PER_MINUTE):
+# Redis where there is one; otherwise this process's memory, which bounds each process alone.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "gpufleet",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or None
@@ -240,13 +258,13 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LOGIN_URL = "admin:login"
 # Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed sign-ins from one client
-# address (through TRUSTED_PROXIES, fleet/client_address.py) that address may not sign in,
+# address (through TRUSTED_PROXIES, fleet/project/client_address.py) that address may not sign in,
 # with any password, for LOGIN_COOLOFF_MINUTES; a successful sign-in clears its count.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
-AXES_CLIENT_IP_CALLABLE = "fleet.client_address.client_address_text"
+AXES_CLIENT_IP_CALLABLE = "fleet.project.client_address.client_address_text"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
 LOGIN_REDIRECT_URL = "dashboard:index"
@@ -273,7 +291,7 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # Production: browsers keep to HTTPS for a year once they have seen the panel over it, and
-# pages run only the panel's own scripts (fleet/middleware.py). Plotly sets inline styles.
+# pages run only the panel's own scripts (fleet/project/middleware.py). Plotly sets inline styles.
 CONTENT_SECURITY_POLICY = os.environ.get(
     "CONTENT_SECURITY_POLICY",
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -291,7 +309,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "filters": {"template_lookup_hidden": {"()": "fleet.logs.TemplateLookupHidden"}},
+    "filters": {"template_lookup_hidden": {"()": "fleet.project.logs.TemplateLookupHidden"}},
     "loggers": {"django.template": {"filters": ["template_lookup_hidden"]}},
 }
 
@@ -309,7 +327,7 @@ FLEET_SOCKET_SESSION_CHECK_S = envfloat("FLEET_SOCKET_SESSION_CHECK_S", 1.0)
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
 METRICS_ALLOWED_IPS = envlist("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
 # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed, for /metrics and
-# login throttling (fleet/client_address.py); empty: the connection's peer is the client.
+# login throttling (fleet/project/client_address.py); empty: the connection's peer is the client.
 TRUSTED_PROXIES = envlist("TRUSTED_PROXIES")
 
 # The in-process scheduler runs the periodic tasks where there is no Celery beat (the

@@ -1,6 +1,6 @@
 """A SIMULATED vLLM server for the demo fleet: vLLM's HTTP API, timed by the engine model.
 
-    python -m fleet.sim.engine_server --model M --served-model-name NAME --port P [vLLM flags]
+    python -m fleet.demo.engine_server --model M --served-model-name NAME --port P [vLLM flags]
 
 It answers the subset of vLLM's OpenAI-compatible server that the panel uses
 (``/v1/chat/completions`` and ``/v1/completions``, streamed or not, ``/v1/models``,
@@ -493,6 +493,9 @@ def device_model(model: EngineModel, *, compute_share: float, bandwidth_share: f
         prefill_tokens_per_s=model.prefill_tokens_per_s * compute_share,
         decode_step_base_s=model.decode_step_base_s / bandwidth_share,
         decode_step_per_seq_s=model.decode_step_per_seq_s / bandwidth_share,
+        decode_s_per_context_token=model.decode_s_per_context_token / bandwidth_share,
+        prefill_attention_s=model.prefill_attention_s / compute_share,
+        prefill_step_base_s=None if model.prefill_step_base_s is None else model.prefill_step_base_s / compute_share,
         source=f"{model.source}; MIG slice: x{compute_share:.3f} compute, x{bandwidth_share:.3f} bandwidth",
     )
 
@@ -500,7 +503,7 @@ def device_model(model: EngineModel, *, compute_share: float, bandwidth_share: f
 def engine_from_args(argv: list[str] | None = None) -> tuple[SimulatedEngine, argparse.Namespace]:
     """vLLM's server flags (the modelled ones), plus the GPU the simulated GPUs assigned."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m fleet.sim.engine_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fleet.demo.engine_server", description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--served-model-name")
     parser.add_argument("--host", default="127.0.0.1")

@@ -12,7 +12,6 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet import states
-from fleet.bulk import rows_insert, rows_update
 from fleet.events import FLEET_GROUP, event_publish, pool_group
 from fleet.models import (
     ApiKey,
@@ -30,6 +29,7 @@ from fleet.models import (
     RequestLog,
     Team,
 )
+from fleet.telemetry.bulk import rows_insert, rows_update
 
 if TYPE_CHECKING:
     from fleet.gateway.accounting import RequestRecord

@@ -43,7 +43,7 @@ from django.utils import timezone
 
 from agents.histograms import histograms_merge, pool_latency
 from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
-from fleet.models.telemetry import GpuRollup, PoolRollup
+from fleet.models.telemetry import PoolRollup
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -388,9 +388,13 @@ def days_rollup(*, start: datetime, end: datetime) -> int:
 # ---- windows, watermarks, tasks ------------------------------------------------------------
 
 
-def _replace(
-    model: type[GpuRollup] | type[PoolRollup] | type[GpuDay], rows: list[Any], start: datetime, end: datetime
-) -> None:
+# The rollup tables by their concrete classes: the abstract GpuRollup and PoolRollup have no
+# manager of their own, so a function that reaches `objects` names the tables themselves.
+RollupTable = type[GpuMinute] | type[GpuHour] | type[PoolMinute] | type[PoolHour] | type[GpuDay]
+TelemetryTable = RollupTable | type[GpuSample] | type[InstanceSample]
+
+
+def _replace(model: RollupTable, rows: list[Any], start: datetime, end: datetime) -> None:
     model.objects.filter(bucket__gte=start, bucket__lt=end).delete()
     model.objects.bulk_create(rows, batch_size=2000)
 
@@ -485,7 +489,7 @@ def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
     """Delete raw samples and rollups past their retention (settings ``TELEMETRY_*``)."""
     now = now or timezone.now()
     raw_cutoff = now - timedelta(hours=settings.TELEMETRY_RAW_RETENTION_HOURS)
-    cutoffs = {
+    cutoffs: dict[TelemetryTable, tuple[str, datetime]] = {
         GpuSample: ("at", raw_cutoff),
         InstanceSample: ("at", raw_cutoff),
         GpuMinute: ("bucket", now - timedelta(days=settings.TELEMETRY_MINUTE_RETENTION_DAYS)),

@@ -1,0 +1,39 @@
+"""The flat engine and one-pool setups the simulator's tests work out by hand.
+
+Round numbers: prefill 1,000 tokens a second after a 0.01 s step, decode 0.01 s a step plus
+0.001 s a sequence, 30 s cold starts, no start jitter, and none of the engine's attention or
+per-context terms (``fleet.sim.engine``): a 400-token prompt alone takes 0.01 + 0.4 s to its
+first token, two at once 0.01 + 0.8 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet.sim.engine import engine_model_for
+from fleet.sim.simulate import SimSetup, setup_build
+from fleet.sim.traces import Trace, TraceRequest
+
+START = datetime(2026, 3, 2, 9, tzinfo=UTC)
+TOY = replace(
+    engine_model_for("H100"),
+    prefill_tokens_per_s=1000.0,
+    decode_step_base_s=0.01,
+    decode_step_per_seq_s=0.001,
+    cold_start_s=30.0,
+    prefill_step_base_s=None,
+    prefill_attention_s=0.0,
+    decode_s_per_context_token=0.0,
+)
+
+
+def toy_setup(*, gpus: int = 4, values: dict[str, Any] | None = None, **fields: Any) -> SimSetup:
+    """A one-pool setup on ``TOY`` without start jitter; ``fields`` replace ``SimSetup`` fields."""
+    return replace(setup_build(engine=TOY, gpus=gpus, values=values), start_jitter=0.0, **fields)
+
+
+def trace_of(*requests: tuple[float, int, int]) -> Trace:
+    """A trace from (arrival s, prompt tokens, output tokens) triples."""
+    return Trace(name="hand", start=START, requests=tuple(TraceRequest(*r) for r in requests))
