@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from fleet.sim.compare import compare, price_preset  # noqa: E402
 from fleet.sim.engine import engine_model_for  # noqa: E402
 from fleet.sim.report import benchmark_markdown, comparison_html, comparison_markdown  # noqa: E402
-from fleet.sim.simulate import setup_build  # noqa: E402
+from fleet.sim.setup import setup_build  # noqa: E402
 from fleet.sim.traces import trace_load  # noqa: E402
 
 TRACES = {"azure-code": 1, "azure-conv": 4}  # trace -> rate scale (1: as published)

@@ -49,7 +49,9 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from fleet.presets import PRICE_PRESETS
-from fleet.sim.simulate import SimResult, SimSetup, Simulation, tick_period_s
+from fleet.sim.result import SimResult
+from fleet.sim.setup import SimSetup, tick_period_s
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 
 Progress = Callable[[str, float], None]

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from fleet.policies.registry import ORDER
 from fleet.sim.compare import Comparison
-from fleet.sim.simulate import SimResult, percentile_of
+from fleet.sim.result import SimResult, percentile_of
 
 COLUMNS = (
     "fleet",

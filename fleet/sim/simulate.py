@@ -33,21 +33,17 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
 
-from agents.histograms import attainment, histogram_observe, pool_latency
-from fleet import catalog, schedules, states
-from fleet.gateway.config import GatewayConfig
+from agents.histograms import histogram_observe, pool_latency
+from fleet import catalog, states
 from fleet.policies import placement, prewarm, routing
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance
 from fleet.policies.pick import Picker
 from fleet.policies.registry import policies_run
-from fleet.policies.settings import SCHEMAS, policy_settings_validate
 from fleet.policies.snapshot import (
     FleetSnapshot,
     GpuView,
     InstanceView,
-    PolicyConfig,
     PoolView,
     PoolWindow,
 )
@@ -62,106 +58,13 @@ from fleet.policies.windows import (
 )
 from fleet.sim.billing import Hold, node_billed_hours, node_billed_now, node_of
 from fleet.sim.engine import E2E_BUCKETS, GPU_FACTS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
-from fleet.sim.startup import ColdStartModel, StartDraw, start_draw
+from fleet.sim.result import HELD_FAILED, Decision, SimResult, TimelinePoint, percentile_of
+from fleet.sim.setup import SimPool, SimSetup, tick_period_s
+from fleet.sim.startup import StartDraw, start_draw
 from fleet.sim.traces import Trace
 from fleet.states import FAILED, READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
 
 WAKING = "waking"
-HELD_FAILED = float("inf")
-
-
-def tick_period_s() -> float:
-    """The production evaluation period (the ``policies_evaluate`` periodic task)."""
-    return float(next(every for task, every, _ in schedules.PERIODIC_TASKS if task == schedules.EVALUATE_TASK))
-
-
-def policy_configs_build(overrides: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, PolicyConfig]:
-    """Fleet-wide configs for every kind: defaults, overridden per kind; ``None`` disables one."""
-    overrides = overrides or {}
-    configs = {}
-    for kind in SCHEMAS:
-        values = overrides.get(kind, {})
-        fleet = None if values is None else policy_settings_validate(kind=kind, settings=dict(values))
-        configs[kind] = PolicyConfig(kind=kind, fleet=fleet)
-    return configs
-
-
-@dataclass(frozen=True)
-class SimPool:
-    """A pool as the simulator runs it: the policies' view of it plus its routing tier."""
-
-    view: PoolView
-    tier: str = "L"
-
-
-@dataclass(frozen=True)
-class SimSetup:
-    engine: EngineModel
-    gpus: int
-    pools: tuple[SimPool, ...]
-    policies: Mapping[str, PolicyConfig]
-    routing: routing.RoutingSettings = field(default_factory=routing.RoutingSettings.defaults)
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    sleeping_holds_gpu: bool = True
-    seed: int = 0
-    start_jitter: float = 0.1
-    sla_ms: float = 500.0
-    sla_target: float = 0.999
-    # An end-to-end bound beside the first-token one: a request is within the SLA only if it meets both.
-    e2e_sla_ms: float | None = None
-    # Billing by the node (``fleet.sim.billing``): GPUs per rented node, and whether a node
-    # whose GPUs are all free is released (else paid from its first use to the end).
-    gpus_per_node: int = 1
-    node_release: bool = True
-    # What a start has to do and how long each part takes (``fleet.sim.startup``).
-    cold_start: ColdStartModel = field(default_factory=ColdStartModel)
-
-
-def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
-    """One exclusive pool of the engine's profile that may use every GPU."""
-    profile = PROFILES[engine.profile]
-    estimate = vram_estimate_for(profile)
-    base: dict[str, Any] = dict(
-        id=1,
-        name="simulated",
-        isolation="exclusive",
-        max_instances=gpus,
-        max_num_seqs=engine.max_num_seqs,
-        max_model_len=profile.max_model_len,
-        estimate=estimate,
-    )
-    return PoolView(**{**base, **fields})
-
-
-def setup_build(
-    *,
-    engine: EngineModel,
-    gpus: int,
-    values: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    sla_ms: float = 500.0,
-    sla_target: float = 0.999,
-    e2e_sla_ms: float | None = None,
-) -> SimSetup:
-    """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
-    {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
-    values = values or {}
-    unknown = set(values) - {"pool", "policies", "routing"}
-    if unknown:
-        raise ValueError(f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing")
-    return SimSetup(
-        engine=engine,
-        gpus=gpus,
-        pools=(SimPool(pool_view_default(engine=engine, gpus=gpus, **values.get("pool", {}))),),
-        policies=policy_configs_build(values.get("policies", {})),
-        routing=routing.RoutingSettings.from_settings(
-            policy_settings_validate(kind="routing", settings=dict(values.get("routing", {})))
-        ),
-        seed=seed,
-        sla_ms=sla_ms,
-        sla_target=sla_target,
-        e2e_sla_ms=e2e_sla_ms,
-    )
 
 
 @dataclass(frozen=True)
@@ -214,107 +117,6 @@ class _Instance:
 class _Held:
     index: int
     groups: list[list[int]]
-
-
-@dataclass(frozen=True)
-class TimelinePoint:
-    t_s: float
-    arrivals_per_s: float
-    serving: int
-    billed: int
-    gpu_hours: float
-    ttft_p50_ms: float | None
-    ttft_p95_ms: float | None
-    ttft_p99_ms: float | None
-
-
-@dataclass(frozen=True)
-class Decision:
-    t_s: float
-    kind: str
-    action: str
-    reason: str
-
-
-@dataclass
-class SimResult:
-    label: str
-    requests: int
-    sla_ms: float
-    gpu_hours: float
-    ttft_s: list[float]
-    e2e_s: list[float]
-    cold_waited: int
-    cold_starts: int
-    wakes: int
-    failed: int
-    utilization: list[float]
-    timeline: list[TimelinePoint]
-    decisions: list[Decision]
-    instances_peak: int
-    duration_s: float
-    # What the fleet paid, billed by the node (``fleet.sim.billing``), and what its starts did.
-    node_hours: float = 0.0
-    gpus_per_node: int = 1
-    start_failures: int = 0
-    starts_uncached: int = 0
-    image_pulls: int = 0
-    node_provisions: int = 0
-    # The end-to-end bound of the SLA, beside the first-token one (``SimSetup.e2e_sla_ms``); None: TTFT only.
-    e2e_sla_ms: float | None = None
-    # Requests the gateway refuses at once (400 context_length_exceeded: more tokens than any pool's
-    # ``max_model_len``, ``routing.pool_groups_for``). Counted in ``requests``, never served, and outside
-    # ``ttft_s``/``e2e_s`` and so the SLA: an immediate answer, not a miss nor a failure of the fleet.
-    refused: int = 0
-
-    @property
-    def paid_gpu_hours(self) -> float:
-        """The GPU-hours paid for: every GPU of a node while the node is billed."""
-        return self.node_hours * self.gpus_per_node
-
-    @property
-    def idle_paid_gpu_hours(self) -> float:
-        """Paid GPU-hours no instance held: cards on a billed node left free (or an instance
-        waiting to be restarted after a failed start)."""
-        return self.paid_gpu_hours - self.gpu_hours
-
-    @property
-    def attainment(self) -> float:
-        """Share of requests within the SLA: first token within ``sla_ms`` and, where ``e2e_sla_ms`` is set,
-        the whole answer within it too. Read from vLLM's TTFT buckets as the dashboard reads a pool's (exact
-        where the SLA is a bucket bound, as 500 ms is); a request over the end-to-end bound is observed
-        there as never having had its first token, so it counts outside whatever its TTFT."""
-        bound = float("inf") if self.e2e_sla_ms is None else self.e2e_sla_ms / 1000
-        ttfts = [ttft if e2e <= bound else HELD_FAILED for ttft, e2e in zip(self.ttft_s, self.e2e_s, strict=True)]
-        share = attainment([histogram_observe(ttfts, TTFT_BUCKETS)], self.sla_ms / 1000)
-        return 1.0 if share is None else share
-
-    @property
-    def actions(self) -> dict[tuple[str, str], int]:
-        """How many actions of each (kind, action) took effect, counted over ``decisions``."""
-        counts: dict[tuple[str, str], int] = defaultdict(int)
-        for decision in self.decisions:
-            counts[(decision.kind, decision.action)] += 1
-        return dict(counts)
-
-    def ttft_ms(self, percentile: float) -> float:
-        return percentile_of(self.ttft_s, percentile) * 1000
-
-    def e2e_ms(self, percentile: float) -> float:
-        return percentile_of(self.e2e_s, percentile) * 1000
-
-    def meets_sla(self, target: float) -> bool:
-        """At least ``target`` of requests within the SLA and none failed."""
-        return self.failed == 0 and self.attainment >= target
-
-
-def percentile_of(values: Sequence[float], percentile: float) -> float:
-    """Nearest-rank percentile (no interpolation: every figure is a request that happened)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * percentile // 100))
-    return ordered[int(rank) - 1]
 
 
 class Simulation:

@@ -12,7 +12,8 @@ from fleet import selectors
 from fleet.models import InstanceSample
 from fleet.policies.autoscale import autoscale
 from fleet.policies.snapshot import PoolWindow
-from fleet.sim.simulate import Simulation, setup_build
+from fleet.sim.setup import setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 from tests.policies.builders import NOW, ago, config, gpu, instance, pool, snapshot

@@ -13,7 +13,7 @@ from fleet.models import BatchJob, Policy
 from fleet.policies import settings as policy_settings
 from fleet.policies.routing import RoutingSettings
 from fleet.sim.engine import engine_model_for
-from fleet.sim.simulate import setup_build
+from fleet.sim.setup import setup_build
 from fleet.telemetry import ingest
 from tests.factories import GIB, make_gpu, make_node, make_pool
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from fleet.gateway.config import GatewayConfig
-from fleet.sim.simulate import SimSetup, Simulation, setup_build
+from fleet.sim.setup import SimSetup, setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.startup import ColdStartModel, start_draw
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.states import STARTING

@@ -17,7 +17,8 @@ from fleet.policies import routing
 from fleet.sim.compare import compare
 from fleet.sim.engine import PROFILES, engine_model_for
 from fleet.sim.report import comparison_markdown
-from fleet.sim.simulate import SimPool, SimSetup, Simulation, pool_view_default, setup_build
+from fleet.sim.setup import SimPool, SimSetup, pool_view_default, setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 
 START = datetime(2026, 3, 2, 9, tzinfo=UTC)

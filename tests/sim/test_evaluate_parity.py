@@ -14,7 +14,8 @@ from fleet.models import Decision
 from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PoolWindow
 from fleet.sim.engine import engine_model_for
-from fleet.sim.simulate import Simulation, policy_configs_build, setup_build
+from fleet.sim.setup import policy_configs_build, setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from tests.policies.builders import GIB, NOW, ago, gpu, instance, pool, snapshot
 

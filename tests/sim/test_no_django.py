@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from fleet.sim.compare import compare
 from fleet.sim.engine import engine_model_for
 from fleet.sim.report import comparison_markdown
-from fleet.sim.simulate import setup_build
+from fleet.sim.setup import setup_build
 from fleet.sim.traces import Trace, TraceRequest
 
 requests = tuple(TraceRequest(t * 3.0, 300 + 40 * (t % 5), 8) for t in range(80))

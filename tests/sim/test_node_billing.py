@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fleet.sim.billing import node_billed_hours, node_billed_intervals, node_of
-from fleet.sim.simulate import SimSetup, Simulation
+from fleet.sim.setup import SimSetup
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.states import READY
 from tests.sim.toy import START, toy_setup

@@ -19,7 +19,7 @@ from fleet.sim.compare import (
     trace_intervals,
 )
 from fleet.sim.report import comparison_markdown
-from fleet.sim.simulate import SimSetup
+from fleet.sim.setup import SimSetup
 from fleet.sim.traces import Trace
 from tests.sim.toy import toy_setup, trace_of
 

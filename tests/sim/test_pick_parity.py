@@ -19,7 +19,8 @@ from fleet.gateway.protocol import load_json, parse_chat
 from fleet.gateway.table import ApiKeyRoute, PoolRoute, RoutingTable, Upstream
 from fleet.gateway.upstream import Target, UpstreamUnavailable
 from fleet.sim.engine import engine_model_for
-from fleet.sim.simulate import SimPool, Simulation, pool_view_default, setup_build
+from fleet.sim.setup import SimPool, pool_view_default, setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.states import STOPPED
 

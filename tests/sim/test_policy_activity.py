@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.sim.report import policy_activity
-from fleet.sim.simulate import Decision, SimResult, Simulation
+from fleet.sim.result import Decision, SimResult
+from fleet.sim.simulate import Simulation
 from tests.sim.toy import toy_setup, trace_of
 
 

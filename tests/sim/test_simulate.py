@@ -18,14 +18,8 @@ from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
 from fleet.sim.compare import compare, static_search
 from fleet.sim.report import comparison_html, comparison_markdown
-from fleet.sim.simulate import (
-    SimPool,
-    Simulation,
-    policy_configs_build,
-    pool_view_default,
-    setup_build,
-    tick_period_s,
-)
+from fleet.sim.setup import SimPool, policy_configs_build, pool_view_default, setup_build, tick_period_s
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from tests.sim.toy import START, TOY, toy_setup, trace_of
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.sim.engine import engine_model_for
-from fleet.sim.simulate import SimSetup, setup_build
+from fleet.sim.setup import SimSetup, setup_build
 from fleet.sim.traces import Trace, TraceRequest
 
 START = datetime(2026, 3, 2, 9, tzinfo=UTC)

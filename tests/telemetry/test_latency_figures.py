@@ -16,7 +16,9 @@ from fleet import selectors
 from fleet.costs.alerts import alerts_evaluate
 from fleet.models import Alert, AlertRule, InstanceSample, PoolMinute
 from fleet.sim.engine import TTFT_BUCKETS
-from fleet.sim.simulate import SimResult, Simulation, setup_build
+from fleet.sim.result import SimResult
+from fleet.sim.setup import setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.telemetry import rollups
 from tests.factories import make_gpu, make_instance, make_node, make_pool

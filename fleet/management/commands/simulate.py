@@ -25,7 +25,7 @@ from fleet.policies.routing import RoutingSettings
 from fleet.sim.compare import compare, price_preset
 from fleet.sim.engine import DEFAULT_PROFILE, EngineModel, engine_model_for
 from fleet.sim.report import comparison_html, comparison_markdown
-from fleet.sim.simulate import SimPool, SimSetup, pool_view_default, setup_build
+from fleet.sim.setup import SimPool, SimSetup, pool_view_default, setup_build
 from fleet.sim.traces import Trace, TraceError, trace_from_request_log, trace_load
 
 

@@ -1,0 +1,115 @@
+"""What a simulation returns: per-request latencies, GPU-hours held and paid, the decisions
+taken, a timeline; and the figures read from them (attainment, percentiles)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agents.histograms import attainment, histogram_observe
+from fleet.sim.engine import TTFT_BUCKETS
+
+# A request that never got an answer: its first token and its end never came.
+HELD_FAILED = float("inf")
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    t_s: float
+    arrivals_per_s: float
+    serving: int
+    billed: int
+    gpu_hours: float
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    ttft_p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    t_s: float
+    kind: str
+    action: str
+    reason: str
+
+
+@dataclass
+class SimResult:
+    label: str
+    requests: int
+    sla_ms: float
+    gpu_hours: float
+    ttft_s: list[float]
+    e2e_s: list[float]
+    cold_waited: int
+    cold_starts: int
+    wakes: int
+    failed: int
+    utilization: list[float]
+    timeline: list[TimelinePoint]
+    decisions: list[Decision]
+    instances_peak: int
+    duration_s: float
+    # What the fleet paid, billed by the node (``fleet.sim.billing``), and what its starts did.
+    node_hours: float = 0.0
+    gpus_per_node: int = 1
+    start_failures: int = 0
+    starts_uncached: int = 0
+    image_pulls: int = 0
+    node_provisions: int = 0
+    # The end-to-end bound of the SLA, beside the first-token one (``SimSetup.e2e_sla_ms``); None: TTFT only.
+    e2e_sla_ms: float | None = None
+    # Requests the gateway refuses at once (400 context_length_exceeded: more tokens than any pool's
+    # ``max_model_len``, ``routing.pool_groups_for``). Counted in ``requests``, never served, and outside
+    # ``ttft_s``/``e2e_s`` and so the SLA: an immediate answer, not a miss nor a failure of the fleet.
+    refused: int = 0
+
+    @property
+    def paid_gpu_hours(self) -> float:
+        """The GPU-hours paid for: every GPU of a node while the node is billed."""
+        return self.node_hours * self.gpus_per_node
+
+    @property
+    def idle_paid_gpu_hours(self) -> float:
+        """Paid GPU-hours no instance held: cards on a billed node left free (or an instance
+        waiting to be restarted after a failed start)."""
+        return self.paid_gpu_hours - self.gpu_hours
+
+    @property
+    def attainment(self) -> float:
+        """Share of requests within the SLA: first token within ``sla_ms`` and, where ``e2e_sla_ms`` is set,
+        the whole answer within it too. Read from vLLM's TTFT buckets as the dashboard reads a pool's (exact
+        where the SLA is a bucket bound, as 500 ms is); a request over the end-to-end bound is observed
+        there as never having had its first token, so it counts outside whatever its TTFT."""
+        bound = float("inf") if self.e2e_sla_ms is None else self.e2e_sla_ms / 1000
+        ttfts = [ttft if e2e <= bound else HELD_FAILED for ttft, e2e in zip(self.ttft_s, self.e2e_s, strict=True)]
+        share = attainment([histogram_observe(ttfts, TTFT_BUCKETS)], self.sla_ms / 1000)
+        return 1.0 if share is None else share
+
+    @property
+    def actions(self) -> dict[tuple[str, str], int]:
+        """How many actions of each (kind, action) took effect, counted over ``decisions``."""
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for decision in self.decisions:
+            counts[(decision.kind, decision.action)] += 1
+        return dict(counts)
+
+    def ttft_ms(self, percentile: float) -> float:
+        return percentile_of(self.ttft_s, percentile) * 1000
+
+    def e2e_ms(self, percentile: float) -> float:
+        return percentile_of(self.e2e_s, percentile) * 1000
+
+    def meets_sla(self, target: float) -> bool:
+        """At least ``target`` of requests within the SLA and none failed."""
+        return self.failed == 0 and self.attainment >= target
+
+
+def percentile_of(values: Sequence[float], percentile: float) -> float:
+    """Nearest-rank percentile (no interpolation: every figure is a request that happened)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * percentile // 100))
+    return ordered[int(rank) - 1]

@@ -1,0 +1,111 @@
+"""What a simulation runs: the fleet's GPUs and pools, the policies' settings, the SLA and the
+engine model, built as the admin would validate them (``setup_build``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet import schedules
+from fleet.gateway.config import GatewayConfig
+from fleet.policies import routing
+from fleet.policies.settings import SCHEMAS, policy_settings_validate
+from fleet.policies.snapshot import PolicyConfig, PoolView
+from fleet.policies.vram import vram_estimate_for
+from fleet.sim.engine import PROFILES, EngineModel
+from fleet.sim.startup import ColdStartModel
+
+
+def tick_period_s() -> float:
+    """The production evaluation period (the ``policies_evaluate`` periodic task)."""
+    return float(next(every for task, every, _ in schedules.PERIODIC_TASKS if task == schedules.EVALUATE_TASK))
+
+
+def policy_configs_build(overrides: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, PolicyConfig]:
+    """Fleet-wide configs for every kind: defaults, overridden per kind; ``None`` disables one."""
+    overrides = overrides or {}
+    configs = {}
+    for kind in SCHEMAS:
+        values = overrides.get(kind, {})
+        fleet = None if values is None else policy_settings_validate(kind=kind, settings=dict(values))
+        configs[kind] = PolicyConfig(kind=kind, fleet=fleet)
+    return configs
+
+
+@dataclass(frozen=True)
+class SimPool:
+    """A pool as the simulator runs it: the policies' view of it plus its routing tier."""
+
+    view: PoolView
+    tier: str = "L"
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    engine: EngineModel
+    gpus: int
+    pools: tuple[SimPool, ...]
+    policies: Mapping[str, PolicyConfig]
+    routing: routing.RoutingSettings = field(default_factory=routing.RoutingSettings.defaults)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    sleeping_holds_gpu: bool = True
+    seed: int = 0
+    start_jitter: float = 0.1
+    sla_ms: float = 500.0
+    sla_target: float = 0.999
+    # An end-to-end bound beside the first-token one: a request is within the SLA only if it meets both.
+    e2e_sla_ms: float | None = None
+    # Billing by the node (``fleet.sim.billing``): GPUs per rented node, and whether a node
+    # whose GPUs are all free is released (else paid from its first use to the end).
+    gpus_per_node: int = 1
+    node_release: bool = True
+    # What a start has to do and how long each part takes (``fleet.sim.startup``).
+    cold_start: ColdStartModel = field(default_factory=ColdStartModel)
+
+
+def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
+    """One exclusive pool of the engine's profile that may use every GPU."""
+    profile = PROFILES[engine.profile]
+    estimate = vram_estimate_for(profile)
+    base: dict[str, Any] = dict(
+        id=1,
+        name="simulated",
+        isolation="exclusive",
+        max_instances=gpus,
+        max_num_seqs=engine.max_num_seqs,
+        max_model_len=profile.max_model_len,
+        estimate=estimate,
+    )
+    return PoolView(**{**base, **fields})
+
+
+def setup_build(
+    *,
+    engine: EngineModel,
+    gpus: int,
+    values: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    sla_ms: float = 500.0,
+    sla_target: float = 0.999,
+    e2e_sla_ms: float | None = None,
+) -> SimSetup:
+    """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
+    {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
+    values = values or {}
+    unknown = set(values) - {"pool", "policies", "routing"}
+    if unknown:
+        raise ValueError(f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing")
+    return SimSetup(
+        engine=engine,
+        gpus=gpus,
+        pools=(SimPool(pool_view_default(engine=engine, gpus=gpus, **values.get("pool", {}))),),
+        policies=policy_configs_build(values.get("policies", {})),
+        routing=routing.RoutingSettings.from_settings(
+            policy_settings_validate(kind="routing", settings=dict(values.get("routing", {})))
+        ),
+        seed=seed,
+        sla_ms=sla_ms,
+        sla_target=sla_target,
+        e2e_sla_ms=e2e_sla_ms,
+    )
