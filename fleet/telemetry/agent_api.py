@@ -30,7 +30,9 @@ from redis.exceptions import RedisError
 
 from agents import protocol
 from fleet.models import Node
-from fleet.telemetry.ingest import IngestError, node_authenticate, node_register, report_ingest
+from fleet.telemetry.claims import IngestError
+from fleet.telemetry.ingest import report_ingest
+from fleet.telemetry.registration import node_authenticate, node_register
 
 logger = logging.getLogger(__name__)
 
