@@ -8,7 +8,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= $(or $(AGENT_WHEELHOUSE),var/wheelhouse)
 
-.PHONY: run serve test test-fast lint format migrate admin static bench bench-ingest bench-charts bench-gateway bench-sim bench-litellm-venv gateway agent-wheels clean
+.PHONY: run serve test test-fast lint format migrate admin static bench bench-ingest bench-replicas bench-charts bench-gateway bench-sim bench-sim-speed bench-tiers bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,10 +67,25 @@ bench: $(VENV)/.dev
 bench-sim: $(VENV)/.dev
 	$(BIN)/python bench/simulator.py
 
+# How fast the simulator runs a whole comparison (trace requests a second): SIM_HOURS hours of the
+# ServeGen rate series at a SIM_RATE req/s mean (defaults 2 and 10).
+bench-sim-speed: $(VENV)/.dev
+	$(BIN)/python bench/sim_speed.py --hours $(or $(SIM_HOURS),2) --rate $(or $(SIM_RATE),10)
+
+# The whole method: requests split by RCF tier, each tier its own pool and GPU type, in money
+# (bench/sim/tiers.json); SIM_TRACES=azure-code,... runs some of the traces, SIM_JOBS the processes.
+bench-tiers: $(VENV)/.dev
+	$(BIN)/python bench/tiers.py
+
 # Both need a PostgreSQL they may create and drop the database bench_tele on (BENCH_DATABASE_URL;
 # BENCH_DB_NAME names another scratch database for bench-ingest).
 bench-ingest: $(VENV)/.dev
 	$(BIN)/python bench/ingest.py
+
+# Two report replicas as deploy/ runs them, behind nginx from deploy/nginx, against one, under the
+# same load (needs nginx and Redis too; BENCH_HOSTS hosts of 8 GPUs every 5 s, default 500).
+bench-replicas: $(VENV)/.dev
+	$(BIN)/python bench/ingest.py --nginx --replicas 2 --hosts $(or $(BENCH_HOSTS),500) --seconds 30
 
 bench-charts: $(VENV)/.dev
 	$(BIN)/python bench/chart_queries.py

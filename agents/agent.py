@@ -221,6 +221,7 @@ class Agent:
         self.asleep: set[str] = set()
         self.failures = 0
         self.next_delivery = 0.0
+        self.report_again_s: float | None = None
         self._snapshots: dict[tuple[str, int], Snapshot] = {}
         self._results: list[protocol.ActionResult] = []
         self._dropped_reported = 0
@@ -609,6 +610,7 @@ class Agent:
             )
             return None
         self.failures, self.next_delivery = 0, 0.0
+        self.report_again_s = reply.report_again_s if reply is not None else None
         if reply is not None:
             self.act(reply)
         return reply
@@ -620,7 +622,8 @@ class Agent:
                 self.tick()
             except Exception:  # the loop must outlive any one bad interval
                 log.exception("agent tick failed")
-            stop.wait(max(0.0, self.config.interval_s - (self.clock() - started)))
+            interval = min(self.config.interval_s, self.report_again_s or self.config.interval_s)
+            stop.wait(max(0.0, interval - (self.clock() - started)))
 
 
 def url_host(host: str) -> str:

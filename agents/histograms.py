@@ -158,3 +158,28 @@ def attainment(histograms: Iterable[Wire | None], limit_s: float) -> float | Non
     if merged is None or merged["count"] <= 0:
         return None
     return histogram_share_within(limit_s, *_buckets(merged))
+
+
+def ttft_bound_ms(sla_latency_ms: float, per_1k_prompt_tokens: float, prompt_tokens: int) -> float:
+    """One request's time-to-first-token bound in ms under an SLA that grows with prompt length.
+
+    ``sla_latency_ms`` plus ``per_1k_prompt_tokens`` for every 1,000 prompt tokens: a pool's
+    "P95 TTFT <= 500 ms + 20 ms per 1k prompt tokens" bounds a 30,000-token prompt at
+    500 + 20 x 30 = 1,100 ms. A ``per_1k_prompt_tokens`` of 0 is the flat bound.
+    """
+    return sla_latency_ms + per_1k_prompt_tokens * prompt_tokens / 1000
+
+
+def requests_attainment(
+    requests: Iterable[tuple[float, int]], sla_latency_ms: float, per_1k_prompt_tokens: float
+) -> float | None:
+    """The share (0-1) of ``requests``, each ``(ttft_ms, prompt_tokens)``, whose first token came at or
+    under its own ``ttft_bound_ms``. Where each request is known (the gateway's request log, the
+    simulator's requests), unlike ``attainment``, which reads histograms that hold no prompt
+    lengths. None without requests.
+    """
+    judged = within = 0
+    for ttft_ms, prompt_tokens in requests:
+        judged += 1
+        within += ttft_ms <= ttft_bound_ms(sla_latency_ms, per_1k_prompt_tokens, prompt_tokens)
+    return within / judged if judged else None

@@ -344,6 +344,10 @@ class Reply(Strict):
     report_interval_s: float
     batch_jobs: list[DesiredBatchJob] = []
     stop_containers: list[str] = []
+    # Report again this soon instead of after the agent's interval: the panel asks while an
+    # instance on the node is on its way to serving (a start or a wake it just decided), so
+    # the agent says "ready" within a fraction of a second of it. Left out when None.
+    report_again_s: Annotated[float, Field(gt=0)] | None = None
 
 
 class Registration(Strict):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, get_args
 
 from agents.protocol import DesiredState
-from agents.runtime import ContainerSpec, ContainerState, Runtime
+from agents.runtime import SPEC_LABEL, ContainerSpec, ContainerState, Runtime, spec_digest
 
 DEFAULT_STOP_TIMEOUT_S = 30
 # Enough of a crashed server's output to see the traceback, small enough to report.
@@ -133,6 +133,15 @@ def _describe_exit(container: ContainerState) -> str:
     return ", ".join(parts)
 
 
+def _same_server(spec: ContainerSpec, containers: list[ContainerState]) -> ContainerState | None:
+    """The newest live container of an older generation that runs exactly ``spec`` (its ``SPEC_LABEL``)."""
+    digest = spec_digest(spec)
+    same = [
+        c for c in containers if c.running and c.generation < spec.generation and c.labels.get(SPEC_LABEL) == digest
+    ]
+    return max(same, key=lambda c: c.generation, default=None)
+
+
 def _reconcile_instance(
     want: DesiredInstance,
     containers: list[ContainerState],
@@ -155,8 +164,12 @@ def _reconcile_instance(
     spec = want.spec
     assert spec is not None  # guaranteed by DesiredInstance.__post_init__
     current = [c for c in containers if c.generation == want.generation]
+    kept = None if any(c.running for c in current) else _same_server(spec, containers)
+    if kept is not None:
+        # Only the desired state moved (a sleep, a wake): the running server serves the new generation.
+        current = [kept]
     for c in containers:
-        if c.generation != want.generation:
+        if c.generation != want.generation and c is not kept:
             word = "superseded by" if c.generation < want.generation else "differs from"
             actions.append(
                 Stop(

@@ -9,6 +9,9 @@ duplicate. ``agents.reconcile`` decides what to do; this module only does it.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +35,11 @@ NODE_LABEL = "gpufleet.node"
 # starts, stops and adopts them) but never an instance, and never an orphan.
 JOB_LABEL = "gpufleet.batch-job"
 RESERVED_LABELS = frozenset({MANAGED_LABEL, INSTANCE_LABEL, GENERATION_LABEL, NODE_LABEL, JOB_LABEL})
+# What the server runs, apart from its generation (``spec_digest``): the panel bumps an instance's
+# generation on every change of desired state, and a server put to sleep or woken keeps running
+# under its older generation where the digest matches (``reconcile``), rather than start again.
+# Not reserved: containers that predate it are still adopted, and simply never kept across generations.
+SPEC_LABEL = "gpufleet.spec"
 # A batch job is told its GPU memory budget here: Docker cannot cap GPU memory, so a
 # well-behaved job caps itself (e.g. torch.cuda.set_per_process_memory_fraction).
 GPU_MEMORY_ENV = "GPUFLEET_GPU_MEMORY_BYTES"
@@ -426,7 +434,15 @@ def managed_labels(spec: ContainerSpec) -> dict[str, str]:
         INSTANCE_LABEL: spec.instance_id,
         GENERATION_LABEL: str(spec.generation),
         NODE_LABEL: spec.node_name,
+        SPEC_LABEL: spec_digest(spec),
     }
+
+
+def spec_digest(spec: ContainerSpec) -> str:
+    """A digest of everything the server runs with (image, command, environment, devices, port...),
+    leaving out the generation and the labels: equal for two generations of an unchanged server."""
+    fields = {name: value for name, value in dataclasses.asdict(spec).items() if name not in {"generation", "labels"}}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def docker_create_kwargs(spec: ContainerSpec) -> dict[str, Any]:

@@ -18,8 +18,16 @@ them (read from ``/proc`` where PostgreSQL runs on this machine) and the load ge
 Those figures hold on a busy machine too, and say how many reports a second a given
 number of cores can take.
 
+With ``--nginx`` (``make bench-replicas``) the report replicas run as deploy/ runs them: each
+a ``gpufleet-reports@PORT`` unit's gunicorn command with the shipped environment file, behind
+nginx rendered from ``deploy/nginx/gpufleet.conf`` (tests/support/deploy_site.py). The same
+open-loop load goes through nginx to one replica and to ``--replicas`` of them, in alternating
+rounds, and the table gives stored reports/s, what each replica answered (nginx's access log)
+and CPU ms per report of the replicas, nginx, the database, Redis and the load generator.
+
     python bench/ingest.py [--hosts 1250] [--gpus 8] [--interval 5] [--seconds 60] [--workers 3]
                            [--server wsgi|asgi] [--db-name bench_tele]
+                           [--nginx [--replicas 2] [--rounds 2]]
 
 Target: >= 2,000 GPU samples/s sustained (1,250 hosts x 8 GPUs / 5 s) with p99 <= 100 ms.
 """
@@ -368,14 +376,23 @@ def redis_reachable(url: str) -> bool:
 
 
 def measured(
-    server: subprocess.Popen[bytes], admin_url: str, db_name: str, args: tuple[Any, ...], redis_url: str = ""
+    server: subprocess.Popen[bytes],
+    admin_url: str,
+    db_name: str,
+    args: tuple[Any, ...],
+    redis_url: str = "",
+    parts: dict[str, subprocess.Popen[bytes]] | None = None,
 ) -> dict[str, Any]:
     """One load run, with the CPU time the server and its database backends spent during it.
 
     Backends are read before and after the run; the WSGI server keeps its connections open
     (``DB_CONN_MAX_AGE``), so those are the backends that served it. One that closed during
     the run (under ASGI, every one) is not counted: the number of those is reported.
+    ``parts`` are further processes (with their children) whose CPU time is read the same
+    way, by label, into ``parts_cpu_s``: the other replicas and nginx.
     """
+    parts = parts or {}
+    parts_before = {label: cpu_seconds(server_pids(process.pid)) for label, process in parts.items()}
     server_before = cpu_seconds(server_pids(server.pid))
     db_before = cpu_seconds(database_pids(admin_url, db_name))
     redis_before = redis_cpu_seconds(redis_url)
@@ -383,6 +400,9 @@ def measured(
     redis_after = redis_cpu_seconds(redis_url)
     server_after = cpu_seconds(server_pids(server.pid))
     db_after = cpu_seconds(database_pids(admin_url, db_name))
+    run["parts_cpu_s"] = {
+        label: cpu_spent(parts_before[label], cpu_seconds(server_pids(process.pid))) for label, process in parts.items()
+    }
     run["server_cpu_s"] = cpu_spent(server_before, server_after)
     run["db_cpu_s"] = cpu_spent(db_before, db_after) if db_after else None
     run["db_backends_closed"] = len(db_before.keys() - db_after.keys())
@@ -407,6 +427,217 @@ def per_report(run: dict[str, Any], key: str) -> str:
     if run.get(key) is None or not handled:
         return "-"
     return f"{run[key] / handled * 1000:.2f}"
+
+
+REPORT_PATH = "/api/agent/v1/report"
+REPORT_UNIT = "gpufleet-reports@.service"
+
+
+def port_wait(port: int, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
+    """Until something accepts connections on ``port``; the log's tail if the process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited: {log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {port}: {log.read_text()[-3000:]}") from None
+            time.sleep(0.2)
+
+
+def replica_start(port: int, env: dict[str, str], root: Path) -> subprocess.Popen[bytes]:
+    """One report replica, as systemd runs ``gpufleet-reports@PORT`` (its ``ExecStart``, the environment file)."""
+    from tests.support.deploy_site import unit_command
+
+    command, environment = unit_command(REPORT_UNIT, port, env, root / "var")
+    log = root / f"reports-{port}.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=output, stderr=output, start_new_session=True
+        )
+    port_wait(port, process, log)
+    return process
+
+
+def nginx_start(root: Path, listen: int, replicas: list[int]) -> subprocess.Popen[bytes]:
+    """nginx from the shipped site, its report pool on ``replicas``; the config checked by ``nginx -t`` first."""
+    from tests.support.deploy_site import GATEWAY_PORTS, PANEL_PORTS, nginx_binary, nginx_conf, site_render
+
+    nginx = nginx_binary()
+    if nginx is None:
+        raise SystemExit("--nginx needs nginx (apt-get install nginx)")
+    root.mkdir(parents=True, exist_ok=True)
+    # The panel and gateway pools are not used here: ports where nothing listens.
+    unused = {shipped: free_port() for shipped in (*PANEL_PORTS, *GATEWAY_PORTS)}
+    site = root / "gpufleet.conf"
+    site.write_text(site_render(unused, listen, reports=replicas))
+    conf = root / "nginx.conf"
+    conf.write_text(nginx_conf(root, site, connections=8192))
+    checked = subprocess.run([nginx, "-t", "-c", str(conf)], capture_output=True, text=True)
+    if checked.returncode:
+        raise RuntimeError(checked.stderr)
+    log = root / "nginx.out"
+    with log.open("wb") as output:
+        process = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"], stdout=output, stderr=output)
+    port_wait(listen, process, log)
+    return process
+
+
+def answered(access_log: Path, skip: int) -> tuple[dict[str, int], int]:
+    """Reports answered 200 by each replica in nginx's access log past its first ``skip`` lines; the line count."""
+    lines = access_log.read_text().splitlines()
+    counts: dict[str, int] = {}
+    for line in lines[skip:]:
+        _method, path, status, tried = line.split(" ", 3)
+        if path == REPORT_PATH and status == "200":
+            replica = tried.split(", ")[-1]
+            counts[replica] = counts.get(replica, 0) + 1
+    return counts, len(lines)
+
+
+def replicas_run(args: argparse.Namespace, url: str, tokens: list[tuple[str, str]], redis_url: str) -> None:
+    """The same open-loop load through nginx onto 1, then ``args.replicas`` report replicas; one table."""
+    import tempfile
+
+    from django.db import connection
+
+    from fleet.models import GpuSample
+    from tests.support.deploy_site import DEPLOY, env_file
+
+    if not redis_url:
+        raise SystemExit("--nginx runs the replicas as deployed, with Redis: give a reachable --redis-url")
+    ticks = int(args.seconds // args.interval) + 2
+    results: list[tuple[int, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
+        root = Path(tmp)
+        (root / "var").mkdir()
+        listen = free_port()
+        env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
+        env.update(env_file(DEPLOY / "gpufleet.env.example"))
+        env.update(
+            {
+                "DATABASE_URL": url,
+                "REDIS_URL": redis_url,
+                "SECRET_KEY": "bench-replicas-" + "x" * 32,
+                "ALLOWED_HOSTS": "127.0.0.1",
+                "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{listen}",
+                "PANEL_URL": f"http://127.0.0.1:{listen}",
+                "STATIC_ROOT": str(root / "static"),
+                "FLEET_VAR_DIR": str(root / "var"),
+                "AGENT_WHEELHOUSE": str(root / "var" / "wheelhouse"),
+                "GPUFLEET_REPORT_WORKERS": str(args.workers),
+                "FLEET_INPROCESS_SCHEDULER": "0",
+            }
+        )
+        ports = [free_port() for _ in range(args.replicas)]
+        counts = sorted({1, args.replicas})
+        # One nginx per layout, each on its own port: a round sends the load to one of them.
+        listens = {count: listen if count == 1 else free_port() for count in counts}
+        replicas: list[subprocess.Popen[bytes]] = []
+        nginxes: dict[int, subprocess.Popen[bytes]] = {}
+        seq = 1
+        try:
+            replicas = [replica_start(port, env, root) for port in ports]
+            for count in counts:
+                nginxes[count] = nginx_start(root / f"nginx-{count}", listens[count], ports[:count])
+                # One interval of warm-up through this layout: GPUs registered, connections opened.
+                load(listens[count], REPORT_PATH, tokens, args.gpus, args.interval, args.interval, seq)
+                seq += 3
+            with connection.cursor() as cursor:  # the statistics autovacuum keeps on a fleet in steady state
+                cursor.execute("ANALYZE")
+            connection.close()
+            # Rounds alternate the layouts (1, N, 1, N, ...), so the machine's other load falls on both alike.
+            for _round in range(args.rounds):
+                for count in counts:
+                    access_log = root / f"nginx-{count}" / "access.log"
+                    _, skip = answered(access_log, 0)
+                    before = GpuSample.objects.count()
+                    others = zip(ports[1:count], replicas[1:count], strict=True)
+                    parts = {f"127.0.0.1:{port}": replica for port, replica in others}
+                    run = measured(
+                        replicas[0],
+                        args.database_url,
+                        args.db_name,
+                        (listens[count], REPORT_PATH, tokens, args.gpus, args.interval, args.seconds, seq),
+                        redis_url=redis_url,
+                        parts={**parts, "nginx": nginxes[count]},
+                    )
+                    seq += ticks
+                    run["stored_reports"] = (GpuSample.objects.count() - before) / args.gpus
+                    connection.close()
+                    run["answered"], _ = answered(access_log, skip)
+                    run["replica_cpu_s"] = {f"127.0.0.1:{ports[0]}": run["server_cpu_s"]} | {
+                        label: run["parts_cpu_s"][label] for label in parts
+                    }
+                    run["server_cpu_s"] = sum(run["replica_cpu_s"].values())
+                    run["nginx_cpu_s"] = run["parts_cpu_s"]["nginx"]
+                    results.append((count, run))
+        finally:
+            for nginx in nginxes.values():
+                stop(nginx)
+            for replica in replicas:
+                stop(replica)
+    replicas_print(args, results)
+
+
+def replicas_print(args: argparse.Namespace, results: list[tuple[int, dict[str, Any]]]) -> None:
+    offered = args.hosts / args.interval
+    print(
+        f"report replicas behind nginx: {args.hosts} hosts x {args.gpus} GPUs every {args.interval:g} s "
+        f"(offered {offered:,.1f} reports/s, {args.seconds:g} s), each replica {REPORT_UNIT} as shipped "
+        f"(gunicorn {args.workers} gthread workers), nginx from the shipped site, PostgreSQL, Redis; "
+        f"{os.cpu_count()} CPU cores shared by all of them and the load generator"
+    )
+    print(
+        f"{'':36}{'reports/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'late':>6}"
+        f"{'CPU ms/report: server':>23}{'nginx':>7}{'db':>6}{'redis':>6}{'load':>6}"
+    )
+    for count, run in results:
+        rate = run["stored_reports"] / run["elapsed"]
+        print(
+            f"{f'{count} replica(s), stored':36}{rate:>10,.1f}{pct(run['latencies'], 50):>9.1f}"
+            f"{pct(run['latencies'], 99):>9.1f}{sum(run['errors'].values()):>8}{run['late']:>6}"
+            f"{per_report(run, 'server_cpu_s'):>23}{per_report(run, 'nginx_cpu_s'):>7}{per_report(run, 'db_cpu_s'):>6}"
+            f"{per_report(run, 'redis_cpu_s'):>6}{per_report(run, 'load_cpu_s'):>6}"
+        )
+        for replica, cpu_s in run["replica_cpu_s"].items():
+            handled = run["answered"].get(replica, 0)
+            per = f"{cpu_s / handled * 1000:.2f}" if handled else "-"
+            print(f"{f'  replica {replica}, answered':36}{handled / run['elapsed']:>10,.1f}{'':41}{per:>23}")
+        if run["errors"]:
+            print(f"  errors: {run['errors']}")
+    for count, run in results:
+        if count > 1:
+            parts = [handled / run["elapsed"] for handled in run["answered"].values()]
+            print(
+                f"sum of parts, {count} replicas: answered {' + '.join(f'{rate:,.1f}' for rate in parts)} = "
+                f"{sum(parts):,.1f} reports/s (stored {run['stored_reports'] / run['elapsed']:,.1f}, "
+                f"offered {offered:,.1f})"
+            )
+    print("all rounds of a layout together (CPU ms over all its reports stored):")
+    for count in sorted({count for count, _ in results}):
+        runs = [run for each, run in results if each == count]
+        stored = sum(run["stored_reports"] for run in runs)
+        spent = {
+            key: sum(run[key] for run in runs) if all(run[key] is not None for run in runs) else None
+            for key in ("server_cpu_s", "nginx_cpu_s", "db_cpu_s", "redis_cpu_s", "load_cpu_s")
+        }
+        shown = ", ".join(
+            f"{key.removesuffix('_cpu_s')} {value / stored * 1000:.2f}" for key, value in spent.items() if value
+        )
+        server = spent["server_cpu_s"] or 0.0
+        print(
+            f"  {count} replica(s), {len(runs)} round(s), {stored:,.0f} reports: CPU ms/report {shown}; "
+            f"{stored / server if server else float('nan'):,.0f} reports/s per core of report-server CPU"
+        )
+    print(
+        "CPU ms/report: CPU time in the window of the replicas (gunicorn arbiter and workers), nginx (master and "
+        "worker), the database backends, the Redis server (its INFO) and the load generator, divided by the reports "
+        "stored; a replica's: its CPU over the reports it answered 200 (nginx's access log)"
+    )
 
 
 def main() -> None:
@@ -437,7 +668,24 @@ def main() -> None:
         default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
         help="the Redis the panel's channel layer uses, as in production ('' for the in-process layer)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="with --nginx: report replicas measured after one, under the same load",
+    )
+    parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="report replicas as deploy/ runs them (gpufleet-reports@ units) behind nginx from deploy/nginx, "
+        "measured with one replica and then with --replicas",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --nginx: measurements of each layout, alternating")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
     redis_url = args.redis_url
     if redis_url and not redis_reachable(redis_url):
         print(f"Redis at {redis_url} not reachable: the panel runs with the in-process channel layer")
@@ -446,6 +694,12 @@ def main() -> None:
     url = database_url(args.database_url, db_name)
     admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
     admin_sql(args.database_url, f"CREATE DATABASE {db_name}")
+    if args.nginx:
+        try:
+            replicas_run(args, url, prepare(url, args.hosts), redis_url)
+        finally:
+            admin_sql(args.database_url, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        return
     servers: list[subprocess.Popen[bytes]] = []
     try:
         tokens = prepare(url, args.hosts)

@@ -221,9 +221,17 @@ def gpu_lines(
 
 
 def pool_latency(
-    *, history: Mapping[str, Sequence[Any]], sla_ms: int, sla_label: str, metric: str, span: tuple[datetime, datetime]
+    *,
+    history: Mapping[str, Sequence[Any]],
+    sla_ms: int,
+    sla_label: str,
+    metric: str,
+    span: tuple[datetime, datetime],
+    sla_per_1k_prompt_tokens: float = 0.0,
 ) -> dict[str, Any]:
-    """Latency percentiles (ms) of the pool's SLA metric against its SLA line across the range."""
+    """Latency percentiles (ms) of the pool's SLA metric against its SLA line across the range. Where the
+    bound grows with the prompt (``sla_per_1k_prompt_tokens``), the line is its floor, an empty prompt's
+    bound, and says so: each request has its own bound above it."""
     at = list(history.get("at", []))
     traces = [
         _trace(go.Scatter, x=at, y=list(history.get(q, [])), mode=BUCKET_LINE, marker=BUCKET_MARKER, name=q.upper())
@@ -236,7 +244,9 @@ def pool_latency(
                 x=list(span),
                 y=[sla_ms, sla_ms],
                 mode="lines",
-                name=f"SLA {sla_ms} ms",
+                name=f"SLA {sla_ms} ms"
+                if not sla_per_1k_prompt_tokens
+                else f"SLA floor {sla_ms} ms (+ {sla_per_1k_prompt_tokens:g} ms per 1k prompt tokens)",
                 meta=REFERENCE,
                 hovertext=sla_label,
                 line={"dash": "dash", "color": "#c0392b"},

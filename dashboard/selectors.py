@@ -6,7 +6,7 @@ day and hour rollups beyond, so a chart holds at most about 1,500 points per ser
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,15 +21,25 @@ from django.utils.dateparse import parse_datetime
 
 from agents.histograms import attainment, histograms_merge
 from fleet.costs.budgets import usage_source_configured
+from fleet.costs.effects import DecisionEffect
+from fleet.costs.recommendations import Recommendation, recommendations
 from fleet.costs.selectors import (
+    Attribution,
+    BusyShare,
     billing_currency,
+    busy_share,
     cost_per_million_tokens,
+    decision_effects_read,
     fleet_window,
+    month_end_forecast,
+    next_hour_report,
     period_bounds,
     run_rate,
+    savings_attribution,
     savings_compute,
     spend_report,
     team_spend,
+    totals_by_instance,
     totals_by_pool,
 )
 from fleet.costs.spend import ALLOCATED, UNALLOCATED, SpendReport
@@ -44,12 +54,18 @@ from fleet.models import (
     Instance,
     InstanceEvent,
     Node,
+    Policy,
     Pool,
     PoolHour,
     PoolMinute,
     RequestLog,
     Team,
 )
+from fleet.policies.idle import KIND as IDLE_KIND
+from fleet.policies.idle import IdleClock, idle_clock
+from fleet.policies.snapshot import FleetSnapshot
+from fleet.selectors import fleet_snapshot, policy_configs, request_log_attainment
+from fleet.states import RUNNING, STOPPED
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 DEFAULT_RANGE = "24h"
@@ -59,7 +75,6 @@ HEATMAP_HOURS_UP_TO = timedelta(days=8)
 HEATMAP_GPU_ROWS = 100
 CUSTOM_MAX = timedelta(days=400)
 DECISIONS_SHOWN = 500
-REQUESTS_SHOWN = 200
 
 
 @dataclass(frozen=True)
@@ -233,13 +248,20 @@ def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
     the share its SLA asks for (``target``, the SLA's percentile): "P95 TTFT <= 500 ms" is met
     when at least 95 % of requests got their first token within 500 ms.
 
-    Read from the pool's histograms of its SLA metric merged over the range, not bucket by
-    bucket: a minute whose own P95 missed does not make all its requests late. None where the
-    pool served no request in the range.
+    One source per pool. A flat bound is read from the pool's histograms of its SLA metric
+    (``attainment``) merged over the range, not bucket by bucket: a minute whose own P95 missed
+    does not make all its requests late. A time-to-first-token bound that grows with the prompt
+    (``sla_ms_per_1k_prompt_tokens``) is judged request by request from the gateway's request log
+    (``fleet.selectors.request_log_attainment``), since histograms hold no prompt lengths: the
+    requests with a first token and a prompt count received in the range, ``requests`` then
+    counting those judged. None where the pool served no request in the range.
     """
     pools = {pool.pk: pool for pool in Pool.objects.filter(enabled=True).order_by("tier", "name")}
+    logged = request_log_attainment(pools.values(), time_range.start, time_range.end)
     by_field: dict[str, list[int]] = defaultdict(list)
     for pool in pools.values():
+        if pool.pk in logged:
+            continue
         by_field["ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"].append(pool.pk)
     histograms: dict[int, list[Any]] = defaultdict(list)
     for field, pool_ids in by_field.items():
@@ -247,8 +269,12 @@ def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
             histograms[pool_id].append(histogram)
     rows = []
     for pool in pools.values():
-        merged = histograms_merge(histograms[pool.pk])
-        requests = merged["count"] if merged else 0
+        if pool.pk in logged:
+            requests, share = logged[pool.pk]
+        else:
+            merged = histograms_merge(histograms[pool.pk])
+            requests = merged["count"] if merged else 0
+            share = attainment([merged], pool.sla_latency_ms / 1000)
         rows.append(
             {
                 "pool": pool.pk,
@@ -256,7 +282,7 @@ def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
                 "sla": pool.sla_label,
                 "target": pool.sla_percentile / 100,
                 "requests": requests,
-                "attainment": attainment([merged], pool.sla_latency_ms / 1000),
+                "attainment": share,
             }
         )
     return rows
@@ -448,6 +474,8 @@ class SpendSummary:
     month_to_date: Decimal
     savings_month_to_date: Decimal
     baseline_month_to_date: Decimal
+    forecast_month_end: Decimal
+    efficiency: BusyShare
 
 
 def spend_summary(*, now: datetime | None = None) -> SpendSummary:
@@ -463,13 +491,16 @@ def spend_summary(*, now: datetime | None = None) -> SpendSummary:
     report = spend_report(start=month_start, end=window.end, window=window)
     today = sum((line.spend * _overlap(line.start, line.end, day_start, now) for line in report.lines), Decimal(0))
     savings = savings_compute(start=month_start, end=now, window=window, report=report)
+    rate = run_rate(now=now).per_hour
     return SpendSummary(
         currency=billing_currency(),
-        rate_per_hour=run_rate(now=now).per_hour,
+        rate_per_hour=rate,
         today=today,
         month_to_date=report.total,
         savings_month_to_date=savings.savings,
         baseline_month_to_date=savings.baseline,
+        forecast_month_end=month_end_forecast(spent=report.total, per_hour=rate, until=window.end),
+        efficiency=busy_share(report),
     )
 
 
@@ -508,14 +539,27 @@ def alerts_firing() -> QuerySet[Alert]:
 
 
 def decisions_filtered(
-    *, time_range: TimeRange, kind: str = "", pool_id: int | None = None, limit: int = DECISIONS_SHOWN
+    *,
+    time_range: TimeRange,
+    kind: str = "",
+    pool_id: int | None = None,
+    person: str = "",
+    policy_id: int | None = None,
+    limit: int = DECISIONS_SHOWN,
 ) -> list[Decision]:
-    """Newest policy actions in the range, optionally of one policy kind or pool."""
+    """Newest policy actions in the range, optionally of one policy kind, pool, person or policy.
+
+    A person is the user a manual decision records in its inputs (``inputs.user``).
+    """
     decisions = Decision.objects.filter(created_at__gte=time_range.start, created_at__lt=time_range.end)
     if kind:
         decisions = decisions.filter(policy_kind=kind)
     if pool_id:
         decisions = decisions.filter(pool_id=pool_id)
+    if person:
+        decisions = decisions.filter(inputs__user=person)
+    if policy_id:
+        decisions = decisions.filter(policy_id=policy_id)
     return list(decisions.select_related("pool", "instance", "policy").order_by("-created_at", "-id")[:limit])
 
 
@@ -523,13 +567,59 @@ def decision_kinds() -> list[str]:
     return sorted(set(Decision.objects.values_list("policy_kind", flat=True).distinct()))
 
 
-def requests_recent(*, pool_id: int | None = None, tier: str = "", limit: int = REQUESTS_SHOWN) -> list[RequestLog]:
-    requests = RequestLog.objects.all()
-    if pool_id:
-        requests = requests.filter(pool_id=pool_id)
-    if tier:
-        requests = requests.filter(tier=tier)
-    return list(requests.select_related("pool", "team", "instance__gpu__node").order_by("-at", "-id")[:limit])
+def decision_people() -> list[str]:
+    """Everyone a manual decision names, for the decisions page's filter."""
+    names = Decision.objects.filter(inputs__has_key="user").order_by().values_list("inputs__user", flat=True).distinct()
+    return sorted({str(name) for name in names if name})
+
+
+def decision_policies() -> list[Policy]:
+    return list(Policy.objects.select_related("pool").order_by("kind", "pool__name"))
+
+
+def decision_detail(*, decision_id: int) -> tuple[Decision, DecisionEffect] | None:
+    """One decision with its effect from when it was applied until now (or the decision that ended it)."""
+    decision = Decision.objects.select_related("pool", "instance", "policy", "batch_job").filter(pk=decision_id).first()
+    if decision is None:
+        return None
+    effects, _ = decision_effects_read(start=decision.created_at, end=timezone.now())
+    return decision, effects.get(decision.pk) or DecisionEffect(decision.pk, 0, note="changes no instance's GPU hold")
+
+
+def decisions_effects(*, decisions: list[Decision], time_range: TimeRange) -> list[Decision]:
+    """The decisions, each given ``effect``: accrued from when it was applied until now or until ended
+    (a fixed number of queries for any number of rows)."""
+    effects, _ = decision_effects_read(start=time_range.start, end=max(timezone.now(), time_range.end))
+    for decision in decisions:
+        setattr(decision, "effect", effects.get(decision.pk))  # noqa: B010 (a page attribute, not a model field)
+    return decisions
+
+
+@dataclass(frozen=True)
+class SavingsPage:
+    attribution: Attribution
+    by_kind: list[tuple[str, Decimal]]
+    by_pool: list[tuple[str, Decimal]]
+    by_day: list[tuple[Any, Decimal]]
+
+
+def savings_page(*, time_range: TimeRange) -> SavingsPage:
+    """Decisions' attributed savings of the range by kind, pool and day, beside the headline of the
+    same range read as the costs page reads spend (rollups, up to the last complete minute)."""
+    window = fleet_window(start=time_range.start, end=time_range.end, raw=False)
+    attribution = savings_attribution(start=time_range.start, end=time_range.end, window=window)
+    names = dict(Pool.objects.values_list("pk", "name"))
+    return SavingsPage(
+        attribution=attribution,
+        by_kind=sorted(attribution.by("policy_kind").items()),
+        by_pool=sorted(
+            (
+                (names.get(pool_id, "fleet") if pool_id else "fleet", amount)
+                for pool_id, amount in attribution.by("pool_id").items()
+            )
+        ),
+        by_day=sorted(attribution.by("day").items()),
+    )
 
 
 def node_detail(*, node_id: int) -> Node:
@@ -571,3 +661,122 @@ def gpus(*, node_id: int | None = None, live: bool = False) -> QuerySet[Gpu]:
 
 def requests_any() -> bool:
     return RequestLog.objects.exists()
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One row of the instances page: where it runs, its states, its cost and its idle clock."""
+
+    instance: Instance
+    age: timedelta
+    cost_per_hour: Decimal
+    cost_today: Decimal
+    requests_last_hour: int
+    idle: IdleClock | None
+    idle_note: str
+
+
+@dataclass(frozen=True)
+class PoolScaleRow:
+    """A pool with the count its +1/-1 buttons claim on (instances not desired stopped)."""
+
+    pool: Pool
+    active: int
+    can_grow: bool
+    can_shrink: bool
+
+    @property
+    def buttons(self) -> tuple[tuple[int, str, bool], ...]:
+        """(step, label, allowed) of the pool's scale buttons."""
+        return ((-1, "−1", self.can_shrink), (1, "+1", self.can_grow))
+
+
+@dataclass(frozen=True)
+class InstancesPage:
+    currency: str
+    rows: list[InstanceRow]
+    pools: list[PoolScaleRow]
+
+
+def instances_page(*, now: datetime | None = None) -> InstancesPage:
+    """Every instance with its cost per hour (the run rate's lines), its spend so far today (the
+    billing day's allocated lines), its requests in the last hour (the gateway's log) and where
+    it stands on idle reclaim's clock (``idle_clock``, on the snapshot the policy reads)."""
+    now = now or timezone.now()
+    day_start, _ = period_bounds(period="day", now=now)
+    per_hour = totals_by_instance(next_hour_report(now=now))
+    today_window = fleet_window(start=day_start, end=now, raw=False)
+    today = totals_by_instance(spend_report(start=day_start, end=now, window=today_window))
+    requests = dict(
+        RequestLog.objects.filter(at__gte=now - timedelta(hours=1), at__lte=now, instance__isnull=False)
+        .values("instance_id")
+        .annotate(n=Count("id"))
+        .values_list("instance_id", "n")
+    )
+    snapshot = fleet_snapshot(now=now)
+    idle_config = policy_configs()[IDLE_KIND]
+    views = {view.id: view for view in snapshot.instances}
+    instances = Instance.objects.select_related("pool", "gpu__node", "mig_device").order_by("pool__name", "pk")
+    serving = Counter(view.pool_id for view in snapshot.instances if view.desired_state == RUNNING)
+    rows = []
+    for instance in instances:
+        view, clock, note = views.get(instance.pk), None, ""
+        if view is None:
+            note = "pool disabled: no policy runs it"
+        elif view.desired_state == STOPPED:
+            note = "stopped"
+        elif idle_config.for_pool(view.pool_id) is None:
+            note = "idle reclaim is off for this pool"
+        else:
+            pool_view = snapshot.pool(view.pool_id)
+            clock = idle_clock(pool_view, view, now)
+            if clock is None:
+                note = "busy: requests running or waiting"
+            elif view.desired_state == RUNNING and serving[view.pool_id] <= pool_view.min_instances:
+                note = f"kept: the pool is at its minimum of {pool_view.min_instances} serving"
+        rows.append(
+            InstanceRow(
+                instance=instance,
+                age=now - instance.created_at,
+                cost_per_hour=per_hour[instance.pk].spend if instance.pk in per_hour else Decimal(0),
+                cost_today=today[instance.pk].spend if instance.pk in today else Decimal(0),
+                requests_last_hour=requests.get(instance.pk, 0),
+                idle=clock,
+                idle_note=note,
+            )
+        )
+    return InstancesPage(currency=billing_currency(), rows=rows, pools=_pool_scale_rows(snapshot))
+
+
+def _pool_scale_rows(snapshot: FleetSnapshot) -> list[PoolScaleRow]:
+    enabled = {view.id for view in snapshot.pools}
+    rows = []
+    for pool in Pool.objects.order_by("name"):
+        active = Instance.objects.filter(pool=pool).exclude(desired_state=Instance.Desired.STOPPED).count()
+        rows.append(
+            PoolScaleRow(
+                pool=pool,
+                active=active,
+                can_grow=pool.pk in enabled and active < pool.max_instances,
+                can_shrink=pool.pk in enabled and active > pool.min_instances,
+            )
+        )
+    return rows
+
+
+def instance_for_action(*, instance_id: int) -> Instance | None:
+    return Instance.objects.select_related("pool__model_profile").filter(pk=instance_id).first()
+
+
+def pool_for_action(*, pool_id: int) -> Pool | None:
+    return Pool.objects.filter(pk=pool_id).first()
+
+
+def recommendations_list(*, now: datetime | None = None) -> list[Recommendation]:
+    """Every recommendation with its price (``fleet.costs.recommendations``), the largest saving first."""
+    return recommendations(now=now)
+
+
+def recommendation_find(*, key: str, now: datetime | None = None) -> Recommendation | None:
+    """The recommendation of ``key`` as it stands now, or None where it no longer applies."""
+    return next((item for item in recommendations(now=now) if item.key == key), None)

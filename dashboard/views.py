@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import plotly
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import figures
 from dashboard import selectors as pages
 from dashboard.forms import JoinTokenForm
 from fleet import selectors
 from fleet.costs.selectors import billing_currency
-from fleet.decide.services import join_token_create
+from fleet.decide.evaluate import pool_scale as scale_pool
+from fleet.decide.services import (
+    INSTANCE_MANUAL_ACTIONS,
+    ActionRefused,
+    SettingsRefused,
+    StaleGeneration,
+    instance_manual,
+    join_token_create,
+    pool_setting_claim,
+)
 from fleet.events import FLEET_GROUP, node_group, pool_group
 from fleet.telemetry.agent_dist import install_command, install_problems, panel_url
 
@@ -92,7 +103,12 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
         live_groups=[pool_group(item.pk)],
         instances=pages.pool_instances(pool=item),
         latency=figures.pool_latency(
-            history=history, sla_ms=item.sla_latency_ms, sla_label=item.sla_label, metric=metric, span=time_range.span
+            history=history,
+            sla_ms=item.sla_latency_ms,
+            sla_label=item.sla_label,
+            metric=metric,
+            span=time_range.span,
+            sla_per_1k_prompt_tokens=item.sla_ms_per_1k_prompt_tokens,
         )
         if history
         else None,
@@ -165,13 +181,22 @@ def decisions(request: HttpRequest) -> HttpResponse:
     time_range, context = _range_context(request)
     kind = request.GET.get("kind", "")
     pool_id = int(request.GET["pool"]) if request.GET.get("pool", "").isdigit() else None
-    rows = pages.decisions_filtered(time_range=time_range, kind=kind, pool_id=pool_id)
+    person = request.GET.get("person", "")
+    policy_id = int(request.GET["policy"]) if request.GET.get("policy", "").isdigit() else None
+    rows = pages.decisions_filtered(
+        time_range=time_range, kind=kind, pool_id=pool_id, person=person, policy_id=policy_id
+    )
     context.update(
-        decisions=rows,
+        decisions=pages.decisions_effects(decisions=rows, time_range=time_range),
         kinds=pages.decision_kinds(),
         pools=pages.pools(),
+        people=pages.decision_people(),
+        policies=pages.decision_policies(),
         kind=kind,
         pool_id=pool_id,
+        person=person,
+        policy_id=policy_id,
+        currency=billing_currency(),
         timeline=figures.decisions_timeline(decisions=rows, span=_padded(time_range)) if rows else None,
         live_groups=[pool_group(pool_id)] if pool_id else [FLEET_GROUP],
     )
@@ -179,20 +204,167 @@ def decisions(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def requests_page(request: HttpRequest) -> HttpResponse:
-    pool_id = int(request.GET["pool"]) if request.GET.get("pool", "").isdigit() else None
-    tier = request.GET.get("tier", "") if request.GET.get("tier", "") in ("S", "M", "L") else ""
-    rows = pages.requests_recent(pool_id=pool_id, tier=tier)
+def decision(request: HttpRequest, decision_id: int) -> HttpResponse:
+    """One decision for an audit: its inputs as recorded, its effect and the arithmetic of it."""
+    found = pages.decision_detail(decision_id=decision_id)
+    if found is None:
+        raise Http404("no such decision")
+    item, effect = found
     context = {
-        "requests": rows,
-        "pools": pages.pools(),
-        "pool_id": pool_id,
-        "tier": tier,
-        "tiers": ("S", "M", "L"),
-        "latency": figures.request_latency(requests=rows) if rows else None,
-        "any_requests": bool(rows) or pages.requests_any(),
+        "decision": item,
+        "effect": effect,
+        "inputs": json.dumps(item.inputs, indent=2, sort_keys=True, default=str),
+        "currency": billing_currency(),
     }
-    return render(request, "dashboard/requests.html", context)
+    return render(request, "dashboard/decision.html", context)
+
+
+@login_required
+def savings(request: HttpRequest) -> HttpResponse:
+    """What decisions saved over the range, by kind, pool and day, reconciled with the savings headline."""
+    time_range, context = _range_context(request)
+    context.update(page=pages.savings_page(time_range=time_range), currency=billing_currency())
+    return render(request, "dashboard/savings.html", context)
+
+
+INSTANCE_PERMISSION = "fleet.change_instance"
+
+
+@login_required
+def instances(request: HttpRequest) -> HttpResponse:
+    """Every instance as a table to act on; the buttons show only to users who may change instances."""
+    table = pages.instances_page()
+    context = {
+        "table": table,
+        "currency": table.currency,
+        "can_act": request.user.has_perm(INSTANCE_PERMISSION),
+        "actions": INSTANCE_BUTTONS,
+    }
+    return render(request, "dashboard/instances.html", context)
+
+
+# The buttons each desired state offers, from the actions the service accepts.
+INSTANCE_BUTTONS = {
+    state: [action for action, (_, applies_to) in INSTANCE_MANUAL_ACTIONS.items() if state in applies_to]
+    for state in ("running", "sleeping", "stopped")
+}
+
+
+def _posted_int(request: HttpRequest, name: str) -> int | None:
+    value = request.POST.get(name, "")
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
+@login_required
+@permission_required(INSTANCE_PERMISSION, raise_exception=True)
+@require_POST
+def instance_action(request: HttpRequest, instance_id: int) -> HttpResponse:
+    """Start, stop, sleep or wake one instance, claimed on the generation the page showed."""
+    item = pages.instance_for_action(instance_id=instance_id)
+    if item is None:
+        raise Http404("no such instance")
+    action, generation = request.POST.get("action", ""), _posted_int(request, "generation")
+    if generation is None:
+        messages.error(request, f"Instance {instance_id} not changed: the form carried no generation.")
+        return redirect("dashboard:instances")
+    try:
+        decision = instance_manual(
+            instance=item, action=action, generation=generation, user=request.user.get_username()
+        )
+    except StaleGeneration as exc:
+        messages.error(
+            request,
+            f"Instance {instance_id} not changed: it changed since the page was loaded ({exc}). "
+            "Look at its row again and retry.",
+        )
+    except ActionRefused as exc:
+        messages.error(request, f"Instance {instance_id} not changed: {exc}.")
+    else:
+        messages.success(request, f"Decision {decision.pk}: {decision.action} — {decision.reason}.")
+    return redirect("dashboard:instances")
+
+
+@login_required
+@permission_required(INSTANCE_PERMISSION, raise_exception=True)
+@require_POST
+def pool_scale(request: HttpRequest, pool_id: int) -> HttpResponse:
+    """+1 or -1 instance for a pool, within its minimum and maximum, claimed on the count the page showed."""
+    item = pages.pool_for_action(pool_id=pool_id)
+    if item is None:
+        raise Http404("no such pool")
+    delta, seen = _posted_int(request, "delta"), _posted_int(request, "active")
+    if delta is None or seen is None:
+        messages.error(request, f"Pool {item.name} not scaled: the form carried no step or no instance count.")
+        return redirect("dashboard:instances")
+    try:
+        decision = scale_pool(pool=item, delta=delta, active_seen=seen, user=request.user.get_username())
+    except StaleGeneration as exc:
+        messages.error(
+            request, f"Pool {item.name} not scaled: it changed since the page was loaded ({exc}). Look again and retry."
+        )
+    except ActionRefused as exc:
+        messages.error(request, f"Pool {item.name} not scaled: {exc}.")
+    else:
+        messages.success(request, f"Decision {decision.pk}: {decision.action} — {decision.reason}.")
+    return redirect("dashboard:instances")
+
+
+POOL_PERMISSION = "fleet.change_pool"
+
+
+@login_required
+def recommendations(request: HttpRequest) -> HttpResponse:
+    """What the fleet could stop paying for, each with its saving a month; settings apply in one click."""
+    rows = pages.recommendations_list()
+    context = {
+        "recommendations": rows,
+        "currency": billing_currency(),
+        "can_apply": request.user.has_perm(POOL_PERMISSION),
+    }
+    return render(request, "dashboard/recommendations.html", context)
+
+
+@login_required
+@permission_required(POOL_PERMISSION, raise_exception=True)
+@require_POST
+def recommendation_apply(request: HttpRequest) -> HttpResponse:
+    """Apply one recommendation that is a pool setting, claimed on the value the page showed.
+
+    The recommendation is looked up again as it stands now: one that no longer applies, or
+    whose setting changed since the page was loaded, is refused and nothing changes.
+    """
+    key, seen = request.POST.get("key", ""), _posted_int(request, "current")
+    item = pages.recommendation_find(key=key)
+    if item is None or not item.applicable or item.pool_id is None:
+        messages.error(request, f"Nothing changed: recommendation {key!r} no longer applies. Look at the list again.")
+        return redirect("dashboard:recommendations")
+    if seen is None or seen != item.current:
+        messages.error(
+            request,
+            f"Nothing changed: {item.setting} is {item.current} now, not {seen} as the page showed. Look again.",
+        )
+        return redirect("dashboard:recommendations")
+    pool_item = pages.pool_for_action(pool_id=item.pool_id)
+    if pool_item is None:
+        raise Http404("no such pool")
+    try:
+        decision = pool_setting_claim(
+            pool=pool_item,
+            name=item.setting,
+            seen=seen,
+            value=item.proposed,
+            user=request.user.get_username(),
+            reason=f"recommendation applied by {request.user.get_username()}: {item.title} ({item.arithmetic})",
+        )
+    except StaleGeneration as exc:
+        messages.error(request, f"Nothing changed: the pool changed since the page was loaded ({exc}). Look again.")
+    except SettingsRefused as exc:
+        messages.error(request, f"Nothing changed: {exc}.")
+    else:
+        messages.success(
+            request, f"Decision {decision.pk}: {item.setting} {seen} → {item.proposed} on {pool_item.name}."
+        )
+    return redirect("dashboard:recommendations")
 
 
 @staff_member_required

@@ -110,7 +110,6 @@ class NodeAdmin(ShownOnceAdmin):
     list_filter = ("status", "simulated")
     search_fields = ("name", "address")
     readonly_fields = (
-        "address",
         "agent_version",
         "status",
         "last_seen_at",
@@ -123,7 +122,7 @@ class NodeAdmin(ShownOnceAdmin):
         "created_at",
         "decommissioned_at",
     )
-    fields = ("name", "labels", "simulated", *readonly_fields)
+    fields = ("name", "labels", "simulated", "address", "port_low", "port_high", *readonly_fields)
     inlines = [GpuInline]
     actions = ["rotate_token", "decommission"]
 
@@ -344,7 +343,18 @@ class PoolAdmin(admin.ModelAdmin):
     inlines = [InstanceInline]
     fieldsets = (
         (None, {"fields": ("name", "tier", "isolation", "model_profile", "gpu_model", "mig_profile", "enabled")}),
-        ("Service level", {"fields": ("sla_metric", "sla_percentile", "sla_latency_ms", "sla_e2e_latency_ms")}),
+        (
+            "Service level",
+            {
+                "fields": (
+                    "sla_metric",
+                    "sla_percentile",
+                    "sla_latency_ms",
+                    "sla_ms_per_1k_prompt_tokens",
+                    "sla_e2e_latency_ms",
+                )
+            },
+        ),
         ("Capacity", {"fields": ("util_band_low", "util_band_high", "min_instances", "max_instances")}),
         ("Idle and pre-warm", {"fields": ("idle_minimize_after_s", "idle_stop_after_s", "prewarm_margin_s")}),
     )
@@ -543,6 +553,10 @@ class DecisionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """The log is the audit trail: nobody deletes from it, superusers included."""
+        return False
+
 
 @admin.register(BatchJob)
 class BatchJobAdmin(admin.ModelAdmin):
@@ -711,6 +725,7 @@ class RequestLogAdmin(admin.ModelAdmin):
     list_display = (
         "at",
         "team",
+        "api_key",
         "pool",
         "instance",
         "endpoint",
@@ -724,7 +739,7 @@ class RequestLogAdmin(admin.ModelAdmin):
         "cold_start",
     )
     list_filter = ("status", "tier", "endpoint", "cold_start", "stream", "pool", "team")
-    list_select_related = ("team", "pool", "instance__pool")
+    list_select_related = ("team", "api_key", "pool", "instance__pool")
     date_hierarchy = "at"
     show_full_result_count = False
 

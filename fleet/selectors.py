@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
-from agents.histograms import pool_latency
+from agents.histograms import pool_latency, requests_attainment
 from fleet import states
 from fleet.models import (
     ApiKey,
@@ -32,8 +32,9 @@ from fleet.models import (
     Pool,
     PoolHour,
     PoolMinute,
+    RequestLog,
 )
-from fleet.policies.settings import SCHEMAS, policy_defaults, policy_settings_stored
+from fleet.policies.settings import DAY, SCHEMAS, policy_defaults, policy_settings_stored
 from fleet.policies.snapshot import (
     BatchJobView,
     FleetSnapshot,
@@ -52,8 +53,12 @@ from fleet.policies.windows import (
     WINDOW_S,
     WINDOWS,
     cold_start_median,
+    over_bound_share,
     pool_windows,
 )
+
+# A judged request: when its first token came, its time to first token (ms) and its prompt tokens.
+JudgedRequest = tuple[datetime, float, int]
 
 
 def nodes_overview() -> QuerySet[Node]:
@@ -168,10 +173,62 @@ def _window_latency(pool: Pool, samples: list[InstanceSample], metric: str | Non
     return None if seconds is None else seconds * 1000
 
 
+def judged_requests(pools: Iterable[Pool], since: datetime, until: datetime) -> dict[int, list[JudgedRequest]]:
+    """The requests the gateway logged as received from ``since`` to before ``until`` that had a first token
+    and a prompt count, per pool whose TTFT bound grows with the prompt (``Pool.ttft_bound_grows``): what
+    such a pool's SLA is judged on, each request against its own bound. Each is placed at the moment its
+    first token came (received + TTFT), where windows place it, as the simulator does."""
+    growing = [pool.pk for pool in pools if pool.ttft_bound_grows]
+    judged: dict[int, list[JudgedRequest]] = defaultdict(list)
+    if not growing:
+        return judged
+    rows = RequestLog.objects.filter(
+        pool_id__in=growing,
+        at__gte=since,
+        at__lt=until,
+        ttft_ms__isnull=False,
+        prompt_tokens__isnull=False,
+    ).values_list("pool_id", "at", "ttft_ms", "prompt_tokens")
+    for pool_id, at, ttft_ms, prompt_tokens in rows:
+        if ttft_ms is not None and prompt_tokens is not None:  # as filtered: typing cannot see it
+            judged[pool_id].append((at + timedelta(milliseconds=ttft_ms), ttft_ms, prompt_tokens))
+    return judged
+
+
+def request_log_attainment(
+    pools: Iterable[Pool], start: datetime, end: datetime
+) -> dict[int, tuple[int, float | None]]:
+    """Per pool whose TTFT bound grows with the prompt: how many of its requests received from ``start`` to
+    before ``end`` were judged (``judged_requests``) and the share within their own bound
+    (``requests_attainment``; None with none judged). The SLA attainment of such pools wherever it is read
+    (the dashboard, SLA alerts); other pools' comes from their histograms (``attainment``)."""
+    pools = list(pools)
+    judged = judged_requests(pools, start, end)
+    return {
+        pool.pk: (
+            len(judged[pool.pk]),
+            requests_attainment(
+                ((ttft, tokens) for _, ttft, tokens in judged[pool.pk]),
+                pool.sla_latency_ms,
+                pool.sla_ms_per_1k_prompt_tokens,
+            ),
+        )
+        for pool in pools
+        if pool.ttft_bound_grows
+    }
+
+
 def _pool_windows(
-    pool: Pool, serving: list[Instance], gpu_rows: list[GpuSample], instance_rows: list[InstanceSample], now: datetime
+    pool: Pool,
+    serving: list[Instance],
+    gpu_rows: list[GpuSample],
+    instance_rows: list[InstanceSample],
+    now: datetime,
+    judged: list[JudgedRequest] | None = None,
 ) -> tuple[PoolWindow, ...]:
-    """``pool_windows`` over the serving instances' reports and their GPUs' duty cycles."""
+    """``pool_windows`` over the serving instances' reports and their GPUs' duty cycles; ``judged``, the
+    pool's logged requests where its TTFT bound grows with the prompt, give each window's share over
+    their own bound."""
     gpu_ids = {i.gpu_id for i in serving if i.gpu_id and not i.mig_device_id}
     ids = {i.pk for i in serving}
     return pool_windows(
@@ -187,6 +244,17 @@ def _pool_windows(
         e2e_latency=(
             (lambda start, end, samples: _window_latency(pool, samples, Pool.SlaMetric.E2E))
             if pool.sla_e2e_latency_ms is not None
+            else None
+        ),
+        over_bound=(
+            (
+                lambda start, end: over_bound_share(
+                    ((ttft, tokens) for at, ttft, tokens in judged if start <= at < end),
+                    pool.sla_latency_ms,
+                    pool.sla_ms_per_1k_prompt_tokens,
+                )
+            )
+            if judged is not None
             else None
         ),
     )
@@ -215,9 +283,14 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     latest_gpu = _latest((s for s in gpu_rows if s.at >= fresh), "gpu_id")
     latest_instance = _latest((s for s in instance_rows if s.at >= fresh), "instance_id")
     cold = _cold_starts(pool_ids)
+    # From a window before the first: a slow first token still lands in the window it came in.
+    judged = judged_requests(pools, history - timedelta(seconds=WINDOW_S), now)
     scaled = {
         (row["pool_id"], row["action"]): row["last"]
-        for row in Decision.objects.filter(policy_kind="autoscale", action__in=["scale_out", "scale_in"])
+        # The gateway's scale-outs under pressure (``policies.pressure``) share autoscale's cool-down.
+        for row in Decision.objects.filter(
+            policy_kind__in=["autoscale", "gateway"], action__in=["scale_out", "scale_in"]
+        )
         .values("pool_id", "action")
         .annotate(last=Max("created_at"))
     }
@@ -238,6 +311,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 sla_percentile=pool.sla_percentile,
                 sla_latency_ms=pool.sla_latency_ms,
                 sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
+                sla_ms_per_1k_prompt_tokens=pool.sla_ms_per_1k_prompt_tokens,
                 util_band_low=pool.util_band_low,
                 util_band_high=pool.util_band_high,
                 idle_minimize_after_s=pool.idle_minimize_after_s,
@@ -251,7 +325,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 cold_start_s=cold.get(pool.pk),
                 last_scale_out_at=scaled.get((pool.pk, "scale_out")),
                 last_scale_in_at=scaled.get((pool.pk, "scale_in")),
-                windows=_pool_windows(pool, serving, gpu_rows, instance_rows, now),
+                windows=_pool_windows(pool, serving, gpu_rows, instance_rows, now, judged.get(pool.pk)),
             )
         )
     instance_views = tuple(
@@ -558,6 +632,38 @@ def gateway_ready_instances() -> QuerySet[Instance, tuple[int, int, str]]:
         .order_by("pk")
         .values_list("pk", "pool_id", "endpoint")
     )
+
+
+def gateway_pool_counts() -> dict[int, tuple[int, int, datetime | None]]:
+    """Per enabled pool: instances desired running, instances not desired stopped, and its last scale-out
+    (autoscale's or the gateway's), for the gateway's scale-out under pressure (``policies.pressure``)."""
+    counts: dict[int, tuple[int, int, datetime | None]] = {}
+    rows = (
+        Instance.objects.filter(pool__enabled=True)
+        .exclude(desired_state=Instance.Desired.STOPPED)
+        .values("pool_id")
+        .annotate(
+            serving=Count("pk", filter=Q(desired_state=Instance.Desired.RUNNING)),
+            active=Count("pk"),
+        )
+    )
+    for row in rows:
+        counts[row["pool_id"]] = (row["serving"], row["active"], None)
+    last_out = (
+        Decision.objects.filter(
+            policy_kind__in=["autoscale", "gateway"],
+            action="scale_out",
+            # The longest scale-out cool-down a setting allows: an older scale-out holds nothing back.
+            created_at__gte=timezone.now() - timedelta(seconds=DAY),
+        )
+        .values("pool_id")
+        .annotate(last=Max("created_at"))
+    )
+    for scaled in last_out:
+        if scaled["pool_id"] is not None:
+            serving, active, _last = counts.get(scaled["pool_id"], (0, 0, None))
+            counts[scaled["pool_id"]] = (serving, active, scaled["last"])
+    return counts
 
 
 def routing_policy_settings() -> tuple[dict[str, float | int | bool], bool]:

@@ -42,6 +42,8 @@ JOB_ON_NODE = frozenset({JOB_RUNNING, JOB_PREEMPTED})
 JOB_ENDED = frozenset({JOB_DONE, JOB_FAILED})
 
 _HOLDS_MEMORY = frozenset({STARTING, READY, STOPPING})
+# What an instance told to serve may be on its way from: not serving yet, and not failed.
+ON_ITS_WAY = frozenset({PENDING, STARTING, SLEEPING, STOPPED, STOPPING})
 
 
 def gpu_holding_states(*, sleeping_holds_gpu: bool) -> frozenset[str]:

@@ -61,6 +61,19 @@ def inline_management(prefix: str) -> dict[str, str]:
     }
 
 
+def node_form(name: str = "gpu-host-9", **fields: str) -> dict[str, str]:
+    """What the admin's node form posts when saved as shown: its defaults, with ``fields``."""
+    return {
+        "name": name,
+        "labels": "{}",
+        "address": "",
+        "port_low": "8100",
+        "port_high": "8199",
+        **inline_management("gpus"),
+        **fields,
+    }
+
+
 def make_request_record(**changes: Any) -> RequestRecord:
     """A gateway request record of a plain chat request answered 200, with ``changes``."""
     values: dict[str, Any] = dict(

@@ -118,3 +118,11 @@ def test_the_suite_runs_on_the_database_the_environment_names(db: None) -> None:
         assert cursor.fetchone() == (1,)
     layer = settings.CHANNEL_LAYERS["default"]["BACKEND"]
     assert ("channels_redis" in layer) == bool(os.environ.get("REDIS_URL"))
+
+
+@pytest.mark.parametrize(("name", "value"), [("BEAT_LOCK_TTL_S", "2"), ("BEAT_LOCK_RETRY_S", "0")])
+def test_a_beat_lock_too_short_to_renew_is_refused(tmp_path: Path, name: str, value: str) -> None:
+    """The holder renews every third of the TTL: below 3 s a renewal would race the expiry."""
+    result = run_settings(tmp_path, **{name: value})
+    assert result.returncode != 0
+    assert "BEAT_LOCK_TTL_S must be at least 3 and BEAT_LOCK_RETRY_S above 0" in result.stderr

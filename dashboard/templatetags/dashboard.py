@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -10,6 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html, json_script
 
 from dashboard.views import PLOTLY_JS_VERSION
+from fleet.policies.actions import duration
 
 register = template.Library()
 
@@ -49,3 +51,17 @@ def with_query(context: dict[str, Any], **changes: Any) -> str:
         else:
             params[key] = value
     return "?" + urlencode(sorted(params.items()))
+
+
+@register.filter
+def seconds(value: float | timedelta | None) -> str:
+    """A duration as decisions' reasons state one (``612`` -> ``10 min 12 s``); '–' for none."""
+    if value is None:
+        return "–"
+    return duration(value.total_seconds() if isinstance(value, timedelta) else float(value))
+
+
+@register.filter
+def get(mapping: dict[str, Any], key: str) -> Any:
+    """``mapping[key]`` in a template, or nothing."""
+    return mapping.get(key, ())

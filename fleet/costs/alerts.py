@@ -29,6 +29,7 @@ from fleet.costs.budgets import budget_threshold
 from fleet.costs.money import CONTEXT, money_cents
 from fleet.costs.selectors import billing_currency, period_bounds, spend_report
 from fleet.models import Alert, AlertDelivery, AlertRule, Budget, InstanceSample, Node, Pool
+from fleet.selectors import request_log_attainment
 
 WEBHOOK_TIMEOUT_S = 10.0
 ALERT_RETRY_BASE_S = 15
@@ -75,11 +76,18 @@ def _sla_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
     The histograms of the pool's SLA metric its instances reported over the window are merged
     and the share within its latency limit (``attainment``) compared with the share its
     percentile asks for: "P95 TTFT <= 500 ms" is breached when fewer than 95 % of the pool's
-    requests got their first token within 500 ms, whichever instance served them.
+    requests got their first token within 500 ms, whichever instance served them. A pool whose
+    bound grows with the prompt is judged request by request from the gateway's request log
+    (``request_log_attainment``), as the dashboard judges it.
     """
     conditions = []
     since = now - timedelta(seconds=rule.window_s)
-    for pool in _pools(rule):
+    pools = _pools(rule)
+    logged = request_log_attainment(pools, since, now)
+    for pool in pools:
+        if pool.pk in logged:
+            conditions.extend(_logged_sla_condition(rule=rule, pool=pool, share=logged[pool.pk][1]))
+            continue
         field = "ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"
         histograms = list(
             InstanceSample.objects.filter(instance__pool=pool, at__gte=since, at__lte=now).values_list(field, flat=True)
@@ -101,6 +109,20 @@ def _sla_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
             )
         )
     return conditions
+
+
+def _logged_sla_condition(*, rule: AlertRule, pool: Pool, share: float | None) -> list[Condition]:
+    target = pool.sla_percentile / 100
+    if share is None or share >= target:
+        return []
+    return [
+        Condition(
+            key=f"pool:{pool.name}",
+            message=f"Pool {pool.name}: {share:.1%} of requests over the last {rule.window_s} s within their "
+            f"own first-token bound, under the {target:.0%} its SLA asks ({pool.sla_label})",
+            value=f"{share:.1%}",
+        )
+    ]
 
 
 def _idle_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:

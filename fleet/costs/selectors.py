@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
+from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -23,7 +25,20 @@ from fleet.costs.allocation import (
     holds_from_events,
     uptime_runs,
 )
-from fleet.costs.money import CONTEXT, ZERO, duration_us
+from fleet.costs.effects import (
+    ADDING,
+    COSTS,
+    NONE,
+    RELEASING,
+    SAVES,
+    DecisionEffect,
+    DecisionRow,
+    Device,
+    action_direction,
+    amount_by_day,
+    decision_effects,
+)
+from fleet.costs.money import CONTEXT, ZERO, duration_us, money_sum
 from fleet.costs.prices import PriceBook, RateRow
 from fleet.costs.spend import (
     BASELINE,
@@ -39,6 +54,7 @@ from fleet.costs.spend import (
 from fleet.costs.teams import Basis, UsageSource, team_shares
 from fleet.models import (
     Budget,
+    Decision,
     Gpu,
     GpuDay,
     GpuHour,
@@ -448,6 +464,11 @@ def totals_by_pool(report: SpendReport) -> dict[int | None, Totals]:
     }
 
 
+def totals_by_instance(report: SpendReport) -> dict[int, Totals]:
+    """The report's allocated totals per instance (every allocated line names its instance)."""
+    return {key: totals for key, totals in report.by(lambda line: line.instance_id).items() if isinstance(key, int)}
+
+
 def tokens_by_pool(*, start: datetime, end: datetime, tiers: Tiers | None = None) -> dict[int, Decimal]:
     """Tokens (prompt + generated) each pool served in [start, end).
 
@@ -546,6 +567,17 @@ def run_rate(*, now: datetime | None = None) -> RunRate:
     """Spend of the next hour if nothing changes: instances holding devices now keep them, GPUs
     of online nodes stay up, at the prices in effect (the same arithmetic as any period).
     """
+    report = next_hour_report(now=now)
+    return RunRate(
+        allocated_per_hour=report.allocated.spend,
+        unallocated_per_hour=report.unallocated.spend,
+        currency=report.currency,
+    )
+
+
+def next_hour_report(*, now: datetime | None = None) -> SpendReport:
+    """The lines of the run rate: the next hour's spend if nothing changes, line by line, so an
+    instance's cost per hour is its lines' total (``report.by(lambda line: line.instance_id)``)."""
     now = now or timezone.now()
     end = now + timedelta(hours=1)
     states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
@@ -564,12 +596,7 @@ def run_rate(*, now: datetime | None = None) -> RunRate:
         pools=dict(Instance.objects.values_list("pk", "pool_id")),
         complete_until=end,
     )
-    report = spend_report(start=now, end=end, window=window)
-    return RunRate(
-        allocated_per_hour=report.allocated.spend,
-        unallocated_per_hour=report.unallocated.spend,
-        currency=report.currency,
-    )
+    return spend_report(start=now, end=end, window=window)
 
 
 @dataclass(frozen=True)
@@ -587,10 +614,42 @@ def month_to_date(*, now: datetime | None = None) -> MonthToDate:
     first, following = period_bounds(period="month", now=now)
     spent = spend_report(start=first, end=now).total
     rate = run_rate(now=now)
-    with localcontext(CONTEXT):
-        hours_left = Decimal(duration_us(now, following)) / Decimal(3_600_000_000)
-        projected = spent + rate.per_hour * hours_left
+    projected = month_end_forecast(spent=spent, per_hour=rate.per_hour, until=now)
     return MonthToDate(month_start=first, month_end=following, spent=spent, run_rate=rate, projected=projected)
+
+
+def month_end_forecast(*, spent: Decimal, per_hour: Decimal, until: datetime) -> Decimal:
+    """The billing month's spend at its end if nothing changes: what was spent up to ``until``
+    plus the run rate per hour x the hours from ``until`` to the end of the month holding it
+    (billing time zone). E.g. 100.00 spent by 1 March 00:00 UTC, at 2.00/h over the 744 hours
+    of March: 100.00 + 2.00 x 744 = 1,588.00."""
+    _, following = period_bounds(period="month", now=until)
+    with localcontext(CONTEXT):
+        hours_left = Decimal(duration_us(until, following)) / Decimal(3_600_000_000)
+        return spent + per_hour * hours_left
+
+
+@dataclass(frozen=True)
+class BusyShare:
+    """How much of what the fleet was billed did work.
+
+    busy: the allocated lines' busy part (spend x the GPU's mean duty cycle, ``spend_lines``);
+    idle: everything else billed, the allocated lines' idle part plus the unallocated spend;
+    share: busy / (busy + idle), None where nothing was billed.
+    """
+
+    busy: Decimal
+    idle: Decimal
+    share: Decimal | None
+
+
+def busy_share(report: SpendReport) -> BusyShare:
+    """The efficiency of a period: the busy share of its billed GPU time, and the idle cost beside it."""
+    allocated, unallocated = report.allocated, report.unallocated
+    with localcontext(CONTEXT):
+        idle = allocated.idle + unallocated.spend
+        billed = allocated.busy + idle
+        return BusyShare(busy=allocated.busy, idle=idle, share=allocated.busy / billed if billed else None)
 
 
 def team_spend(
@@ -675,3 +734,134 @@ def spend_metric_rows(*, now: datetime | None = None) -> list[tuple[dict[str, st
     savings = savings_compute(start=first, end=now, window=window, report=report)
     rows.append(({"__name__": "gpufleet_savings_total", "currency": currency}, savings.savings))
     return rows
+
+
+@dataclass(frozen=True)
+class DecisionMeta:
+    """Who decided what about which pool, for grouping effects."""
+
+    policy_kind: str
+    pool_id: int | None
+    action: str
+    at: datetime
+
+
+def decision_effects_read(
+    *, start: datetime, end: datetime, gpus: dict[int, GpuInfo] | None = None
+) -> tuple[dict[int, DecisionEffect], dict[int, DecisionMeta]]:
+    """Every instance decision of [start, end) with its effect accrued inside it (``fleet.costs.effects``).
+
+    Reads, per instance, its decisions in the range and its newest decision before it (what
+    was in effect when the range opened): six queries whatever the number of decisions. A
+    scale-out is taken as the start, wake or launch it was done by.
+    """
+    sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
+    moving = [
+        action
+        for action in (*RELEASING, *ADDING, "sleep", "wake")
+        if action_direction(action, sleeping_holds_gpu=sleeping_holds_gpu) != NONE
+    ]
+    newest_before = (
+        Decision.objects.filter(instance=OuterRef("pk"), action__in=moving, created_at__lt=start)
+        .order_by("-created_at", "-id")
+        .values("pk")[:1]
+    )
+    prior = Instance.objects.annotate(prior=Subquery(newest_before)).exclude(prior=None).values("prior")
+    fields = ("pk", "instance_id", "action", "inputs__via", "applied_at", "created_at", "policy_kind", "pool_id")
+    rows = [
+        *Decision.objects.filter(pk__in=prior).values_list(*fields),
+        *Decision.objects.filter(instance__isnull=False, created_at__gte=start, created_at__lt=end).values_list(
+            *fields
+        ),
+    ]
+    decisions, meta = [], {}
+    for pk, instance_id, action, via, applied_at, created_at, kind, pool_id in rows:
+        moved = via if action == "scale_out" and isinstance(via, str) and via else action
+        decisions.append(DecisionRow(pk, instance_id, moved, applied_at or created_at))
+        meta[pk] = DecisionMeta(kind, pool_id, action, applied_at or created_at)
+    instance_ids = {row.instance_id for row in decisions if row.instance_id is not None}
+    slices = _mig_slices()
+    devices = {
+        pk: Device(gpu_id, mig_id, Fraction(slices.get(mig_id, 7), 7) if mig_id else Fraction(1))
+        for pk, gpu_id, mig_id in Instance.objects.filter(pk__in=instance_ids, gpu__isnull=False).values_list(
+            "pk", "gpu_id", "mig_device_id"
+        )
+    }
+    effects = decision_effects(
+        decisions=decisions,
+        devices=devices,
+        gpus=gpus if gpus is not None else _gpus(),
+        prices=price_book(),
+        start=start,
+        end=end,
+        sleeping_holds_gpu=sleeping_holds_gpu,
+    )
+    return effects, meta
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Savings attributed to decisions over a range, beside the headline of the same range.
+
+    headline = attributed - reclaimable + outside: the headline (``savings_compute``) counts every
+    GPU-hour the static layout would have paid and nothing paid for; decisions account for the
+    capacity they released, less what stayed paid because its GPU stayed up with nothing on it
+    (reclaimable), and the rest changed outside decisions: GPUs that joined, left or went down,
+    instances that stopped or crashed without a decision, the seconds between a decision and
+    the stop it asked for, instances sharing a device.
+    """
+
+    start: datetime
+    end: datetime
+    currency: str
+    headline: Savings
+    effects: dict[int, DecisionEffect]
+    decisions: dict[int, DecisionMeta]
+
+    def _saving(self) -> list[tuple[int, DecisionEffect]]:
+        return [(pk, effect) for pk, effect in self.effects.items() if effect.direction == SAVES and effect.lines]
+
+    @property
+    def attributed(self) -> Decimal:
+        return money_sum([effect.amount for _, effect in self._saving()])
+
+    @property
+    def attributed_gpu_hours(self) -> Decimal:
+        return money_sum([effect.gpu_hours for _, effect in self._saving()])
+
+    @property
+    def added_cost(self) -> Decimal:
+        """What decisions that added capacity cost over the range (a positive amount)."""
+        return -money_sum([effect.amount for effect in self.effects.values() if effect.direction == COSTS])
+
+    @property
+    def reclaimable(self) -> Decimal:
+        return self.headline.reclaimable
+
+    @property
+    def outside(self) -> Decimal:
+        with localcontext(CONTEXT):
+            return self.headline.savings - self.attributed + self.reclaimable
+
+    def by(self, key: str) -> dict[Any, Decimal]:
+        """Attributed savings by ``policy_kind``, ``pool_id`` or ``day`` (billing time zone)."""
+        groups: dict[Any, Decimal] = defaultdict(Decimal)
+        with localcontext(CONTEXT):
+            for pk, effect in self._saving():
+                if key == "day":
+                    for day, amount in amount_by_day(effect, tz=billing_tz()).items():
+                        groups[day] += amount
+                else:
+                    groups[getattr(self.decisions[pk], key)] += effect.amount
+        return dict(groups)
+
+
+def savings_attribution(*, start: datetime, end: datetime, window: FleetWindow | None = None) -> Attribution:
+    """Decisions' savings over [start, until) and the headline over the same span, ``until`` the end
+    ``savings_compute`` reaches (the last complete minute where spend is read from rollups)."""
+    window = (window or fleet_window(start=start, end=end)).complete()
+    headline = savings_compute(start=start, end=end, window=window)
+    effects, meta = decision_effects_read(start=start, end=window.end, gpus=window.gpus)
+    return Attribution(
+        start=start, end=window.end, currency=headline.currency, headline=headline, effects=effects, decisions=meta
+    )

@@ -21,6 +21,7 @@ from fleet.costs.prices import PriceBook
 ALLOCATED = "allocated"
 UNALLOCATED = "unallocated"
 BASELINE = "baseline"
+EFFECT = "effect"
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,14 @@ def baseline_lines(
                 utilization=None,
             )
     return lines
+
+
+def effect_lines(*, gpu: GpuInfo, start: datetime, end: datetime, share: Fraction, prices: PriceBook) -> list[CostLine]:
+    """The GPU share a decision released or took over [start, end), priced as any spend line
+    (``fleet.costs.effects``): hours x share x price, split wherever the price changes."""
+    if start >= end:
+        return []
+    return _line(kind=EFFECT, gpu=gpu, start=start, end=end, share=share, prices=prices, utilization=None)
 
 
 @dataclass

@@ -51,18 +51,31 @@ def team_shares(*, total: Decimal, usage: Mapping[int, Decimal]) -> dict[int, De
 
 def request_log_usage(*, start: object, end: object, basis: Basis) -> dict[tuple[int, int], Decimal]:
     """Team usage per pool from the gateway's request log, in one grouped query."""
+    return _request_log_usage(start=start, end=end, basis=basis, by="team_id")
+
+
+def request_log_key_usage(*, start: object, end: object, basis: Basis) -> dict[tuple[int, int], Decimal]:
+    """API-key usage per pool from the gateway's request log: a usage source whose second id is a key's.
+
+    ``team_spend`` with it shares each pool's spend among keys as it does among teams. Rows
+    logged before keys were recorded name no key and are left out.
+    """
+    return _request_log_usage(start=start, end=end, basis=basis, by="api_key_id")
+
+
+def _request_log_usage(*, start: object, end: object, basis: Basis, by: str) -> dict[tuple[int, int], Decimal]:
     from django.db.models import F, Sum
     from django.db.models.functions import Coalesce
 
     from fleet.models import RequestLog
 
     rows = (
-        RequestLog.objects.filter(at__gte=start, at__lt=end, pool__isnull=False, team__isnull=False)
-        .values("pool_id", "team_id")
+        RequestLog.objects.filter(at__gte=start, at__lt=end, pool__isnull=False, **{f"{by}__isnull": False})
+        .values("pool_id", by)
         .annotate(
             amount=Sum(F("latency_ms") / 1000)
             if basis == "gpu_seconds"
             else Sum(Coalesce("prompt_tokens", 0) + Coalesce("output_tokens", 0))
         )
     )
-    return {(row["pool_id"], row["team_id"]): Decimal(str(row["amount"] or 0)) for row in rows}
+    return {(row["pool_id"], row[by]): Decimal(str(row["amount"] or 0)) for row in rows}

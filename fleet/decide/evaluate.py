@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,8 +30,10 @@ from fleet.policies.actions import (
     StopOrphan,
 )
 from fleet.policies.placement import PlacementRefused, pool_wake_actions
+from fleet.policies.pressure import pressure_actions
 from fleet.policies.prewarm import TrafficLearner
 from fleet.policies.registry import ORDER, RequestTimesSource, policies_run
+from fleet.states import RUNNING, STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +166,70 @@ def pool_wake_request(*, pool_id: int, reason: str, inputs: dict[str, Any] | Non
     if isinstance(outcome, PlacementRefused):
         return [services.pool_wake_refused(pool=pool, reason=f"{reason}; {outcome.message}", inputs=inputs)]
     return [outcome]
+
+
+def pool_scale_out_request(*, pool_id: int, reason: str, inputs: dict[str, Any] | None = None) -> list[Decision]:
+    """One more instance for a pool the gateway sees under pressure (``pressure.pressure_scale_out``), now.
+
+    Planned on a fresh snapshot by ``pressure.pressure_actions`` under autoscale's settings for
+    the pool: nothing where autoscale is off for it, within its scale-out cool-down of the
+    last scale-out (the tick's or a gateway's), while an instance is on its way, or where
+    nothing fits. Applied as a claim: of two gateways asking for the same pressure, the
+    second finds the pool changed (``StaleGeneration``) or the cool-down running.
+    """
+    now = timezone.now()
+    settings = selectors.policy_configs()["autoscale"].for_pool(pool_id)
+    planned = pressure_actions(
+        selectors.fleet_snapshot(now=now), pool_id=pool_id, settings=settings, now=now, reason=reason, inputs=inputs
+    )
+    if not planned:
+        return []
+    try:
+        return [action_apply(action=planned[0], policies={})]
+    except services.StaleGeneration as exc:
+        log.info("gateway scale-out of pool %s lost to another writer: %s", pool_id, exc)
+        return []
+
+
+def pool_scale(*, pool: Pool, delta: int, active_seen: int, user: str) -> Decision:
+    """A person's +1 or -1 on a pool, within its minimum and maximum, as a ``manual`` decision.
+
+    +1 takes the path scale-out takes (``pool_wake_actions``: wake a sleeping instance, start
+    a stopped one again, else place a new one); -1 stops one instance, a sleeping one first,
+    else the one idle longest, as scale-in does. ``active_seen`` is the count of instances not
+    desired stopped that the person's page showed: if it changed since, ``StaleGeneration``
+    and nothing changes. Out of bounds, or nowhere to place, ``ActionRefused``.
+    """
+    if delta not in (1, -1):
+        raise services.ActionRefused(f"a pool is scaled by +1 or -1, not {delta:+d}")
+    snapshot = selectors.fleet_snapshot()
+    if not any(view.id == pool.pk for view in snapshot.pools):
+        raise services.ActionRefused(f"pool {pool.name} is disabled: enable it first")
+    active = [i for i in snapshot.instances_of(pool.pk) if i.desired_state != STOPPED]
+    if len(active) != active_seen:
+        raise services.StaleGeneration(f"pool {pool.name} has {len(active)} active instances, not {active_seen}")
+    reason = f"pool {pool.name} scaled {delta:+d} from {len(active)} instance(s) by {user}"
+    action: Action
+    if delta > 0:
+        planned = pool_wake_actions(snapshot, pool_id=pool.pk, kind=services.MANUAL, reason=reason)
+        if isinstance(planned, PlacementRefused):
+            raise services.ActionRefused(planned.message)
+        action = planned[0]
+        if isinstance(action, LaunchInstance):
+            action = replace(action, active_seen=active_seen)
+        action = replace(action, inputs={**action.inputs, "user": user, "via": action.action}, action="scale_out")
+    else:
+        if len(active) <= pool.min_instances:
+            raise services.ActionRefused(f"pool {pool.name} is at its minimum of {pool.min_instances} instance(s)")
+        chosen = min(active, key=lambda i: (i.desired_state == RUNNING, i.busy, i.idle_since, i.id))
+        action = DesireInstance(
+            kind=services.MANUAL,
+            action="scale_in",
+            reason=f"{reason}; stopping instance {chosen.id}",
+            inputs={"user": user, "pool": pool.name, "idle_since": chosen.idle_since.isoformat()},
+            instance_id=chosen.id,
+            pool_id=pool.pk,
+            generation=chosen.generation,
+            state=STOPPED,
+        )
+    return action_apply(action=action, policies={})

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -246,6 +247,73 @@ def instance_add(*, instance: Instance, reason: str, kind: str, inputs: dict[str
     return decision
 
 
+MANUAL = "manual"
+
+# What a person may ask of one instance: the desired state each action sets, and the desired
+# states it may be asked from.
+INSTANCE_MANUAL_ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
+    "start": (states.RUNNING, frozenset({states.STOPPED})),
+    "stop": (states.STOPPED, frozenset({states.RUNNING, states.SLEEPING})),
+    "sleep": (states.SLEEPING, frozenset({states.RUNNING})),
+    "wake": (states.RUNNING, frozenset({states.SLEEPING})),
+}
+
+
+class ActionRefused(ValueError):
+    """A person's action that does not apply to what they acted on; nothing was changed."""
+
+
+def instance_manual(*, instance: Instance, action: str, generation: int, user: str) -> Decision:
+    """A person's start, stop, sleep or wake of one instance, logged as a ``manual`` decision.
+
+    Claimed on the generation the person's page showed (``instance_desire``): if a policy,
+    the gateway or another person changed the instance since, ``StaleGeneration`` and nothing
+    changes. An action that does not apply (stop a stopped instance, sleep without sleep mode,
+    start past the pool's maximum) is refused with ``ActionRefused``.
+    """
+    if action not in INSTANCE_MANUAL_ACTIONS:
+        raise ActionRefused(f"unknown action {action!r}: use one of {', '.join(INSTANCE_MANUAL_ACTIONS)}")
+    if instance.generation != generation:
+        raise StaleGeneration(f"instance {instance.pk} changed since generation {generation}")
+    state, applies_to = INSTANCE_MANUAL_ACTIONS[action]
+    was = instance.desired_state
+    if was not in applies_to:
+        raise ActionRefused(f"instance {instance.pk} is desired {was}: {action} applies to {' or '.join(applies_to)}")
+    pool = instance.pool
+    if action == "sleep" and not pool.model_profile.enable_sleep_mode:
+        raise ActionRefused(f"pool {pool.name}'s profile {pool.model_profile} has no vLLM sleep mode: stop it instead")
+    if action == "start":
+        _start_check(instance)
+    return instance_desire(
+        instance=instance,
+        state=state,
+        action=action,
+        reason=f"{action} instance {instance.pk} of pool {pool.name} (desired {was} -> {state}), by {user}",
+        kind=MANUAL,
+        inputs={"user": user, "from": was},
+    )
+
+
+def _start_check(instance: Instance) -> None:
+    """A stopped instance may start again on its device while the pool is under its maximum and,
+    for an exclusive GPU or a MIG slice, nothing else occupies that device."""
+    pool = instance.pool
+    if instance.gpu_id is None:
+        raise ActionRefused(f"instance {instance.pk} has no device any more: scale pool {pool.name} out instead")
+    active = Instance.objects.filter(pool=pool).exclude(desired_state=states.STOPPED).count()
+    if active >= pool.max_instances:
+        raise ActionRefused(f"pool {pool.name} already has its maximum of {pool.max_instances} instances")
+    if instance.mig_device_id is not None:
+        others = Instance.objects.filter(mig_device_id=instance.mig_device_id)
+    elif pool.isolation == Pool.Isolation.EXCLUSIVE:
+        others = Instance.objects.filter(gpu_id=instance.gpu_id)
+    else:
+        return
+    for other in others.exclude(pk=instance.pk):
+        if states.instance_occupies_device(desired_state=other.desired_state, actual_state=other.actual_state):
+            raise ActionRefused(f"instance {other.pk} occupies the device of instance {instance.pk}")
+
+
 def _decision_event(decision: Decision, payload: dict[str, Any]) -> None:
     transaction.on_commit(
         lambda: event_publish(
@@ -434,6 +502,7 @@ REQUEST_LOG_FIELDS = (
     "cold_start",
     "retried",
     "error",
+    "api_key",
 )
 
 
@@ -461,20 +530,21 @@ def request_logs_write(*, records: Sequence[RequestRecord]) -> int:
     return len(records)
 
 
-def _request_log_links(records: Sequence[RequestRecord]) -> tuple[set[int], set[int], set[int]]:
-    """The pools, instances and teams named by ``records`` that still exist."""
+def _request_log_links(records: Sequence[RequestRecord]) -> tuple[set[int], set[int], set[int], set[int]]:
+    """The pools, instances, teams and API keys named by ``records`` that still exist."""
     return (
         set(Pool.objects.filter(pk__in={r.pool_id for r in records}).values_list("pk", flat=True)),
         set(Instance.objects.filter(pk__in={r.instance_id for r in records}).values_list("pk", flat=True)),
         set(Team.objects.filter(pk__in={r.team_id for r in records}).values_list("pk", flat=True)),
+        set(ApiKey.objects.filter(pk__in={r.key_id for r in records}).values_list("pk", flat=True)),
     )
 
 
 def _request_logs_store(
-    records: Sequence[RequestRecord], *, existing: tuple[set[int], set[int], set[int]] | None
+    records: Sequence[RequestRecord], *, existing: tuple[set[int], set[int], set[int], set[int]] | None
 ) -> None:
     """Insert ``records`` as plain rows; with ``existing``, links to anything else become empty."""
-    pools, instances, teams = existing or (None, None, None)
+    pools, instances, teams, keys = existing or (None, None, None, None)
 
     def link(pk: int | None, present: set[int] | None) -> int | None:
         return pk if present is None or pk in present else None
@@ -499,6 +569,7 @@ def _request_logs_store(
             record.cold_start,
             record.retried,
             record.error[:255],
+            link(record.key_id, keys),
         )
         for record in records
     ]
@@ -511,3 +582,109 @@ def _request_logs_store(
     rows_insert(model=RequestLog, fields=REQUEST_LOG_FIELDS, rows=rows)
     for key_id, at in last_used.items():
         rows_update(model=ApiKey, pks=[key_id], values={"last_used_at": datetime.fromtimestamp(at, tz=UTC)})
+
+
+# Pool fields a settings file (``simulate --policy-settings``, ``bench/tune.py``) may set on a stored pool.
+POOL_SETTINGS_FIELDS = (
+    "min_instances",
+    "max_instances",
+    "util_band_low",
+    "util_band_high",
+    "sla_percentile",
+    "sla_latency_ms",
+    "sla_e2e_latency_ms",
+    "idle_minimize_after_s",
+    "idle_stop_after_s",
+    "prewarm_margin_s",
+)
+
+
+class SettingsRefused(ValueError):
+    """Settings that do not validate; nothing was written."""
+
+
+def pool_settings_apply(
+    *,
+    pool: Pool,
+    values: dict[str, Any],
+    user: str,
+    kind: str = MANUAL,
+    reason: str = "",
+) -> Decision:
+    """Write a settings file's pool fields and policy settings to ``pool``, validated as the admin validates
+    them (``Pool.full_clean``, ``Policy.full_clean``), in one transaction with one logged decision; any
+    problem raises ``SettingsRefused`` naming every one of them and changes nothing.
+
+    ``values`` is the shape ``setup_build`` reads: ``{"pool": {field: value}, "policies": {kind: {...} |
+    null}}``; a policy kind's settings become the pool's own ``Policy`` row (a null one disables the kind
+    for this pool)."""
+    unknown = set(values) - {"pool", "policies"}
+    problems: list[str] = [f"unknown section {name!r}; expected pool, policies" for name in sorted(unknown)]
+    pool_values = values.get("pool") or {}
+    policy_values = values.get("policies") or {}
+    if not isinstance(pool_values, dict) or not isinstance(policy_values, dict):
+        raise SettingsRefused("pool and policies must be JSON objects")
+    problems += [
+        f"pool: {name!r} is not a pool setting; known: {', '.join(POOL_SETTINGS_FIELDS)}"
+        for name in sorted(set(pool_values) - set(POOL_SETTINGS_FIELDS))
+    ]
+    if problems:
+        raise SettingsRefused("; ".join(problems))
+    with transaction.atomic():
+        locked = Pool.objects.select_for_update().get(pk=pool.pk)
+        before: dict[str, Any] = {"pool": {name: getattr(locked, name) for name in pool_values}, "policies": {}}
+        for name, value in pool_values.items():
+            setattr(locked, name, value)
+        try:
+            locked.full_clean()
+        except ValidationError as exc:
+            problems += [f"pool: {name}: {' '.join(messages)}" for name, messages in exc.message_dict.items()]
+        rows: list[Policy] = []
+        for policy_kind, settings_ in policy_values.items():
+            row = Policy.objects.filter(kind=policy_kind, pool=locked).first()
+            before["policies"][policy_kind] = None if row is None else (row.settings if row.enabled else None)
+            row = row or Policy(kind=policy_kind, pool=locked)
+            row.enabled = settings_ is not None
+            if settings_ is not None:
+                row.settings = settings_
+            try:
+                row.full_clean()
+            except ValidationError as exc:
+                problems += [
+                    f"{policy_kind}: {name}: {' '.join(messages)}" for name, messages in exc.message_dict.items()
+                ]
+            rows.append(row)
+        if problems:
+            raise SettingsRefused("; ".join(problems))
+        if pool_values:
+            locked.save(update_fields=list(pool_values))
+        for row in rows:
+            row.save()
+        after = {
+            "pool": {name: getattr(locked, name) for name in pool_values},
+            "policies": {row.kind: row.settings if row.enabled else None for row in rows},
+        }
+        decision = Decision.objects.create(
+            policy_kind=kind,
+            pool=locked,
+            action="settings_applied",
+            reason=reason or f"settings applied by {user}",
+            inputs={"user": user, "before": before, "after": after},
+            applied_at=timezone.now(),
+        )
+        _decision_event(decision, {})
+    pool.refresh_from_db()
+    return decision
+
+
+def pool_setting_claim(*, pool: Pool, name: str, seen: Any, value: Any, user: str, reason: str) -> Decision:
+    """One pool setting changed by a person from the value their page showed (a recommendation's
+    one click): if it is no longer ``seen``, ``StaleGeneration`` and nothing changes; otherwise
+    ``pool_settings_apply`` validates, writes and logs it (``SettingsRefused`` changes nothing)."""
+    if name not in POOL_SETTINGS_FIELDS:
+        raise SettingsRefused(f"{name!r} is not a pool setting; known: {', '.join(POOL_SETTINGS_FIELDS)}")
+    with transaction.atomic():
+        current = getattr(Pool.objects.select_for_update().get(pk=pool.pk), name)
+        if current != seen:
+            raise StaleGeneration(f"pool {pool.name} has {name} {current}, not {seen}")
+        return pool_settings_apply(pool=pool, values={"pool": {name: value}}, user=user, reason=reason)

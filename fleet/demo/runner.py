@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,19 @@ from django.utils import timezone
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, simulated_name
 from fleet.decide.services import api_key_create, instance_desire, join_token_create, node_decommission
-from fleet.models import ApiKey, Instance, JoinToken, ModelProfile, Node, Policy, Pool, PriceRate, Team
+from fleet.models import (
+    AlertRule,
+    ApiKey,
+    Budget,
+    Instance,
+    JoinToken,
+    ModelProfile,
+    Node,
+    Policy,
+    Pool,
+    PriceRate,
+    Team,
+)
 from fleet.policies.vram import vram_estimate_for
 from fleet.presets import presets_install, price_presets, profile_presets
 
@@ -253,7 +266,51 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
     ApiKey.objects.filter(team=team, revoked_at__isnull=True).update(revoked_at=timezone.now())
     _key, api_key = api_key_create(team=team, name="demo replayer")
     _token, join_token = join_token_create(name=JOIN_TOKEN_NAME, max_uses=options.hosts)
+    _seed_budget_and_alerts(team=team)
     return DemoSetup(DEMO_USER, demo_login_create(), api_key, join_token, pool_names)
+
+
+# The demo's budget and alert rules, so the costs and alerts pages have something to show. The
+# budget has no hard stop: reaching it warns, and never blocks the replayer's traffic.
+DEMO_BUDGET = "demo: daily budget of the demo team"
+# Notices go to the panel's mail backend: with the default console backend they are printed in its log.
+DEMO_ALERT_EMAIL = "demo@localhost"
+DEMO_ALERT_RULES: tuple[tuple[str, str, Decimal | None], ...] = (
+    ("demo: budget threshold", AlertRule.Kind.BUDGET, None),
+    ("demo: SLA breach", AlertRule.Kind.SLA_BREACH, None),
+    ("demo: idle waste over 1/h", AlertRule.Kind.IDLE_WASTE, Decimal("1")),
+    ("demo: node silent for 60 s", AlertRule.Kind.NODE_SILENT, Decimal("60")),
+)
+
+
+def _seed_budget_and_alerts(*, team: Team) -> None:
+    """One daily team budget and a few fleet-wide alert rules, created once and reset on each run."""
+    budget, _ = Budget.objects.update_or_create(
+        name=DEMO_BUDGET,
+        team=team,
+        defaults=dict(
+            period=Budget.Period.DAY,
+            amount=Decimal("25.00"),
+            soft_threshold_pct=80,
+            hard_threshold_pct=None,
+            enabled=True,
+        ),
+    )
+    budget.full_clean()
+    for name, kind, threshold in DEMO_ALERT_RULES:
+        rule, _ = AlertRule.objects.update_or_create(
+            name=name,
+            defaults=dict(
+                kind=kind,
+                pool=None,
+                threshold=threshold,
+                window_s=300,
+                for_s=0,
+                email_to=DEMO_ALERT_EMAIL,
+                enabled=True,
+            ),
+        )
+        rule.full_clean()
 
 
 # -- the processes ------------------------------------------------------------------------

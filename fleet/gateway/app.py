@@ -12,7 +12,10 @@ tier the ready instance with the fewest outstanding requests wins. When no eligi
 has a ready instance the request is held (bounded in number and time) while the
 preferred pool is woken through ``fleet.decide.evaluate.pool_wake_request``; a refresh
 that sees an instance ready releases it. A connection error or 5xx before the first byte
-is retried once on another instance, and the failing one sits out a cool-down.
+is retried once on another instance, and the failing one sits out a cool-down. Outstanding
+and held requests that reach the top of the pool's band ask for one more instance at once
+(``fleet.policies.pressure``; ``fleet.decide.evaluate.pool_scale_out_request``), at most once
+per autoscale's scale-out cool-down.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fleet.gateway import worker
 from fleet.gateway.accounting import RequestRecord, RequestRecorder
 from fleet.gateway.config import GatewayConfig
 from fleet.gateway.decide import Routed, authenticate, models_visible, route
-from fleet.gateway.limits import KeyLimiter
+from fleet.gateway.limits import KeyLimiter, SharedKeyLimiter
 from fleet.gateway.protocol import (
     ApiError,
     SseRelay,
@@ -45,6 +48,7 @@ from fleet.gateway.protocol import (
 from fleet.gateway.table import EMPTY_TABLE, ApiKeyRoute, RoutingTable, Upstream, routing_table_load
 from fleet.gateway.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 from fleet.policies.pick import Picker
+from fleet.policies.pressure import pressure_scale_out
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +83,12 @@ class Gateway:
         self.recorder = RequestRecorder(max_pending=self.config.log_max_pending)
         self.picker = Picker(cooldown_s=self.config.cooldown_s)
         self.limiter = KeyLimiter()
+        self.shared_limiter: SharedKeyLimiter | None = None
         self.held = 0
         self._table_loader = table_loader
         self._wake_sent: dict[int, float] = {}
+        self._scale_sent: dict[int, float] = {}
+        self._held_for: dict[int, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._changed: asyncio.Future[None] | None = None
@@ -110,6 +117,9 @@ class Gateway:
             response_timeout_s=self.config.upstream_response_timeout_s,
             max_body_bytes=self.config.upstream_max_body_bytes,
         )
+        if self.config.redis_url:
+            # Created on the loop that serves: its connections belong to it.
+            self.shared_limiter = SharedKeyLimiter(self.config.redis_url, fallback=self.limiter)
         self._changed = loop.create_future()
         await self.refresh()
         # Everything loaded so far (Django, the first table) lives as long as the process:
@@ -144,6 +154,9 @@ class Gateway:
         await self.flush()
         if self._upstreams is not None:
             await self._upstreams.close()
+        if self.shared_limiter is not None:
+            await self.shared_limiter.close()
+            self.shared_limiter = None
         if self._executor is not None:
             if isinstance(self._executor, ThreadPoolExecutor):
                 from django.db import connections
@@ -268,7 +281,12 @@ class Gateway:
         payload = load_json(body)
         request = parse_chat(payload) if endpoint == "chat" else parse_completion(payload)
         routed = route(request, key, table)
-        self.limiter.admit(key, tokens=routed.prompt_tokens + (request.max_tokens or 1), now=time.monotonic())
+        if key.requests_per_minute is not None or key.tokens_per_minute is not None:
+            tokens = routed.prompt_tokens + (request.max_tokens or 1)
+            if self.shared_limiter is not None:
+                await self.shared_limiter.admit(key, tokens=tokens, now=time.monotonic(), wall=time.time())
+            else:
+                self.limiter.admit(key, tokens=tokens, now=time.monotonic())
         await self._serve(routed, body, path.encode(), receive, send)
 
     async def _models(self, scope: Scope, send: Send, table: RoutingTable, key: ApiKeyRoute) -> None:
@@ -351,13 +369,67 @@ class Gateway:
             self._wake_sent[pool_id] = time.monotonic() - self.config.wake_retry_s + WAKE_FAILED_RETRY_S
             logger.error("gateway wake-up of pool %s failed; trying again", pool_id, exc_info=task.exception())
 
+    def _pressure(self, pool_id: int, arriving: int = 0) -> None:
+        """Ask the database worker for one more instance when the pool's outstanding and held requests
+        show pressure (``pressure_scale_out``), at most once per autoscale's scale-out cool-down.
+
+        O(ready instances) on counters the gateway keeps anyway. A scale-out logged since (the
+        tick's or another gateway's, read at the table refresh) starts the cool-down too.
+        """
+        pool = self.table.pools.get(pool_id)
+        if pool is None or pool.scale_out_cooldown_s is None:
+            return
+        cooldown = pool.scale_out_cooldown_s
+        now = time.monotonic()
+        sent = self._scale_sent.get(pool_id)
+        if sent is not None and now - sent < max(cooldown, self.config.refresh_s):
+            return
+        if pool.last_scale_out_at is not None and time.time() - pool.last_scale_out_at < cooldown:
+            return
+        outstanding = self.picker.outstanding
+        held = self._held_for.get(pool_id, 0)
+        reason = pressure_scale_out(
+            pool_name=pool.name,
+            max_num_seqs=pool.max_num_seqs,
+            util_band_high=pool.util_band_high,
+            ready=len(pool.upstreams),
+            serving=pool.serving,
+            active=pool.active,
+            max_instances=pool.max_instances,
+            outstanding=sum(outstanding.get(u.instance_id, 0) for u in pool.upstreams) + arriving,
+            held=held,
+        )
+        if reason is None:
+            return
+        self._scale_sent[pool_id] = now
+        task = asyncio.get_running_loop().create_task(
+            self._db(
+                worker.pool_scale_out,
+                pool_id=pool_id,
+                reason=reason,
+                inputs={"ready": len(pool.upstreams), "held": held},
+            )
+        )
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._scale_done(done, pool_id, cooldown))
+
+    def _scale_done(self, task: asyncio.Task[Any], pool_id: int, cooldown: float) -> None:
+        """A failed request for a scale-out is tried again a second later, not a cool-down later."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._scale_sent[pool_id] = time.monotonic() - max(cooldown, self.config.refresh_s) + WAKE_FAILED_RETRY_S
+            logger.error("gateway scale-out of pool %s failed; trying again", pool_id, exc_info=task.exception())
+
     async def _hold(self, routed: Routed) -> Upstream | None:
         """Wait for capacity, bounded in time; None when the wait ran out."""
         deadline = time.monotonic() + self.config.hold_timeout_s
+        preferred = routed.groups[0][0]
         self.held += 1
+        self._held_for[preferred] = self._held_for.get(preferred, 0) + 1
         try:
             while True:
                 self._wake(routed)
+                self._pressure(preferred)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -369,6 +441,7 @@ class Gateway:
                     return upstream
         finally:
             self.held -= 1
+            self._held_for[preferred] -= 1
 
     # -- relaying ----------------------------------------------------------------
 
@@ -395,6 +468,7 @@ class Gateway:
                     f"No instance for {routed.request.model} became ready within {self.config.hold_timeout_s:g} s; "
                     "its pool is waking, retry later.",
                 )
+        self._pressure(upstream.pool_id, arriving=1)
         request = routed.request
         inject_usage = request.stream and not request.include_usage
         if inject_usage:

@@ -27,6 +27,8 @@ class GatewayConfig:
     log_max_pending: int = 50_000
     log_batch: int = 2_000
     db_process: bool = False
+    # Where gateway processes count key rate limits together (the panel's Redis); empty: each alone.
+    redis_url: str = ""
 
     @classmethod
     def from_settings(cls) -> GatewayConfig:
@@ -47,4 +49,5 @@ class GatewayConfig:
             log_flush_s=settings.GATEWAY_LOG_FLUSH_S,
             log_max_pending=settings.GATEWAY_LOG_MAX_PENDING,
             switch_interval_s=settings.GATEWAY_SWITCH_INTERVAL_S,
+            redis_url=settings.REDIS_URL,
         )

@@ -39,6 +39,16 @@ class PoolRoute:
     max_model_len: int
     counter: TokenCounter
     upstreams: tuple[Upstream, ...]
+    # What scale-out under pressure reads (``policies.pressure``): the profile's max_num_seqs, the
+    # top of the pool's band, its instance counts, autoscale's scale-out cool-down for it (None:
+    # autoscale is off for the pool) and its last scale-out (wall-clock seconds, None: none).
+    max_num_seqs: int = 0
+    util_band_high: float = 1.0
+    max_instances: int = 0
+    serving: int = 0
+    active: int = 0
+    scale_out_cooldown_s: float | None = None
+    last_scale_out_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +110,12 @@ def routing_table_load() -> RoutingTable:
         ready.setdefault(pool_id, []).append(Upstream(instance_id, pool_id, target))
     pools: dict[int, PoolRoute] = {}
     models: dict[str, dict[str, list[PoolRoute]]] = {}
+    counts = selectors.gateway_pool_counts()
+    autoscale = selectors.policy_configs()["autoscale"]
     for pool in selectors.gateway_pools():
         profile = pool.model_profile
+        serving, active, last_out = counts.get(pool.pk, (0, 0, None))
+        scaling = autoscale.for_pool(pool.pk)
         route = PoolRoute(
             pool_id=pool.pk,
             name=pool.name,
@@ -110,6 +124,13 @@ def routing_table_load() -> RoutingTable:
             max_model_len=profile.max_model_len,
             counter=counter_for(profile.tokenizer),
             upstreams=tuple(ready.get(pool.pk, ())),
+            max_num_seqs=profile.max_num_seqs,
+            util_band_high=pool.util_band_high,
+            max_instances=pool.max_instances,
+            serving=serving,
+            active=active,
+            scale_out_cooldown_s=None if scaling is None else float(scaling["scale_out_cooldown_s"]),
+            last_scale_out_at=None if last_out is None else last_out.timestamp(),
         )
         pools[pool.pk] = route
         models.setdefault(route.served_name, {tier: [] for tier in TIERS})[route.tier].append(route)

@@ -57,3 +57,10 @@ def pool_wake(**kwargs: Any) -> None:
     from fleet.decide.evaluate import pool_wake_request as wake
 
     wake(**kwargs)
+
+
+def pool_scale_out(**kwargs: Any) -> int:
+    """``fleet.decide.evaluate.pool_scale_out_request``: how many instances it asked for (0 or 1)."""
+    from fleet.decide.evaluate import pool_scale_out_request as scale_out
+
+    return len(scale_out(**kwargs))

@@ -10,13 +10,23 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AlterField(
+            model_name="node",
+            name="address",
+            field=models.CharField(
+                blank=True,
+                help_text="Host name or IP where the fleet reaches this host's servers: as the panel saw the agent at"
+                " registration, or as an operator sets it when the host moves (a host cannot move itself).",
+                max_length=255,
+            ),
+        ),
         migrations.AddField(
             model_name="node",
             name="port_high",
             field=models.PositiveIntegerField(
                 default=8199,
-                editable=False,
-                help_text="Last port the agent runs servers on, as it registered.",
+                verbose_name="last port",
+                help_text="Last port the agent runs servers on (its --port-range as it registered).",
                 validators=[
                     django.core.validators.MinValueValidator(1),
                     django.core.validators.MaxValueValidator(65535),
@@ -28,8 +38,9 @@ class Migration(migrations.Migration):
             name="port_low",
             field=models.PositiveIntegerField(
                 default=8100,
-                editable=False,
-                help_text="First port the agent runs servers on, as it registered.",
+                verbose_name="first port",
+                help_text="First port the agent runs servers on (its --port-range as it registered). Change it here"
+                " when the host's agent runs with another range: the agent cannot widen it itself.",
                 validators=[
                     django.core.validators.MinValueValidator(1),
                     django.core.validators.MaxValueValidator(65535),

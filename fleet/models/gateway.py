@@ -27,6 +27,16 @@ class RequestLog(models.Model):
     instance = models.ForeignKey(
         "fleet.Instance", on_delete=models.SET_NULL, null=True, blank=True, related_name="requests"
     )
+    api_key = models.ForeignKey(
+        "fleet.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="requests",
+        db_index=False,
+        verbose_name="API key",
+        help_text="The key the request came with; empty for rows logged before keys were recorded.",
+    )
     endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
     model = models.CharField(max_length=100)
     rcf = models.FloatField(help_text="Request complexity fingerprint.")
@@ -49,6 +59,7 @@ class RequestLog(models.Model):
         indexes = [
             models.Index(fields=["pool", "at"], name="request_pool_time"),
             models.Index(fields=["team", "at"], name="request_team_time"),
+            models.Index(fields=["api_key", "at"], name="request_key_time"),
         ]
 
     def __str__(self) -> str:

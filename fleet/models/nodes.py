@@ -23,7 +23,12 @@ class Node(models.Model):
         DECOMMISSIONED = "decommissioned", "decommissioned"
 
     name = models.SlugField(max_length=100, help_text="Unique among hosts not decommissioned.")
-    address = models.CharField(max_length=255, blank=True, help_text="Host name or IP the agent reported.")
+    address = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Host name or IP where the fleet reaches this host's servers: as the panel saw the agent at"
+        " registration, or as an operator sets it when the host moves (a host cannot move itself).",
+    )
     labels = models.JSONField(default=dict, blank=True, help_text='Free-form labels, e.g. {"zone": "a"}.')
     agent_version = models.CharField(max_length=50, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -59,18 +64,20 @@ class Node(models.Model):
     decommissioned_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="When the host left the fleet; its history stays."
     )
-    # The agent's --port-range as it registered: instance endpoints are taken on these ports only.
+    # The agent's --port-range as it registered (or as an operator changed it since): instance
+    # endpoints are taken on these ports only.
     port_low = models.PositiveIntegerField(
+        "first port",
         default=protocol.DEFAULT_PORT_RANGE[0],
         validators=[MinValueValidator(1), MaxValueValidator(65535)],
-        editable=False,
-        help_text="First port the agent runs servers on, as it registered.",
+        help_text="First port the agent runs servers on (its --port-range as it registered). Change it here"
+        " when the host's agent runs with another range: the agent cannot widen it itself.",
     )
     port_high = models.PositiveIntegerField(
+        "last port",
         default=protocol.DEFAULT_PORT_RANGE[1],
         validators=[MinValueValidator(1), MaxValueValidator(65535)],
-        editable=False,
-        help_text="Last port the agent runs servers on, as it registered.",
+        help_text="Last port the agent runs servers on (its --port-range as it registered).",
     )
 
     class Meta:
@@ -90,6 +97,19 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """An address other hosts can reach (an IP or a host name) and a port range that is one."""
+        problems: dict[str, str] = {}
+        if self.address:
+            try:
+                self.address = protocol.address_check(self.address)
+            except ValueError as exc:
+                problems["address"] = str(exc)
+        if self.port_low is not None and self.port_high is not None and self.port_low > self.port_high:
+            problems["port_high"] = f"the range ends below where it starts ({self.port_low})"
+        if problems:
+            raise ValidationError(problems)
 
     def issue_token(self) -> str:
         """Replace the agent token; the plain token is returned once and never stored."""

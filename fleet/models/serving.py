@@ -169,6 +169,15 @@ class Pool(models.Model):
         help_text="A bound on the whole answer's latency (vLLM's e2e_request_latency_seconds) at the SLA "
         "percentile, beside the SLA metric's: autoscale scales out when either is breached. Blank: none.",
     )
+    sla_ms_per_1k_prompt_tokens = models.FloatField(
+        "SLA ms per 1k prompt tokens",
+        default=0.0,
+        validators=[MinValueValidator(0.0)],
+        help_text="Lets the time-to-first-token bound grow with the prompt: each request is judged against the SLA "
+        "latency plus this many ms per 1,000 prompt tokens (500 ms + 20 ms per 1k gives a 30,000-token prompt "
+        "1,100 ms). Judged from the gateway's request log, since vLLM's histograms hold no prompt lengths. "
+        "0: one flat bound for every request.",
+    )
     util_band_low = models.FloatField(
         "utilization band low",
         default=0.50,
@@ -206,7 +215,15 @@ class Pool(models.Model):
     @property
     def sla_label(self) -> str:
         label = f"P{self.sla_percentile} {self.get_sla_metric_display()} <= {self.sla_latency_ms} ms"
+        if self.sla_ms_per_1k_prompt_tokens:
+            label = f"{label} + {self.sla_ms_per_1k_prompt_tokens:g} ms per 1k prompt tokens"
         return label if self.sla_e2e_latency_ms is None else f"{label}, end-to-end <= {self.sla_e2e_latency_ms} ms"
+
+    @property
+    def ttft_bound_grows(self) -> bool:
+        """Whether each request is judged against its own TTFT bound (``agents.histograms.ttft_bound_ms``),
+        from the gateway's request log, rather than the histograms' percentile against one flat bound."""
+        return self.sla_ms_per_1k_prompt_tokens > 0 and self.sla_metric == self.SlaMetric.TTFT
 
     def clean(self) -> None:
         errors: dict[str, str] = {}
@@ -226,6 +243,11 @@ class Pool(models.Model):
         minimize, stop = self.idle_minimize_after_s, self.idle_stop_after_s
         if minimize is not None and stop is not None and minimize > stop:
             errors["idle_minimize_after_s"] = "The first idle stage must come no later than the stop."
+        if self.sla_ms_per_1k_prompt_tokens and self.sla_metric != self.SlaMetric.TTFT:
+            errors["sla_ms_per_1k_prompt_tokens"] = (
+                "The per-prompt-token term lengthens the time-to-first-token bound; this pool's SLA metric is "
+                f"{self.get_sla_metric_display()}. Set it to 0 or choose time to first token."
+            )
         if self.isolation == self.Isolation.MIG:
             errors.update(self._mig_errors())
         elif self.mig_profile:

@@ -13,11 +13,14 @@ shorter than the windows it reads cannot act on load measured before that action
 made the autoscaler hunt: scale in, read the old calm windows again, scale in, then out).
 
 Scale out by one when the last ``breach_windows`` windows were all in breach (the SLA
-percentile above its bound, the end-to-end latency above the pool's end-to-end bound where
-it has one, the vLLM queue above ``queue_threshold``, or the load above the band) and the
-last scale-out is older than its cool-down. Scale in by one when the last
+percentile above its bound, or, where the pool's TTFT bound grows with the prompt
+(``sla_ms_per_1k_prompt_tokens``), more than ``100 - sla_percentile`` % of the window's requests
+over their own bound; the end-to-end latency above the pool's end-to-end bound where it has
+one, the vLLM queue above ``queue_threshold``, or the load above the band) and the last scale-out
+is older than its cool-down. Scale in by one when the last
 ``scale_in_windows`` windows all had load under the band, latency (and end-to-end latency)
-under ``scale_in_latency_ratio`` x its bound and a queue of at most ``scale_in_max_queue``, and
+under ``scale_in_latency_ratio`` x its bound (for a growing bound: at most that ratio of the share
+of requests over their bound the SLA allows) and a queue of at most ``scale_in_max_queue``, and
 neither a scale-out nor a scale-in happened within the scale-in cool-down; and only where
 the load spread over one instance fewer stays inside the band. The gap between the two
 conditions is the hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in leaves the
@@ -46,6 +49,15 @@ from fleet.states import RUNNING, STOPPED
 KIND = "autoscale"
 
 
+def sequence_load(running: float | None, max_num_seqs: int) -> float | None:
+    """Sequences running (or asked for) per instance as a share of what one instance runs at once
+    (``max_num_seqs``); None where either is unknown. The sequence part of ``window_load``, and all
+    of the load the gateway sees in its outstanding requests (``pressure.pressure_scale_out``)."""
+    if running is None or not max_num_seqs:
+        return None
+    return running / max_num_seqs
+
+
 def window_load(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -> float | None:
     """The share of an instance's capacity in use, 0..1 and above when overloaded; None unmeasured.
 
@@ -53,8 +65,9 @@ def window_load(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any])
     instance serves within its SLA: sequences (``max_num_seqs``), KV cache, or prefill.
     """
     shares = []
-    if window.running is not None and pool.max_num_seqs:
-        shares.append(window.running / pool.max_num_seqs)
+    sequences = sequence_load(window.running, pool.max_num_seqs)
+    if sequences is not None:
+        shares.append(sequences)
     if window.kv_cache is not None:
         shares.append(window.kv_cache)
     if window.prompt_tokens_rate is not None and settings["prefill_tokens_per_s"]:
@@ -62,9 +75,27 @@ def window_load(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any])
     return max(shares) if shares else None
 
 
+def bound_grows(pool: PoolView) -> bool:
+    """Whether the pool's time-to-first-token bound grows with the prompt: each request is then judged
+    against its own bound (``PoolWindow.over_bound_share``), not the window's percentile against one."""
+    return pool.sla_ms_per_1k_prompt_tokens > 0 and pool.sla_metric == "ttft"
+
+
+def over_bound_allowed(pool: PoolView) -> float:
+    """The share of requests the SLA lets exceed their bound: 0.05 for a P95 SLA."""
+    return (100 - pool.sla_percentile) / 100
+
+
 def _breaches(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -> list[str]:
     found = []
-    if window.latency_ms is not None and window.latency_ms > pool.sla_latency_ms:
+    if bound_grows(pool):
+        share, allowed = window.over_bound_share, over_bound_allowed(pool)
+        if share is not None and share > allowed:
+            found.append(
+                f"{share:.1%} of requests over their TTFT bound ({pool.sla_latency_ms} ms + "
+                f"{pool.sla_ms_per_1k_prompt_tokens:g} ms per 1k prompt tokens) > {allowed:.0%}"
+            )
+    elif window.latency_ms is not None and window.latency_ms > pool.sla_latency_ms:
         found.append(f"P{pool.sla_percentile} {pool.sla_metric} {window.latency_ms:.0f} ms > {pool.sla_latency_ms} ms")
     e2e, e2e_bound = window.e2e_latency_ms, pool.sla_e2e_latency_ms
     if e2e is not None and e2e_bound is not None and e2e > e2e_bound:
@@ -89,6 +120,9 @@ def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]
     e2e, e2e_bound = window.e2e_latency_ms, pool.sla_e2e_latency_ms
     if e2e is not None and e2e_bound is not None and e2e > ratio * e2e_bound:
         return False
+    if bound_grows(pool):
+        share = window.over_bound_share
+        return share is None or share <= ratio * over_bound_allowed(pool)
     return window.latency_ms is None or window.latency_ms <= ratio * pool.sla_latency_ms
 
 
@@ -168,6 +202,7 @@ def _window_inputs(
             "queue": w.queue,
             "latency_ms": w.latency_ms,
             "e2e_latency_ms": w.e2e_latency_ms,
+            "over_bound_share": w.over_bound_share,
         }
         for w in windows
     ]

@@ -12,12 +12,13 @@ serve are never taken below the pool's ``min_instances``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from fleet.policies.actions import Action, DesireInstance, duration
-from fleet.policies.snapshot import FleetSnapshot, InstanceView, PolicyConfig
-from fleet.states import READY, RUNNING, SLEEPING, STOPPED
+from fleet.policies.snapshot import FleetSnapshot, InstanceView, PolicyConfig, PoolView
+from fleet.states import READY, RUNNING, SLEEPING, STARTING, STOPPED
 
 KIND = "idle_reclaim"
 
@@ -27,6 +28,35 @@ def _duty_cycle(snapshot: FleetSnapshot, instance: InstanceView) -> float | None
     if gpu is None or instance.mig_device_id is not None:
         return None
     return gpu.utilization_pct
+
+
+@dataclass(frozen=True)
+class IdleClock:
+    """Where an instance stands on idle reclaim's clock: idle this long, sleeps and stops after
+    so much more of it (0: due now). ``sleeps_in_s`` is None where no sleep stage comes (sleep
+    mode off, not ready, or asleep already)."""
+
+    idle_s: float
+    sleeps_in_s: float | None
+    stops_in_s: float
+
+
+def idle_clock(pool: PoolView, instance: InstanceView, now: datetime) -> IdleClock | None:
+    """The instance on the pool's idle thresholds; None where idle reclaim leaves it alone
+    (desired stopped, requests running or waiting in it, or still starting: a start that pulls
+    an image or downloads weights is not idleness, however long it takes; a start that never
+    ends is reap's). The policy and the pages read this."""
+    if instance.desired_state == STOPPED or instance.busy:
+        return None
+    if instance.desired_state == RUNNING and instance.actual_state == STARTING:
+        return None
+    idle_s = (now - instance.idle_since).total_seconds()
+    sleeps = instance.desired_state == RUNNING and pool.enable_sleep_mode and instance.actual_state == READY
+    return IdleClock(
+        idle_s=idle_s,
+        sleeps_in_s=max(pool.idle_minimize_after_s - idle_s, 0.0) if sleeps else None,
+        stops_in_s=max(pool.idle_stop_after_s - idle_s, 0.0),
+    )
 
 
 def idle_reclaim(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -> list[Action]:
@@ -39,11 +69,12 @@ def idle_reclaim(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -
         spare = sum(1 for i in instances if i.desired_state == RUNNING) - pool.min_instances
         by_idleness = sorted(instances, key=lambda i: (i.idle_since, i.id))
         for instance in by_idleness:
-            if instance.desired_state == STOPPED or instance.busy:
+            clock = idle_clock(pool, instance, now)
+            if clock is None:
                 continue
-            idle_s = (now - instance.idle_since).total_seconds()
+            idle_s = clock.idle_s
             if instance.desired_state == SLEEPING:
-                if idle_s >= pool.idle_stop_after_s:
+                if clock.stops_in_s == 0:
                     actions.append(_stop(pool.name, instance, idle_s, settings, config))
                 continue
             if spare <= 0:
@@ -51,10 +82,10 @@ def idle_reclaim(snapshot: FleetSnapshot, config: PolicyConfig, now: datetime) -
             duty = _duty_cycle(snapshot, instance)
             if duty is not None and duty >= settings["idle_duty_cycle_pct"]:
                 continue
-            if idle_s >= pool.idle_stop_after_s:
+            if clock.stops_in_s == 0:
                 actions.append(_stop(pool.name, instance, idle_s, settings, config, duty))
                 spare -= 1
-            elif idle_s >= pool.idle_minimize_after_s and pool.enable_sleep_mode and instance.actual_state == READY:
+            elif clock.sleeps_in_s == 0:
                 level = int(settings["sleep_level"])
                 actions.append(
                     DesireInstance(

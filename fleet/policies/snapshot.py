@@ -39,6 +39,10 @@ class PoolWindow:
     prompt_tokens_rate: float | None = None
     # The SLA percentile of the end-to-end latency of the requests that finished in the window.
     e2e_latency_ms: float | None = None
+    # The share (0-1) of the requests whose first token came in the window that were over their own
+    # time-to-first-token bound (``agents.histograms.ttft_bound_ms``), read where the pool's bound grows
+    # with the prompt (``PoolView.sla_ms_per_1k_prompt_tokens``) and requests were judged; else None.
+    over_bound_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class PoolView:
     sla_latency_ms: int = 500
     # An end-to-end bound beside ``sla_latency_ms`` (same percentile): None leaves it out.
     sla_e2e_latency_ms: int | None = None
+    # Lets the TTFT bound grow with the prompt: ``sla_latency_ms`` + this per 1,000 prompt tokens; 0: flat.
+    sla_ms_per_1k_prompt_tokens: float = 0.0
     util_band_low: float = 0.50
     util_band_high: float = 0.65
     idle_minimize_after_s: int = 300

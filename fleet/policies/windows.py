@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from statistics import median
 from typing import Protocol, TypeVar
 
+from agents.histograms import requests_attainment
 from fleet.policies.snapshot import PoolWindow, per_instance_mean, per_instance_total
 
 # How often an agent reports (the panel tells it so in each reply).
@@ -54,6 +55,7 @@ def pool_windows(
     max_num_seqs: int,
     latency: WindowLatency[S],
     e2e_latency: WindowLatency[S] | None = None,
+    over_bound: Callable[[datetime, datetime], float | None] | None = None,
 ) -> tuple[PoolWindow, ...]:
     """The last ``WINDOWS`` windows of ``WINDOW_S`` before ``now``, oldest first.
 
@@ -63,7 +65,9 @@ def pool_windows(
     ``max_num_seqs``. The queue is the sum over instances of their mean ``requests_waiting``.
     The load figures (running sequences, KV-cache usage, prompt tokens a second) are means
     per instance: each instance's mean over its samples, averaged over the instances.
-    ``e2e_latency``, where given, reads the end-to-end latency of each window as ``latency`` reads the SLA's.
+    ``e2e_latency``, where given, reads the end-to-end latency of each window as ``latency`` reads the SLA's;
+    ``over_bound``, where given, the share of each window's requests over their own TTFT bound
+    (``over_bound_share``).
     """
     windows = []
     for back in range(WINDOWS, 0, -1):
@@ -80,12 +84,22 @@ def pool_windows(
                 queue=per_instance_total(_by_instance(mine, lambda s: s.requests_waiting)),
                 latency_ms=latency(start, end, mine),
                 e2e_latency_ms=e2e_latency(start, end, mine) if e2e_latency is not None else None,
+                over_bound_share=over_bound(start, end) if over_bound is not None else None,
                 running=per_instance_mean(_by_instance(mine, lambda s: s.requests_running)),
                 kv_cache=per_instance_mean(_by_instance(mine, lambda s: s.kv_cache_usage)),
                 prompt_tokens_rate=per_instance_mean(_by_instance(mine, lambda s: s.prompt_tokens_rate)),
             )
         )
     return tuple(windows)
+
+
+def over_bound_share(
+    requests: Iterable[tuple[float, int]], sla_latency_ms: float, per_1k_prompt_tokens: float
+) -> float | None:
+    """The share (0-1) of ``requests``, each ``(ttft_ms, prompt_tokens)``, over their own time-to-first-token
+    bound (``requests_attainment``'s complement); None without requests."""
+    within = requests_attainment(requests, sla_latency_ms, per_1k_prompt_tokens)
+    return None if within is None else 1 - within
 
 
 def cold_start_median(durations: Sequence[float]) -> float | None:

@@ -199,7 +199,19 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat reads its schedule from the database (django-celery-beat); with Redis, behind a lock so only
+# one of any number of beats sends (fleet/project/beat.py): a waiting beat takes over within
+# BEAT_LOCK_TTL_S of the holder's death and tries the lock every BEAT_LOCK_RETRY_S.
+CELERY_BEAT_SCHEDULER = (
+    "fleet.project.beat:SingleBeatScheduler" if REDIS_URL else "django_celery_beat.schedulers:DatabaseScheduler"
+)
+BEAT_LOCK_TTL_S = envfloat("BEAT_LOCK_TTL_S", 30.0)
+BEAT_LOCK_RETRY_S = envfloat("BEAT_LOCK_RETRY_S", 2.0)
+if BEAT_LOCK_TTL_S < 3 or BEAT_LOCK_RETRY_S <= 0:
+    raise ImproperlyConfigured(
+        "BEAT_LOCK_TTL_S must be at least 3 and BEAT_LOCK_RETRY_S above 0, "
+        f"not {BEAT_LOCK_TTL_S} and {BEAT_LOCK_RETRY_S}"
+    )
 CELERY_TIMEZONE = "UTC"
 
 # Spend. Every figure is in one currency; price rates in other currencies are not converted
@@ -275,7 +287,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `manage.py collectstatic` puts the files the app serves (WhiteNoise); one folder per release.
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", "").strip() or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -43,15 +43,19 @@ GPU-hours held (the bound counts instance time, not nodes). Spend = paid GPU-hou
 
 from __future__ import annotations
 
+import gc
 import math
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Any
 
 from fleet.presets import PRICE_PRESETS
 from fleet.sim.result import SimResult
 from fleet.sim.setup import SimSetup, tick_period_s
-from fleet.sim.simulate import Simulation
+from fleet.sim.simulate import Groups, Simulation
 from fleet.sim.traces import Trace, TraceRequest
 
 Progress = Callable[[str, float], None]
@@ -92,8 +96,7 @@ class Comparison:
     def saved(self, result: SimResult) -> float:
         """The share of the static fleet's bill a fleet saves: 1 - its paid GPU-hours / the static
         fleet's (paid as billed: by the node, ``SimResult.paid_gpu_hours``)."""
-        static = self.static.paid_gpu_hours
-        return 1 - result.paid_gpu_hours / static if static else 0.0
+        return saved_against(result, self.static)
 
     @property
     def savings(self) -> float:
@@ -109,6 +112,12 @@ class Comparison:
         if self.price_per_gpu_hour is None:
             return None
         return (Decimal(str(result.paid_gpu_hours)) * self.price_per_gpu_hour).quantize(Decimal("0.01"))
+
+
+def saved_against(result: SimResult, static: SimResult) -> float:
+    """The share of a static fleet's bill ``result`` saves: 1 - its paid GPU-hours / the static fleet's (0 where
+    the static fleet paid nothing). ``Comparison.saved`` and the tuner's forward evaluation both read it."""
+    return 1 - result.paid_gpu_hours / static.paid_gpu_hours if static.paid_gpu_hours else 0.0
 
 
 def price_preset(gpu_model: str) -> Decimal | None:
@@ -147,12 +156,22 @@ def misses_allowed(requests: int, target: float) -> int:
 
 
 def trace_intervals(trace: Trace) -> list[list[TraceRequest]]:
-    """The trace's requests per tick interval, arrivals counted from the interval's start."""
+    """The trace's requests per tick interval, arrivals counted from the interval's start (a copy of
+    each request, built directly: ``dataclasses.replace`` costs three times as much, which a week's
+    six million requests feel; the collector is paused meanwhile, as the trace's own are built)."""
     tick = tick_period_s()
     members: list[list[TraceRequest]] = [[] for _ in range(int(trace.duration_s // tick) + 1)]
-    for request in trace.requests:
-        index = int(request.arrival_s // tick)
-        members[index].append(replace(request, arrival_s=request.arrival_s - index * tick))
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for request in trace.requests:
+            index = int(request.arrival_s // tick)
+            members[index].append(
+                TraceRequest(request.arrival_s - index * tick, request.prompt_tokens, request.output_tokens)
+            )
+    finally:
+        if collecting:
+            gc.enable()
     return members
 
 
@@ -164,7 +183,14 @@ def interval_seconds(trace: Trace) -> list[float]:
     return [tick] * (count - 1) + [trace.duration_s - (count - 1) * tick]
 
 
-def interval_misses(*, requests: Sequence[TraceRequest], setup: SimSetup, count: int, trace: Trace) -> int | None:
+def interval_misses(
+    *,
+    requests: Sequence[TraceRequest],
+    setup: SimSetup,
+    count: int,
+    trace: Trace,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
+) -> int | None:
     """Misses of one interval's arrivals (counted from its start) meeting ``count`` warm, empty
     instances, simulated alone; None where a request fails (no count the SLA allows).
 
@@ -175,18 +201,34 @@ def interval_misses(*, requests: Sequence[TraceRequest], setup: SimSetup, count:
     """
     if not requests:
         return 0
-    return _probe_misses(_probe(requests=requests, setup=setup, count=count, trace=trace), count, setup)
+    probe = _probe(requests=requests, setup=setup, count=count, trace=trace, groups_known=groups_known)
+    return _probe_misses(probe, count, setup)
 
 
-def _probe(*, requests: Sequence[TraceRequest], setup: SimSetup, count: int, trace: Trace) -> SimResult:
+def _probe(
+    *,
+    requests: Sequence[TraceRequest],
+    setup: SimSetup,
+    count: int,
+    trace: Trace,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
+) -> SimResult:
     alone = Trace(name=f"{trace.name} interval", start=trace.start, requests=tuple(requests))
-    return Simulation(trace=alone, setup=setup, label="oracle probe", static_instances=count).run()
+    return Simulation(
+        trace=alone, setup=setup, label="oracle probe", static_instances=count, groups_known=groups_known
+    ).run()
 
 
 def _probe_misses(result: SimResult, count: int, setup: SimSetup) -> int | None:
     if count == 0:
-        return len(result.ttft_s) if len(result.ttft_s) <= setup.gateway.max_held else None
+        return _empty_misses(len(result.ttft_s), setup)
     return None if result.failed else _misses(result)
+
+
+def _empty_misses(judged: int, setup: SimSetup) -> int | None:
+    """Misses of an interval's ``judged`` requests (those not refused outright) meeting no instance: all
+    of them, held by the gateway for a later interval; None (failed) where it cannot hold them all."""
+    return judged if judged <= setup.gateway.max_held else None
 
 
 def _misses(result: SimResult) -> int:
@@ -239,18 +281,25 @@ def oracle_bound(*, trace: Trace, setup: SimSetup, progress: Progress | None = N
     """The oracle's lower bound (module docstring): each interval's miss curve up to the first count
     that serves it with no miss (more instances cannot do better), then ``fewest_instances``."""
     intervals = trace_intervals(trace)
+    # The gateway's answers per token counts, worked out once for all the probes.
+    gateway = Simulation(trace=trace, setup=setup, label="oracle gateway", static_instances=0)
     table: list[list[int | None]] = []
     judged = 0  # requests the SLA counts: all but those the gateway refuses outright
     for index, requests in enumerate(intervals):
         row: list[int | None] = [0]
         if requests:
-            empty = _probe(requests=requests, setup=setup, count=0, trace=trace)
-            judged += len(empty.ttft_s)
-            row = [_probe_misses(empty, 0, setup)]
+            # No instances: no need to simulate, the gateway's answer to each request is all there is.
+            counted = sum(1 for request in requests if not gateway.refused_by_gateway(request))
+            judged += counted
+            row = [_empty_misses(counted, setup)]
         for count in range(1, setup.gpus + 1):
             if row[-1] == 0:
                 break
-            row.append(interval_misses(requests=requests, setup=setup, count=count, trace=trace))
+            row.append(
+                interval_misses(
+                    requests=requests, setup=setup, count=count, trace=trace, groups_known=gateway.groups_known
+                )
+            )
         table.append(row)
         if progress is not None:
             progress("oracle bound", (index + 1) / len(intervals))
@@ -292,11 +341,14 @@ def oracle_replay(
     judged = [index for index in range(len(trace.requests)) if index not in simulation.refused]
     ttfts: list[list[float]] = [[] for _ in schedule]
     e2es: list[list[float]] = [[] for _ in schedule]
+    tokens: list[list[int]] = [[] for _ in schedule]
     for index, ttft, e2e in zip(judged, result.ttft_s, result.e2e_s, strict=True):
         interval = int(trace.requests[index].arrival_s // tick)
         ttfts[interval].append(ttft)
         e2es[interval].append(e2e)
-    return result, [_misses(replace(result, ttft_s=t, e2e_s=e)) for t, e in zip(ttfts, e2es, strict=True)]
+        tokens[interval].append(trace.requests[index].prompt_tokens)
+    parts = zip(ttfts, e2es, tokens, strict=True)
+    return result, [_misses(replace(result, ttft_s=t, e2e_s=e, prompt_tokens=p)) for t, e, p in parts]
 
 
 def oracle_repair(
@@ -336,17 +388,67 @@ def _fraction(progress: Progress | None, label: str) -> Callable[[float], None] 
     return lambda done: progress(label, done)
 
 
+def _policy_run(*, trace: Trace, setup: SimSetup, count: int, progress: Progress | None) -> SimResult:
+    """The policy run, starting from the static fleet of ``count`` instances."""
+    return Simulation(
+        trace=trace, setup=setup, label="policy", initial_instances=count, progress=_fraction(progress, "policy")
+    ).run()
+
+
+_FORKED: dict[str, Any] = {}  # what a forked process works on, set before the fork (never pickled)
+
+
+def _forked_static_and_policy() -> tuple[int, bool, SimResult, SimResult]:
+    """In the forked process: the static search and the policy run from its fleet."""
+    trace, setup = _FORKED["trace"], _FORKED["setup"]
+    count, meets, runs = static_search(trace=trace, setup=setup)
+    return count, meets, runs[count - 1], _policy_run(trace=trace, setup=setup, count=count, progress=None)
+
+
+class _Forked:
+    """One call run in a forked process (its arguments inherited, its result sent back); a context
+    manager that shuts the process down."""
+
+    def __init__(self, call: Callable[[], tuple[int, bool, SimResult, SimResult]]) -> None:
+        self.executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        self.submitted = self.executor.submit(call)
+
+    def __enter__(self) -> _Forked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.executor.shutdown()
+        _FORKED.clear()
+
+
+def _fork(
+    call: Callable[[], tuple[int, bool, SimResult, SimResult]], *, trace: Trace, setup: SimSetup
+) -> _Forked | None:
+    """``call`` under way in a forked process, or None where this platform cannot fork."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    _FORKED.update(trace=trace, setup=setup)
+    return _Forked(call)
+
+
 def compare(
     *,
     trace: Trace,
     setup: SimSetup,
     price_per_gpu_hour: Decimal | None = None,
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> Comparison:
     """Static search, the oracle bound and its replay, then the policy run, which starts with the
     static fleet (the fleet as it stood before the policies were switched on) and may scale it.
-    Whatever falls short of the SLA is said in ``notes``."""
-    count, meets, runs = static_search(trace=trace, setup=setup, progress=progress)
+    Whatever falls short of the SLA is said in ``notes``.
+
+    ``jobs`` 2: the static search and the policy run (which needs nothing from the oracle) run in
+    a second process, forked, while this one works out the oracle; every run is seeded on its
+    own, so the comparison is the same as with one (only its progress shows less)."""
+    forked = _fork(_forked_static_and_policy, trace=trace, setup=setup) if jobs > 1 else None
+    if forked is None:
+        count, meets, runs = static_search(trace=trace, setup=setup, progress=progress)
     bound = oracle_bound(trace=trace, setup=setup, progress=progress)
     replayed = oracle_replay(trace=trace, setup=setup, schedule=bound.schedule, progress=progress)
     oracle = replayed[0]
@@ -355,14 +457,12 @@ def compare(
         trace=trace, setup=setup, bound=bound, replayed=replayed, progress=progress
     )
     repaired_meets = repaired.meets_sla(setup.sla_target)
-    policy = Simulation(
-        trace=trace,
-        setup=setup,
-        label="policy",
-        initial_instances=count,
-        progress=_fraction(progress, "policy"),
-    ).run()
-    static = replace(runs[count - 1], label=f"static ({count} always on)")
+    if forked is None:
+        static_run, policy = runs[count - 1], _policy_run(trace=trace, setup=setup, count=count, progress=progress)
+    else:
+        with forked:
+            count, meets, static_run, policy = forked.submitted.result()
+    static = replace(static_run, label=f"static ({count} always on)")
     notes: list[str] = []
     if not meets:
         notes.append(

@@ -420,15 +420,16 @@ class EngineCore:
         decoding = len(self._decoding)
         budget = self.model.max_num_batched_tokens - decoding
         chunks: list[tuple[_Slot, int]] = []
-        attention = 0
+        attention = prefill_tokens = 0
         for slot in self._prefilling:
             if budget <= 0:
                 break
-            chunk = min(budget, slot.request.prompt_tokens - slot.prefilled)
+            prefilled = slot.prefilled
+            chunk = min(budget, slot.request.prompt_tokens - prefilled)
             chunks.append((slot, chunk))
-            attention += (slot.prefilled + chunk) ** 2 - slot.prefilled**2
+            attention += (prefilled + chunk) ** 2 - prefilled**2
+            prefill_tokens += chunk
             budget -= chunk
-        prefill_tokens = sum(chunk for _, chunk in chunks)
         self.prompt_tokens_total += prefill_tokens
         duration = self.model.step_s(
             prefill_tokens=prefill_tokens,

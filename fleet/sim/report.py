@@ -75,6 +75,8 @@ def comparison_summary(comparison: Comparison) -> str:
     """The headline figures in one paragraph, stating what was compared with what."""
     setup = comparison.setup
     e2e = "" if setup.e2e_sla_ms is None else f" and end-to-end latency <= {setup.e2e_sla_ms:.0f} ms"
+    per_1k = setup.sla_ms_per_1k_prompt_tokens
+    e2e = (f" + {per_1k:g} ms per 1k prompt tokens" if per_1k else "") + e2e
     static_note = "" if comparison.static_meets_sla else " (no static size up to the fleet's GPUs met the SLA)"
     return (
         f"Trace {comparison.trace}, {comparison.policy.requests:,} requests, simulated {comparison.gpu_model} GPUs "

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from agents.histograms import attainment, histogram_observe
+from agents.histograms import attainment, histogram_observe, requests_attainment
 from fleet.sim.engine import TTFT_BUCKETS
 
 # A request that never got an answer: its first token and its end never came.
@@ -64,6 +64,10 @@ class SimResult:
     # ``max_model_len``, ``routing.pool_groups_for``). Counted in ``requests``, never served, and outside
     # ``ttft_s``/``e2e_s`` and so the SLA: an immediate answer, not a miss nor a failure of the fleet.
     refused: int = 0
+    # A first-token bound that grows with the prompt (``SimSetup.sla_ms_per_1k_prompt_tokens``), and the
+    # prompt tokens of the requests in ``ttft_s``, in the same order, to judge each against its own bound.
+    sla_ms_per_1k_prompt_tokens: float = 0.0
+    prompt_tokens: list[int] = field(default_factory=list)
 
     @property
     def paid_gpu_hours(self) -> float:
@@ -81,10 +85,18 @@ class SimResult:
         """Share of requests within the SLA: first token within ``sla_ms`` and, where ``e2e_sla_ms`` is set,
         the whole answer within it too. Read from vLLM's TTFT buckets as the dashboard reads a pool's (exact
         where the SLA is a bucket bound, as 500 ms is); a request over the end-to-end bound is observed
-        there as never having had its first token, so it counts outside whatever its TTFT."""
+        there as never having had its first token, so it counts outside whatever its TTFT.
+
+        Where the first-token bound grows with the prompt (``sla_ms_per_1k_prompt_tokens``), each request is
+        judged against its own bound (``requests_attainment``), as the dashboard judges such a pool from the
+        gateway's request log: histograms hold no prompt lengths."""
         bound = float("inf") if self.e2e_sla_ms is None else self.e2e_sla_ms / 1000
         ttfts = [ttft if e2e <= bound else HELD_FAILED for ttft, e2e in zip(self.ttft_s, self.e2e_s, strict=True)]
-        share = attainment([histogram_observe(ttfts, TTFT_BUCKETS)], self.sla_ms / 1000)
+        if self.sla_ms_per_1k_prompt_tokens > 0:
+            judged = zip((ttft * 1000 for ttft in ttfts), self.prompt_tokens, strict=True)
+            share = requests_attainment(judged, self.sla_ms, self.sla_ms_per_1k_prompt_tokens)
+        else:
+            share = attainment([histogram_observe(ttfts, TTFT_BUCKETS)], self.sla_ms / 1000)
         return 1.0 if share is None else share
 
     @property

@@ -17,6 +17,21 @@ from fleet.sim.engine import PROFILES, EngineModel
 from fleet.sim.startup import ColdStartModel
 
 
+def request_tier(prompt_tokens: int, output_tokens: int, settings: routing.RoutingSettings) -> str:
+    """The RCF tier the gateway gives a trace request (``routing.rcf_compute``, ``routing.tier_for``).
+
+    A trace records token counts, not text, so no content feature is set (weights x1), and the
+    output tokens stand in for the ``max_tokens`` asked for. The simulator routes by it and the
+    tiered benchmark splits traces by it (``fleet.sim.tiers``)."""
+    rcf = routing.rcf_compute(
+        prompt_tokens=prompt_tokens,
+        max_tokens=output_tokens,
+        features=routing.Features(code_block=False, code_keywords=False, math=False),
+        settings=settings,
+    )
+    return routing.tier_for(rcf, settings)
+
+
 def tick_period_s() -> float:
     """The production evaluation period (the ``policies_evaluate`` periodic task)."""
     return float(next(every for task, every, _ in schedules.PERIODIC_TASKS if task == schedules.EVALUATE_TASK))
@@ -56,6 +71,9 @@ class SimSetup:
     sla_target: float = 0.999
     # An end-to-end bound beside the first-token one: a request is within the SLA only if it meets both.
     e2e_sla_ms: float | None = None
+    # Lets the first-token bound grow with the prompt: ``sla_ms`` plus this per 1,000 prompt tokens
+    # (``agents.histograms.ttft_bound_ms``); 0: one flat bound.
+    sla_ms_per_1k_prompt_tokens: float = 0.0
     # Billing by the node (``fleet.sim.billing``): GPUs per rented node, and whether a node
     # whose GPUs are all free is released (else paid from its first use to the end).
     gpus_per_node: int = 1
@@ -89,6 +107,7 @@ def setup_build(
     sla_ms: float = 500.0,
     sla_target: float = 0.999,
     e2e_sla_ms: float | None = None,
+    sla_ms_per_1k_prompt_tokens: float = 0.0,
 ) -> SimSetup:
     """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
     {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
@@ -96,6 +115,8 @@ def setup_build(
     unknown = set(values) - {"pool", "policies", "routing"}
     if unknown:
         raise ValueError(f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing")
+    if sla_ms_per_1k_prompt_tokens < 0:
+        raise ValueError(f"the SLA's ms per 1k prompt tokens must be 0 or more, got {sla_ms_per_1k_prompt_tokens:g}")
     return SimSetup(
         engine=engine,
         gpus=gpus,
@@ -108,4 +129,5 @@ def setup_build(
         sla_ms=sla_ms,
         sla_target=sla_target,
         e2e_sla_ms=e2e_sla_ms,
+        sla_ms_per_1k_prompt_tokens=sla_ms_per_1k_prompt_tokens,
     )

@@ -2,9 +2,10 @@
 
 What is simulated: GPUs, vLLM engines (``fleet.sim.engine``), container start-ups, sleep
 and wake. What is not: the routing function (``rcf_compute``, ``tier_for``, ``FALLBACK``),
-the gateway's pick with its cool-down (``Picker``) and its hold-and-wake path
-(``pool_wake_actions``), the evaluation loop and its policy functions (reap, idle reclaim,
-autoscale, pre-warm, co-location: ``policies_run``), the tick period (the
+the gateway's pick with its cool-down (``Picker``), its hold-and-wake path
+(``pool_wake_actions``) and its scale-out under pressure (``pressure``), the evaluation
+loop and its policy functions (reap, idle reclaim, autoscale, pre-warm, co-location:
+``policies_run``), the tick period (the
 ``policies_evaluate`` schedule), the telemetry windows (``pool_windows``, as the snapshot
 selector builds them), and which instance states hold a GPU
 (``states.gpu_holding_states``): all are the production objects, looked up when called, so a change
@@ -26,7 +27,10 @@ pool wakes and fails only as the gateway would (hold time-out or too many held).
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
+import itertools
+import math
 import random
 import sys
 from collections import defaultdict
@@ -36,7 +40,7 @@ from datetime import datetime, timedelta
 
 from agents.histograms import histogram_observe, pool_latency
 from fleet import catalog, states
-from fleet.policies import placement, prewarm, routing
+from fleet.policies import placement, pressure, prewarm, routing
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance
 from fleet.policies.pick import Picker
 from fleet.policies.registry import policies_run
@@ -54,17 +58,20 @@ from fleet.policies.windows import (
     WINDOW_S,
     WINDOWS,
     cold_start_median,
+    over_bound_share,
     pool_windows,
 )
 from fleet.sim.billing import Hold, node_billed_hours, node_billed_now, node_of
 from fleet.sim.engine import E2E_BUCKETS, GPU_FACTS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
 from fleet.sim.result import HELD_FAILED, Decision, SimResult, TimelinePoint, percentile_of
-from fleet.sim.setup import SimPool, SimSetup, tick_period_s
+from fleet.sim.setup import SimPool, SimSetup, request_tier, tick_period_s
 from fleet.sim.startup import StartDraw, start_draw
-from fleet.sim.traces import Trace
+from fleet.sim.traces import Trace, TraceRequest
 from fleet.states import FAILED, READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
 
 WAKING = "waking"
+
+Groups = list[list[int]] | routing.ContextRefused
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,10 @@ class _Instance:
     last_request_s: float | None = None
     desired_changed_s: float | None = None
     stepping: bool = False
+    # The end of a step in flight past the next outside event, run in the same go as the steps before
+    # it (``Simulation._step_start``), and what those steps before it finished (collected at their end).
+    crossing_s: float | None = None
+    finished_before: list[SimRequest] = field(default_factory=list)
     token: int = 0
     held_since_s: float | None = None
     billed_s: float = 0.0
@@ -132,7 +143,10 @@ class Simulation:
         schedule: Sequence[int] | None = None,
         initial_instances: int = 1,
         progress: Callable[[float], None] | None = None,
+        groups_known: dict[tuple[int, int], Groups] | None = None,
     ) -> None:
+        """``groups_known``: ``groups_for``'s answers to share with other runs of the same setup made at
+        the same time (the oracle's probes); by default each run works out its own."""
         self.trace = trace
         self.setup = setup
         self.label = label
@@ -157,6 +171,9 @@ class Simulation:
         self.picker = Picker(cooldown_s=setup.gateway.cooldown_s)
         self.events: list[tuple[float, int, str, int, int]] = []
         self.step_ends: list[tuple[float, int, int]] = []
+        self.groups_known: dict[tuple[int, int], Groups] = {} if groups_known is None else groups_known
+        self.arrival_times: list[float] = []  # in time order; ``next_arrival`` is the next one's position
+        self.next_arrival = 0
         self.sequence = 0
         n = len(trace.requests)
         self.first_token = [HELD_FAILED] * n
@@ -164,9 +181,12 @@ class Simulation:
         self.cold = [False] * n
         self.held: list[_Held] = []
         self.wake_sent: dict[int, float] = {}
+        self.scale_sent: dict[int, float] = {}
         self.request_times: dict[int, list[datetime]] = defaultdict(list)
         self.ttft_log: dict[int, list[tuple[float, float]]] = defaultdict(list)
         self.e2e_log: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        # Per pool whose TTFT bound grows with the prompt: (first token at, TTFT ms, prompt tokens).
+        self.bound_log: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
         self.cold_measured: dict[int, list[float]] = defaultdict(list)
         self.last_scale: dict[tuple[int, str], float] = {}
         self.traffic = prewarm.TrafficLearner()
@@ -193,26 +213,57 @@ class Simulation:
         return self.trace.start + timedelta(seconds=t_s)
 
     def run(self) -> SimResult:
+        """Events in time order: arrivals (read in order from the trace, not kept in the event heap),
+        other events, then engine step ends; at equal times an arrival goes first (then the trace's
+        order), then other events in the order they were pushed, then step ends. The cyclic garbage
+        collector is paused meanwhile (the run makes many small objects and no cycles to collect)."""
         requests = self.trace.requests
-        for index, request in enumerate(requests):
-            self._push(request.arrival_s, "arrival", index)
+        times = [request.arrival_s for request in requests]
+        order: Sequence[int] = range(len(requests))
+        if any(earlier > later for earlier, later in itertools.pairwise(times)):
+            order = sorted(order, key=times.__getitem__)
+            times = [times[index] for index in order]
+        self.arrival_times = times
+        self.next_arrival = 0
         self._push(self.tick_s, "tick")
         self._push(REPORT_INTERVAL_S, "sample")
-        self._fleet_begin()
-        total = len(requests)
-        while self.events or self.step_ends:
-            if self.step_ends and (not self.events or self.step_ends[0][0] < self.events[0][0]):
-                at, _, instance_id = heapq.heappop(self.step_ends)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._fleet_begin()
+            self._events_run(order)
+        finally:
+            if collecting:
+                gc.enable()
+        return self._result()
+
+    def _events_run(self, order: Sequence[int]) -> None:
+        total = len(order)
+        arrival_times, events, step_ends = self.arrival_times, self.events, self.step_ends
+        inf = math.inf
+        while True:
+            following = self.next_arrival
+            arrival_at = arrival_times[following] if following < total else inf
+            event_at = events[0][0] if events else inf
+            if step_ends and step_ends[0][0] < (arrival_at if arrival_at <= event_at else event_at):
+                at, _, instance_id = heapq.heappop(step_ends)
                 self.now = at
                 self._step_end(self.instances[instance_id])
                 if self.done == total:
                     break
                 continue
-            at, _, kind, a, b = heapq.heappop(self.events)
+            if arrival_at == inf and event_at == inf:
+                break
+            if arrival_at <= event_at:
+                self.next_arrival = following + 1
+                self.now = arrival_at
+                self._arrival(order[following])
+                if self.done == total:
+                    break
+                continue
+            at, _, kind, a, b = heapq.heappop(events)
             self.now = at
-            if kind == "arrival":
-                self._arrival(a)
-            elif kind == "ready":
+            if kind == "ready":
                 self._ready(self.instances[a], b)
             elif kind == "slept":
                 self._slept(self.instances[a], b)
@@ -230,6 +281,10 @@ class Simulation:
                     self.progress(min(1.0, self.done / total))
             if self.done == total:
                 break
+
+    def _result(self) -> SimResult:
+        requests = self.trace.requests
+        total = len(requests)
         end = self.now
         for instance in self.instances.values():
             self._bill_close(instance, end)
@@ -261,6 +316,8 @@ class Simulation:
             node_provisions=sum(1 for s in self.starts if s.provisioned),
             e2e_sla_ms=setup.e2e_sla_ms,
             refused=len(self.refused),
+            sla_ms_per_1k_prompt_tokens=setup.sla_ms_per_1k_prompt_tokens,
+            prompt_tokens=[r.prompt_tokens for i, r in enumerate(requests) if i not in self.refused],
         )
 
     # -- the fleet ------------------------------------------------------------------
@@ -455,16 +512,27 @@ class Simulation:
 
     def _groups(self, index: int) -> list[list[int]] | routing.ContextRefused:
         """The pools to try, in the tier fallback order of the request's RCF tier, as the gateway lists
-        them (``routing.pool_groups_for``); its refusal where the request exceeds every pool's context."""
-        request = self.trace.requests[index]
+        them (``routing.pool_groups_for``); its refusal where the request exceeds every pool's context.
+        The answer depends on the request's token counts alone (the routing settings and pools are the
+        run's), so it is worked out once per (prompt, output) pair and kept; it is never modified."""
+        return self.groups_for(self.trace.requests[index])
+
+    def refused_by_gateway(self, request: TraceRequest) -> bool:
+        """Whether the gateway answers the request 400 at once (more tokens than any pool's context)."""
+        return isinstance(self.groups_for(request), routing.ContextRefused)
+
+    def groups_for(self, request: TraceRequest) -> list[list[int]] | routing.ContextRefused:
+        """``_groups`` of any request with these token counts."""
+        key = (request.prompt_tokens, request.output_tokens)
+        known = self.groups_known.get(key)
+        if known is not None:
+            return known
+        self.groups_known[key] = groups = self._groups_work(request)
+        return groups
+
+    def _groups_work(self, request: TraceRequest) -> list[list[int]] | routing.ContextRefused:
         settings = self.setup.routing
-        rcf = routing.rcf_compute(
-            prompt_tokens=request.prompt_tokens,
-            max_tokens=request.output_tokens,
-            features=routing.Features(code_block=False, code_keywords=False, math=False),
-            settings=settings,
-        )
-        tier = routing.tier_for(rcf, settings)
+        tier = request_tier(request.prompt_tokens, request.output_tokens, settings)
         by_tier: dict[str, list[routing.PoolContext]] = defaultdict(list)
         for pool in self.setup.pools:
             limit = pool.view.max_model_len
@@ -491,7 +559,8 @@ class Simulation:
             self.refused.add(index)
             self.done += 1
             return
-        self.request_times[groups[0][0]].append(self._at(self.now))
+        if self.policy_mode:  # only the policies read the arrival history (pre-warm's ``request_times``)
+            self.request_times[groups[0][0]].append(self._at(self.now))
         instance = self._pick(groups)
         if instance is not None:
             self._submit(instance, index)
@@ -503,6 +572,7 @@ class Simulation:
         self.held.append(_Held(index, groups))
         self._push(self.now + self.setup.gateway.hold_timeout_s, "expire", index)
         self._wake(groups)
+        self._pressure(groups[0][0])
 
     def _wake(self, groups: list[list[int]]) -> None:
         pool_id = groups[0][0]
@@ -516,6 +586,43 @@ class Simulation:
             self._snapshot(), pool_id=pool_id, kind="gateway", reason="gateway holds a request"
         )
         if not isinstance(planned, placement.PlacementRefused):
+            self._apply(planned[0])
+
+    def _pressure(self, pool_id: int) -> None:
+        """The gateway's scale-out under pressure (``Gateway._pressure``): ``pressure_scale_out`` on its
+        counters at each request, at most once per autoscale's scale-out cool-down, planned and
+        applied as its database worker does (``pressure_actions``)."""
+        config = self.setup.policies.get("autoscale") if self.policy_mode else None
+        settings = config.for_pool(pool_id) if config is not None else None
+        if settings is None:
+            return
+        cooldown = settings["scale_out_cooldown_s"]
+        sent = self.scale_sent.get(pool_id)
+        last = self.last_scale.get((pool_id, "scale_out"))
+        if (sent is not None and self.now - sent < cooldown) or (last is not None and self.now - last < cooldown):
+            return
+        view = self.pools[pool_id].view
+        mine = [i for i in self.instances.values() if i.pool_id == pool_id]
+        ready = self._routable(pool_id)
+        outstanding = self.picker.outstanding
+        reason = pressure.pressure_scale_out(
+            pool_name=view.name,
+            max_num_seqs=view.max_num_seqs,
+            util_band_high=view.util_band_high,
+            ready=len(ready),
+            serving=sum(1 for i in mine if i.desired == RUNNING),
+            active=sum(1 for i in mine if i.desired != STOPPED),
+            max_instances=view.max_instances,
+            outstanding=sum(outstanding.get(i.id, 0) for i in ready),
+            held=sum(1 for held in self.held if held.groups[0][0] == pool_id),
+        )
+        if reason is None:
+            return
+        self.scale_sent[pool_id] = self.now
+        planned = pressure.pressure_actions(
+            self._snapshot(), pool_id=pool_id, settings=settings, now=self._at(self.now), reason=reason
+        )
+        if planned:
             self._apply(planned[0])
 
     def _release_held(self) -> None:
@@ -547,20 +654,62 @@ class Simulation:
         outstanding = self.picker.outstanding
         outstanding[instance.id] = outstanding.get(instance.id, 0) + 1
         instance.last_request_s = self.now
+        self._pressure(instance.pool_id)
         if not instance.stepping:
             self._step_start(instance)
 
     def _step_start(self, instance: _Instance) -> None:
-        """Run the engine until its next step boundary, or in one go up to the next outside event."""
-        horizon = self.events[0][0] if self.events else float("inf")
-        duration = instance.core.steps(self.now, horizon)
-        instance.stepping = duration > 0
+        """Run the engine step after step (``EngineCore.steps``) up to the next outside event, in one go.
+
+        Until that event nothing can change the engine's batch, and nothing reads what it
+        finished, so its steps run back to back here and one step end collects the requests
+        they finished; the step that ends at or after the event (it started before it) runs too,
+        and its requests are collected at its own end (``crossing_s``), after the event: what
+        stepping one step end at a time does, in two step ends instead of one per step."""
+        following = self.next_arrival
+        horizon = min(
+            self.events[0][0] if self.events else math.inf,
+            self.arrival_times[following] if following < len(self.arrival_times) else math.inf,
+        )
+        core = instance.core
+        end = self.now
+        before: float | None = None  # the end of the last step that ends before the horizon
+        while True:
+            duration = core.steps(end, horizon)
+            if duration <= 0:
+                break
+            end += duration
+            if end >= horizon:
+                break
+            before = end
+            # Taken out of the core now, so the step in flight past the horizon keeps its own.
+            instance.finished_before += core.pop_finished()
+        instance.stepping = end > self.now
         if instance.stepping:
+            if before is not None and end > before:
+                instance.crossing_s = end
             self.sequence += 1
-            heapq.heappush(self.step_ends, (self.now + duration, self.sequence, instance.id))
+            heapq.heappush(self.step_ends, (end if before is None else before, self.sequence, instance.id))
+
+    def _finished_now(self, instance: _Instance) -> list[SimRequest]:
+        """The requests the instance's steps finished by now, in the order they finished; those of a
+        step in flight past now (``crossing_s``) stay in the core until its end."""
+        finished, instance.finished_before = instance.finished_before, []
+        if instance.crossing_s is None:
+            finished += instance.core.pop_finished()
+        return finished
+
+    def _step_next(self, instance: _Instance) -> None:
+        """After a step end: wait for the step in flight past it, or run the engine on."""
+        if instance.crossing_s is None:
+            self._step_start(instance)
+            return
+        self.sequence += 1
+        heapq.heappush(self.step_ends, (instance.crossing_s, self.sequence, instance.id))
+        instance.crossing_s = None
 
     def _step_end(self, instance: _Instance) -> None:
-        for request in instance.core.pop_finished():
+        for request in self._finished_now(instance):
             index = int(request.id)
             assert request.first_token_s is not None and request.finished_s is not None
             self.first_token[index] = request.first_token_s
@@ -569,10 +718,12 @@ class Simulation:
             self.ttft_log[instance.pool_id].append((request.first_token_s, ttft))
             if self.pools[instance.pool_id].view.sla_e2e_latency_ms is not None:
                 self.e2e_log[instance.pool_id].append((request.finished_s, request.finished_s - request.arrival_s))
+            if self.pools[instance.pool_id].view.sla_ms_per_1k_prompt_tokens > 0:
+                self.bound_log[instance.pool_id].append((request.first_token_s, ttft * 1000, request.prompt_tokens))
             self.interval_ttft.append(ttft)
             self.picker.outstanding[instance.id] -= 1
             self.done += 1
-        self._step_start(instance)
+        self._step_next(instance)
         if not instance.stepping and instance.actual == STOPPING:
             self._set_actual(instance, STOPPED)
 
@@ -706,7 +857,21 @@ class Simulation:
                 if view.sla_e2e_latency_ms is not None
                 else None
             ),
+            over_bound=(
+                (lambda start, end: self._window_over_bound(view, start, end))
+                if view.sla_ms_per_1k_prompt_tokens > 0
+                else None
+            ),
         )
+
+    def _window_over_bound(self, view: PoolView, start: datetime, end: datetime) -> float | None:
+        """The share of the requests whose first token came in the window over their own TTFT bound."""
+        log = self.bound_log[view.id]
+        while log and log[0][0] < self.now - WINDOW_S * WINDOWS - 60:
+            log.pop(0)
+        low, high = (start - self.trace.start).total_seconds(), (end - self.trace.start).total_seconds()
+        judged = ((ttft_ms, tokens) for t, ttft_ms, tokens in log if low <= t < high)
+        return over_bound_share(judged, view.sla_latency_ms, view.sla_ms_per_1k_prompt_tokens)
 
     def _window_latency(
         self,

@@ -204,29 +204,47 @@ def register(request: HttpRequest) -> JsonResponse:
 REPORT_WINDOW_S = 60
 
 
+_redis_client: Any = None
+
+
+def _count(key: str) -> int:
+    """Count one more under ``key``, which lives two windows: in Redis where the panel has it (one
+    round trip: INCR and EXPIRE NX pipelined), else in this process's cache."""
+    global _redis_client
+    if settings.REDIS_URL:
+        if _redis_client is None:
+            import redis
+
+            _redis_client = redis.Redis.from_url(settings.REDIS_URL)
+        pipe = _redis_client.pipeline(transaction=False)
+        pipe.incr(f"gpufleet:{key}")
+        pipe.expire(f"gpufleet:{key}", int(2 * REPORT_WINDOW_S), nx=True)
+        count, _ = pipe.execute()
+        return int(count)
+    if cache.add(key, 1, timeout=2 * REPORT_WINDOW_S):
+        return 1
+    try:
+        return int(cache.incr(key))
+    except ValueError:  # expired since the add refused: this request starts it again
+        cache.add(key, 1, timeout=2 * REPORT_WINDOW_S)
+        return 1
+
+
 def report_rate_wait(node: Node, *, now: float | None = None) -> int:
     """Count one report request of ``node``; the seconds until it may report again, 0 if within the bound.
 
     A node's token makes at most ``AGENT_REPORTS_PER_MINUTE`` report requests per minute of
-    the clock. The count is kept in the cache every panel process shares (Redis in
-    production, see ``CACHES``), one counter per node and minute: ``cache.add`` starts it at
-    1 and ``cache.incr`` counts every other request, both atomic, so several workers
-    together allow the bound once, not once each. A counter lives two minutes, so it never
-    expires in the minute it counts. Without its cache the bound is not enforced (logged):
-    reports keep flowing while the cache is down.
+    the clock. The count is kept where every panel process sees it (Redis where the panel
+    has it, ``_count``), one counter per node and minute, incremented atomically, so several
+    workers together allow the bound once, not once each. A counter lives two minutes, so it
+    never expires in the minute it counts. Without Redis the bound is not enforced (logged):
+    reports keep flowing while it is down.
     """
     now = time.time() if now is None else now
     window = int(now // REPORT_WINDOW_S)
     key = f"agent-reports:{node.pk}:{node.token_hash[:16]}:{window}"
     try:
-        if cache.add(key, 1, timeout=2 * REPORT_WINDOW_S):
-            count = 1
-        else:
-            try:
-                count = cache.incr(key)
-            except ValueError:  # evicted since the add refused: this request starts it again
-                cache.add(key, 1, timeout=2 * REPORT_WINDOW_S)
-                count = 1
+        count = _count(key)
     except (RedisError, OSError) as exc:
         logger.warning("agent API: cache unavailable, report rate of node %s not bounded: %s", node.name, exc)
         return 0

@@ -299,6 +299,7 @@ _INSTANCE_FIELDS = (
     "mig_device_id",
     "gpu__uuid",
     "mig_device__uuid",
+    "desired_changed_at",
 )
 # The spec's fields that come from the pool's model profile, under the same names.
 _PROFILE_FIELDS = tuple(name for name in protocol.InstanceSpec.model_fields if name not in ("gpu_uuids", "mig_uuids"))
@@ -505,6 +506,7 @@ def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> proto
         ack_seq=max(seqs[-1], last_seq),
         desired=_desired(rows.values()),
         report_interval_s=REPORT_INTERVAL_S,
+        report_again_s=SETTLING_REPORT_S if _settling(rows.values(), now=now) else None,
         batch_jobs=jobs,
         stop_containers=[
             container_id
@@ -680,6 +682,24 @@ def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignC
     if new:
         OrphanContainer.objects.bulk_create(new)
         known.update({orphan.container_id: (at, None, None) for orphan in new})
+
+
+# While an instance on the node is on its way to serving, its agent reports this often (the
+# reply's ``report_again_s``), for at most ``SETTLING_FOR_S`` after the panel decided it: the
+# gateway routes to it from the report that says ready, not up to an interval later.
+SETTLING_REPORT_S = 0.5
+SETTLING_FOR_S = 180.0
+
+
+def _settling(rows: Iterable[dict[str, Any]], *, now: float) -> bool:
+    """Whether an instance was recently told to serve and is not serving yet (nor failed)."""
+    return any(
+        row["desired_state"] == states.RUNNING
+        and row["actual_state"] in states.ON_ITS_WAY
+        and row["desired_changed_at"] is not None
+        and now - row["desired_changed_at"].timestamp() < SETTLING_FOR_S
+        for row in rows
+    )
 
 
 def _desired(rows: Iterable[dict[str, Any]]) -> list[protocol.DesiredInstance]:

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from fleet.models import ApiKey, ModelProfile, Node, Policy, PriceRate, Team
 from fleet.tokens import token_hash
-from tests.factories import inline_management, make_gpu, make_instance, make_node, make_pool
+from tests.factories import make_gpu, make_instance, make_node, make_pool, node_form
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +80,7 @@ def test_fleet_policies_exist_with_method_defaults() -> None:
 def test_new_node_token_is_shown_once_and_stored_hashed(admin_client: Client) -> None:
     response = admin_client.post(
         reverse("admin:fleet_node_add"),
-        {"name": "gpu-host-9", "labels": "{}", **inline_management("gpus")},
+        node_form("gpu-host-9"),
         follow=True,
     )
     match = re.search(r"\(shown once, store it now\): (gfn_[\w-]+)", response.content.decode())

@@ -27,6 +27,7 @@ def pool_form(**overrides: Any) -> dict[str, Any]:
         "sla_metric": "ttft",
         "sla_percentile": 95,
         "sla_latency_ms": 500,
+        "sla_ms_per_1k_prompt_tokens": 0,
         "util_band_low": "50",
         "util_band_high": "65",
         "min_instances": 0,

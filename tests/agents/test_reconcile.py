@@ -141,16 +141,20 @@ class FakeRuntime:
             raise RuntimeFailure(f"reading logs of {instance_id}: no such container")
         return f"last words of {found[-1].name}"
 
+    def _serving(self, instance_id: str) -> str | None:
+        """The name of the instance's running server, whatever its generation (it is reached by its port)."""
+        return next((c.name for c in self._matching(instance_id, None) if c.running), None)
+
     def sleep(self, action: Sleep) -> None:
         self.calls.append(("sleep", action.instance_id, action.generation))
-        name = container_name(action.instance_id, action.generation)
-        if not (name in self.containers and self.containers[name].running):
-            raise RuntimeFailure(f"{name} is not running")
+        name = self._serving(action.instance_id)
+        if name is None:
+            raise RuntimeFailure(f"{container_name(action.instance_id, action.generation)} is not running")
         self.asleep_names.add(name)
 
     def wake_up(self, action: Wake) -> None:
         self.calls.append(("wake", action.instance_id, action.generation))
-        self.asleep_names.discard(container_name(action.instance_id, action.generation))
+        self.asleep_names.discard(self._serving(action.instance_id) or "")
 
     @property
     def asleep(self) -> set[str]:
@@ -172,16 +176,17 @@ def test_running_at_desired_generation_needs_nothing() -> None:
     assert reconcile([want("a")], fake.list_managed()) == []
 
 
-def test_generation_bump_stops_old_then_starts_new() -> None:
+def test_generation_bump_with_a_changed_server_stops_old_then_starts_new() -> None:
     fake = FakeRuntime()
     fake.add("a", 1)
-    desired = [want("a", 2)]
+    newer = dataclasses.replace(spec("a", 2), image="vllm/vllm-openai:newer")
+    desired = [DesiredInstance("a", 2, "running", newer)]
 
     actions = reconcile(desired, fake.list_managed())
 
     assert actions == [
         Stop("a", 1, "generation 1 superseded by desired generation 2"),
-        Start(spec("a", 2), "desired running; no container for generation 2"),
+        Start(newer, "desired running; no container for generation 2"),
     ]
     results = apply(actions, fake)
     assert all(r.ok for r in results)
@@ -348,7 +353,7 @@ def test_memory_is_freed_before_it_is_claimed() -> None:
     fake.add("e", 1)
     desired = [
         want("a"),
-        want("b", 2),
+        DesiredInstance("b", 2, "running", dataclasses.replace(spec("b", 2), image="vllm/vllm-openai:newer")),
         want("c"),
         want("d"),
         want("e", 1, "sleeping"),
@@ -434,3 +439,32 @@ def test_passes_converge_and_then_stay_empty(scenario: tuple[list[DesiredInstanc
     again = reconcile(desired, fake.list_managed(), asleep=fake.asleep)
     assert [a.container for a in again if isinstance(a, ReportOrphan)] == orphans
     assert [a for a in again if not isinstance(a, ReportOrphan)] == []
+
+
+def test_a_sleep_and_a_wake_keep_the_running_server_across_generations() -> None:
+    """The panel bumps the generation on every change of desired state; a server whose spec is unchanged
+    (``SPEC_LABEL``) is put to sleep and woken where it runs, not replaced by a cold start."""
+    fake = FakeRuntime()
+    fake.add("a", 1)
+    asleep = [want("a", 2, "sleeping")]
+    assert reconcile(asleep, fake.list_managed(), asleep=fake.asleep) == [
+        Sleep("a", 2, 8000, 1, "desired sleeping; server is awake, sleep at level 1")
+    ]
+    converge(asleep, fake)
+    assert reconcile(asleep, fake.list_managed(), asleep=fake.asleep) == []
+    assert reconcile([want("a", 3)], fake.list_managed(), asleep=fake.asleep) == [
+        Wake("a", 3, 8000, "desired running; server is asleep")
+    ]
+    converge([want("a", 3)], fake)
+    assert reconcile([want("a", 3)], fake.list_managed(), asleep=fake.asleep) == []
+    assert [call[0] for call in fake.calls] == ["sleep", "wake"]
+    assert [(c.generation, c.status) for c in fake.list_managed()] == [(1, "running")]
+
+
+def test_a_stopped_server_of_an_older_generation_is_not_kept() -> None:
+    fake = FakeRuntime()
+    fake.add("a", 1, status="exited", exit_code=0)
+    assert reconcile([want("a", 2)], fake.list_managed()) == [
+        Stop("a", 1, "generation 1 superseded by desired generation 2"),
+        Start(spec("a", 2), "desired running; no container for generation 2"),
+    ]

@@ -30,6 +30,7 @@ from agents.runtime import (
     Volume,
     docker_create_kwargs,
     gpu_devices_of,
+    spec_digest,
     vllm_container_spec,
 )
 from tests.support.docker_engine import INDEX_BODY, free_port
@@ -290,7 +291,8 @@ def test_reconcile_and_apply_converge_a_real_engine(
 ) -> None:
     port = free_port()
     v1 = make_spec("llm", 1, port)
-    v2 = make_spec("llm", 2, port)
+    # A changed server (its environment): the same one under a new generation is kept (a sleep, a wake).
+    v2 = dataclasses.replace(make_spec("llm", 2, port), env={"GPUFLEET_TEST_CHANGED": "1"})
     orphan = runtime.start(make_spec("stray"))
 
     def step(desired: list[DesiredInstance]) -> list[type]:
@@ -334,7 +336,10 @@ def test_docker_kwargs_without_gpus_request_no_device() -> None:
         "gpufleet.instance": "a",
         "gpufleet.generation": "3",
         "gpufleet.node": "n1",
+        "gpufleet.spec": spec_digest(spec),
     }
+    assert spec_digest(spec) == spec_digest(dataclasses.replace(spec, generation=4))
+    assert spec_digest(spec) != spec_digest(dataclasses.replace(spec, image="img:2"))
     assert kwargs["init"] is True and kwargs["command"] == ["x"]
 
 

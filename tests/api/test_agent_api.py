@@ -375,3 +375,24 @@ def test_reported_orphan_and_foreign_containers_are_kept_on_the_node(agent: Agen
         ("someones-notebook", False),
         ("gpufleet-77-g1", True),
     ]
+
+
+def test_the_reply_asks_for_the_next_report_soon_while_an_instance_is_on_its_way(agent: Agent) -> None:
+    """Told to serve and not ready: report again in 0.5 s (``SETTLING_REPORT_S``), so the gateway routes
+    to it half a second after it is ready, not up to an interval later. Ready, failed, or told to serve
+    more than ``SETTLING_FOR_S`` (180 s) ago: the agent's own interval (the field left out)."""
+    agent.post(batch("gpu-a", report(1)))
+    instance = make_instance(make_pool(), Gpu.objects.get(node=agent.node))
+
+    def again(seq: int, state: str) -> Any:
+        body = agent.post(batch("gpu-a", report(seq, instances=[instance_sample(instance, state)]))).json()
+        return body.get("report_again_s")
+
+    assert again(2, "starting") == 0.5
+    assert again(3, "sleeping") == 0.5  # a wake decided, the engine still asleep
+    assert again(4, "ready") is None
+    assert again(5, "failed") is None
+    Instance.objects.filter(pk=instance.pk).update(desired_changed_at=timezone.now() - timedelta(seconds=181))
+    assert again(6, "starting") is None
+    Instance.objects.filter(pk=instance.pk).update(desired_state="sleeping", desired_changed_at=timezone.now())
+    assert again(7, "ready") is None  # going to sleep: nothing waits on it

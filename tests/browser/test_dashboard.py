@@ -18,7 +18,7 @@ from django.utils import timezone
 from fleet import events
 from fleet.decide.evaluate import Evaluation, policies_evaluate
 from fleet.decide.services import node_create
-from fleet.models import Decision, GpuSample, Instance, Policy
+from fleet.models import Decision, GpuSample, Instance, Policy, RollupWatermark
 from tests.api.test_agent_api import batch, gpu_reading, report
 from tests.browser.fleet_history import history_build
 from tests.factories import make_gpu, make_instance, make_node, make_pool
@@ -98,13 +98,31 @@ def test_overview_chart_grows_as_an_agent_reports_and_every_page_draws(
         "pool": (f"/pools/{pools['chat-s'].pk}/?range=24h", 4),
         "costs": ("/costs/?range=24h", 5),
         "decisions": ("/decisions/?range=24h", 1),
+        "savings": ("/savings/?range=24h", 0),
         "requests": ("/requests/", 1),
+        "recommendations": ("/recommendations/", 0),
     }
     for name, (path, charts) in pages.items():
         page.goto(f"{asgi_live_server.url}{path}")
         if charts:
             assert charts_drawn(page) == charts, name
         screenshot(page, name)
+    # With the rollups marked done the month has spend: each headline shows a figure and links
+    # to the page that breaks it down.
+    done = timezone.now().replace(second=0, microsecond=0)
+    for name in ("minute", "hour"):
+        RollupWatermark.objects.update_or_create(name=name, defaults={"done_until": done})
+    page.goto(f"{asgi_live_server.url}/")
+    for name in ("rate", "today", "month", "forecast", "efficiency", "idle", "savings"):
+        assert page.locator(f"#headline-{name} .value").inner_text().strip() not in ("", "–"), name
+        assert page.locator(f"#headline-{name} a").count() == 1, name
+    assert page.locator("#headline-efficiency .value").inner_text().strip().endswith("%")
+    assert page.locator("#headline-forecast a").get_attribute("href") == "/costs/?range=30d"
+    screenshot(page, "overview-headlines")
+    page.goto(f"{asgi_live_server.url}/recommendations/")
+    assert page.locator("#recommendations").count() == 1
+    page.goto(f"{asgi_live_server.url}/savings/?range=24h")
+    assert "headline = attributed" in page.locator("#reconciliation").inner_text()
     demo_node = pools["chat-s"].instances.first().gpu.node
     page.goto(f"{asgi_live_server.url}/nodes/{demo_node.pk}/?range=1h")
     assert charts_drawn(page) == 4
@@ -172,7 +190,7 @@ def test_a_policy_edited_in_the_admin_shows_on_the_decisions_page_after_the_next
 
 
 def test_anonymous_visitors_are_sent_to_sign_in_and_their_socket_is_refused(asgi_live_server: Any, page: Any) -> None:
-    for path in ("/", "/costs/", "/decisions/", "/requests/"):
+    for path in ("/", "/costs/", "/decisions/", "/savings/", "/requests/", "/recommendations/"):
         page.goto(f"{asgi_live_server.url}{path}")
         assert "/admin/login/" in page.url, path
     outcome = page.evaluate(

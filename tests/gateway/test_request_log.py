@@ -79,3 +79,16 @@ def test_inside_a_callers_transaction_the_links_are_looked_up_first() -> None:
     assert connection.in_atomic_block
     assert request_logs_write(records=records) == 2
     assert stored() == [(key.team_id, first.pool_id, first.pk, 200), (key.team_id, first.pool_id, None, 200)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_row_names_the_key_it_came_with_and_a_revoked_or_deleted_key_leaves_no_link() -> None:
+    key, first, _second = fleet_rows()
+    other, _secret = api_key_create(team=key.team, name="batch")
+    assert request_logs_write(records=[record(key, first, time.time()), record(other, first, time.time())]) == 2
+    assert list(RequestLog.objects.order_by("id").values_list("api_key_id", flat=True)) == [key.pk, other.pk]
+    gone = record(other, first, time.time())
+    other.delete()
+    assert request_logs_write(records=[gone]) == 1
+    assert RequestLog.objects.order_by("id").last().api_key_id is None  # type: ignore[union-attr]
+    assert RequestLog.objects.filter(api_key=None).count() == 2, "deleting the key unlinks its earlier rows too"

@@ -103,3 +103,13 @@ def test_a_freshly_woken_instance_is_not_stopped_before_it_could_serve() -> None
     woken = instance(1, actual_state="sleeping", last_request_at=ago(3000), desired_changed_at=ago(5))
     assert decide(SLEEPY, [woken]) == []
     assert decide(SLEEPY, [instance(1, actual_state="sleeping", last_request_at=ago(3000))]) == [(1, "stop", "stopped")]
+
+
+def test_a_start_longer_than_the_stop_threshold_is_not_taken_for_idleness() -> None:
+    """Launched 700 s ago and still starting (an image pull, a weight download): past the 600 s
+    stop threshold counted from the launch, yet it never could serve. Once ready, its idle time
+    counts from then: ready 601 s ago, it stops."""
+    starting = instance(1, actual_state="starting", created_at=ago(700), ready_at=None, desired_changed_at=ago(700))
+    assert decide({}, [starting]) == []
+    ready = instance(1, created_at=ago(1300), ready_at=ago(601), desired_changed_at=ago(1300), last_request_at=None)
+    assert decide({}, [ready]) == [(1, "stop", "stopped")]

@@ -54,6 +54,8 @@ SESSION = {"user", "staff", "operator", "superuser"}
 # 302 = sent to a login page, 101 = WebSocket accepted, 403 on the WebSocket = handshake refused.
 MATRIX: dict[str, dict[str, int]] = {
     "GET /": {"default": 302, "user": 200, "staff": 200, "operator": 200, "superuser": 200},
+    "GET /requests/export.csv": {"default": 302, "user": 200, "staff": 200, "operator": 200, "superuser": 200},
+    "GET /costs/spend.csv": {"default": 302, "user": 200, "staff": 200, "operator": 200, "superuser": 200},
     "GET /hosts/add/": {"default": 302, "staff": 403, "operator": 200, "superuser": 200},
     "POST /hosts/add/": {"default": 302, "staff": 403, "operator": 200, "superuser": 200},
     "WS /ws/fleet/": {"default": 403, "user": 101, "staff": 101, "operator": 101, "superuser": 101},

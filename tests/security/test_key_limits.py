@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from fleet.decide.services import api_key_create
+from fleet.gateway.limits import SharedKeyLimiter
+from fleet.gateway.protocol import ApiError
+from fleet.gateway.table import ApiKeyRoute
 from fleet.models import ApiKey, Team
 from tests.gateway.conftest import (
     STUB_MODEL,
@@ -102,3 +107,72 @@ def test_a_pool_the_key_was_not_given_is_not_used_for_it(
 
     assert refused.status_code == 503
     assert stub.requests == 0
+
+
+# -- several gateway processes count one key together ------------------------------------------
+
+
+def test_two_gateways_on_one_redis_give_a_key_its_rate_once_not_once_each(
+    live_gateway: Callable[..., LiveGateway], stub: OpenAIStub, redis_url: str
+) -> None:
+    """Three requests a minute: two through one gateway, one through another, then both refuse.
+    Each counting alone would have allowed six."""
+    make_ready(make_routed_pool("chat-l"), stub.base_url)
+    limited = limited_key(requests_per_minute=3)
+    first, second = live_gateway(redis_url=redis_url), live_gateway(redis_url=redis_url)
+    with client(first, limited) as a, client(second, limited) as b:
+        answers = [a.post("/v1/chat/completions", json=chat()).status_code for _ in range(2)]
+        answers += [b.post("/v1/chat/completions", json=chat()).status_code]
+        answers += [b.post("/v1/chat/completions", json=chat()).status_code]
+        answers += [a.post("/v1/chat/completions", json=chat()).status_code]
+    assert answers == [200, 200, 200, 429, 429]
+
+
+def shared_limiter_admits(url: str, key: ApiKeyRoute, calls: list[tuple[int, float]]) -> list[str]:
+    """Each (tokens, wall time) admitted or refused by one ``SharedKeyLimiter``: 'ok' or the 429's
+    type and Retry-After."""
+
+    async def run() -> list[str]:
+        limiter = SharedKeyLimiter(url, prefix=f"test-key-rate-{secrets.token_hex(4)}")
+        answers = []
+        try:
+            for tokens, wall in calls:
+                try:
+                    await limiter.admit(key, tokens=tokens, now=wall, wall=wall)
+                    answers.append("ok")
+                except ApiError as refused:
+                    answers.append(f"{refused.type} {dict(refused.headers)[b'retry-after'].decode()}")
+        finally:
+            await limiter.close()
+        return answers
+
+    return asyncio.run(run())
+
+
+def route_with(**limits: int | None) -> ApiKeyRoute:
+    return ApiKeyRoute(key_id=1, team_id=1, models=frozenset(), pool_ids=frozenset(), **limits)
+
+
+def test_the_shared_window_refuses_with_the_seconds_until_its_oldest_bucket_leaves(redis_url: str) -> None:
+    """10 s buckets, six to the minute. Two requests at 10,003 s (bucket 1,000, 3 s old), limit 2: the
+    third is refused until bucket 1,000 leaves the window, when bucket 1,006 begins at 10,060 s: 57 s.
+    Tokens, 100 a minute: 60 at 10,003 s, 30 at 10,021 s (bucket 1,002); 20 more at 10,025 s is over
+    (110): the first 60 leave at 10,060 s, 35 s later."""
+    assert shared_limiter_admits(redis_url, route_with(requests_per_minute=2), [(1, 10_003.0)] * 3) == [
+        "ok",
+        "ok",
+        "requests 57",
+    ]
+    tokens = [(60, 10_003.0), (30, 10_021.0), (20, 10_025.0), (10, 10_025.0)]
+    assert shared_limiter_admits(redis_url, route_with(tokens_per_minute=100), tokens) == [
+        "ok",
+        "ok",
+        "tokens 35",
+        "ok",
+    ]
+
+
+def test_without_redis_each_gateway_counts_alone_and_keeps_limiting() -> None:
+    """Redis unreachable: the process's own sliding window takes over (one request a minute)."""
+    key = route_with(requests_per_minute=1)
+    assert shared_limiter_admits("redis://127.0.0.1:1/0", key, [(1, 100.0), (1, 101.0)]) == ["ok", "requests 59"]

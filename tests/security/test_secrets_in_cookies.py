@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from fleet.models import Team
-from tests.factories import inline_management
+from tests.factories import node_form
 
 pytestmark = pytest.mark.django_db
 
@@ -48,5 +48,5 @@ def test_a_new_join_token_travels_in_no_cookie(admin_client: Client) -> None:
 
 
 def test_a_new_node_token_travels_in_no_cookie(admin_client: Client) -> None:
-    data = {"name": "gpu-host-9", "labels": "{}", **inline_management("gpus")}
+    data = node_form("gpu-host-9")
     created(admin_client, reverse("admin:fleet_node_add"), data, "gfn")

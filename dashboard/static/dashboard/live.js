@@ -124,7 +124,8 @@
     table.querySelector("tr.none")?.remove();
     const row = table.insertRow(0);
     row.dataset.decision = event.decision;
-    [event.at.replace("T", " ").slice(0, 19), event.policy_kind, event.action, poolName(event.pool), event.instance || "–", event.reason || ""].forEach((text) => {
+    // The effect column ("–") fills in on the next load: it is priced on the server.
+    [event.at.replace("T", " ").slice(0, 19), event.policy_kind, event.action, poolName(event.pool), event.instance || "–", "–", event.reason || ""].forEach((text) => {
       row.insertCell().textContent = text;
     });
   }

@@ -30,19 +30,35 @@ from fleet.sim.traces import Trace, TraceError, trace_from_request_log, trace_lo
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+    """Progress of each stage of a comparison (static search, oracle, policy run) on stderr.
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    On a terminal one line redrawn in place, at most ten times a second; otherwise (a log
+    file, CI) a plain line at each stage's start and every further 10%, so a long run shows
+    it is alive without filling the log. Each line carries the seconds since the bar began."""
+
+    def __init__(self, write: Callable[[str], None], *, tty: bool = True) -> None:
         self.write = write
+        self.tty = tty
+        self.began = time.monotonic()
         self.drawn = 0.0
+        self.shown: tuple[str, int] | None = None
 
     def __call__(self, label: str, done: float) -> None:
         now = time.monotonic()
+        elapsed = f"{now - self.began:6.0f} s"
+        if not self.tty:
+            tenth = int(min(done, 1.0) * 10)
+            if self.shown is not None and self.shown[0] == label and self.shown[1] >= tenth:
+                return
+            self.shown = (label, tenth)
+            self.write(f"{label:<22} {done:4.0%} {elapsed}\n")
+            return
         if now - self.drawn < 0.1 and done < 1:
             return
         self.drawn = now
         filled = int(done * 30)
-        self.write(f"\r{label:<22} [{'#' * filled}{'.' * (30 - filled)}] {done:4.0%}" + ("\n" if done >= 1 else ""))
+        bar = f"\r{label:<22} [{'#' * filled}{'.' * (30 - filled)}] {done:4.0%} {elapsed}"
+        self.write(bar + ("\n" if done >= 1 else ""))
 
 
 def settings_file_read(path: str | None) -> dict[str, Any]:
@@ -107,6 +123,7 @@ def setup_from_db(*, pool_id: int, engine: EngineModel, gpus: int, base: SimSetu
         sla_percentile=pool.sla_percentile,
         sla_latency_ms=pool.sla_latency_ms,
         sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
+        sla_ms_per_1k_prompt_tokens=pool.sla_ms_per_1k_prompt_tokens,
         util_band_low=pool.util_band_low,
         util_band_high=pool.util_band_high,
         idle_minimize_after_s=pool.idle_minimize_after_s,
@@ -170,11 +187,25 @@ class Command(BaseCommand):
             help="An end-to-end latency bound beside the first-token one: a request is within the SLA only "
             "if it meets both (default: first token only).",
         )
+        parser.add_argument(
+            "--sla-ms-per-1k-prompt-tokens",
+            dest="sla_ms_per_1k_prompt_tokens",
+            type=float,
+            default=0.0,
+            help="Lets the first-token bound grow with the prompt: --sla-ms plus this many ms per 1,000 prompt "
+            "tokens, each request judged against its own bound (default 0: one flat bound).",
+        )
         parser.add_argument("--sla-target", type=float, default=0.999, help="Share of requests within the SLA.")
         parser.add_argument("--price", help="Price per GPU-hour (default: the panel's rate for the GPU model).")
         parser.add_argument("--report", help="Write the HTML report here.")
         parser.add_argument("--markdown", help="Write the Markdown table here.")
         parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=1,
+            help="2: the static search and the policy run in a second process beside the oracle (same report).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         trace = self._trace(options)
@@ -189,9 +220,17 @@ class Command(BaseCommand):
         setup = self._setup(engine, options)
         if options["pool"] is not None:
             setup = setup_from_db(pool_id=options["pool"], engine=engine, gpus=options["gpus"], base=setup)
-        progress = None if options["quiet"] else ProgressBar(lambda text: self.stderr.write(text, ending=""))
+        progress = (
+            None
+            if options["quiet"]
+            else ProgressBar(lambda text: self.stderr.write(text, ending=""), tty=self.stderr.isatty())
+        )
         comparison = compare(
-            trace=trace, setup=setup, price_per_gpu_hour=price_lookup(engine, options["price"]), progress=progress
+            trace=trace,
+            setup=setup,
+            price_per_gpu_hour=price_lookup(engine, options["price"]),
+            progress=progress,
+            jobs=options["jobs"],
         )
         markdown = comparison_markdown(comparison)
         self.stdout.write(markdown)
@@ -226,6 +265,7 @@ class Command(BaseCommand):
                 sla_ms=options["sla_ms"],
                 sla_target=options["sla_target"],
                 e2e_sla_ms=options.get("e2e_sla_ms"),
+                sla_ms_per_1k_prompt_tokens=options.get("sla_ms_per_1k_prompt_tokens") or 0.0,
             )
         except (TypeError, ValueError) as exc:
             raise CommandError(f"settings: {exc}") from exc

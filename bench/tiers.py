@@ -1,0 +1,233 @@
+"""The whole method in the benchmark: requests split by RCF tier, each tier on its own GPU type, in money.
+
+For each trace: the requests are split into the S, M and L tiers by the gateway's routing
+function (``fleet.sim.tiers.tier_split``), each tier is compared (policy, static, oracle) as
+its own pool on the GPU type ``bench/sim/tiers.json`` gives it (M on H100 MIG ``3g.40gb``
+slices), and the whole trace is sized as one always-on H100 pool: the static fleet the method
+replaces. Prints one Markdown table per trace (spend and GPU-hours per tier and in total, saved
+vs that static fleet, oracle/policy, SLA attainment, P95 TTFT, cold starts) and the settings.
+
+Traces: both Azure traces (the conversation trace at four times its rate, as ``make bench-sim``
+runs it), the first ``days`` of the ServeGen rate series at a stated mean rate with lengths from
+the conversation trace, and a long-prompt mix (document summaries, 8k-128k-token prompts) on
+the same day's shape, whose pool allows 256K-token contexts. Jobs run side by side on up to
+``SIM_JOBS`` processes (default: the CPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fleet.sim.compare import Comparison  # noqa: E402
+from fleet.sim.result import SimResult  # noqa: E402
+from fleet.sim.tiers import (  # noqa: E402
+    TieredComparison,
+    TierSpec,
+    document_summaries,
+    static_reference,
+    tier_compare,
+    tier_engine,
+    tier_split,
+    tiered_from,
+)
+from fleet.sim.traces import RateSeries, rate_series_load, trace_from_rate_series, trace_load  # noqa: E402
+
+SEED = int(os.environ.get("SIM_SEED", "0"))
+SETTINGS = ROOT / os.environ.get("SIM_TIERS_SETTINGS", "bench/sim/tiers.json")
+SERVEGEN = Path(
+    os.environ.get("SIM_SERVEGEN", str(ROOT / "fleet" / "sim" / "traces" / "servegen_m-mid_rate_10min.csv"))
+)
+ONLY = [name for name in os.environ.get("SIM_TRACES", "").split(",") if name]
+
+
+def _values(name: str) -> dict[str, Any]:
+    return json.loads((ROOT / "bench" / "sim" / name).read_text(encoding="utf-8"))
+
+
+def _merged(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The trace's settings with a tier's overrides laid over them, one section (and policy) at a time."""
+    out = {key: dict(value) for key, value in values.items()}
+    for section, changes in overrides.items():
+        base = out.setdefault(section, {})
+        for key, value in changes.items():
+            base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def _spec(tier: str, entry: dict[str, Any], values: dict[str, Any], **extra: Any) -> TierSpec:
+    """A tier's spec: the trace's settings, the tier's overrides over them, then the trace's own
+    overrides (``extra["overrides"]``: a workload's settings win over a tier's defaults)."""
+    values = _merged(_merged(values, entry.get("settings", {})), extra.pop("overrides", {}))
+    return TierSpec(
+        tier=tier,
+        gpu=entry["gpu"],
+        gpus=int(entry.get("gpus", 8)),
+        mig_profile=entry.get("mig_profile"),
+        price_per_gpu_hour=Decimal(entry["price"]) if "price" in entry else None,
+        values=values,
+        **extra,
+    )
+
+
+def _day(series: RateSeries, days: float) -> RateSeries:
+    span = days * 86_400
+    return RateSeries(
+        name=f"{series.name} first {days:g} day(s)",
+        start=series.start,
+        windows=tuple(w for w in series.windows if w[0] < span),
+    )
+
+
+def workloads(settings: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], dict[str, Any]]]:
+    """(label, trace, policy settings, extra TierSpec fields) per trace of the benchmark."""
+    out: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
+        ("azure-code", trace_load("azure-code"), _values("azure-code.json"), {}),
+        ("azure-conv x4", trace_load("azure-conv").rate_scaled(4, seed=SEED), _values("azure-conv.json"), {}),
+    ]
+    servegen = settings["servegen"]
+    series = _day(rate_series_load(SERVEGEN), servegen["days"])
+    scale = servegen["mean_rate_per_s"] / series.mean_rate
+    trace = trace_from_rate_series(series, lengths=trace_load(servegen["lengths"]), seed=SEED, scale=scale)
+    out.append(
+        (
+            f"servegen {servegen['days']:g} d @ {servegen['mean_rate_per_s']:g}/s",
+            trace,
+            _values(servegen["policy_settings"]),
+            {},
+        )
+    )
+    documents = settings["documents"]
+    hours = documents["hours"]
+    shape = [w for w in series.windows if w[0] < hours * 3600]
+    mean = sum(w[1] * w[2] for w in shape) / sum(w[1] for w in shape)
+    windows = [(start, length, rate * documents["mean_rate_per_s"] / mean) for start, length, rate in shape]
+    values = _values(documents["policy_settings"])
+    # The pool knows the SLA grows with the prompt (else its autoscale reads a 17 s first token as a breach).
+    pool = {
+        **values.get("pool", {}),
+        "max_model_len": documents["max_model_len"],
+        "sla_latency_ms": 500,
+        "sla_ms_per_1k_prompt_tokens": documents["sla_ms_per_1k_prompt_tokens"] if documents["pool_knows_bound"] else 0,
+    }
+    values = {**values, "pool": pool}
+    out.append(
+        (
+            f"documents {hours:g} h @ {documents['mean_rate_per_s']:g}/s",
+            document_summaries(windows, seed=SEED),
+            values,
+            {
+                "sla_ms_per_1k_prompt_tokens": documents["sla_ms_per_1k_prompt_tokens"],
+                "overrides": documents.get("settings", {}),
+            },
+        )
+    )
+    return [w for w in out if not ONLY or any(w[0].startswith(o) for o in ONLY)]
+
+
+def _job(kind: str, trace: Any, spec: TierSpec) -> tuple[float, Any]:
+    started = time.monotonic()
+    if kind == "static":
+        result: Any = static_reference(trace, spec, seed=SEED)
+    else:
+        result = tier_compare(trace, spec, seed=SEED)
+    return time.monotonic() - started, result
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _row(label: str, gpu: str, requests: int, price: Any, c: Comparison | None, money: dict[str, Any]) -> str:
+    if c is None:
+        return f"| {label} | {gpu} | {requests:,} | {price} | - | - | - | - | - | - | - | - | - |"
+    p: SimResult = c.policy
+    return (
+        f"| {label} | {gpu} | {requests:,} | {price} "
+        f"| {p.paid_gpu_hours:.2f} / ${money['policy']:.2f} | {c.static.paid_gpu_hours:.2f} ({c.static_instances}) / "
+        f"${money['static']:.2f} | {c.oracle_bound.gpu_hours:.2f} / ${money['oracle']:.2f} "
+        f"| {c.savings:.1%} | {c.efficiency:.2f} | {p.attainment:.3%} "
+        f"(static {c.static.attainment:.2%}) | {_ms(p.ttft_ms(95))} | {p.cold_starts} | {p.refused} |"
+    )
+
+
+def table(tc: TieredComparison) -> str:
+    lines = [
+        f"### {tc.trace} ({tc.requests:,} requests)",
+        "",
+        "| tier | device | requests | $/device-h | policy dev-h / $ | tier static dev-h (n) / $ "
+        "| oracle bound dev-h / $ "
+        "| saved vs tier static | oracle/policy | policy within SLA | P95 TTFT ms | cold starts | refused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tier in tc.tiers:
+        device = tier.spec.gpu + (f" MIG {tier.spec.mig_profile}" if tier.spec.mig_profile else "")
+        money = {which: tier.spend(which) for which in ("policy", "static", "oracle")}
+        lines.append(_row(tier.spec.tier, device, tier.requests, tier.price, tier.comparison, money))
+    policy_h = sum(t.hours("policy") for t in tc.tiers)
+    oracle_h = sum(t.hours("oracle") for t in tc.tiers)
+    tier_static = sum((t.spend("static") for t in tc.tiers), Decimal(0))
+    s = tc.static
+    lines.append(
+        f"| **total** | tiers | {tc.requests:,} | | {policy_h:.2f} / ${tc.spend('policy'):.2f} "
+        f"| tiers' static ${tier_static:.2f}; **one {tc.static_gpu} pool: {s.paid_gpu_hours:.2f} "
+        f"({tc.static_instances}) / ${tc.static_spend:.2f}** | {oracle_h:.2f} / ${tc.spend('oracle'):.2f} "
+        f"| **{tc.saved('policy'):.1%}** (oracle {tc.saved('oracle'):.1%}) | {tc.efficiency:.2f} "
+        f"| {tc.attainment:.3%} (one pool {s.attainment:.2%}{'' if tc.static_meets_sla else ', misses'}) "
+        f"| one pool {_ms(s.ttft_ms(95))} | | {s.refused} (one pool) |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    settings = json.loads(SETTINGS.read_text(encoding="utf-8"))
+    started = time.monotonic()
+    plans = []
+    jobs: dict[tuple[int, str], Any] = {}
+    with ProcessPoolExecutor(max_workers=int(os.environ.get("SIM_JOBS", os.cpu_count() or 1))) as pool:
+        for index, (label, trace, values, extra) in enumerate(workloads(settings)):
+            trace = type(trace)(name=label, start=trace.start, requests=trace.requests)
+            specs = [_spec(tier, entry, values, **extra) for tier, entry in settings["tiers"].items()]
+            static_spec = _spec("L", settings["static"], values, **extra)
+            split = tier_split(trace)
+            for spec in specs:
+                jobs[(index, spec.tier)] = pool.submit(_job, "tier", split[spec.tier], spec)
+            jobs[(index, "static")] = pool.submit(_job, "static", trace, static_spec)
+            plans.append((index, trace, specs, static_spec))
+        for index, trace, specs, static_spec in plans:
+            done = {key[1]: future.result() for key, future in jobs.items() if key[0] == index}
+            for key, (seconds, _) in sorted(done.items()):
+                print(f"{trace.name} {key}: {seconds:.0f} s", file=sys.stderr)
+            tc = tiered_from(
+                trace=trace,
+                specs=specs,
+                comparisons={spec.tier: done[spec.tier][1] for spec in specs},
+                static=done["static"][1],
+                static_spec=static_spec,
+            )
+            print(table(tc))
+            notes = [n for t in tc.tiers if t.comparison for n in t.comparison.notes]
+            for note in notes:
+                print(f"- {note}")
+            print()
+    engines = {f"{s.tier}": tier_engine(s).source for s in plans[0][2]} if plans else {}
+    print(
+        f"Settings: {SETTINGS.relative_to(ROOT)} = {json.dumps(settings)}; policies: bench/sim/<trace>.json; "
+        f"seed {SEED}; SLA 500 ms TTFT at 99.9% (documents: + per-1k-prompt-token allowance)."
+    )
+    for tier, source in engines.items():
+        print(f"- engine {tier}: {source}")
+    print(f"Wall time {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

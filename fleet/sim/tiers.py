@@ -1,0 +1,289 @@
+"""The whole method in the benchmark: requests split into RCF tiers, each tier its own pool on its own GPU type.
+
+The gateway routes a request by its RCF (``routing.rcf_compute``, ``routing.tier_for``) to the
+S, M or L pool; the method puts S on exclusive H100s, M on MIG slices and L on cheaper cards.
+Here a trace is split by the same function (``setup.request_tier``, which the simulator routes
+by) into one sub-trace per tier, and each tier is compared (``compare.compare``: policy, static
+and oracle) as its own pool on its own GPU type, priced per GPU-hour from the panel's presets.
+The reference it is judged against is the fleet the method replaces: one always-on pool of
+H100s serving every request, sized for the peak (``compare.static_search`` on the whole trace).
+
+**Tiers are simulated apart.** A tier whose pool is full does not spill into another tier's
+pool (the gateway's ``FALLBACK`` order would try the next tier's warm instances first). That
+makes the tiered figures pessimistic for the policy where one tier's burst could have used
+another's idle instance, and leaves out the other tiers' extra load where it would have; each
+pool is sized and judged on its own traffic, which is what a per-tier policy sees of it. The
+split itself is exact: the same requests, the same tier as the gateway gives them.
+
+**MIG.** A MIG slice is modelled as the engine model on a share of the card
+(``fleet.demo.engine_server.device_model``, which the simulated engine server runs on a slice):
+prefill at the slice's share of compute (``3g``: 3 of 7 compute slices), decode at its share of
+memory bandwidth, a KV cache from the slice's memory. Each simulated "GPU" of an M pool is one
+slice; its price is the card's preset price divided by the slices of that profile one card
+holds (two ``3g.40gb`` per H100). The simulated placement sees whole cards, so an M pool is run
+as an exclusive pool of slices: what MIG placement would refuse (a card's other slices taken by
+another pool) is not modelled.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from fleet import catalog
+from fleet.demo.engine_server import device_model
+from fleet.policies import routing
+from fleet.sim.compare import Comparison, Progress, compare, price_preset, static_search
+from fleet.sim.engine import GPU_FACTS, PROFILES, EngineModel, engine_model_for, kv_cache_tokens_for
+from fleet.sim.result import SimResult
+from fleet.sim.setup import SimPool, SimSetup, request_tier, setup_build
+from fleet.sim.traces import RateWindow, Trace, arrivals_from_rates, trace_from_arrivals
+
+TIERS = tuple(routing.FALLBACK)  # S, M, L
+MIG_COMPUTE_SLICES = 7  # an H100's or A100's compute slices (``catalog.mig_slices`` counts a profile's)
+MIG_MEMORY = re.compile(r"\.(\d+)gb$")
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """One tier's pool: its GPU type (a slice of it where ``mig_profile`` is set), how many it may
+    use, its settings (``setup_build`` values) and SLA; the price comes from the panel's presets
+    unless stated."""
+
+    tier: str
+    gpu: str
+    gpus: int = 8
+    values: Mapping[str, Any] = field(default_factory=dict)
+    mig_profile: str | None = None
+    price_per_gpu_hour: Decimal | None = None
+    sla_ms: float = 500.0
+    sla_ms_per_1k_prompt_tokens: float = 0.0
+
+
+def mig_shares(gpu: str, profile: str) -> tuple[float, float, int]:
+    """A MIG slice's share of the card's compute and of its memory, and how many such slices one
+    card holds: ``3g.40gb`` on an 80 GB H100 is 3/7 of compute, half the memory, two a card."""
+    slices = catalog.mig_slices(profile)
+    match = MIG_MEMORY.search(profile)
+    if match is None:
+        raise ValueError(f"no memory size in MIG profile {profile!r}")
+    memory = GPU_FACTS[engine_model_for(gpu).gpu_model].memory_gib
+    slice_gib = int(match.group(1))
+    return slices / MIG_COMPUTE_SLICES, slice_gib / memory, min(MIG_COMPUTE_SLICES // slices, memory // slice_gib)
+
+
+def tier_engine(spec: TierSpec) -> EngineModel:
+    """The engine model of the tier's device: the card's, or its MIG slice's (``device_model``)."""
+    engine = engine_model_for(spec.gpu)
+    if spec.mig_profile is None:
+        return engine
+    compute, memory, _ = mig_shares(spec.gpu, spec.mig_profile)
+    sliced = device_model(engine, compute_share=compute, bandwidth_share=memory)
+    memory_gib = GPU_FACTS[engine.gpu_model].memory_gib * memory
+    return replace(sliced, kv_cache_tokens=kv_cache_tokens_for(memory_gib=memory_gib, profile=PROFILES[engine.profile]))
+
+
+def tier_price(spec: TierSpec) -> Decimal | None:
+    """Price per device-hour: as stated, else the preset's per GPU-hour, divided among a card's slices."""
+    if spec.price_per_gpu_hour is not None:
+        return spec.price_per_gpu_hour
+    price = price_preset(spec.gpu)
+    if price is None or spec.mig_profile is None:
+        return price
+    return price / mig_shares(spec.gpu, spec.mig_profile)[2]
+
+
+def tier_setup(spec: TierSpec, *, seed: int = 0) -> SimSetup:
+    """The tier's one-pool setup (``setup_build``) with the pool in the tier, so the simulator routes
+    the tier's requests to it first. An autoscale prefill capacity in the settings is the H100's:
+    it is scaled to the tier's device."""
+    engine = tier_engine(spec)
+    values: dict[str, Any] = {key: dict(value) for key, value in spec.values.items()}
+    autoscale = values.get("policies", {}).get("autoscale")
+    if autoscale and autoscale.get("prefill_tokens_per_s"):
+        reference = engine_model_for("H100").prefill_tokens_per_s
+        autoscale["prefill_tokens_per_s"] = round(
+            autoscale["prefill_tokens_per_s"] * engine.prefill_tokens_per_s / reference
+        )
+    setup = setup_build(
+        engine=engine,
+        gpus=spec.gpus,
+        values=values,
+        seed=seed,
+        sla_ms=spec.sla_ms,
+        sla_ms_per_1k_prompt_tokens=spec.sla_ms_per_1k_prompt_tokens,
+    )
+    pools = tuple(SimPool(view=replace(pool.view, name=f"tier {spec.tier}"), tier=spec.tier) for pool in setup.pools)
+    return replace(setup, pools=pools)
+
+
+def tier_split(trace: Trace, settings: routing.RoutingSettings | None = None) -> dict[str, Trace]:
+    """The trace's requests by RCF tier (``request_tier``, as the gateway routes them), each tier a
+    trace of its own on the same clock; every tier present, empty where no request falls in it."""
+    settings = settings or routing.RoutingSettings.defaults()
+    members: dict[str, list[Any]] = {tier: [] for tier in TIERS}
+    for request in trace.requests:
+        members[request_tier(request.prompt_tokens, request.output_tokens, settings)].append(request)
+    return {
+        tier: Trace(name=f"{trace.name} tier {tier}", start=trace.start, requests=tuple(requests))
+        for tier, requests in members.items()
+    }
+
+
+def _money(hours: float, price: Decimal | None) -> Decimal:
+    return Decimal(0) if price is None else Decimal(str(hours)) * price
+
+
+@dataclass(frozen=True)
+class TierResult:
+    """One tier's comparison (None where no request fell in the tier) and its device's price."""
+
+    spec: TierSpec
+    requests: int
+    price: Decimal | None
+    comparison: Comparison | None
+
+    def spend(self, which: str) -> Decimal:
+        """What the tier's policy, static or oracle fleet costs: paid GPU-hours x price (the oracle:
+        its bound's GPU-hours x price)."""
+        return _money(self.hours(which), self.price)
+
+    def hours(self, which: str) -> float:
+        """Device-hours paid by the tier's ``policy`` or ``static`` fleet, or the ``oracle`` bound's."""
+        if self.comparison is None:
+            return 0.0
+        if which == "oracle":
+            return self.comparison.oracle_bound.gpu_hours
+        result: SimResult = getattr(self.comparison, which)
+        return result.paid_gpu_hours
+
+
+@dataclass(frozen=True)
+class TieredComparison:
+    """Every tier's comparison and the static fleet the method replaces (one always-on H100 pool)."""
+
+    trace: str
+    requests: int
+    tiers: tuple[TierResult, ...]
+    static: SimResult
+    static_instances: int
+    static_meets_sla: bool
+    static_gpu: str
+    static_price: Decimal | None
+
+    def spend(self, which: str) -> Decimal:
+        """The tiered fleets' spend summed over the tiers (``TierResult.spend``)."""
+        return sum((tier.spend(which) for tier in self.tiers), Decimal(0))
+
+    @property
+    def static_spend(self) -> Decimal:
+        """The one always-on pool's bill: paid GPU-hours x its GPU's price."""
+        return _money(self.static.paid_gpu_hours, self.static_price)
+
+    def saved(self, which: str = "policy") -> float:
+        """Share of the static fleet's bill the tiered ``which`` fleet saves, in money."""
+        static = self.static_spend
+        return float(1 - self.spend(which) / static) if static else 0.0
+
+    @property
+    def efficiency(self) -> float:
+        """Oracle bound / policy over all tiers, in money (each tier's device-hours weighed by its price)."""
+        policy = sum((_money(t.comparison.policy.gpu_hours, t.price) for t in self.tiers if t.comparison), Decimal(0))
+        return float(self.spend("oracle") / policy) if policy else 0.0
+
+    @property
+    def attainment(self) -> float:
+        """Share of all judged requests within their tier's SLA (each tier's ``SimResult.attainment``,
+        weighed by the requests it judged)."""
+        judged = [(len(t.comparison.policy.ttft_s), t.comparison.policy.attainment) for t in self.tiers if t.comparison]
+        total = sum(n for n, _ in judged)
+        return sum(n * share for n, share in judged) / total if total else 1.0
+
+
+def tiered_from(
+    *,
+    trace: Trace,
+    specs: Sequence[TierSpec],
+    comparisons: Mapping[str, Comparison | None],
+    static: tuple[int, bool, list[SimResult]],
+    static_spec: TierSpec,
+) -> TieredComparison:
+    """Assemble the tiered comparison from each tier's ``compare`` and the whole trace's ``static_search``
+    (computed apart so a benchmark can run them side by side)."""
+    if sorted(spec.tier for spec in specs) != sorted(TIERS):
+        raise ValueError(f"one spec per tier {', '.join(TIERS)} is needed, got {[spec.tier for spec in specs]}")
+    split = tier_split(trace)
+    count, meets, runs = static
+    return TieredComparison(
+        trace=trace.name,
+        requests=len(trace.requests),
+        tiers=tuple(
+            TierResult(
+                spec=spec,
+                requests=len(split[spec.tier].requests),
+                price=tier_price(spec),
+                comparison=comparisons[spec.tier],
+            )
+            for spec in specs
+        ),
+        static=replace(runs[count - 1], label=f"static ({count} always on)"),
+        static_instances=count,
+        static_meets_sla=meets,
+        static_gpu=tier_engine(static_spec).gpu_model,
+        static_price=tier_price(static_spec),
+    )
+
+
+def tier_compare(trace: Trace, spec: TierSpec, *, seed: int = 0, progress: Progress | None = None) -> Comparison | None:
+    """One tier's sub-trace compared on its own pool (``compare``); None where it holds no request."""
+    if not trace.requests:
+        return None
+    return compare(
+        trace=trace, setup=tier_setup(spec, seed=seed), price_per_gpu_hour=tier_price(spec), progress=progress
+    )
+
+
+def static_reference(
+    trace: Trace, spec: TierSpec, *, seed: int = 0, progress: Progress | None = None
+) -> tuple[int, bool, list[SimResult]]:
+    """The fleet the method replaces: ``static_search`` over the whole trace on one pool of ``spec``'s GPU."""
+    return static_search(trace=trace, setup=tier_setup(spec, seed=seed), progress=progress)
+
+
+def tiered_compare(
+    trace: Trace,
+    specs: Sequence[TierSpec],
+    static_spec: TierSpec,
+    *,
+    seed: int = 0,
+) -> TieredComparison:
+    """Split, compare every tier, search the static fleet, assemble: one after another."""
+    split = tier_split(trace)
+    comparisons = {spec.tier: tier_compare(split[spec.tier], spec, seed=seed) for spec in specs}
+    static = static_reference(trace, static_spec, seed=seed)
+    return tiered_from(trace=trace, specs=specs, comparisons=comparisons, static=static, static_spec=static_spec)
+
+
+# Document summaries (the method's long-context use case): prompts log-uniform over 8k..128k tokens,
+# summaries uniform over 256..1,024 tokens.
+DOCUMENT_PROMPT_TOKENS = (8_192, 131_072)
+DOCUMENT_OUTPUT_TOKENS = (256, 1_024)
+
+
+def document_lengths(draw: random.Random) -> tuple[int, int]:
+    """One document summary's (prompt, output) tokens: the prompt log-uniform over
+    ``DOCUMENT_PROMPT_TOKENS`` (as many 8-16k documents as 64-128k ones), the output uniform."""
+    low, high = DOCUMENT_PROMPT_TOKENS
+    prompt = round(math.exp(draw.uniform(math.log(low), math.log(high))))
+    return prompt, draw.randint(*DOCUMENT_OUTPUT_TOKENS)
+
+
+def document_summaries(windows: Sequence[RateWindow], *, seed: int, name: str = "document summaries") -> Trace:
+    """A long-prompt trace: Poisson arrivals at the windows' rates (``arrivals_from_rates``), lengths
+    from ``document_lengths``, both seeded."""
+    return trace_from_arrivals(arrivals_from_rates(windows, seed=seed), lengths=document_lengths, seed=seed, name=name)

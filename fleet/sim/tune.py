@@ -1,0 +1,373 @@
+"""Settings learned, not hand-tuned: a seeded search of the pool's and autoscale's settings on past traffic.
+
+Each candidate is a settings mapping in the shape ``setup_build`` reads (``{"pool": {...}, "policies":
+{...}}``), validated as the admin validates it (``policy_settings_validate`` for the policies, the pool's own
+checks for the band and the instance bounds), run through the same ``Simulation`` over the same trace and
+judged by the same SLA (``SimResult.meets_sla``) and spend (``SimResult.paid_gpu_hours``). The objective: the
+fewest paid GPU-hours among candidates that meet the SLA; where none does, the best attainment (then the
+fewest paid GPU-hours), and the result says so.
+
+The search is coordinate descent over a small grid (``DEFAULT_SPACE``): from the base settings, each
+dimension in turn (in an order drawn from ``random.Random(seed)`` each round) tries each of its values with
+the others held, keeping any that improves the objective, for a few rounds or until a round changes
+nothing, within ``max_evaluations`` simulations. The simulator is slow (a few thousand requests a second),
+so tune on a rate series at a modest rate (``trace_from_rate_series``) over a few days.
+
+``forward_rows`` evaluates settings on other days (tuned on days 1-3, judged on days 4-7): each settings
+set's policy run from the static fleet, as ``compare`` runs it, beside the static fleet itself.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+import multiprocessing
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from fleet.policies.settings import SettingsInvalid
+from fleet.sim.compare import saved_against, static_search
+from fleet.sim.engine import EngineModel
+from fleet.sim.result import SimResult
+from fleet.sim.setup import SimSetup, setup_build
+from fleet.sim.simulate import Simulation
+from fleet.sim.traces import RateSeries, Trace
+
+DAY_S = 86_400.0
+Values = dict[str, Any]
+# A change to the settings: {section: {key: value}}, section "pool" or a policy kind under "policies".
+Patch = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One setting (or a pair that moves together, such as the band) and the values the search tries."""
+
+    name: str
+    choices: tuple[Patch, ...]
+
+
+def _pool(**fields: Any) -> Patch:
+    return {"pool": fields}
+
+
+def _autoscale(**fields: Any) -> Patch:
+    return {"autoscale": fields}
+
+
+# The settings that decide what autoscale spends and misses: the band, the scale-out triggers (the pool's
+# latency bound at its percentile, the queue, breaches in a row) and cool-downs, the scale-in hysteresis and
+# cool-down, and the floor of instances.
+DEFAULT_SPACE: tuple[Dimension, ...] = (
+    Dimension("min_instances", tuple(_pool(min_instances=n) for n in (0, 1, 2, 3))),
+    Dimension(
+        "band",
+        tuple(
+            _pool(util_band_low=low, util_band_high=high)
+            for low, high in ((0.2, 0.35), (0.25, 0.4), (0.3, 0.45), (0.4, 0.55), (0.5, 0.65), (0.6, 0.8))
+        ),
+    ),
+    Dimension("sla_latency_ms", tuple(_pool(sla_latency_ms=ms) for ms in (250, 300, 400, 500))),
+    Dimension("breach_windows", tuple(_autoscale(breach_windows=n) for n in (1, 2, 3))),
+    Dimension("queue_threshold", tuple(_autoscale(queue_threshold=n) for n in (2, 4, 10, 20))),
+    Dimension("scale_out_cooldown_s", tuple(_autoscale(scale_out_cooldown_s=s) for s in (0, 30, 60, 120))),
+    Dimension("scale_in_windows", tuple(_autoscale(scale_in_windows=n) for n in (1, 2, 3, 6))),
+    Dimension("scale_in_cooldown_s", tuple(_autoscale(scale_in_cooldown_s=s) for s in (60, 120, 300, 600))),
+)
+
+
+def settings_patch(values: Mapping[str, Any], patch: Patch) -> Values:
+    """``values`` with ``patch`` applied: pool fields under "pool", a policy kind's settings under "policies"."""
+    merged: Values = copy.deepcopy(dict(values))
+    for section, fields in patch.items():
+        if section == "pool":
+            merged.setdefault("pool", {}).update(fields)
+        else:
+            policies = merged.setdefault("policies", {})
+            policies[section] = {**(policies.get(section) or {}), **fields}
+    return merged
+
+
+def pool_fields_check(pool: Mapping[str, Any], *, gpus: int) -> None:
+    """The pool's own checks on the fields the tuner moves (as the admin's pool form makes them): the band
+    inside 0..1 with its low edge below its high one, and at most as many instances as the fleet's GPUs."""
+    problems = []
+    low, high = pool.get("util_band_low", 0.5), pool.get("util_band_high", 0.65)
+    if not (0 <= low <= 1 and 0 <= high <= 1):
+        problems.append(f"the utilization band ({low:g}-{high:g}) must lie within 0 and 1")
+    elif low >= high:
+        problems.append(f"the utilization band's low ({low:g}) must be below its high ({high:g})")
+    least, most = pool.get("min_instances", 0), pool.get("max_instances", gpus)
+    if least < 0 or least > most or least > gpus:
+        problems.append(f"min_instances ({least}) must lie within 0 and max_instances ({min(most, gpus)})")
+    if problems:
+        raise SettingsInvalid({"__all__": problems})
+
+
+def setup_for(
+    values: Mapping[str, Any], *, engine: EngineModel, gpus: int, seed: int, sla_ms: float, sla_target: float
+) -> SimSetup:
+    """The setup a candidate runs on, validated as the admin validates (``SettingsInvalid``, a ``ValueError``)."""
+    pool_fields_check(values.get("pool", {}), gpus=gpus)
+    return setup_build(engine=engine, gpus=gpus, values=values, seed=seed, sla_ms=sla_ms, sla_target=sla_target)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    values: Values
+    result: SimResult
+    sla_target: float
+
+    @property
+    def meets_sla(self) -> bool:
+        return self.result.meets_sla(self.sla_target)
+
+    @property
+    def objective(self) -> tuple[int, float, float]:
+        """Smaller is better: meeting the SLA first, then (meeting it) fewer paid GPU-hours or (missing it)
+        a higher attainment, then fewer paid GPU-hours."""
+        if self.meets_sla:
+            return (0, self.result.paid_gpu_hours, 0.0)
+        return (1, -self.result.attainment, self.result.paid_gpu_hours)
+
+
+@dataclass
+class Tuned:
+    best: Candidate
+    base: Candidate
+    evaluated: list[Candidate] = field(default_factory=list)
+    refused: list[tuple[Values, str]] = field(default_factory=list)
+
+    @property
+    def meets_sla(self) -> bool:
+        return self.best.meets_sla
+
+    @property
+    def summary(self) -> str:
+        best = self.best.result
+        text = (
+            f"{len(self.evaluated)} candidates simulated, {len(self.refused)} refused by validation; best: "
+            f"{best.paid_gpu_hours:.3f} paid GPU-hours at {best.attainment:.3%} within the SLA "
+            f"(base settings: {self.base.result.paid_gpu_hours:.3f} at {self.base.result.attainment:.3%})"
+        )
+        if not self.meets_sla:
+            text += "; NO candidate meets the SLA: these are the settings with the best attainment"
+        return text
+
+
+def _key(values: Mapping[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every candidate of one search shares (set once per worker process)."""
+
+    trace: Trace
+    engine: EngineModel
+    gpus: int
+    seed: int
+    sla_ms: float
+    sla_target: float
+    initial_instances: int
+
+    def simulate(self, values: Values) -> SimResult:
+        setup = setup_for(
+            values, engine=self.engine, gpus=self.gpus, seed=self.seed, sla_ms=self.sla_ms, sla_target=self.sla_target
+        )
+        count = max(self.initial_instances, values.get("pool", {}).get("min_instances", 0), 1)
+        return Simulation(trace=self.trace, setup=setup, label="tune", initial_instances=min(count, self.gpus)).run()
+
+
+_WORKER: _Run | None = None
+
+
+def _worker_init(shared: _Run) -> None:
+    global _WORKER
+    _WORKER = shared
+
+
+def _worker_simulate(values: Values) -> SimResult:
+    assert _WORKER is not None
+    return _WORKER.simulate(values)
+
+
+def tune(
+    *,
+    trace: Trace,
+    engine: EngineModel,
+    gpus: int,
+    base: Mapping[str, Any] | None = None,
+    space: Sequence[Dimension] = DEFAULT_SPACE,
+    seed: int = 0,
+    sla_ms: float = 500.0,
+    sla_target: float = 0.999,
+    rounds: int = 2,
+    max_evaluations: int = 40,
+    initial_instances: int = 1,
+    workers: int = 1,
+    progress: Callable[[Candidate], None] | None = None,
+) -> Tuned:
+    """Coordinate descent from ``base`` over ``space`` (see the module's docstring); every run is seeded with
+    ``seed`` and the dimensions' order each round is drawn from ``random.Random(seed)``. A candidate the
+    validation refuses is recorded in ``Tuned.refused`` and not run. ``workers`` > 1 simulates a dimension's
+    values in that many processes at once (the same runs, the same result)."""
+    shared = _Run(trace, engine, gpus, seed, sla_ms, sla_target, initial_instances)
+    order_random = random.Random(seed)
+    seen: dict[str, Candidate] = {}
+    refused: list[tuple[Values, str]] = []
+    refused_keys: set[str] = set()
+    pool = (
+        concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(shared,),
+        )
+        if workers > 1
+        else None
+    )
+
+    # Each settings mapping's key, by what it runs: settings equal in effect (a default written out or left
+    # implicit) share one simulation.
+    effective: dict[str, str] = {}
+
+    def run(batch: Sequence[Values]) -> list[Candidate]:
+        wanted: dict[str, Values] = {}
+        for values in batch:
+            raw = _key(values)
+            if raw in refused_keys:
+                continue
+            if raw not in effective:
+                try:
+                    setup = setup_for(values, engine=engine, gpus=gpus, seed=seed, sla_ms=sla_ms, sla_target=sla_target)
+                except ValueError as exc:
+                    refused.append((values, str(exc)))
+                    refused_keys.add(raw)
+                    continue
+                policies = sorted((kind, config.fleet) for kind, config in setup.policies.items())
+                effective[raw] = repr((setup.pools, policies, setup.routing))
+            key = effective[raw]
+            if key in seen or key in wanted or len(seen) + len(wanted) >= max_evaluations:
+                continue
+            wanted[key] = values
+        runs = list(pool.map(_worker_simulate, wanted.values())) if pool else map(shared.simulate, wanted.values())
+        for (key, values), result in zip(wanted.items(), runs, strict=True):
+            seen[key] = Candidate(values=values, result=result, sla_target=sla_target)
+            if progress is not None:
+                progress(seen[key])
+        keys = [effective.get(_key(values)) for values in batch]
+        return [seen[key] for key in keys if key is not None and key in seen]
+
+    try:
+        first = run([copy.deepcopy(dict(base or {}))])
+        if not first:
+            raise ValueError(f"the base settings cannot run: {refused[0][1] if refused else 'max_evaluations is 0'}")
+        best = first[0]
+        for _ in range(rounds):
+            improved = False
+            dimensions = list(space)
+            order_random.shuffle(dimensions)
+            for dimension in dimensions:
+                current = best.values
+                for candidate in run([settings_patch(current, patch) for patch in dimension.choices]):
+                    if candidate.objective < best.objective:
+                        best, improved = candidate, True
+            if not improved or len(seen) >= max_evaluations:
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return Tuned(best=best, base=first[0], evaluated=list(seen.values()), refused=refused)
+
+
+def settings_file_values(values: Mapping[str, Any]) -> Values:
+    """Settings as the tuner writes them for ``setup_build`` and ``policy_apply``: the pool's fields and each
+    policy kind's settings in full (defaults filled in, validated), so applying them leaves nothing implicit."""
+    from fleet.policies.settings import policy_settings_validate
+
+    policies = {
+        kind: None if settings is None else policy_settings_validate(kind=kind, settings=dict(settings))
+        for kind, settings in (values.get("policies") or {}).items()
+    }
+    return {"pool": dict(values.get("pool") or {}), "policies": policies}
+
+
+# -- evaluation on other days -----------------------------------------------------------------------
+
+
+def series_days(series: RateSeries, *, first_day: int, days: int) -> RateSeries:
+    """Days ``first_day`` .. ``first_day + days - 1`` (counted from 1) of a rate series, its clock starting at
+    0 s there and its wall-clock start moved with it."""
+    begin, end = (first_day - 1) * DAY_S, (first_day - 1 + days) * DAY_S
+    windows = tuple((start - begin, length, rate) for start, length, rate in series.windows if begin <= start < end)
+    if not windows:
+        raise ValueError(f"{series.name}: no windows in days {first_day}..{first_day + days - 1}")
+    return RateSeries(
+        name=f"{series.name} days {first_day}-{first_day + days - 1}",
+        start=series.start + timedelta(seconds=begin),
+        windows=windows,
+    )
+
+
+@dataclass(frozen=True)
+class ForwardRow:
+    label: str
+    result: SimResult
+    saved: float
+    meets_sla: bool
+
+
+def forward_rows(
+    *,
+    trace: Trace,
+    engine: EngineModel,
+    gpus: int,
+    settings: Mapping[str, Mapping[str, Any]],
+    seed: int = 0,
+    sla_ms: float = 500.0,
+    sla_target: float = 0.999,
+    workers: int = 1,
+) -> list[ForwardRow]:
+    """The static fleet (``static_search``) and each named settings set's policy run on ``trace``, starting
+    from the static fleet as ``compare`` starts its policy run (or from the settings' floor where that is
+    higher); savings against the static fleet (``saved_against``). ``workers`` runs the settings sets at once."""
+    base = setup_for({}, engine=engine, gpus=gpus, seed=seed, sla_ms=sla_ms, sla_target=sla_target)
+    count, _, runs = static_search(trace=trace, setup=base)
+    static = runs[count - 1]
+    rows = [ForwardRow(f"static ({count} always on)", static, 0.0, static.meets_sla(sla_target))]
+    shared = _Run(trace, engine, gpus, seed, sla_ms, sla_target, count)
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(shared,),
+        ) as pool:
+            results = list(pool.map(_worker_simulate, settings.values()))
+    else:
+        results = [shared.simulate(dict(values)) for values in settings.values()]
+    for label, result in zip(settings, results, strict=True):
+        rows.append(ForwardRow(label, result, saved_against(result, static), result.meets_sla(sla_target)))
+    return rows
+
+
+def forward_markdown(rows: Sequence[ForwardRow], *, title: str) -> str:
+    """The forward evaluation as a Markdown table."""
+    lines = [
+        f"**{title}**",
+        "",
+        "| settings | requests | paid GPU-h | saved vs static | within SLA | meets SLA | cold starts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row.result
+        lines.append(
+            f"| {row.label} | {r.requests:,} | {r.paid_gpu_hours:.3f} | {row.saved:.1%} | {r.attainment:.3%} "
+            f"| {'yes' if row.meets_sla else 'no'} | {r.cold_starts} |"
+        )
+    return "\n".join(lines) + "\n"
