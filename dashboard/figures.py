@@ -452,8 +452,13 @@ def cost_per_million_tokens(*, rows: Sequence[Mapping[str, Any]], currency: str)
     )
 
 
+def _reached(share: float | None, threshold: float | None) -> bool:
+    return share is not None and threshold is not None and share >= threshold
+
+
 def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str, Any]:
-    """Each budget's spend so far as a share of its amount, against its soft and hard thresholds."""
+    """Each budget's spend so far as a share of its amount, against its soft and hard thresholds
+    (either may be unset: a budget that only warns has no hard threshold)."""
     names = [f"{row['name']} ({row['scope']}, {row['period']})" for row in rows]
     shares = [float(row["spent"] / row["amount"] * 100) if row["amount"] else None for row in rows]
     trace = _trace(
@@ -465,9 +470,9 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
         marker={
             "color": [
                 STATUS_COLOURS["missed"]
-                if s is not None and s >= row["hard_pct"]
+                if _reached(s, row["hard_pct"])
                 else STATUS_COLOURS["warning"]
-                if s is not None and s >= row["soft_pct"]
+                if _reached(s, row["soft_pct"])
                 else STATUS_COLOURS["met"]
                 for s, row in zip(shares, rows, strict=True)
             ]

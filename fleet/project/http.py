@@ -47,12 +47,24 @@ TIMEOUT_RESPONSE = (
 )
 
 
+# After the 408, how long the connection stays half-open, its input read and dropped: closing
+# at once with the client's bytes unread makes the kernel reset it, and a reset can destroy
+# the 408 before the client reads it.
+LINGER_S = 1.0
+
+
 class ReadDeadlineProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that closes a connection whose request does not arrive in time."""
 
     header_timeout_s = HEADER_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
     _read_deadline: asyncio.TimerHandle | None = None
+    _timed_out = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._timed_out:
+            return  # the request was cut off: what the client still sends is dropped
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -90,6 +102,7 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         log.warning("closing the connection from %s: its request did not arrive in time", self.client or "a client")
+        self._timed_out = True
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
             self.transport.write(TIMEOUT_RESPONSE)
@@ -97,4 +110,9 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
                 cycle.response_complete = True
                 cycle.disconnected = True
                 cycle.message_event.set()
-        self.transport.close()
+        flush = getattr(self.transport, "flush", None)  # the gateway's coalescing transport holds writes
+        if flush is not None:
+            flush()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)

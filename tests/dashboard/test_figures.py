@@ -174,6 +174,22 @@ def test_budget_burn_colours_by_threshold_and_marks_both_thresholds() -> None:
     assert axis_title(figure, "xaxis") == "spent (% of budget)" and "USD" in figure["layout"]["title"]["text"]
 
 
+def test_a_budget_that_only_warns_is_drawn_without_a_hard_threshold() -> None:
+    """The demo's budget: 25.00 a day, warning at 80%, no hard stop. 21.00 spent is 84%: warned."""
+    row = {
+        "name": "demo",
+        "scope": "demo team",
+        "period": "day",
+        "amount": Decimal("25"),
+        "spent": Decimal("21"),
+        "soft_pct": 80,
+        "hard_pct": None,
+    }
+    figure = as_json(figures.budget_burn(rows=[row], currency="USD"))
+    assert figure["data"][0]["marker"]["color"] == ["#e0a100"]
+    assert [t["x"] for t in figure["data"][1:]] == [[80], [None]]
+
+
 def test_sla_attainment_is_a_percentage_of_pools_with_traffic() -> None:
     rows = [
         {"name": "chat-s", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": 0.975},
