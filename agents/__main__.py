@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with httpx.Client() as http:
         gpus, runtime = backends(args, config)
-        agent = Agent(config, gpus=gpus, runtime=runtime, http=http)
+        agent = Agent(config, gpus=gpus, runtime=runtime, http=http, wait_http=httpx.Client())
         if not register_until_done(agent, join_token(args), stop):
             return 2
         forget_join_token(args.join_token_file)

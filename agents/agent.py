@@ -48,9 +48,11 @@ from agents.runtime import (
     RuntimeFailure,
 )
 from agents.scrape import ScrapeError, Snapshot, WindowStats, delta, scrape
+from agents.waiter import Waiter, waiter_start
 
 AGENT_VERSION = "0.1.0"
 MAX_BACKOFF_S = 60.0
+STOP_CHECK_S = 0.25
 _MIG_PROFILE = re.compile(r"(\d+g\.\d+gb)")
 
 log = logging.getLogger("gpufleet.agent")
@@ -205,6 +207,7 @@ class Agent:
         gpus: GpuSource,
         runtime: Runtime,
         http: httpx.Client,
+        wait_http: httpx.Client | None = None,
         state: AgentState | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -222,6 +225,13 @@ class Agent:
         self.failures = 0
         self.next_delivery = 0.0
         self.report_again_s: float | None = None
+        # Set by the waiter when the panel says the desired state changed: report now.
+        self.nudge = threading.Event()
+        self.waiter: Waiter | None = None
+        # The long poll's own client (a held wait must never delay a report), built with the same
+        # trust as ``http`` by whoever built that one: a client of defaults would not verify a
+        # panel behind a private CA that ``http`` was given.
+        self.wait_http = wait_http
         self._snapshots: dict[tuple[str, int], Snapshot] = {}
         self._results: list[protocol.ActionResult] = []
         self._dropped_reported = 0
@@ -613,17 +623,35 @@ class Agent:
         self.report_again_s = reply.report_again_s if reply is not None else None
         if reply is not None:
             self.act(reply)
+            if self.waiter is not None and self.state.node_token:
+                generation = protocol.desired_generation(reply.desired, reply.batch_jobs)
+                self.waiter.applied(token=self.state.node_token, generation=generation)
         return reply
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, wait: bool = True) -> None:
+        """Tick every interval (sooner when the panel asks), and at once when the waiter is told
+        of a change (``wait``: hold a long poll at the panel, ``agents.waiter``)."""
+        if wait and self.waiter is None:
+            self.waiter = waiter_start(
+                panel_url=self.config.panel_url, http=self.wait_http or httpx.Client(), nudge=self.nudge, stop=stop
+            )
         while not stop.is_set():
             started = self.clock()
+            self.nudge.clear()
             try:
                 self.tick()
             except Exception:  # the loop must outlive any one bad interval
                 log.exception("agent tick failed")
             interval = min(self.config.interval_s, self.report_again_s or self.config.interval_s)
-            stop.wait(max(0.0, interval - (self.clock() - started)))
+            self._pause(stop, max(0.0, interval - (self.clock() - started)))
+
+    def _pause(self, stop: threading.Event, seconds: float) -> None:
+        """Until ``seconds`` pass, the waiter nudges, or ``stop`` is set (looked at every quarter second)."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.nudge.wait(min(remaining, STOP_CHECK_S)):
+                return
 
 
 def url_host(host: str) -> str:

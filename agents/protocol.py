@@ -8,6 +8,7 @@ panel allocate without limit. No Django here; the agent imports this module.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections import Counter
@@ -348,6 +349,38 @@ class Reply(Strict):
     # instance on the node is on its way to serving (a start or a wake it just decided), so
     # the agent says "ready" within a fraction of a second of it. Left out when None.
     report_again_s: Annotated[float, Field(gt=0)] | None = None
+
+
+# The long poll: the agent asks ``GET WAIT_PATH?generation=<n>``, ``n`` being the
+# ``desired_generation`` of the reply it last applied; the panel answers as soon as the node's
+# desired state differs from it (or is said to have changed), else after ``WAIT_S`` with
+# ``changed`` false. The report stays the only way desired state travels: a ``changed``
+# answer only makes the agent report at once instead of at its next interval.
+WAIT_PATH = "/api/agent/v1/wait"
+WAIT_S = 25.0
+# Generations are 63-bit digests: they fit a signed 64-bit integer wherever they are kept.
+MAX_GENERATION = 2**63 - 1
+
+
+class WaitReply(Strict):
+    changed: bool
+
+
+def desired_generation(desired: Sequence[DesiredInstance], batch_jobs: Sequence[DesiredBatchJob]) -> int:
+    """The node's desired-state generation: one number for every item and its generation.
+
+    The panel keeps no per-node counter: each instance and batch job has its own generation,
+    bumped at every change of its desired state, so a digest of (kind, id, generation, state)
+    over the reply's items changes whenever any item changes, appears or goes. Both sides
+    compute it with this function (the agent from the reply it applied, the panel from the
+    rows that make the reply), so they agree exactly when the agent is up to date.
+    """
+    items = sorted(
+        [("i", item.instance_id, item.generation, item.state) for item in desired]
+        + [("j", job.job_id, job.generation, job.state) for job in batch_jobs]
+    )
+    digest = hashlib.blake2b(repr(items).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & MAX_GENERATION
 
 
 class Registration(Strict):

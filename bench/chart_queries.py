@@ -9,16 +9,22 @@ prints the median and worst against a baseline measured in the same run: the rou
 of ``SELECT 1`` through the same connection. A second comparison row shows what the
 24 h heatmap would cost read from minute rollups instead of hour rollups. The last rows
 time the dashboard's pages as they build their Plotly figures on the server: selector
-and figure builder together (the month to date holds the ``--days`` generated).
+and figure builder together (the month to date holds the ``--days`` generated). A second
+table times whole pages as a signed-in operator gets them (``django.test.Client``: URL
+resolution, middleware, selectors, figures and template; a CSV export read to its end),
+median and p95 over ``--repeat`` runs, with the queries each page ran; the history adds the
+gateway's request log (``--requests`` rows over the days), a decision log and an alert
+history, so the request, decision, alert and export pages have a week to read.
 
     python bench/chart_queries.py [--gpus 1000] [--days 7] [--raw-hours 6] [--repeat 7] [--db-name bench_tele]
-                                  [--keep] [--reuse] [--only TEXT] [--profile N]
+                                  [--requests 2000000] [--flap N] [--keep] [--reuse] [--only TEXT] [--profile N]
 
 ``--keep`` leaves the database for a later ``--reuse`` (no generation; "now" is the newest
 raw sample); ``--only`` times the queries whose label contains TEXT; ``--profile N``
-prints the N costliest functions of those (cProfile).
+prints the N costliest functions of those (cProfile); ``--flap N`` gives N instances a state
+change every 20 minutes over the days, the long history the cost pages rebuild allocations from.
 
-Target: every query <= 300 ms.
+Target: every query and every page <= 300 ms.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def setup_django(url: str) -> None:
     django.setup()
 
 
-def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, float]:
+def generate(gpus: int, days: int, raw_hours: int, now: datetime, requests: int, flap: int = 0) -> dict[str, float]:
     """Fleet rows through the ORM, history through generate_series; returns seconds per step."""
     from django.core.management import call_command
     from django.db import connection
@@ -97,6 +103,15 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
         InstanceEvent(instance=instance, at=start, state="ready", gpu_id=instance.gpu_id)
         for instance in Instance.objects.all()
     )
+    with connection.cursor() as cursor:  # --flap: a long state history for the cost pages to rebuild
+        cursor.execute(
+            "INSERT INTO fleet_instanceevent (instance_id, at, state, gpu_id, mig_device_id) "
+            "SELECT i.id, t, CASE WHEN n %% 2 = 1 THEN 'stopped' ELSE 'ready' END, i.gpu_id, NULL "
+            "FROM (SELECT * FROM fleet_instance ORDER BY id LIMIT %s) i "
+            "CROSS JOIN LATERAL generate_series(1, %s) n "
+            "CROSS JOIN LATERAL (SELECT %s::timestamptz + n * interval '20 minutes' t) x",
+            [flap, int((now - start) / timedelta(minutes=20)) - 1, start],
+        )
     took["fleet rows"] = time.perf_counter() - started
     util = "(50 + 30 * sin(extract(epoch from t) / 3600.0 + g.id) + 10 * random())"
     gpu_columns = (
@@ -164,8 +179,12 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
         days_rollup(start=floor_day(start), end=floor_day(now))
         RollupWatermark.objects.update_or_create(name="day", defaults={"done_until": floor_day(now)})
         took["fleet_gpuday"] = time.perf_counter() - started
+        took.update(logs_generate(cursor=cursor, start=start, now=now, requests=requests))
         started = time.perf_counter()
         for table in (
+            "fleet_requestlog",
+            "fleet_decision",
+            "fleet_alert",
             "fleet_gpusample",
             "fleet_gpuminute",
             "fleet_gpuhour",
@@ -175,6 +194,81 @@ def generate(gpus: int, days: int, raw_hours: int, now: datetime) -> dict[str, f
         ):
             cursor.execute(f"VACUUM ANALYZE {table}")
         took["vacuum analyze"] = time.perf_counter() - started
+    return took
+
+
+def decisions_generate(*, cursor: Any, start: datetime, now: datetime) -> None:
+    """A decision a pool a minute on one of its instances in turn (autoscale scaling out and in, idle
+    reclaim starting and stopping, pre-warm starting), and a person's settings change every tenth."""
+    cursor.execute(
+        "INSERT INTO fleet_decision (created_at, policy_kind, pool_id, instance_id, action, reason, inputs, "
+        "applied_at) "
+        "SELECT t, k.kind, p.id, i.id, CASE WHEN k.kind = 'manual' THEN 'settings_applied' "
+        "WHEN k.kind = 'autoscale' THEN (ARRAY['scale_out', 'scale_in'])[1 + k.m %% 2] "
+        "WHEN k.kind = 'idle_reclaim' THEN (ARRAY['start', 'stop'])[1 + k.m %% 2] ELSE 'start' END, "
+        "k.kind || ' decided for pool ' || p.name, "
+        "CASE WHEN k.kind = 'manual' THEN jsonb_build_object('user', 'operator-' || (p.id %% 3)) ELSE '{}'::jsonb END, "
+        "t FROM generate_series(%s::timestamptz, %s::timestamptz - interval '1 minute', interval '1 minute') t "
+        "CROSS JOIN fleet_pool p "
+        "CROSS JOIN LATERAL (SELECT extract(epoch from t)::bigint / 60 AS m) minute "
+        "CROSS JOIN LATERAL (SELECT minute.m, (ARRAY['autoscale', 'idle_reclaim', 'prewarm', 'autoscale', "
+        "'idle_reclaim', 'prewarm', 'autoscale', 'idle_reclaim', 'prewarm', 'manual'])[1 + (minute.m + p.id) %% 10] "
+        "AS kind) k "
+        "LEFT JOIN LATERAL (SELECT f.id FROM fleet_instance f WHERE f.pool_id = p.id ORDER BY f.id "
+        "OFFSET (k.m / 2) %% greatest((SELECT count(*) FROM fleet_instance c WHERE c.pool_id = p.id), 1) LIMIT 1) i "
+        "ON k.kind <> 'manual'",
+        [start, now],
+    )
+
+
+def logs_generate(*, cursor: Any, start: datetime, now: datetime, requests: int) -> dict[str, float]:
+    """What the request, decision and alert pages read: ``requests`` gateway requests spread evenly
+    over the days (a tenth streamed with a TTFT, one in fifty failed, one in a hundred a cold start)
+    from 8 teams' 16 keys to the instances in turn; the decisions of ``decisions_generate``; an alert
+    rule of each kind firing and resolving every ten minutes on one of a hundred subjects."""
+    from fleet.models import AlertRule, ApiKey, Team
+
+    took: dict[str, float] = {}
+    started = time.perf_counter()
+    teams = Team.objects.bulk_create(Team(name=f"team-{t}", slug=f"team-{t}") for t in range(8))
+    ApiKey.objects.bulk_create(
+        ApiKey(team=team, name=f"key-{k}", prefix=f"gf_{team.pk}_{k}", key_hash=f"{team.pk:032d}{k:032d}")
+        for team in teams
+        for k in range(2)
+    )
+    seconds = (now - start).total_seconds()
+    cursor.execute(
+        "INSERT INTO fleet_requestlog (at, team_id, pool_id, instance_id, api_key_id, endpoint, model, rcf, tier, "
+        "stream, prompt_tokens, output_tokens, tokens_from_usage, ttft_ms, latency_ms, status, cold_start, retried, "
+        "error) "
+        "SELECT %s::timestamptz + (n * %s / %s) * interval '1 second', k.team_id, i.pool_id, i.id, k.id, "
+        "'chat', 'qwen3-4b', 0.3, 'L', n %% 10 = 0, 200 + n %% 800, 50 + n %% 300, true, "
+        "CASE WHEN n %% 10 = 0 THEN 80 + n %% 400 END, 300 + n %% 2000, CASE WHEN n %% 50 = 0 THEN 503 ELSE 200 END, "
+        "n %% 100 = 0, false, '' "
+        "FROM generate_series(0, %s - 1) n "
+        "JOIN (SELECT id, team_id, row_number() OVER (ORDER BY id) - 1 AS r FROM fleet_apikey) k ON k.r = n %% 16 "
+        "JOIN (SELECT id, pool_id, row_number() OVER (ORDER BY id) - 1 AS r, count(*) OVER () AS c "
+        "FROM fleet_instance) i ON i.r = n %% i.c",
+        [start, seconds, requests, requests],
+    )
+    took["fleet_requestlog"] = time.perf_counter() - started
+    started = time.perf_counter()
+    decisions_generate(cursor=cursor, start=start, now=now)
+    took["fleet_decision"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rules = AlertRule.objects.bulk_create(
+        AlertRule(name=f"bench-{kind}", kind=kind, threshold=1 if kind in ("idle_waste", "node_silent") else None)
+        for kind in AlertRule.Kind.values
+    )
+    cursor.execute(
+        "INSERT INTO fleet_alert (rule_id, key, state, message, value, started_at, fired_at, resolved_at) "
+        "SELECT r.id, 'node:bench-' || lpad((n %% 100)::text, 4, '0'), 'resolved', 'bench alert', '1', "
+        "%s::timestamptz + n * interval '10 minutes', %s::timestamptz + n * interval '10 minutes' + "
+        "interval '1 minute', %s::timestamptz + n * interval '10 minutes' + interval '5 minutes' "
+        "FROM generate_series(0, (%s / 600)::int - 1) n CROSS JOIN fleet_alertrule r WHERE r.id = ANY(%s)",
+        [start, start, start, seconds, [rule.pk for rule in rules]],
+    )
+    took["fleet_alert"] = time.perf_counter() - started
     return took
 
 
@@ -244,11 +338,78 @@ def dashboard_figures(*, now: datetime, gpu: int, pool: int, figures: Any, pages
     ]
 
 
+PAGE_TARGET_MS = 300.0
+
+
+def pages_list(*, pool: int, team: int, key: int) -> list[tuple[str, str]]:
+    """The pages timed whole, with the filters an operator uses: label and URL."""
+    return [
+        ("page: /instances/", "/instances/"),
+        ("page: /savings/", "/savings/"),
+        ("page: /recommendations/", "/recommendations/"),
+        ("page: /alerts/", "/alerts/"),
+        ("page: /requests/", "/requests/"),
+        ("page: /requests/ 7 d, one pool, errors", f"/requests/?range=7d&pool={pool}&status=error"),
+        ("page: /requests/ 7 d, one team, cold", f"/requests/?range=7d&team={team}&cold=yes"),
+        ("page: /requests/ 7 d, one key, 200 rows", f"/requests/?range=7d&key={key}&per=200"),
+        ("page: /decisions/", "/decisions/"),
+        ("page: /decisions/ 7 d, autoscale", "/decisions/?range=7d&kind=autoscale"),
+        ("page: /decisions/ 7 d, one pool, person", f"/decisions/?range=7d&pool={pool}&person=operator-{pool % 3}"),
+        ("page: /costs/spend.csv 7 d by pool", "/costs/spend.csv?range=7d&group=pool"),
+        ("page: /costs/spend.csv 7 d by team", "/costs/spend.csv?range=7d&group=team"),
+    ]
+
+
+def page_timed(client: Any, url: str, repeat: int) -> tuple[float, float, int, int]:
+    """Median and p95 milliseconds over ``repeat`` warm GETs of ``url`` as the server builds it (a
+    streamed export read to its end), the queries one GET ran, and its bytes."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def get() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(url)
+            body = b"".join(response.streaming_content) if response.streaming else response.content
+        if response.status_code != 200:
+            raise SystemExit(f"{url}: HTTP {response.status_code}: {body[:500]!r}")
+        return len(captured), len(body)
+
+    get()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        queries, size = get()
+        times.append((time.perf_counter() - started) * 1000)
+    p95 = statistics.quantiles(times, n=20, method="inclusive")[18] if len(times) > 1 else times[0]
+    return statistics.median(times), p95, queries, size
+
+
+def pages_timed(*, pool: int, team: int, key: int, repeat: int, only: str) -> list[tuple[str, float, float, int, int]]:
+    """Each page of ``pages_list`` timed as a signed-in superuser gets it."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+
+    setup_test_environment()  # lets the test client's host in, as the test suite does
+    user = User.objects.filter(username="bench").first() or User.objects.create_superuser("bench", "", None)
+    client = Client()
+    client.force_login(user)
+    return [
+        (label, *page_timed(client, url, repeat))
+        for label, url in pages_list(pool=pool, team=team, key=key)
+        if only in label
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=1000)
     parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=2_000_000, help="gateway requests over the days")
     parser.add_argument("--raw-hours", type=int, default=6)
+    parser.add_argument(
+        "--flap", type=int, default=0, help="instances whose state flips between ready and stopped every 20 min"
+    )
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--db-name", default="bench_tele", help="the scratch database, created and dropped here")
     parser.add_argument(
@@ -273,7 +434,7 @@ def main() -> None:
         from dashboard import figures
         from dashboard import selectors as pages
         from fleet import selectors
-        from fleet.models import Gpu, GpuMinute, GpuSample, Pool
+        from fleet.models import ApiKey, Gpu, GpuMinute, GpuSample, Pool, RequestLog, Team
 
         if args.reuse:
             from django.db.models import Max
@@ -282,12 +443,13 @@ def main() -> None:
             took = {}
         else:
             now = datetime.now(tz=UTC).replace(microsecond=0)
-            took = generate(args.gpus, args.days, args.raw_hours, now)
+            took = generate(args.gpus, args.days, args.raw_hours, now, args.requests, args.flap)
         gpu = Gpu.objects.order_by("pk")[args.gpus // 2].pk
         pool = Pool.objects.order_by("pk").first().pk
         counts = {
             "raw samples": GpuSample.objects.count(),
             "minute rollups": GpuMinute.objects.count(),
+            "requests": RequestLog.objects.count(),
         }
 
         def select_one() -> list[Any]:
@@ -338,6 +500,13 @@ def main() -> None:
             for _label, call in queries[1:]:
                 profiler.runcall(call)
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
+        page_results = pages_timed(
+            pool=pool,
+            team=Team.objects.order_by("pk").values_list("pk", flat=True)[0],
+            key=ApiKey.objects.order_by("pk").values_list("pk", flat=True)[0],
+            repeat=args.repeat,
+            only=args.only,
+        )
         connection.close()
     finally:
         if not args.keep:
@@ -353,6 +522,15 @@ def main() -> None:
     print(f"{'query (through fleet.selectors)':38}{'rows':>9}{'median ms':>11}{'worst ms':>10}{'x SELECT 1':>12}")
     for label, median, worst, rows in results:
         print(f"{label:38}{rows:>9,}{median:>11.1f}{worst:>10.1f}{median / baseline:>12.0f}")
+    if page_results:
+        print(
+            f"pages as served ({counts['requests']:,} logged requests; median and p95 of {args.repeat} warm GETs, "
+            f"target {PAGE_TARGET_MS:.0f} ms)"
+        )
+        print(f"{'page':44}{'median ms':>10}{'p95 ms':>9}{'queries':>9}{'kB':>8}  target")
+        for label, median, p95, ran, size in page_results:
+            verdict = "ok" if p95 <= PAGE_TARGET_MS else "OVER"
+            print(f"{label:44}{median:>10.1f}{p95:>9.1f}{ran:>9}{size / 1000:>8.0f}  {verdict}")
 
 
 if __name__ == "__main__":

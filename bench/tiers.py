@@ -9,9 +9,9 @@ vs that static fleet, oracle/policy, SLA attainment, P95 TTFT, cold starts) and 
 
 Traces: both Azure traces (the conversation trace at four times its rate, as ``make bench-sim``
 runs it), the first ``days`` of the ServeGen rate series at a stated mean rate with lengths from
-the conversation trace, and a long-prompt mix (document summaries, 8k-128k-token prompts) on
-the same day's shape, whose pool allows 256K-token contexts. Jobs run side by side on up to
-``SIM_JOBS`` processes (default: the CPUs).
+the conversation trace, the first week of it at the same mean rate, and a long-prompt mix
+(document summaries, 8k-128k-token prompts) on the same day's shape, whose pool allows 256K-token
+contexts. Jobs run side by side on up to ``SIM_JOBS`` processes (default: the CPUs).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ SERVEGEN = Path(
     os.environ.get("SIM_SERVEGEN", str(ROOT / "fleet" / "sim" / "traces" / "servegen_m-mid_rate_10min.csv"))
 )
 ONLY = [name for name in os.environ.get("SIM_TRACES", "").split(",") if name]
+# The week's row: the ServeGen series' first days at the day's mean rate (``SIM_TRACES="servegen 7"`` runs it alone).
+WEEK_DAYS = 7
 
 
 def _values(name: str) -> dict[str, Any]:
@@ -96,16 +98,15 @@ def workloads(settings: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
     ]
     servegen = settings["servegen"]
     series = _day(rate_series_load(SERVEGEN), servegen["days"])
-    scale = servegen["mean_rate_per_s"] / series.mean_rate
-    trace = trace_from_rate_series(series, lengths=trace_load(servegen["lengths"]), seed=SEED, scale=scale)
-    out.append(
-        (
-            f"servegen {servegen['days']:g} d @ {servegen['mean_rate_per_s']:g}/s",
-            trace,
-            _values(servegen["policy_settings"]),
-            {},
-        )
-    )
+    # The same series, rate and lengths over a week (``WEEK_DAYS``): the week's ramps and quiet days at once.
+    for days in (servegen["days"], WEEK_DAYS):
+        label = f"servegen {days:g} d @ {servegen['mean_rate_per_s']:g}/s"
+        if not _wanted(label):
+            continue  # a week's six million requests are not drawn for nothing
+        span = _day(rate_series_load(SERVEGEN), days)
+        scale = servegen["mean_rate_per_s"] / span.mean_rate
+        trace = trace_from_rate_series(span, lengths=trace_load(servegen["lengths"]), seed=SEED, scale=scale)
+        out.append((label, trace, _values(servegen["policy_settings"]), {}))
     documents = settings["documents"]
     hours = documents["hours"]
     shape = [w for w in series.windows if w[0] < hours * 3600]
@@ -131,7 +132,12 @@ def workloads(settings: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
             },
         )
     )
-    return [w for w in out if not ONLY or any(w[0].startswith(o) for o in ONLY)]
+    return [w for w in out if _wanted(w[0])]
+
+
+def _wanted(label: str) -> bool:
+    """Whether ``SIM_TRACES`` (label prefixes, comma-separated; empty: all) selects a trace."""
+    return not ONLY or any(label.startswith(o) for o in ONLY)
 
 
 def _job(kind: str, trace: Any, spec: TierSpec) -> tuple[float, Any]:

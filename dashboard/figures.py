@@ -16,7 +16,18 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.basedatatypes import BaseTraceType
 
-TIME_AXIS = {"title": {"text": "time (UTC)"}, "type": "date"}
+MUTED = "#5c6577"
+# A time axis shows the instant under the pointer as a vertical line across the plot: the
+# page's other time charts draw theirs at the same instant (``charts.js``).
+TIME_AXIS = {
+    "title": {"text": "time (UTC)"},
+    "type": "date",
+    "showspikes": True,
+    "spikemode": "across",
+    "spikedash": "solid",
+    "spikethickness": 1,
+    "spikecolor": MUTED,
+}
 # One colour per spend category, on every chart that shows one; allocated = busy + idle.
 SPEND_COLOURS = {"busy": "#2354c7", "idle": "#9db4ec", "allocated": "#5b7bd5", "unallocated": "#8e6bbf"}
 # Against a target or threshold: met, near it, missed.
@@ -27,7 +38,6 @@ BUCKET_HOVER = {
     timedelta(hours=1): "hour from %Y-%m-%d %H:00",
     timedelta(days=1): "day %Y-%m-%d",
 }
-MUTED = "#5c6577"
 STATE_COLOURS = {
     "starting": "#e0a100",
     "ready": "#2a9d55",
@@ -91,10 +101,28 @@ def _money(values: Sequence[Decimal | float | None]) -> list[float | None]:
     return [None if v is None else round(float(v), 4) for v in values]
 
 
-def _time_axis(span: tuple[datetime, datetime]) -> dict[str, Any]:
-    """A time axis over the page's chosen range, whatever the data covers: one bucket or one
-    point would otherwise be stretched across the chart with sub-millisecond ticks."""
-    return {**TIME_AXIS, "range": list(span)}
+def time_axes_range(figure: dict[str, Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """Every time x-axis of ``figure`` set to exactly ``span``, the page's chosen range, whatever the data covers.
+
+    As under a dashboard's time picker: a stretch without data shows as empty rather than the
+    axis shrinking to the data, one bucket or one point is not stretched across the chart with
+    sub-millisecond ticks, and every time chart of a page spans the same instants, which is how
+    the browser tells the charts it zooms and hovers together. Hover picks the traces at the
+    pointer's instant (``hovermode`` x), so hovering one chart can show the same instant on the
+    others; a heatmap keeps hovering its cell.
+    """
+    start, end = span
+    if not start < end:
+        raise ValueError(f"a time range must end after it starts, not {start} – {end}")
+    axes = [axis for name, axis in figure["layout"].items() if name.startswith("xaxis") and axis.get("type") == "date"]
+    if not axes:
+        raise ValueError(f"figure {figure['layout'].get('title', {}).get('text')!r} has no time x-axis")
+    for axis in axes:
+        axis.update(range=[start, end], autorange=False)
+    # A heatmap's column holds a row per GPU: its hover needs the row under the pointer too.
+    grid = any(trace.get("type") == "heatmap" for trace in figure["data"])
+    figure["layout"]["hovermode"] = "closest" if grid else "x"
+    return figure
 
 
 def _duration(step: timedelta) -> str:
@@ -182,15 +210,18 @@ def utilization_heatmap(*, grid: Mapping[str, Any], span: tuple[datetime, dateti
         hovertemplate=f"%{{y}}<br>%{{x|{BUCKET_HOVER.get(step, '%Y-%m-%d %H:%M')}}}<br>%{{z:.0f}} %<extra></extra>",
     )
     height = max(260, 60 + 22 * len(labels))
-    return _figure(
-        [trace],
-        _layout(
-            "GPU utilization (duty cycle, %)",
-            xaxis=_time_axis(span),
-            yaxis={"title": {"text": "node (mean of its GPUs)" if grid["by_node"] else "GPU (node/index)"}},
-            height=height,
-            **_partial_marks(columns, step, span),
+    return time_axes_range(
+        _figure(
+            [trace],
+            _layout(
+                "GPU utilization (duty cycle, %)",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "node (mean of its GPUs)" if grid["by_node"] else "GPU (node/index)"}},
+                height=height,
+                **_partial_marks(columns, step, span),
+            ),
         ),
+        span,
     )
 
 
@@ -215,8 +246,8 @@ def gpu_lines(
         )
         for gpu in series
     ]
-    return _figure(
-        traces, _layout(title, xaxis=_time_axis(span), yaxis={"title": {"text": unit}, "rangemode": "tozero"})
+    return time_axes_range(
+        _figure(traces, _layout(title, xaxis=TIME_AXIS, yaxis={"title": {"text": unit}, "rangemode": "tozero"})), span
     )
 
 
@@ -252,13 +283,16 @@ def pool_latency(
                 line={"dash": "dash", "color": "#c0392b"},
             )
         )
-    return _figure(
-        traces,
-        _layout(
-            f"Latency ({metric}) against the SLA",
-            xaxis=_time_axis(span),
-            yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"},
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                f"Latency ({metric}) against the SLA",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"},
+            ),
         ),
+        span,
     )
 
 
@@ -294,20 +328,23 @@ def pool_queue(*, history: Mapping[str, Sequence[Any]], span: tuple[datetime, da
             line={"shape": "hv"},
         ),
     ]
-    return _figure(
-        traces,
-        _layout(
-            "Queue and instances",
-            xaxis=_time_axis(span),
-            yaxis={"title": {"text": "requests waiting"}, "rangemode": "tozero"},
-            yaxis2={
-                "title": {"text": "instances"},
-                "overlaying": "y",
-                "side": "right",
-                "rangemode": "tozero",
-                "dtick": 1,
-            },
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                "Queue and instances",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "requests waiting"}, "rangemode": "tozero"},
+                yaxis2={
+                    "title": {"text": "instances"},
+                    "overlaying": "y",
+                    "side": "right",
+                    "rangemode": "tozero",
+                    "dtick": 1,
+                },
+            ),
         ),
+        span,
     )
 
 
@@ -325,13 +362,16 @@ def instance_states(*, states: Mapping[str, Any], span: tuple[datetime, datetime
         )
         for state, counts in states["states"].items()
     ]
-    return _figure(
-        traces,
-        _layout(
-            "Instances by state",
-            xaxis=_time_axis(span),
-            yaxis={"title": {"text": "instances"}, "dtick": 1, "rangemode": "tozero"},
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                "Instances by state",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "instances"}, "dtick": 1, "rangemode": "tozero"},
+            ),
         ),
+        span,
     )
 
 
@@ -374,15 +414,18 @@ def spend_over_time(*, buckets: Mapping[str, Any], currency: str, span: tuple[da
         )
         for part in ("busy", "idle", "unallocated")
     ]
-    return _figure(
-        traces,
-        _layout(
-            f"Spend over time ({currency})",
-            barmode="stack",
-            xaxis=_time_axis(span),
-            yaxis={"title": {"text": f"spend ({currency})"}},
-            **_partial_marks(at, step, span),
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                f"Spend over time ({currency})",
+                barmode="stack",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": f"spend ({currency})"}},
+                **_partial_marks(at, step, span),
+            ),
         ),
+        span,
     )
 
 
@@ -544,7 +587,10 @@ def sla_attainment(*, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def decisions_timeline(*, decisions: Sequence[Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
-    """Every decision as a point at its time over the whole ``span``, one row per policy kind, the reason on hover."""
+    """Every decision as a point at its time over the whole ``span``, one row per policy kind, the reason on hover.
+
+    Markers are not clipped at the axis: a decision taken just now sits on the range's end and is drawn whole.
+    """
     by_kind: dict[str, list[Any]] = {}
     for decision in decisions:
         by_kind.setdefault(decision.policy_kind, []).append(decision)
@@ -557,19 +603,23 @@ def decisions_timeline(*, decisions: Sequence[Any], span: tuple[datetime, dateti
             name=kind,
             meta={"policy_kind": kind},
             marker={"size": 10, "symbol": "diamond"},
+            cliponaxis=False,
             customdata=[[d.action, d.pool.name if d.pool else "fleet", d.reason[:200]] for d in rows],
             hovertemplate="%{x}<br>%{customdata[0]} on %{customdata[1]}<br>%{customdata[2]}<extra></extra>",
         )
         for kind, rows in sorted(by_kind.items())
     ]
-    return _figure(
-        traces,
-        _layout(
-            "Decisions over time",
-            xaxis={**TIME_AXIS, "range": list(span)},
-            yaxis={"title": {"text": "decided by"}, "type": "category"},
-            showlegend=False,
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                "Decisions over time",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "decided by"}, "type": "category"},
+                showlegend=False,
+            ),
         ),
+        span,
     )
 
 

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET
 from dashboard import figures
 from dashboard import request_log as log
 from dashboard import selectors as pages
+from dashboard.views import refresh_context
 from fleet.events import FLEET_GROUP
 
 STREAM_CHUNK_LINES = 500
@@ -77,6 +78,7 @@ def requests_page(request: HttpRequest) -> HttpResponse:
         "tiers": log.TIERS,
         "statuses": log.STATUSES,
         "page_sizes": (25, log.PAGE_SIZE, 100, log.PAGE_SIZE_MAX),
+        **refresh_context(request),
     }
     if filters.errors:
         context.update(requests=[], any_requests=True, next_cursor=None, latency=None)

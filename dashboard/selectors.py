@@ -564,7 +564,9 @@ def decisions_filtered(
 
 
 def decision_kinds() -> list[str]:
-    return sorted(set(Decision.objects.values_list("policy_kind", flat=True).distinct()))
+    """The kinds the log holds, for the filter. Without ``order_by()`` the model's ordering would join
+    the DISTINCT and send every decision's row back, not one per kind."""
+    return sorted(Decision.objects.order_by().values_list("policy_kind", flat=True).distinct())
 
 
 def decision_people() -> list[str]:
@@ -582,14 +584,25 @@ def decision_detail(*, decision_id: int) -> tuple[Decision, DecisionEffect] | No
     decision = Decision.objects.select_related("pool", "instance", "policy", "batch_job").filter(pk=decision_id).first()
     if decision is None:
         return None
-    effects, _ = decision_effects_read(start=decision.created_at, end=timezone.now())
+    effects, _ = decision_effects_read(start=decision.created_at, end=timezone.now(), decision_ids=[decision.pk])
     return decision, effects.get(decision.pk) or DecisionEffect(decision.pk, 0, note="changes no instance's GPU hold")
 
 
 def decisions_effects(*, decisions: list[Decision], time_range: TimeRange) -> list[Decision]:
     """The decisions, each given ``effect``: accrued from when it was applied until now or until ended
-    (a fixed number of queries for any number of rows)."""
-    effects, _ = decision_effects_read(start=time_range.start, end=max(timezone.now(), time_range.end))
+    (a fixed number of queries for any number of rows).
+
+    Only these rows' instances are read, from the oldest row on with each instance's last decision
+    before it (what ``decision_effects_read`` takes at a range's start), and only these rows are
+    priced: a page of the newest decisions then reads hours of the log, not the range's week. Each
+    row's effect accrues from its own time, after that start, so its amount is the same; a repeat
+    whose run began before the oldest row names, in its note, that last decision rather than the
+    run's first (as any range's start does)."""
+    effects, _ = decision_effects_read(
+        start=min((decision.created_at for decision in decisions), default=time_range.start),
+        end=max(timezone.now(), time_range.end),
+        decision_ids=[decision.pk for decision in decisions],
+    )
     for decision in decisions:
         setattr(decision, "effect", effects.get(decision.pk))  # noqa: B010 (a page attribute, not a model field)
     return decisions
@@ -750,9 +763,17 @@ def instances_page(*, now: datetime | None = None) -> InstancesPage:
 
 def _pool_scale_rows(snapshot: FleetSnapshot) -> list[PoolScaleRow]:
     enabled = {view.id for view in snapshot.pools}
+    # Instances not asked to stop, per pool, in one grouped query rather than one count per pool.
+    counts = dict(
+        Instance.objects.exclude(desired_state=Instance.Desired.STOPPED)
+        .order_by()
+        .values("pool_id")
+        .annotate(n=Count("id"))
+        .values_list("pool_id", "n")
+    )
     rows = []
     for pool in Pool.objects.order_by("name"):
-        active = Instance.objects.filter(pool=pool).exclude(desired_state=Instance.Desired.STOPPED).count()
+        active = counts.get(pool.pk, 0)
         rows.append(
             PoolScaleRow(
                 pool=pool,

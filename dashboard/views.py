@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+import math
+from datetime import timedelta
 from pathlib import Path
 
 import plotly
@@ -20,6 +21,7 @@ from dashboard import figures
 from dashboard import selectors as pages
 from dashboard.forms import JoinTokenForm
 from fleet import selectors
+from fleet.costs.recommendations import BAND_STEP, BAND_TOP_MAX
 from fleet.costs.selectors import billing_currency
 from fleet.decide.evaluate import pool_scale as scale_pool
 from fleet.decide.services import (
@@ -55,9 +57,50 @@ def plotly_js(request: HttpRequest, version: str) -> HttpResponse:
     return response
 
 
+# The refresh picker's choices; the URL may ask for any period down to REFRESH_MIN_S (refresh=10s).
+REFRESH_CHOICES = (("off", ""), ("30s", "30s"), ("1m", "1m"), ("5m", "5m"))
+REFRESH_MIN_S = 5
+REFRESH_MAX_S = 24 * 3600
+REFRESH_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def refresh_parse(value: str) -> dict[str, object]:
+    """The period a page re-renders itself on, from ``refresh=30s|1m|5m`` (or any ``<n>s|m|h``).
+
+    Off when absent; a period it cannot read, or shorter than ``REFRESH_MIN_S`` (a page a few
+    seconds apart would keep the panel busy rendering), leaves it off and says why on the page.
+    """
+    value = value.strip()
+    if value in ("", "off"):
+        return {"key": "", "seconds": 0, "error": ""}
+    number, unit = value[:-1], value[-1:]
+    seconds = int(number) * REFRESH_UNITS[unit] if number.isdigit() and unit in REFRESH_UNITS else None
+    if seconds is None or not REFRESH_MIN_S <= seconds <= REFRESH_MAX_S:
+        return {
+            "key": "",
+            "seconds": 0,
+            "error": f"refresh={value!r} ignored: give a period of {REFRESH_MIN_S} s to 24 h, such as 30s, 1m or 5m",
+        }
+    return {"key": value, "seconds": seconds, "error": ""}
+
+
+def refresh_context(request: HttpRequest) -> dict[str, object]:
+    """What the range bar's refresh picker (``_refresh.html``) shows: the period asked and the choices."""
+    return {
+        "refresh": refresh_parse(request.GET.get("refresh", "")),
+        "refresh_choices": REFRESH_CHOICES,
+        "refresh_values": [value for _, value in REFRESH_CHOICES],
+    }
+
+
 def _range_context(request: HttpRequest) -> tuple[pages.TimeRange, dict[str, object]]:
     time_range = pages.time_range_parse(params=request.GET)
-    return time_range, {"range": time_range, "ranges": list(pages.RANGES), "live_groups": [FLEET_GROUP]}
+    return time_range, {
+        "range": time_range,
+        "ranges": list(pages.RANGES),
+        "live_groups": [FLEET_GROUP],
+        **refresh_context(request),
+    }
 
 
 @login_required
@@ -171,11 +214,6 @@ def costs(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/costs.html", context)
 
 
-def _padded(time_range: pages.TimeRange) -> tuple[datetime, datetime]:
-    """The range with a little room at its end, so the newest point is drawn whole."""
-    return time_range.start, time_range.end + (time_range.end - time_range.start) / 50
-
-
 @login_required
 def decisions(request: HttpRequest) -> HttpResponse:
     time_range, context = _range_context(request)
@@ -197,7 +235,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
         person=person,
         policy_id=policy_id,
         currency=billing_currency(),
-        timeline=figures.decisions_timeline(decisions=rows, span=_padded(time_range)) if rows else None,
+        timeline=figures.decisions_timeline(decisions=rows, span=time_range.span) if rows else None,
         live_groups=[pool_group(pool_id)] if pool_id else [FLEET_GROUP],
     )
     return render(request, "dashboard/decisions.html", context)
@@ -253,6 +291,18 @@ INSTANCE_BUTTONS = {
 def _posted_int(request: HttpRequest, name: str) -> int | None:
     value = request.POST.get(name, "")
     return int(value) if value.lstrip("-").isdigit() else None
+
+
+def _posted_number(request: HttpRequest, name: str) -> int | float | None:
+    """A whole number or a finite decimal (a band top, 0.65) as posted; None for anything else."""
+    whole = _posted_int(request, name)
+    if whole is not None:
+        return whole
+    try:
+        number = float(request.POST.get(name, ""))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @login_required
@@ -320,6 +370,8 @@ def recommendations(request: HttpRequest) -> HttpResponse:
         "recommendations": rows,
         "currency": billing_currency(),
         "can_apply": request.user.has_perm(POOL_PERMISSION),
+        "band_step": BAND_STEP,
+        "band_top_max": BAND_TOP_MAX,
     }
     return render(request, "dashboard/recommendations.html", context)
 
@@ -333,7 +385,7 @@ def recommendation_apply(request: HttpRequest) -> HttpResponse:
     The recommendation is looked up again as it stands now: one that no longer applies, or
     whose setting changed since the page was loaded, is refused and nothing changes.
     """
-    key, seen = request.POST.get("key", ""), _posted_int(request, "current")
+    key, seen = request.POST.get("key", ""), _posted_number(request, "current")
     item = pages.recommendation_find(key=key)
     if item is None or not item.applicable or item.pool_id is None:
         messages.error(request, f"Nothing changed: recommendation {key!r} no longer applies. Look at the list again.")

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,22 @@ def pool_group(pool_id: int) -> str:
     return f"pool.{pool_id}"
 
 
+def node_desired_group(node_id: int) -> str:
+    """The group of a node's agent waiting to hear that its desired state changed (the long poll)."""
+    return f"node-desired.{node_id}"
+
+
+def node_desired_changed(*, node_ids: Iterable[int | None], why: str) -> None:
+    """Tell the agents of these nodes waiting on the long poll to report now.
+
+    Call after the change is committed (``transaction.on_commit``): an agent told earlier
+    could report before the change is visible and wait again on stale state. Best effort
+    like every event: an agent not told learns the change at its next report.
+    """
+    for node_id in sorted({node_id for node_id in node_ids if node_id is not None}):
+        event_publish(kind="desired", payload={"node": node_id, "why": why}, groups=(node_desired_group(node_id),))
+
+
 def event_publish(*, kind: str, payload: dict[str, Any], groups: tuple[str, ...] = (FLEET_GROUP,)) -> None:
     """Send a small event to every browser watching the fleet (or the given groups).
 
@@ -61,11 +77,35 @@ def event_publish(*, kind: str, payload: dict[str, Any], groups: tuple[str, ...]
     if not isinstance(layer, InMemoryChannelLayer):
         _publisher().put(layer, groups, message)
         return
+    loop = _listeners_loop
+    if loop is not None and loop.is_running() and not _running_on(loop):
+        # A thread of the server's own (the embedded scheduler, a gateway worker): the
+        # layer's queues belong to the listeners' loop, so the send is handed to it.
+        for group in groups:
+            asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
+        return
     try:
         for group in groups:
             async_to_sync(layer.group_send)(group, message)
     except Exception as exc:
         logger.warning("fleet event %s not sent, channel layer unavailable: %s", kind, exc)
+
+
+# The loop the in-process layer's listeners wait on (the server's), once one has said so.
+_listeners_loop: asyncio.AbstractEventLoop | None = None
+
+
+def listeners_loop_note(loop: asyncio.AbstractEventLoop) -> None:
+    """Say which loop waits on the in-process layer, so any thread's events reach it safely."""
+    global _listeners_loop
+    _listeners_loop = loop
+
+
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class Publisher:

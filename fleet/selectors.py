@@ -8,11 +8,13 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
+from django.conf import settings as django_settings
 from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from agents.histograms import pool_latency, requests_attainment
 from fleet import states
+from fleet.costs.allocation import Hold, StateEvent, holds_from_events
 from fleet.models import (
     ApiKey,
     BatchJob,
@@ -34,6 +36,7 @@ from fleet.models import (
     PoolMinute,
     RequestLog,
 )
+from fleet.policies import static_hold
 from fleet.policies.settings import DAY, SCHEMAS, policy_defaults, policy_settings_stored
 from fleet.policies.snapshot import (
     BatchJobView,
@@ -328,6 +331,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 windows=_pool_windows(pool, serving, gpu_rows, instance_rows, now, judged.get(pool.pk)),
             )
         )
+    pool_views = static_guard_fill(pool_views, pools, now)
     instance_views = tuple(
         InstanceView(
             id=i.pk,
@@ -380,7 +384,19 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
             for o in OrphanContainer.objects.order_by("id")
         ),
     )
-    gpu_views = tuple(_gpu_view(skeleton, gpu, latest_gpu.get(gpu.pk), jobs, instance_views) for gpu in gpus)
+    # Grouped once: a scan of every instance and job for every GPU grows with their product.
+    instances_on: dict[int, list[InstanceView]] = defaultdict(list)
+    for view in instance_views:
+        if view.gpu_id is not None:
+            instances_on[view.gpu_id].append(view)
+    jobs_on: dict[int, list[BatchJob]] = defaultdict(list)
+    for job in jobs:
+        if job.gpu_id is not None:
+            jobs_on[job.gpu_id].append(job)
+    gpu_views = tuple(
+        _gpu_view(skeleton, gpu, latest_gpu.get(gpu.pk), jobs_on.get(gpu.pk, []), instances_on.get(gpu.pk, []))
+        for gpu in gpus
+    )
     return replace(skeleton, gpus=gpu_views)
 
 
@@ -389,9 +405,12 @@ def _gpu_view(
     gpu: Gpu,
     sample: GpuSample | None,
     jobs: list[BatchJob],
-    instances: tuple[InstanceView, ...],
+    instances: list[InstanceView],
 ) -> GpuView:
     """The GPU with its latest reading; foreign memory is what NVML counts beyond what is ours.
+
+    ``jobs`` and ``instances`` may be every one or only those placed on this GPU (the caller
+    groups them once); either way only this GPU's count.
 
     Ours: the budgets of instances holding memory on it (``states.gpu_holding_states``, as
     placement counts them) and the memory of batch jobs running there. Pools outside the
@@ -675,3 +694,57 @@ def routing_policy_settings() -> tuple[dict[str, float | int | bool], bool]:
     if policy is None:
         return policy_defaults("routing"), True
     return policy_settings_stored(kind="routing", settings=policy.settings, row=str(policy)), policy.enabled
+
+
+def static_guard_fill(views: list[PoolView], pools: list[Pool], now: datetime) -> list[PoolView]:
+    """The static-spend guard's figures on the views of pools whose ``static_hold`` policy states a
+    static size (``fleet.policies.static_hold``): billed instance-hours over the trailing window, from
+    the instances' state events as billing counts them (``holds_from_events`` with the billing's
+    holding states) summed by ``held_hours``, the definition the simulator uses; and the hold's
+    state, from the guard's own decisions. Where no pool has the policy, the views are returned as
+    they were (no query beyond the policies').
+    """
+    configs = policy_configs()[static_hold.KIND]
+    wanted = {pool.pk: settings for pool in pools if (settings := configs.for_pool(pool.pk)) is not None}
+    if not wanted:
+        return views
+    last = {
+        (row["pool_id"], row["action"]): row["last"]
+        for row in Decision.objects.filter(policy_kind=static_hold.KIND, pool_id__in=[pool.pk for pool in pools])
+        .values("pool_id", "action")
+        .annotate(last=Max("created_at"))
+    }
+    holding = states.gpu_holding_states(sleeping_holds_gpu=django_settings.FLEET_COST_SLEEPING_HOLDS_GPU)
+    filled = []
+    for view in views:
+        settings = wanted.get(view.id)
+        started, ended = last.get((view.id, static_hold.HOLD_START)), last.get((view.id, static_hold.HOLD_END))
+        held_since = started if started is not None and (ended is None or started > ended) else None
+        fields: dict[str, Any] = {
+            "static_held_since": held_since,
+            "static_released_at": ended,
+            "static_refused_at": last.get((view.id, static_hold.REFUSE)),
+        }
+        if settings is not None and settings["static_replicas"]:
+            start = static_hold.window_start(now=now, hours=settings["window_hours"], since=None, released_at=ended)
+            fields["static_window_start"] = start
+            fields["static_paid_hours"] = static_hold.held_hours(
+                ((hold.start, hold.end) for hold in _pool_holds(view.id, start, now, holding)), since=start, until=now
+            )
+        filled.append(replace(view, **fields))
+    return filled
+
+
+def _pool_holds(pool_id: int, start: datetime, end: datetime, holding: frozenset[str]) -> list[Hold]:
+    """The pool's instances' holds in [start, end): their events in it and each one's last before it."""
+    fields = ("instance_id", "at", "state", "gpu_id", "mig_device_id")
+    mine = InstanceEvent.objects.filter(instance__pool_id=pool_id)
+    newest_before = (
+        InstanceEvent.objects.filter(instance=OuterRef("pk"), at__lt=start).order_by("-at", "-id").values("pk")[:1]
+    )
+    prior = Instance.objects.filter(pool_id=pool_id).annotate(prior=Subquery(newest_before)).exclude(prior=None)
+    rows = [
+        *InstanceEvent.objects.filter(pk__in=prior.values("prior")).values_list(*fields),
+        *mine.filter(at__gte=start, at__lt=end).order_by("at", "id").values_list(*fields),
+    ]
+    return holds_from_events([StateEvent(*row) for row in rows], start=start, end=end, states=holding)

@@ -63,7 +63,7 @@ def test_database_and_redis_urls_switch_backends(tmp_path: Path) -> None:
     assert values["engine"] == "django.db.backends.postgresql"
     assert (values["name"], values["host"]) == ("fleet", "127.0.0.1")
     assert values["layer"] == "channels_redis.core.RedisChannelLayer"
-    assert values["layer_hosts"] == ["redis://127.0.0.1:6379/3"]
+    assert [host["address"] for host in values["layer_hosts"]] == ["redis://127.0.0.1:6379/3"]
     assert values["broker"] == "redis://127.0.0.1:6379/3"
     assert values["eager"] is False
 

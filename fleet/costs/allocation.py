@@ -78,6 +78,10 @@ def _pieces(intervals: Iterable[tuple[datetime, datetime]]) -> list[tuple[dateti
 def allocations_split(holds: Iterable[Hold], *, mig_slices: Mapping[int, int]) -> list[Allocation]:
     """Give each hold its share of the GPU: slices/7 for a MIG device, all of it for a whole GPU,
     split equally among the instances on the same device at the same moment (a card is paid once).
+
+    A sweep over each device's boundaries keeps the set of holds present, so a month of state
+    changes costs n log n rather than a scan of every hold for every piece; pieces and their
+    holds come out in the order a scan would give (time, then the holds' input order).
     """
     by_device: dict[tuple[int, int | None], list[Hold]] = defaultdict(list)
     for hold in holds:
@@ -85,19 +89,27 @@ def allocations_split(holds: Iterable[Hold], *, mig_slices: Mapping[int, int]) -
     allocations: list[Allocation] = []
     for (gpu_id, mig_device_id), device_holds in by_device.items():
         device_share = Fraction(mig_slices[mig_device_id], 7) if mig_device_id else Fraction(1)
+        arriving: dict[datetime, list[int]] = defaultdict(list)
+        leaving: dict[datetime, list[int]] = defaultdict(list)
+        for index, hold in enumerate(device_holds):
+            if hold.start < hold.end:  # an empty or reversed hold covers no piece
+                arriving[hold.start].append(index)
+                leaving[hold.end].append(index)
+        active: set[int] = set()
+        shares: dict[int, Fraction] = {}  # device_share / holders, by holders
         for begin, finish in _pieces((hold.start, hold.end) for hold in device_holds):
-            present = [hold for hold in device_holds if hold.start <= begin and finish <= hold.end]
-            for hold in present:
+            # Present in [begin, finish): started at or before begin, ends after it (ends are bounds).
+            active.difference_update(leaving.get(begin, ()))
+            active.update(arriving.get(begin, ()))
+            if not active:
+                continue
+            share = shares.get(len(active))
+            if share is None:
+                share = shares[len(active)] = device_share / len(active)
+            for index in sorted(active):
+                hold = device_holds[index]
                 allocations.append(
-                    Allocation(
-                        hold.instance_id,
-                        gpu_id,
-                        mig_device_id,
-                        begin,
-                        finish,
-                        device_share / len(present),
-                        hold.state,
-                    )
+                    Allocation(hold.instance_id, gpu_id, mig_device_id, begin, finish, share, hold.state)
                 )
     return allocations
 
@@ -116,15 +128,34 @@ def uptime_runs(times: Iterable[datetime], *, gap: timedelta) -> list[tuple[date
 def unallocated_pieces(
     *, up: Iterable[tuple[datetime, datetime]], allocations: Iterable[Allocation]
 ) -> list[tuple[datetime, datetime, Fraction]]:
-    """Where one GPU was up, the share of it no allocation held (never below zero)."""
+    """Where one GPU was up, the share of it no allocation held (never below zero).
+
+    A sweep keeps how many up runs are open and the shares held (exact fractions, so the
+    running total equals the sum over the allocations present): n log n, not pieces x rows.
+    """
     up = list(up)
     allocations = list(allocations)
+    up_change: dict[datetime, int] = defaultdict(int)
+    for first, last in up:
+        if first < last:
+            up_change[first] += 1
+            up_change[last] -= 1
+    held_change: dict[datetime, Fraction] = defaultdict(Fraction)
+    for row in allocations:
+        if row.start < row.end:
+            held_change[row.start] += row.share
+            held_change[row.end] -= row.share
+    open_runs = 0
+    held = Fraction(0)
     pieces: list[tuple[datetime, datetime, Fraction]] = []
     for begin, finish in _pieces([*up, *((row.start, row.end) for row in allocations)]):
-        if not any(first <= begin and finish <= last for first, last in up):
+        open_runs += up_change.get(begin, 0)
+        change = held_change.get(begin)
+        if change is not None:
+            held += change
+        if not open_runs:
             continue
-        held = sum((row.share for row in allocations if row.start <= begin and finish <= row.end), Fraction(0))
-        free = max(Fraction(0), 1 - held)
-        if free:
+        free = 1 - held
+        if free > 0:  # an overfull card leaves nothing free
             pieces.append((begin, finish, free))
     return pieces

@@ -17,7 +17,7 @@ price changes. Pure functions over plain records, so the arithmetic is tested by
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, localcontext
@@ -135,12 +135,17 @@ def decision_effects(
     start: datetime,
     end: datetime,
     sleeping_holds_gpu: bool,
+    wanted: Collection[int] | None = None,
 ) -> dict[int, DecisionEffect]:
     """Each decision's effect, its accrued lines clipped to [start, end).
 
     ``decisions`` must hold, for the instances concerned, every decision from the last one
     before ``start`` on (earlier ones only move where a span that is clipped anyway begins).
     A decision repeating one already in effect (a second stop) changes nothing.
+
+    ``wanted`` names the decisions asked about (None: all): every decision still takes part in
+    deciding which are in effect and when each ends, but pricing the time is most of the work,
+    so only the wanted ones are priced and returned (a page of decisions out of a week's).
     """
     rows = sorted(decisions, key=lambda row: (row.at, row.decision_id))
     effects: dict[int, DecisionEffect] = {}
@@ -197,9 +202,11 @@ def decision_effects(
             per_hour=effect_per_hour(direction=direction, share=device.share, price_per_gpu_hour=price),
             since=row.at,
         )
+    if wanted is not None:
+        effects = {decision_id: effects[decision_id] for decision_id in wanted if decision_id in effects}
     for decision_id, row_device in held.items():
-        effect = effects[decision_id]
-        if effect.since is None:
+        effect = effects.get(decision_id)
+        if effect is None or effect.since is None:
             continue
         begin, finish = max(effect.since, start), min(effect.until or end, end)
         if begin < finish:

@@ -9,12 +9,17 @@ function, ``per_month``. Three kinds:
 - ``pool_minimum``: a pool whose ``min_instances`` is above the most instances its busiest
   hour of the last 7 days needed; lowering the minimum by one lets the policies stop one
   instance, saving what one of its instances costs per hour now (the cheapest one).
+- ``band_top``: an autoscaled pool whose load band tops out lower than its SLA needed: in the
+  hours of the last 7 days whose SLA latency had the headroom autoscale itself asks before a
+  scale-in, a band top one step higher (``BAND_STEP``, at most ``BAND_TOP_MAX``) would have
+  needed fewer instances (``band_hour_saving``); the instance-hours saved, spread over the
+  window's 168 hours, at what one of its instances costs per hour now.
 - ``cheaper_gpu``: an exclusive-GPU pool whose model profile's VRAM estimate
   (``vram_estimate_for``) fits a GPU model the price book prices lower than the one its
   instances run on now.
 
-Only ``pool_minimum`` is a setting, applied through ``pool_setting_claim``; the others need
-hardware moved and say what to do.
+``pool_minimum`` and ``band_top`` are pool settings, applied through ``pool_setting_claim``; the
+others need hardware moved and say what to do.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from decimal import Decimal, localcontext
 
 from django.utils import timezone
 
+from agents.histograms import pool_latency
 from fleet import catalog
 from fleet.costs.money import CONTEXT
 from fleet.costs.selectors import next_hour_report, price_book, totals_by_instance
 from fleet.costs.spend import ALLOCATED, UNALLOCATED, CostLine, SpendReport
 from fleet.models import Gpu, Instance, Pool, PoolHour, PriceRate
 from fleet.policies.vram import gib, vram_estimate_for
+from fleet.selectors import policy_configs
 
 HOURS_PER_MONTH = Decimal(730)  # 8,760 hours a year / 12
 PEAK_WINDOW = timedelta(days=7)
@@ -40,6 +47,13 @@ PEAK_WINDOW = timedelta(days=7)
 IDLE_CARD = "idle_card"
 POOL_MINIMUM = "pool_minimum"
 CHEAPER_GPU = "cheaper_gpu"
+BAND_TOP = "band_top"
+
+# A band top raised one step at a time, never above BAND_TOP_MAX: the estimate holds for loads the
+# pool's SLA was measured at, and autoscale still scales out on any SLA breach or queue, whatever
+# the band says.
+BAND_STEP = 0.10
+BAND_TOP_MAX = 0.85
 
 
 def per_month(per_hour: Decimal) -> Decimal:
@@ -58,8 +72,8 @@ class Recommendation:
     pool_id: int | None = None
     node_id: int | None = None
     setting: str = ""
-    current: int | None = None
-    proposed: int | None = None
+    current: float | None = None
+    proposed: float | None = None
 
     @property
     def saving_per_month(self) -> Decimal:
@@ -81,11 +95,48 @@ def hour_needed(*, running_mean: float | None, instances: int, max_num_seqs: int
     return math.ceil(running_mean * instances / (max_num_seqs * band_high) - 1e-9)
 
 
+def band_hour_saving(
+    *,
+    running_mean: float | None,
+    instances: int,
+    max_num_seqs: int,
+    band_high: float,
+    proposed_high: float,
+    min_instances: int,
+) -> int:
+    """Instances an hour would not have needed under a band top of ``proposed_high``: those the
+    current top called for (``hour_needed``, but no more than reported in the hour) less those the
+    higher top calls for (never under the pool's minimum). Instances held above the current top's
+    need (scale-in lag, the minimum) are not the band's doing and count nothing. 3.0 running on 4
+    instances of 16 seqs, top 0.25 -> 0.35: 12 / 4 = 3 needed now, 12 / 5.6 = 2.1 -> 3 then: 0;
+    4.0 on 4: 16 / 4 = 4 now, 16 / 5.6 -> 3 then: 1."""
+    now_needed = min(
+        instances,
+        hour_needed(running_mean=running_mean, instances=instances, max_num_seqs=max_num_seqs, band_high=band_high),
+    )
+    then_needed = hour_needed(
+        running_mean=running_mean, instances=instances, max_num_seqs=max_num_seqs, band_high=proposed_high
+    )
+    return max(0, now_needed - max(then_needed, min_instances))
+
+
+def sla_headroom(*, latency_s: float | None, bound_ms: float, ratio: float) -> bool:
+    """Whether an hour's SLA-percentile latency was at most ``ratio`` of its bound: the margin autoscale
+    asks before a scale-in (``scale_in_latency_ratio``). An hour without a measured latency has none."""
+    return latency_s is not None and latency_s * 1000 <= ratio * bound_ms
+
+
+def band_proposed(band_high: float) -> float:
+    """The next band top: one ``BAND_STEP`` up, capped at ``BAND_TOP_MAX``, to the hundredth."""
+    return round(min(band_high + BAND_STEP, BAND_TOP_MAX), 2)
+
+
 def recommendations(*, now: datetime | None = None) -> list[Recommendation]:
     """Every recommendation that saves money now, the largest saving first."""
     now = now or timezone.now()
     report = next_hour_report(now=now)
     found = _idle_cards(report_lines=report.lines, now=now) + _pool_minimums(report=report, now=now)
+    found += _band_tops(report=report, now=now)
     found += _cheaper_gpus(report=report, now=now)
     return sorted(found, key=lambda item: (-item.saving_per_hour, item.key))
 
@@ -129,18 +180,13 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
             band_high=pool.util_band_high,
         )
         peaks[pool_id] = max(peaks.get(pool_id, 0), needed)
-    per_instance = totals_by_instance(report)
-    held: dict[int, list[Decimal]] = defaultdict(list)
-    for instance_id, pool_id in Instance.objects.filter(pk__in=list(per_instance), pool_id__in=list(peaks)).values_list(
-        "pk", "pool_id"
-    ):
-        held[pool_id].append(per_instance[instance_id].spend)
+    held = _cheapest_instance(report=report, pool_ids=list(peaks))
     rows = []
     for pool_id, peak in peaks.items():
         pool = pools[pool_id]
-        if peak >= pool.min_instances or not held[pool_id]:
+        if peak >= pool.min_instances or pool_id not in held:
             continue
-        cheapest = min(held[pool_id])
+        cheapest = held[pool_id]
         rows.append(
             Recommendation(
                 kind=POOL_MINIMUM,
@@ -153,6 +199,87 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
                 setting="min_instances",
                 current=pool.min_instances,
                 proposed=pool.min_instances - 1,
+            )
+        )
+    return rows
+
+
+def _cheapest_instance(*, report: SpendReport, pool_ids: list[int]) -> dict[int, Decimal]:
+    """What the cheapest of each pool's instances costs per hour now: the one a pool would stop first.
+    Pools holding nothing now are left out (nothing to price)."""
+    per_instance = totals_by_instance(report)
+    held: dict[int, Decimal] = {}
+    for instance_id, pool_id in Instance.objects.filter(pk__in=list(per_instance), pool_id__in=pool_ids).values_list(
+        "pk", "pool_id"
+    ):
+        spend = per_instance[instance_id].spend
+        held[pool_id] = min(spend, held.get(pool_id, spend))
+    return held
+
+
+def _band_tops(*, report: SpendReport, now: datetime) -> list[Recommendation]:
+    autoscale = policy_configs()["autoscale"]
+    pools = {
+        pool.pk: pool
+        for pool in Pool.objects.filter(enabled=True, util_band_high__lt=BAND_TOP_MAX).select_related("model_profile")
+        if autoscale.for_pool(pool.pk) is not None
+    }
+    if not pools:
+        return []
+    ratios = {pool_id: float((autoscale.for_pool(pool_id) or {})["scale_in_latency_ratio"]) for pool_id in pools}
+    saved: dict[int, int] = defaultdict(int)
+    roomy: dict[int, int] = defaultdict(int)
+    hours: dict[int, int] = defaultdict(int)
+    for pool_id, instances, running, ttft, e2e in PoolHour.objects.filter(
+        pool_id__in=list(pools), bucket__gte=now - PEAK_WINDOW, bucket__lt=now
+    ).values_list("pool_id", "instances", "requests_running_mean", "ttft_histogram", "e2e_histogram"):
+        pool, ratio = pools[pool_id], ratios[pool_id]
+        hours[pool_id] += 1
+        # A TTFT bound that grows with the prompt is judged here against its flat part, the strictest.
+        latency = ttft if pool.sla_metric == Pool.SlaMetric.TTFT else e2e
+        headroom = sla_headroom(
+            latency_s=pool_latency([latency], pool.sla_percentile), bound_ms=pool.sla_latency_ms, ratio=ratio
+        )
+        if headroom and pool.sla_e2e_latency_ms is not None:
+            headroom = sla_headroom(
+                latency_s=pool_latency([e2e], pool.sla_percentile), bound_ms=pool.sla_e2e_latency_ms, ratio=ratio
+            )
+        if not headroom:
+            continue
+        roomy[pool_id] += 1
+        saved[pool_id] += band_hour_saving(
+            running_mean=running,
+            instances=instances,
+            max_num_seqs=pool.model_profile.max_num_seqs,
+            band_high=pool.util_band_high,
+            proposed_high=band_proposed(pool.util_band_high),
+            min_instances=pool.min_instances,
+        )
+    held = _cheapest_instance(report=report, pool_ids=[pool_id for pool_id, count in saved.items() if count])
+    window_hours = Decimal(int(PEAK_WINDOW.total_seconds() // 3600))
+    rows = []
+    for pool_id, cheapest in held.items():
+        pool, instance_hours, ratio = pools[pool_id], saved[pool_id], ratios[pool_id]
+        proposed = band_proposed(pool.util_band_high)
+        with localcontext(CONTEXT):
+            per_hour = Decimal(instance_hours) * cheapest / window_hours
+        if not per_hour:
+            continue
+        rows.append(
+            Recommendation(
+                kind=BAND_TOP,
+                key=f"{BAND_TOP}:{pool_id}",
+                title=f"Pool {pool.name} scales out at {pool.util_band_high:.0%} load though its SLA had headroom: "
+                f"raise its band top to {proposed:.0%}",
+                arithmetic=f"{instance_hours} instance-hours fewer in the {roomy[pool_id]} of {hours[pool_id]} hours "
+                f"whose P{pool.sla_percentile} latency stayed within {ratio:.0%} of the SLA; {instance_hours} x "
+                f"{cheapest:.2f}/h / {window_hours} h = {per_hour:.4f}/h x {HOURS_PER_MONTH} h = "
+                f"{per_month(per_hour):.2f} a month",
+                saving_per_hour=per_hour,
+                pool_id=pool_id,
+                setting="util_band_high",
+                current=pool.util_band_high,
+                proposed=proposed,
             )
         )
     return rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Subquery
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
@@ -38,7 +38,7 @@ from fleet.costs.effects import (
     amount_by_day,
     decision_effects,
 )
-from fleet.costs.money import CONTEXT, ZERO, duration_us, money_sum
+from fleet.costs.money import CONTEXT, ZERO, duration_us, money_cents, money_sum
 from fleet.costs.prices import PriceBook, RateRow
 from fleet.costs.spend import (
     BASELINE,
@@ -747,13 +747,23 @@ class DecisionMeta:
 
 
 def decision_effects_read(
-    *, start: datetime, end: datetime, gpus: dict[int, GpuInfo] | None = None
+    *,
+    start: datetime,
+    end: datetime,
+    gpus: dict[int, GpuInfo] | None = None,
+    decision_ids: Collection[int] | None = None,
 ) -> tuple[dict[int, DecisionEffect], dict[int, DecisionMeta]]:
     """Every instance decision of [start, end) with its effect accrued inside it (``fleet.costs.effects``).
 
     Reads, per instance, its decisions in the range and its newest decision before it (what
     was in effect when the range opened): six queries whatever the number of decisions. A
     scale-out is taken as the start, wake or launch it was done by.
+
+    ``decision_ids`` (a page's rows) narrows it to those decisions' effects, the same as read
+    whole: one decision's effect depends only on the decisions of its own instance and of the
+    instances sharing its GPU (``decision_effects``), so only those instances are read (in the
+    same queries, as a subquery), and only the asked ones are priced. A week of decisions is then no longer
+    priced to show five hundred.
     """
     sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
     moving = [
@@ -766,13 +776,18 @@ def decision_effects_read(
         .order_by("-created_at", "-id")
         .values("pk")[:1]
     )
-    prior = Instance.objects.annotate(prior=Subquery(newest_before)).exclude(prior=None).values("prior")
+    instances = Instance.objects.all()
+    in_range = Decision.objects.filter(instance__isnull=False, created_at__gte=start, created_at__lt=end)
+    if decision_ids is not None:
+        asked = Decision.objects.filter(pk__in=list(decision_ids), instance__isnull=False).values("instance_id")
+        cards = Instance.objects.filter(pk__in=asked, gpu__isnull=False).values("gpu_id")
+        scope = Instance.objects.filter(Q(pk__in=asked) | Q(gpu_id__in=cards)).values("pk")
+        instances, in_range = instances.filter(pk__in=scope), in_range.filter(instance_id__in=scope)
+    prior = instances.annotate(prior=Subquery(newest_before)).exclude(prior=None).values("prior")
     fields = ("pk", "instance_id", "action", "inputs__via", "applied_at", "created_at", "policy_kind", "pool_id")
     rows = [
         *Decision.objects.filter(pk__in=prior).values_list(*fields),
-        *Decision.objects.filter(instance__isnull=False, created_at__gte=start, created_at__lt=end).values_list(
-            *fields
-        ),
+        *in_range.values_list(*fields),
     ]
     decisions, meta = [], {}
     for pk, instance_id, action, via, applied_at, created_at, kind, pool_id in rows:
@@ -795,6 +810,7 @@ def decision_effects_read(
         start=start,
         end=end,
         sleeping_holds_gpu=sleeping_holds_gpu,
+        wanted=decision_ids,
     )
     return effects, meta
 
@@ -842,6 +858,13 @@ class Attribution:
     def outside(self) -> Decimal:
         with localcontext(CONTEXT):
             return self.headline.savings - self.attributed + self.reclaimable
+
+    @property
+    def outside_cents(self) -> Decimal:
+        """``outside`` as the page shows it: from the other three figures each rounded to the cent,
+        so the sum a reader checks on the page holds to the cent (the rounding of the three lands
+        here, at most 1.5 cents from ``outside`` rounded on its own)."""
+        return money_cents(self.headline.savings) - money_cents(self.attributed) + money_cents(self.reclaimable)
 
     def by(self, key: str) -> dict[Any, Decimal]:
         """Attributed savings by ``policy_kind``, ``pool_id`` or ``day`` (billing time zone)."""

@@ -25,6 +25,7 @@ from fleet.policies.actions import (
     Action,
     DesireInstance,
     LaunchInstance,
+    PoolDecision,
     PreemptBatchJob,
     StartBatchJob,
     StopOrphan,
@@ -33,6 +34,8 @@ from fleet.policies.placement import PlacementRefused, pool_wake_actions
 from fleet.policies.pressure import pressure_actions
 from fleet.policies.prewarm import TrafficLearner
 from fleet.policies.registry import ORDER, RequestTimesSource, policies_run
+from fleet.policies.static_hold import KIND as STATIC_HOLD
+from fleet.policies.static_hold import static_guard
 from fleet.states import RUNNING, STOPPED
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,15 @@ def action_apply(*, action: Action, policies: dict[int, Policy]) -> Decision:
         job = BatchJob.objects.get(pk=action.job_id)
         job.generation = action.generation
         return services.batch_job_preempt(job=job, reason=reason, kind=kind, policy=policy, inputs=inputs)
+    if isinstance(action, PoolDecision):
+        return services.pool_decision_log(
+            pool=Pool.objects.get(pk=action.pool_id),
+            action=action.action,
+            reason=reason,
+            kind=kind,
+            policy=policy,
+            inputs=inputs,
+        )
     if isinstance(action, StopOrphan):
         orphan = OrphanContainer.objects.get(pk=action.orphan_id)
         return services.orphan_stop_request(orphan=orphan, reason=reason, kind=kind, policy=policy, inputs=inputs)
@@ -157,13 +169,17 @@ def pool_wake_request(*, pool_id: int, reason: str, inputs: dict[str, Any] | Non
     An instance already desired running is on its way (nothing to do). Otherwise the
     policies' wake path decides, with the same placement (VRAM estimate, isolation) as
     scale-out: wake a sleeping instance, restart a stopped one or place a new one. When
-    nothing fits, a ``wake_failed`` decision records the placement arithmetic.
+    nothing fits, a ``wake_failed`` decision records the placement arithmetic; a wake-up that
+    lost its claim to another gateway's finds that one on its way, and records nothing.
     """
     pool = Pool.objects.get(pk=pool_id)
     if Instance.objects.filter(pool=pool, desired_state=Instance.Desired.RUNNING).exists():
         return []
     outcome = pool_wake(pool=pool, reason=reason, kind=services.GATEWAY)
     if isinstance(outcome, PlacementRefused):
+        if Instance.objects.filter(pool=pool, desired_state=Instance.Desired.RUNNING).exists():
+            # Another gateway's wake-up of this pool won the claim: capacity is on its way, nothing failed.
+            return []
         return [services.pool_wake_refused(pool=pool, reason=f"{reason}; {outcome.message}", inputs=inputs)]
     return [outcome]
 
@@ -174,18 +190,28 @@ def pool_scale_out_request(*, pool_id: int, reason: str, inputs: dict[str, Any] 
     Planned on a fresh snapshot by ``pressure.pressure_actions`` under autoscale's settings for
     the pool: nothing where autoscale is off for it, within its scale-out cool-down of the
     last scale-out (the tick's or a gateway's), while an instance is on its way, or where
-    nothing fits. Applied as a claim: of two gateways asking for the same pressure, the
-    second finds the pool changed (``StaleGeneration``) or the cool-down running.
+    nothing fits; past the pool's static size the static-spend guard refuses it and logs why
+    (``static_hold.static_guard``: that decision is what is returned). Applied as a claim: of
+    two gateways asking for the same pressure, the second finds the pool changed
+    (``StaleGeneration``) or the cool-down running.
     """
     now = timezone.now()
-    settings = selectors.policy_configs()["autoscale"].for_pool(pool_id)
+    configs = selectors.policy_configs()
+    snapshot = selectors.fleet_snapshot(now=now)
     planned = pressure_actions(
-        selectors.fleet_snapshot(now=now), pool_id=pool_id, settings=settings, now=now, reason=reason, inputs=inputs
+        snapshot,
+        pool_id=pool_id,
+        settings=configs["autoscale"].for_pool(pool_id),
+        now=now,
+        reason=reason,
+        inputs=inputs,
     )
+    # A scale-out past the pool's static size is refused, the refusal logged (``static_hold``).
+    planned = static_guard(snapshot, configs[STATIC_HOLD], now, planned[:1])
     if not planned:
         return []
     try:
-        return [action_apply(action=planned[0], policies={})]
+        return [action_apply(action=action, policies={}) for action in planned]
     except services.StaleGeneration as exc:
         log.info("gateway scale-out of pool %s lost to another writer: %s", pool_id, exc)
         return []

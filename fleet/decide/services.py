@@ -13,7 +13,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from fleet import states
-from fleet.events import FLEET_GROUP, event_publish, pool_group
+from fleet.events import FLEET_GROUP, event_publish, node_desired_changed, pool_group
 from fleet.models import (
     ApiKey,
     BatchJob,
@@ -217,6 +217,7 @@ def instance_desire(
         decision,
         {"instance": instance.pk, "desired_state": state, "generation": instance.generation, "reason": reason},
     )
+    _agents_tell(why=action, gpu_ids=[instance.gpu_id], mig_ids=[instance.mig_device_id])
     return decision
 
 
@@ -244,6 +245,7 @@ def instance_add(*, instance: Instance, reason: str, kind: str, inputs: dict[str
             "reason": reason,
         },
     )
+    _agents_tell(why="add", gpu_ids=[instance.gpu_id], mig_ids=[instance.mig_device_id])
     return decision
 
 
@@ -314,6 +316,29 @@ def _start_check(instance: Instance) -> None:
             raise ActionRefused(f"instance {other.pk} occupies the device of instance {instance.pk}")
 
 
+def _agents_tell(
+    *,
+    why: str,
+    gpu_ids: Sequence[int | None] = (),
+    mig_ids: Sequence[int | None] = (),
+    node_ids: Sequence[int | None] = (),
+) -> None:
+    """Once committed, tell the agents of the nodes holding these cards (or the nodes named)
+    that their desired state changed, so a waiting agent reports now (its long poll)."""
+
+    def tell() -> None:
+        nodes = set(node_ids)
+        cards = [pk for pk in gpu_ids if pk is not None]
+        slices = [pk for pk in mig_ids if pk is not None]
+        if cards:
+            nodes.update(Gpu.objects.filter(pk__in=cards).values_list("node_id", flat=True))
+        if slices:
+            nodes.update(MigDevice.objects.filter(pk__in=slices).values_list("gpu__node_id", flat=True))
+        node_desired_changed(node_ids=nodes, why=why)
+
+    transaction.on_commit(tell)
+
+
 def _decision_event(decision: Decision, payload: dict[str, Any]) -> None:
     transaction.on_commit(
         lambda: event_publish(
@@ -377,6 +402,7 @@ def instance_launch(
         decision,
         {"instance": instance.pk, "desired_state": instance.desired_state, "generation": 1, "reason": reason},
     )
+    _agents_tell(why=action, node_ids=[gpu.node_id])
     return decision
 
 
@@ -414,6 +440,7 @@ def batch_job_start(
             applied_at=now,
         )
     _decision_event(decision, {"batch_job": job.pk, "gpu": gpu.pk, "state": "running", "reason": reason})
+    _agents_tell(why="colocate", node_ids=[gpu.node_id])
     return decision
 
 
@@ -447,6 +474,7 @@ def batch_job_preempt(
             applied_at=now,
         )
     _decision_event(decision, {"batch_job": job.pk, "state": "preempted", "reason": reason})
+    _agents_tell(why="preempt", gpu_ids=[job.gpu_id])
     return decision
 
 
@@ -470,6 +498,7 @@ def orphan_stop_request(
             policy=policy, policy_kind=kind, action="reap", reason=reason, inputs=inputs or {}, applied_at=now
         )
     _decision_event(decision, {"node": orphan.node_id, "container_id": orphan.container_id, "reason": reason})
+    _agents_tell(why="reap", node_ids=[orphan.node_id])
     return decision
 
 
@@ -481,6 +510,30 @@ def pool_wake_refused(*, pool: Pool, reason: str, inputs: dict[str, Any] | None 
     return Decision.objects.create(
         policy_kind=GATEWAY, pool=pool, action="wake_failed", reason=reason, inputs=inputs or {}
     )
+
+
+def pool_decision_log(
+    *,
+    pool: Pool,
+    action: str,
+    reason: str,
+    kind: str,
+    policy: Policy | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> Decision:
+    """Log a decision about a pool that changes no desired state (the static-spend guard's refusals,
+    holds starting and ending), and publish it like any other decision."""
+    decision = Decision.objects.create(
+        policy=policy,
+        policy_kind=kind,
+        pool=pool,
+        action=action,
+        reason=reason,
+        inputs=inputs or {},
+        applied_at=timezone.now(),
+    )
+    _decision_event(decision, {"reason": reason})
+    return decision
 
 
 REQUEST_LOG_FIELDS = (

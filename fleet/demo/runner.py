@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -93,8 +93,13 @@ class TierPlan:
 
 # S: exclusive GPUs, P95 <= 450 ms; M: MIG slices, utilization target 55% (band 50-65%);
 # L: shared GPUs, P95 <= 600 ms tolerated (METHOD.md step 3). Shared instances take 0.3 of
-# a card, so three fit on one; a MIG instance takes 0.9 of its slice.
-TIER_S = TierPlan("S", Pool.Isolation.EXCLUSIVE, 450, 0.90, 1, 2)
+# a card, so three fit on one; a MIG instance takes 0.9 of its slice. On four cards or more
+# (the default) S keeps two exclusive cards warm, as an operator anxious about its strict
+# SLA might set it: the replayed trace's busiest hour needs one, so the recommendations page
+# prices lowering that minimum. On fewer, S keeps one, leaving the others their cards.
+TIER_S = TierPlan("S", Pool.Isolation.EXCLUSIVE, 450, 0.90, 2, 2)
+TIER_S_FEW_CARDS = replace(TIER_S, min_instances=1)
+S_WARM_MIN_CARDS = 4
 TIER_M_MIG = TierPlan("M", Pool.Isolation.MIG, 500, 0.90, 1, 3)
 TIER_M_SHARED = TierPlan("M", Pool.Isolation.SHARED, 500, 0.30, 1, 3)
 TIER_L = TierPlan("L", Pool.Isolation.SHARED, 600, 0.30, 1, 3)
@@ -135,7 +140,8 @@ class DemoOptions:
 
     @property
     def tiers(self) -> tuple[TierPlan, ...]:
-        return (TIER_S, TIER_M_MIG if self.mig else TIER_M_SHARED, TIER_L)
+        tier_s = TIER_S if self.hosts * self.gpus_per_host >= S_WARM_MIN_CARDS else TIER_S_FEW_CARDS
+        return (tier_s, TIER_M_MIG if self.mig else TIER_M_SHARED, TIER_L)
 
     def host_gpus(self, index: int) -> str:
         """The ``--simulated-gpus`` of one host: the last host's last card in MIG mode when ``mig``."""

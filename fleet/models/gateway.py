@@ -57,6 +57,8 @@ class RequestLog(models.Model):
     class Meta:
         ordering = ["-at"]
         indexes = [
+            # The request log's first page, unfiltered, newest first (``dashboard.request_log``).
+            models.Index(fields=["-at", "-id"], name="request_time"),
             models.Index(fields=["pool", "at"], name="request_pool_time"),
             models.Index(fields=["team", "at"], name="request_team_time"),
             models.Index(fields=["api_key", "at"], name="request_key_time"),

@@ -18,6 +18,7 @@ class Policy(models.Model):
         COLOCATE = "colocate", "batch co-location"
         REAP = "reap", "reap orphans"
         ROUTING = "routing", "routing (request complexity)"
+        STATIC_HOLD = "static_hold", "static-spend guard"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     pool = models.ForeignKey(

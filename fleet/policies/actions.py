@@ -62,7 +62,15 @@ class StopOrphan(ActionBase):
     node_id: int
 
 
-Action = DesireInstance | LaunchInstance | StartBatchJob | PreemptBatchJob | StopOrphan
+@dataclass(frozen=True, kw_only=True)
+class PoolDecision(ActionBase):
+    """A decision about a pool that changes no desired state, only logged: the static-spend guard's
+    refusals and its holds starting and ending (``fleet.policies.static_hold``)."""
+
+    pool_id: int
+
+
+Action = DesireInstance | LaunchInstance | StartBatchJob | PreemptBatchJob | StopOrphan | PoolDecision
 
 
 def duration(seconds: float) -> str:

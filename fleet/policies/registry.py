@@ -3,9 +3,11 @@
 One loop for production and the trace simulator alike: ``fleet.decide.evaluate`` calls it
 with snapshots read from the database and an ``apply`` that goes through the services;
 the simulator with snapshots of its simulated fleet and an ``apply`` that changes it.
-Kinds run in a fixed order (reap, idle reclaim, autoscale, pre-warm, co-location), each
-on a snapshot taken after the previous kind's changes, so autoscale sees what idle
-reclaim just stopped.
+Kinds run in a fixed order (the static-spend guard's holds, reap, idle reclaim, autoscale,
+pre-warm, co-location), each on a snapshot taken after the previous kind's changes, so
+autoscale sees what idle reclaim just stopped. Every kind's actions then pass the static-spend
+guard (``static_hold.static_guard``) before they are applied: it refuses a scale-out past a
+pool's static size, and a reclaim below it while the pool holds it, with a decision saying why.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
-from fleet.policies import autoscale, colocate, idle, prewarm, reap
+from fleet.policies import autoscale, colocate, idle, prewarm, reap, static_hold
 from fleet.policies.actions import Action
 from fleet.policies.snapshot import FleetSnapshot, PolicyConfig
 
-ORDER = ("reap", "idle_reclaim", "autoscale", "prewarm", "colocate")
+ORDER = ("static_hold", "reap", "idle_reclaim", "autoscale", "prewarm", "colocate")
 
 # Request timestamps per pool: (pool ids, since, until) -> {pool id: times in [since, until)}.
 RequestTimesSource = prewarm.RequestTimesSource
@@ -26,6 +28,7 @@ RequestTimesSource = prewarm.RequestTimesSource
 def policy_functions() -> dict[str, Callable[..., list[Action]]]:
     """The policy function of each kind, looked up now (so a patched module is what runs)."""
     return {
+        "static_hold": static_hold.static_hold,
         "reap": reap.reap,
         "idle_reclaim": idle.idle_reclaim,
         "autoscale": autoscale.autoscale,
@@ -73,14 +76,22 @@ def policies_run(
     wanted = set(kinds)
     decided: list[Action] = []
     current: FleetSnapshot | None = None
+    guard = configs.get(static_hold.KIND)
     for kind in ORDER:
-        config = configs[kind]
-        if kind not in wanted or (config.fleet is None and all(v is None for v in config.pools.values())):
+        config = configs.get(kind)
+        if config is None or kind not in wanted or _disabled(config):
             continue
         current = current or snapshot()
         actions = policy_decide(kind, current, config, now, request_times, learner)
+        if kind != static_hold.KIND and guard is not None and not _disabled(guard):
+            actions = static_hold.static_guard(current, guard, now, actions)
         decided.extend(actions)
         applied = [apply(action) for action in actions]
         if any(applied):
             current = None
     return decided
+
+
+def _disabled(config: PolicyConfig) -> bool:
+    """Disabled fleet-wide and for every pool."""
+    return config.fleet is None and all(v is None for v in config.pools.values())

@@ -164,6 +164,43 @@ SCHEMAS: dict[str, dict[str, Setting]] = {
             unit="× SLA",
         ),
     },
+    "static_hold": {
+        "static_replicas": Setting(
+            0,
+            0,
+            10_000,
+            "The always-on fleet the policies must not cost more than: scale-outs past this many billed "
+            "instances are refused, and once the pool paid at least this x the window it holds this size. "
+            "0: no guard.",
+            label="Static fleet size",
+            unit="instances",
+        ),
+        "window_hours": Setting(
+            24.0,
+            0.25,
+            168,
+            "The trailing window over which the pool's billed GPU-hours are compared with the static fleet's.",
+            label="Trailing window",
+            unit="h",
+        ),
+        "release_ratio": Setting(
+            0.9,
+            0.1,
+            0.99,
+            "A hold ends once the trailing spend falls under this share of the static fleet's (or after a whole "
+            "window held).",
+            label="Release the hold under",
+            unit="× static",
+        ),
+        "refusal_log_s": Setting(
+            600,
+            0,
+            DAY,
+            "A refused scale-out or reclaim is logged at most once per this long per pool (it is refused every time).",
+            label="Log refusals at most every",
+            unit="s",
+        ),
+    },
     "colocate": {
         "min_free_memory_gib": Setting(
             4.0, 0.5, 1024, "Batch work needs this much free GPU memory.", label="Free GPU memory needed", unit="GiB"

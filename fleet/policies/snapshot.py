@@ -77,6 +77,15 @@ class PoolView:
     last_scale_out_at: datetime | None = None
     last_scale_in_at: datetime | None = None
     windows: tuple[PoolWindow, ...] = ()
+    # The static-spend guard (``fleet.policies.static_hold``), filled where the pool's ``static_hold``
+    # policy states a static size: the billed instance-hours (``held_hours``) since the start of its
+    # trailing window, that start, since when it holds its static size (None: not held), and when its
+    # last hold ended and its last refusal was logged.
+    static_paid_hours: float | None = None
+    static_window_start: datetime | None = None
+    static_held_since: datetime | None = None
+    static_released_at: datetime | None = None
+    static_refused_at: datetime | None = None
 
     def reservation_bytes(self, device_bytes: int) -> int:
         """What vLLM takes on a device of this size: its memory budget, not what the model needs."""

@@ -1,5 +1,6 @@
 """ASGI entry point: the gateway under /v1/, other HTTP through Django, WebSockets through Channels."""
 
+import io
 import os
 from typing import cast
 
@@ -12,21 +13,41 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.core.handlers.asgi import ASGIRequest  # noqa: E402
 
-from agents.protocol import MAX_BODY_BYTES  # noqa: E402
+from agents.protocol import MAX_BODY_BYTES, WAIT_PATH  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from fleet.gateway.app import AsgiApp, Gateway, Message, Receive, Scope, Send  # noqa: E402
 from fleet.project.scheduler import scheduler_start  # noqa: E402
+from fleet.telemetry.agent_api import wait  # noqa: E402
 
 GATEWAY_PREFIX = "/v1/"
 
 
+async def agent_wait(scope: Scope, receive: Receive, send: Send) -> None:
+    """The agents' long poll (``agent_api.wait``) without Django's middleware around it.
+
+    A wait is held for up to ``WAIT_S`` by every host at once. Behind a sync-only middleware
+    (WhiteNoise, the CSP header) Django would give each held wait a thread of its own; called
+    here, a wait is a coroutine on the server's loop. It needs none of what the middleware adds:
+    no session, no CSRF (a bearer token), no static files, and its answer is JSON for an agent.
+    """
+    response = await wait(ASGIRequest(scope, io.BytesIO()))
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+    headers.append((b"content-length", str(len(response.content)).encode()))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.content})
+
+
 def http_router(gateway: Gateway, django_app: AsgiApp) -> AsgiApp:
-    """Send ``/v1/`` to the gateway, which must not pay Django's request path; the rest to Django."""
+    """Send ``/v1/`` to the gateway, which must not pay Django's request path, the agents' long
+    poll to ``agent_wait``, the rest to Django."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"].startswith(GATEWAY_PREFIX):
             await gateway(scope, receive, send)
+        elif scope["path"] == WAIT_PATH:
+            await agent_wait(scope, receive, send)
         else:
             await django_app(scope, receive, send)
 

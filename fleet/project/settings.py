@@ -138,8 +138,11 @@ AGENT_WHEELHOUSE = Path(os.environ.get("AGENT_WHEELHOUSE", VAR_DIR / "wheelhouse
 # last entry counts). Empty: the connection's own peer address, as no client can forge it.
 AGENT_ADDRESS_HEADER = os.environ.get("AGENT_ADDRESS_HEADER", "").strip()
 # Report requests one node's token may make per minute; beyond it a 429 with Retry-After, nothing
-# stored. An agent posts every 5 s (12 a minute), a whole buffer in one request after an outage.
-AGENT_REPORTS_PER_MINUTE = envint("AGENT_REPORTS_PER_MINUTE", 60)
+# stored. An agent posts every 5 s (12 a minute), a whole buffer in one request after an outage,
+# every 0.5 s while an instance of its host is on its way to serving (the panel asks it to, at
+# most half of this bound: ``ingest.settling_report_s``) and at once when its long poll says
+# its desired state changed.
+AGENT_REPORTS_PER_MINUTE = envint("AGENT_REPORTS_PER_MINUTE", 240)
 if AGENT_REPORTS_PER_MINUTE < 1:
     raise ImproperlyConfigured(f"AGENT_REPORTS_PER_MINUTE must be at least 1, not {AGENT_REPORTS_PER_MINUTE}")
 # How long a new join token lets hosts register, wherever it is made, unless its maker says otherwise.
@@ -173,7 +176,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "gpufleet"},
+            # The layer's receive blocks on Redis in rounds of 5 s; a client socket timeout of the
+            # same 5 s (redis-py's default) can fire as an empty round ends, failing a receive that
+            # had nothing to fail on (an agent's long poll, a dashboard socket).
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "prefix": "gpufleet"},
         }
     }
 else:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/agent/v1/register", agent_api.register, name="agent-register"),
     path("api/agent/v1/report", agent_api.report, name="agent-report"),
+    path("api/agent/v1/wait", agent_api.wait, name="agent-wait"),
     path("agent/install.sh", agent_dist.install_script, name="agent-install"),
     path("agent/gpufleet-agent.tar.gz", agent_dist.agent_tarball, name="agent-tarball"),
     path("agent/wheels/", agent_dist.wheel_index, name="agent-wheels"),

@@ -129,20 +129,33 @@ def price_preset(gpu_model: str) -> Decimal | None:
 
 
 def static_search(
-    *, trace: Trace, setup: SimSetup, progress: Progress | None = None
+    *, trace: Trace, setup: SimSetup, progress: Progress | None = None, stop_early: bool = False
 ) -> tuple[int, bool, list[SimResult]]:
-    """Static runs with 1, 2, ... instances until one meets the SLA; every run made. Where none
-    does, the largest size tried (``setup.gpus``) and False."""
+    """Static runs with 1, 2, ... instances until one meets the SLA; the runs made, the last one the
+    size found. Where none does, the largest size tried (``setup.gpus``) and False.
+
+    ``stop_early``: a size smaller than the largest only has to fail, so its run stops once more
+    requests missed than the SLA allows over the whole trace (``Simulation.miss_limit``) and is
+    left out of the runs returned; the size found and its run are the same."""
     runs: list[SimResult] = []
+    allowed = misses_allowed(len(trace.requests), setup.sla_target)
     for count in range(1, setup.gpus + 1):
         label = f"static {count}"
-        result = Simulation(
-            trace=trace, setup=setup, label=label, static_instances=count, progress=_fraction(progress, label)
-        ).run()
+        simulation = Simulation(
+            trace=trace,
+            setup=setup,
+            label=label,
+            static_instances=count,
+            progress=_fraction(progress, label),
+            miss_limit=allowed if stop_early and count < setup.gpus else None,
+        )
+        result = simulation.run()
+        if simulation.stopped_early:
+            continue
         runs.append(result)
         if result.meets_sla(setup.sla_target):
             return count, True, runs
-    return len(runs), False, runs
+    return setup.gpus, False, runs
 
 
 def misses_allowed(requests: int, target: float) -> int:
@@ -401,8 +414,8 @@ _FORKED: dict[str, Any] = {}  # what a forked process works on, set before the f
 def _forked_static_and_policy() -> tuple[int, bool, SimResult, SimResult]:
     """In the forked process: the static search and the policy run from its fleet."""
     trace, setup = _FORKED["trace"], _FORKED["setup"]
-    count, meets, runs = static_search(trace=trace, setup=setup)
-    return count, meets, runs[count - 1], _policy_run(trace=trace, setup=setup, count=count, progress=None)
+    count, meets, runs = static_search(trace=trace, setup=setup, stop_early=True)
+    return count, meets, runs[-1], _policy_run(trace=trace, setup=setup, count=count, progress=None)
 
 
 class _Forked:
@@ -448,7 +461,7 @@ def compare(
     own, so the comparison is the same as with one (only its progress shows less)."""
     forked = _fork(_forked_static_and_policy, trace=trace, setup=setup) if jobs > 1 else None
     if forked is None:
-        count, meets, runs = static_search(trace=trace, setup=setup, progress=progress)
+        count, meets, runs = static_search(trace=trace, setup=setup, progress=progress, stop_early=True)
     bound = oracle_bound(trace=trace, setup=setup, progress=progress)
     replayed = oracle_replay(trace=trace, setup=setup, schedule=bound.schedule, progress=progress)
     oracle = replayed[0]
@@ -458,7 +471,7 @@ def compare(
     )
     repaired_meets = repaired.meets_sla(setup.sla_target)
     if forked is None:
-        static_run, policy = runs[count - 1], _policy_run(trace=trace, setup=setup, count=count, progress=progress)
+        static_run, policy = runs[-1], _policy_run(trace=trace, setup=setup, count=count, progress=progress)
     else:
         with forked:
             count, meets, static_run, policy = forked.submitted.result()

@@ -329,7 +329,7 @@ def _steps_within(seconds: float, first: float, growth: float) -> int:
     return count
 
 
-@dataclass
+@dataclass(slots=True)
 class SimRequest:
     id: str
     arrival_s: float
@@ -342,7 +342,7 @@ class SimRequest:
     cached_prompt_tokens: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """A request the core holds: its prompt progress, the KV tokens it reserved, its decode start."""
 
@@ -414,14 +414,17 @@ class EngineCore:
 
     def step(self, now_s: float) -> float:
         """Run one scheduler iteration starting at ``now_s``; its duration, 0.0 when idle."""
-        self._admit()
-        if not self._prefilling and not self._decoding:
+        if self._waiting:
+            self._admit()
+        prefilling, decoding_heap = self._prefilling, self._decoding
+        if not prefilling and not decoding_heap:
             return 0.0
-        decoding = len(self._decoding)
-        budget = self.model.max_num_batched_tokens - decoding
+        model = self.model
+        decoding = len(decoding_heap)
+        budget = model.max_num_batched_tokens - decoding
         chunks: list[tuple[_Slot, int]] = []
         attention = prefill_tokens = 0
-        for slot in self._prefilling:
+        for slot in prefilling:
             if budget <= 0:
                 break
             prefilled = slot.prefilled
@@ -431,16 +434,19 @@ class EngineCore:
             prefill_tokens += chunk
             budget -= chunk
         self.prompt_tokens_total += prefill_tokens
-        duration = self.model.step_s(
-            prefill_tokens=prefill_tokens,
-            decode_batch=decoding,
-            prefill_attention=attention,
-            decode_context_tokens=self._decode_context_tokens(),
+        # ``model.step_s`` written out (the same operations in the same order: the same float).
+        duration = (
+            model.decode_step_base_s
+            + model.decode_step_per_seq_s * decoding
+            + model.decode_s_per_context_token * self._decode_context_tokens()
         )
+        if prefill_tokens > 0:
+            duration = duration + model.prefill_extra_s(prefill_tokens, attention)
         end = now_s + duration
         self._steps += 1
-        while self._decoding and self._decoding[0][0] <= self._steps:
-            _, _, slot = heapq.heappop(self._decoding)
+        steps = self._steps
+        while decoding_heap and decoding_heap[0][0] <= steps:
+            _, _, slot = heapq.heappop(decoding_heap)
             self._decode_prompt_tokens -= slot.request.prompt_tokens
             self._decode_from_sum -= slot.decode_from
             self._finish(slot, end)
@@ -479,6 +485,94 @@ class EngineCore:
         self._steps += count - 1
         self._record_busy(now_s, now_s + ahead)
         return ahead + self.step(now_s + ahead)
+
+    def advance(self, now_s: float, horizon_s: float) -> tuple[float, float | None, list[SimRequest]]:
+        """``steps`` called again and again from ``now_s`` until a run of steps ends at or after
+        ``horizon_s`` or the engine idles, with the requests finished by each run collected once it
+        ends before the horizon: ``(end, before, collected)``, ``end`` the end of the last run (the
+        start where idle at once), ``before`` the end of the last run that ended before the
+        horizon (None: none did), ``collected`` what those runs finished, in order. The requests
+        the last run finished stay in the core (``pop_finished``). The same steps with the same
+        floats as those calls (a decode-only step is written out here: this loop is where a
+        simulation spends its time), in one call."""
+        model = self.model
+        base = model.decode_step_base_s
+        per_seq = model.decode_step_per_seq_s
+        per_context = model.decode_s_per_context_token
+        heap = self._decoding
+        waiting = self._waiting
+        progress = self._progress
+        busy_ends = self._busy_ends
+        end = now_s
+        before: float | None = None
+        collected: list[SimRequest] = []
+        while True:
+            if waiting:
+                self._admit()
+            if self._prefilling or not heap:
+                duration = self.step(end)
+            else:
+                batch = len(heap)
+                steps = self._steps
+                step_at = end
+                first = (
+                    base
+                    + per_seq * batch
+                    + per_context * (self._decode_prompt_tokens + batch * (1 + steps) - self._decode_from_sum)
+                )
+                growth = per_context * batch
+                count = heap[0][0] - steps
+                if count > 1:
+                    # ``_steps_within(horizon_s - end, first, growth)`` written out.
+                    seconds = horizon_s - end
+                    if seconds < first:
+                        count = 0
+                    elif growth <= 0:
+                        count = min(count, int(seconds // first))
+                    else:
+                        half = first - growth / 2
+                        within = int((-half + math.sqrt(half * half + 2 * growth * seconds)) / growth)
+                        while within > 0 and within * first + growth * within * (within - 1) / 2 > seconds:
+                            within -= 1
+                        count = min(count, within)
+                ahead = 0.0
+                if count > 1:
+                    ahead = (count - 1) * first + growth * (count - 1) * (count - 2) / 2
+                    steps += count - 1
+                    step_at = end + ahead
+                    self._record_busy(end, step_at)
+                # The last step of the run (``step`` on a batch of decodes alone).
+                step = (
+                    base
+                    + per_seq * batch
+                    + per_context * (self._decode_prompt_tokens + batch * (1 + steps) - self._decode_from_sum)
+                )
+                step_end = step_at + step
+                steps += 1
+                self._steps = steps
+                while heap and heap[0][0] <= steps:
+                    _, _, slot = heapq.heappop(heap)
+                    self._decode_prompt_tokens -= slot.request.prompt_tokens
+                    self._decode_from_sum -= slot.decode_from
+                    self._finish(slot, step_end)
+                if busy_ends and step_at <= busy_ends[-1]:
+                    if step_end > busy_ends[-1]:
+                        busy_ends[-1] = step_end
+                else:
+                    self._record_busy(step_at, step_end)
+                duration = ahead + step if count > 1 else step
+            if duration <= 0:
+                break
+            end += duration
+            if end >= horizon_s:
+                break
+            before = end
+            if self._finished:
+                finished, self._finished = self._finished, []
+                for request in finished:
+                    progress.pop(request.id, None)
+                collected += finished
+        return end, before, collected
 
     def _finish(self, slot: _Slot, end: float) -> None:
         slot.request.finished_s = end

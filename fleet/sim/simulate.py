@@ -38,10 +38,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from agents.histograms import histogram_observe, pool_latency
+from agents.histograms import histogram_observe, pool_latency, ttft_bound_ms
 from fleet import catalog, states
-from fleet.policies import placement, pressure, prewarm, routing
-from fleet.policies.actions import Action, DesireInstance, LaunchInstance
+from fleet.policies import placement, pressure, prewarm, routing, static_hold
+from fleet.policies.actions import Action, DesireInstance, LaunchInstance, PoolDecision
 from fleet.policies.pick import Picker
 from fleet.policies.registry import policies_run
 from fleet.policies.snapshot import (
@@ -144,9 +144,17 @@ class Simulation:
         initial_instances: int = 1,
         progress: Callable[[float], None] | None = None,
         groups_known: dict[tuple[int, int], Groups] | None = None,
+        miss_limit: int | None = None,
     ) -> None:
         """``groups_known``: ``groups_for``'s answers to share with other runs of the same setup made at
-        the same time (the oracle's probes); by default each run works out its own."""
+        the same time (the oracle's probes); by default each run works out its own.
+
+        ``miss_limit``: for a run that only has to say whether it meets the SLA (the static search's
+        smaller sizes), stop once more requests than this have missed it (or one has failed): the
+        run then misses the SLA whatever follows, ``stopped_early`` is True and its result covers
+        only what was simulated. A miss is judged as ``SimResult.attainment`` judges it, which
+        is exact per request only where the first-token bound is one of vLLM's buckets or grows
+        with the prompt; elsewhere the run goes on to the end."""
         self.trace = trace
         self.setup = setup
         self.label = label
@@ -172,6 +180,10 @@ class Simulation:
         self.events: list[tuple[float, int, str, int, int]] = []
         self.step_ends: list[tuple[float, int, int]] = []
         self.groups_known: dict[tuple[int, int], Groups] = {} if groups_known is None else groups_known
+        exact = setup.sla_ms_per_1k_prompt_tokens > 0 or setup.sla_ms / 1000 in TTFT_BUCKETS
+        self.miss_limit = miss_limit if exact else None
+        self.missed = 0
+        self.stopped_early = False
         self.arrival_times: list[float] = []  # in time order; ``next_arrival`` is the next one's position
         self.next_arrival = 0
         self.sequence = 0
@@ -189,6 +201,9 @@ class Simulation:
         self.bound_log: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
         self.cold_measured: dict[int, list[float]] = defaultdict(list)
         self.last_scale: dict[tuple[int, str], float] = {}
+        # The static-spend guard: each pool's billed runs (start, end s) and its last decision of each action.
+        self.billed_runs: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        self.static_last: dict[tuple[int, str], float] = {}
         self.traffic = prewarm.TrafficLearner()
         self.decisions: list[Decision] = []
         self.cold_starts = 0
@@ -403,6 +418,7 @@ class Simulation:
     def _bill_close(self, instance: _Instance, end: float) -> None:
         if instance.held_since_s is not None:
             instance.billed_s += end - instance.held_since_s
+            self.billed_runs[instance.pool_id].append((instance.held_since_s, end))
             instance.held_since_s = None
 
     def _hold_close(self, instance: _Instance, end: float) -> None:
@@ -481,6 +497,8 @@ class Simulation:
             if instance.generation != action.generation or instance.desired == action.state:
                 return False
             self._desire(instance, action.state)
+        elif isinstance(action, PoolDecision):
+            self.static_last[(action.pool_id, action.action)] = self.now
         else:
             return False
         self.decisions.append(Decision(self.now, action.kind, action.action, action.reason))
@@ -619,11 +637,10 @@ class Simulation:
         if reason is None:
             return
         self.scale_sent[pool_id] = self.now
-        planned = pressure.pressure_actions(
-            self._snapshot(), pool_id=pool_id, settings=settings, now=self._at(self.now), reason=reason
-        )
-        if planned:
-            self._apply(planned[0])
+        snapshot, now = self._snapshot(), self._at(self.now)
+        planned = pressure.pressure_actions(snapshot, pool_id=pool_id, settings=settings, now=now, reason=reason)
+        for action in static_hold.static_guard(snapshot, self.setup.policies.get(static_hold.KIND), now, planned[:1]):
+            self._apply(action)
 
     def _release_held(self) -> None:
         waiting, self.held = self.held, []
@@ -645,6 +662,30 @@ class Simulation:
         self.cold[index] = self.cold[index] or bool(self.held)
         self.failed += 1
         self.done += 1
+        if self.miss_limit is not None:
+            self._stop_early()
+
+    def _judge(self, finished: list[SimRequest]) -> None:
+        """Count the finished requests outside the SLA (``miss_limit``), as ``SimResult.attainment`` would."""
+        setup = self.setup
+        e2e_s = math.inf if setup.e2e_sla_ms is None else setup.e2e_sla_ms / 1000
+        per_1k = setup.sla_ms_per_1k_prompt_tokens
+        for request in finished:
+            assert request.first_token_s is not None and request.finished_s is not None
+            ttft = request.first_token_s - request.arrival_s
+            if request.finished_s - request.arrival_s > e2e_s:
+                self.missed += 1
+            elif per_1k > 0:
+                self.missed += ttft * 1000 > ttft_bound_ms(setup.sla_ms, per_1k, request.prompt_tokens)
+            else:
+                self.missed += ttft > setup.sla_ms / 1000
+        if self.missed > (self.miss_limit or 0):
+            self._stop_early()
+
+    def _stop_early(self) -> None:
+        """The run misses the SLA whatever follows: end it (the event loop stops once all are done)."""
+        self.stopped_early = True
+        self.done = len(self.trace.requests)
 
     def _submit(self, instance: _Instance, index: int) -> None:
         request = self.trace.requests[index]
@@ -654,7 +695,8 @@ class Simulation:
         outstanding = self.picker.outstanding
         outstanding[instance.id] = outstanding.get(instance.id, 0) + 1
         instance.last_request_s = self.now
-        self._pressure(instance.pool_id)
+        if self.policy_mode:  # only the policy run's gateway scales out under pressure (``_pressure``)
+            self._pressure(instance.pool_id)
         if not instance.stepping:
             self._step_start(instance)
 
@@ -671,19 +713,11 @@ class Simulation:
             self.events[0][0] if self.events else math.inf,
             self.arrival_times[following] if following < len(self.arrival_times) else math.inf,
         )
-        core = instance.core
-        end = self.now
-        before: float | None = None  # the end of the last step that ends before the horizon
-        while True:
-            duration = core.steps(end, horizon)
-            if duration <= 0:
-                break
-            end += duration
-            if end >= horizon:
-                break
-            before = end
-            # Taken out of the core now, so the step in flight past the horizon keeps its own.
-            instance.finished_before += core.pop_finished()
+        # ``before``: the end of the last step that ends before the horizon; what the steps up to it
+        # finished is taken out of the core now, so the step in flight past the horizon keeps its own.
+        end, before, finished = instance.core.advance(self.now, horizon)
+        if finished:
+            instance.finished_before += finished
         instance.stepping = end > self.now
         if instance.stepping:
             if before is not None and end > before:
@@ -709,20 +743,37 @@ class Simulation:
         instance.crossing_s = None
 
     def _step_end(self, instance: _Instance) -> None:
-        for request in self._finished_now(instance):
-            index = int(request.id)
-            assert request.first_token_s is not None and request.finished_s is not None
-            self.first_token[index] = request.first_token_s
-            self.finished[index] = request.finished_s
-            ttft = request.first_token_s - request.arrival_s
-            self.ttft_log[instance.pool_id].append((request.first_token_s, ttft))
-            if self.pools[instance.pool_id].view.sla_e2e_latency_ms is not None:
-                self.e2e_log[instance.pool_id].append((request.finished_s, request.finished_s - request.arrival_s))
-            if self.pools[instance.pool_id].view.sla_ms_per_1k_prompt_tokens > 0:
-                self.bound_log[instance.pool_id].append((request.first_token_s, ttft * 1000, request.prompt_tokens))
-            self.interval_ttft.append(ttft)
-            self.picker.outstanding[instance.id] -= 1
-            self.done += 1
+        finished = self._finished_now(instance)
+        if finished:
+            first_token, finished_at = self.first_token, self.finished
+            interval_ttft = self.interval_ttft
+            # Only the policies read the logs (their windows), kept in time order to be cut by bisection.
+            view = self.pools[instance.pool_id].view if self.policy_mode else None
+            ttft_log = self.ttft_log[instance.pool_id] if view is not None else None
+            e2e_log = (
+                self.e2e_log[instance.pool_id] if view is not None and view.sla_e2e_latency_ms is not None else None
+            )
+            bound_log = (
+                self.bound_log[instance.pool_id] if view is not None and view.sla_ms_per_1k_prompt_tokens > 0 else None
+            )
+            for request in finished:
+                index = int(request.id)
+                first_s, finished_s = request.first_token_s, request.finished_s
+                assert first_s is not None and finished_s is not None
+                first_token[index] = first_s
+                finished_at[index] = finished_s
+                ttft = first_s - request.arrival_s
+                if ttft_log is not None:
+                    bisect.insort(ttft_log, (first_s, ttft))
+                if e2e_log is not None:
+                    bisect.insort(e2e_log, (finished_s, finished_s - request.arrival_s))
+                if bound_log is not None:
+                    bisect.insort(bound_log, (first_s, ttft * 1000, request.prompt_tokens))
+                interval_ttft.append(ttft)
+            self.picker.outstanding[instance.id] -= len(finished)
+            self.done += len(finished)
+            if self.miss_limit is not None:
+                self._judge(finished)
         self._step_next(instance)
         if not instance.stepping and instance.actual == STOPPING:
             self._set_actual(instance, STOPPED)
@@ -831,13 +882,50 @@ class Simulation:
 
     def _pool_view(self, pool: SimPool) -> PoolView:
         view = pool.view
-        return replace(
-            view,
-            cold_start_s=cold_start_median(self.cold_measured.get(view.id, [])),
-            last_scale_out_at=self._moment((view.id, "scale_out")),
-            last_scale_in_at=self._moment((view.id, "scale_in")),
-            windows=self._windows(view),
+        return self._static_view(
+            replace(
+                view,
+                cold_start_s=cold_start_median(self.cold_measured.get(view.id, [])),
+                last_scale_out_at=self._moment((view.id, "scale_out")),
+                last_scale_in_at=self._moment((view.id, "scale_in")),
+                windows=self._windows(view),
+            )
         )
+
+    def _static_view(self, view: PoolView) -> PoolView:
+        """The static-spend guard's figures and state, as ``selectors.static_guard_fill`` reads them from
+        the database: the pool's billed runs since its trailing window began, summed by ``held_hours``."""
+        config = self.setup.policies.get(static_hold.KIND)
+        replicas, settings = static_hold.replicas_of(config, view.id) if self.policy_mode else (0, None)
+        if not replicas and not self.static_last:
+            return view
+        started = self.static_last.get((view.id, static_hold.HOLD_START))
+        ended = self.static_last.get((view.id, static_hold.HOLD_END))
+        refused = self.static_last.get((view.id, static_hold.REFUSE))
+        released_at = self._at(ended) if ended is not None else None
+        view = replace(
+            view,
+            static_held_since=self._at(started) if started is not None and (ended is None or started > ended) else None,
+            static_released_at=released_at,
+            static_refused_at=self._at(refused) if refused is not None else None,
+        )
+        if settings is None or not replicas:
+            return view
+        now = self._at(self.now)
+        start = static_hold.window_start(
+            now=now, hours=settings["window_hours"], since=self.trace.start, released_at=released_at
+        )
+        runs = self.billed_runs[view.id]
+        horizon = self.now - settings["window_hours"] * 3600
+        runs[:] = [run for run in runs if run[1] > horizon]
+        closed = [(self._at(first), self._at(last)) for first, last in runs]
+        still = [
+            (self._at(i.held_since_s), None)
+            for i in self.instances.values()
+            if i.pool_id == view.id and i.held_since_s is not None
+        ]
+        paid = static_hold.held_hours([*closed, *still], since=start, until=now)
+        return replace(view, static_window_start=start, static_paid_hours=paid)
 
     def _moment(self, key: tuple[int, str]) -> datetime | None:
         return self._at(self.last_scale[key]) if key in self.last_scale else None
@@ -867,10 +955,12 @@ class Simulation:
     def _window_over_bound(self, view: PoolView, start: datetime, end: datetime) -> float | None:
         """The share of the requests whose first token came in the window over their own TTFT bound."""
         log = self.bound_log[view.id]
-        while log and log[0][0] < self.now - WINDOW_S * WINDOWS - 60:
-            log.pop(0)
+        del log[: bisect.bisect_left(log, (self.now - WINDOW_S * WINDOWS - 60,))]
         low, high = (start - self.trace.start).total_seconds(), (end - self.trace.start).total_seconds()
-        judged = ((ttft_ms, tokens) for t, ttft_ms, tokens in log if low <= t < high)
+        judged = (
+            (ttft_ms, tokens)
+            for _, ttft_ms, tokens in log[bisect.bisect_left(log, (low,)) : bisect.bisect_left(log, (high,))]
+        )
         return over_bound_share(judged, view.sla_latency_ms, view.sla_ms_per_1k_prompt_tokens)
 
     def _window_latency(
@@ -884,11 +974,11 @@ class Simulation:
         """The SLA percentile of the time to first token of the requests whose first token came in the window
         (of the end-to-end latency of those that finished in it, given that log and vLLM's buckets for it)."""
         log = (self.ttft_log if logs is None else logs)[view.id]
+        # Kept in time order (``_step_end``): what is too old to be in any window is cut, the window bisected.
         horizon = self.now - WINDOW_S * WINDOWS
-        while log and log[0][0] < horizon - 60:
-            log.pop(0)
+        del log[: bisect.bisect_left(log, (horizon - 60,))]
         low, high = (start - self.trace.start).total_seconds(), (end - self.trace.start).total_seconds()
-        ttfts = [value for t, value in log if low <= t < high]
+        ttfts = [value for _, value in log[bisect.bisect_left(log, (low,)) : bisect.bisect_left(log, (high,))]]
         # Read as production reads the agents' reports: vLLM's TTFT buckets, then ``pool_latency``.
         seconds = pool_latency([histogram_observe(ttfts, buckets)], view.sla_percentile)
         return None if seconds is None else seconds * 1000

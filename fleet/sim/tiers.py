@@ -231,7 +231,7 @@ def tiered_from(
             )
             for spec in specs
         ),
-        static=replace(runs[count - 1], label=f"static ({count} always on)"),
+        static=replace(runs[-1], label=f"static ({count} always on)"),
         static_instances=count,
         static_meets_sla=meets,
         static_gpu=tier_engine(static_spec).gpu_model,
@@ -251,8 +251,9 @@ def tier_compare(trace: Trace, spec: TierSpec, *, seed: int = 0, progress: Progr
 def static_reference(
     trace: Trace, spec: TierSpec, *, seed: int = 0, progress: Progress | None = None
 ) -> tuple[int, bool, list[SimResult]]:
-    """The fleet the method replaces: ``static_search`` over the whole trace on one pool of ``spec``'s GPU."""
-    return static_search(trace=trace, setup=tier_setup(spec, seed=seed), progress=progress)
+    """The fleet the method replaces: ``static_search`` over the whole trace on one pool of ``spec``'s GPU
+    (smaller sizes stop once they miss the SLA: only the size found is reported)."""
+    return static_search(trace=trace, setup=tier_setup(spec, seed=seed), progress=progress, stop_early=True)
 
 
 def tiered_compare(

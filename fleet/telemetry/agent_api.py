@@ -1,4 +1,5 @@
-"""HTTP endpoints the agents call: register with a join token, then report every interval.
+"""HTTP endpoints the agents call: register with a join token, then report every interval,
+and wait (a long poll) to hear that their desired state changed.
 
 Bodies are JSON, optionally gzip-compressed; both the wire size and the decompressed size
 are capped before parsing, each node's report requests are bounded per minute
@@ -8,6 +9,7 @@ is wrong.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import ipaddress
 import json
@@ -19,6 +21,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from django.db import InternalError, OperationalError
@@ -27,9 +31,12 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents import protocol
+from fleet.events import listeners_loop_note, node_desired_group
 from fleet.models import Node
+from fleet.telemetry import ingest
 from fleet.telemetry.claims import IngestError
 from fleet.telemetry.ingest import report_ingest
 from fleet.telemetry.registration import node_authenticate, node_register
@@ -269,3 +276,120 @@ def report(request: HttpRequest) -> HttpResponse:
     batch = _parse(request, protocol.Batch)
     reply = report_ingest(node=node, batch=batch, peer=agent_peer(request))
     return HttpResponse(reply.model_dump_json(exclude_defaults=True), content_type="application/json")
+
+
+# How long the panel holds a wait before answering "no change": under the agent's read
+# timeout and the proxy's, so the panel, not a timeout, ends every wait.
+WAIT_S = protocol.WAIT_S
+WAIT_RETRY_AFTER_S = 5
+
+
+def _generation(request: HttpRequest) -> int:
+    text = request.GET.get("generation", "")
+    if not text:
+        raise IngestError(400, "generation is required: the desired_generation of the reply this node last applied")
+    if not (text.isascii() and text.isdigit()) or int(text) > protocol.MAX_GENERATION:
+        raise IngestError(
+            400, f"generation must be a whole number from 0 to {protocol.MAX_GENERATION}, not {text[:40]!r}"
+        )
+    return int(text)
+
+
+def node_desired_generation(*, node: Node) -> int:
+    """The node's desired-state generation, from the rows its report's reply is made of.
+
+    The row is found by id and token hash together, so a token rotated (or a node
+    deleted) since ``node_authenticate`` answered from memory is refused here.
+    """
+    if not Node.objects.filter(pk=node.pk, token_hash=node.token_hash).exists():
+        raise IngestError(401, "unknown node token")
+    rows = ingest._node_instance_rows(node, set())
+    return protocol.desired_generation(ingest._desired(rows.values()), ingest.batch_jobs_for(node))
+
+
+def _wait_reply(changed: bool) -> HttpResponse:
+    return HttpResponse(protocol.WaitReply(changed=changed).model_dump_json(), content_type="application/json")
+
+
+def _wait_unavailable(what: str, exc: Exception) -> JsonResponse:
+    logger.warning("agent API: wait refused, %s unavailable: %s", what, exc)
+    response = error_response(503, f"{what} unavailable; report at your interval and wait again later ({exc})"[:500])
+    response["Retry-After"] = str(WAIT_RETRY_AFTER_S)
+    return response
+
+
+async def _told(layer: Any, channel: str, *, until: float) -> bool:
+    """Whether a message reached ``channel`` before ``until``.
+
+    The Redis layer's receive blocks in rounds of 5 s, and redis-py's default socket
+    timeout is 5 s too: a round the server ends on the dot can time out in the client
+    (``redis.exceptions.TimeoutError``). That is a round with nothing in it, not the layer
+    gone: receive again for the time left. Any other failure ends the wait as "changed",
+    so the agent reports now rather than trusting a wait that may have lost its message.
+    """
+    while (left := until - time.monotonic()) > 0:
+        try:
+            async with asyncio.timeout(left):
+                await layer.receive(channel)
+            return True
+        except TimeoutError:
+            return False
+        except RedisTimeoutError:
+            continue
+        except Exception as exc:
+            logger.warning("agent API: wait ended early, channel layer failed: %s", exc)
+            return True
+    return False
+
+
+@csrf_exempt
+async def wait(request: HttpRequest) -> HttpResponse:
+    """Answer as soon as the node's desired state differs from ``generation``, else after ``WAIT_S``.
+
+    The long poll that lets an agent act on a decision (a wake, a launch) within a fraction
+    of a second instead of at its next report. It subscribes to the node's group first and
+    only then reads the generation, so a change committed in between is seen either way.
+    Nothing travels but "changed": the agent then reports, and the report's reply carries
+    the desired state as always. A node's token waits on that node only. Served by the
+    panel's ASGI app, never the report pool's threads, and there outside Django's middleware
+    (``fleet.project.asgi.agent_wait``): with a sync-only middleware in ``MIDDLEWARE`` Django
+    would run the view inside a thread of its own for the whole wait, one thread per waiting
+    host. The database is read in short calls (``database_sync_to_async``, which also drops
+    connections the database closed).
+    """
+    if request.method != "GET":
+        return error_response(405, f"use GET on {protocol.WAIT_PATH}, not {request.method}")
+    try:
+        token = _bearer(request)
+        seen = _generation(request)
+        node = await database_sync_to_async(node_authenticate)(token=token)
+    except IngestError as exc:
+        return error_response(exc.status, exc.message, exc.details)
+    except (OperationalError, InternalError) as exc:
+        return _wait_unavailable("database", exc)
+    layer = get_channel_layer()
+    if layer is None:
+        return _wait_unavailable("channel layer", RuntimeError("none configured"))
+    if isinstance(layer, InMemoryChannelLayer):
+        listeners_loop_note(asyncio.get_running_loop())
+    group = node_desired_group(node.pk)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+    except Exception as exc:  # Redis restarting: the agent falls back on its interval
+        return _wait_unavailable("channel layer", exc)
+    try:
+        try:
+            current = await database_sync_to_async(node_desired_generation)(node=node)
+        except IngestError as exc:
+            return error_response(exc.status, exc.message, exc.details)
+        except (OperationalError, InternalError) as exc:
+            return _wait_unavailable("database", exc)
+        if current != seen:
+            return _wait_reply(True)
+        return _wait_reply(await _told(layer, channel, until=time.monotonic() + WAIT_S))
+    finally:
+        try:
+            await layer.group_discard(group, channel)
+        except Exception as exc:  # the membership expires with the layer's group expiry
+            logger.warning("agent API: could not leave %s: %s", group, exc)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
@@ -506,7 +507,7 @@ def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> proto
         ack_seq=max(seqs[-1], last_seq),
         desired=_desired(rows.values()),
         report_interval_s=REPORT_INTERVAL_S,
-        report_again_s=SETTLING_REPORT_S if _settling(rows.values(), now=now) else None,
+        report_again_s=settling_report_s() if _settling(rows.values(), now=now) else None,
         batch_jobs=jobs,
         stop_containers=[
             container_id
@@ -689,6 +690,14 @@ def _record_orphans(node: Node, at: datetime, containers: list[protocol.ForeignC
 # gateway routes to it from the report that says ready, not up to an interval later.
 SETTLING_REPORT_S = 0.5
 SETTLING_FOR_S = 180.0
+
+
+def settling_report_s() -> float:
+    """How often a settling node is asked to report: ``SETTLING_REPORT_S``, but never more than
+    half the reports its token may make (``AGENT_REPORTS_PER_MINUTE``), so the panel never asks
+    for what its own bound refuses, and the other half is left to the agent's interval and to
+    the reports its long poll triggers."""
+    return max(SETTLING_REPORT_S, 2 * 60 / django_settings.AGENT_REPORTS_PER_MINUTE)
 
 
 def _settling(rows: Iterable[dict[str, Any]], *, now: float) -> bool:

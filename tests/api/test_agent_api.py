@@ -396,3 +396,13 @@ def test_the_reply_asks_for_the_next_report_soon_while_an_instance_is_on_its_way
     assert again(6, "starting") is None
     Instance.objects.filter(pk=instance.pk).update(desired_state="sleeping", desired_changed_at=timezone.now())
     assert again(7, "ready") is None  # going to sleep: nothing waits on it
+
+
+def test_a_settling_node_is_never_asked_for_more_reports_than_its_token_may_make(agent: Agent, settings: Any) -> None:
+    """With the bound at 60 a minute, 0.5 s would ask for 120: the reply asks for one every 2 s
+    (half the bound), leaving the rest to the agent's interval and its long poll."""
+    settings.AGENT_REPORTS_PER_MINUTE = 60
+    agent.post(batch("gpu-a", report(1)))
+    instance = make_instance(make_pool(), Gpu.objects.get(node=agent.node))
+    body = agent.post(batch("gpu-a", report(2, instances=[instance_sample(instance, "starting")]))).json()
+    assert body["report_again_s"] == 2.0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,23 @@ def test_attributed_savings_by_kind_pool_and_day_in_the_billing_time_zone(settin
     }
     assert {kind: cents(amount) for kind, amount in result.by("policy_kind").items()} == {"idle_reclaim": "8.00"}
     assert {key: cents(amount) for key, amount in result.by("pool_id").items()} == {pool.pk: "8.00"}
+
+
+def test_the_page_shows_outside_from_the_other_figures_as_rounded_so_its_sum_holds_to_the_cent() -> None:
+    """headline 0.004, attributed 0.006, reclaimable 0.6449: shown 0.00, 0.01 and 0.64. Outside
+    (0.6429) rounded on its own would show 0.64 and the page's sum 0.01 - 0.64 + 0.64 = 0.01,
+    not the 0.00 shown; from the shown figures it is 0.00 - 0.01 + 0.64 = 0.63."""
+    from types import SimpleNamespace
+
+    from fleet.costs.selectors import Attribution
+
+    class Shown(Attribution):
+        attributed = Decimal("0.006")  # type: ignore[assignment]
+        reclaimable = Decimal("0.6449")  # type: ignore[assignment]
+
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    headline: Any = SimpleNamespace(savings=Decimal("0.004"))
+    shown = Shown(start=at, end=at, currency="USD", headline=headline, effects={}, decisions={})
+    assert shown.outside == Decimal("0.6429")
+    assert shown.outside_cents == Decimal("0.63")
+    assert Decimal("0.00") == Decimal("0.01") - Decimal("0.64") + shown.outside_cents

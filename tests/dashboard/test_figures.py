@@ -367,3 +367,68 @@ def test_a_spend_category_has_one_colour_on_every_chart() -> None:
     assert len(set(figures.SPEND_COLOURS.values())) == len(figures.SPEND_COLOURS)
     unallocated = next(trace for trace in by_pool["data"] if trace["name"] == "unallocated")
     assert unallocated["x"] == [0.0, 2.0]
+
+
+def test_time_axes_range_sets_every_time_axis_to_exactly_the_range() -> None:
+    """Hand-built layout: two time axes (one autoscaled to its data), a numeric x-axis and a y-axis."""
+    figure = {
+        "data": [],
+        "layout": {
+            "title": {"text": "two time axes"},
+            "xaxis": {"type": "date", "autorange": True},
+            "xaxis2": {"type": "date", "range": [T0, T0 + timedelta(minutes=5)]},
+            "xaxis3": {"type": "linear", "range": [0, 1]},
+            "yaxis": {"range": [0, 5]},
+        },
+    }
+    start, end = T0 - timedelta(hours=6), T0 + timedelta(minutes=30)
+    layout = figures.time_axes_range(figure, (start, end))["layout"]
+    for name in ("xaxis", "xaxis2"):
+        assert layout[name]["range"] == [start, end] and layout[name]["autorange"] is False, name
+    assert layout["xaxis3"]["range"] == [0, 1] and layout["yaxis"]["range"] == [0, 5]
+    assert layout["hovermode"] == "x"  # hover picks every trace at the pointer's instant
+    heatmap = {"data": [{"type": "heatmap"}], "layout": {"xaxis": {"type": "date"}}}
+    assert figures.time_axes_range(heatmap, (start, end))["layout"]["hovermode"] == "closest"  # its cell, not a column
+
+
+@pytest.mark.parametrize(
+    ("layout", "span", "message"),
+    [
+        ({"xaxis": {"type": "date"}}, (T0, T0), "must end after it starts"),
+        ({"xaxis": {"type": "date"}}, (T0, T0 - timedelta(hours=1)), "must end after it starts"),
+        ({"title": {"text": "pools"}, "xaxis": {"type": "category"}}, (T0 - timedelta(hours=1), T0), "no time x-axis"),
+    ],
+)
+def test_time_axes_range_refuses_an_empty_range_or_a_figure_without_time(
+    layout: dict[str, Any], span: tuple[datetime, datetime], message: str
+) -> None:
+    figure = {"data": [], "layout": json.loads(json.dumps(layout))}
+    with pytest.raises(ValueError, match=message):
+        figures.time_axes_range(figure, span)
+    assert figure["layout"] == layout
+
+
+def test_every_time_chart_spans_the_range_and_hovers_by_instant() -> None:
+    """The page's charts share one x-range and hover at an instant, with a spike line, so the
+    browser can zoom and hover them together; data one hour into a six-hour range leaves the rest empty."""
+    span = (T0 - timedelta(hours=5), T0 + timedelta(hours=1))
+    history: dict[str, list[Any]] = {"at": [T0], "p50": [1.0], "p95": [2.0], "p99": [3.0], "instances": [1]}
+    history.update(queue_mean=[0], queue_max=[0])
+    decision = SimpleNamespace(created_at=T0, policy_kind="autoscale", action="scale_out", pool=None, reason="busy")
+    built = [
+        figures.gpu_lines(
+            series=[{"gpu": 7, "label": "rack1/0", "at": AT, "power": [100.0, 110.0]}],
+            field="power",
+            title="Power",
+            unit="power (W)",
+            span=span,
+        ),
+        figures.pool_latency(history=history, sla_ms=500, sla_label="P95 TTFT <= 500 ms", metric="TTFT", span=span),
+        figures.pool_queue(history=history, span=span),
+        figures.decisions_timeline(decisions=[decision], span=span),
+    ]
+    for figure in built:
+        layout = as_json(figure)["layout"]
+        assert layout["xaxis"]["range"] == [iso(span[0]), iso(span[1])], layout["title"]["text"]
+        assert layout["xaxis"]["autorange"] is False and layout["hovermode"] == "x"
+        assert layout["xaxis"]["showspikes"] is True and layout["xaxis"]["spikemode"] == "across"

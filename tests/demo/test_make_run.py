@@ -1,11 +1,7 @@
 """The README's first command, ``make run``, from a clean copy of the repository, looked at as a person does.
 
-The copy has a fresh ``var/`` and no collected static files, as a clone has. The command is
-the README's own (``make run``, the product's own server, no test wrapper around it); the
-test sets only what it must: ``PORT`` (a free port) and ``VENV`` (this test run's
-virtualenv, which holds what ``make run`` would install; ``make -o`` keeps make from
-reinstalling into it). The demo then runs with its default options for a minute or two
-and every dashboard page and the admin are opened in Debian's Chromium: any failed
+The demo (``tests.support.demo_run``, one for the session: ``conftest.py``) runs with its
+default options for a minute or two and every dashboard page and the admin are opened in Debian's Chromium: any failed
 request, console error, chart without drawn data, live chart that does not move or
 unstyled admin page fails the test. The last test sends Ctrl-C and checks that nothing is
 left behind, simulated engines included.
@@ -18,28 +14,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.sync.client import connect
 
 from tests.support.browser import screenshot
-from tests.support.require import require
+from tests.support.demo_run import Demo, Problems, login, make_run
 from tests.support.sim_engine import process_running
-from tests.support.vllm_server import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 90.0
 EVENT_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 30.0
 # By when, from the start, every chart must have drawn data: "a minute or two" of the demo
@@ -52,123 +38,6 @@ MOVE_TIMEOUT_MS = 30_000
 SPEND_MOVES_MS = 60_000
 
 pytestmark = pytest.mark.services
-
-
-def clean_copy(target: Path) -> Path:
-    """The working tree as git sees it (tracked and new files, nothing ignored): no var/, no venv, no static."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    assert not (target / "var").exists() and not (target / "staticfiles").exists()
-    return target
-
-
-class Output:
-    """Lines of the demo's output, read on a thread so the pipe never fills."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self.thread.start()
-
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, process: subprocess.Popen[str], timeout: float = START_TIMEOUT_S) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if match := re.search(pattern, line):
-                    return match
-            assert process.poll() is None, "".join(self.lines)
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} in:\n{''.join(self.lines)}")
-
-
-@dataclass
-class Demo:
-    process: subprocess.Popen[str]
-    output: Output
-    repo: Path
-    port: int
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def credentials(self) -> tuple[str, str]:
-        match = self.output.wait_for(r"Login:\s+(\S+) / (\S+)", self.process)
-        self.output.wait_for(r"Demo running", self.process)
-        return match.group(1), match.group(2)
-
-
-def make_run(repo: Path, port: int, *args: str) -> subprocess.Popen[str]:
-    venv = Path(sys.prefix)
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "FLEET_VAR_DIR"}}
-    return subprocess.Popen(
-        ["make", "run", f"VENV={venv}", f"PORT={port}", *args, "-o", f"{venv}/.runtime"],
-        cwd=repo,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    """One ``make run`` for the module: the browser test looks at it, the last test stops it."""
-    require(shutil.which("make") is not None, "make is not installed")
-    repo = clean_copy(tmp_path_factory.mktemp("first-run") / "repo")
-    port = free_port()
-    process = make_run(repo, port)
-    running = Demo(process, Output(process), repo, port)
-    try:
-        yield running
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def login(base: str, username: str, password: str) -> httpx.Client:
-    client = httpx.Client(base_url=base, timeout=10)
-    page = client.get("/admin/login/", params={"next": "/"})
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
-    assert token, page.text
-    response = client.post(
-        "/admin/login/?next=/",
-        data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1), "next": "/"},
-    )
-    assert response.status_code == 302, response.text
-    return client
-
-
-class Problems:
-    """Everything a person would see go wrong in the browser: failed requests, errors in the console."""
-
-    def __init__(self, page: Any) -> None:
-        self.seen: list[str] = []
-        self.where = ""
-        page.on(
-            "console",
-            lambda message: message.type == "error" and self._add(f"console: {message.text} {message.location}"),
-        )
-        page.on("pageerror", lambda error: self._add(f"page error: {error}"))
-        page.on("requestfailed", lambda request: self._add(f"failed: {request.url} ({request.failure})"))
-        page.on("response", lambda response: response.status >= 400 and self._add(f"{response.status}: {response.url}"))
-
-    def _add(self, text: str) -> None:
-        self.seen.append(f"{self.where}: {text}")
 
 
 # Data a chart has drawn: its data traces' values that are not empty (heatmaps: cells), not
@@ -295,6 +164,7 @@ def test_make_run_refuses_a_busy_port_in_one_line(tmp_path: Path, demo: Demo) ->
     assert "Demo running" not in output and "Login:" not in output
 
 
+@pytest.mark.demo_stops
 def test_make_run_serves_a_live_simulated_fleet_and_stops_cleanly(demo: Demo) -> None:
     process, output, repo = demo.process, demo.output, demo.repo
     client = login(demo.base, *demo.credentials())

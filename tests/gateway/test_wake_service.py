@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.decide.evaluate import pool_wake_request
-from fleet.models import Decision, Instance, Node
+from fleet.models import Decision, Instance, Node, Pool
 from tests.factories import make_gpu, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +97,22 @@ def test_an_instance_being_stopped_or_put_to_sleep_gets_no_new_requests_and_a_re
     (decision,) = pool_wake_request(pool_id=pool.pk, reason="held")
     assert decision.instance in {draining, dozing}
     assert Instance.objects.get(pk=decision.instance.pk).desired_state == "running"
+
+
+def test_a_wake_up_lost_to_another_gateways_claim_is_no_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two gateways hold requests for the same empty pool and both ask: the second's claim is stale
+    because the first's instance is on its way. Nothing failed, so nothing is logged as failed."""
+    from fleet.decide import evaluate
+    from fleet.policies.placement import PlacementRefused
+
+    pool = make_pool()
+
+    def beaten(*, pool: Pool, reason: str, kind: str) -> PlacementRefused:
+        # The other gateway's launch committed between this one's check and its claim.
+        Instance.objects.create(pool=pool, desired_state="running", actual_state="starting")
+        return PlacementRefused(pool_id=pool.pk, message="another writer changed pool first")
+
+    monkeypatch.setattr(evaluate, "pool_wake", beaten)
+
+    assert pool_wake_request(pool_id=pool.pk, reason="held") == []
+    assert not Decision.objects.exists()

@@ -64,6 +64,8 @@ MATRIX: dict[str, dict[str, int]] = {
     "GET /admin/fleet/node/": {"default": 302, "staff": 403, "operator": 403, "superuser": 200},
     "POST /api/agent/v1/register": {"default": 401, "join_token": 201},
     "POST /api/agent/v1/report": {"default": 401, "node_a": 200, "node_b": 403},
+    # A node waits on its own desired state only: no node is named, the token is the node.
+    "GET /api/agent/v1/wait?generation=0": {"default": 401, "node_a": 200, "node_b": 200},
     "GET /v1/models": {"default": 401, "team_key": 200},
     "POST /v1/chat/completions": {"default": 401, "team_key": 200},
     "GET /metrics": {"default": 403, "metrics_token": 200},

@@ -41,11 +41,12 @@ def test_every_kind_is_listed_in_running_order_with_zeros_where_it_never_acted()
     result = result_of(decisions)
     assert result.actions == {("autoscale", "scale_out"): 2, ("autoscale", "scale_in"): 1, ("gateway", "launch"): 1}
     assert policy_activity(result) == (
-        "policy fleet: reap 0; idle reclaim 0; autoscale scale_in 1, scale_out 2; prewarm 0; colocate 0; "
+        "policy fleet: static hold 0; reap 0; idle reclaim 0; autoscale scale_in 1, scale_out 2; prewarm 0; "
+        "colocate 0; "
         "gateway launch 1"
     )
     assert policy_activity(result_of(label="static")) == (
-        "static fleet: reap 0; idle reclaim 0; autoscale 0; prewarm 0; colocate 0"
+        "static fleet: static hold 0; reap 0; idle reclaim 0; autoscale 0; prewarm 0; colocate 0"
     )
 
 
@@ -63,7 +64,9 @@ def test_a_small_simulation_counts_what_each_kind_applied() -> None:
     assert sum(actions.values()) == len(result.decisions)
     line = policy_activity(result)
     assert f"idle reclaim stop {actions[('idle_reclaim', 'stop')]}" in line
-    assert "; prewarm 0; colocate 0; gateway " in line and line.startswith("policy fleet: reap 0; idle reclaim ")
+    assert "; prewarm 0; colocate 0; gateway " in line and line.startswith(
+        "policy fleet: static hold 0; reap 0; idle reclaim "
+    )
 
 
 def test_with_an_end_to_end_bound_a_request_is_within_the_sla_only_if_it_meets_both() -> None:

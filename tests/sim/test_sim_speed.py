@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gc
+import heapq
+import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from fleet.sim.compare import compare, oracle_bound
+from fleet.sim.compare import compare, oracle_bound, static_search
+from fleet.sim.engine import engine_model_for
 from fleet.sim.report import comparison_markdown
 from fleet.sim.setup import setup_build, tick_period_s
 from fleet.sim.simulate import Simulation
-from fleet.sim.traces import trace_from_rate_series
+from fleet.sim.traces import Trace, trace_from_rate_series
 from tests.sim.toy import TOY, toy_setup, trace_of
 
 
@@ -96,3 +100,79 @@ def test_a_second_process_gives_the_same_comparison() -> None:
     alone, forked = compare(trace=trace, setup=setup), compare(trace=trace, setup=setup, jobs=2)
     assert comparison_markdown(alone) == comparison_markdown(forked)
     assert alone.policy == forked.policy and alone.static == forked.static
+
+
+class _SteppedSimulation(Simulation):
+    """The run as stepped before ``EngineCore.advance``: ``EngineCore.steps`` called one run of steps at a
+    time, what each run finished before the horizon collected after it (the reference ``advance`` keeps)."""
+
+    def _step_start(self, instance: Any) -> None:
+        following = self.next_arrival
+        horizon = min(
+            self.events[0][0] if self.events else math.inf,
+            self.arrival_times[following] if following < len(self.arrival_times) else math.inf,
+        )
+        core = instance.core
+        end, before = self.now, None
+        while True:
+            duration = core.steps(end, horizon)
+            if duration <= 0:
+                break
+            end += duration
+            if end >= horizon:
+                break
+            before = end
+            instance.finished_before += core.pop_finished()
+        instance.stepping = end > self.now
+        if instance.stepping:
+            if before is not None and end > before:
+                instance.crossing_s = end
+            self.sequence += 1
+            heapq.heappush(self.step_ends, (end if before is None else before, self.sequence, instance.id))
+
+
+def _bursty_trace() -> Trace:
+    """Seven minutes of bursts and lulls with long and short answers: many finishes between arrivals,
+    runs cut by arrivals and ticks, a queue that waits for KV cache and sequences."""
+    windows = [(0, 120, 4.0), (120, 60, 0.0), (180, 60, 25.0), (240, 120, 2.0), (360, 60, 40.0)]
+    return trace_from_rate_series(windows, lengths=[(300, 20), (4_000, 400), (50, 900), (12_000, 5)], seed=3)
+
+
+@pytest.mark.parametrize("mode", ["static", "policy", "schedule"])
+def test_advance_gives_what_steps_one_run_at_a_time_give(mode: str) -> None:
+    """The calibrated H100 engine (attention and per-context terms on), one trace, each kind of run: the
+    simulation with ``EngineCore.advance`` and the one calling ``steps`` run by run give equal results,
+    every float the same (first tokens, finishes, duty cycles, decisions, billing)."""
+    trace = _bursty_trace()
+    setup = replace(setup_build(engine=engine_model_for("H100"), gpus=3, seed=5), start_jitter=0.1)
+    runs: dict[str, dict[str, Any]] = {
+        "static": {"static_instances": 1},
+        "policy": {},
+        "schedule": {"schedule": [1, 2, 0] * 7},
+    }
+    kwargs = runs[mode]
+    fast = Simulation(trace=trace, setup=setup, label=mode, **kwargs)
+    stepped = _SteppedSimulation(trace=trace, setup=setup, label=mode, **kwargs)
+    assert fast.run() == stepped.run()
+    assert fast.first_token == stepped.first_token and fast.finished == stepped.finished
+
+
+def test_a_static_size_that_misses_stops_early_and_the_size_found_is_the_same() -> None:
+    """The static search's smaller sizes only have to fail: with ``stop_early`` a size stops once more
+    requests missed than the SLA allows over the trace, is left out of the runs, and the size found and
+    its run are those of the full search. Three 400-token prompts at once and a short one (toy engine):
+    one instance serves the second 0.82 s after it came (a miss, where 0 of 4 may miss at 99.9%),
+    two serve all within 0.5 s."""
+    trace = trace_of((0.0, 400, 2), (0.0, 400, 2), (5.0, 100, 2), (6.0, 100, 2))
+    setup = toy_setup(gpus=3)
+    count, meets, runs = static_search(trace=trace, setup=setup)
+    early_count, early_meets, early_runs = static_search(trace=trace, setup=setup, stop_early=True)
+    assert (count, meets) == (early_count, early_meets) == (2, True)
+    assert runs[0].attainment < 1 and len(runs) == 2
+    assert early_runs == [runs[1]]
+    stopped = Simulation(trace=trace, setup=setup, label="static 1", static_instances=1, miss_limit=0)
+    stopped.run()
+    assert stopped.stopped_early and stopped.missed == 1
+    # Past the misses the limit allows, the run goes on to the end.
+    whole = Simulation(trace=trace, setup=setup, label="static 1", static_instances=1, miss_limit=1)
+    assert not whole.stopped_early and whole.run() == runs[0]

@@ -1,9 +1,10 @@
-"""The shipped deploy/ files, rendered to run on one machine without systemd or TLS.
+"""The shipped deploy/ files, rendered to run on one machine without systemd (and TLS where asked).
 
 Used by the deploy layout test (tests/test_deploy_layout.py) and by the replica benchmark
 (``bench/ingest.py --nginx``): each process is started from its systemd unit's ``ExecStart``
 with the environment file's values, and nginx from ``deploy/nginx/gpufleet.conf`` with its
-upstream ports mapped to free local ones and plain HTTP on one loopback port.
+upstream ports mapped to free local ones, on one loopback port: plain HTTP, or HTTPS with a
+certificate of the caller's.
 """
 
 from __future__ import annotations
@@ -59,19 +60,32 @@ def report_pool(text: str, ports: Sequence[int]) -> str:
     return text[: block.start("servers")] + servers + text[block.end("servers") :]
 
 
-def site_render(ports: Mapping[int, int], listen: int, reports: Sequence[int] | None = None) -> str:
+def site_render(
+    ports: Mapping[int, int],
+    listen: int,
+    reports: Sequence[int] | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> str:
     """deploy/nginx/gpufleet.conf with upstream ports mapped (shipped -> used), served on plain HTTP at ``listen``.
 
     With ``reports``, the report pool's servers are those ports instead of the shipped two
-    (``ports`` then maps the panel's and the gateway's).
+    (``ports`` then maps the panel's and the gateway's). With ``tls`` (certificate, key), the
+    site keeps its TLS settings and serves HTTPS at ``listen`` with that certificate.
     """
     text = (DEPLOY / "nginx" / "gpufleet.conf").read_text()
     text, redirects = re.subn(r"server \{\n    listen 80;.*?\n\}\n", "", text, flags=re.S)
     if redirects != 1:
         raise ValueError("the site's HTTP-to-HTTPS server is not where the renderer expects it")
-    text = text.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen};")
     text = re.sub(r"\n\s*listen \[::\]:443 ssl;", "", text)
-    text = re.sub(r"\n\s*ssl_\w+ [^;]*;", "", text)
+    if tls is None:
+        text = text.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen};")
+        text = re.sub(r"\n\s*ssl_\w+ [^;]*;", "", text)
+    else:
+        text = text.replace("listen 443 ssl;", f"listen 127.0.0.1:{listen} ssl;")
+        text, certificates = re.subn(r"ssl_certificate +[^;]*;", f"ssl_certificate {tls[0]};", text)
+        text, keys = re.subn(r"ssl_certificate_key +[^;]*;", f"ssl_certificate_key {tls[1]};", text)
+        if (certificates, keys) != (1, 1):
+            raise ValueError("the site's ssl_certificate and ssl_certificate_key are not where the renderer expects")
     if reports is not None:
         text = report_pool(text, reports)
     for shipped, used in ports.items():

@@ -9,7 +9,13 @@
 // What no event extends (spend cards, tables, rollup charts) is fetched again every
 // data-refresh-every seconds while the page is live and visible: the page's own URL is
 // rendered anew and swapped in, the live-extended charts kept as they are, so everything a
-// live page shows moves. main.dataset.refreshedAt says when that last happened.
+// live page shows moves. main.dataset.refreshedAt says when that last happened. One refresh
+// runs at a time, and the next waits at least as long as the last one took
+// (REFRESH_IDLE_FACTOR): a page slow to render (a month of costs over many allocations) would
+// otherwise keep the panel rendering it back to back for one viewer, the requests piling up
+// behind each other; a page that renders fast still moves every data-refresh-every seconds.
+// charts.js links the time charts (zoom, hover) and refreshes pages on the period the
+// URL asks for, through the same swap.
 "use strict";
 
 (function () {
@@ -21,6 +27,7 @@
       const figure = JSON.parse(document.getElementById(div.dataset.figure).textContent);
       Plotly.newPlot(div, figure.data, figure.layout, { responsive: true, displaylogo: false });
       charts.push(div);
+      if (window.fleetTime) window.fleetTime.attach(div);
     });
   }
 
@@ -47,17 +54,33 @@
       }
     });
     draw(main);
+    if (window.fleetTime) window.fleetTime.swapped();
     main.dataset.refreshedAt = new Date().toISOString();
   }
 
+  const REFRESH_IDLE_FACTOR = 1;
+  let refreshing = false;
+  let refreshAllowedAt = 0;
+
+  // True once the page was rendered anew and swapped in.
   async function refresh(main) {
     const busy = main.contains(document.activeElement) && document.activeElement !== document.body;
-    if (document.hidden || busy) return; // not while someone types in the range form
-    const response = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
-    if (!response.ok || response.redirected) return;
-    const page = new DOMParser().parseFromString(await response.text(), "text/html");
-    const fresh = page.querySelector("main[data-live-groups]");
-    if (fresh) swap(main, fresh);
+    const handling = window.fleetTime && window.fleetTime.interacting();
+    if (document.hidden || busy || handling || refreshing || Date.now() < refreshAllowedAt) return false; // not while someone types, drags or hovers
+    refreshing = true;
+    const started = Date.now();
+    try {
+      const response = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (!response.ok || response.redirected) return false;
+      const page = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = page.querySelector("main");
+      if (!fresh) return false;
+      swap(main, fresh);
+      return true;
+    } finally {
+      refreshing = false;
+      refreshAllowedAt = Date.now() + REFRESH_IDLE_FACTOR * (Date.now() - started);
+    }
   }
 
   function pointCount(div) {
@@ -190,7 +213,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     draw(document);
-    window.fleetCharts = { charts, pointCount };
+    window.fleetCharts = { charts, pointCount, refresh };
     const main = document.querySelector("main[data-live-groups]");
     if (main) connect(main);
   });

@@ -1,0 +1,231 @@
+"""The agents' long poll (``GET /api/agent/v1/wait``) on the in-process channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.test import AsyncClient
+
+from agents import protocol
+from fleet.decide.services import instance_desire, node_create
+from fleet.events import node_desired_changed, node_desired_group
+from fleet.models import Instance, Node
+from fleet.telemetry import agent_api
+from tests.factories import make_gpu, make_instance, make_pool
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
+
+
+def node_with_token(name: str) -> tuple[Node, str]:
+    return node_create(name=name)
+
+
+def asking(token: str, generation: int | str) -> Callable[[], Awaitable[Any]]:
+    async def ask() -> Any:
+        return await AsyncClient().get(
+            protocol.WAIT_PATH, {"generation": generation}, headers={"authorization": f"Bearer {token}"}
+        )
+
+    return ask
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return async_to_sync(scenario)()
+
+
+async def subscribed(node: Node) -> None:
+    """Until a wait of ``node`` has joined its group (the in-process layer's own table)."""
+    layer = get_channel_layer()
+    deadline = time.monotonic() + 10
+    while not layer.groups.get(node_desired_group(node.pk)):
+        assert time.monotonic() < deadline, "the wait never subscribed"
+        await asyncio.sleep(0.01)
+
+
+def off_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``function`` on a worker thread (the waiting request holds the test's own), closing the
+    database connection it opened there, so none is left when the test database is dropped."""
+
+    def closing(**kwargs: Any) -> Any:
+        try:
+            return function(**kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(closing, thread_sensitive=False)
+
+
+def current(node: Node) -> int:
+    return agent_api.node_desired_generation(node=node)
+
+
+def test_a_wait_on_the_current_generation_answers_no_change_after_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_api, "WAIT_S", 0.3)
+    node, token = node_with_token("wait-a")
+    started = time.monotonic()
+    response = run(asking(token, current(node)))
+    assert response.status_code == 200, response.content
+    assert response.json() == {"changed": False}
+    assert time.monotonic() - started >= 0.3
+
+
+def test_a_generation_already_behind_is_answered_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    node, token = node_with_token("wait-a")
+    make_instance(make_pool(), make_gpu(node))
+    behind = protocol.desired_generation([], [])  # what the agent applied before the instance was placed
+    assert current(node) != behind
+    started = time.monotonic()
+    response = run(asking(token, behind))
+    assert response.json() == {"changed": True}
+    assert time.monotonic() - started < 10, "answered at once, not after the 30 s hold"
+
+
+def test_a_change_published_while_waiting_answers_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    node, token = node_with_token("wait-a")
+    instance = make_instance(make_pool(), make_gpu(node))
+
+    async def scenario() -> tuple[Any, float]:
+        waiting = asyncio.ensure_future(asking(token, await sync_to_async(current)(node))())
+        await subscribed(node)
+        told = time.monotonic()
+        await off_thread(instance_desire)(
+            instance=instance, state=Instance.Desired.SLEEPING, reason="test", action="sleep", kind="manual"
+        )
+        response = await asyncio.wait_for(waiting, 10)
+        return response, time.monotonic() - told
+
+    response, answered_s = run(scenario)
+    assert response.json() == {"changed": True}
+    assert answered_s < 10
+
+
+def test_a_node_token_waits_on_its_own_node_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node A's token, with A's generation: B's changes neither answer it nor count in it."""
+    monkeypatch.setattr(agent_api, "WAIT_S", 0.5)
+    node_a, token_a = node_with_token("wait-a")
+    node_b, _token_b = node_with_token("wait-b")
+    generation_a = current(node_a)
+    make_instance(make_pool(), make_gpu(node_b))
+    assert current(node_a) == generation_a
+
+    async def scenario() -> Any:
+        waiting = asyncio.ensure_future(asking(token_a, generation_a)())
+        await subscribed(node_a)
+        await off_thread(node_desired_changed)(node_ids=[node_b.pk], why="test")
+        return await asyncio.wait_for(waiting, 10)
+
+    assert run(scenario).json() == {"changed": False}
+
+
+@pytest.mark.parametrize(
+    ("generation", "says"),
+    [
+        (None, "generation is required"),
+        ("abc", "generation must be a whole number"),
+        ("-1", "generation must be a whole number"),
+        ("\u00b2", "generation must be a whole number"),
+        (str(2**63), "generation must be a whole number"),
+    ],
+)
+def test_a_bad_generation_is_refused_with_400(generation: str | None, says: str) -> None:
+    _node, token = node_with_token("wait-a")
+
+    async def ask() -> Any:
+        query = {} if generation is None else {"generation": generation}
+        return await AsyncClient().get(protocol.WAIT_PATH, query, headers={"authorization": f"Bearer {token}"})
+
+    response = run(ask)
+    assert response.status_code == 400
+    assert says in response.json()["error"]["message"]
+
+
+def test_no_or_an_unknown_token_is_refused_with_401() -> None:
+    async def ask(headers: dict[str, str]) -> Any:
+        return await AsyncClient().get(protocol.WAIT_PATH, {"generation": "1"}, headers=headers)
+
+    assert async_to_sync(ask)({}).status_code == 401
+    assert async_to_sync(ask)({"authorization": "Bearer not-a-node-token"}).status_code == 401
+
+
+def test_a_desired_state_change_tells_its_node_only_once_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told before the commit, the agent could report, read the old state and wait on it again."""
+    from django.db import transaction
+
+    from fleet.decide import services
+
+    told: list[set[int]] = []
+    monkeypatch.setattr(services, "node_desired_changed", lambda *, node_ids, why: told.append(set(node_ids)))
+    node, _token = node_with_token("wait-a")
+    other, _other_token = node_with_token("wait-b")
+    make_gpu(other)
+    instance = make_instance(make_pool(), make_gpu(node))
+    with transaction.atomic():
+        instance_desire(
+            instance=instance, state=Instance.Desired.SLEEPING, reason="test", action="sleep", kind="manual"
+        )
+        assert told == []
+    assert told == [{node.pk}]
+
+
+def test_a_launch_tells_the_node_of_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.decide import services
+
+    told: list[set[int]] = []
+    monkeypatch.setattr(services, "node_desired_changed", lambda *, node_ids, why: told.append(set(node_ids)))
+    node, _token = node_with_token("wait-a")
+    pool = make_pool()
+    services.instance_launch(
+        pool=pool, gpu=make_gpu(node), mig_device=None, active_seen=0, reason="test", action="scale_out", kind="manual"
+    )
+    assert told == [{node.pk}]
+
+
+def test_waits_through_the_panels_asgi_app_hold_no_thread_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host holds a wait: through the panel's app (not Django's middleware, some of which
+    is sync-only and would run each wait in a thread of its own) they are coroutines, and a
+    change answers the one node it concerns."""
+    from channels.testing import HttpCommunicator
+
+    from fleet.gateway.app import Gateway
+    from fleet.project.asgi import application_build
+
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    app = application_build(gateway=Gateway())
+    nodes = [node_with_token(f"wait-{i}") for i in range(12)]
+    generations = [current(node) for node, _token in nodes]
+
+    async def scenario() -> tuple[int, int, Any]:
+        async def ask(token: str, generation: int) -> Any:
+            path = f"{protocol.WAIT_PATH}?generation={generation}"
+            communicator = HttpCommunicator(app, "GET", path, headers=[(b"authorization", f"Bearer {token}".encode())])
+            return await communicator.get_response(timeout=20)
+
+        before = threading.active_count()
+        waits = [asyncio.ensure_future(ask(token, g)) for (_node, token), g in zip(nodes, generations, strict=True)]
+        for node, _token in nodes:
+            await subscribed(node)
+        held = threading.active_count()
+        await off_thread(node_desired_changed)(node_ids=[nodes[0][0].pk], why="test")
+        first = await asyncio.wait_for(waits[0], 10)
+        still_waiting = sum(not w.done() for w in waits[1:])
+        for w in waits[1:]:
+            w.cancel()
+        await asyncio.gather(*waits[1:], return_exceptions=True)
+        return held - before, still_waiting, first
+
+    added_threads, still_waiting, first = run(scenario)
+    assert first["status"] == 200
+    assert json.loads(first["body"]) == {"changed": True}
+    assert still_waiting == len(nodes) - 1, "a change told nodes it does not concern"
+    assert added_threads < 4, f"{len(nodes)} held waits added {added_threads} threads"
