@@ -52,6 +52,14 @@ class AsgiServer:
         self._server.should_exit = True
         assert self._thread is not None
         self._thread.join(timeout=10)
+        # A served process has one loop for its life; here each server has its own. A channels-redis
+        # layer receives on one loop at a time, and a receive this server's loop left pending (an
+        # agent's long poll, a socket still open as it stopped) would make every later server's
+        # receive fail ("Two event loops are trying to receive() on one channel layer at once!").
+        # The next server gets a layer of its own.
+        from channels.layers import channel_layers
+
+        channel_layers.backends.clear()
 
 
 @pytest.fixture
