@@ -129,15 +129,24 @@ def price_preset(gpu_model: str) -> Decimal | None:
 
 
 def static_search(
-    *, trace: Trace, setup: SimSetup, progress: Progress | None = None, stop_early: bool = False
+    *,
+    trace: Trace,
+    setup: SimSetup,
+    progress: Progress | None = None,
+    stop_early: bool = False,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
 ) -> tuple[int, bool, list[SimResult]]:
     """Static runs with 1, 2, ... instances until one meets the SLA; the runs made, the last one the
     size found. Where none does, the largest size tried (``setup.gpus``) and False.
 
     ``stop_early``: a size smaller than the largest only has to fail, so its run stops once more
     requests missed than the SLA allows over the whole trace (``Simulation.miss_limit``) and is
-    left out of the runs returned; the size found and its run are the same."""
+    left out of the runs returned; the size found and its run are the same.
+
+    ``groups_known``: the gateway's answers per token counts (``Simulation.groups_for``) shared by the
+    runs, and with other runs of the same setup; by default the search keeps its own."""
     runs: list[SimResult] = []
+    groups_known = {} if groups_known is None else groups_known
     allowed = misses_allowed(len(trace.requests), setup.sla_target)
     for count in range(1, setup.gpus + 1):
         label = f"static {count}"
@@ -148,6 +157,7 @@ def static_search(
             static_instances=count,
             progress=_fraction(progress, label),
             miss_limit=allowed if stop_early and count < setup.gpus else None,
+            groups_known=groups_known,
         )
         result = simulation.run()
         if simulation.stopped_early:
@@ -290,12 +300,21 @@ def fewest_instances(
     return tuple(reversed(schedule))
 
 
-def oracle_bound(*, trace: Trace, setup: SimSetup, progress: Progress | None = None) -> OracleBound:
+def oracle_bound(
+    *,
+    trace: Trace,
+    setup: SimSetup,
+    progress: Progress | None = None,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
+) -> OracleBound:
     """The oracle's lower bound (module docstring): each interval's miss curve up to the first count
-    that serves it with no miss (more instances cannot do better), then ``fewest_instances``."""
+    that serves it with no miss (more instances cannot do better), then ``fewest_instances``.
+    ``groups_known`` as in ``static_search``."""
     intervals = trace_intervals(trace)
     # The gateway's answers per token counts, worked out once for all the probes.
-    gateway = Simulation(trace=trace, setup=setup, label="oracle gateway", static_instances=0)
+    gateway = Simulation(
+        trace=trace, setup=setup, label="oracle gateway", static_instances=0, groups_known=groups_known
+    )
     table: list[list[int | None]] = []
     judged = 0  # requests the SLA counts: all but those the gateway refuses outright
     for index, requests in enumerate(intervals):
@@ -342,12 +361,24 @@ def _fewest_misses(row: Sequence[int | None], most: int) -> int:
 
 
 def oracle_replay(
-    *, trace: Trace, setup: SimSetup, schedule: Sequence[int], label: str = "oracle", progress: Progress | None = None
+    *,
+    trace: Trace,
+    setup: SimSetup,
+    schedule: Sequence[int],
+    label: str = "oracle",
+    progress: Progress | None = None,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
 ) -> tuple[SimResult, list[int]]:
     """The oracle's schedule simulated over the whole trace, carried-over queues included, and the
-    misses among each tick interval's arrivals (counted as ``interval_misses`` counts them)."""
+    misses among each tick interval's arrivals (counted as ``interval_misses`` counts them).
+    ``groups_known`` as in ``static_search``."""
     simulation = Simulation(
-        trace=trace, setup=setup, label=label, schedule=list(schedule), progress=_fraction(progress, label)
+        trace=trace,
+        setup=setup,
+        label=label,
+        schedule=list(schedule),
+        progress=_fraction(progress, label),
+        groups_known=groups_known,
     )
     result = simulation.run()
     tick = tick_period_s()
@@ -372,6 +403,7 @@ def oracle_repair(
     replayed: tuple[SimResult, list[int]],
     rounds: int = REPAIR_ROUNDS,
     progress: Progress | None = None,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
 ) -> tuple[tuple[int, ...], SimResult]:
     """An achievable schedule near the bound: while the replay misses the SLA, one more instance
     (up to ``setup.gpus``) for each interval whose arrivals missed it more often than alone, then
@@ -390,7 +422,12 @@ def oracle_repair(
         if not bumped:
             break
         result, missed = oracle_replay(
-            trace=trace, setup=setup, schedule=current, label="oracle repaired", progress=progress
+            trace=trace,
+            setup=setup,
+            schedule=current,
+            label="oracle repaired",
+            progress=progress,
+            groups_known=groups_known,
         )
     return tuple(current), replace(result, label="oracle repaired")
 
@@ -401,10 +438,22 @@ def _fraction(progress: Progress | None, label: str) -> Callable[[float], None] 
     return lambda done: progress(label, done)
 
 
-def _policy_run(*, trace: Trace, setup: SimSetup, count: int, progress: Progress | None) -> SimResult:
+def _policy_run(
+    *,
+    trace: Trace,
+    setup: SimSetup,
+    count: int,
+    progress: Progress | None,
+    groups_known: dict[tuple[int, int], Groups] | None = None,
+) -> SimResult:
     """The policy run, starting from the static fleet of ``count`` instances."""
     return Simulation(
-        trace=trace, setup=setup, label="policy", initial_instances=count, progress=_fraction(progress, "policy")
+        trace=trace,
+        setup=setup,
+        label="policy",
+        initial_instances=count,
+        progress=_fraction(progress, "policy"),
+        groups_known=groups_known,
     ).run()
 
 
@@ -413,9 +462,9 @@ _FORKED: dict[str, Any] = {}  # what a forked process works on, set before the f
 
 def _forked_static_and_policy() -> tuple[int, bool, SimResult, SimResult]:
     """In the forked process: the static search and the policy run from its fleet."""
-    trace, setup = _FORKED["trace"], _FORKED["setup"]
-    count, meets, runs = static_search(trace=trace, setup=setup, stop_early=True)
-    return count, meets, runs[-1], _policy_run(trace=trace, setup=setup, count=count, progress=None)
+    trace, setup, known = _FORKED["trace"], _FORKED["setup"], _FORKED["groups_known"]
+    count, meets, runs = static_search(trace=trace, setup=setup, stop_early=True, groups_known=known)
+    return count, meets, runs[-1], _policy_run(trace=trace, setup=setup, count=count, progress=None, groups_known=known)
 
 
 class _Forked:
@@ -435,12 +484,16 @@ class _Forked:
 
 
 def _fork(
-    call: Callable[[], tuple[int, bool, SimResult, SimResult]], *, trace: Trace, setup: SimSetup
+    call: Callable[[], tuple[int, bool, SimResult, SimResult]],
+    *,
+    trace: Trace,
+    setup: SimSetup,
+    groups_known: dict[tuple[int, int], Groups],
 ) -> _Forked | None:
     """``call`` under way in a forked process, or None where this platform cannot fork."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return None
-    _FORKED.update(trace=trace, setup=setup)
+    _FORKED.update(trace=trace, setup=setup, groups_known=groups_known)
     return _Forked(call)
 
 
@@ -458,20 +511,29 @@ def compare(
 
     ``jobs`` 2: the static search and the policy run (which needs nothing from the oracle) run in
     a second process, forked, while this one works out the oracle; every run is seeded on its
-    own, so the comparison is the same as with one (only its progress shows less)."""
-    forked = _fork(_forked_static_and_policy, trace=trace, setup=setup) if jobs > 1 else None
+    own, so the comparison is the same as with one (only its progress shows less).
+
+    Every run shares the gateway's answers per token counts (``groups_known``: they depend on the
+    setup alone); a forked process fills its own copy."""
+    known: dict[tuple[int, int], Groups] = {}
+    forked = _fork(_forked_static_and_policy, trace=trace, setup=setup, groups_known=known) if jobs > 1 else None
     if forked is None:
-        count, meets, runs = static_search(trace=trace, setup=setup, progress=progress, stop_early=True)
-    bound = oracle_bound(trace=trace, setup=setup, progress=progress)
-    replayed = oracle_replay(trace=trace, setup=setup, schedule=bound.schedule, progress=progress)
+        count, meets, runs = static_search(
+            trace=trace, setup=setup, progress=progress, stop_early=True, groups_known=known
+        )
+    bound = oracle_bound(trace=trace, setup=setup, progress=progress, groups_known=known)
+    replayed = oracle_replay(trace=trace, setup=setup, schedule=bound.schedule, progress=progress, groups_known=known)
     oracle = replayed[0]
     oracle_meets = oracle.meets_sla(setup.sla_target)
     repaired_schedule, repaired = oracle_repair(
-        trace=trace, setup=setup, bound=bound, replayed=replayed, progress=progress
+        trace=trace, setup=setup, bound=bound, replayed=replayed, progress=progress, groups_known=known
     )
     repaired_meets = repaired.meets_sla(setup.sla_target)
     if forked is None:
-        static_run, policy = runs[-1], _policy_run(trace=trace, setup=setup, count=count, progress=progress)
+        static_run, policy = (
+            runs[-1],
+            _policy_run(trace=trace, setup=setup, count=count, progress=progress, groups_known=known),
+        )
     else:
         with forked:
             count, meets, static_run, policy = forked.submitted.result()

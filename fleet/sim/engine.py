@@ -82,7 +82,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fleet import catalog
@@ -342,18 +342,18 @@ class SimRequest:
     cached_prompt_tokens: int = 0
 
 
-@dataclass(slots=True)
 class _Slot:
-    """A request the core holds: its prompt progress, the KV tokens it reserved, its decode start."""
+    """A request the core holds: its prompt progress, the KV tokens it reserved, its decode start.
+    A plain class with slots: one is made per request, and a generated dataclass ``__init__`` with a
+    ``__post_init__`` cost two calls each."""
 
-    request: SimRequest
-    prefilled: int = field(init=False)
-    decode_from: int = -1
-    reserved: int = field(init=False)
+    __slots__ = ("decode_from", "prefilled", "request", "reserved")
 
-    def __post_init__(self) -> None:
-        self.prefilled = min(self.request.cached_prompt_tokens, self.request.prompt_tokens - 1)
-        self.reserved = self.request.prompt_tokens + max(1, self.request.output_tokens)
+    def __init__(self, request: SimRequest, reserved: int) -> None:
+        self.request = request
+        self.prefilled = min(request.cached_prompt_tokens, request.prompt_tokens - 1)
+        self.decode_from = -1
+        self.reserved = reserved
 
 
 class EngineCore:
@@ -401,16 +401,18 @@ class EngineCore:
         if request.cached_prompt_tokens < 0:
             raise ValueError(f"request {request.id} has a negative cached prefix")
         self._waiting.append(request)
-        self._progress[request.id] = _Slot(request)
+        self._progress[request.id] = _Slot(request, need)
 
     def _admit(self) -> None:
-        while self._waiting and self.running < self.model.max_num_seqs:
-            slot = self._progress[self._waiting[0].id]
-            if self._reserved + slot.reserved > self.model.kv_cache_tokens:
+        waiting, prefilling, decoding, progress = self._waiting, self._prefilling, self._decoding, self._progress
+        max_num_seqs, kv_cache_tokens = self.model.max_num_seqs, self.model.kv_cache_tokens
+        while waiting and len(prefilling) + len(decoding) < max_num_seqs:
+            slot = progress[waiting[0].id]
+            if self._reserved + slot.reserved > kv_cache_tokens:
                 return
-            self._waiting.popleft()
+            waiting.popleft()
             self._reserved += slot.reserved
-            self._prefilling.append(slot)
+            prefilling.append(slot)
 
     def step(self, now_s: float) -> float:
         """Run one scheduler iteration starting at ``now_s``; its duration, 0.0 when idle."""
@@ -428,17 +430,21 @@ class EngineCore:
             if budget <= 0:
                 break
             prefilled = slot.prefilled
-            chunk = min(budget, slot.request.prompt_tokens - prefilled)
+            chunk = slot.request.prompt_tokens - prefilled
+            if budget < chunk:
+                chunk = budget
             chunks.append((slot, chunk))
             attention += (prefilled + chunk) ** 2 - prefilled**2
             prefill_tokens += chunk
             budget -= chunk
         self.prompt_tokens_total += prefill_tokens
-        # ``model.step_s`` written out (the same operations in the same order: the same float).
+        # ``model.step_s`` and ``_decode_context_tokens`` written out (the same operations in the same
+        # order: the same float).
         duration = (
             model.decode_step_base_s
             + model.decode_step_per_seq_s * decoding
-            + model.decode_s_per_context_token * self._decode_context_tokens()
+            + model.decode_s_per_context_token
+            * (self._decode_prompt_tokens + decoding * (1 + self._steps) - self._decode_from_sum)
         )
         if prefill_tokens > 0:
             duration = duration + model.prefill_extra_s(prefill_tokens, attention)
@@ -452,20 +458,25 @@ class EngineCore:
             self._finish(slot, end)
         for slot, chunk in chunks:
             slot.prefilled += chunk
-            if slot.prefilled < slot.request.prompt_tokens:
+            request = slot.request
+            if slot.prefilled < request.prompt_tokens:
                 continue
-            self._prefilling.remove(slot)
-            slot.decode_from = self._steps
-            slot.request.first_token_s = end
-            if slot.request.output_tokens <= 1:
+            prefilling.remove(slot)
+            slot.decode_from = steps
+            request.first_token_s = end
+            if request.output_tokens <= 1:
                 self._finish(slot, end)
                 continue
             self._sequence += 1
-            finish_at = self._steps + slot.request.output_tokens - 1
-            heapq.heappush(self._decoding, (finish_at, self._sequence, slot))
-            self._decode_prompt_tokens += slot.request.prompt_tokens
-            self._decode_from_sum += slot.decode_from
-        self._record_busy(now_s, end)
+            heapq.heappush(decoding_heap, (steps + request.output_tokens - 1, self._sequence, slot))
+            self._decode_prompt_tokens += request.prompt_tokens
+            self._decode_from_sum += steps
+        busy_ends = self._busy_ends
+        if busy_ends and now_s <= busy_ends[-1]:  # ``_record_busy``'s merge, the usual case, written out
+            if end > busy_ends[-1]:
+                busy_ends[-1] = end
+        else:
+            self._record_busy(now_s, end)
         return duration
 
     def steps(self, now_s: float, until_s: float) -> float:
@@ -503,6 +514,7 @@ class EngineCore:
         waiting = self._waiting
         progress = self._progress
         busy_ends = self._busy_ends
+        heappop = heapq.heappop
         end = now_s
         before: float | None = None
         collected: list[SimRequest] = []
@@ -540,7 +552,11 @@ class EngineCore:
                     ahead = (count - 1) * first + growth * (count - 1) * (count - 2) / 2
                     steps += count - 1
                     step_at = end + ahead
-                    self._record_busy(end, step_at)
+                    if busy_ends and end <= busy_ends[-1]:  # ``_record_busy``'s merge, written out
+                        if step_at > busy_ends[-1]:
+                            busy_ends[-1] = step_at
+                    else:
+                        self._record_busy(end, step_at)
                 # The last step of the run (``step`` on a batch of decodes alone).
                 step = (
                     base
@@ -551,10 +567,15 @@ class EngineCore:
                 steps += 1
                 self._steps = steps
                 while heap and heap[0][0] <= steps:
-                    _, _, slot = heapq.heappop(heap)
-                    self._decode_prompt_tokens -= slot.request.prompt_tokens
+                    _, _, slot = heappop(heap)
+                    request = slot.request
+                    self._decode_prompt_tokens -= request.prompt_tokens
                     self._decode_from_sum -= slot.decode_from
-                    self._finish(slot, step_end)
+                    # ``_finish`` written out.
+                    request.finished_s = step_end
+                    slot.decode_from = steps - request.output_tokens + 1
+                    self._reserved -= slot.reserved
+                    self._finished.append(request)
                 if busy_ends and step_at <= busy_ends[-1]:
                     if step_end > busy_ends[-1]:
                         busy_ends[-1] = step_end

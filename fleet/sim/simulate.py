@@ -37,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from agents.histograms import histogram_observe, pool_latency, ttft_bound_ms
 from fleet import catalog, states
@@ -199,6 +200,11 @@ class Simulation:
         self.e2e_log: dict[int, list[tuple[float, float]]] = defaultdict(list)
         # Per pool whose TTFT bound grows with the prompt: (first token at, TTFT ms, prompt tokens).
         self.bound_log: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
+        self._autoscale_settings: dict[int, Mapping[str, Any] | None] = {}
+        self._logs: dict[
+            int,
+            tuple[list[tuple[float, float]], list[tuple[float, float]] | None, list[tuple[float, float, int]] | None],
+        ] = {}
         self.cold_measured: dict[int, list[float]] = defaultdict(list)
         self.last_scale: dict[tuple[int, str], float] = {}
         # The static-spend guard: each pool's billed runs (start, end s) and its last decision of each action.
@@ -256,14 +262,15 @@ class Simulation:
         total = len(order)
         arrival_times, events, step_ends = self.arrival_times, self.events, self.step_ends
         inf = math.inf
+        heappop, instances, step_end, arrival = heapq.heappop, self.instances, self._step_end, self._arrival
         while True:
             following = self.next_arrival
             arrival_at = arrival_times[following] if following < total else inf
             event_at = events[0][0] if events else inf
             if step_ends and step_ends[0][0] < (arrival_at if arrival_at <= event_at else event_at):
-                at, _, instance_id = heapq.heappop(step_ends)
+                at, _, instance_id = heappop(step_ends)
                 self.now = at
-                self._step_end(self.instances[instance_id])
+                step_end(instances[instance_id])
                 if self.done == total:
                     break
                 continue
@@ -272,11 +279,11 @@ class Simulation:
             if arrival_at <= event_at:
                 self.next_arrival = following + 1
                 self.now = arrival_at
-                self._arrival(order[following])
+                arrival(order[following])
                 if self.done == total:
                     break
                 continue
-            at, _, kind, a, b = heapq.heappop(events)
+            at, _, kind, a, b = heappop(events)
             self.now = at
             if kind == "ready":
                 self._ready(self.instances[a], b)
@@ -571,7 +578,11 @@ class Simulation:
 
     def _arrival(self, index: int) -> None:
         self.interval_arrivals += 1
-        groups = self._groups(index)
+        # ``_groups`` written out: this runs once per request of every run.
+        request = self.trace.requests[index]
+        groups = self.groups_known.get((request.prompt_tokens, request.output_tokens))
+        if groups is None:
+            groups = self.groups_for(request)
         if isinstance(groups, routing.ContextRefused):
             # The gateway answers 400 at once: no pool sees the request, and no one waits on it.
             self.refused.add(index)
@@ -579,7 +590,7 @@ class Simulation:
             return
         if self.policy_mode:  # only the policies read the arrival history (pre-warm's ``request_times``)
             self.request_times[groups[0][0]].append(self._at(self.now))
-        instance = self._pick(groups)
+        instance = self.picker.pick(groups, self._routable, now=self.now)  # ``_pick``
         if instance is not None:
             self._submit(instance, index)
             return
@@ -610,8 +621,11 @@ class Simulation:
         """The gateway's scale-out under pressure (``Gateway._pressure``): ``pressure_scale_out`` on its
         counters at each request, at most once per autoscale's scale-out cool-down, planned and
         applied as its database worker does (``pressure_actions``)."""
-        config = self.setup.policies.get("autoscale") if self.policy_mode else None
-        settings = config.for_pool(pool_id) if config is not None else None
+        if pool_id in self._autoscale_settings:
+            settings = self._autoscale_settings[pool_id]
+        else:  # looked up once per pool: a run's policy settings do not change
+            config = self.setup.policies.get("autoscale") if self.policy_mode else None
+            settings = self._autoscale_settings[pool_id] = config.for_pool(pool_id) if config is not None else None
         if settings is None:
             return
         cooldown = settings["scale_out_cooldown_s"]
@@ -620,18 +634,30 @@ class Simulation:
         if (sent is not None and self.now - sent < cooldown) or (last is not None and self.now - last < cooldown):
             return
         view = self.pools[pool_id].view
-        mine = [i for i in self.instances.values() if i.pool_id == pool_id]
-        ready = self._routable(pool_id)
+        # The gateway's counters in one pass over the instances (this runs once per request sent):
+        # ready as ``_routable`` lists them, serving (desired running), active (not desired stopped).
         outstanding = self.picker.outstanding
+        ready = serving = active = in_flight = 0
+        for instance in self.instances.values():
+            if instance.pool_id != pool_id:
+                continue
+            desired = instance.desired
+            if desired == RUNNING:
+                serving += 1
+                if instance.actual == READY:
+                    ready += 1
+                    in_flight += outstanding.get(instance.id, 0)
+            if desired != STOPPED:
+                active += 1
         reason = pressure.pressure_scale_out(
             pool_name=view.name,
             max_num_seqs=view.max_num_seqs,
             util_band_high=view.util_band_high,
-            ready=len(ready),
-            serving=sum(1 for i in mine if i.desired == RUNNING),
-            active=sum(1 for i in mine if i.desired != STOPPED),
+            ready=ready,
+            serving=serving,
+            active=active,
             max_instances=view.max_instances,
-            outstanding=sum(outstanding.get(i.id, 0) for i in ready),
+            outstanding=in_flight,
             held=sum(1 for held in self.held if held.groups[0][0] == pool_id),
         )
         if reason is None:
@@ -708,54 +734,54 @@ class Simulation:
         they finished; the step that ends at or after the event (it started before it) runs too,
         and its requests are collected at its own end (``crossing_s``), after the event: what
         stepping one step end at a time does, in two step ends instead of one per step."""
-        following = self.next_arrival
-        horizon = min(
-            self.events[0][0] if self.events else math.inf,
-            self.arrival_times[following] if following < len(self.arrival_times) else math.inf,
-        )
+        following, events, arrival_times = self.next_arrival, self.events, self.arrival_times
+        horizon = events[0][0] if events else math.inf
+        if following < len(arrival_times) and arrival_times[following] < horizon:
+            horizon = arrival_times[following]
         # ``before``: the end of the last step that ends before the horizon; what the steps up to it
         # finished is taken out of the core now, so the step in flight past the horizon keeps its own.
-        end, before, finished = instance.core.advance(self.now, horizon)
+        now = self.now
+        end, before, finished = instance.core.advance(now, horizon)
         if finished:
             instance.finished_before += finished
-        instance.stepping = end > self.now
-        if instance.stepping:
+        instance.stepping = stepping = end > now
+        if stepping:
             if before is not None and end > before:
                 instance.crossing_s = end
             self.sequence += 1
             heapq.heappush(self.step_ends, (end if before is None else before, self.sequence, instance.id))
 
-    def _finished_now(self, instance: _Instance) -> list[SimRequest]:
-        """The requests the instance's steps finished by now, in the order they finished; those of a
-        step in flight past now (``crossing_s``) stay in the core until its end."""
+    def _logs_of(
+        self, pool_id: int
+    ) -> tuple[list[tuple[float, float]], list[tuple[float, float]] | None, list[tuple[float, float, int]] | None]:
+        """The pool's latency logs the policies read (TTFT always; end-to-end and per-request bounds where
+        its settings judge them), looked up once per pool (the settings of a run's pools do not change)."""
+        logs = self._logs.get(pool_id)
+        if logs is None:
+            view = self.pools[pool_id].view
+            logs = self._logs[pool_id] = (
+                self.ttft_log[pool_id],
+                self.e2e_log[pool_id] if view.sla_e2e_latency_ms is not None else None,
+                self.bound_log[pool_id] if view.sla_ms_per_1k_prompt_tokens > 0 else None,
+            )
+        return logs
+
+    def _step_end(self, instance: _Instance) -> None:
+        """Collect the requests the instance's steps finished by now, in the order they finished (those of
+        a step in flight past now, ``crossing_s``, stay in the core until its end), then wait for that
+        step or run the engine on. One body, no helper calls: it runs about twice a request."""
         finished, instance.finished_before = instance.finished_before, []
         if instance.crossing_s is None:
             finished += instance.core.pop_finished()
-        return finished
-
-    def _step_next(self, instance: _Instance) -> None:
-        """After a step end: wait for the step in flight past it, or run the engine on."""
-        if instance.crossing_s is None:
-            self._step_start(instance)
-            return
-        self.sequence += 1
-        heapq.heappush(self.step_ends, (instance.crossing_s, self.sequence, instance.id))
-        instance.crossing_s = None
-
-    def _step_end(self, instance: _Instance) -> None:
-        finished = self._finished_now(instance)
         if finished:
             first_token, finished_at = self.first_token, self.finished
             interval_ttft = self.interval_ttft
             # Only the policies read the logs (their windows), kept in time order to be cut by bisection.
-            view = self.pools[instance.pool_id].view if self.policy_mode else None
-            ttft_log = self.ttft_log[instance.pool_id] if view is not None else None
-            e2e_log = (
-                self.e2e_log[instance.pool_id] if view is not None and view.sla_e2e_latency_ms is not None else None
-            )
-            bound_log = (
-                self.bound_log[instance.pool_id] if view is not None and view.sla_ms_per_1k_prompt_tokens > 0 else None
-            )
+            ttft_log: list[tuple[float, float]] | None = None
+            e2e_log: list[tuple[float, float]] | None = None
+            bound_log: list[tuple[float, float, int]] | None = None
+            if self.policy_mode:
+                ttft_log, e2e_log, bound_log = self._logs_of(instance.pool_id)
             for request in finished:
                 index = int(request.id)
                 first_s, finished_s = request.first_token_s, request.finished_s
@@ -774,7 +800,12 @@ class Simulation:
             self.done += len(finished)
             if self.miss_limit is not None:
                 self._judge(finished)
-        self._step_next(instance)
+        if instance.crossing_s is None:
+            self._step_start(instance)
+        else:
+            self.sequence += 1
+            heapq.heappush(self.step_ends, (instance.crossing_s, self.sequence, instance.id))
+            instance.crossing_s = None
         if not instance.stepping and instance.actual == STOPPING:
             self._set_actual(instance, STOPPED)
 
@@ -849,7 +880,8 @@ class Simulation:
             self._warm_instance(pool_id)
 
     def _record_timeline(self) -> None:
-        ttft = self.interval_ttft
+        # Sorted once for the three percentiles (``percentile_of`` sorts again, in one pass over sorted values).
+        ttft = sorted(self.interval_ttft)
         self.timeline.append(
             TimelinePoint(
                 t_s=self.now,

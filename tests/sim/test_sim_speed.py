@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import heapq
+import json
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +179,49 @@ def test_a_static_size_that_misses_stops_early_and_the_size_found_is_the_same() 
     # Past the misses the limit allows, the run goes on to the end.
     whole = Simulation(trace=trace, setup=setup, label="static 1", static_instances=1, miss_limit=1)
     assert not whole.stopped_early and whole.run() == runs[0]
+
+
+# sha256 (first 16 hex digits) of ``comparison_markdown`` and of the repr of every result the comparison
+# holds (policy, static, oracle and repaired runs with each first token and latency as a float repr, the
+# schedules, the bound), recorded with the simulator as it stood before the third speed pass: making a
+# run faster must not change a byte. A change meant to change results records new digests and says why.
+_PINNED = {
+    "conversation settings": ("b99f6ef897de496b", "6426364cabe9fca0"),
+    "end-to-end and per-prompt bounds": ("503a633b3000c0cd", "d6b12f993706cc7d"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_PINNED))
+def test_a_seeded_comparison_gives_the_recorded_report_and_results(case: str) -> None:
+    """The bursty trace on 3 or 4 calibrated H100s with the benchmark's conversation settings (the gateway
+    scales out under pressure, autoscale scales in, the oracle's schedule has empty intervals and is
+    repaired); the second case also judges end-to-end latency (20 s) and a bound that grows with the
+    prompt (100 ms per 1,000 tokens), so every latency log the policies read is kept."""
+    values = json.loads((Path(__file__).resolve().parents[2] / "bench" / "sim" / "azure-conv.json").read_text())
+    setup = {
+        "conversation settings": replace(
+            setup_build(engine=engine_model_for("H100"), gpus=3, values=values, seed=5), start_jitter=0.1
+        ),
+        "end-to-end and per-prompt bounds": setup_build(
+            engine=engine_model_for("H100"),
+            gpus=4,
+            values=values,
+            seed=2,
+            e2e_sla_ms=20_000,
+            sla_ms_per_1k_prompt_tokens=100,
+        ),
+    }[case]
+    comparison = compare(trace=_bursty_trace(), setup=setup)
+    results = (
+        comparison.policy,
+        comparison.static,
+        comparison.oracle,
+        comparison.oracle_repaired,
+        comparison.schedule,
+        comparison.oracle_bound,
+    )
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    assert (digest(comparison_markdown(comparison)), digest(repr(results))) == _PINNED[case]
