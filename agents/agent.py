@@ -624,7 +624,7 @@ class Agent:
         if reply is not None:
             self.act(reply)
             if self.waiter is not None and self.state.node_token:
-                generation = protocol.desired_generation(reply.desired, reply.batch_jobs)
+                generation = protocol.desired_generation(reply.desired, reply.batch_jobs, reply.stop_containers)
                 self.waiter.applied(token=self.state.node_token, generation=generation)
         return reply
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -366,19 +367,47 @@ class WaitReply(Strict):
     changed: bool
 
 
-def desired_generation(desired: Sequence[DesiredInstance], batch_jobs: Sequence[DesiredBatchJob]) -> int:
-    """The node's desired-state generation: one number for every item and its generation.
+def desired_generation(
+    desired: Sequence[DesiredInstance], batch_jobs: Sequence[DesiredBatchJob], stop_containers: Sequence[str] = ()
+) -> int:
+    """The node's desired-state generation: one number for every item of the reply the agent acts on.
 
-    The panel keeps no per-node counter: each instance and batch job has its own generation,
-    bumped at every change of its desired state, so a digest of (kind, id, generation, state)
-    over the reply's items changes whenever any item changes, appears or goes. Both sides
-    compute it with this function (the agent from the reply it applied, the panel from the
-    rows that make the reply), so they agree exactly when the agent is up to date.
+    The panel keeps no per-node counter: a digest over the reply's items changes whenever
+    any of them changes, appears or goes. That is each instance whole (its generation and
+    state, and its spec, which a change of the pool's model profile alters without a new
+    generation), each batch job whole, and each orphan container the panel asks the agent to
+    stop. Both sides compute it with this function (the agent from the reply it applied, the
+    panel from the rows that make the reply), so they agree exactly when the agent is up to date.
+    The leading tag keeps it from ever equalling ``desired_generation_v1`` of the same items.
+    """
+    items = sorted(
+        [("i", item.instance_id, _canonical(item)) for item in desired]
+        + [("j", job.job_id, _canonical(job)) for job in batch_jobs]
+        + [("s", 0, container_id) for container_id in stop_containers]
+    )
+    return _generation(("v2", items))
+
+
+def desired_generation_v1(desired: Sequence[DesiredInstance], batch_jobs: Sequence[DesiredBatchJob]) -> int:
+    """The generation agents of the previous version compute: (kind, id, generation, state) only.
+
+    The panel accepts it as up to date as well, so such an agent waits as it always did
+    (it is not woken by an orphan stop or a profile change, which it learns at its next
+    report) instead of being told "changed" at every wait while its digest never matches.
     """
     items = sorted(
         [("i", item.instance_id, item.generation, item.state) for item in desired]
         + [("j", job.job_id, job.generation, job.state) for job in batch_jobs]
     )
+    return _generation(items)
+
+
+def _canonical(item: BaseModel) -> str:
+    """An item as JSON with sorted keys: the same text whichever order a JSON column gave its maps in."""
+    return json.dumps(item.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def _generation(items: Any) -> int:
     digest = hashlib.blake2b(repr(items).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & MAX_GENERATION
 

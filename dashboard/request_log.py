@@ -22,7 +22,7 @@ from django.utils.dateparse import parse_datetime
 
 from dashboard.selectors import CUSTOM_MAX, DEFAULT_RANGE, RANGES, TimeRange, time_range_parse
 from fleet.costs.budgets import usage_source_configured
-from fleet.costs.selectors import billing_tz, fleet_window, spend_report, team_spend, totals_by_pool
+from fleet.costs.selectors import billing_tz, spend_reports_by_day, team_spend, totals_by_pool
 from fleet.costs.teams import UsageSource, request_log_key_usage
 from fleet.models import Alert, ApiKey, Pool, RequestLog, Team
 
@@ -265,7 +265,7 @@ class SpendDayRow:
     spend: Decimal
 
 
-def _billing_days(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+def billing_days(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
     """[start, end) cut at midnights of the billing time zone."""
     tz = billing_tz()
     pieces: list[tuple[datetime, datetime]] = []
@@ -280,9 +280,10 @@ def _billing_days(start: datetime, end: datetime) -> list[tuple[datetime, dateti
 
 
 def spend_export_rows(*, time_range: TimeRange, group: str) -> tuple[str, list[SpendDayRow]]:
-    """Spend of each billing day of the range by pool, team or API key, from ``spend_report`` of that day.
+    """Spend of each billing day of the range by pool, team or API key, from the report of that day.
 
-    Each day is its own report over the cost page's rollups (``raw=False``), grouped as the
+    Each day is its own report over the cost page's rollups (``raw=False``), the range read
+    in one pass (``spend_reports_by_day``), grouped as the
     cost page groups: by pool (``totals_by_pool``; capacity no pool held is "unallocated"), by
     team (``team_spend`` with the configured usage source, whose shares add up to each pool's
     spend to the cent) or by key (``team_spend`` with the request log's usage per key). A pool
@@ -299,11 +300,10 @@ def spend_export_rows(*, time_range: TimeRange, group: str) -> tuple[str, list[S
         source = usage_source_configured() if group == "team" else None
     currency = ""
     out: list[SpendDayRow] = []
-    for first, last in _billing_days(time_range.start, time_range.end):
-        window = fleet_window(start=first, end=last, raw=False)
-        report = spend_report(start=first, end=last, window=window)
+    tz = billing_tz()
+    for report in spend_reports_by_day(days=billing_days(time_range.start, time_range.end)):
         currency = report.currency
-        day = first.astimezone(billing_tz()).date().isoformat()
+        day = report.start.astimezone(tz).date().isoformat()
         amounts: dict[str, Decimal] = defaultdict(Decimal)
         pools = totals_by_pool(report)
         shared = team_spend(report=report, usage_source=source) if source is not None else {}

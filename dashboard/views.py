@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
@@ -140,6 +142,7 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
     history = pages.pool_history(pool=item, time_range=time_range)
     states = pages.instance_states_over_time(pool=item, time_range=time_range)
     traffic = pages.tier_traffic(pool=item, time_range=time_range)
+    decisions = pages.decisions_filtered(time_range=time_range, pool_id=item.pk, limit=20)
     metric = item.get_sla_metric_display()
     context.update(
         pool=item,
@@ -159,7 +162,8 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
         longer_range_helps=not history and pages.pool_history_before(pool=item, before=time_range.start),
         states=figures.instance_states(states=states, span=time_range.span) if states["at"] else None,
         traffic=figures.tier_traffic(counts=traffic) if traffic else None,
-        decisions=pages.decisions_filtered(time_range=time_range, pool_id=item.pk, limit=20),
+        decisions=pages.decisions_effects(decisions=decisions, time_range=time_range),
+        **_decision_links(decisions),
     )
     return render(request, "dashboard/pool.html", context)
 
@@ -237,8 +241,17 @@ def decisions(request: HttpRequest) -> HttpResponse:
         currency=billing_currency(),
         timeline=figures.decisions_timeline(decisions=rows, span=time_range.span) if rows else None,
         live_groups=[pool_group(pool_id)] if pool_id else [FLEET_GROUP],
+        **_decision_links(rows),
     )
     return render(request, "dashboard/decisions.html", context)
+
+
+def _decision_links(decisions: list[pages.Decision]) -> dict[str, dict[int, str]]:
+    """The pool and policy links of a decisions table (``_decisions_table.html``), one per pool and policy."""
+    return {
+        "pool_urls": _urls("dashboard:pool", {item.pool_id for item in decisions if item.pool_id}),
+        "policy_urls": _urls("admin:fleet_policy_change", {item.policy_id for item in decisions if item.policy_id}),
+    }
 
 
 @login_required
@@ -272,13 +285,23 @@ INSTANCE_PERMISSION = "fleet.change_instance"
 def instances(request: HttpRequest) -> HttpResponse:
     """Every instance as a table to act on; the buttons show only to users who may change instances."""
     table = pages.instances_page()
+    # Links reversed once per pool and node rather than once per row: a thousand GPUs' rows
+    # would spend more on reversing the same few URLs than on the rest of the table.
+    instances = [row.instance for row in table.rows]
     context = {
         "table": table,
         "currency": table.currency,
         "can_act": request.user.has_perm(INSTANCE_PERMISSION),
         "actions": INSTANCE_BUTTONS,
+        "pool_urls": _urls("dashboard:pool", {item.pool_id for item in instances}),
+        "node_urls": _urls("dashboard:node", {item.gpu.node_id for item in instances if item.gpu}),
     }
     return render(request, "dashboard/instances.html", context)
+
+
+def _urls(name: str, ids: Iterable[int]) -> dict[int, str]:
+    """The URL of each of ``ids`` for the view ``name``, reversed once each, for a table's links."""
+    return {pk: reverse(name, args=[pk]) for pk in ids}
 
 
 # The buttons each desired state offers, from the actions the service accepts.

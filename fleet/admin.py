@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from agents import protocol
 from fleet.costs.budgets import budget_block_lift
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import billing_currency, period_bounds
@@ -25,7 +26,7 @@ from fleet.decide.services import (
     node_decommission,
     node_token_rotate,
 )
-from fleet.forms import JSON_FORM_FIELDS, InstanceForm, PercentField, PolicyKindForm, policy_form
+from fleet.forms import JSON_FORM_FIELDS, InstanceForm, PercentField, PolicyKindForm, PoolForm, policy_form
 from fleet.models import (
     Alert,
     AlertDelivery,
@@ -51,6 +52,7 @@ from fleet.models import (
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
 from fleet.telemetry.agent_dist import install_command, install_problems
+from fleet.telemetry.ingest import spec_change_tell
 
 GIB = 1024**3
 SHOWN_ONCE = "fleet_shown_once"
@@ -268,6 +270,13 @@ class ModelProfileAdmin(admin.ModelAdmin):
         ("Memory", {"fields": ("memory_arithmetic",)}),
     )
 
+    def save_model(self, request: HttpRequest, obj: ModelProfile, form: Any, change: bool) -> None:
+        """A change of what goes into the instances' spec moves no generation: their agents are
+        told here, so a waiting one reports now and gets the new spec in its reply."""
+        super().save_model(request, obj, form, change)
+        if change and set(form.changed_data) & set(protocol.InstanceSpec.model_fields):
+            spec_change_tell(instances=Instance.objects.filter(pool__model_profile=obj), why="profile")
+
     @admin.display(description="GPU memory arithmetic")
     def memory_arithmetic(self, obj: ModelProfile) -> str:
         """The estimate placement checks, written out so a person can check it by hand."""
@@ -325,6 +334,7 @@ class InstanceInline(admin.TabularInline):
 
 @admin.register(Pool)
 class PoolAdmin(admin.ModelAdmin):
+    form = PoolForm
     list_display = (
         "name",
         "tier",
@@ -358,6 +368,12 @@ class PoolAdmin(admin.ModelAdmin):
         ("Capacity", {"fields": ("util_band_low", "util_band_high", "min_instances", "max_instances")}),
         ("Idle and pre-warm", {"fields": ("idle_minimize_after_s", "idle_stop_after_s", "prewarm_margin_s")}),
     )
+
+    def save_model(self, request: HttpRequest, obj: Pool, form: Any, change: bool) -> None:
+        """Another profile changes the spec of every instance of the pool: their agents are told."""
+        super().save_model(request, obj, form, change)
+        if change and "model_profile" in form.changed_data:
+            spec_change_tell(instances=Instance.objects.filter(pool=obj), why="pool profile")
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         """The band is stored as fractions, the share the policies compare load with; people type per cent."""

@@ -10,7 +10,8 @@ from django.db import models
 from django.forms.fields import InvalidJSONInput
 
 from agents.protocol import nested_deeper_than
-from fleet.models import Instance, Policy
+from fleet.models import Instance, Policy, Pool
+from fleet.models.policies import static_minimum_problems
 from fleet.policies.settings import SCHEMAS, Setting, number_text
 
 # Deeper than any label set, argument list or environment nests.
@@ -121,6 +122,30 @@ class PolicyForm(forms.ModelForm):
         cleaned = self.cleaned_data
         self.instance.settings = {key: cleaned[key] for key in SCHEMAS[self.policy_kind] if key in cleaned}
         return cleaned
+
+    def _post_clean(self) -> None:
+        """Once the policy validates on its own, the pools it would govern: a minimum above the static
+        size is refused under the static size (a static-hold policy) or above the fields (autoscale)."""
+        super()._post_clean()  # type: ignore[misc]  # Django's hook once the instance is built; not in the stubs
+        if self.errors or self.policy_kind not in (Policy.Kind.AUTOSCALE, Policy.Kind.STATIC_HOLD):
+            return
+        pools = Pool.objects.filter(min_instances__gt=0).order_by("name")
+        if self.instance.pool_id is not None:
+            pools = pools.filter(pk=self.instance.pool_id)
+        if problems := static_minimum_problems(pools, saving=[self.instance]):
+            self.add_error("static_replicas" if self.policy_kind == Policy.Kind.STATIC_HOLD else None, problems)
+
+
+class PoolForm(forms.ModelForm):
+    """The pool admin's form (the admin gives it the model and fields): a pool is refused where its
+    minimum would be above its static size (``static_minimum_problems``)."""
+
+    instance: Pool
+
+    def _post_clean(self) -> None:
+        super()._post_clean()  # type: ignore[misc]  # Django's hook once the instance is built; not in the stubs
+        if "min_instances" not in self.errors and (problems := static_minimum_problems([self.instance])):
+            self.add_error("min_instances", problems)
 
 
 def policy_form(kind: str) -> type[PolicyForm]:

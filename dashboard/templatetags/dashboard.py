@@ -11,9 +11,13 @@ from django.urls import reverse
 from django.utils.html import format_html, json_script
 
 from dashboard.views import PLOTLY_JS_VERSION
+from fleet.costs.alerts import rule_kind_shown, threshold_shown
 from fleet.policies.actions import duration
 
 register = template.Library()
+# An alert rule as the alerts page shows it, rendered as its notices render it.
+register.filter("rule_kind_shown", rule_kind_shown)
+register.filter("threshold_shown", threshold_shown)
 
 
 @register.simple_tag

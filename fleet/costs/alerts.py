@@ -35,6 +35,26 @@ WEBHOOK_TIMEOUT_S = 10.0
 ALERT_RETRY_BASE_S = 15
 
 
+def rule_kind_shown(rule: AlertRule) -> str:
+    """The rule's kind for beside its name, or "" where the name already says it: a rule named
+    "SLA breach" would otherwise read "SLA breach (SLA breach)"."""
+    kind = rule.get_kind_display()
+    return "" if kind.lower() in rule.name.lower() else kind
+
+
+def threshold_shown(rule: AlertRule) -> str:
+    """The rule's threshold with its unit, one rendering for the alerts page and the notices:
+    idle spend as money per hour (cents, the billing currency), a silence in seconds. "" where
+    the rule has none or its kind uses none (``AlertRule.THRESHOLD_MEANING`` says why)."""
+    if rule.threshold is None:
+        return ""
+    if rule.kind == AlertRule.Kind.IDLE_WASTE:
+        return f"{money_cents(rule.threshold)} {billing_currency()}/h"
+    if rule.kind == AlertRule.Kind.NODE_SILENT:
+        return f"{rule.threshold.normalize():f} s"
+    return ""
+
+
 @dataclass(frozen=True)
 class Condition:
     key: str
@@ -147,7 +167,7 @@ def _idle_conditions(*, rule: AlertRule, now: datetime) -> list[Condition]:
         Condition(
             key=key,
             message=f"Idle spend of {subject} is {money_cents(per_hour)} {currency}/h over the last "
-            f"{rule.window_s} s, above the {rule.threshold} {currency}/h threshold",
+            f"{rule.window_s} s, above the {threshold_shown(rule)} threshold",
             value=f"{money_cents(per_hour)} {currency}/h",
         )
     ]
@@ -289,9 +309,10 @@ def alert_delivery_send(*, delivery: AlertDelivery) -> None:
             )
             response.raise_for_status()
         else:
+            kind = rule_kind_shown(alert.rule)
             send_mail(
                 subject=f"[gpufleet] {delivery.event.upper()}: {alert.rule.name}: {alert.key}",
-                message=f"{alert.message}\n\nRule: {alert.rule.name} ({alert.rule.get_kind_display()})\n"
+                message=f"{alert.message}\n\nRule: {alert.rule.name}{f' ({kind})' if kind else ''}\n"
                 f"Started: {alert.started_at.isoformat()}\nState: {delivery.event}\n",
                 from_email=settings.DEFAULT_FROM_EMAIL,
                 recipient_list=[delivery.target],

@@ -132,9 +132,18 @@ def unallocated_pieces(
 
     A sweep keeps how many up runs are open and the shares held (exact fractions, so the
     running total equals the sum over the allocations present): n log n, not pieces x rows.
+    A card nothing held, up in runs that are in order and do not overlap (as spend reads
+    them), is free run by run: the sweep would give the same pieces, and idle cards are the
+    common case where spend is priced card by card and day by day.
     """
     up = list(up)
     allocations = list(allocations)
+    if (
+        not allocations
+        and all(first < last for first, last in up)
+        and all(before[1] <= after[0] for before, after in itertools.pairwise(up))
+    ):
+        return [(first, last, Fraction(1)) for first, last in up]
     up_change: dict[datetime, int] = defaultdict(int)
     for first, last in up:
         if first < last:
@@ -155,7 +164,6 @@ def unallocated_pieces(
             held += change
         if not open_runs:
             continue
-        free = 1 - held
-        if free > 0:  # an overfull card leaves nothing free
-            pieces.append((begin, finish, free))
+        if held < 1:  # a full or overfull card leaves nothing free (and costs no subtraction)
+            pieces.append((begin, finish, 1 - held))
     return pieces

@@ -45,27 +45,28 @@ class PriceBook:
         for rate in rates:
             grouped[(rate.gpu_model, rate.node_id)].append(rate)
         self._rates = {key: sorted(rows, key=lambda row: row.effective_from) for key, rows in grouped.items()}
+        # Each rate's first instant, worked out once: a week's spend prices thousands of lines.
+        self._starts = {key: [self.starts_at(row) for row in rows] for key, rows in self._rates.items()}
 
     def starts_at(self, rate: RateRow) -> datetime:
         return datetime.combine(rate.effective_from, time(0), tzinfo=self.tz)
 
-    def _in_effect(self, rows: list[RateRow], at: datetime) -> RateRow | None:
-        starts = [self.starts_at(row) for row in rows]
-        index = bisect.bisect_right(starts, at) - 1
-        return rows[index] if index >= 0 else None
+    def _in_effect(self, key: tuple[str, int | None], at: datetime) -> RateRow | None:
+        index = bisect.bisect_right(self._starts.get(key, []), at) - 1
+        return self._rates[key][index] if index >= 0 else None
 
     def rate_at(self, *, gpu_model: str, node_id: int, at: datetime) -> RateRow | None:
-        own = self._in_effect(self._rates.get((gpu_model, node_id), []), at)
-        return own or self._in_effect(self._rates.get((gpu_model, None), []), at)
+        own = self._in_effect((gpu_model, node_id), at)
+        return own or self._in_effect((gpu_model, None), at)
 
     def spans(self, *, gpu_model: str, node_id: int, start: datetime, end: datetime) -> list[PricedSpan]:
         """Cut [start, end) wherever the applicable rate changes."""
         cuts = sorted(
             {
-                self.starts_at(row)
+                moment
                 for key in ((gpu_model, node_id), (gpu_model, None))
-                for row in self._rates.get(key, [])
-                if start < self.starts_at(row) < end
+                for moment in self._starts.get(key, [])
+                if start < moment < end
             }
         )
         bounds = [start, *cuts, end]

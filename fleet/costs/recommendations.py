@@ -7,8 +7,10 @@ function, ``per_month``. Three kinds:
 - ``idle_card``: a GPU billed with nothing on it (the unallocated part of the run rate, the
   cost page's "reclaimable" figure), per card.
 - ``pool_minimum``: a pool whose ``min_instances`` is above the most instances its busiest
-  hour of the last 7 days needed; lowering the minimum by one lets the policies stop one
-  instance, saving what one of its instances costs per hour now (the cheapest one).
+  hour of the last 7 days needed, and which met its SLA over those 7 days (``sla_within`` at a
+  ratio of 1, on the week's histograms merged): lowering the minimum by one lets the policies
+  stop one instance, saving what one of its instances costs per hour now (the cheapest one). A
+  pool that missed its SLA, or served nothing measured, is not asked to keep fewer warm.
 - ``band_top``: an autoscaled pool whose load band tops out lower than its SLA needed: in the
   hours of the last 7 days whose SLA latency had the headroom autoscale itself asks before a
   scale-in, a band top one step higher (``BAND_STEP``, at most ``BAND_TOP_MAX``) would have
@@ -32,7 +34,7 @@ from decimal import Decimal, localcontext
 
 from django.utils import timezone
 
-from agents.histograms import pool_latency
+from agents.histograms import Wire, pool_latency
 from fleet import catalog
 from fleet.costs.money import CONTEXT
 from fleet.costs.selectors import next_hour_report, price_book, totals_by_instance
@@ -126,6 +128,39 @@ def sla_headroom(*, latency_s: float | None, bound_ms: float, ratio: float) -> b
     return latency_s is not None and latency_s * 1000 <= ratio * bound_ms
 
 
+SlaTerm = tuple[str, float | None, float]
+
+
+def sla_terms(pool: Pool, *, ttft: list[Wire | None], e2e: list[Wire | None]) -> list[SlaTerm]:
+    """What a pool's SLA bounds, read from these hour rollups' histograms merged (one hour's, or a
+    window's): its SLA metric at its percentile against ``sla_latency_ms``, and its end-to-end latency
+    at the same percentile against ``sla_e2e_latency_ms`` where it has one. Each term is (what was
+    measured, its latency in seconds or None, its bound in ms). A TTFT bound that grows with the
+    prompt is judged here against its flat part, the strictest."""
+    label = f"P{pool.sla_percentile} {'TTFT' if pool.sla_metric == Pool.SlaMetric.TTFT else 'E2E'}"
+    latency = ttft if pool.sla_metric == Pool.SlaMetric.TTFT else e2e
+    terms: list[SlaTerm] = [(label, pool_latency(latency, pool.sla_percentile), float(pool.sla_latency_ms))]
+    if pool.sla_e2e_latency_ms is not None:
+        terms.append(
+            (f"P{pool.sla_percentile} E2E", pool_latency(e2e, pool.sla_percentile), float(pool.sla_e2e_latency_ms))
+        )
+    return terms
+
+
+def sla_within(terms: list[SlaTerm], *, ratio: float) -> bool:
+    """Whether every term of a pool's SLA had ``sla_headroom`` at ``ratio``: 1 for the SLA met, autoscale's
+    ``scale_in_latency_ratio`` for the margin it asks before a scale-in."""
+    return all(sla_headroom(latency_s=latency, bound_ms=bound, ratio=ratio) for _, latency, bound in terms)
+
+
+def sla_terms_text(terms: list[SlaTerm]) -> str:
+    """The SLA figures a recommendation relied on, as its text shows them: "P95 TTFT 175 ms (SLA 500 ms)"."""
+    return ", ".join(
+        f"{label} {'unmeasured' if latency is None else f'{latency * 1000:.0f} ms'} (SLA {bound:.0f} ms)"
+        for label, latency, bound in terms
+    )
+
+
 def band_proposed(band_high: float) -> float:
     """The next band top: one ``BAND_STEP`` up, capped at ``BAND_TOP_MAX``, to the hundredth."""
     return round(min(band_high + BAND_STEP, BAND_TOP_MAX), 2)
@@ -169,10 +204,14 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
         pool.pk: pool for pool in Pool.objects.filter(enabled=True, min_instances__gt=0).select_related("model_profile")
     }
     peaks: dict[int, int] = {}
-    for pool_id, instances, running in PoolHour.objects.filter(
+    ttfts: dict[int, list[Wire | None]] = defaultdict(list)
+    e2es: dict[int, list[Wire | None]] = defaultdict(list)
+    for pool_id, instances, running, ttft, e2e in PoolHour.objects.filter(
         pool_id__in=list(pools), bucket__gte=now - PEAK_WINDOW, bucket__lt=now
-    ).values_list("pool_id", "instances", "requests_running_mean"):
+    ).values_list("pool_id", "instances", "requests_running_mean", "ttft_histogram", "e2e_histogram"):
         pool = pools[pool_id]
+        ttfts[pool_id].append(ttft)
+        e2es[pool_id].append(e2e)
         needed = hour_needed(
             running_mean=running,
             instances=instances,
@@ -180,11 +219,19 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
             band_high=pool.util_band_high,
         )
         peaks[pool_id] = max(peaks.get(pool_id, 0), needed)
-    held = _cheapest_instance(report=report, pool_ids=list(peaks))
+    # The week's SLA, read as the SLA names it (its percentile over every request of the window), met
+    # at the minimum kept: a pool that missed it may have needed the warm instances.
+    slas = {pool_id: sla_terms(pools[pool_id], ttft=ttfts[pool_id], e2e=e2es[pool_id]) for pool_id in peaks}
+    spare = [
+        pool_id
+        for pool_id, peak in peaks.items()
+        if peak < pools[pool_id].min_instances and sla_within(slas[pool_id], ratio=1.0)
+    ]
+    held = _cheapest_instance(report=report, pool_ids=spare)
     rows = []
-    for pool_id, peak in peaks.items():
-        pool = pools[pool_id]
-        if peak >= pool.min_instances or pool_id not in held:
+    for pool_id in spare:
+        pool, peak = pools[pool_id], peaks[pool_id]
+        if pool_id not in held:
             continue
         cheapest = held[pool_id]
         rows.append(
@@ -193,7 +240,8 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
                 key=f"{POOL_MINIMUM}:{pool_id}",
                 title=f"Pool {pool.name} keeps at least {pool.min_instances} instances; its busiest hour of the last "
                 f"7 days needed {peak}: lower its minimum to {pool.min_instances - 1}",
-                arithmetic=f"one instance {cheapest:.2f}/h x {HOURS_PER_MONTH} h = {per_month(cheapest):.2f} a month",
+                arithmetic=f"SLA met over the last 7 days: {sla_terms_text(slas[pool_id])}; one instance "
+                f"{cheapest:.2f}/h x {HOURS_PER_MONTH} h = {per_month(cheapest):.2f} a month",
                 saving_per_hour=cheapest,
                 pool_id=pool_id,
                 setting="min_instances",
@@ -235,16 +283,7 @@ def _band_tops(*, report: SpendReport, now: datetime) -> list[Recommendation]:
     ).values_list("pool_id", "instances", "requests_running_mean", "ttft_histogram", "e2e_histogram"):
         pool, ratio = pools[pool_id], ratios[pool_id]
         hours[pool_id] += 1
-        # A TTFT bound that grows with the prompt is judged here against its flat part, the strictest.
-        latency = ttft if pool.sla_metric == Pool.SlaMetric.TTFT else e2e
-        headroom = sla_headroom(
-            latency_s=pool_latency([latency], pool.sla_percentile), bound_ms=pool.sla_latency_ms, ratio=ratio
-        )
-        if headroom and pool.sla_e2e_latency_ms is not None:
-            headroom = sla_headroom(
-                latency_s=pool_latency([e2e], pool.sla_percentile), bound_ms=pool.sla_e2e_latency_ms, ratio=ratio
-            )
-        if not headroom:
+        if not sla_within(sla_terms(pool, ttft=[ttft], e2e=[e2e]), ratio=ratio):
             continue
         roomy[pool_id] += 1
         saved[pool_id] += band_hour_saving(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
@@ -178,6 +178,11 @@ MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 
 
+def rollup_marks() -> dict[str, datetime]:
+    """How far each rollup has run, by its name (minute, hour, day)."""
+    return dict(RollupWatermark.objects.values_list("name", "done_until"))
+
+
 @dataclass(frozen=True)
 class Tiers:
     """Where each part of a window is read from: hour rollups, then minute rollups, then raw.
@@ -202,11 +207,21 @@ class Tiers:
     raw: bool = True
 
     @classmethod
-    def for_window(cls, *, start: datetime, end: datetime, now: datetime | None = None, raw: bool = True) -> Tiers:
+    def for_window(
+        cls,
+        *,
+        start: datetime,
+        end: datetime,
+        now: datetime | None = None,
+        raw: bool = True,
+        marks: Mapping[str, datetime] | None = None,
+    ) -> Tiers:
         """``raw=False`` reads rollups only, as history pages do: complete hours from hour rollups, the
-        minutes of the current hour after them; what is not rolled up yet is missing."""
+        minutes of the current hour after them; what is not rolled up yet is missing. ``marks``
+        (``rollup_marks``) spares the read where a caller cuts many windows at once."""
         now = now or timezone.now()
-        marks = dict(RollupWatermark.objects.values_list("name", "done_until"))
+        if marks is None:
+            marks = rollup_marks()
         if raw and "minute" not in marks:
             return cls(hours_until=start, minutes_until=start, complete_until=end)
         rolled_up = min(max(marks.get("minute", start), start), end)
@@ -245,11 +260,20 @@ def _rollup_periods(
         days = _day_periods(first, until)
         if days is not None:
             return days
-    period = PERIOD_TRUNC[width]("bucket", tzinfo=UTC) if until - first > PERIOD_AFTER[width] else None
     start = floor_hour(first) if width == HOUR else floor_minute(first)
+    if until - first <= PERIOD_AFTER[width]:
+        # Each bucket is its own period, and a GPU has one row per bucket: the rows as they are
+        # (what ``gpu_period_sums`` would sum them to, without grouping or a second timestamp).
+        rows = model.objects.filter(bucket__gte=start, bucket__lt=until, samples__gt=0)
+        return [
+            (gpu_id, bucket, width, mean, weight)
+            for gpu_id, bucket, mean, weight in rows.values_list("gpu_id", "bucket", "utilization_mean", "samples")
+        ]
     return [
         (gpu_id, begin, n * width, mean, weight)
-        for gpu_id, _, begin, n, mean, weight in gpu_period_sums(model, start=start, end=until, period=period)
+        for gpu_id, _, begin, n, mean, weight in gpu_period_sums(
+            model, start=start, end=until, period=PERIOD_TRUNC[width]("bucket", tzinfo=UTC)
+        )
     ]
 
 
@@ -277,9 +301,13 @@ def _day_periods(first: datetime, until: datetime) -> list[tuple[int, datetime, 
 
 
 def gpu_activity(
-    *, start: datetime, end: datetime, tiers: Tiers | None = None
+    *, start: datetime, end: datetime, tiers: Tiers | None = None, duty_cycle: bool = True
 ) -> tuple[dict[int, list[tuple[datetime, datetime]]], UtilizationIndex]:
-    """When each GPU was up in [start, end), and its duty cycle, from the cheapest complete source."""
+    """When each GPU was up in [start, end), and its duty cycle, from the cheapest complete source.
+
+    ``duty_cycle=False`` leaves the index empty for callers that read spend only: indexing a
+    week of a thousand GPUs' periods costs as much as placing their up time.
+    """
     tiers = tiers or Tiers.for_window(start=start, end=end)
     gap = _gap()
     periods: list[tuple[int, datetime, timedelta, float | None, int]] = []
@@ -322,6 +350,8 @@ def gpu_activity(
             else:
                 merged.append([first, last])
     up = {gpu_id: [(first, last) for first, last in merged] for gpu_id, merged in runs.items() if merged}
+    if not duty_cycle:
+        return up, UtilizationIndex(())
     utilization = TieredUtilization(
         periods=PeriodUtilization((gpu_id, begin, mean, weight) for gpu_id, begin, _, mean, weight in periods),
         raw=UtilizationIndex((gpu_id, at, percent) for gpu_id, at, percent in raw if at >= tiers.minutes_until),
@@ -366,6 +396,65 @@ def spend_report(
         utilization=window.utilization,
     )
     return SpendReport(start=start, end=end, currency=currency or billing_currency(), lines=lines)
+
+
+def _day_events(events: list[StateEvent], *, start: datetime, end: datetime) -> list[StateEvent]:
+    """What ``_events`` reads for [start, end), taken from ``events`` of a range holding it.
+
+    ``_events`` lists are in (time, id) order: an instance's last event before a range and
+    the events in it, and the range's events all come after the former. So each instance's
+    last entry before ``start`` is its state then, in the same order the query would list it.
+    """
+    last_before: dict[int, int] = {}
+    inside: list[StateEvent] = []
+    for index, event in enumerate(events):
+        if event.at < start:
+            last_before[event.instance_id] = index
+        elif event.at < end:
+            inside.append(event)
+    return [events[index] for index in sorted(last_before.values())] + inside
+
+
+def spend_reports_by_day(
+    *, days: Sequence[tuple[datetime, datetime]], currency: str | None = None
+) -> list[SpendReport]:
+    """The history report (``fleet_window(raw=False)``) of each of ``days`` (touching periods in
+    order), for spend only: no duty cycle is read, so its lines count nothing busy (idle is
+    their whole spend); pages that split busy from idle read ``spend_report``.
+
+    Each report's lines price exactly what ``spend_report`` over that day's own window prices: state
+    events, GPUs, MIG slices, pools, prices and watermarks are read once for the whole range
+    and each day's holds are cut from them as that day's read would give them. Up time is
+    still read per day (one grouped rollup query each): rollup periods place their up time
+    from their first bucket (``_rollup_periods``), so periods summed over the whole range
+    would move a GPU's up time across a billing midnight wherever it has gaps (up 00:00-02:00
+    and 10:00-12:00 UTC, billing midnight at 05:00 UTC: per day 2 h either side, a period of
+    the UTC day 4 h before it), and the day's amounts would no longer be its own.
+    """
+    if not days:
+        return []
+    start, end = days[0][0], days[-1][1]
+    events = _events(start=start, end=end)
+    states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
+    marks, now = rollup_marks(), timezone.now()
+    gpus, slices = _gpus(), _mig_slices()
+    pools = dict(Instance.objects.values_list("pk", "pool_id"))
+    prices, currency = price_book(currency=currency), currency or billing_currency()
+    reports = []
+    for first, last in days:
+        holds = holds_from_events(_day_events(events, start=first, end=last), start=first, end=last, states=states)
+        tiers = Tiers.for_window(start=first, end=last, now=now, raw=False, marks=marks)
+        up, utilization = gpu_activity(start=first, end=last, tiers=tiers, duty_cycle=False)
+        lines = spend_lines(
+            allocations=allocations_split(holds, mig_slices=slices),
+            up=up,
+            gpus=gpus,
+            pools=pools,
+            prices=prices,
+            utilization=utilization,
+        )
+        reports.append(SpendReport(start=first, end=last, currency=currency, lines=lines))
+    return reports
 
 
 @dataclass(frozen=True)
@@ -575,9 +664,13 @@ def run_rate(*, now: datetime | None = None) -> RunRate:
     )
 
 
-def next_hour_report(*, now: datetime | None = None) -> SpendReport:
+def next_hour_report(*, now: datetime | None = None, unallocated: bool = True) -> SpendReport:
     """The lines of the run rate: the next hour's spend if nothing changes, line by line, so an
-    instance's cost per hour is its lines' total (``report.by(lambda line: line.instance_id)``)."""
+    instance's cost per hour is its lines' total (``report.by(lambda line: line.instance_id)``).
+
+    ``unallocated=False`` leaves out the unallocated lines, for a page of instances' own costs:
+    pricing the free share of every up GPU of a thousand would be most of the work.
+    """
     now = now or timezone.now()
     end = now + timedelta(hours=1)
     states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
@@ -585,7 +678,11 @@ def next_hour_report(*, now: datetime | None = None) -> SpendReport:
         "pk", "gpu_id", "mig_device_id", "actual_state"
     )
     holds = [Hold(pk, gpu_id, mig_id, now, end, state) for pk, gpu_id, mig_id, state in holders]
-    up_ids = set(Gpu.objects.filter(node__status="online", decommissioned_at__isnull=True).values_list("pk", flat=True))
+    up_ids = (
+        set(Gpu.objects.filter(node__status="online", decommissioned_at__isnull=True).values_list("pk", flat=True))
+        if unallocated
+        else set()
+    )
     window = FleetWindow(
         start=now,
         end=end,
@@ -597,6 +694,29 @@ def next_hour_report(*, now: datetime | None = None) -> SpendReport:
         complete_until=end,
     )
     return spend_report(start=now, end=end, window=window)
+
+
+def holds_window(*, start: datetime, end: datetime) -> FleetWindow:
+    """[start, end) with its holds only, for instances' own spend (the instances page's today).
+
+    An allocated line is priced from its hold alone (hours x share x price, ``spend_lines``); up
+    time only adds the unallocated lines and the duty cycle only splits spend into busy and idle.
+    A report of this window has ``fleet_window``'s allocated lines with the same spend, nothing
+    counted busy and no unallocated lines, and reads no rollups: a day of a thousand GPUs' is
+    most of what a full window costs.
+    """
+    states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
+    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
+    return FleetWindow(
+        start=start,
+        end=end,
+        gpus=_gpus(),
+        allocations=allocations_split(holds, mig_slices=_mig_slices()),
+        up={},
+        utilization=UtilizationIndex([]),
+        pools=dict(Instance.objects.values_list("pk", "pool_id")),
+        complete_until=end,
+    )
 
 
 @dataclass(frozen=True)
@@ -756,7 +876,7 @@ def decision_effects_read(
     """Every instance decision of [start, end) with its effect accrued inside it (``fleet.costs.effects``).
 
     Reads, per instance, its decisions in the range and its newest decision before it (what
-    was in effect when the range opened): six queries whatever the number of decisions. A
+    was in effect when the range opened): seven queries at most whatever the number of decisions. A
     scale-out is taken as the start, wake or launch it was done by.
 
     ``decision_ids`` (a page's rows) narrows it to those decisions' effects, the same as read
@@ -783,7 +903,9 @@ def decision_effects_read(
         cards = Instance.objects.filter(pk__in=asked, gpu__isnull=False).values("gpu_id")
         scope = Instance.objects.filter(Q(pk__in=asked) | Q(gpu_id__in=cards)).values("pk")
         instances, in_range = instances.filter(pk__in=scope), in_range.filter(instance_id__in=scope)
-    prior = instances.annotate(prior=Subquery(newest_before)).exclude(prior=None).values("prior")
+    # Read as a list of ids, not joined as a subquery: PostgreSQL would hash the whole decision
+    # log (a week's is tens of thousands of rows) to find one decision per instance.
+    prior = list(instances.annotate(prior=Subquery(newest_before)).exclude(prior=None).values_list("prior", flat=True))
     fields = ("pk", "instance_id", "action", "inputs__via", "applied_at", "created_at", "policy_kind", "pool_id")
     rows = [
         *Decision.objects.filter(pk__in=prior).values_list(*fields),

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 from fleet.costs.money import CENT, CONTEXT, money_cents
 
 Basis = Literal["gpu_seconds", "tokens"]
+MICROSECOND_IN_MS = Decimal("0.001")
 BASES: tuple[Basis, ...] = ("gpu_seconds", "tokens")
 
 
@@ -64,18 +65,29 @@ def request_log_key_usage(*, start: object, end: object, basis: Basis) -> dict[t
 
 
 def _request_log_usage(*, start: object, end: object, basis: Basis, by: str) -> dict[tuple[int, int], Decimal]:
-    from django.db.models import F, Sum
-    from django.db.models.functions import Coalesce
+    """Usage summed exactly: latencies as decimals of a microsecond. A sum of floats depends on the
+    order the database adds them in (PostgreSQL's parallel aggregation varies it), and a share on
+    a half cent would then flip between two reads of the same rows."""
+    from django.db.models import DecimalField, Sum
+    from django.db.models.functions import Cast, Coalesce
 
     from fleet.models import RequestLog
 
+    latency_ms = DecimalField(max_digits=18, decimal_places=3)
     rows = (
         RequestLog.objects.filter(at__gte=start, at__lt=end, pool__isnull=False, **{f"{by}__isnull": False})
         .values("pool_id", by)
         .annotate(
-            amount=Sum(F("latency_ms") / 1000)
+            amount=Sum(Cast("latency_ms", latency_ms))
             if basis == "gpu_seconds"
             else Sum(Coalesce("prompt_tokens", 0) + Coalesce("output_tokens", 0))
         )
     )
-    return {(row["pool_id"], row[by]): Decimal(str(row["amount"] or 0)) for row in rows}
+    if basis == "tokens":
+        return {(row["pool_id"], row[by]): Decimal(row["amount"] or 0) for row in rows}
+    # SQLite has no decimal arithmetic (its sum is of floats, in an order of its own, the same
+    # each time): to the microsecond, the sum is the exact one.
+    with localcontext(CONTEXT):
+        return {
+            (row["pool_id"], row[by]): Decimal(row["amount"] or 0).quantize(MICROSECOND_IN_MS) / 1000 for row in rows
+        }

@@ -180,7 +180,12 @@ def pool_wake_request(*, pool_id: int, reason: str, inputs: dict[str, Any] | Non
         if Instance.objects.filter(pool=pool, desired_state=Instance.Desired.RUNNING).exists():
             # Another gateway's wake-up of this pool won the claim: capacity is on its way, nothing failed.
             return []
-        return [services.pool_wake_refused(pool=pool, reason=f"{reason}; {outcome.message}", inputs=inputs)]
+        refused = f"{reason}; {outcome.message}"
+        return [
+            services.pool_decision_log(
+                pool=pool, action="wake_failed", reason=refused, kind=services.GATEWAY, inputs=inputs
+            )
+        ]
     return [outcome]
 
 

@@ -30,6 +30,7 @@ from fleet.models import (
     RequestLog,
     Team,
 )
+from fleet.models.policies import static_minimum_problems
 from fleet.telemetry.bulk import rows_insert, rows_update
 
 if TYPE_CHECKING:
@@ -505,13 +506,6 @@ def orphan_stop_request(
 GATEWAY = "gateway"
 
 
-def pool_wake_refused(*, pool: Pool, reason: str, inputs: dict[str, Any] | None = None) -> Decision:
-    """Log that a wake the gateway asked for found no room; ``reason`` carries the placement arithmetic."""
-    return Decision.objects.create(
-        policy_kind=GATEWAY, pool=pool, action="wake_failed", reason=reason, inputs=inputs or {}
-    )
-
-
 def pool_decision_log(
     *,
     pool: Pool,
@@ -522,7 +516,11 @@ def pool_decision_log(
     inputs: dict[str, Any] | None = None,
 ) -> Decision:
     """Log a decision about a pool that changes no desired state (the static-spend guard's refusals,
-    holds starting and ending), and publish it like any other decision."""
+    holds starting and ending, a gateway's wake that found no room), and publish it like any other.
+
+    Taken now, it is applied now: ``applied_at`` is set so the decision's page does not show it as
+    pending, and the live decisions feed shows it the moment it is made.
+    """
     decision = Decision.objects.create(
         policy=policy,
         policy_kind=kind,
@@ -713,6 +711,10 @@ def pool_settings_apply(
             locked.save(update_fields=list(pool_values))
         for row in rows:
             row.save()
+        # The minimum against the static size spans the pool and its policies: checked once all are
+        # written (raising here rolls the writes back).
+        if conflicts := static_minimum_problems([locked]):
+            raise SettingsRefused("; ".join(conflicts))
         after = {
             "pool": {name: getattr(locked, name) for name in pool_values},
             "policies": {row.kind: row.settings if row.enabled else None for row in rows},

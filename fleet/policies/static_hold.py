@@ -53,6 +53,24 @@ HOLD_END = "hold_end"
 REFUSE = "static_refused"
 
 
+def minimum_conflict(*, pool: str, min_instances: int, static_replicas: int, autoscale: str, guard: str) -> str | None:
+    """Why a pool's minimum cannot stand with its static size, or None where it can.
+
+    With both policies on, autoscale launches up to ``min_instances`` and rule 1 refuses every
+    launch past ``static_replicas`` (and stops the surplus), so a minimum above a static size
+    (0: no guard) is a setting that can never hold: refused where it is saved, from either side.
+    ``autoscale`` and ``guard`` name the two policies as the admin lists them.
+    """
+    if not static_replicas or min_instances <= static_replicas:
+        return None
+    return (
+        f"Pool {pool} keeps a minimum of {min_instances} instances, above its static size of {static_replicas}: "
+        f"{autoscale} would launch up to the minimum and {guard} refuse every launch past the static size. "
+        f"Lower the pool's minimum to {static_replicas}, raise the static size to {min_instances}, "
+        "or turn one of the two policies off for the pool."
+    )
+
+
 def held_hours(runs: Iterable[tuple[datetime, datetime | None]], *, since: datetime, until: datetime) -> float:
     """Billed instance-hours in [since, until): the overlap of each run (an instance in a state that
     holds its device, as billing counts it; end None: still holding) with the window.

@@ -295,16 +295,18 @@ def _generation(request: HttpRequest) -> int:
     return int(text)
 
 
-def node_desired_generation(*, node: Node) -> int:
-    """The node's desired-state generation, from the rows its report's reply is made of.
+def node_desired_generations(*, node: Node) -> tuple[int, int]:
+    """The node's desired-state generation, from the rows its report's reply is made of
+    (``ingest.node_desired``), and the one an agent of the previous version computes from
+    the same reply (``protocol.desired_generation_v1``): either means the agent is up to date.
 
     The row is found by id and token hash together, so a token rotated (or a node
     deleted) since ``node_authenticate`` answered from memory is refused here.
     """
     if not Node.objects.filter(pk=node.pk, token_hash=node.token_hash).exists():
         raise IngestError(401, "unknown node token")
-    rows = ingest._node_instance_rows(node, set())
-    return protocol.desired_generation(ingest._desired(rows.values()), ingest.batch_jobs_for(node))
+    desired = ingest.node_desired(node)
+    return protocol.desired_generation(*desired), protocol.desired_generation_v1(desired.desired, desired.batch_jobs)
 
 
 def _wait_reply(changed: bool) -> HttpResponse:
@@ -350,12 +352,15 @@ async def wait(request: HttpRequest) -> HttpResponse:
     of a second instead of at its next report. It subscribes to the node's group first and
     only then reads the generation, so a change committed in between is seen either way.
     Nothing travels but "changed": the agent then reports, and the report's reply carries
-    the desired state as always. A node's token waits on that node only. Served by the
-    panel's ASGI app, never the report pool's threads, and there outside Django's middleware
-    (``fleet.project.asgi.agent_wait``): with a sync-only middleware in ``MIDDLEWARE`` Django
-    would run the view inside a thread of its own for the whole wait, one thread per waiting
-    host. The database is read in short calls (``database_sync_to_async``, which also drops
-    connections the database closed).
+    the desired state as always. A generation an agent of the previous version computes
+    (``node_desired_generations``) counts as up to date too: else such an agent, whose digest
+    leaves out orphan stops and specs, would be told "changed" at every wait, back off (its
+    waiter's guard against a disagreement) and lose the long poll altogether. A node's token
+    waits on that node only. Served by the panel's ASGI app, never the report pool's threads,
+    and there outside Django's middleware (``fleet.project.asgi.agent_wait``): with a
+    sync-only middleware in ``MIDDLEWARE`` Django would run the view inside a thread of its
+    own for the whole wait, one thread per waiting host. The database is read in short calls
+    (``database_sync_to_async``, which also drops connections the database closed).
     """
     if request.method != "GET":
         return error_response(405, f"use GET on {protocol.WAIT_PATH}, not {request.method}")
@@ -380,12 +385,12 @@ async def wait(request: HttpRequest) -> HttpResponse:
         return _wait_unavailable("channel layer", exc)
     try:
         try:
-            current = await database_sync_to_async(node_desired_generation)(node=node)
+            current = await database_sync_to_async(node_desired_generations)(node=node)
         except IngestError as exc:
             return error_response(exc.status, exc.message, exc.details)
         except (OperationalError, InternalError) as exc:
             return _wait_unavailable("database", exc)
-        if current != seen:
+        if seen not in current:
             return _wait_reply(True)
         return _wait_reply(await _told(layer, channel, until=time.monotonic() + WAIT_S))
     finally:

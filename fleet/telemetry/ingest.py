@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings as django_settings
 from django.db import IntegrityError, connection, transaction
@@ -23,7 +23,7 @@ from django.utils import timezone
 from agents import protocol
 from fleet import catalog, states
 from fleet.decide.services import gpus_retire
-from fleet.events import event_publish, fleet_summary_add, node_group
+from fleet.events import event_publish, fleet_summary_add, node_desired_changed, node_group
 from fleet.models import (
     BatchJob,
     Gpu,
@@ -306,8 +306,12 @@ _INSTANCE_FIELDS = (
 _PROFILE_FIELDS = tuple(name for name in protocol.InstanceSpec.model_fields if name not in ("gpu_uuids", "mig_uuids"))
 
 
+# An instance the reply names: every one that is, or should be, holding something.
+_IN_REPLY = ~Q(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
+
+
 def _instance_rows_query(*, node: int, reported: Iterable[int] = ()) -> QuerySet[Instance, dict[str, Any]]:
-    wanted = ~Q(desired_state=Instance.Desired.STOPPED, actual_state=Instance.Actual.STOPPED)
+    wanted = _IN_REPLY
     if reported:
         wanted |= Q(pk__in=reported)
     return (
@@ -509,12 +513,44 @@ def report_ingest(*, node: Node, batch: protocol.Batch, peer: str = "") -> proto
         report_interval_s=REPORT_INTERVAL_S,
         report_again_s=settling_report_s() if _settling(rows.values(), now=now) else None,
         batch_jobs=jobs,
-        stop_containers=[
-            container_id
-            for container_id, (_, requested, stopped) in sorted(orphans.items(), key=lambda item: item[1][0])
-            if requested is not None and stopped is None
-        ],
+        stop_containers=_stop_requests(orphans),
     )
+
+
+def _stop_requests(orphans: Orphans) -> list[str]:
+    """The orphan containers the node is asked to stop: requested and not yet stopped, oldest seen first."""
+    return [
+        container_id
+        for container_id, (_, requested, stopped) in sorted(orphans.items(), key=lambda item: item[1][0])
+        if requested is not None and stopped is None
+    ]
+
+
+class NodeDesired(NamedTuple):
+    """The items of a node's reply that its agent acts on: ``protocol.desired_generation``'s arguments."""
+
+    desired: list[protocol.DesiredInstance]
+    batch_jobs: list[protocol.DesiredBatchJob]
+    stop_containers: list[str]
+
+
+def node_desired(node: Node) -> NodeDesired:
+    """What a reply would tell the node now, read from the same rows as ``report_ingest``'s reply,
+    so the long poll's generation and the agent's (computed from the reply it applied) agree."""
+    rows = _node_instance_rows(node, set())
+    return NodeDesired(_desired(rows.values()), batch_jobs_for(node), _stop_requests(_node_orphans(node)))
+
+
+def spec_change_tell(*, instances: QuerySet[Instance], why: str) -> None:
+    """Once committed, tell the nodes whose reply carries one of ``instances`` that their desired
+    state changed (the long poll): for a change of what their spec is built from (a model
+    profile's settings, a pool's profile), which moves no generation."""
+
+    def tell() -> None:
+        nodes = instances.filter(_IN_REPLY).values_list("gpu__node_id", "mig_device__gpu__node_id")
+        node_desired_changed(node_ids={node_id for pair in nodes for node_id in pair}, why=why)
+
+    transaction.on_commit(tell)
 
 
 @dataclass

@@ -10,7 +10,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils.text import capfirst
 
-from fleet.models import Policy
+from fleet.models import Policy, Pool
+from fleet.policies.settings import policy_defaults
+from tests.admin.test_validation import pool_form
+from tests.factories import make_pool
 
 pytestmark = pytest.mark.django_db
 
@@ -197,3 +200,105 @@ def test_routing_thresholds_out_of_order_are_refused(admin_client: Client) -> No
     assert field_errors(response) == {"tier_m_min": ["2 must be below the S tier threshold (1)."]}
     policy.refresh_from_db()
     assert policy.settings["tier_s_min"] == 3.0
+
+
+# -- a pool's minimum against its static size: refused from either policy's side ----------
+
+
+def static_fields(**changes: str) -> dict[str, str]:
+    values = {**policy_defaults("static_hold"), **changes}
+    return {key: str(value) for key, value in values.items()}
+
+
+def post(client: Client, policy: Policy, **fields: str) -> Any:
+    """Post a pool's own policy: its pool's id, and ``enabled`` only where asked (an unticked box is left out)."""
+    data = {"kind": policy.kind, "pool": str(policy.pool_id), **fields}
+    return client.post(reverse("admin:fleet_policy_change", args=[policy.pk]), data)
+
+
+def pool_with_minimum(minimum: int, static: int) -> tuple[Pool, Policy]:
+    """A pool that keeps ``minimum`` instances, under the fleet's autoscale, with its own static size."""
+    pool = make_pool(min_instances=minimum, max_instances=4)
+    guard = Policy.objects.create(kind="static_hold", pool=pool, settings={"static_replicas": static})
+    assert fleet_policy("autoscale").enabled
+    return pool, guard
+
+
+def conflict(minimum: int, static: int, autoscale: str, guard: str) -> str:
+    return (
+        f"Pool chat-l keeps a minimum of {minimum} instances, above its static size of {static}: "
+        f"the policy {autoscale} would launch up to the minimum and the policy {guard} refuse every launch "
+        f"past the static size. Lower the pool's minimum to {static}, raise the static size to {minimum}, "
+        "or turn one of the two policies off for the pool."
+    )
+
+
+def test_a_static_size_under_the_pools_minimum_is_refused_and_nothing_changes(admin_client: Client) -> None:
+    _pool, guard = pool_with_minimum(3, 4)
+    response = post(admin_client, guard, enabled="on", **static_fields(static_replicas="2"))
+    assert response.status_code == 200
+    expected = conflict(3, 2, "SLA-bounded autoscaling (fleet)", "static-spend guard (chat-l)")
+    assert field_errors(response) == {"static_replicas": [expected]}
+    guard.refresh_from_db()
+    assert guard.settings == {"static_replicas": 4}
+
+
+def test_turning_autoscale_on_over_a_minimum_above_the_static_size_is_refused(admin_client: Client) -> None:
+    pool, _guard = pool_with_minimum(3, 2)
+    autoscale = fleet_policy("autoscale")
+    Policy.objects.filter(pk=autoscale.pk).update(enabled=False)
+    response = change(admin_client, autoscale, **autoscale_fields())
+    assert response.status_code == 200
+    expected = conflict(3, 2, "SLA-bounded autoscaling (fleet)", "static-spend guard (chat-l)")
+    assert field_errors(response) == {"__all__": [expected]}
+    autoscale.refresh_from_db()
+    assert autoscale.enabled is False
+    # The pool's own autoscale policy, added on, is refused the same way and not added.
+    response = admin_client.post(
+        reverse("admin:fleet_policy_add") + "?kind=autoscale",
+        {"pool": str(pool.pk), "enabled": "on", **autoscale_fields()},
+    )
+    assert field_errors(response) == {
+        "__all__": [conflict(3, 2, "SLA-bounded autoscaling (chat-l)", "static-spend guard (chat-l)")]
+    }
+    assert not Policy.objects.filter(kind="autoscale", pool=pool).exists()
+
+
+def test_a_static_size_at_the_minimum_or_none_saves(admin_client: Client) -> None:
+    _pool, guard = pool_with_minimum(3, 4)
+    assert post(admin_client, guard, enabled="on", **static_fields(static_replicas="3")).status_code == 302
+    guard.refresh_from_db()
+    assert guard.settings["static_replicas"] == 3
+    assert post(admin_client, guard, enabled="on", **static_fields(static_replicas="0")).status_code == 302
+    guard.refresh_from_db()
+    assert guard.settings["static_replicas"] == 0
+    # Autoscale, edited while the pool's minimum fits its static size, saves.
+    autoscale = fleet_policy("autoscale")
+    assert change(admin_client, autoscale, **autoscale_fields(queue_threshold="6")).status_code == 302
+
+
+def test_with_autoscale_or_the_guard_off_for_the_pool_a_static_size_under_the_minimum_saves(
+    admin_client: Client,
+) -> None:
+    pool, guard = pool_with_minimum(3, 4)
+    # Disabled, the guard refuses nothing: its static size is free.
+    assert post(admin_client, guard, **static_fields(static_replicas="2")).status_code == 302
+    guard.refresh_from_db()
+    assert (guard.enabled, guard.settings["static_replicas"]) == (False, 2)
+    # The pool's own autoscale row, off, wins over the fleet's: the guard may be turned on.
+    Policy.objects.create(kind="autoscale", pool=pool, enabled=False)
+    assert post(admin_client, guard, enabled="on", **static_fields(static_replicas="2")).status_code == 302
+    guard.refresh_from_db()
+    assert guard.enabled is True
+
+
+def test_a_pools_minimum_raised_above_its_static_size_is_refused_and_nothing_changes(admin_client: Client) -> None:
+    pool, _guard = pool_with_minimum(2, 2)
+    url = reverse("admin:fleet_pool_change", args=[pool.pk])
+    response = admin_client.post(url, pool_form(name="chat-l", tier="L", min_instances="3"))
+    assert response.status_code == 200
+    expected = conflict(3, 2, "SLA-bounded autoscaling (fleet)", "static-spend guard (chat-l)")
+    assert field_errors(response) == {"min_instances": [expected]}
+    pool.refresh_from_db()
+    assert pool.min_instances == 2
+    assert admin_client.post(url, pool_form(name="chat-l", tier="L", min_instances="2")).status_code == 302

@@ -157,7 +157,7 @@ def test_an_agent_told_by_the_long_poll_acts_long_before_its_interval(
                 assert time.monotonic() < deadline, "the agent never applied its first reply"
                 time.sleep(0.05)
             node = Node.objects.get(name="waiting-host")
-            assert protocol.desired_generation([], []) == agent_api.node_desired_generation(node=node)
+            assert protocol.desired_generation([], []) == agent_api.node_desired_generations(node=node)[0]
             gpu = Gpu.objects.filter(node=node).order_by("index").first()
             instance = Instance(pool=make_pool(), gpu=gpu)
             placed = time.monotonic()
@@ -169,7 +169,7 @@ def test_an_agent_told_by_the_long_poll_acts_long_before_its_interval(
             print(f"\ninstance started by the agent {time.monotonic() - placed:.2f} s after it was placed")
             applied = agent.waiter._applied if agent.waiter else None
             assert applied is not None
-            assert applied.generation == agent_api.node_desired_generation(node=node), "agent and panel agree"
+            assert applied.generation == agent_api.node_desired_generations(node=node)[0], "agent and panel agree"
         finally:
             stop.set()
             runner.join(10)

@@ -153,7 +153,9 @@ def test_idle_waste_above_the_threshold_alerts_per_hour() -> None:
     rule(name="idle", kind="idle_waste", threshold=Decimal("3.50"), window_s=900, email_to="ops@example.com")
     alerts_evaluate(now=now)
     # Up 900 s and held by nothing: 4.00/h x 0.25 h = 1.00 in the window = 4.00/h, above 3.50/h.
-    assert Alert.objects.get().value == "4.00 USD/h"
+    alert = Alert.objects.get()
+    assert alert.value == "4.00 USD/h"
+    assert alert.message.endswith("above the 3.50 USD/h threshold")
 
 
 def test_a_team_budget_over_its_soft_threshold_alerts() -> None:

@@ -150,6 +150,20 @@ def test_unallocated_equals_the_scan_with_overlapping_runs_and_overfull_cards(se
     assert all(isinstance(free, Fraction) and 0 < free <= 1 for _, _, free in got)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_a_card_nothing_held_is_free_wherever_it_was_up(seed: int) -> None:
+    """No allocation: in-order runs (touching ones included) come back whole; runs that overlap,
+    go back in time or are empty take the sweep. Both equal the scan."""
+    rng = random.Random(3000 + seed)
+    up = []
+    for _ in range(rng.randrange(0, 6)):
+        first = _moment(rng, 600)
+        up.append((first, first + timedelta(minutes=rng.choice([0, 5, 60, 300]))))
+    in_order = uptime_runs(sorted({_moment(rng, 600) for _ in range(rng.randrange(2, 40))}), gap=timedelta(minutes=5))
+    for runs in (up, in_order, [(a, b) for a, b in itertools.pairwise(sorted({first for first, _ in up}))]):
+        assert unallocated_pieces(up=runs, allocations=[]) == reference_unallocated(up=runs, allocations=[])
+
+
 def test_a_hand_worked_card() -> None:
     """Two instances share GPU 1 for an hour of its two up hours; a 3g slice is held alone."""
     hour = timedelta(hours=1)

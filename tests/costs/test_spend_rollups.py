@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -11,9 +12,17 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from fleet.costs.money import money_cents
-from fleet.costs.selectors import Tiers, cost_per_million_tokens, savings_compute, spend_report
+from fleet.costs.selectors import (
+    HOUR,
+    MINUTE,
+    Tiers,
+    _rollup_periods,
+    cost_per_million_tokens,
+    savings_compute,
+    spend_report,
+)
 from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, RollupWatermark
-from fleet.telemetry.rollups import days_rollup, floor_hour, rollup_hours_run, rollup_minutes_run
+from fleet.telemetry.rollups import days_rollup, floor_hour, gpu_period_sums, rollup_hours_run, rollup_minutes_run
 from tests.costs.history import gpu_samples, instance_samples, price, states, utc
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
@@ -132,3 +141,33 @@ def test_whole_days_read_from_day_rollups_give_the_money_hours_give() -> None:
     assert GpuDay.objects.count() == 6  # two cards, three days; the window holds one whole day
     assert from_days == from_hours
     assert from_hours[0][0] != "0.00"
+
+
+@pytest.mark.parametrize(("model", "width"), [(GpuHour, HOUR), (GpuMinute, MINUTE)])
+def test_short_windows_read_each_rollup_row_as_the_grouped_sums_would_give_it(model, width) -> None:  # type: ignore[no-untyped-def]
+    """A window no longer than ``PERIOD_AFTER`` takes each bucket as its own period, read row by row:
+    the same (gpu, start, up time, mean, samples) ``gpu_period_sums`` gives grouping by bucket, a row
+    with no samples left out and a missing mean kept missing. Two GPUs, the second with a gap."""
+    node = make_node()
+    first, second = make_gpu(node, index=0, model_name=GPU), make_gpu(node, index=1, model_name=GPU)
+    start = utc(2024, 3, 1, 10)
+    rows: list[tuple[Any, datetime, int, float | None]] = [(first, start + i * width, 12, 40.0 + i) for i in range(5)]
+    rows += [
+        (second, start + width, 12, None),
+        (second, start + 3 * width, 0, 10.0),
+        (second, start + 4 * width, 6, 7.5),
+    ]
+    model.objects.bulk_create(
+        model(gpu=gpu, bucket=bucket, samples=samples, utilization_mean=mean) for gpu, bucket, samples, mean in rows
+    )
+    begin, until = start + width // 2, start + 5 * width  # a window starting inside a bucket reads that bucket
+    read = sorted(_rollup_periods(model, width, begin, until))
+    summed = sorted(
+        (gpu, first_bucket, n * width, mean, weight)
+        for gpu, _, first_bucket, n, mean, weight in gpu_period_sums(model, start=start, end=until)
+    )
+    assert read == summed
+    assert [(gpu, bucket) for gpu, bucket, *_ in read if gpu == second.pk] == [
+        (second.pk, start + width),
+        (second.pk, start + 4 * width),
+    ]

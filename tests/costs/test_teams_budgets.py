@@ -160,3 +160,19 @@ def test_the_default_usage_source_reads_the_gateway_request_log() -> None:
         (pool.pk, search.pk): Decimal(130),
         (pool.pk, docs.pk): Decimal(10),
     }
+
+
+@pytest.mark.django_db
+def test_gpu_seconds_are_summed_exactly_whatever_order_the_database_adds_them_in() -> None:
+    from fleet.costs.teams import request_log_usage
+    from fleet.models import RequestLog
+
+    pool = make_pool()
+    search = Team.objects.create(name="Search", slug="search")
+    common = dict(pool=pool, endpoint="chat", model="m", rcf=1.0, tier="L", status=200, team=search)
+    for latency_ms in (100.1, 200.2, 0.0004):
+        RequestLog.objects.create(at=utc(2025, 1, 10), latency_ms=latency_ms, **common)
+    # 100.1 + 200.2 ms = 0.3003 s exactly (as floats 0.1001 + 0.2002 = 0.30029999999999996); the
+    # 0.4 microseconds round away at the microsecond.
+    usage = request_log_usage(start=utc(2025, 1, 1), end=utc(2025, 2, 1), basis="gpu_seconds")
+    assert usage == {(pool.pk, search.pk): Decimal("0.3003")}

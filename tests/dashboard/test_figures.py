@@ -347,6 +347,21 @@ def test_sla_bars_are_coloured_met_or_not_against_each_pools_target() -> None:
     assert target["y"] == pytest.approx([95.0, 95.0, 99.0, 90.0])
 
 
+def test_sla_labels_sit_at_the_bars_base_clear_of_the_target_marks() -> None:
+    """A bar that met its target reaches above the mark: a label at the bar's top ("100.0 % met" at
+    100 %, the mark at 95 %) would be crossed by it. At the base, a label spans the bottom of the axis
+    while the lowest target a pool may ask (P50) marks 50 %."""
+    rows = [
+        {"name": "chat-s", "sla": "P95 TTFT <= 450 ms", "target": 0.95, "attainment": 1.0},
+        {"name": "batch", "sla": "P50 E2E <= 9000 ms", "target": 0.50, "attainment": 0.60},
+    ]
+    bars, target = as_json(figures.sla_attainment(rows=rows))["data"]
+    assert (bars["textposition"], bars["insidetextanchor"]) == ("inside", "start")
+    assert bars["texttemplate"] == "%{y:.1f} % %{text}" and bars["text"] == ["met", "met"]
+    assert bars["y"] == pytest.approx([100.0, 60.0])
+    assert min(target["y"]) == pytest.approx(50.0)
+
+
 def test_a_spend_category_has_one_colour_on_every_chart() -> None:
     buckets = {"at": AT, "step": timedelta(minutes=1), "busy": [1, 1], "idle": [1, 1], "unallocated": [1, 1]}
     over_time = as_json(figures.spend_over_time(buckets=buckets, currency="USD", span=(AT[0], AT[-1])))

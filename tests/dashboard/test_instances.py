@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils.crypto import get_random_string
 
 from dashboard.selectors import instances_page
+from fleet.decide.services import instance_manual
 from fleet.models import Decision, Instance, Node, Pool
 from tests.costs.history import price, states
 from tests.dashboard.history import request
@@ -212,3 +213,25 @@ def test_each_action_logs_a_manual_decision_naming_the_user(serving: Instance) -
         serving.refresh_from_db()
         assert serving.desired_state == state
     assert Decision.objects.filter(policy_kind="manual").count() == 6
+
+
+def test_the_age_counts_from_the_last_start_not_from_creation(serving: Instance) -> None:
+    """Created three days ago, stopped and started again by an operator, the page read 2 h after that
+    start: 2 h, not three days and 2 h. One slept beside it has no such time ("–"), and the column
+    says what it counts."""
+    Instance.objects.filter(pk=serving.pk).update(created_at=serving.created_at - timedelta(days=3))
+    for action in ("stop", "start"):
+        serving.refresh_from_db()
+        instance_manual(instance=serving, action=action, generation=serving.generation, user="operator")
+    asleep = make_instance(serving.pool, make_gpu(make_node("rack2"), 0, H100), actual_state="ready")
+    instance_manual(instance=asleep, action="sleep", generation=asleep.generation, user="operator")
+    serving.refresh_from_db()
+
+    rows = {row.instance.pk: row for row in instances_page(now=serving.desired_changed_at + timedelta(hours=2)).rows}
+    assert rows[serving.pk].age == timedelta(hours=2)
+    assert rows[asleep.pk].age is None
+
+    page = re.sub(r"\s+", " ", client_for(allowed=False).get(reverse("dashboard:instances")).content.decode())
+    assert 'title="Time since the instance was last launched, started or woken' in page
+    assert ">Since last start</th>" in page
+    assert re.search(rf'data-instance="{asleep.pk}">.*?<td class="num nowrap">–</td>', page)

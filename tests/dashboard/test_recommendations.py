@@ -18,7 +18,15 @@ from django.utils.crypto import get_random_string
 
 from dashboard import selectors as pages
 from fleet.costs.money import money_cents
-from fleet.costs.recommendations import CHEAPER_GPU, IDLE_CARD, POOL_MINIMUM, hour_needed, per_month, recommendations
+from fleet.costs.recommendations import (
+    CHEAPER_GPU,
+    IDLE_CARD,
+    POOL_MINIMUM,
+    Recommendation,
+    hour_needed,
+    per_month,
+    recommendations,
+)
 from fleet.costs.selectors import month_end_forecast
 from fleet.models import Decision, Gpu, Instance, Node, Pool, PoolHour, RollupWatermark
 from tests.costs.history import price, states
@@ -115,39 +123,78 @@ def test_an_idle_card_saves_its_price_a_month() -> None:
     assert not found[0].applicable
 
 
+# TTFT histograms of 100 requests an hour. FAST: 90 within 0.1 s, all within 0.25 s. SLOWER: 10 within
+# 0.1 s, 50 within 0.25 s, all within 0.5 s. SLOW: none within 0.1 s, 10 within 0.25 s, 50 within 0.5 s,
+# all within 1 s.
+FAST = {"bounds": [0.1, 0.25, 0.5, 1.0], "counts": [90, 100, 100, 100], "count": 100}
+SLOWER = {"bounds": [0.1, 0.25, 0.5, 1.0], "counts": [10, 50, 100, 100], "count": 100}
+SLOW = {"bounds": [0.1, 0.25, 0.5, 1.0], "counts": [0, 10, 50, 100], "count": 100}
+
+
 def minimum_pool() -> Pool:
-    """A shared-GPU pool kept at 2 instances, each ready on its own H100 at 2.00 USD/h, whose busiest
-    hour of the last 7 days ran 13 sequences on each of 2 instances: it needed 1 (see above)."""
+    """A shared-GPU pool kept at 2 instances (SLA P95 TTFT <= 500 ms), each ready on its own H100 at
+    2.00 USD/h, whose busiest hour of the last 7 days ran 13 sequences on each of 2 instances: it
+    needed 1 (see above). That hour's TTFT is FAST, the other hour's of the week SLOWER: merged,
+    [100, 150, 200, 200], P95 = rank 190 in the 0.25-0.5 s bucket = 0.25 + 0.25 x 40/50 = 0.45 s,
+    within the SLA. An hour 8 days old (SLOW, 60 running on each) is outside the window."""
     price(H100, "2.00", PRICED_FROM)
     node = online_node("rack1")
     pool = make_pool("chat-l", min_instances=2)
     for index in range(2):
         make_instance(pool, make_gpu(node, index, H100), actual_state="ready")
-    for hours_ago, running in ((3, 13.0), (30, 5.0), (24 * 8, 60.0)):  # the 8-day-old hour is outside the window
+    for hours_ago, running, ttft in ((3, 13.0, FAST), (30, 5.0, SLOWER), (24 * 8, 60.0, SLOW)):
         PoolHour.objects.create(
             pool=pool,
             bucket=timezone.now() - timedelta(hours=hours_ago),
             samples=12,
             instances=2,
             requests_running_mean=running,
-            requests=10,
+            requests=100,
             prompt_tokens=0,
             generation_tokens=0,
+            ttft_histogram=ttft,
         )
     return pool
 
 
+def minimums_found() -> list[Recommendation]:
+    return [item for item in recommendations() if item.kind == POOL_MINIMUM]
+
+
 def test_a_minimum_above_the_weeks_peak_saves_one_instance() -> None:
-    """Minimum 2, the week's peak needed 1: lower it to 1 and one instance (2.00/h) may stop:
-    2.00 x 730 = 1,460.00 a month. Raised to a peak of 2 (26 on each: 52 / 41.6 -> 2), nothing."""
+    """Minimum 2, the week's peak needed 1 and the week's P95 TTFT was 450 ms (SLA 500 ms): lower it
+    to 1 and one instance (2.00/h) may stop: 2.00 x 730 = 1,460.00 a month, with the SLA figure
+    relied on in the arithmetic. Raised to a peak of 2 (26 on each: 52 / 41.6 -> 2), nothing."""
     pool = minimum_pool()
-    found = [item for item in recommendations() if item.kind == POOL_MINIMUM]
+    found = minimums_found()
     assert [(item.pool_id, item.current, item.proposed, item.saving_per_month) for item in found] == [
         (pool.pk, 2, 1, Decimal("1460.00"))
     ]
     assert found[0].applicable and found[0].setting == "min_instances"
+    assert found[0].arithmetic == (
+        "SLA met over the last 7 days: P95 TTFT 450 ms (SLA 500 ms); one instance 2.00/h x 730 h = 1460.00 a month"
+    )
     PoolHour.objects.filter(pool=pool, requests_running_mean=13.0).update(requests_running_mean=26.0)
-    assert not [item for item in recommendations() if item.kind == POOL_MINIMUM]
+    assert not minimums_found()
+
+
+def test_no_minimum_lowered_for_a_pool_that_missed_its_sla() -> None:
+    """The same spare minimum, but the busiest hour SLOW: merged with the SLOWER hour, [10, 60, 150, 200],
+    P95 = rank 190 in the 0.5-1 s bucket = 0.5 + 0.5 x 40/50 = 0.9 s > 500 ms: missed, nothing. Met
+    once more (FAST again) but with an end-to-end bound the week missed (E2E the SLOW histograms: 0.9 s
+    > 800 ms): nothing. Without any latency measured in the week: no evidence, nothing."""
+    pool = minimum_pool()
+    PoolHour.objects.filter(pool=pool, requests_running_mean=13.0).update(ttft_histogram=SLOW)
+    assert not minimums_found()
+    PoolHour.objects.filter(pool=pool, requests_running_mean=13.0).update(ttft_histogram=FAST)
+    assert minimums_found()
+    Pool.objects.filter(pk=pool.pk).update(sla_e2e_latency_ms=800)
+    PoolHour.objects.filter(pool=pool, requests_running_mean=13.0).update(e2e_histogram=SLOW)
+    PoolHour.objects.filter(pool=pool, requests_running_mean=5.0).update(e2e_histogram=SLOWER)
+    assert not minimums_found()
+    Pool.objects.filter(pk=pool.pk).update(sla_e2e_latency_ms=None)
+    PoolHour.objects.filter(pool=pool).update(ttft_histogram=None)
+    assert not minimums_found()
 
 
 def test_a_profile_that_fits_a_cheaper_card_saves_the_difference() -> None:

@@ -5,20 +5,29 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import date
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, Client, override_settings
 from django.urls import reverse
 
+from dashboard import request_log
+from dashboard.request_log import billing_days
+from dashboard.selectors import time_range_parse
+from fleet.costs.selectors import fleet_window, spend_report, spend_reports_by_day
+from fleet.costs.spend import SpendReport
 from fleet.decide.services import api_key_create
 from fleet.models import Alert, AlertRule, RequestLog, RollupWatermark, Team
-from tests.costs.history import price, states, utc
+from fleet.telemetry.rollups import days_rollup
+from tests.costs.history import mig_device, price, states, utc
 from tests.dashboard.history import gpu_rollups, request
+from tests.dashboard.history import request as log_request
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -271,9 +280,93 @@ def test_a_bad_spend_export_is_refused(admin_client: Client, spend: dict[str, An
     assert too_long.status_code == 400 and b"at most 92 days" in too_long.content
 
 
+def per_day_reports(*, days: list[tuple[datetime, datetime]]) -> list[SpendReport]:
+    """The reference: each billing day its own window and report, as the export read them before one pass."""
+    return [
+        spend_report(start=first, end=last, window=fleet_window(start=first, end=last, raw=False))
+        for first, last in days
+    ]
+
+
+@pytest.fixture
+def days_history(settings, request: pytest.FixtureRequest) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Four billing days (3-6 March 2024) in the time zone the test names.
+
+    Fleet price 2.00/GPU-h, 3.50 from 4 March (a local midnight, mid-day in UTC, inside holds);
+    node 2's own 1.25 from 5 March. Card g1 (node 1, whole) is shared: instance A (pool chat-l)
+    ready from 3 March 20:00 local across midnight to 4 March 03:00, sleeping to 06:00, ready to
+    5 March 14:00; instance B (chat-l) ready 4 March 01:00-09:00 (the card split in half). Card g2
+    (node 2, MIG) holds instance C (chat-m, 3g slice) ready 4 March 22:00 to 6 March 02:00 and is
+    up with a gap (hour rollups with two hours missing around each UTC day's start). Teams A and
+    B send requests to both pools on every day but 6 March, where chat-m has spend and no usage.
+    """
+    tz = ZoneInfo(request.param)
+    settings.FLEET_BILLING_TIMEZONE = request.param
+
+    def local(day: int, hour: int, minute: int = 0) -> datetime:
+        return datetime(2024, 3, day, hour, minute, tzinfo=tz)
+
+    price(GPU, "2.0000", date(2024, 1, 1))
+    price(GPU, "3.5000", date(2024, 3, 4))
+    node1, node2 = make_node("gpu-host-1"), make_node("gpu-host-2")
+    price(GPU, "1.2500", date(2024, 3, 5), node=node2)
+    g1, g2 = make_gpu(node1, model_name=GPU), make_gpu(node2, model_name=GPU, mig_mode="enabled")
+    large, medium = make_pool("chat-l"), make_pool("chat-m", tier="M", isolation="mig", mig_profile="3g.40gb")
+    a, b = make_instance(large, g1), make_instance(large, g1)
+    c = make_instance(medium, g2, mig_device=mig_device(g2, "3g.40gb"))
+    states(a, (local(3, 20), "ready"), (local(4, 3), "sleeping"), (local(4, 6), "ready"), (local(5, 14), "stopped"))
+    states(b, (local(4, 1), "ready"), (local(4, 9), "stopped"))
+    states(c, (local(4, 22), "ready"), (local(6, 2), "stopped"))
+    first_hour = datetime(2024, 3, 2, tzinfo=UTC)
+    gpu_rollups(g1, first_hour, 5 * 24, hourly=True)
+    for day in range(5):  # g2 reports 02:00-24:00 UTC of each day
+        gpu_rollups(g2, first_hour + timedelta(days=day, hours=2), 22, hourly=True)
+    days_rollup(start=first_hour, end=first_hour + timedelta(days=5))
+    RollupWatermark.objects.create(name="minute", done_until=first_hour + timedelta(days=5))
+    RollupWatermark.objects.create(name="hour", done_until=first_hour + timedelta(days=5))
+    RollupWatermark.objects.create(name="day", done_until=first_hour + timedelta(days=5))
+    team_a, team_b = Team.objects.create(name="A", slug="a"), Team.objects.create(name="B", slug="b")
+    key_a, key_b = api_key_create(team=team_a, name="a1")[0], api_key_create(team=team_b, name="b1")[0]
+    for day in (3, 4, 5):
+        for pool, team, key, ms in ((large, team_a, key_a, 3000), (large, team_b, key_b, 1000 * day)):
+            log_request(pool, local(day, 21), team=team, api_key=key, latency_ms=ms)
+        log_request(medium, local(day, 23), team=team_b, api_key=key_b, latency_ms=700)
+    # From 3 March 07:15 to 6 March 04:45 local: the first and last days are partial.
+    return {"range": {"range": "custom", "start": local(3, 7, 15).isoformat(), "end": local(6, 4, 45).isoformat()}}
+
+
+@pytest.mark.parametrize("days_history", ["America/New_York", "Asia/Kolkata", "UTC"], indirect=True)
+@pytest.mark.parametrize("group", ["pool", "team", "key"])
+def test_spend_export_read_in_one_pass_gives_each_days_own_rows(
+    admin_client: Client,
+    days_history: dict[str, Any],
+    group: str,
+    monkeypatch: pytest.MonkeyPatch,
+    django_assert_max_num_queries: Any,
+) -> None:
+    """The export's rows, read in one pass, are exactly (to the last digit, in the same order) the rows
+    each billing day's own window and report give; and each day's report prices the same lines (with
+    no duty cycle read: nothing counted busy)."""
+    url, query = reverse("dashboard:spend-csv"), {**days_history["range"], "group": group}
+    with django_assert_max_num_queries(12 + 4 * 4) as one_pass:
+        table = read_csv(admin_client.get(url, query))
+    days = billing_days(time_range_parse(params=query).start, time_range_parse(params=query).end)
+    assert [report.lines for report in spend_reports_by_day(days=days)] == [
+        [replace(line, busy=Decimal(0), idle=line.spend, utilization=None) for line in report.lines]
+        for report in per_day_reports(days=days)
+    ]
+    monkeypatch.setattr(request_log, "spend_reports_by_day", per_day_reports)
+    with django_assert_max_num_queries(100) as per_day:
+        reference = read_csv(admin_client.get(url, query))
+    assert table == reference
+    assert {row[0] for row in table[1:]} == {"2024-03-03", "2024-03-04", "2024-03-05", "2024-03-06"}
+    assert len(one_pass.captured_queries) < len(per_day.captured_queries)
+
+
+@override_settings(FLEET_BILLING_CURRENCY="USD")
 def test_alert_history_lists_fired_alerts_newest_first_with_their_states(admin_client: Client) -> None:
-    """Fired 09:00 resolved 09:30 (value 1.80, threshold 1); fired 10:00 still firing (value 2.40); a pending one
-    that never fired is not history. Newest fired first: the 10:00 one, then the 09:00 one."""
+    """Fired 09:00 resolved 09:30 (value 1.80, threshold 1.00 USD/h); fired 10:00 still firing (value 2.40); a
+    pending one that never fired is not history. Newest fired first: the 10:00 one, then the 09:00 one."""
     rule = AlertRule.objects.create(name="idle spend", kind="idle_waste", threshold=Decimal("1"))
     old = Alert.objects.create(
         rule=rule,
@@ -299,10 +392,10 @@ def test_alert_history_lists_fired_alerts_newest_first_with_their_states(admin_c
     assert [int(pk) for pk in re.findall(r'data-alert="(\d+)"', page)] == [new.pk, old.pk]
     assert (
         '<td>2024-03-01 10:00:00</td><td>–</td> <td><span class="badge bad">firing</span></td>' in page
-        and "<td>2.40</td> <td>1</td>" in page
+        and "<td>2.40</td> <td>1.00 USD/h</td>" in page
     )
     assert "<td>2024-03-01 09:00:00</td><td>2024-03-01 09:30:00</td> <td>resolved</td>" in page
-    assert "<td>1.80</td> <td>1</td>" in page
+    assert "<td>1.80</td> <td>1.00 USD/h</td>" in page
 
 
 def test_the_alerts_page_reads_in_a_fixed_number_of_queries(

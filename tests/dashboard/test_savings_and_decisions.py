@@ -117,9 +117,28 @@ def test_the_decisions_page_shows_each_effect_in_a_fixed_number_of_queries(
     assert len(rows(response)) == 12
 
 
-# Session and user (2), the decisions, kinds, pools, people and policies (5), the effects: decisions in the
-# range and each instance's last before it, their instances, MIG devices, GPUs and prices (6), the demo banner (1).
-QUERIES = 14
+# Session and user (2), the decisions, their pools (read once each, not joined per row), kinds, pools, people
+# and policies (6), the effects: decisions in the range and each instance's last before it, their instances, MIG
+# devices, GPUs and prices (6), the demo banner (1).
+QUERIES = 15
+
+
+def effects(response: Any) -> dict[int, str]:
+    """Each decision row's effect cell, by decision id."""
+    found = re.findall(r'data-decision="(\d+)".*?<td class="effect"[^>]*>(.*?)</td>', text(response))
+    return {int(pk): cell for pk, cell in found}
+
+
+def test_the_pool_page_prices_its_decisions_as_the_decisions_page_does(admin_client: Client, history) -> None:  # type: ignore[no-untyped-def]
+    """The stop saves 2.00/h, 6.00 (10:00-13:00) so far; the start costs 2.00/h: the pool's latest
+    decisions show the same effects, not "–"."""
+    pool = history["pool"]
+    on_pool_page = effects(admin_client.get(reverse("dashboard:pool", args=[pool.pk]), RANGE))
+    on_decisions_page = effects(admin_client.get(reverse("dashboard:decisions"), {**RANGE, "pool": str(pool.pk)}))
+    stop, start = history["stop"].pk, history["start"].pk
+    assert on_pool_page[stop] == "saves 2.00/h, 6.00 so far"
+    assert on_pool_page[start].startswith("costs 2.00/h, ")
+    assert on_pool_page == on_decisions_page
 
 
 def test_decisions_filter_by_kind_pool_person_policy_and_range(admin_client: Client, history) -> None:  # type: ignore[no-untyped-def]

@@ -37,8 +37,8 @@ from tests.support.demo_run import Demo, Problems, sign_in
 
 pytestmark = pytest.mark.services
 
-# A pool minimum recommendation needs the hour rollup of the pools' traffic, rolled up each
-# minute once the first minutes are complete: a few minutes after the demo starts.
+# A pool minimum recommendation needs the hour rollup of the pools' traffic and latency (the SLA
+# met), rolled up each minute once the first minutes are complete: a few minutes after the demo starts.
 RECOMMENDATION_BY_S = 420.0
 # Busy and idle spend need engines serving for a while and their minutes rolled up.
 BILLED_BY_S = 300.0

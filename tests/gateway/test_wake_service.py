@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from fleet.decide import services
 from fleet.decide.evaluate import pool_wake_request
+from fleet.events import FLEET_GROUP, pool_group
 from fleet.models import Decision, Instance, Node, Pool
 from tests.factories import make_gpu, make_node, make_pool
 
@@ -75,6 +79,32 @@ def test_no_free_gpu_is_a_logged_decision_and_no_instance() -> None:
     assert decision.action == "wake_failed"
     assert "fits nowhere" in decision.reason and "144 KiB/token" in decision.reason
     assert not Instance.objects.exists()
+
+
+def test_a_refused_wake_is_applied_and_published_live_like_any_decision(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A refusal is a decision the panel made now: the decisions page shows it applied, and the
+    live feed gets it with its reason, on the fleet's and the pool's groups."""
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(services, "event_publish", lambda **event: published.append(event))
+    pool = make_pool()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        (decision,) = pool_wake_request(pool_id=pool.pk, reason="held", inputs={"held": 3})
+
+    assert decision.action == "wake_failed" and decision.applied_at is not None
+    assert decision.inputs == {"held": 3}
+    (event,) = published
+    assert (event["kind"], event["groups"]) == ("decision", (FLEET_GROUP, pool_group(pool.pk)))
+    payload = event["payload"]
+    assert (payload["decision"], payload["pool"], payload["action"], payload["policy_kind"]) == (
+        decision.pk,
+        pool.pk,
+        "wake_failed",
+        "gateway",
+    )
+    assert payload["reason"] == decision.reason and "fits nowhere" in payload["reason"]
 
 
 def test_an_instance_being_stopped_or_put_to_sleep_gets_no_new_requests_and_a_request_wakes_it() -> None:

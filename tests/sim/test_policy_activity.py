@@ -5,30 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.sim.report import policy_activity
-from fleet.sim.result import Decision, SimResult
+from fleet.sim.result import Decision
 from fleet.sim.simulate import Simulation
-from tests.sim.toy import toy_setup, trace_of
-
-
-def result_of(decisions: list[Decision] | None = None, **fields: Any) -> SimResult:
-    values: dict[str, Any] = dict(
-        label="policy",
-        requests=0,
-        sla_ms=500.0,
-        gpu_hours=0.0,
-        ttft_s=[],
-        e2e_s=[],
-        cold_waited=0,
-        cold_starts=0,
-        wakes=0,
-        failed=0,
-        utilization=[],
-        timeline=[],
-        decisions=list(decisions or []),
-        instances_peak=0,
-        duration_s=0.0,
-    )
-    return SimResult(**{**values, **fields})
+from tests.sim.toy import sim_result, toy_setup, trace_of
 
 
 def test_every_kind_is_listed_in_running_order_with_zeros_where_it_never_acted() -> None:
@@ -38,14 +17,14 @@ def test_every_kind_is_listed_in_running_order_with_zeros_where_it_never_acted()
         Decision(400, "autoscale", "scale_in", "r"),
         Decision(10, "gateway", "launch", "r"),
     ]
-    result = result_of(decisions)
+    result = sim_result(decisions=decisions)
     assert result.actions == {("autoscale", "scale_out"): 2, ("autoscale", "scale_in"): 1, ("gateway", "launch"): 1}
     assert policy_activity(result) == (
         "policy fleet: static hold 0; reap 0; idle reclaim 0; autoscale scale_in 1, scale_out 2; prewarm 0; "
         "colocate 0; "
         "gateway launch 1"
     )
-    assert policy_activity(result_of(label="static")) == (
+    assert policy_activity(sim_result(label="static")) == (
         "static fleet: static hold 0; reap 0; idle reclaim 0; autoscale 0; prewarm 0; colocate 0"
     )
 
@@ -74,5 +53,5 @@ def test_with_an_end_to_end_bound_a_request_is_within_the_sla_only_if_it_meets_b
     last meet both (2 s is at the bound), the second misses end to end, the third its first token: 2 of 4.
     Without the end-to-end bound only the third misses: 3 of 4."""
     timings: dict[str, Any] = dict(requests=4, ttft_s=[0.1, 0.1, 0.6, 0.1], e2e_s=[1.0, 3.0, 1.0, 2.0])
-    assert result_of(**timings, e2e_sla_ms=2000.0).attainment == 0.5
-    assert result_of(**timings).attainment == 0.75
+    assert sim_result(**timings, e2e_sla_ms=2000.0).attainment == 0.5
+    assert sim_result(**timings).attainment == 0.75

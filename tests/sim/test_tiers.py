@@ -26,7 +26,7 @@ from fleet.sim.tiers import (
     tiered_compare,
 )
 from fleet.sim.traces import trace_load
-from tests.sim.toy import trace_of
+from tests.sim.toy import sim_result, trace_of
 
 SPECS = (
     TierSpec(tier="S", gpu="H100", gpus=2),
@@ -114,23 +114,14 @@ def test_multi_pool_simulation_serves_each_tier_its_own_requests() -> None:
 
 
 def _result(paid_hours: float, *, held_hours: float | None = None) -> SimResult:
-    return SimResult(
+    return sim_result(
         label="hand",
-        requests=1,
-        sla_ms=500.0,
-        gpu_hours=paid_hours if held_hours is None else held_hours,
         ttft_s=[0.1],
         e2e_s=[0.2],
-        cold_waited=0,
-        cold_starts=0,
-        wakes=0,
-        failed=0,
-        utilization=[],
-        timeline=[],
-        decisions=[],
+        gpu_hours=paid_hours if held_hours is None else held_hours,
+        node_hours=paid_hours,
         instances_peak=1,
         duration_s=3600.0,
-        node_hours=paid_hours,
     )
 
 

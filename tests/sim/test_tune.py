@@ -120,6 +120,10 @@ def test_policy_apply_writes_through_the_services_and_logs_a_decision(tmp_path: 
         ({"pool": {"min_instances": 9}}, "min_instances"),
         ({"pool": {"name": "other"}}, "not a pool setting"),
         ({"pool": {"min_instances": 2}, "policies": {"autoscale": {"no_such": 1}}}, "no_such"),
+        (
+            {"pool": {"min_instances": 3}, "policies": {"static_hold": {"static_replicas": 2}}},
+            "Pool chat-l keeps a minimum of 3 instances, above its static size of 2",
+        ),
     ],
 )
 def test_policy_apply_refuses_invalid_settings_and_changes_nothing(
@@ -139,6 +143,22 @@ def test_policy_apply_refuses_invalid_settings_and_changes_nothing(
     assert not Decision.objects.filter(pool=pool).exists()
     with pytest.raises(CommandError, match="no such pool"):
         call_command("policy_apply", str(path), "--pool=nope", stdout=StringIO())
+
+
+@pytest.mark.django_db
+def test_policy_apply_checks_the_minimum_against_the_static_size_once_both_are_written(tmp_path: Path) -> None:
+    """Raised together, a minimum and a static size are checked against each other's new value:
+    each against the other's old one would refuse a pair that fits."""
+    from fleet.models import Policy, Pool
+    from tests.factories import make_pool
+
+    pool = make_pool("chat-l", min_instances=2, max_instances=4)
+    Policy.objects.create(kind="static_hold", pool=pool, settings={"static_replicas": 2})
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"pool": {"min_instances": 3}, "policies": {"static_hold": {"static_replicas": 3}}}))
+    call_command("policy_apply", str(path), "--pool=chat-l", stdout=StringIO())
+    assert Pool.objects.get(pk=pool.pk).min_instances == 3
+    assert Policy.objects.get(kind="static_hold", pool=pool).settings["static_replicas"] == 3
 
 
 @pytest.mark.django_db

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.sim.engine import engine_model_for
+from fleet.sim.result import SimResult
 from fleet.sim.setup import SimSetup, setup_build
 from fleet.sim.traces import Trace, TraceRequest
 
@@ -37,3 +38,32 @@ def toy_setup(*, gpus: int = 4, values: dict[str, Any] | None = None, **fields: 
 def trace_of(*requests: tuple[float, int, int]) -> Trace:
     """A trace from (arrival s, prompt tokens, output tokens) triples."""
     return Trace(name="hand", start=START, requests=tuple(TraceRequest(*r) for r in requests))
+
+
+def sim_result(**fields: Any) -> SimResult:
+    """A ``SimResult`` built by hand, for figures read from a result rather than from a run.
+
+    Unset fields are those of a run where nothing happened (label ``policy``, no hours, no
+    events, a 500 ms SLA), except that ``requests`` defaults to the number of ``ttft_s`` given
+    and ``e2e_s`` to ``ttft_s`` (answers that end with their first token), so a test states only
+    what its figure reads.
+    """
+    ttft_s = fields.get("ttft_s", [])
+    values: dict[str, Any] = dict(
+        label="policy",
+        requests=len(ttft_s),
+        sla_ms=500.0,
+        gpu_hours=0.0,
+        ttft_s=ttft_s,
+        e2e_s=list(ttft_s),
+        cold_waited=0,
+        cold_starts=0,
+        wakes=0,
+        failed=0,
+        utilization=[],
+        timeline=[],
+        decisions=[],
+        instances_peak=0,
+        duration_s=0.0,
+    )
+    return SimResult(**{**values, **fields})

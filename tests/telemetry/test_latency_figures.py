@@ -16,14 +16,13 @@ from fleet import selectors
 from fleet.costs.alerts import alerts_evaluate
 from fleet.models import Alert, AlertRule, InstanceSample, PoolMinute
 from fleet.sim.engine import TTFT_BUCKETS
-from fleet.sim.result import SimResult
 from fleet.sim.setup import setup_build
 from fleet.sim.simulate import Simulation
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.telemetry import rollups
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 from tests.sim.test_simulate import autoscale_snapshots
-from tests.sim.toy import TOY
+from tests.sim.toy import TOY, sim_result
 
 pytestmark = pytest.mark.django_db
 
@@ -140,23 +139,7 @@ def test_the_simulators_attainment_is_the_dashboards_for_the_same_requests() -> 
     (1 + 1/5) / 3 = 0.4 within, as the dashboard reads a pool's buckets (not the 1/3 the raw
     values give)."""
     ttft_s = [0.11, 0.41, 0.82]
-    result = SimResult(
-        label="policy",
-        requests=3,
-        sla_ms=300.0,
-        gpu_hours=0.0,
-        ttft_s=ttft_s,
-        e2e_s=ttft_s,
-        cold_waited=0,
-        cold_starts=0,
-        wakes=0,
-        failed=0,
-        utilization=[],
-        timeline=[],
-        decisions=[],
-        instances_peak=1,
-        duration_s=1.0,
-    )
+    result = sim_result(sla_ms=300.0, ttft_s=ttft_s)
     pool = make_pool(sla_metric="ttft", sla_percentile=95, sla_latency_ms=300)
     PoolMinute.objects.create(
         pool=pool,

@@ -13,13 +13,14 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
-from django.test import AsyncClient
+from django.test import AsyncClient, Client
+from django.urls import reverse
 
 from agents import protocol
 from fleet.decide.services import instance_desire, node_create
 from fleet.events import node_desired_changed, node_desired_group
-from fleet.models import Instance, Node
-from fleet.telemetry import agent_api
+from fleet.models import Instance, ModelProfile, Node
+from fleet.telemetry import agent_api, ingest
 from tests.factories import make_gpu, make_instance, make_pool
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
@@ -65,7 +66,7 @@ def off_thread(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
 
 def current(node: Node) -> int:
-    return agent_api.node_desired_generation(node=node)
+    return agent_api.node_desired_generations(node=node)[0]
 
 
 def test_a_wait_on_the_current_generation_answers_no_change_after_the_hold(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,3 +230,171 @@ def test_waits_through_the_panels_asgi_app_hold_no_thread_each(monkeypatch: pyte
     assert json.loads(first["body"]) == {"changed": True}
     assert still_waiting == len(nodes) - 1, "a change told nodes it does not concern"
     assert added_threads < 4, f"{len(nodes)} held waits added {added_threads} threads"
+
+
+# -- what the generation covers: every item of the reply the agent acts on ----------------
+
+
+def spec(**changes: Any) -> protocol.InstanceSpec:
+    values: dict[str, Any] = dict(
+        image="vllm/vllm-openai:v0.10.1",
+        model="Qwen/Qwen3-4B",
+        served_name="chat",
+        max_model_len=8192,
+        max_num_seqs=64,
+        dtype="bfloat16",
+        quantization="",
+        kv_cache_dtype="auto",
+        enable_prefix_caching=True,
+        enable_sleep_mode=True,
+        gpu_memory_utilization=0.9,
+        extra_args=[],
+        env={"A": "1", "B": "2"},
+        volumes={},
+        gpu_uuids=["GPU-1"],
+        mig_uuids=[],
+    )
+    return protocol.InstanceSpec(**{**values, **changes})
+
+
+def desired(**changes: Any) -> list[protocol.DesiredInstance]:
+    return [protocol.DesiredInstance(instance_id=7, generation=3, state="running", spec=spec(**changes))]
+
+
+def test_the_generation_moves_with_a_spec_field_and_an_orphan_stop_not_with_map_order() -> None:
+    base = protocol.desired_generation(desired(), [])
+    assert protocol.desired_generation(desired(max_num_seqs=32), []) != base
+    assert protocol.desired_generation(desired(image="vllm/vllm-openai:v0.11.0"), []) != base
+    stopping = protocol.desired_generation(desired(), [], ["c0ffee"])
+    assert stopping != base
+    assert stopping != protocol.desired_generation(desired(), [], ["beef"])
+    # A JSON column may give a map's keys in another order: the same spec, the same generation.
+    assert protocol.desired_generation(desired(env={"B": "2", "A": "1"}), []) == base
+    # The previous version's digest sees none of it, and never equals this version's.
+    v1 = protocol.desired_generation_v1(desired(), [])
+    assert protocol.desired_generation_v1(desired(max_num_seqs=32), []) == v1
+    assert v1 != base
+
+
+def test_an_orphan_stop_request_moves_the_generation_and_answers_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.utils import timezone
+
+    from fleet.decide.services import orphan_stop_request
+    from fleet.models import OrphanContainer
+
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    node, token = node_with_token("wait-a")
+    now = timezone.now()
+    orphan = OrphanContainer.objects.create(node=node, container_id="c0ffee", first_seen_at=now, last_seen_at=now)
+    before = current(node)
+    assert before == protocol.desired_generation([], [], [])
+
+    async def scenario() -> tuple[Any, float]:
+        waiting = asyncio.ensure_future(asking(token, before)())
+        await subscribed(node)
+        told = time.monotonic()
+        await off_thread(orphan_stop_request)(orphan=orphan, reason="test: reap", kind="manual")
+        response = await asyncio.wait_for(waiting, 10)
+        return response, time.monotonic() - told
+
+    response, answered_s = run(scenario)
+    assert response.json() == {"changed": True}
+    assert answered_s < 10
+    # What the agent computes from the reply that carries the request.
+    assert current(node) == protocol.desired_generation([], [], ["c0ffee"]) != before
+
+
+def profile_change(client: Client, profile: ModelProfile, **changes: Any) -> Any:
+    """Post the profile's admin change form as a browser would: its current values and ``changes``."""
+    url = reverse("admin:fleet_modelprofile_change", args=[profile.pk])
+    form = client.get(url).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields}
+    data.update(changes)
+    data = {name: ("on" if value is True else value) for name, value in data.items() if value not in (None, False)}
+    return client.post(url, data)
+
+
+def test_a_profile_change_in_the_admin_moves_the_generation_and_answers_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.contrib.auth.models import User
+
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    node, token = node_with_token("wait-a")
+    other, _other_token = node_with_token("wait-b")
+    pool = make_pool()
+    instance = make_instance(pool, make_gpu(node))
+    profile = pool.model_profile
+    before, other_before = current(node), current(other)
+    client = Client()
+    client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
+    seqs = profile.max_num_seqs // 2
+
+    async def scenario() -> tuple[Any, Any]:
+        waiting = asyncio.ensure_future(asking(token, before)())
+        await subscribed(node)
+        saved = await off_thread(profile_change)(client=client, profile=profile, max_num_seqs=str(seqs))
+        return saved, await asyncio.wait_for(waiting, 10)
+
+    saved, response = run(scenario)
+    assert saved.status_code == 302, saved.content[-2000:]
+    assert response.json() == {"changed": True}
+    instance.refresh_from_db()
+    reply = ingest.node_desired(node)
+    assert [item.spec.max_num_seqs for item in reply.desired] == [seqs]
+    assert [item.generation for item in reply.desired] == [instance.generation], "no new generation"
+    assert current(node) == protocol.desired_generation(*reply) != before
+    assert current(other) == other_before, "a node without the profile's instances is unchanged"
+
+
+def test_a_previous_versions_generation_is_up_to_date(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent of the previous version digests (kind, id, generation, state) only: the wait
+    holds it as it always did rather than answer "changed" to a digest that can never match."""
+    from django.utils import timezone
+
+    from fleet.models import OrphanContainer
+
+    monkeypatch.setattr(agent_api, "WAIT_S", 0.3)
+    node, token = node_with_token("wait-a")
+    make_instance(make_pool(), make_gpu(node))
+    now = timezone.now()
+    OrphanContainer.objects.create(
+        node=node, container_id="c0ffee", first_seen_at=now, last_seen_at=now, stop_requested_at=now
+    )
+    reply = ingest.node_desired(node)
+    previous = protocol.desired_generation_v1(reply.desired, reply.batch_jobs)
+    assert previous != current(node)
+    started = time.monotonic()
+    assert run(asking(token, previous)).json() == {"changed": False}
+    assert time.monotonic() - started >= 0.3
+    assert run(asking(token, previous + 1)).json() == {"changed": True}
+
+
+def test_a_pool_given_another_profile_in_the_admin_answers_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.contrib.auth.models import User
+
+    from tests.admin.test_validation import pool_form
+
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    node, token = node_with_token("wait-a")
+    pool = make_pool()
+    make_instance(pool, make_gpu(node))
+    other = ModelProfile.objects.exclude(pk=pool.model_profile_id).order_by("name").first()
+    assert other is not None
+    before = current(node)
+    client = Client()
+    client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
+    url = reverse("admin:fleet_pool_change", args=[pool.pk])
+
+    async def scenario() -> tuple[Any, Any]:
+        waiting = asyncio.ensure_future(asking(token, before)())
+        await subscribed(node)
+        post = off_thread(lambda: client.post(url, pool_form(name=pool.name, tier=pool.tier, model_profile=other.pk)))
+        saved = await post()
+        return saved, await asyncio.wait_for(waiting, 10)
+
+    saved, response = run(scenario)
+    assert saved.status_code == 302, saved.content[-2000:]
+    assert response.json() == {"changed": True}
+    assert [item.spec.model for item in ingest.node_desired(node).desired] == [other.model]
+    assert current(node) != before
