@@ -32,6 +32,7 @@ from fleet.models import (
 )
 from fleet.models.policies import static_minimum_problems
 from fleet.telemetry.bulk import rows_insert, rows_update
+from fleet.telemetry.rollups import usage_reopen
 
 if TYPE_CHECKING:
     from fleet.gateway.accounting import RequestRecord
@@ -631,6 +632,8 @@ def _request_logs_store(
     # database worker, which in the panel's mount is a thread, and every millisecond it holds
     # the interpreter there is a millisecond the event loop waits.
     rows_insert(model=RequestLog, fields=REQUEST_LOG_FIELDS, rows=rows)
+    if records:  # an hour already rolled up into usage is recomputed at the next run
+        usage_reopen(since=datetime.fromtimestamp(min(record.at for record in records), tz=UTC))
     for key_id, at in last_used.items():
         rows_update(model=ApiKey, pks=[key_id], values={"last_used_at": datetime.fromtimestamp(at, tz=UTC)})
 

@@ -2,7 +2,7 @@
 
 from fleet.models.batch import BatchJob, OrphanContainer
 from fleet.models.costs import Alert, AlertDelivery, AlertRule, Budget, PriceRate
-from fleet.models.gateway import RequestLog
+from fleet.models.gateway import RequestLog, UsageHour
 from fleet.models.nodes import Gpu, JoinToken, MigDevice, Node
 from fleet.models.policies import Decision, Policy
 from fleet.models.serving import Instance, InstanceEvent, ModelProfile, Pool
@@ -47,4 +47,5 @@ __all__ = [
     "RequestLog",
     "RollupWatermark",
     "Team",
+    "UsageHour",
 ]

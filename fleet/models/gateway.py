@@ -66,3 +66,35 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.model} {self.status}"
+
+
+class UsageHour(models.Model):
+    """Gateway usage of one UTC hour per pool, team and key: what spend shares read for whole hours.
+
+    Summed from ``RequestLog`` by the hourly rollup run with the expressions the raw read uses
+    (``fleet.costs.teams``), so a range read from these rows plus the raw log at its edges adds
+    up to the very decimals the raw log alone gives. Only hours before the ``usage`` watermark
+    are complete; the gateway pulls the watermark back when it logs a request for an earlier
+    hour. Pools cascade and teams and keys are ``SET_NULL``, so deleting one drops its usage
+    here as it drops from the log's reads. The unique constraint keeps NULLs distinct: rows
+    that lose their team or key that way may then share an hour without failing the deletion
+    (the read sums them).
+    """
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    pool = models.ForeignKey("fleet.Pool", on_delete=models.CASCADE, related_name="+", db_index=False)
+    team = models.ForeignKey("fleet.Team", on_delete=models.SET_NULL, null=True, related_name="+", db_index=False)
+    api_key = models.ForeignKey("fleet.ApiKey", on_delete=models.SET_NULL, null=True, related_name="+", db_index=False)
+    gpu_ms = models.DecimalField(
+        max_digits=24, decimal_places=3, help_text="Sum of the requests' latencies, each as milliseconds to 3 places."
+    )
+    tokens = models.BigIntegerField(help_text="Prompt plus output tokens; a missing count is 0.")
+    requests = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "pool", "team", "api_key"], name="usage_hour_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"pool {self.pool_id} team {self.team_id} key {self.api_key_id} at {self.hour:%Y-%m-%d %H:00}"

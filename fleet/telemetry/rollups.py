@@ -8,7 +8,10 @@ how far the rollup is complete; ingest pulls the minute watermark back when a ba
 late reports lands (an agent flushing its buffer after the panel was away), and the minute
 task pulls the hour watermark back over whatever minutes it recomputes. Day rollups (what
 spend over weeks and months reads) are summed from hour rollups once a UTC day is
-complete, and again from the first day any hour is recomputed in.
+complete, and again from the first day any hour is recomputed in. The gateway's request log
+is rolled up into usage hours (``UsageHour``) by the hour task too, complete UTC hours only;
+the gateway pulls the ``usage`` watermark back when it logs a request for an hour already
+rolled up (``usage_reopen``), so the next run recomputes that hour.
 
 Arithmetic, chosen so no figure is invented:
 
@@ -37,12 +40,24 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Avg, Count, F, Min, Sum
-from django.db.models.functions import TruncDay
+from django.db.models import Avg, Count, F, Min, Sum, Value
+from django.db.models.functions import Least, TruncDay, TruncHour
 from django.utils import timezone
 
 from agents.histograms import histograms_merge, pool_latency
-from fleet.models import GpuDay, GpuHour, GpuMinute, GpuSample, InstanceSample, PoolHour, PoolMinute, RollupWatermark
+from fleet.costs.teams import exact_ms, request_gpu_ms, request_tokens, utc_hour
+from fleet.models import (
+    GpuDay,
+    GpuHour,
+    GpuMinute,
+    GpuSample,
+    InstanceSample,
+    PoolHour,
+    PoolMinute,
+    RequestLog,
+    RollupWatermark,
+    UsageHour,
+)
 from fleet.models.telemetry import PoolRollup
 
 MINUTE = timedelta(minutes=1)
@@ -462,13 +477,15 @@ def rollup_hours_run(*, now: datetime | None = None) -> dict[str, Any]:
     """Recompute hours from the hour watermark up to the hour the minutes are complete to.
 
     The current, unfinished hour is computed too (so charts show it) but the watermark
-    stays at its start, so it is recomputed on every run until it is over.
+    stays at its start, so it is recomputed on every run until it is over. The request
+    log's usage hours are rolled up first, whether or not any GPU reports.
     """
     now = now or timezone.now()
+    usage = usage_rollup_run(now=now)
     with transaction.atomic():
         minute_mark = RollupWatermark.objects.filter(name="minute").values_list("done_until", flat=True).first()
         if minute_mark is None:
-            return {"hours": 0, "rows": 0}
+            return {"hours": 0, "rows": 0, **usage}
         mark = _watermark("hour", floor_hour(minute_mark))
         end = floor_hour(minute_mark) + HOUR
         recomputed_from = mark.done_until
@@ -482,7 +499,75 @@ def rollup_hours_run(*, now: datetime | None = None) -> dict[str, Any]:
         days = days_rollup(start=day_from, end=day_to) if day_from < day_to else 0
         day_mark.done_until = max(day_from, day_to)
         day_mark.save(update_fields=["done_until"])
-    return {"hours": hours, "rows": rows, "day_rows": days}
+    return {"hours": hours, "rows": rows, "day_rows": days, **usage}
+
+
+# ---- gateway usage hours --------------------------------------------------------------------
+
+
+def usage_hours_compute(*, start: datetime, end: datetime) -> list[UsageHour]:
+    """Usage hours of [start, end) from the request log, in one grouped query.
+
+    The sums are ``fleet.costs.teams``' own expressions, so an hour's row is exactly what the
+    raw read of that hour gives; SQLite sums floats, and those are kept to the microsecond,
+    as the raw read keeps them.
+    """
+    rows = (
+        RequestLog.objects.filter(at__gte=start, at__lt=end, pool__isnull=False)
+        .annotate(bucket=TruncHour("at", tzinfo=UTC))
+        .values("bucket", "pool_id", "team_id", "api_key_id")
+        .annotate(gpu_ms=request_gpu_ms(), tokens=request_tokens(), requests=Count("id"))
+        .order_by()
+    )
+    return [
+        UsageHour(
+            hour=row["bucket"],
+            pool_id=row["pool_id"],
+            team_id=row["team_id"],
+            api_key_id=row["api_key_id"],
+            gpu_ms=exact_ms(row["gpu_ms"]),
+            tokens=row["tokens"] or 0,
+            requests=row["requests"],
+        )
+        for row in rows
+    ]
+
+
+def usage_rollup_run(*, now: datetime | None = None) -> dict[str, int]:
+    """Roll the request log up into usage hours, from the ``usage`` watermark to the last complete hour.
+
+    The hours from the watermark on are recomputed whole (delete, insert, one transaction), so
+    a run is idempotent and a late request the gateway reopened an hour for is counted once.
+    The first run starts at the oldest logged request.
+    """
+    now = now or timezone.now()
+    target = utc_hour(now - ROLLUP_LAG)
+    with transaction.atomic():
+        oldest = RequestLog.objects.order_by("at").values_list("at", flat=True).first()
+        mark = _watermark("usage", min(utc_hour(oldest), target) if oldest else target)
+        if mark.done_until >= target:
+            return {"usage_hours": 0, "usage_rows": 0}
+        rows = usage_hours_compute(start=mark.done_until, end=target)
+        UsageHour.objects.filter(hour__gte=mark.done_until, hour__lt=target).delete()
+        UsageHour.objects.bulk_create(rows, batch_size=2000)
+        hours = int((target - mark.done_until) / HOUR)
+        mark.done_until = target
+        mark.save(update_fields=["done_until"])
+    return {"usage_hours": hours, "usage_rows": len(rows)}
+
+
+def usage_reopen(*, since: datetime) -> None:
+    """Pull the usage watermark back to the hour of ``since`` when a request is logged for an hour rolled up.
+
+    Costs a query only for requests from before the current hour (a request that ended after
+    the hour it came in, a buffered batch): the run never rolls up the current hour.
+    """
+    hour = utc_hour(since)
+    if hour >= utc_hour(timezone.now()):
+        return
+    # Locks the watermark even where it is already before the hour: a run that takes it next
+    # waits for the caller's transaction, so it reads the request this reopens for.
+    RollupWatermark.objects.filter(name="usage").update(done_until=Least("done_until", Value(hour)))
 
 
 def telemetry_prune(*, now: datetime | None = None) -> dict[str, int]:
