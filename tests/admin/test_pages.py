@@ -43,6 +43,7 @@ def test_every_fleet_model_but_telemetry_is_in_the_admin() -> None:
         "GpuDay",
         "PoolMinute",
         "PoolHour",
+        "UsageHour",
         "RollupWatermark",
     }
     assert {model.__name__ for model in FLEET_MODELS} == {
