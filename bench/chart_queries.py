@@ -61,6 +61,9 @@ def setup_django(url: str) -> None:
     import django
 
     django.setup()
+    from fleet.project.serving import loaded_app_freeze
+
+    loaded_app_freeze()  # as the servers do (``asgi.py``, ``wsgi.py``): pages are timed as served
 
 
 def generate(gpus: int, days: int, raw_hours: int, now: datetime, requests: int, flap: int = 0) -> dict[str, float]:

@@ -4,14 +4,21 @@ For each trace: the requests are split into the S, M and L tiers by the gateway'
 function (``fleet.sim.tiers.tier_split``), each tier is compared (policy, static, oracle) as
 its own pool on the GPU type ``bench/sim/tiers.json`` gives it (M on H100 MIG ``3g.40gb``
 slices), and the whole trace is sized as one always-on H100 pool: the static fleet the method
-replaces. Prints one Markdown table per trace (spend and GPU-hours per tier and in total, saved
-vs that static fleet, oracle/policy, SLA attainment, P95 TTFT, cold starts) and the settings.
+replaces. Then the same tiers run together (``fleet.sim.tiers.together_run``): one simulation of
+all three pools, each on its own devices at its own price and starting from its tier's static
+fleet, with the gateway's fallback to another tier's ready instances. Prints one Markdown table per
+trace (spend and GPU-hours per tier and in total, saved vs that static fleet, oracle/policy, SLA
+attainment, P95 TTFT, cold starts; then a row per pool and a total for the tiers together, whose
+static and oracle are those of the tiers apart) and the settings.
 
 Traces: both Azure traces (the conversation trace at four times its rate, as ``make bench-sim``
 runs it), the first ``days`` of the ServeGen rate series at a stated mean rate with lengths from
 the conversation trace, the first week of it at the same mean rate, and a long-prompt mix
 (document summaries, 8k-128k-token prompts) on the same day's shape, whose pool allows 256K-token
-contexts. Jobs run side by side on up to ``SIM_JOBS`` processes (default: the CPUs).
+contexts. Only where ``SIM_TRACES`` names it (``SIM_TRACES="servegen 2"``): the series' first
+days at a fleet's rate (``servegen_fleet``: 2 days at 55 req/s, about 9.5 million requests, where
+the one H100 pool needs 4 cards at the peak and nights could free whole cards).
+Jobs run side by side on up to ``SIM_JOBS`` processes (default: the CPUs).
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ from fleet.sim.result import SimResult  # noqa: E402
 from fleet.sim.tiers import (  # noqa: E402
     TieredComparison,
     TierSpec,
+    TogetherResult,
     document_summaries,
     static_reference,
     tier_compare,
     tier_engine,
     tier_split,
     tiered_from,
+    together_initial,
+    together_run,
 )
 from fleet.sim.traces import RateSeries, rate_series_load, trace_from_rate_series, trace_load  # noqa: E402
 
@@ -107,6 +117,16 @@ def workloads(settings: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any], 
         scale = servegen["mean_rate_per_s"] / span.mean_rate
         trace = trace_from_rate_series(span, lengths=trace_load(servegen["lengths"]), seed=SEED, scale=scale)
         out.append((label, trace, _values(servegen["policy_settings"]), {}))
+    # A fleet's rate: the series' first days at a mean rate that needs several H100s at the peak, so
+    # that nights free whole cards. Millions of requests: run only where ``SIM_TRACES`` names it.
+    fleet = settings.get("servegen_fleet")
+    if fleet:
+        label = f"servegen {fleet['days']:g} d @ {fleet['mean_rate_per_s']:g}/s"
+        if any(label.startswith(o) for o in ONLY):
+            span = _day(rate_series_load(SERVEGEN), fleet["days"])
+            scale = fleet["mean_rate_per_s"] / span.mean_rate
+            trace = trace_from_rate_series(span, lengths=trace_load(servegen["lengths"]), seed=SEED, scale=scale)
+            out.append((label, trace, _values(servegen["policy_settings"]), {}))
     documents = settings["documents"]
     hours = documents["hours"]
     shape = [w for w in series.windows if w[0] < hours * 3600]
@@ -146,6 +166,12 @@ def _job(kind: str, trace: Any, spec: TierSpec) -> tuple[float, Any]:
         result: Any = static_reference(trace, spec, seed=SEED)
     else:
         result = tier_compare(trace, spec, seed=SEED)
+    return time.monotonic() - started, result
+
+
+def _together_job(trace: Any, specs: list[TierSpec], initial: dict[str, int]) -> tuple[float, TogetherResult]:
+    started = time.monotonic()
+    result = together_run(trace, specs, seed=SEED, initial=initial)
     return time.monotonic() - started, result
 
 
@@ -191,7 +217,32 @@ def table(tc: TieredComparison) -> str:
         f"| {tc.attainment:.3%} (one pool {s.attainment:.2%}{'' if tc.static_meets_sla else ', misses'}) "
         f"| one pool {_ms(s.ttft_ms(95))} | | {s.refused} (one pool) |"
     )
+    if tc.together is not None:
+        lines.extend(_together_rows(tc, tc.together))
     return "\n".join(lines)
+
+
+def _together_rows(tc: TieredComparison, t: TogetherResult) -> list[str]:
+    """The tiers' pools in one simulation, the gateway's fallback on: per pool (the requests it served;
+    those its own tier routed, and how many of them another tier's pool served) and in total.
+    Static and oracle are as in the rows above (per tier apart, and the one H100 pool)."""
+    rows = []
+    for tier in tc.tiers:
+        share = t.pools[tier.spec.tier]
+        device = tier.spec.gpu + (f" MIG {tier.spec.mig_profile}" if tier.spec.mig_profile else "")
+        rows.append(
+            f"| {tier.spec.tier} together | {device} | {share.requests:,} served (routed "
+            f"{t.routed[tier.spec.tier]:,}, {t.served_elsewhere[tier.spec.tier]:,} of them elsewhere) "
+            f"| {t.prices[tier.spec.tier]} | {share.paid_gpu_hours:.2f} / ${t.spend(tier.spec.tier):.2f} | as apart "
+            f"| as apart | | | {share.attainment:.3%} | {_ms(share.ttft_ms(95))} | {share.cold_starts} | |"
+        )
+    total = t.total
+    rows.append(
+        f"| **total together** | one simulation, fallback on | {tc.requests:,} | | {t.hours():.2f} / "
+        f"${tc.spend('together'):.2f} | | | **{tc.saved('together'):.1%}** | | {total.attainment:.3%} "
+        f"| {_ms(total.ttft_ms(95))} | {total.cold_starts} | {total.refused} |"
+    )
+    return rows
 
 
 def main() -> None:
@@ -209,8 +260,15 @@ def main() -> None:
                 jobs[(index, spec.tier)] = pool.submit(_job, "tier", split[spec.tier], spec)
             jobs[(index, "static")] = pool.submit(_job, "static", trace, static_spec)
             plans.append((index, trace, specs, static_spec))
-        for index, trace, specs, static_spec in plans:
+        # The tiers together start from each tier's static fleet, so they follow the tiers apart.
+        results = {}
+        for index, trace, specs, _ in plans:
             done = {key[1]: future.result() for key, future in jobs.items() if key[0] == index}
+            initial = together_initial({spec.tier: done[spec.tier][1] for spec in specs})
+            results[index] = done, pool.submit(_together_job, trace, specs, initial)
+        for index, trace, specs, static_spec in plans:
+            done, together = results[index]
+            done["together"] = together.result()
             for key, (seconds, _) in sorted(done.items()):
                 print(f"{trace.name} {key}: {seconds:.0f} s", file=sys.stderr)
             tc = tiered_from(
@@ -219,6 +277,7 @@ def main() -> None:
                 comparisons={spec.tier: done[spec.tier][1] for spec in specs},
                 static=done["static"][1],
                 static_spec=static_spec,
+                together=done["together"][1],
             )
             print(table(tc))
             notes = [n for t in tc.tiers if t.comparison for n in t.comparison.notes]

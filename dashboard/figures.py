@@ -32,6 +32,8 @@ TIME_AXIS = {
 SPEND_COLOURS = {"busy": "#2354c7", "idle": "#9db4ec", "allocated": "#5b7bd5", "unallocated": "#8e6bbf"}
 # Against a target or threshold: met, near it, missed.
 STATUS_COLOURS = {"met": "#2a9d55", "warning": "#e0a100", "missed": "#c0392b"}
+# The most lines a chart names in its legend; beyond, the legend would crowd out the plot.
+LEGEND_ENTRIES_MAX = 20
 # A heatmap's hover reads the middle of its column; these formats print it as the bucket's start.
 BUCKET_HOVER = {
     timedelta(minutes=1): "minute from %Y-%m-%d %H:%M",
@@ -185,6 +187,23 @@ def _partial_marks(
     return {"shapes": shapes, "annotations": labels}
 
 
+def _grid_labels(grid: Mapping[str, Any]) -> list[str]:
+    """The rows of a utilization grid as labelled on a chart: simulated GPUs and nodes say so."""
+    return [f"{row['label']} (simulated)" if row["simulated"] else row["label"] for row in grid["rows"]]
+
+
+def _grid_columns(grid: Mapping[str, Any]) -> list[datetime]:
+    """Every bucket from a utilization grid's first column to its last, ``step`` apart, those without rollups too."""
+    step, at = grid["step"], list(grid["at"])
+    return [at[0] + i * step for i in range(int((at[-1] - at[0]) / step) + 1)] if at else []
+
+
+def _grid_values(grid: Mapping[str, Any], columns: Sequence[datetime]) -> list[list[float | None]]:
+    """Each row's value in each of ``columns``; None in a bucket the grid has no rollups for."""
+    position = {bucket: i for i, bucket in enumerate(grid["at"])}
+    return [[row[position[c]] if c in position else None for c in columns] for row in grid["utilization"]]
+
+
 def utilization_heatmap(*, grid: Mapping[str, Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
     """Duty cycle per GPU, or per node in a large fleet (rows), per bucket (columns), 0-100 %;
     simulated GPUs and nodes say so in their label.
@@ -194,15 +213,14 @@ def utilization_heatmap(*, grid: Mapping[str, Any], span: tuple[datetime, dateti
     instead of being covered by its neighbours. A bucket the range holds only part of is
     shaded and labelled "partial".
     """
-    labels = [f"{row['label']} (simulated)" if row["simulated"] else row["label"] for row in grid["rows"]]
-    step, at = grid["step"], list(grid["at"])
-    columns = [at[0] + i * step for i in range(int((at[-1] - at[0]) / step) + 1)] if at else []
-    position = {bucket: i for i, bucket in enumerate(at)}
+    labels = _grid_labels(grid)
+    step = grid["step"]
+    columns = _grid_columns(grid)
     trace = _trace(
         go.Heatmap,
         x=[*columns, columns[-1] + step] if columns else [],
         y=labels,
-        z=[[row[position[c]] if c in position else None for c in columns] for row in grid["utilization"]],
+        z=_grid_values(grid, columns),
         zmin=0,
         zmax=100,
         colorscale="Blues",
@@ -218,6 +236,46 @@ def utilization_heatmap(*, grid: Mapping[str, Any], span: tuple[datetime, dateti
                 xaxis=TIME_AXIS,
                 yaxis={"title": {"text": "node (mean of its GPUs)" if grid["by_node"] else "GPU (node/index)"}},
                 height=height,
+                **_partial_marks(columns, step, span),
+            ),
+        ),
+        span,
+    )
+
+
+def utilization_lines(*, grid: Mapping[str, Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """The heatmap's grid (``utilization_heatmap``) as lines: one a row (GPU, or node in a large fleet),
+    its mean duty cycle per bucket over the range, 0-100 %.
+
+    The overview draws it over a range the live chart does not stream: its points are rollups,
+    as many as the heatmap's cells whatever the fleet. A bucket without rollups breaks the line
+    rather than being bridged; one the range holds only part of is shaded and labelled "partial".
+    A legend of more than ``LEGEND_ENTRIES_MAX`` rows (a node a line in a large fleet) would push
+    the plot off the chart: then it is left out and the hover names each line.
+    """
+    step = grid["step"]
+    columns = _grid_columns(grid)
+    traces = [
+        _trace(
+            go.Scatter,
+            x=columns,
+            y=values,
+            mode=BUCKET_LINE,
+            marker=BUCKET_MARKER,
+            name=label,
+            hovertemplate=f"%{{x|{BUCKET_HOVER.get(step, '%Y-%m-%d %H:%M')}}}: %{{y:.0f}} %",
+        )
+        for label, values in zip(_grid_labels(grid), _grid_values(grid, columns), strict=True)
+    ]
+    title = "GPU utilization by node (mean of its GPUs, %)" if grid["by_node"] else "GPU utilization (%)"
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                f"{title}, {_duration(step)} buckets",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "utilization (%)"}, "range": [0, 100]},
+                showlegend=len(traces) <= LEGEND_ENTRIES_MAX,
                 **_partial_marks(columns, step, span),
             ),
         ),
@@ -549,14 +607,14 @@ def budget_burn(*, rows: Sequence[Mapping[str, Any]], currency: str) -> dict[str
 def sla_attainment(*, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Share of each pool's requests served within its SLA latency, 0-100 %, against the share its
     SLA asks for (``target``: 95 % for a P95 SLA), marked on each bar; bars met or missed by colour
-    and by word.
+    and by word, as ``met`` says (``fleet.selectors.pool_sla``: an end-to-end bound counts there too).
 
     Each bar's label ("97.5 % met") sits inside it at its base: a target is a percentile of 50 to
     99 (``Pool.sla_percentile``), so its mark is in the upper half of the axis, while a label at
     the bar's top would sit under the mark of any bar that reaches its target."""
     measured = [row for row in rows if row["attainment"] is not None]
     names = [row["name"] for row in measured]
-    verdicts = ["met" if row["attainment"] >= row["target"] else "missed" for row in measured]
+    verdicts = ["met" if row["met"] else "missed" for row in measured]
     bars = _trace(
         go.Bar,
         x=names,
@@ -628,8 +686,11 @@ def decisions_timeline(*, decisions: Sequence[Any], span: tuple[datetime, dateti
     )
 
 
-def request_latency(*, requests: Sequence[Any]) -> dict[str, Any]:
-    """Latency (ms) of recent requests over time, cold starts marked apart."""
+def request_latency(*, requests: Sequence[Any], span: tuple[datetime, datetime]) -> dict[str, Any]:
+    """Latency (ms) of the requests listed, at their time across the filter's range, cold starts marked apart.
+
+    The axis is the range, not the rows' own span: a page of the newest rows of a day sits at the
+    day's end, as it would under any other chart of the range."""
     traces = []
     for cold, name, colour in ((False, "warm", "#2354c7"), (True, "cold start", "#c0392b")):
         rows = [r for r in requests if r.cold_start is cold]
@@ -645,7 +706,14 @@ def request_latency(*, requests: Sequence[Any]) -> dict[str, Any]:
                 hovertemplate="%{y:.0f} ms, tier %{customdata[0]}, %{customdata[1]}<extra></extra>",
             )
         )
-    return _figure(
-        traces,
-        _layout("Recent requests", xaxis=TIME_AXIS, yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"}),
+    return time_axes_range(
+        _figure(
+            traces,
+            _layout(
+                f"Latency of the {len(requests)} request{'' if len(requests) == 1 else 's'} listed",
+                xaxis=TIME_AXIS,
+                yaxis={"title": {"text": "latency (ms)"}, "rangemode": "tozero"},
+            ),
+        ),
+        span,
     )

@@ -22,8 +22,8 @@ from django.utils.dateparse import parse_datetime
 
 from dashboard.selectors import CUSTOM_MAX, DEFAULT_RANGE, RANGES, TimeRange, time_range_parse
 from fleet.costs.budgets import usage_source_configured
-from fleet.costs.selectors import billing_tz, spend_reports_by_day, team_spend, totals_by_pool
-from fleet.costs.teams import UsageSource, request_log_key_usage
+from fleet.costs.selectors import billing_tz, pool_shares, spend_reports_by_day, totals_by_pool
+from fleet.costs.teams import UsageSource, request_log_key_usage, usage_of_days
 from fleet.models import Alert, ApiKey, Pool, RequestLog, Team
 
 TIERS = ("S", "M", "L")
@@ -285,8 +285,9 @@ def spend_export_rows(*, time_range: TimeRange, group: str) -> tuple[str, list[S
     Each day is its own report over the cost page's rollups (``raw=False``), the range read
     in one pass (``spend_reports_by_day``), grouped as the
     cost page groups: by pool (``totals_by_pool``; capacity no pool held is "unallocated"), by
-    team (``team_spend`` with the configured usage source, whose shares add up to each pool's
-    spend to the cent) or by key (``team_spend`` with the request log's usage per key). A pool
+    team (``pool_shares`` of the configured usage source's usage, whose shares add up to each pool's
+    spend to the cent) or by key (``pool_shares`` of the request log's usage per key), each day's
+    usage read with the others (``usage_of_days``). A pool
     with no recorded usage keeps its spend as "pool X (no usage)". The days partition the range,
     so the rows add up to the range's spend.
     """
@@ -301,12 +302,14 @@ def spend_export_rows(*, time_range: TimeRange, group: str) -> tuple[str, list[S
     currency = ""
     out: list[SpendDayRow] = []
     tz = billing_tz()
-    for report in spend_reports_by_day(days=billing_days(time_range.start, time_range.end)):
+    days = billing_days(time_range.start, time_range.end)
+    usage = usage_of_days(source=source, days=days, basis="gpu_seconds") if source is not None else [{} for _ in days]
+    for report, used in zip(spend_reports_by_day(days=days), usage, strict=True):
         currency = report.currency
         day = report.start.astimezone(tz).date().isoformat()
         amounts: dict[str, Decimal] = defaultdict(Decimal)
         pools = totals_by_pool(report)
-        shared = team_spend(report=report, usage_source=source) if source is not None else {}
+        shared = pool_shares(pools=pools, usage=used) if source is not None else {}
         for pool_id, totals in pools.items():
             pool_name = names.get(pool_id, "unknown pool")
             shares = shared.get(pool_id) if pool_id is not None else None

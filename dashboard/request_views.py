@@ -87,7 +87,7 @@ def requests_page(request: HttpRequest) -> HttpResponse:
     context.update(
         requests=page.rows,
         next_cursor=page.next_cursor,
-        latency=figures.request_latency(requests=page.rows) if page.rows else None,
+        latency=figures.request_latency(requests=page.rows, span=filters.time_range.span) if page.rows else None,
         any_requests=bool(page.rows) or pages.requests_any(),
         # Only the newest page moves: new matching rows come in on top when it is rendered anew.
         live_groups=[FLEET_GROUP] if filters.before is None else [],

@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypedDict
 
+from django.db import connection
 from django.db.models import Avg, Count, F, Prefetch, Q, QuerySet
 from django.db.models.functions import TruncDay
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from agents.histograms import attainment, histograms_merge
 from fleet.costs.budgets import usage_source_configured
 from fleet.costs.effects import DecisionEffect
 from fleet.costs.recommendations import Recommendation, recommendations
@@ -65,7 +65,7 @@ from fleet.models import (
 from fleet.policies.idle import KIND as IDLE_KIND
 from fleet.policies.idle import IdleClock, idle_clock
 from fleet.policies.snapshot import FleetSnapshot
-from fleet.selectors import fleet_snapshot, policy_configs, request_log_attainment
+from fleet.selectors import idle_snapshot, policy_configs, pool_sla
 from fleet.states import RUNNING, STOPPED
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -245,48 +245,32 @@ def pool_history(*, pool: Pool, time_range: TimeRange) -> dict[str, list[Any]]:
 
 
 def sla_attainment(*, time_range: TimeRange) -> list[dict[str, Any]]:
-    """Per enabled pool: the share of its requests in the range served within its SLA latency, and
-    the share its SLA asks for (``target``, the SLA's percentile): "P95 TTFT <= 500 ms" is met
-    when at least 95 % of requests got their first token within 500 ms.
+    """Per enabled pool: the share of its requests in the range served within its SLA latency
+    (``attainment``), the share its SLA asks for (``target``, the SLA's percentile) and whether it met
+    its SLA (``met``): "P95 TTFT <= 500 ms" is met when at least 95 % of requests got their first token
+    within 500 ms.
 
-    One source per pool. A flat bound is read from the pool's histograms of its SLA metric
-    (``attainment``) merged over the range, not bucket by bucket: a minute whose own P95 missed
-    does not make all its requests late. A time-to-first-token bound that grows with the prompt
-    (``sla_ms_per_1k_prompt_tokens``) is judged request by request from the gateway's request log
-    (``fleet.selectors.request_log_attainment``), since histograms hold no prompt lengths: the
-    requests with a first token and a prompt count received in the range, ``requests`` then
-    counting those judged. None where the pool served no request in the range.
+    Read by ``fleet.selectors.pool_sla``, the one reading of "SLA met" the recommendations rely on too:
+    a flat bound from the pool's histograms of its SLA metric merged over the range (the minute or hour
+    rollups, as the range is drawn), a time-to-first-token bound that grows with the prompt request by
+    request from the gateway's request log (``requests`` then counting those judged), and an end-to-end
+    bound, where the pool has one, counted in ``met``. None where the pool served no request in the range.
     """
-    pools = {pool.pk: pool for pool in Pool.objects.filter(enabled=True).order_by("tier", "name")}
-    logged = request_log_attainment(pools.values(), time_range.start, time_range.end)
-    by_field: dict[str, list[int]] = defaultdict(list)
-    for pool in pools.values():
-        if pool.pk in logged:
-            continue
-        by_field["ttft_histogram" if pool.sla_metric == Pool.SlaMetric.TTFT else "e2e_histogram"].append(pool.pk)
-    histograms: dict[int, list[Any]] = defaultdict(list)
-    for field, pool_ids in by_field.items():
-        for pool_id, histogram in _pool_rollups(time_range).filter(pool_id__in=pool_ids).values_list("pool_id", field):
-            histograms[pool_id].append(histogram)
-    rows = []
-    for pool in pools.values():
-        if pool.pk in logged:
-            requests, share = logged[pool.pk]
-        else:
-            merged = histograms_merge(histograms[pool.pk])
-            requests = merged["count"] if merged else 0
-            share = attainment([merged], pool.sla_latency_ms / 1000)
-        rows.append(
-            {
-                "pool": pool.pk,
-                "name": pool.name,
-                "sla": pool.sla_label,
-                "target": pool.sla_percentile / 100,
-                "requests": requests,
-                "attainment": share,
-            }
-        )
-    return rows
+    pools = list(Pool.objects.filter(enabled=True).order_by("tier", "name"))
+    rollup = PoolMinute if time_range.resolution == "minute" else PoolHour
+    readings = pool_sla(pools, time_range.start, time_range.end, rollup=rollup)
+    return [
+        {
+            "pool": pool.pk,
+            "name": pool.name,
+            "sla": pool.sla_label,
+            "target": pool.sla_percentile / 100,
+            "requests": readings[pool.pk].requests,
+            "attainment": readings[pool.pk].attainment,
+            "met": readings[pool.pk].met,
+        }
+        for pool in pools
+    ]
 
 
 def instance_states_over_time(*, pool: Pool, time_range: TimeRange) -> dict[str, Any]:
@@ -567,9 +551,19 @@ def decisions_filtered(
 
 
 def decision_kinds() -> list[str]:
-    """The kinds the log holds, for the filter. Without ``order_by()`` the model's ordering would join
-    the DISTINCT and send every decision's row back, not one per kind."""
-    return sorted(Decision.objects.order_by().values_list("policy_kind", flat=True).distinct())
+    """The kinds the log holds, for the filter.
+
+    Read down the (policy_kind, created_at) index one kind at a time, each step the first kind
+    after the last found: a few index probes however long the log. A DISTINCT would read every
+    decision (tens of thousands a week) for the few kinds."""
+    table = connection.ops.quote_name(Decision._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH RECURSIVE kinds (kind) AS (SELECT MIN(policy_kind) FROM {table} UNION ALL "
+            f"SELECT (SELECT MIN(policy_kind) FROM {table} WHERE policy_kind > kinds.kind) FROM kinds "
+            "WHERE kinds.kind IS NOT NULL) SELECT kind FROM kinds WHERE kind IS NOT NULL"
+        )
+        return sorted(kind for (kind,) in cursor.fetchall())
 
 
 def decision_people() -> list[str]:
@@ -720,7 +714,8 @@ class InstancesPage:
 def instances_page(*, now: datetime | None = None) -> InstancesPage:
     """Every instance with its cost per hour (the run rate's lines), its spend so far today (the
     billing day's allocated lines), its requests in the last hour (the gateway's log) and where
-    it stands on idle reclaim's clock (``idle_clock``, on the snapshot the policy reads)."""
+    it stands on idle reclaim's clock (``idle_clock``, on the pools and instances as the policy reads them:
+    ``idle_snapshot``)."""
     now = now or timezone.now()
     day_start, _ = period_bounds(period="day", now=now)
     # Only the instances' own lines are priced: their spend needs neither the GPUs' up time nor
@@ -733,7 +728,7 @@ def instances_page(*, now: datetime | None = None) -> InstancesPage:
         .annotate(n=Count("id"))
         .values_list("instance_id", "n")
     )
-    snapshot = fleet_snapshot(now=now)
+    snapshot = idle_snapshot(now=now)
     idle_config = policy_configs()[IDLE_KIND]
     views = {view.id: view for view in snapshot.instances}
     instances = Instance.objects.select_related("pool", "gpu__node", "mig_device").order_by("pool__name", "pk")

@@ -6,13 +6,16 @@ import json
 import math
 from collections.abc import Iterable
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import TypedDict
 
 import plotly
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -23,6 +26,8 @@ from dashboard import figures
 from dashboard import selectors as pages
 from dashboard.forms import JoinTokenForm
 from fleet import selectors
+from fleet.costs.effects import COSTS, SAVES, DecisionEffect
+from fleet.costs.money import money_cents
 from fleet.costs.recommendations import BAND_STEP, BAND_TOP_MAX
 from fleet.costs.selectors import billing_currency
 from fleet.decide.evaluate import pool_scale as scale_pool
@@ -109,8 +114,16 @@ def _range_context(request: HttpRequest) -> tuple[pages.TimeRange, dict[str, obj
 def index(request: HttpRequest) -> HttpResponse:
     time_range, context = _range_context(request)
     grid = pages.gpu_utilization_grid(time_range=time_range)
-    live_range = pages.TimeRange(key="1h", start=timezone.now() - timedelta(hours=1), end=timezone.now())
-    live = pages.gpu_series_by_gpu(gpus=pages.gpus(live=True), time_range=live_range)
+    # The live chart streams each GPU's readings over the last hour: the page's range when that is
+    # 1h, and on the default range too, where it says it does not follow the range. Any other
+    # range is drawn from the heatmap's rollups over that range, one line a row.
+    streams = time_range.key in ("1h", pages.DEFAULT_RANGE)
+    live_range = (
+        time_range
+        if time_range.key == "1h"
+        else pages.TimeRange(key="1h", start=timezone.now() - timedelta(hours=1), end=timezone.now())
+    )
+    live = pages.gpu_series_by_gpu(gpus=pages.gpus(live=True), time_range=live_range) if streams else []
     attainment = pages.sla_attainment(time_range=time_range)
     context.update(
         nodes=selectors.nodes_overview(),
@@ -122,11 +135,17 @@ def index(request: HttpRequest) -> HttpResponse:
         live_figure=figures.gpu_lines(
             series=live,
             field="utilization",
-            title="GPU utilization, live (%)",
+            title="GPU utilization, live (%)" if time_range.key == "1h" else "GPU utilization, live: last hour (%)",
             unit="utilization (%)",
             span=live_range.span,
-        ),
-        has_gpus=bool(live),
+        )
+        if streams
+        else figures.utilization_lines(grid=grid, span=time_range.span)
+        if grid["at"]
+        else None,
+        live_streams=streams,
+        live_last_hour=streams and time_range.key != "1h",
+        has_gpus=bool(live) if streams else pages.gpus(live=True).exists(),
         longer_range_helps=not grid["at"] and pages.gpu_history_before(gpus=pages.gpus(), before=time_range.start),
         sla_figure=figures.sla_attainment(rows=attainment)
         if any(r["attainment"] is not None for r in attainment)
@@ -162,8 +181,7 @@ def pool(request: HttpRequest, pool_id: int) -> HttpResponse:
         longer_range_helps=not history and pages.pool_history_before(pool=item, before=time_range.start),
         states=figures.instance_states(states=states, span=time_range.span) if states["at"] else None,
         traffic=figures.tier_traffic(counts=traffic) if traffic else None,
-        decisions=pages.decisions_effects(decisions=decisions, time_range=time_range),
-        **_decision_links(decisions),
+        decisions=_decision_lines(pages.decisions_effects(decisions=decisions, time_range=time_range)),
     )
     return render(request, "dashboard/pool.html", context)
 
@@ -229,7 +247,7 @@ def decisions(request: HttpRequest) -> HttpResponse:
         time_range=time_range, kind=kind, pool_id=pool_id, person=person, policy_id=policy_id
     )
     context.update(
-        decisions=pages.decisions_effects(decisions=rows, time_range=time_range),
+        decisions=_decision_lines(pages.decisions_effects(decisions=rows, time_range=time_range)),
         kinds=pages.decision_kinds(),
         pools=pages.pools(),
         people=pages.decision_people(),
@@ -241,17 +259,87 @@ def decisions(request: HttpRequest) -> HttpResponse:
         currency=billing_currency(),
         timeline=figures.decisions_timeline(decisions=rows, span=time_range.span) if rows else None,
         live_groups=[pool_group(pool_id)] if pool_id else [FLEET_GROUP],
-        **_decision_links(rows),
     )
     return render(request, "dashboard/decisions.html", context)
 
 
-def _decision_links(decisions: list[pages.Decision]) -> dict[str, dict[int, str]]:
-    """The pool and policy links of a decisions table (``_decisions_table.html``), one per pool and policy."""
-    return {
-        "pool_urls": _urls("dashboard:pool", {item.pool_id for item in decisions if item.pool_id}),
-        "policy_urls": _urls("admin:fleet_policy_change", {item.policy_id for item in decisions if item.policy_id}),
-    }
+class DecisionLine(TypedDict):
+    """One row of a decisions table (``_decisions_table.html``), every cell worked out.
+
+    A template's filters and ``{% url %}`` run per row cost more than the rest of a page of five
+    hundred decisions, and each attribute it looks up on an object costs it a failed item lookup
+    first: worked out here as a dict, the table only places strings. ``policy_url`` and
+    ``pool_url`` are empty for a person's decision and one about the fleet; ``effect`` is what the
+    Effect column says (``effect_text``), ``effect_title`` its arithmetic.
+    """
+
+    pk: int
+    url: str
+    at: str
+    ago: str
+    kind: str
+    policy_url: str
+    action: str
+    pool: str
+    pool_url: str
+    instance_id: int | None
+    effect: str
+    effect_title: str
+    reason: str
+
+
+def effect_text(effect: DecisionEffect | None) -> str:
+    """A decision's effect as its table says it: "saves 0.50/h, 12.00 so far" (the amount once any
+    time is priced), "costs ..." for capacity it added, "–" for none."""
+    if effect is None or effect.direction not in (SAVES, COSTS):
+        return "–"
+    verb = "saves" if effect.direction == SAVES else "costs"
+    text = f"{verb} {_cents_text(effect.per_hour_shown)}/h"
+    return f"{text}, {_cents_text(effect.amount_shown)} so far" if effect.lines else text
+
+
+def _cents_text(amount: Decimal | None) -> str:
+    """An amount to the cent, half up, as ``floatformat:2`` writes it ("" for none): a page of
+    five hundred effects formats a thousand amounts, and the filter's localisation is most of it."""
+    return "" if amount is None else f"{money_cents(amount):f}"
+
+
+def _url_format(name: str) -> str:
+    """The URL of the view ``name`` for any one id, as a ``str.format`` pattern: reversed once for
+    a table's rows rather than once a row."""
+    return reverse(name, args=[URL_MARKER]).replace(str(URL_MARKER), "{}")
+
+
+# An id no table shows, standing for each row's in a reversed URL (``_url_format``).
+URL_MARKER = 987654321987654321
+
+
+def _decision_lines(decisions: list[pages.Decision]) -> list[DecisionLine]:
+    """The rows of a decisions table; each pool's and policy's link reversed once."""
+    pool_urls = _urls("dashboard:pool", {item.pool_id for item in decisions if item.pool_id})
+    policy_urls = _urls("admin:fleet_policy_change", {item.policy_id for item in decisions if item.policy_id})
+    url, tz = _url_format("dashboard:decision"), timezone.get_current_timezone()
+    lines = []
+    for item in decisions:
+        effect: DecisionEffect | None = getattr(item, "effect", None)
+        lines.append(
+            DecisionLine(
+                pk=item.pk,
+                url=url.format(item.pk),
+                at=timezone.localtime(item.created_at, tz).strftime("%Y-%m-%d %H:%M:%S"),
+                ago=naturaltime(item.created_at),
+                kind=item.policy_kind,
+                policy_url=policy_urls[item.policy_id] if item.policy_id else "",
+                action=item.action,
+                pool=item.pool.name if item.pool else "",
+                pool_url=pool_urls[item.pool_id] if item.pool_id else "",
+                instance_id=item.instance_id,
+                effect=effect_text(effect),
+                effect_title=effect.arithmetic() if effect is not None else "",
+                reason=item.reason,
+            )
+        )
+    return lines
 
 
 @login_required

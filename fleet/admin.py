@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.db import models, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -19,12 +24,20 @@ from fleet.costs.budgets import budget_block_lift
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import billing_currency, period_bounds
 from fleet.decide.services import (
+    SettingsRefused,
     StaleGeneration,
     instance_add,
     instance_desire,
     join_token_ttl,
     node_decommission,
     node_token_rotate,
+)
+from fleet.decide.tuning import (
+    TUNING_DAYS,
+    TUNING_MAX_EVALUATIONS,
+    TuningRefused,
+    tuning_run_apply,
+    tuning_run_create,
 )
 from fleet.forms import JSON_FORM_FIELDS, InstanceForm, PercentField, PolicyKindForm, PoolForm, policy_form
 from fleet.models import (
@@ -48,11 +61,13 @@ from fleet.models import (
     PriceRate,
     RequestLog,
     Team,
+    TuningRun,
 )
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
+from fleet.tasks import tuning_run
 from fleet.telemetry.agent_dist import install_command, install_problems
-from fleet.telemetry.ingest import spec_change_tell
+from fleet.telemetry.ingest import batch_image_bound_watch, spec_change_tell
 
 GIB = 1024**3
 SHOWN_ONCE = "fleet_shown_once"
@@ -351,6 +366,7 @@ class PoolAdmin(admin.ModelAdmin):
     list_select_related = ("model_profile",)
     search_fields = ("name",)
     inlines = [InstanceInline]
+    actions = ["tune_settings"]
     fieldsets = (
         (None, {"fields": ("name", "tier", "isolation", "model_profile", "gpu_model", "mig_profile", "enabled")}),
         (
@@ -388,6 +404,133 @@ class PoolAdmin(admin.ModelAdmin):
     @admin.display(description="utilization band")
     def band(self, obj: Pool) -> str:
         return f"{obj.util_band_low:.0%}–{obj.util_band_high:.0%}"
+
+    def has_tune_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perms(TUNE_PERMISSIONS)
+
+    @admin.action(description="Tune settings on the last days of this pool's request log", permissions=["tune"])
+    def tune_settings(self, request: HttpRequest, queryset: QuerySet[Pool]) -> TemplateResponse | None:
+        """Asks how many days and how many simulations, then queues one ``TuningRun`` per pool."""
+        form = TuneForm(request.POST if "tune" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "title": "Tune settings on past traffic",
+                "form": form,
+                "pools": queryset,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/fleet/pool/tune_settings.html", context)
+        user = request.user.get_username()
+        for pool in queryset:
+            run = tuning_run_create(pool=pool, user=user, **form.cleaned_data)
+            transaction.on_commit(functools.partial(tuning_run.delay, run.pk))
+            url = reverse("admin:fleet_tuningrun_change", args=[run.pk])
+            self.message_user(
+                request,
+                format_html(
+                    'Tuning run <a href="{}">{}</a> queued for {} on its last {} days of requests.',
+                    url,
+                    run.pk,
+                    pool.name,
+                    form.cleaned_data["days"],
+                ),
+                messages.SUCCESS,
+            )
+        return None
+
+
+# Applying tuned settings writes the pool's fields and its policy rows, as the admin's pool and policy forms do.
+TUNE_PERMISSIONS = ("fleet.change_pool", "fleet.change_policy")
+
+
+class TuneForm(forms.Form):
+    days = forms.IntegerField(min_value=1, max_value=31, initial=TUNING_DAYS, help_text="Of request log, to now.")
+    max_evaluations = forms.IntegerField(
+        min_value=1,
+        max_value=80,
+        initial=TUNING_MAX_EVALUATIONS,
+        help_text="Simulations at most, each replaying all the traffic; the default is one round of the search.",
+    )
+
+
+@admin.register(TuningRun)
+class TuningRunAdmin(admin.ModelAdmin):
+    """What each search found, read-only; a done run's settings apply in one click from its page."""
+
+    change_form_template = "admin/fleet/tuningrun/change_form.html"
+    list_display = ("created_at", "pool", "state", "requested_by", "requests", "spend", "attainment", "applied_at")
+    list_filter = ("state", "pool")
+    list_select_related = ("pool",)
+    readonly_fields = ("spend", "attainment")
+    fields = (
+        ("pool", "state", "requested_by", "created_at", "finished_at"),
+        "error",
+        ("traffic_from", "traffic_to", "requests", "engine"),
+        ("max_evaluations", "evaluations", "meets_sla"),
+        "spend",
+        "attainment",
+        "settings",
+        "base_settings",
+        ("applied_at", "applied_by", "applied_decision"),
+    )
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Whoever may start a run (``PoolAdmin.tune_settings``) sees what it found."""
+        return super().has_view_permission(request, obj) or request.user.has_perms(TUNE_PERMISSIONS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="paid GPU-hours (started from → found)")
+    def spend(self, obj: TuningRun) -> str:
+        if obj.base_paid_gpu_hours is None or obj.tuned_paid_gpu_hours is None:
+            return "-"
+        return f"{obj.base_paid_gpu_hours:.3f} → {obj.tuned_paid_gpu_hours:.3f}"
+
+    @admin.display(description="within the SLA (started from → found)")
+    def attainment(self, obj: TuningRun) -> str:
+        if obj.base_attainment is None or obj.tuned_attainment is None:
+            return "-"
+        return f"{obj.base_attainment:.2%} → {obj.tuned_attainment:.2%}"
+
+    def get_urls(self) -> list[URLPattern]:
+        apply = path("<int:run_id>/apply/", self.admin_site.admin_view(self.apply_view), name="fleet_tuningrun_apply")
+        return [apply, *super().get_urls()]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        run = self.get_object(request, object_id)
+        can_apply = (
+            run is not None
+            and run.state == TuningRun.State.DONE
+            and run.applied_at is None
+            and bool(run.settings)
+            and request.user.has_perms(TUNE_PERMISSIONS)
+        )
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "can_apply": can_apply})
+
+    def apply_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        """Apply the run's settings through the services, as ``policy_apply`` does; refused, nothing changes."""
+        if request.method != "POST" or not request.user.has_perms(TUNE_PERMISSIONS):
+            raise PermissionDenied
+        run = get_object_or_404(TuningRun, pk=run_id)
+        try:
+            decision = tuning_run_apply(run=run, user=request.user.get_username())
+        except (TuningRefused, SettingsRefused) as exc:
+            self.message_user(request, f"Nothing changed: {exc}.", messages.ERROR)
+        else:
+            done = f"Decision {decision.pk}: tuning run {run.pk}'s settings applied to {run.pool}."
+            self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:fleet_tuningrun_change", args=[run.pk]))
 
 
 @admin.register(Instance)
@@ -485,6 +628,20 @@ class PolicyAdmin(admin.ModelAdmin):
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         kwargs["form"] = policy_form(self.policy_kind(request, obj))
         return super().get_form(request, obj, change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: Policy, form: Any, change: bool) -> None:
+        """The fleet's co-location policy bounds the image of every batch job a node runs: a
+        change of that bound (here or by a delete) tells their agents (``batch_image_bound_watch``)."""
+        with batch_image_bound_watch():
+            super().save_model(request, obj, form, change)
+
+    def delete_model(self, request: HttpRequest, obj: Policy) -> None:
+        with batch_image_bound_watch():
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Policy]) -> None:
+        with batch_image_bound_watch():
+            super().delete_queryset(request, queryset)
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
         if not self.has_add_permission(request):

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from django.conf import settings as django_settings
-from django.db.models import Count, F, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import (
+    Count,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from agents.histograms import pool_latency, requests_attainment
+from agents.histograms import attainment, histograms_merge, pool_latency
 from fleet import states
 from fleet.costs.allocation import Hold, StateEvent, holds_from_events
 from fleet.models import (
@@ -37,6 +50,7 @@ from fleet.models import (
     RequestLog,
 )
 from fleet.policies import static_hold
+from fleet.policies.autoscale import over_bound_share_allowed
 from fleet.policies.settings import DAY, SCHEMAS, policy_defaults, policy_settings_stored
 from fleet.policies.snapshot import (
     BatchJobView,
@@ -198,27 +212,245 @@ def judged_requests(pools: Iterable[Pool], since: datetime, until: datetime) -> 
     return judged
 
 
+# ---- a pool's SLA over a span: one reading for the overview, the recommendations and SLA alerts ----
+
+
+@dataclass(frozen=True)
+class SlaTerm:
+    """One bound of a pool's SLA over a span: how many requests were judged against it (``requests``;
+    a float where read from histograms), the share of them within it (``within``; None with none judged),
+    the share it needs (``needed``) and the bound in words (``bound``)."""
+
+    bound: str
+    requests: float
+    within: float | None
+    needed: float
+
+    @property
+    def met(self) -> bool:
+        """At least the share needed within the bound; a span without a judged request meets nothing."""
+        return self.within is not None and self.within >= self.needed
+
+    @property
+    def text(self) -> str:
+        """What the term relied on: "99.95% of requests within 500 ms to the first token (target 99.9%)"."""
+        if self.within is None:
+            return f"no request measured against {self.bound}"
+        return f"{self.within:.2%} of requests within {self.bound} (target {percent(self.needed)})"
+
+    @property
+    def rule(self) -> str:
+        """What the term asks: "at least 95% of requests within 350 ms to the first token (70% of 500 ms)"."""
+        return f"at least {percent(self.needed)} of requests within {self.bound}"
+
+
+@dataclass(frozen=True)
+class SlaReading:
+    """A pool's SLA over a span (``pool_sla``): the term of its SLA metric first, then its end-to-end
+    bound's where it has one. The pool met its SLA over the span iff every term is met."""
+
+    terms: tuple[SlaTerm, ...]
+
+    @property
+    def met(self) -> bool:
+        return all(term.met for term in self.terms)
+
+    @property
+    def requests(self) -> float:
+        """Requests judged against the SLA metric's bound."""
+        return self.terms[0].requests
+
+    @property
+    def attainment(self) -> float | None:
+        """The share of requests within the SLA metric's bound (the overview's bar)."""
+        return self.terms[0].within
+
+    @property
+    def text(self) -> str:
+        return "; ".join(term.text for term in self.terms)
+
+    @property
+    def rule(self) -> str:
+        return " and ".join(term.rule for term in self.terms)
+
+
+def percent(share: float) -> str:
+    """A share as a percentage to at most two places, without trailing zeros: 0.95 -> "95%", 0.999 -> "99.9%"."""
+    return f"{share * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def ttft_bound_sql() -> ExpressionWrapper:
+    """Each logged request's own time-to-first-token bound (``agents.histograms.ttft_bound_ms``) in SQL, from
+    its pool's settings: the same double-precision operations in the same order (flat + per_1k x tokens /
+    1000), so the database counts a request at exactly its bound within, as ``requests_attainment`` does.
+    Counted in the database, so a week of requests is one grouped row per pool (or hour), never fetched."""
+    per_token = F("pool__sla_ms_per_1k_prompt_tokens") * F("prompt_tokens") / Value(1000.0)
+    return ExpressionWrapper(F("pool__sla_latency_ms") + per_token, output_field=FloatField())
+
+
+def _request_log_counts(
+    pools: Iterable[Pool], start: datetime, end: datetime, *, hourly: bool
+) -> dict[tuple[int, datetime | None], tuple[int, int]]:
+    """Per pool whose TTFT bound grows with the prompt (and per UTC hour of receipt where ``hourly``): the
+    requests received from ``start`` to before ``end`` with a first token and a prompt count (the judged),
+    and how many of them came within their own bound (``ttft_bound_sql``). One query, none without such pools."""
+    growing = [pool.pk for pool in pools if pool.ttft_bound_grows]
+    if not growing:
+        return {}
+    rows = RequestLog.objects.filter(
+        pool_id__in=growing, at__gte=start, at__lt=end, ttft_ms__isnull=False, prompt_tokens__isnull=False
+    )
+    keys = ["pool_id", "hour"] if hourly else ["pool_id"]
+    if hourly:
+        rows = rows.annotate(hour=TruncHour("at", tzinfo=UTC))
+    counted = (
+        rows.values(*keys)
+        .annotate(judged=Count("id"), within=Count("id", filter=Q(ttft_ms__lte=ttft_bound_sql())))
+        .order_by()
+    )
+    return {(row["pool_id"], row.get("hour")): (row["judged"], row["within"]) for row in counted}
+
+
 def request_log_attainment(
     pools: Iterable[Pool], start: datetime, end: datetime
 ) -> dict[int, tuple[int, float | None]]:
     """Per pool whose TTFT bound grows with the prompt: how many of its requests received from ``start`` to
-    before ``end`` were judged (``judged_requests``) and the share within their own bound
-    (``requests_attainment``; None with none judged). The SLA attainment of such pools wherever it is read
-    (the dashboard, SLA alerts); other pools' comes from their histograms (``attainment``)."""
+    before ``end`` were judged (a first token and a prompt count logged) and the share within their own
+    bound (None with none judged): ``pool_sla``'s term for such a pool, for SLA alerts, which read other
+    pools from raw samples."""
     pools = list(pools)
-    judged = judged_requests(pools, start, end)
+    counts = _request_log_counts(pools, start, end, hourly=False)
     return {
-        pool.pk: (
-            len(judged[pool.pk]),
-            requests_attainment(
-                ((ttft, tokens) for _, ttft, tokens in judged[pool.pk]),
-                pool.sla_latency_ms,
-                pool.sla_ms_per_1k_prompt_tokens,
-            ),
-        )
+        pool.pk: (judged, within / judged if judged else None)
         for pool in pools
         if pool.ttft_bound_grows
+        for judged, within in [counts.get((pool.pk, None), (0, 0))]
     }
+
+
+def _sla_reading(
+    pool: Pool,
+    *,
+    ratio: float,
+    metric: list[Any],
+    e2e: list[Any],
+    logged: tuple[int, int] | None,
+) -> SlaReading:
+    """A pool's SLA over a span from its rollups' histograms (``metric``: of its SLA metric; ``e2e``) and,
+    where its TTFT bound grows, its logged requests (``logged``: judged, within their own bound).
+
+    At ``ratio`` 1 each term needs the SLA's share (0.95 for P95) within the SLA's bound: the SLA met. Below 1
+    it reads the margin autoscale asks before a scale-in (``scale_in_latency_ratio``), as autoscale reads it:
+    a flat bound then needs the SLA's share within ``ratio`` x the bound (the histograms' percentile at most
+    ``ratio`` x the bound: ``histogram_share_within`` is ``histogram_quantile``'s inverse); a bound that grows
+    with the prompt needs at most ``ratio`` x the share the SLA lets exceed their own bound (0.8 x 5 % = 4 %
+    for a P95 SLA at 0.8), since each request has its own bound and autoscale judges that share. Scaling
+    every request's bound by ``ratio`` instead would ask a margin autoscale does not ask."""
+    target = pool.sla_percentile / 100
+    terms = []
+    if pool.ttft_bound_grows:
+        judged, within = logged or (0, 0)
+        terms.append(
+            SlaTerm(
+                bound=f"their bound to the first token ({pool.sla_latency_ms} ms + "
+                f"{pool.sla_ms_per_1k_prompt_tokens:g} ms per 1k prompt tokens)",
+                requests=judged,
+                within=within / judged if judged else None,
+                needed=1 - ratio * over_bound_share_allowed(pool.sla_percentile),
+            )
+        )
+    else:
+        terms.append(
+            _histogram_term(
+                metric,
+                pool.sla_latency_ms,
+                ratio,
+                target,
+                "to the first token" if pool.sla_metric == Pool.SlaMetric.TTFT else "end to end",
+            )
+        )
+    if pool.sla_e2e_latency_ms is not None:
+        terms.append(_histogram_term(e2e, pool.sla_e2e_latency_ms, ratio, target, "end to end"))
+    return SlaReading(terms=tuple(terms))
+
+
+def _histogram_term(histograms: list[Any], bound_ms: float, ratio: float, target: float, what: str) -> SlaTerm:
+    merged = histograms_merge(histograms)
+    limit_ms = ratio * bound_ms
+    bound = f"{limit_ms:g} ms {what}" + ("" if ratio == 1 else f" ({ratio:.0%} of {bound_ms:g} ms)")
+    return SlaTerm(
+        bound=bound,
+        requests=merged["count"] if merged else 0,
+        within=attainment([merged], limit_ms / 1000),
+        needed=target,
+    )
+
+
+def _sla_readings(
+    pools: Iterable[Pool],
+    start: datetime,
+    end: datetime,
+    *,
+    ratio: float,
+    rollup: type[PoolHour | PoolMinute],
+    hourly: bool,
+) -> dict[tuple[int, datetime | None], SlaReading]:
+    if not 0 < ratio <= 1:
+        raise ValueError(f"the latency ratio must be within (0, 1], got {ratio:g}")
+    by_id = {pool.pk: pool for pool in pools}
+    logged = _request_log_counts(by_id.values(), start, end, hourly=hourly)
+    metric: dict[tuple[int, datetime | None], list[Any]] = defaultdict(list)
+    e2e: dict[tuple[int, datetime | None], list[Any]] = defaultdict(list)
+    rows = rollup.objects.filter(pool_id__in=list(by_id), bucket__gte=start, bucket__lt=end)
+    for pool_id, bucket, ttft_histogram, e2e_histogram in rows.values_list(
+        "pool_id", "bucket", "ttft_histogram", "e2e_histogram"
+    ):
+        key = (pool_id, bucket if hourly else None)
+        metric[key].append(ttft_histogram if by_id[pool_id].sla_metric == Pool.SlaMetric.TTFT else e2e_histogram)
+        e2e[key].append(e2e_histogram)
+    keys = (set(metric) | set(logged)) if hourly else {(pool_id, None) for pool_id in by_id}
+    return {
+        key: _sla_reading(by_id[key[0]], ratio=ratio, metric=metric[key], e2e=e2e[key], logged=logged.get(key))
+        for key in keys
+    }
+
+
+def pool_sla(
+    pools: Iterable[Pool],
+    start: datetime,
+    end: datetime,
+    *,
+    ratio: float = 1.0,
+    rollup: type[PoolHour | PoolMinute] = PoolHour,
+) -> dict[int, SlaReading]:
+    """Each pool's SLA from ``start`` to before ``end`` (``SlaReading``; ``.met`` the verdict): the one reading
+    of "SLA met" the overview's attainment, the pool-minimum recommendation and the band recommendation share.
+
+    A term is the share of the span's requests within their bound, against the share the SLA's percentile
+    asks ("P95 TTFT <= 500 ms" is met when at least 95 % of requests got their first token within 500 ms).
+    A flat bound is read from ``rollup``'s histograms merged over the span (``attainment``), so a bucket
+    whose own P95 missed does not make all its requests late; a TTFT bound that grows with the prompt, from
+    the gateway's request log, each request against its own bound (``ttft_bound_ms``), since histograms hold
+    no prompt lengths. ``ratio`` below 1 reads autoscale's scale-in margin instead (``_sla_reading``)."""
+    return {
+        pool_id: reading
+        for (pool_id, _), reading in _sla_readings(pools, start, end, ratio=ratio, rollup=rollup, hourly=False).items()
+    }
+
+
+def pool_sla_hours(
+    pools: Iterable[Pool], start: datetime, end: datetime, *, ratio: float = 1.0
+) -> dict[int, dict[datetime, SlaReading]]:
+    """``pool_sla`` of each hour rollup (``PoolHour``) from ``start`` to before ``end``, by its bucket; the
+    requests of a growing bound placed by the UTC hour they were received in. An hour with neither a rollup
+    nor a judged request is absent."""
+    hours: dict[int, dict[datetime, SlaReading]] = defaultdict(dict)
+    for (pool_id, bucket), reading in _sla_readings(
+        pools, start, end, ratio=ratio, rollup=PoolHour, hourly=True
+    ).items():
+        if bucket is not None:
+            hours[pool_id][bucket] = reading
+    return hours
 
 
 def _pool_windows(
@@ -302,28 +534,8 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         profile = pool.model_profile
         serving = [i for i in instances if i.pool_id == pool.pk and i.desired_state == Instance.Desired.RUNNING]
         pool_views.append(
-            PoolView(
-                id=pool.pk,
-                name=pool.name,
-                isolation=pool.isolation,
-                min_instances=pool.min_instances,
-                max_instances=pool.max_instances,
-                gpu_model=pool.gpu_model,
-                mig_profile=pool.mig_profile,
-                sla_metric=pool.sla_metric,
-                sla_percentile=pool.sla_percentile,
-                sla_latency_ms=pool.sla_latency_ms,
-                sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
-                sla_ms_per_1k_prompt_tokens=pool.sla_ms_per_1k_prompt_tokens,
-                util_band_low=pool.util_band_low,
-                util_band_high=pool.util_band_high,
-                idle_minimize_after_s=pool.idle_minimize_after_s,
-                idle_stop_after_s=pool.idle_stop_after_s,
-                prewarm_margin_s=pool.prewarm_margin_s,
-                enable_sleep_mode=profile.enable_sleep_mode,
-                gpu_memory_utilization=profile.gpu_memory_utilization,
-                max_num_seqs=profile.max_num_seqs,
-                max_model_len=profile.max_model_len,
+            _pool_view(
+                pool,
                 estimate=vram_estimate_for(profile),
                 cold_start_s=cold.get(pool.pk),
                 last_scale_out_at=scaled.get((pool.pk, "scale_out")),
@@ -332,25 +544,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
             )
         )
     pool_views = static_guard_fill(pool_views, pools, now)
-    instance_views = tuple(
-        InstanceView(
-            id=i.pk,
-            pool_id=i.pool_id,
-            desired_state=i.desired_state,
-            actual_state=i.actual_state,
-            generation=i.generation,
-            created_at=i.created_at,
-            gpu_id=i.gpu_id,
-            mig_device_id=i.mig_device_id,
-            ready_at=i.ready_at,
-            last_request_at=i.last_request_at,
-            expires_at=i.expires_at,
-            desired_changed_at=i.desired_changed_at,
-            requests_running=getattr(latest_instance.get(i.pk), "requests_running", None),
-            requests_waiting=getattr(latest_instance.get(i.pk), "requests_waiting", None),
-        )
-        for i in instances
-    )
+    instance_views = tuple(_instance_view(i, latest_instance.get(i.pk)) for i in instances)
     skeleton = FleetSnapshot(
         at=now,
         pools=tuple(pool_views),
@@ -398,6 +592,85 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         for gpu in gpus
     )
     return replace(skeleton, gpus=gpu_views)
+
+
+def idle_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
+    """The enabled pools and their instances as idle reclaim's clock reads them (``idle.idle_clock``), built as
+    ``fleet_snapshot`` builds them: each pool's own settings and each instance's states, moments and newest
+    fresh queue. Nothing more: no GPUs, jobs or orphans, and the pools' windows, cold starts, last scalings,
+    memory estimate and static-guard figures left at their defaults. For pages that show the clock; a policy
+    evaluates on ``fleet_snapshot``.
+    """
+    now = now or timezone.now()
+    pools = list(Pool.objects.filter(enabled=True).select_related("model_profile"))
+    # Each instance's newest fresh report, one probe of the (instance, at DESC) index each: not every report
+    # of the last minutes, which for a fleet reporting every few seconds is most of the read.
+    newest = InstanceSample.objects.filter(
+        instance_id=OuterRef("pk"), at__gte=now - timedelta(seconds=SAMPLE_FRESH_S), at__lte=now
+    ).order_by("-at")
+    instances = list(
+        Instance.objects.filter(pool_id__in=[pool.pk for pool in pools])
+        .annotate(newest_sample=Subquery(newest.values("pk")[:1]))
+        .order_by("id")
+    )
+    ids = [i.newest_sample for i in instances if i.newest_sample is not None]
+    samples = InstanceSample.objects.filter(pk__in=ids).only("instance_id", "requests_running", "requests_waiting")
+    latest = {sample.instance_id: sample for sample in samples}
+    return FleetSnapshot(
+        at=now,
+        pools=tuple(_pool_view(pool) for pool in pools),
+        instances=tuple(_instance_view(i, latest.get(i.pk)) for i in instances),
+    )
+
+
+def _pool_view(pool: Pool, **figures: Any) -> PoolView:
+    """The pool's view: its own settings and its profile's, with ``figures`` (its windows, cold start,
+    last scalings, memory estimate) where the caller computed them."""
+    profile = pool.model_profile
+    return PoolView(
+        id=pool.pk,
+        name=pool.name,
+        isolation=pool.isolation,
+        min_instances=pool.min_instances,
+        max_instances=pool.max_instances,
+        gpu_model=pool.gpu_model,
+        mig_profile=pool.mig_profile,
+        sla_metric=pool.sla_metric,
+        sla_percentile=pool.sla_percentile,
+        sla_latency_ms=pool.sla_latency_ms,
+        sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
+        sla_ms_per_1k_prompt_tokens=pool.sla_ms_per_1k_prompt_tokens,
+        util_band_low=pool.util_band_low,
+        util_band_high=pool.util_band_high,
+        idle_minimize_after_s=pool.idle_minimize_after_s,
+        idle_stop_after_s=pool.idle_stop_after_s,
+        prewarm_margin_s=pool.prewarm_margin_s,
+        enable_sleep_mode=profile.enable_sleep_mode,
+        gpu_memory_utilization=profile.gpu_memory_utilization,
+        max_num_seqs=profile.max_num_seqs,
+        max_model_len=profile.max_model_len,
+        **figures,
+    )
+
+
+def _instance_view(instance: Instance, sample: InstanceSample | None) -> InstanceView:
+    """The instance's view, with the queue of ``sample``, its newest fresh report (None: no queue known)."""
+    return InstanceView(
+        id=instance.pk,
+        pool_id=instance.pool_id,
+        desired_state=instance.desired_state,
+        actual_state=instance.actual_state,
+        generation=instance.generation,
+        created_at=instance.created_at,
+        gpu_id=instance.gpu_id,
+        mig_device_id=instance.mig_device_id,
+        ready_at=instance.ready_at,
+        last_request_at=instance.last_request_at,
+        expires_at=instance.expires_at,
+        desired_changed_at=instance.desired_changed_at,
+        requests_running=getattr(sample, "requests_running", None),
+        requests_waiting=getattr(sample, "requests_waiting", None),
+    )
 
 
 def _gpu_view(

@@ -17,6 +17,7 @@ from django.db import connection
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.budgets import budgets_evaluate
 from fleet.decide.evaluate import policies_evaluate
+from fleet.decide.tuning import tuning_run_execute
 from fleet.policies.registry import ORDER
 from fleet.telemetry import rollups
 
@@ -62,3 +63,11 @@ def rollup_hours() -> dict[str, Any]:
 def telemetry_prune() -> dict[str, int]:
     """Enforce the retention settings on raw samples and rollups."""
     return rollups.telemetry_prune()
+
+
+@shared_task(name="fleet.tuning_run")
+def tuning_run(run_id: int) -> dict[str, Any]:
+    """Search a pool's settings on its request log (``fleet.decide.tuning``): minutes of simulation, so it
+    runs on a worker; the run ends done or failed with its reason, and the task itself never fails."""
+    run = tuning_run_execute(run_id)
+    return {"run": run_id, "state": None if run is None else run.state}

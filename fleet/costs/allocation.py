@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
+WHOLE = Fraction(1)  # a whole card's share (fractions are immutable: one object serves every line)
+NONE_HELD = Fraction(0)
+
 
 @dataclass(frozen=True)
 class StateEvent:
@@ -88,7 +91,7 @@ def allocations_split(holds: Iterable[Hold], *, mig_slices: Mapping[int, int]) -
         by_device[(hold.gpu_id, hold.mig_device_id)].append(hold)
     allocations: list[Allocation] = []
     for (gpu_id, mig_device_id), device_holds in by_device.items():
-        device_share = Fraction(mig_slices[mig_device_id], 7) if mig_device_id else Fraction(1)
+        device_share = Fraction(mig_slices[mig_device_id], 7) if mig_device_id else WHOLE
         arriving: dict[datetime, list[int]] = defaultdict(list)
         leaving: dict[datetime, list[int]] = defaultdict(list)
         for index, hold in enumerate(device_holds):
@@ -143,19 +146,22 @@ def unallocated_pieces(
         and all(first < last for first, last in up)
         and all(before[1] <= after[0] for before, after in itertools.pairwise(up))
     ):
-        return [(first, last, Fraction(1)) for first, last in up]
+        return [(first, last, WHOLE) for first, last in up]
     up_change: dict[datetime, int] = defaultdict(int)
     for first, last in up:
         if first < last:
             up_change[first] += 1
             up_change[last] -= 1
-    held_change: dict[datetime, Fraction] = defaultdict(Fraction)
+    # Each instant's change of the shares held, with no addition to zero where it is the first
+    # (fraction arithmetic is most of a held card's cost, and a day of a fleet is a thousand cards).
+    held_change: dict[datetime, Fraction] = {}
     for row in allocations:
         if row.start < row.end:
-            held_change[row.start] += row.share
-            held_change[row.end] -= row.share
+            for moment, delta in ((row.start, row.share), (row.end, -row.share)):
+                known = held_change.get(moment)
+                held_change[moment] = delta if known is None else known + delta
     open_runs = 0
-    held = Fraction(0)
+    held = NONE_HELD
     pieces: list[tuple[datetime, datetime, Fraction]] = []
     for begin, finish in _pieces([*up, *((row.start, row.end) for row in allocations)]):
         open_runs += up_change.get(begin, 0)

@@ -148,8 +148,11 @@ def decision_effects(
     so only the wanted ones are priced and returned (a page of decisions out of a week's).
     """
     rows = sorted(decisions, key=lambda row: (row.at, row.decision_id))
+    asked = None if wanted is None else set(wanted)
     effects: dict[int, DecisionEffect] = {}
-    open_by: dict[int, dict[int, DecisionRow]] = {SAVES: {}, COSTS: {}}  # direction -> instance -> decision
+    # direction -> instance -> decision; each dict holds its decisions in the order they were
+    # taken, as they are added in that order (an instance's entry is added only once it has none).
+    open_by: dict[int, dict[int, DecisionRow]] = {SAVES: {}, COSTS: {}}
     held: dict[int, Device] = {}  # decision -> the device it moved
 
     def close(row: DecisionRow, at: datetime, by: int) -> None:
@@ -182,9 +185,10 @@ def decision_effects(
         if instance_id in opposite:
             close(opposite.pop(instance_id), row.at, row.decision_id)
         elif direction == COSTS:
-            # Another instance put on the same device brings the released capacity back.
+            # Another instance put on the same device brings the released capacity back: the
+            # earliest release on it, as ``opposite`` holds them in the order they were taken.
             here = (device.gpu_id, device.mig_device_id)
-            for other_id, _ in sorted(opposite.items(), key=lambda item: (item[1].at, item[1].decision_id)):
+            for other_id in opposite:
                 other_device = devices[other_id]
                 if (other_device.gpu_id, other_device.mig_device_id) == here:
                     close(opposite.pop(other_id), row.at, row.decision_id)
@@ -192,7 +196,9 @@ def decision_effects(
         open_by[direction][instance_id] = row
         held[row.decision_id] = device
         gpu = gpus[device.gpu_id]
-        rate = prices.rate_at(gpu_model=gpu.model_name, node_id=gpu.node_id, at=row.at)
+        # Only a decision asked about is priced; the others only open and close effects.
+        priced = asked is None or row.decision_id in asked
+        rate = prices.rate_at(gpu_model=gpu.model_name, node_id=gpu.node_id, at=row.at) if priced else None
         price = rate.price_per_gpu_hour if rate else None
         effects[row.decision_id] = DecisionEffect(
             row.decision_id,

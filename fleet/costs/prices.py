@@ -47,6 +47,10 @@ class PriceBook:
         self._rates = {key: sorted(rows, key=lambda row: row.effective_from) for key, rows in grouped.items()}
         # Each rate's first instant, worked out once: a week's spend prices thousands of lines.
         self._starts = {key: [self.starts_at(row) for row in rows] for key, rows in self._rates.items()}
+        # Spans as worked out, per model, node (None for a node with no rate of its own: it pays
+        # the fleet's, as every other such node) and interval: a day's thousand cards up all day
+        # are cut and priced once.
+        self._spans: dict[tuple[str, int | None, datetime, datetime], list[PricedSpan]] = {}
 
     def starts_at(self, rate: RateRow) -> datetime:
         return datetime.combine(rate.effective_from, time(0), tzinfo=self.tz)
@@ -61,17 +65,21 @@ class PriceBook:
 
     def spans(self, *, gpu_model: str, node_id: int, start: datetime, end: datetime) -> list[PricedSpan]:
         """Cut [start, end) wherever the applicable rate changes."""
-        cuts = sorted(
-            {
-                moment
-                for key in ((gpu_model, node_id), (gpu_model, None))
-                for moment in self._starts.get(key, [])
-                if start < moment < end
-            }
-        )
-        bounds = [start, *cuts, end]
-        return [
-            PricedSpan(begin, finish, self.rate_at(gpu_model=gpu_model, node_id=node_id, at=begin))
-            for begin, finish in itertools.pairwise(bounds)
-            if begin < finish
-        ]
+        key = (gpu_model, node_id if (gpu_model, node_id) in self._rates else None, start, end)
+        known = self._spans.get(key)
+        if known is None:
+            cuts = sorted(
+                {
+                    moment
+                    for rates in ((gpu_model, node_id), (gpu_model, None))
+                    for moment in self._starts.get(rates, [])
+                    if start < moment < end
+                }
+            )
+            bounds = [start, *cuts, end]
+            known = self._spans[key] = [
+                PricedSpan(begin, finish, self.rate_at(gpu_model=gpu_model, node_id=node_id, at=begin))
+                for begin, finish in itertools.pairwise(bounds)
+                if begin < finish
+            ]
+        return list(known)

@@ -7,15 +7,20 @@ function, ``per_month``. Three kinds:
 - ``idle_card``: a GPU billed with nothing on it (the unallocated part of the run rate, the
   cost page's "reclaimable" figure), per card.
 - ``pool_minimum``: a pool whose ``min_instances`` is above the most instances its busiest
-  hour of the last 7 days needed, and which met its SLA over those 7 days (``sla_within`` at a
-  ratio of 1, on the week's histograms merged): lowering the minimum by one lets the policies
-  stop one instance, saving what one of its instances costs per hour now (the cheapest one). A
-  pool that missed its SLA, or served nothing measured, is not asked to keep fewer warm.
+  hour of the last 7 days needed, and which met its SLA over those 7 days (``fleet.selectors.pool_sla``,
+  the reading the overview's SLA attainment shows: the share of the week's requests within their
+  bound, each against its own where the bound grows with the prompt, at least the SLA's percentile):
+  lowering the minimum by one lets the policies stop one instance, saving what one of its instances
+  costs per hour now (the cheapest one). A pool that missed its SLA, or served nothing measured, is
+  not asked to keep fewer warm.
 - ``band_top``: an autoscaled pool whose load band tops out lower than its SLA needed: in the
-  hours of the last 7 days whose SLA latency had the headroom autoscale itself asks before a
-  scale-in, a band top one step higher (``BAND_STEP``, at most ``BAND_TOP_MAX``) would have
-  needed fewer instances (``band_hour_saving``); the instance-hours saved, spread over the
-  window's 168 hours, at what one of its instances costs per hour now.
+  hours of the last 7 days whose SLA had the headroom autoscale itself asks before a scale-in
+  (``pool_sla_hours`` at its ``scale_in_latency_ratio``: for a flat bound the SLA's share of requests
+  within that ratio of the bound; for a bound that grows with the prompt at most that ratio of the
+  share the SLA lets exceed their own bound, as autoscale judges it), a band top one step higher
+  (``BAND_STEP``, at most ``BAND_TOP_MAX``) would have needed fewer instances (``band_hour_saving``);
+  the instance-hours saved, spread over the window's 168 hours, at what one of its instances costs
+  per hour now.
 - ``cheaper_gpu``: an exclusive-GPU pool whose model profile's VRAM estimate
   (``vram_estimate_for``) fits a GPU model the price book prices lower than the one its
   instances run on now.
@@ -34,14 +39,13 @@ from decimal import Decimal, localcontext
 
 from django.utils import timezone
 
-from agents.histograms import Wire, pool_latency
 from fleet import catalog
 from fleet.costs.money import CONTEXT
 from fleet.costs.selectors import next_hour_report, price_book, totals_by_instance
 from fleet.costs.spend import ALLOCATED, UNALLOCATED, CostLine, SpendReport
 from fleet.models import Gpu, Instance, Pool, PoolHour, PriceRate
 from fleet.policies.vram import gib, vram_estimate_for
-from fleet.selectors import policy_configs
+from fleet.selectors import SlaReading, policy_configs, pool_sla, pool_sla_hours
 
 HOURS_PER_MONTH = Decimal(730)  # 8,760 hours a year / 12
 PEAK_WINDOW = timedelta(days=7)
@@ -122,45 +126,6 @@ def band_hour_saving(
     return max(0, now_needed - max(then_needed, min_instances))
 
 
-def sla_headroom(*, latency_s: float | None, bound_ms: float, ratio: float) -> bool:
-    """Whether an hour's SLA-percentile latency was at most ``ratio`` of its bound: the margin autoscale
-    asks before a scale-in (``scale_in_latency_ratio``). An hour without a measured latency has none."""
-    return latency_s is not None and latency_s * 1000 <= ratio * bound_ms
-
-
-SlaTerm = tuple[str, float | None, float]
-
-
-def sla_terms(pool: Pool, *, ttft: list[Wire | None], e2e: list[Wire | None]) -> list[SlaTerm]:
-    """What a pool's SLA bounds, read from these hour rollups' histograms merged (one hour's, or a
-    window's): its SLA metric at its percentile against ``sla_latency_ms``, and its end-to-end latency
-    at the same percentile against ``sla_e2e_latency_ms`` where it has one. Each term is (what was
-    measured, its latency in seconds or None, its bound in ms). A TTFT bound that grows with the
-    prompt is judged here against its flat part, the strictest."""
-    label = f"P{pool.sla_percentile} {'TTFT' if pool.sla_metric == Pool.SlaMetric.TTFT else 'E2E'}"
-    latency = ttft if pool.sla_metric == Pool.SlaMetric.TTFT else e2e
-    terms: list[SlaTerm] = [(label, pool_latency(latency, pool.sla_percentile), float(pool.sla_latency_ms))]
-    if pool.sla_e2e_latency_ms is not None:
-        terms.append(
-            (f"P{pool.sla_percentile} E2E", pool_latency(e2e, pool.sla_percentile), float(pool.sla_e2e_latency_ms))
-        )
-    return terms
-
-
-def sla_within(terms: list[SlaTerm], *, ratio: float) -> bool:
-    """Whether every term of a pool's SLA had ``sla_headroom`` at ``ratio``: 1 for the SLA met, autoscale's
-    ``scale_in_latency_ratio`` for the margin it asks before a scale-in."""
-    return all(sla_headroom(latency_s=latency, bound_ms=bound, ratio=ratio) for _, latency, bound in terms)
-
-
-def sla_terms_text(terms: list[SlaTerm]) -> str:
-    """The SLA figures a recommendation relied on, as its text shows them: "P95 TTFT 175 ms (SLA 500 ms)"."""
-    return ", ".join(
-        f"{label} {'unmeasured' if latency is None else f'{latency * 1000:.0f} ms'} (SLA {bound:.0f} ms)"
-        for label, latency, bound in terms
-    )
-
-
 def band_proposed(band_high: float) -> float:
     """The next band top: one ``BAND_STEP`` up, capped at ``BAND_TOP_MAX``, to the hundredth."""
     return round(min(band_high + BAND_STEP, BAND_TOP_MAX), 2)
@@ -204,14 +169,10 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
         pool.pk: pool for pool in Pool.objects.filter(enabled=True, min_instances__gt=0).select_related("model_profile")
     }
     peaks: dict[int, int] = {}
-    ttfts: dict[int, list[Wire | None]] = defaultdict(list)
-    e2es: dict[int, list[Wire | None]] = defaultdict(list)
-    for pool_id, instances, running, ttft, e2e in PoolHour.objects.filter(
+    for pool_id, instances, running in PoolHour.objects.filter(
         pool_id__in=list(pools), bucket__gte=now - PEAK_WINDOW, bucket__lt=now
-    ).values_list("pool_id", "instances", "requests_running_mean", "ttft_histogram", "e2e_histogram"):
+    ).values_list("pool_id", "instances", "requests_running_mean"):
         pool = pools[pool_id]
-        ttfts[pool_id].append(ttft)
-        e2es[pool_id].append(e2e)
         needed = hour_needed(
             running_mean=running,
             instances=instances,
@@ -219,14 +180,11 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
             band_high=pool.util_band_high,
         )
         peaks[pool_id] = max(peaks.get(pool_id, 0), needed)
-    # The week's SLA, read as the SLA names it (its percentile over every request of the window), met
-    # at the minimum kept: a pool that missed it may have needed the warm instances.
-    slas = {pool_id: sla_terms(pools[pool_id], ttft=ttfts[pool_id], e2e=e2es[pool_id]) for pool_id in peaks}
-    spare = [
-        pool_id
-        for pool_id, peak in peaks.items()
-        if peak < pools[pool_id].min_instances and sla_within(slas[pool_id], ratio=1.0)
-    ]
+    # The week's SLA met at the minimum kept, read as the overview reads it (``pool_sla``): a pool that
+    # missed it may have needed the warm instances.
+    over = [pool_id for pool_id, peak in peaks.items() if peak < pools[pool_id].min_instances]
+    slas = pool_sla([pools[pool_id] for pool_id in over], now - PEAK_WINDOW, now)
+    spare = [pool_id for pool_id in over if slas[pool_id].met]
     held = _cheapest_instance(report=report, pool_ids=spare)
     rows = []
     for pool_id in spare:
@@ -240,7 +198,7 @@ def _pool_minimums(*, report: SpendReport, now: datetime) -> list[Recommendation
                 key=f"{POOL_MINIMUM}:{pool_id}",
                 title=f"Pool {pool.name} keeps at least {pool.min_instances} instances; its busiest hour of the last "
                 f"7 days needed {peak}: lower its minimum to {pool.min_instances - 1}",
-                arithmetic=f"SLA met over the last 7 days: {sla_terms_text(slas[pool_id])}; one instance "
+                arithmetic=f"SLA met over the last 7 days: {slas[pool_id].text}; one instance "
                 f"{cheapest:.2f}/h x {HOURS_PER_MONTH} h = {per_month(cheapest):.2f} a month",
                 saving_per_hour=cheapest,
                 pool_id=pool_id,
@@ -278,13 +236,21 @@ def _band_tops(*, report: SpendReport, now: datetime) -> list[Recommendation]:
     saved: dict[int, int] = defaultdict(int)
     roomy: dict[int, int] = defaultdict(int)
     hours: dict[int, int] = defaultdict(int)
-    for pool_id, instances, running, ttft, e2e in PoolHour.objects.filter(
+    rule: dict[int, str] = {}
+    # Each hour's SLA at the margin autoscale asks before a scale-in (pools grouped by their ratio).
+    headroom: dict[int, dict[datetime, SlaReading]] = {}
+    for ratio in set(ratios.values()):
+        grouped = [pool for pool_id, pool in pools.items() if ratios[pool_id] == ratio]
+        headroom.update(pool_sla_hours(grouped, now - PEAK_WINDOW, now, ratio=ratio))
+    for pool_id, bucket, instances, running in PoolHour.objects.filter(
         pool_id__in=list(pools), bucket__gte=now - PEAK_WINDOW, bucket__lt=now
-    ).values_list("pool_id", "instances", "requests_running_mean", "ttft_histogram", "e2e_histogram"):
-        pool, ratio = pools[pool_id], ratios[pool_id]
+    ).values_list("pool_id", "bucket", "instances", "requests_running_mean"):
+        pool = pools[pool_id]
         hours[pool_id] += 1
-        if not sla_within(sla_terms(pool, ttft=[ttft], e2e=[e2e]), ratio=ratio):
+        reading = headroom.get(pool_id, {}).get(bucket)
+        if reading is None or not reading.met:
             continue
+        rule[pool_id] = reading.rule
         roomy[pool_id] += 1
         saved[pool_id] += band_hour_saving(
             running_mean=running,
@@ -298,7 +264,7 @@ def _band_tops(*, report: SpendReport, now: datetime) -> list[Recommendation]:
     window_hours = Decimal(int(PEAK_WINDOW.total_seconds() // 3600))
     rows = []
     for pool_id, cheapest in held.items():
-        pool, instance_hours, ratio = pools[pool_id], saved[pool_id], ratios[pool_id]
+        pool, instance_hours = pools[pool_id], saved[pool_id]
         proposed = band_proposed(pool.util_band_high)
         with localcontext(CONTEXT):
             per_hour = Decimal(instance_hours) * cheapest / window_hours
@@ -311,7 +277,8 @@ def _band_tops(*, report: SpendReport, now: datetime) -> list[Recommendation]:
                 title=f"Pool {pool.name} scales out at {pool.util_band_high:.0%} load though its SLA had headroom: "
                 f"raise its band top to {proposed:.0%}",
                 arithmetic=f"{instance_hours} instance-hours fewer in the {roomy[pool_id]} of {hours[pool_id]} hours "
-                f"whose P{pool.sla_percentile} latency stayed within {ratio:.0%} of the SLA; {instance_hours} x "
+                f"with the SLA headroom autoscale asks before a scale-in ({rule[pool_id]}); "
+                f"{instance_hours} x "
                 f"{cheapest:.2f}/h / {window_hours} h = {per_hour:.4f}/h x {HOURS_PER_MONTH} h = "
                 f"{per_month(per_hour):.2f} a month",
                 saving_per_hour=per_hour,

@@ -8,12 +8,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, Subquery
-from django.db.models.functions import TruncDay, TruncHour
+from django.db.models import DateTimeField, Exists, F, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce, TruncDay, TruncHour
 from django.utils import timezone
 
 from fleet import catalog
@@ -118,14 +119,16 @@ def _gpus() -> dict[int, GpuInfo]:
 
 
 def _mig_slices() -> dict[int, int]:
-    """Slices per MIG device; a profile the catalogue cannot read is priced as the whole GPU."""
-    slices = {}
-    for pk, profile in MigDevice.objects.values_list("pk", "profile"):
-        try:
-            slices[pk] = catalog.mig_slices(profile)
-        except ValueError:
-            slices[pk] = 7
-    return slices
+    """Slices per MIG device (``_profile_slices``)."""
+    return {pk: _profile_slices(profile) for pk, profile in MigDevice.objects.values_list("pk", "profile")}
+
+
+def _profile_slices(profile: str) -> int:
+    """Slices of a MIG profile; one the catalogue cannot read is priced as the whole GPU."""
+    try:
+        return catalog.mig_slices(profile)
+    except ValueError:
+        return 7
 
 
 def _events(*, start: datetime, end: datetime) -> list[StateEvent]:
@@ -174,6 +177,81 @@ class FleetWindow:
         )
 
 
+def _day_events(events: list[StateEvent], *, start: datetime, end: datetime) -> list[StateEvent]:
+    """What ``_events`` reads for [start, end), taken from ``events`` of a range holding it.
+
+    ``_events`` lists are in (time, id) order: an instance's last event before a range and
+    the events in it, and the range's events all come after the former. So each instance's
+    last entry before ``start`` is its state then, in the same order the query would list it.
+    """
+    last_before: dict[int, int] = {}
+    inside: list[StateEvent] = []
+    for index, event in enumerate(events):
+        if event.at < start:
+            last_before[event.instance_id] = index
+        elif event.at < end:
+            inside.append(event)
+    return [events[index] for index in sorted(last_before.values())] + inside
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What windows of a range read the same, read once: its state events with each instance's
+    last one before it (``_events``), which states hold a GPU, GPUs, MIG slices and instances' pools.
+
+    ``window`` builds the ``FleetWindow`` of any [start, end) inside the range, its holds
+    cut from the events as ``_events`` of [start, end) would give them: the one way a
+    window is built, whether of the range itself or of each of its days.
+    """
+
+    start: datetime
+    end: datetime
+    events: list[StateEvent]
+    states: frozenset[str]
+    gpus: dict[int, GpuInfo]
+    mig_slices: dict[int, int]
+    pools: dict[int, int]
+
+    @classmethod
+    def read(cls, *, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None) -> Holdings:
+        if sleeping_holds_gpu is None:
+            sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
+        return cls(
+            start=start,
+            end=end,
+            events=_events(start=start, end=end),
+            states=gpu_holding_states(sleeping_holds_gpu=sleeping_holds_gpu),
+            gpus=_gpus(),
+            mig_slices=_mig_slices(),
+            pools=dict(Instance.objects.values_list("pk", "pool_id")),
+        )
+
+    def window(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        up: dict[int, list[tuple[datetime, datetime]]],
+        utilization: UtilizationIndex,
+        complete_until: datetime,
+    ) -> FleetWindow:
+        """[start, end) with its holds, and the up time and duty cycle given (read per window: ``gpu_activity``)."""
+        if start < self.start or end > self.end:
+            raise ValueError(f"[{start}, {end}) is not inside the range read, [{self.start}, {self.end})")
+        events = _day_events(self.events, start=start, end=end)
+        holds = holds_from_events(events, start=start, end=end, states=self.states)
+        return FleetWindow(
+            start=start,
+            end=end,
+            gpus=self.gpus,
+            allocations=allocations_split(holds, mig_slices=self.mig_slices),
+            up=up,
+            utilization=utilization,
+            pools=self.pools,
+            complete_until=complete_until,
+        )
+
+
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 
@@ -199,12 +277,16 @@ class Tiers:
     are read; for rollups only, the minute watermark (the end of the last complete minute,
     the window's start if rollups never ran), as up time past it is not rolled up yet while
     holds, read from state events, run to ``end``.
+
+    ``days_done`` is the day watermark read with the others (None where day rollups never
+    ran): complete UTC days before it are read from day rollups (``_day_periods``).
     """
 
     hours_until: datetime
     minutes_until: datetime
     complete_until: datetime
     raw: bool = True
+    days_done: datetime | None = None
 
     @classmethod
     def for_window(
@@ -223,7 +305,7 @@ class Tiers:
         if marks is None:
             marks = rollup_marks()
         if raw and "minute" not in marks:
-            return cls(hours_until=start, minutes_until=start, complete_until=end)
+            return cls(hours_until=start, minutes_until=start, complete_until=end, days_done=marks.get("day"))
         rolled_up = min(max(marks.get("minute", start), start), end)
         minutes_until = rolled_up if raw else end
         # History pages take every complete hour from hour rollups: a chart of a day or a month
@@ -236,7 +318,11 @@ class Tiers:
         hours_done = min(marks.get("hour", start if raw else floor_hour(end)), detail_from)
         hours_until = min(max(oldest_minute, hours_done, start), minutes_until)
         return cls(
-            hours_until=hours_until, minutes_until=minutes_until, complete_until=end if raw else rolled_up, raw=raw
+            hours_until=hours_until,
+            minutes_until=minutes_until,
+            complete_until=end if raw else rolled_up,
+            raw=raw,
+            days_done=marks.get("day"),
         )
 
 
@@ -247,56 +333,85 @@ PERIOD_AFTER = {HOUR: timedelta(hours=6), MINUTE: timedelta(minutes=15)}
 PERIOD_TRUNC = {HOUR: TruncDay, MINUTE: TruncHour}
 
 
+def _after(field: str, origin: datetime) -> Any:
+    """The time from ``origin`` (UTC) to a row's ``field``, read back as a ``timedelta``.
+
+    Rollup rows are read by the thousand: the driver decodes an interval natively, while
+    every timestamp passes through a time zone loader written in Python (six thousand day
+    rollups: about 20 ms of decoding as timestamps, 3 ms as intervals). ``origin`` plus
+    it is the very instant, in UTC as the timestamp would be read.
+    """
+    return F(field) - Value(origin, output_field=DateTimeField())
+
+
 def _rollup_periods(
-    model: type[GpuHour] | type[GpuMinute], width: timedelta, first: datetime, until: datetime
+    model: type[GpuHour] | type[GpuMinute],
+    width: timedelta,
+    first: datetime,
+    until: datetime,
+    *,
+    days_done: datetime | None = None,
 ) -> list[tuple[int, datetime, timedelta, float | None, int]]:
     """(gpu, period start, up time, mean duty cycle, raw samples) per GPU and period.
 
     A period of n reporting buckets counts as n buckets of up time from its first bucket:
     exact for a GPU that reported throughout, and where a period has gaps its up time is
     right but placed from its first bucket. A month of a thousand GPUs is 30,000 rows.
+    Complete UTC days before ``days_done`` (the day watermark, ``Tiers.days_done``) are read
+    from day rollups; with None, hour rollups are summed for them.
     """
     if width == HOUR and until - first > PERIOD_AFTER[HOUR]:
-        days = _day_periods(first, until)
+        days = _day_periods(first, until, days_done)
         if days is not None:
             return days
     start = floor_hour(first) if width == HOUR else floor_minute(first)
     if until - first <= PERIOD_AFTER[width]:
         # Each bucket is its own period, and a GPU has one row per bucket: the rows as they are
         # (what ``gpu_period_sums`` would sum them to, without grouping or a second timestamp).
-        rows = model.objects.filter(bucket__gte=start, bucket__lt=until, samples__gt=0)
+        origin = start.astimezone(UTC)
+        rows = model.objects.filter(bucket__gte=start, bucket__lt=until, samples__gt=0).annotate(
+            after=_after("bucket", origin)
+        )
         return [
-            (gpu_id, bucket, width, mean, weight)
-            for gpu_id, bucket, mean, weight in rows.values_list("gpu_id", "bucket", "utilization_mean", "samples")
+            (gpu_id, origin + after, width, mean, weight)
+            for gpu_id, after, mean, weight in rows.values_list("gpu_id", "after", "utilization_mean", "samples")
         ]
+    # Rows all of one period (today's hours, the current hour's minutes) are grouped by GPU alone:
+    # the database then hashes a thousand groups where truncating each row's bucket has it sort
+    # every row first (the minutes of an hour of a thousand GPUs spill that sort to disk).
+    period_start = floor_day(start) if width == HOUR else floor_hour(start.astimezone(UTC))
+    period = (
+        Value(period_start, output_field=DateTimeField())
+        if until <= period_start + (DAY if width == HOUR else HOUR)
+        else PERIOD_TRUNC[width]("bucket", tzinfo=UTC)
+    )
     return [
         (gpu_id, begin, n * width, mean, weight)
-        for gpu_id, _, begin, n, mean, weight in gpu_period_sums(
-            model, start=start, end=until, period=PERIOD_TRUNC[width]("bucket", tzinfo=UTC)
-        )
+        for gpu_id, _, begin, n, mean, weight in gpu_period_sums(model, start=start, end=until, period=period)
     ]
 
 
-def _day_periods(first: datetime, until: datetime) -> list[tuple[int, datetime, timedelta, float | None, int]] | None:
+def _day_periods(
+    first: datetime, until: datetime, done: datetime | None
+) -> list[tuple[int, datetime, timedelta, float | None, int]] | None:
     """Hour periods of [first, until) with every complete day inside it read from day rollups.
 
     The same rows summing hour rollups per day gives (``GpuDay`` is that sum, kept), for
-    the days the ``day`` watermark says are done; the hours either side are summed as
-    before. None when no whole rolled-up day lies inside.
+    the days the ``day`` watermark (``done``) says are done; the hours either side are summed
+    as before. None when no whole rolled-up day lies inside.
     """
-    done = RollupWatermark.objects.filter(name="day").values_list("done_until", flat=True).first()
     day_from = floor_day(first) + (DAY if floor_day(first) < first else timedelta(0))
     day_to = min(floor_day(until), done) if done is not None else day_from
     if day_to <= day_from:
         return None
     days = [
-        (gpu_id, first_hour, hours * HOUR, mean, samples)
-        for gpu_id, first_hour, hours, mean, samples in GpuDay.objects.filter(
-            bucket__gte=day_from, bucket__lt=day_to
-        ).values_list("gpu_id", "first_hour", "hours", "utilization_mean", "samples")
+        (gpu_id, day_from + after, hours * HOUR, mean, samples)
+        for gpu_id, after, hours, mean, samples in GpuDay.objects.filter(bucket__gte=day_from, bucket__lt=day_to)
+        .annotate(after=_after("first_hour", day_from))
+        .values_list("gpu_id", "after", "hours", "utilization_mean", "samples")
     ]
-    before = _rollup_periods(GpuHour, HOUR, first, day_from) if first < day_from else []
-    after = _rollup_periods(GpuHour, HOUR, day_to, until) if day_to < until else []
+    before = _rollup_periods(GpuHour, HOUR, first, day_from, days_done=done) if first < day_from else []
+    after = _rollup_periods(GpuHour, HOUR, day_to, until, days_done=done) if day_to < until else []
     return before + days + after
 
 
@@ -314,8 +429,8 @@ def gpu_activity(
     parts = ((GpuHour, HOUR, start, tiers.hours_until), (GpuMinute, MINUTE, tiers.hours_until, tiers.minutes_until))
     for model, width, first, until in parts:
         if first < until:
-            periods += _rollup_periods(model, width, first, until)
-    periods.sort(key=lambda row: (row[0], row[1]))
+            periods += _rollup_periods(model, width, first, until, days_done=tiers.days_done)
+    periods.sort(key=itemgetter(0, 1))
     # Touching periods make one run.
     runs: dict[int, list[list[datetime]]] = defaultdict(list)
     for gpu_id, begin, up_time, _, _ in periods:
@@ -364,22 +479,10 @@ def fleet_window(
     *, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None, raw: bool = True
 ) -> FleetWindow:
     """What spend arithmetic needs of [start, end); ``raw=False`` for history pages (``Tiers``)."""
-    if sleeping_holds_gpu is None:
-        sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
-    states = gpu_holding_states(sleeping_holds_gpu=sleeping_holds_gpu)
-    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
+    holdings = Holdings.read(start=start, end=end, sleeping_holds_gpu=sleeping_holds_gpu)
     tiers = Tiers.for_window(start=start, end=end, raw=raw)
     up, utilization = gpu_activity(start=start, end=end, tiers=tiers)
-    return FleetWindow(
-        start=start,
-        end=end,
-        gpus=_gpus(),
-        allocations=allocations_split(holds, mig_slices=_mig_slices()),
-        up=up,
-        utilization=utilization,
-        pools=dict(Instance.objects.values_list("pk", "pool_id")),
-        complete_until=tiers.complete_until,
-    )
+    return holdings.window(start=start, end=end, up=up, utilization=utilization, complete_until=tiers.complete_until)
 
 
 def spend_report(
@@ -387,32 +490,26 @@ def spend_report(
 ) -> SpendReport:
     """Allocated and unallocated spend of [start, end), line by line."""
     window = window or fleet_window(start=start, end=end)
+    return _report(
+        start=start,
+        end=end,
+        window=window,
+        prices=price_book(currency=currency),
+        currency=currency or billing_currency(),
+    )
+
+
+def _report(*, start: datetime, end: datetime, window: FleetWindow, prices: PriceBook, currency: str) -> SpendReport:
+    """The lines of ``window`` at ``prices`` (``spend_lines``), as a report of [start, end) in ``currency``."""
     lines = spend_lines(
         allocations=window.allocations,
         up=window.up,
         gpus=window.gpus,
         pools=window.pools,
-        prices=price_book(currency=currency),
+        prices=prices,
         utilization=window.utilization,
     )
-    return SpendReport(start=start, end=end, currency=currency or billing_currency(), lines=lines)
-
-
-def _day_events(events: list[StateEvent], *, start: datetime, end: datetime) -> list[StateEvent]:
-    """What ``_events`` reads for [start, end), taken from ``events`` of a range holding it.
-
-    ``_events`` lists are in (time, id) order: an instance's last event before a range and
-    the events in it, and the range's events all come after the former. So each instance's
-    last entry before ``start`` is its state then, in the same order the query would list it.
-    """
-    last_before: dict[int, int] = {}
-    inside: list[StateEvent] = []
-    for index, event in enumerate(events):
-        if event.at < start:
-            last_before[event.instance_id] = index
-        elif event.at < end:
-            inside.append(event)
-    return [events[index] for index in sorted(last_before.values())] + inside
+    return SpendReport(start=start, end=end, currency=currency, lines=lines)
 
 
 def spend_reports_by_day(
@@ -423,8 +520,8 @@ def spend_reports_by_day(
     their whole spend); pages that split busy from idle read ``spend_report``.
 
     Each report's lines price exactly what ``spend_report`` over that day's own window prices: state
-    events, GPUs, MIG slices, pools, prices and watermarks are read once for the whole range
-    and each day's holds are cut from them as that day's read would give them. Up time is
+    events, GPUs, MIG slices, pools (``Holdings``), prices and watermarks are read once for the
+    whole range and each day's window is built from them as that day's read would give it. Up time is
     still read per day (one grouped rollup query each): rollup periods place their up time
     from their first bucket (``_rollup_periods``), so periods summed over the whole range
     would move a GPU's up time across a billing midnight wherever it has gaps (up 00:00-02:00
@@ -433,27 +530,17 @@ def spend_reports_by_day(
     """
     if not days:
         return []
-    start, end = days[0][0], days[-1][1]
-    events = _events(start=start, end=end)
-    states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
+    holdings = Holdings.read(start=days[0][0], end=days[-1][1])
     marks, now = rollup_marks(), timezone.now()
-    gpus, slices = _gpus(), _mig_slices()
-    pools = dict(Instance.objects.values_list("pk", "pool_id"))
     prices, currency = price_book(currency=currency), currency or billing_currency()
     reports = []
     for first, last in days:
-        holds = holds_from_events(_day_events(events, start=first, end=last), start=first, end=last, states=states)
         tiers = Tiers.for_window(start=first, end=last, now=now, raw=False, marks=marks)
         up, utilization = gpu_activity(start=first, end=last, tiers=tiers, duty_cycle=False)
-        lines = spend_lines(
-            allocations=allocations_split(holds, mig_slices=slices),
-            up=up,
-            gpus=gpus,
-            pools=pools,
-            prices=prices,
-            utilization=utilization,
+        window = holdings.window(
+            start=first, end=last, up=up, utilization=utilization, complete_until=tiers.complete_until
         )
-        reports.append(SpendReport(start=first, end=last, currency=currency, lines=lines))
+        reports.append(_report(start=first, end=last, window=window, prices=prices, currency=currency))
     return reports
 
 
@@ -705,17 +792,8 @@ def holds_window(*, start: datetime, end: datetime) -> FleetWindow:
     counted busy and no unallocated lines, and reads no rollups: a day of a thousand GPUs' is
     most of what a full window costs.
     """
-    states = gpu_holding_states(sleeping_holds_gpu=settings.FLEET_COST_SLEEPING_HOLDS_GPU)
-    holds = holds_from_events(_events(start=start, end=end), start=start, end=end, states=states)
-    return FleetWindow(
-        start=start,
-        end=end,
-        gpus=_gpus(),
-        allocations=allocations_split(holds, mig_slices=_mig_slices()),
-        up={},
-        utilization=UtilizationIndex([]),
-        pools=dict(Instance.objects.values_list("pk", "pool_id")),
-        complete_until=end,
+    return Holdings.read(start=start, end=end).window(
+        start=start, end=end, up={}, utilization=UtilizationIndex([]), complete_until=end
     )
 
 
@@ -775,17 +853,25 @@ def busy_share(report: SpendReport) -> BusyShare:
 def team_spend(
     *, report: SpendReport, usage_source: UsageSource, basis: Basis = "gpu_seconds"
 ) -> dict[int, dict[int, Decimal]]:
-    """Each pool's allocated spend shared among the teams that used it (``teams.team_shares``).
+    """Each pool's allocated spend shared among the teams that used it (``pool_shares``)."""
+    usage = usage_source(start=report.start, end=report.end, basis=basis)
+    return pool_shares(pools=totals_by_pool(report), usage=usage)
+
+
+def pool_shares(
+    *, pools: Mapping[int | None, Totals], usage: Mapping[tuple[int, int], Decimal]
+) -> dict[int, dict[int, Decimal]]:
+    """Each pool's spend (``totals_by_pool``) shared among the teams (or keys) by their ``usage``
+    of it, ``{(pool, team): amount}`` (``teams.team_shares``).
 
     A pool with spend but no recorded usage has no team shares: its spend stays the pool's.
     """
-    usage = usage_source(start=report.start, end=report.end, basis=basis)
     per_pool: dict[int, dict[int, Decimal]] = defaultdict(dict)
     for (pool_id, team_id), amount in usage.items():
         per_pool[pool_id][team_id] = amount
     return {
         pool_id: team_shares(total=totals.spend, usage=per_pool.get(pool_id, {}))
-        for pool_id, totals in totals_by_pool(report).items()
+        for pool_id, totals in pools.items()
         if pool_id is not None
     }
 
@@ -875,15 +961,16 @@ def decision_effects_read(
 ) -> tuple[dict[int, DecisionEffect], dict[int, DecisionMeta]]:
     """Every instance decision of [start, end) with its effect accrued inside it (``fleet.costs.effects``).
 
-    Reads, per instance, its decisions in the range and its newest decision before it (what
-    was in effect when the range opened): seven queries at most whatever the number of decisions. A
-    scale-out is taken as the start, wake or launch it was done by.
+    Reads the instances with their devices, then, per instance, its decisions in the range and its
+    newest decision before it (what was in effect when the range opened): six queries at most
+    whatever the number of decisions. A scale-out is taken as the start, wake or launch it was
+    done by. ``gpus`` (a window's cards) limits the GPUs priced; by default every card an
+    instance is on.
 
     ``decision_ids`` (a page's rows) narrows it to those decisions' effects, the same as read
     whole: one decision's effect depends only on the decisions of its own instance and of the
-    instances sharing its GPU (``decision_effects``), so only those instances are read (in the
-    same queries, as a subquery), and only the asked ones are priced. A week of decisions is then no longer
-    priced to show five hundred.
+    instances sharing its GPU (``decision_effects``), so only those instances are read, and only
+    the asked ones are priced. A week of decisions is then no longer priced to show five hundred.
     """
     sleeping_holds_gpu = settings.FLEET_COST_SLEEPING_HOLDS_GPU
     moving = [
@@ -891,43 +978,65 @@ def decision_effects_read(
         for action in (*RELEASING, *ADDING, "sleep", "wake")
         if action_direction(action, sleeping_holds_gpu=sleeping_holds_gpu) != NONE
     ]
+    instances = Instance.objects.order_by()
+    if decision_ids is not None:
+        asked = list(
+            Decision.objects.filter(pk__in=list(decision_ids), instance__isnull=False)
+            .order_by()
+            .values_list("instance_id", flat=True)
+            .distinct()
+        )
+        cards = Instance.objects.filter(pk__in=asked, gpu__isnull=False).order_by().values("gpu_id")
+        instances = instances.filter(Q(pk__in=asked) | Q(gpu_id__in=cards))
+    held = list(
+        instances.values_list("pk", "gpu_id", "mig_device_id", "gpu__node_id", "gpu__model_name", "mig_device__profile")
+    )
+    devices = {
+        pk: Device(gpu_id, mig_id, Fraction(_profile_slices(profile), 7) if mig_id else Fraction(1))
+        for pk, gpu_id, mig_id, _, _, profile in held
+        if gpu_id is not None
+    }
+    if gpus is None:
+        gpus = {
+            gpu_id: GpuInfo(gpu_id, node_id, model) for _, gpu_id, _, node_id, model, _ in held if gpu_id is not None
+        }
+    # Narrowed to the instances read where a page asked; otherwise every instance's decisions.
+    ids = [pk for pk, *_ in held] if decision_ids is not None else None
     newest_before = (
         Decision.objects.filter(instance=OuterRef("pk"), action__in=moving, created_at__lt=start)
         .order_by("-created_at", "-id")
         .values("pk")[:1]
     )
-    instances = Instance.objects.all()
-    in_range = Decision.objects.filter(instance__isnull=False, created_at__gte=start, created_at__lt=end)
-    if decision_ids is not None:
-        asked = Decision.objects.filter(pk__in=list(decision_ids), instance__isnull=False).values("instance_id")
-        cards = Instance.objects.filter(pk__in=asked, gpu__isnull=False).values("gpu_id")
-        scope = Instance.objects.filter(Q(pk__in=asked) | Q(gpu_id__in=cards)).values("pk")
-        instances, in_range = instances.filter(pk__in=scope), in_range.filter(instance_id__in=scope)
     # Read as a list of ids, not joined as a subquery: PostgreSQL would hash the whole decision
-    # log (a week's is tens of thousands of rows) to find one decision per instance.
-    prior = list(instances.annotate(prior=Subquery(newest_before)).exclude(prior=None).values_list("prior", flat=True))
-    fields = ("pk", "instance_id", "action", "inputs__via", "applied_at", "created_at", "policy_kind", "pool_id")
+    # log (a week's is tens of thousands of rows) to find one decision per instance. Instances
+    # without one are dropped here: excluded in SQL, the subquery would run twice an instance.
+    prior = [
+        pk
+        for pk in Instance.objects.filter(Q(pk__in=ids) if ids is not None else Q())
+        .order_by()
+        .annotate(prior=Subquery(newest_before))
+        .values_list("prior", flat=True)
+        if pk is not None
+    ]
+    in_range = Decision.objects.filter(instance__isnull=False, created_at__gte=start, created_at__lt=end)
+    if ids is not None:
+        in_range = in_range.filter(instance_id__in=ids)
+    # The time it took effect, read once (parsing timestamps is much of reading a week's log).
+    at = Coalesce("applied_at", "created_at")
+    fields = ("pk", "instance_id", "action", "inputs__via", at, "policy_kind", "pool_id")
     rows = [
-        *Decision.objects.filter(pk__in=prior).values_list(*fields),
-        *in_range.values_list(*fields),
+        *Decision.objects.filter(pk__in=prior).order_by().values_list(*fields),
+        *in_range.order_by().values_list(*fields),
     ]
     decisions, meta = [], {}
-    for pk, instance_id, action, via, applied_at, created_at, kind, pool_id in rows:
+    for pk, instance_id, action, via, at, kind, pool_id in rows:
         moved = via if action == "scale_out" and isinstance(via, str) and via else action
-        decisions.append(DecisionRow(pk, instance_id, moved, applied_at or created_at))
-        meta[pk] = DecisionMeta(kind, pool_id, action, applied_at or created_at)
-    instance_ids = {row.instance_id for row in decisions if row.instance_id is not None}
-    slices = _mig_slices()
-    devices = {
-        pk: Device(gpu_id, mig_id, Fraction(slices.get(mig_id, 7), 7) if mig_id else Fraction(1))
-        for pk, gpu_id, mig_id in Instance.objects.filter(pk__in=instance_ids, gpu__isnull=False).values_list(
-            "pk", "gpu_id", "mig_device_id"
-        )
-    }
+        decisions.append(DecisionRow(pk, instance_id, moved, at))
+        meta[pk] = DecisionMeta(kind, pool_id, action, at)
     effects = decision_effects(
         decisions=decisions,
         devices=devices,
-        gpus=gpus if gpus is not None else _gpus(),
+        gpus=gpus,
         prices=price_book(),
         start=start,
         end=end,

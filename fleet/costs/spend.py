@@ -72,13 +72,18 @@ class Totals:
     unpriced_gpu_hours: Decimal = ZERO
 
     def add(self, line: CostLine) -> None:
+        self.add_all((line,))
+
+    def add_all(self, lines: Iterable[CostLine]) -> None:
+        """Add ``lines`` one after the other, as ``add`` does each."""
         with localcontext(CONTEXT):
-            self.spend += line.spend
-            self.busy += line.busy
-            self.idle += line.idle
-            self.gpu_hours += line.gpu_hours
-            if not line.priced:
-                self.unpriced_gpu_hours += line.gpu_hours
+            for line in lines:
+                self.spend += line.spend
+                self.busy += line.busy
+                self.idle += line.idle
+                self.gpu_hours += line.gpu_hours
+                if line.price_per_gpu_hour is None:
+                    self.unpriced_gpu_hours += line.gpu_hours
 
 
 class UtilizationIndex:
@@ -159,6 +164,30 @@ class TieredUtilization(UtilizationIndex):
         return total, weight
 
 
+class LineFigures:
+    """Each distinct (price, duration, share) of lines worked out once: its spend (``money_cost``),
+    GPU-hours (``gpu_hours``) and idle part where nothing was busy (spend - 0).
+
+    The figures are those of the arithmetic itself, so a line reads the same whether or not
+    another line had its price, length and share: a day of a thousand idle cards up all day
+    is a thousand lines of the same hours at the same price. A price is told apart by its
+    digits and exponent, not its value (2.0 and 2.00 give a spend of different exponents).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[object, int, int, int], tuple[Decimal, Decimal, Decimal]] = {}
+
+    def __call__(self, *, price: Decimal | None, micros: int, share: Fraction) -> tuple[Decimal, Decimal, Decimal]:
+        key = (price.as_tuple() if price is not None else None, micros, share.numerator, share.denominator)
+        known = self._known.get(key)
+        if known is None:
+            spend = money_cost(price_per_hour=price, micros=micros, share=share) if price is not None else ZERO
+            with localcontext(CONTEXT):
+                idle = spend - ZERO
+            known = self._known[key] = (spend, gpu_hours(micros=micros, share=share), idle)
+        return known
+
+
 def _line(
     *,
     kind: str,
@@ -168,17 +197,21 @@ def _line(
     share: Fraction,
     prices: PriceBook,
     utilization: UtilizationIndex | None,
+    figures: LineFigures | None = None,
     **extra: object,
 ) -> list[CostLine]:
+    figures = figures or LineFigures()
     lines = []
     for span in prices.spans(gpu_model=gpu.model_name, node_id=gpu.node_id, start=start, end=end):
         micros = duration_us(span.start, span.end)
         price = span.rate.price_per_gpu_hour if span.rate else None
-        spend = money_cost(price_per_hour=price, micros=micros, share=share) if price is not None else ZERO
+        spend, hours, idle = figures(price=price, micros=micros, share=share)
         mean = utilization.mean(gpu_id=gpu.gpu_id, start=span.start, end=span.end) if utilization else None
-        with localcontext(CONTEXT):
-            busy = spend * mean if mean is not None else ZERO
-            idle = spend - busy
+        busy = ZERO
+        if mean is not None:
+            with localcontext(CONTEXT):
+                busy = spend * mean
+                idle = spend - busy
         lines.append(
             CostLine(
                 kind=kind,
@@ -188,7 +221,7 @@ def _line(
                 start=span.start,
                 end=span.end,
                 share=share,
-                gpu_hours=gpu_hours(micros=micros, share=share),
+                gpu_hours=hours,
                 price_per_gpu_hour=price,
                 rate_id=span.rate.rate_id if span.rate else None,
                 spend=spend,
@@ -216,6 +249,7 @@ def spend_lines(
     """
     allocations = list(allocations)
     lines: list[CostLine] = []
+    figures = LineFigures()
     for row in allocations:
         lines += _line(
             kind=ALLOCATED,
@@ -225,6 +259,7 @@ def spend_lines(
             share=row.share,
             prices=prices,
             utilization=utilization,
+            figures=figures,
             instance_id=row.instance_id,
             pool_id=pools.get(row.instance_id),
             mig_device_id=row.mig_device_id,
@@ -243,6 +278,7 @@ def spend_lines(
                 share=free,
                 prices=prices,
                 utilization=None,
+                figures=figures,
             )
     return lines
 
@@ -252,6 +288,7 @@ def baseline_lines(
 ) -> list[CostLine]:
     """The static layout: each GPU holds one always-on instance, the whole card paid throughout."""
     lines: list[CostLine] = []
+    figures = LineFigures()
     for gpu_id, (begin, finish) in spans.items():
         if begin < finish:
             lines += _line(
@@ -262,6 +299,7 @@ def baseline_lines(
                 share=Fraction(1),
                 prices=prices,
                 utilization=None,
+                figures=figures,
             )
     return lines
 
@@ -285,9 +323,7 @@ class SpendReport:
 
     def _total(self, kind: str) -> Totals:
         totals = Totals()
-        for line in self.lines:
-            if line.kind == kind:
-                totals.add(line)
+        totals.add_all(line for line in self.lines if line.kind == kind)
         return totals
 
     @property
@@ -308,8 +344,11 @@ class SpendReport:
         self, key: Callable[[CostLine], Hashable], *, kinds: tuple[str, ...] = (ALLOCATED,)
     ) -> dict[Hashable, Totals]:
         """Totals grouped by ``key`` (e.g. ``lambda line: line.pool_id``) over lines of ``kinds``."""
-        groups: dict[Hashable, Totals] = defaultdict(Totals)
+        groups: dict[Hashable, list[CostLine]] = defaultdict(list)
         for line in self.lines:
             if line.kind in kinds:
-                groups[key(line)].add(line)
-        return dict(groups)
+                groups[key(line)].append(line)
+        totals = {group: Totals() for group in groups}
+        for group, lines in groups.items():
+            totals[group].add_all(lines)
+        return totals

@@ -9,9 +9,10 @@ of the card busy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal, localcontext
+from itertools import pairwise
 from typing import Any, Literal, Protocol
 
 from fleet.costs.money import CENT, CONTEXT, money_cents
@@ -88,33 +89,70 @@ def request_tokens() -> Any:
 
 
 def _request_log_usage(*, start: object, end: object, basis: Basis, by: str) -> dict[tuple[int, int], Decimal]:
-    """Usage summed exactly, in milliseconds to the microsecond or tokens, then GPU-seconds.
+    """Usage of [start, end) summed exactly: ``_request_log_usage_of_days`` of that one day."""
+    return _request_log_usage_of_days(days=[(start, end)], basis=basis, by=by)[0]
+
+
+# The request log's sources and the id each groups by: ``usage_of_days`` reads their days together.
+REQUEST_LOG_SOURCES: dict[object, str] = {request_log_usage: "team_id", request_log_key_usage: "api_key_id"}
+
+
+def usage_of_days(
+    *, source: UsageSource, days: Sequence[tuple[datetime, datetime]], basis: Basis
+) -> list[Mapping[tuple[int, int], Decimal]]:
+    """What ``source`` gives for each of ``days`` (disjoint [start, end) ranges in time order), in their order.
+
+    The request log's own sources (``REQUEST_LOG_SOURCES``) read every day in the same few
+    queries, each day's usage the very decimals its own read gives; any other source is
+    asked for each day in turn, as it takes one range at a time.
+    """
+    by = REQUEST_LOG_SOURCES.get(source)
+    if by is None:
+        return [source(start=start, end=end, basis=basis) for start, end in days]
+    return list(_request_log_usage_of_days(days=days, basis=basis, by=by))
+
+
+def _request_log_usage_of_days(
+    *, days: Sequence[tuple[object, object]], basis: Basis, by: str
+) -> list[dict[tuple[int, int], Decimal]]:
+    """Usage of each day summed exactly, in milliseconds to the microsecond or tokens, then GPU-seconds.
 
     Whole UTC hours the usage rollup has completed (``UsageHour``, below the ``usage``
-    watermark) are read from it; the rest of the range (a start or end inside an hour, as
-    a billing day in a half-hour time zone has, and hours after the watermark) from the
-    raw log. The rollup holds the very sums the raw read computes, so the pieces add up to
-    the raw read of the whole range.
+    watermark, read once for all days) are read from it; the rest of each day (a start or
+    end inside an hour, as a billing day in a half-hour time zone has, and hours after the
+    watermark) from the raw log. The rollup holds the very sums the raw read computes, so
+    the pieces add up to the raw read of the whole day. All days' rollup hours are one
+    grouped query and all their raw pieces another, each row told to its day by its time.
     """
-    if not isinstance(start, datetime) or not isinstance(end, datetime):
-        raise TypeError(f"usage is read between two datetimes, not {start!r} and {end!r}")
-    hours_from, hours_to = usage_hours_done(start=start, end=end)
-    if hours_from < hours_to:
-        pieces = [
-            _request_log_raw(start=start, end=hours_from, basis=basis, by=by) if start < hours_from else {},
-            _usage_hours(start=hours_from, end=hours_to, basis=basis, by=by),
-            _request_log_raw(start=hours_to, end=end, basis=basis, by=by) if hours_to < end else {},
-        ]
-    else:
-        pieces = [_request_log_raw(start=start, end=end, basis=basis, by=by)]
-    total: dict[tuple[int, int], Decimal] = {}
+    checked: list[tuple[datetime, datetime]] = []
+    for start, end in days:
+        if not isinstance(start, datetime) or not isinstance(end, datetime):
+            raise TypeError(f"usage is read between two datetimes, not {start!r} and {end!r}")
+        checked.append((start, end))
+    days = checked
+    if any(start > end for start, end in days) or any(later[0] < day[1] for day, later in pairwise(days)):
+        raise ValueError("usage days must be disjoint [start, end) ranges in time order")
+    whole = [whole_hours(start=start, end=end) for start, end in days]
+    done = usage_watermark() if any(first < last for first, last in whole) else None
+    raw: list[tuple[int, datetime, datetime]] = []
+    rolled: list[tuple[int, datetime, datetime]] = []
+    for index, ((start, end), (first, last)) in enumerate(zip(days, whole, strict=True)):
+        last = max(first, min(last, done)) if done is not None else first
+        if first < last:
+            rolled.append((index, first, last))
+            raw += [(index, start, first), (index, last, end)]
+        else:
+            raw.append((index, start, end))
+    amounts = _raw_amounts(pieces=[piece for piece in raw if piece[1] < piece[2]], basis=basis, by=by)
+    amounts += _rolled_up_amounts(pieces=rolled, basis=basis, by=by)
+    totals: list[dict[tuple[int, int], Decimal]] = [{} for _ in days]
     with localcontext(CONTEXT):
-        for piece in pieces:
-            for group, amount in piece.items():
-                total[group] = total.get(group, Decimal(0)) + amount
+        for index, group, amount in amounts:
+            total = totals[index]
+            total[group] = total.get(group, Decimal(0)) + amount
         if basis == "tokens":
-            return total
-        return {group: amount / 1000 for group, amount in total.items()}
+            return totals
+        return [{group: amount / 1000 for group, amount in total.items()} for total in totals]
 
 
 def exact_ms(amount: Decimal | float | None) -> Decimal:
@@ -125,36 +163,58 @@ def exact_ms(amount: Decimal | float | None) -> Decimal:
         return Decimal(amount or 0).quantize(MICROSECOND_IN_MS)
 
 
-def _request_log_raw(*, start: object, end: object, basis: Basis, by: str) -> dict[tuple[int, int], Decimal]:
-    """Usage per pool and team (or key) in [start, end) from the raw log: milliseconds or tokens."""
+Piece = tuple[int, datetime, datetime]
+
+
+def _raw_amounts(*, pieces: list[Piece], basis: Basis, by: str) -> list[tuple[int, tuple[int, int], Decimal]]:
+    """Usage per pool and team (or key) of each (day, start, end) piece from the raw log: milliseconds or tokens."""
     from fleet.models import RequestLog
 
-    rows = (
-        RequestLog.objects.filter(at__gte=start, at__lt=end, pool__isnull=False, **{f"{by}__isnull": False})
-        .values("pool_id", by)
-        .annotate(amount=request_gpu_ms() if basis == "gpu_seconds" else request_tokens())
+    rows = RequestLog.objects.filter(pool__isnull=False, **{f"{by}__isnull": False})
+    return _piece_amounts(
+        rows, "at", pieces, request_gpu_ms() if basis == "gpu_seconds" else request_tokens(), basis=basis, by=by
     )
-    return _amounts(rows, basis=basis, by=by)
 
 
-def _usage_hours(*, start: object, end: object, basis: Basis, by: str) -> dict[tuple[int, int], Decimal]:
-    """Usage per pool and team (or key) over whole rolled-up hours in [start, end): milliseconds or tokens."""
+def _rolled_up_amounts(*, pieces: list[Piece], basis: Basis, by: str) -> list[tuple[int, tuple[int, int], Decimal]]:
+    """Usage per pool and team (or key) of each (day, first, last) run of rolled-up hours: milliseconds or tokens."""
     from django.db.models import Sum
 
     from fleet.models import UsageHour
 
-    rows = (
-        UsageHour.objects.filter(hour__gte=start, hour__lt=end, **{f"{by}__isnull": False})
-        .values("pool_id", by)
-        .annotate(amount=Sum("gpu_ms" if basis == "gpu_seconds" else "tokens"))
+    rows = UsageHour.objects.filter(**{f"{by}__isnull": False})
+    return _piece_amounts(
+        rows, "hour", pieces, Sum("gpu_ms" if basis == "gpu_seconds" else "tokens"), basis=basis, by=by
     )
-    return _amounts(rows, basis=basis, by=by)
 
 
-def _amounts(rows: Any, *, basis: Basis, by: str) -> dict[tuple[int, int], Decimal]:
-    if basis == "tokens":
-        return {(row["pool_id"], row[by]): Decimal(row["amount"] or 0) for row in rows}
-    return {(row["pool_id"], row[by]): exact_ms(row["amount"]) for row in rows}
+def _piece_amounts(
+    rows: Any, field: str, pieces: list[Piece], amount: Any, *, basis: Basis, by: str
+) -> list[tuple[int, tuple[int, int], Decimal]]:
+    """(day, (pool, team or key), amount) of ``rows`` summed by ``amount`` in each piece, in one query.
+
+    Each piece is its own grouped read of its range, as a query of that piece alone reads it
+    (SQLite sums floats, so two pieces summed together could differ in the last digit), the
+    pieces' reads joined with UNION ALL.
+    """
+    from django.db.models import IntegerField, Value
+
+    reads = [
+        rows.filter(**{f"{field}__gte": start, f"{field}__lt": end})
+        .values("pool_id", by)
+        .annotate(amount=amount, piece=Value(number, output_field=IntegerField()))
+        .order_by()
+        for number, (_, start, end) in enumerate(pieces)
+    ]
+    if not reads:
+        return []
+    exact = _exact_tokens if basis == "tokens" else exact_ms
+    grouped = reads[0].union(*reads[1:], all=True) if len(reads) > 1 else reads[0]
+    return [(pieces[row["piece"]][0], (row["pool_id"], row[by]), exact(row["amount"])) for row in grouped]
+
+
+def _exact_tokens(amount: int | None) -> Decimal:
+    return Decimal(amount or 0)
 
 
 def utc_hour(at: datetime) -> datetime:
@@ -162,18 +222,17 @@ def utc_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def usage_hours_done(*, start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """The whole UTC hours of [start, end) the usage rollup holds, as [first, last); empty if first >= last.
-
-    A range that holds no whole hour costs no query.
-    """
+def whole_hours(*, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC hours of [start, end), as [first, last); empty if first >= last."""
     first = utc_hour(start)
     if first < start:
         first += HOUR
     last = utc_hour(end)
-    if first >= last:
-        return first, first
+    return (first, last) if first < last else (first, first)
+
+
+def usage_watermark() -> datetime | None:
+    """The end of the hours the usage rollup has completed; None before it first ran."""
     from fleet.models import RollupWatermark
 
-    done = RollupWatermark.objects.filter(name="usage").values_list("done_until", flat=True).first()
-    return first, max(first, min(last, done)) if done is not None else first
+    return RollupWatermark.objects.filter(name="usage").values_list("done_until", flat=True).first()

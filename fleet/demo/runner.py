@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from agents.processes import ProcessRuntime
 from agents.simulated import MODELS, simulated_name
+from fleet.decide.profiles import model_profile_update_or_create, pool_update_or_create
 from fleet.decide.services import api_key_create, instance_desire, join_token_create, node_decommission
 from fleet.models import (
     AlertRule,
@@ -213,8 +214,7 @@ def _profile(options: DemoOptions, plan: TierPlan) -> ModelProfile:
             max_num_seqs=4,
             extra_args=["--max-num-batched-tokens", str(REAL_MAX_MODEL_LEN), "--enforce-eager", "--seed", "0"],
         )
-    profile, _ = ModelProfile.objects.update_or_create(name=name, defaults=values)
-    return profile
+    return model_profile_update_or_create(name=name, values=values)
 
 
 def _idle_s(seconds: int, speedup: float) -> int:
@@ -243,9 +243,9 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
     card = simulated_name(MODELS[options.gpu])
     layout = MODELS[options.gpu].mig
     for plan, name in zip(options.tiers, pool_names, strict=True):
-        pool, _ = Pool.objects.update_or_create(
+        pool_update_or_create(
             name=name,
-            defaults=dict(
+            values=dict(
                 tier=plan.tier,
                 isolation=plan.isolation,
                 model_profile=_profile(options, plan),
@@ -259,7 +259,6 @@ def demo_prepare(*, options: DemoOptions) -> DemoSetup:
                 enabled=True,
             ),
         )
-        pool.full_clean()
     for rate in price_presets():
         if rate["gpu_model"] == MODELS[options.gpu].nvml_name:
             PriceRate.objects.update_or_create(

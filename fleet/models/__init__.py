@@ -17,6 +17,7 @@ from fleet.models.telemetry import (
     PoolMinute,
     RollupWatermark,
 )
+from fleet.models.tuning import TuningRun
 
 __all__ = [
     "Alert",
@@ -47,5 +48,6 @@ __all__ = [
     "RequestLog",
     "RollupWatermark",
     "Team",
+    "TuningRun",
     "UsageHour",
 ]

@@ -83,7 +83,14 @@ def bound_grows(pool: PoolView) -> bool:
 
 def over_bound_allowed(pool: PoolView) -> float:
     """The share of requests the SLA lets exceed their bound: 0.05 for a P95 SLA."""
-    return (100 - pool.sla_percentile) / 100
+    return over_bound_share_allowed(pool.sla_percentile)
+
+
+def over_bound_share_allowed(sla_percentile: int) -> float:
+    """The share of requests an SLA at this percentile lets exceed their bound: 0.05 for P95. At
+    ``scale_in_latency_ratio`` x this share a pool whose bound grows with the prompt has the margin a
+    scale-in asks (``_comfortable``; the band recommendation reads the same margin)."""
+    return (100 - sla_percentile) / 100
 
 
 def _breaches(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ from agents.protocol import MAX_BODY_BYTES, WAIT_PATH  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from fleet.gateway.app import AsgiApp, Gateway, Message, Receive, Scope, Send  # noqa: E402
 from fleet.project.scheduler import scheduler_start  # noqa: E402
+from fleet.project.serving import loaded_app_freeze  # noqa: E402
 from fleet.telemetry.agent_api import wait  # noqa: E402
 
 GATEWAY_PREFIX = "/v1/"
@@ -140,3 +141,4 @@ def application_build(*, gateway: Gateway, body_limit: int = MAX_BODY_BYTES) -> 
 gateway = Gateway()
 # The embedded default (no Celery beat) runs the periodic tasks in the serving process.
 application = scheduler_started(application_build(gateway=gateway))
+loaded_app_freeze()

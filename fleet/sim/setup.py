@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from fleet import schedules
+from fleet import catalog, schedules
 from fleet.gateway.config import GatewayConfig
 from fleet.policies import routing
 from fleet.policies.settings import SCHEMAS, policy_settings_validate
 from fleet.policies.snapshot import PolicyConfig, PoolView
 from fleet.policies.vram import vram_estimate_for
-from fleet.sim.engine import PROFILES, EngineModel
+from fleet.sim.engine import GPU_FACTS, PROFILES, EngineModel
 from fleet.sim.startup import ColdStartModel
 
 
@@ -50,14 +51,26 @@ def policy_configs_build(overrides: Mapping[str, Mapping[str, Any] | None] | Non
 
 @dataclass(frozen=True)
 class SimPool:
-    """A pool as the simulator runs it: the policies' view of it plus its routing tier."""
+    """A pool as the simulator runs it: the policies' view of it plus its routing tier.
+
+    By default a pool places its instances on the setup's GPUs and they run the setup's engine
+    model. With ``gpus`` set it has GPUs of its own (``gpu_groups`` numbers them), running its
+    own ``engine`` (default the setup's), reporting ``device`` (default the catalogue's name of
+    the engine's GPU; a MIG slice names its profile) with ``device_memory_gib`` of memory
+    (default the engine GPU's), paid ``price_per_gpu_hour`` per device-hour (None: unpriced)."""
 
     view: PoolView
     tier: str = "L"
+    engine: EngineModel | None = None
+    gpus: int | None = None
+    device: str = ""
+    device_memory_gib: float | None = None
+    price_per_gpu_hour: Decimal | None = None
 
 
 @dataclass(frozen=True)
 class SimSetup:
+    # The GPUs and engine model of every pool without GPUs of its own (``SimPool.gpus``, ``gpu_groups``).
     engine: EngineModel
     gpus: int
     pools: tuple[SimPool, ...]
@@ -131,3 +144,84 @@ def setup_build(
         e2e_sla_ms=e2e_sla_ms,
         sla_ms_per_1k_prompt_tokens=sla_ms_per_1k_prompt_tokens,
     )
+
+
+@dataclass(frozen=True)
+class GpuGroup:
+    """GPUs ``first`` .. ``first + count - 1`` of one device, the engine model they run and the pools
+    that place instances on them (``gpu_groups``)."""
+
+    first: int
+    count: int
+    engine: EngineModel
+    device: str
+    memory_bytes: int
+    pool_ids: tuple[int, ...]
+
+    @property
+    def gpu_ids(self) -> range:
+        return range(self.first, self.first + self.count)
+
+
+def catalog_gpu_name(engine: EngineModel) -> str:
+    """The name NVML would report for the engine's GPU family and memory size."""
+    memory = GPU_FACTS[engine.gpu_model].memory_gib
+    for spec in catalog.GPUS:
+        if engine.gpu_model.upper() in spec.name.upper() and spec.memory_gib == memory:
+            return spec.name
+    return f"NVIDIA {engine.gpu_model}"
+
+
+def gpu_groups(setup: SimSetup) -> tuple[GpuGroup, ...]:
+    """The fleet's GPUs, numbered from 1: first the setup's own ``gpus`` (its engine, shared by every
+    pool without GPUs of its own; left out where every pool has its own), then each pool's own in
+    the setup's order, each group starting on a fresh node (``gpus_per_node``), so no node mixes
+    devices and a group's nodes are billed to it alone.
+
+    Where there is more than one group, each group's device must have a name of its own: the pools
+    find their GPUs as production placement does, by ``PoolView.gpu_model`` (the simulator sets it
+    to the group's device); a pool that already names another device is refused."""
+    per_node = setup.gpus_per_node
+    if per_node < 1:
+        raise ValueError(f"gpus_per_node must be at least 1, not {per_node}")
+    shared = tuple(pool.view.id for pool in setup.pools if pool.gpus is None)
+    specs: list[tuple[int, EngineModel, str, float, tuple[int, ...]]] = []
+    if shared or not setup.pools:
+        specs.append((setup.gpus, setup.engine, "", GPU_FACTS[setup.engine.gpu_model].memory_gib, shared))
+    for pool in setup.pools:
+        if pool.gpus is None:
+            if pool.engine is not None or pool.device or pool.device_memory_gib is not None:
+                raise ValueError(f"pool {pool.view.name}: an engine or device of its own needs GPUs of its own (gpus)")
+            continue
+        if pool.gpus < 0:
+            raise ValueError(f"pool {pool.view.name}: gpus must be 0 or more, not {pool.gpus}")
+        engine = pool.engine or setup.engine
+        memory = GPU_FACTS[engine.gpu_model].memory_gib if pool.device_memory_gib is None else pool.device_memory_gib
+        specs.append((pool.gpus, engine, pool.device, memory, (pool.view.id,)))
+    groups: list[GpuGroup] = []
+    first = 1
+    for count, engine, device, memory_gib, pool_ids in specs:
+        groups.append(
+            GpuGroup(
+                first=first,
+                count=count,
+                engine=engine,
+                device=device or catalog_gpu_name(engine),
+                memory_bytes=int(memory_gib * catalog.GIB),
+                pool_ids=pool_ids,
+            )
+        )
+        first += -(-count // per_node) * per_node
+    if len(groups) > 1:
+        names = [group.device for group in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"GPU groups need devices of distinct names (pools find their GPUs by it), got {', '.join(names)}"
+            )
+        wanted = {pool_id: group.device for group in groups for pool_id in group.pool_ids}
+        for pool in setup.pools:
+            if pool.view.gpu_model and pool.view.gpu_model != wanted[pool.view.id]:
+                raise ValueError(
+                    f"pool {pool.view.name} wants {pool.view.gpu_model!r} but its GPUs are {wanted[pool.view.id]!r}"
+                )
+    return tuple(groups)

@@ -11,7 +11,14 @@ selector builds them), and which instance states hold a GPU
 (``states.gpu_holding_states``): all are the production objects, looked up when called, so a change
 to a policy changes the simulation. None of them needs Django, and neither does a simulation.
 
-Three fleets run on the same trace and engine model:
+A fleet may hold several pools (``SimSetup.pools``), each routed to by its RCF tier. By default
+they share the setup's GPUs and engine model; a pool with GPUs of its own (``SimPool.gpus``) has
+them numbered after the others on nodes of their own (``setup.gpu_groups``), runs its own engine
+model on them and reports its own device, and production placement keeps it to them as it keeps a
+pool to its GPU model (``PoolView.gpu_model``). ``pool_results`` gives each pool's share of a run.
+The static and schedule fleets below place their instances in the first pool only.
+
+Three fleets run on the same trace:
 
 * **policy**: starts with ``initial_instances`` warm instances per pool (the fleet as it
   stood when the trace began); every tick the policies run on a
@@ -40,7 +47,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agents.histograms import histogram_observe, pool_latency, ttft_bound_ms
-from fleet import catalog, states
+from fleet import states
 from fleet.policies import placement, pressure, prewarm, routing, static_hold
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance, PoolDecision
 from fleet.policies.pick import Picker
@@ -63,9 +70,9 @@ from fleet.policies.windows import (
     pool_windows,
 )
 from fleet.sim.billing import Hold, node_billed_hours, node_billed_now, node_of
-from fleet.sim.engine import E2E_BUCKETS, GPU_FACTS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
+from fleet.sim.engine import E2E_BUCKETS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
 from fleet.sim.result import HELD_FAILED, Decision, SimResult, TimelinePoint, percentile_of
-from fleet.sim.setup import SimPool, SimSetup, request_tier, tick_period_s
+from fleet.sim.setup import GpuGroup, SimPool, SimSetup, gpu_groups, request_tier, tick_period_s
 from fleet.sim.startup import StartDraw, start_draw
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.states import FAILED, READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
@@ -142,13 +149,16 @@ class Simulation:
         label: str,
         static_instances: int | None = None,
         schedule: Sequence[int] | None = None,
-        initial_instances: int = 1,
+        initial_instances: int | Mapping[int, int] = 1,
         progress: Callable[[float], None] | None = None,
         groups_known: dict[tuple[int, int], Groups] | None = None,
         miss_limit: int | None = None,
     ) -> None:
         """``groups_known``: ``groups_for``'s answers to share with other runs of the same setup made at
         the same time (the oracle's probes); by default each run works out its own.
+
+        ``initial_instances``: the policy run's warm instances per pool at the start (at least the
+        pool's ``min_instances``), one count for every pool or a count per pool id (0 where not given).
 
         ``miss_limit``: for a run that only has to say whether it meets the SLA (the static search's
         smaller sizes), stop once more requests than this have missed it (or one has failed): the
@@ -167,14 +177,26 @@ class Simulation:
         self.random = random.Random(setup.seed)
         # Start-up draws have their own stream, so stating a start-up model leaves the load jitter as it was.
         self.start_random = random.Random(f"{setup.seed}:start-up")
-        self.weight_bytes = _weight_bytes(setup.engine)
+        # The fleet's GPUs in groups of one device each (``gpu_groups``), each pool's group and engine.
+        self.gpu_groups = gpu_groups(setup)
+        self.group_of: dict[int, GpuGroup] = {pool: group for group in self.gpu_groups for pool in group.pool_ids}
+        self.device_of: dict[int, GpuGroup] = {gpu: group for group in self.gpu_groups for gpu in group.gpu_ids}
+        self.engines = {pool_id: group.engine for pool_id, group in self.group_of.items()}
+        self.weight_bytes = {pool_id: _weight_bytes(engine) for pool_id, engine in self.engines.items()}
+        # Several groups: each pool finds its own GPUs as production placement does, by its GPU model.
+        self.several = len(self.gpu_groups) > 1
         self.gpu_holds: list[Hold] = []
         self.nodes_used: set[int] = set()
         self.starts: list[StartDraw] = []
         self.tick_s = tick_period_s()
-        self.pools = {pool.view.id: pool for pool in setup.pools}
-        self.gpu_name = _catalog_gpu_name(setup.engine)
-        self.gpu_bytes = GPU_FACTS[setup.engine.gpu_model].memory_gib * catalog.GIB
+        self.pools = {
+            pool.view.id: (
+                replace(pool, view=replace(pool.view, gpu_model=self.group_of[pool.view.id].device))
+                if self.several
+                else pool
+            )
+            for pool in setup.pools
+        }
         self.holding = states.gpu_holding_states(sleeping_holds_gpu=setup.sleeping_holds_gpu) | {WAKING}
         self.instances: dict[int, _Instance] = {}
         self.picker = Picker(cooldown_s=setup.gateway.cooldown_s)
@@ -192,6 +214,12 @@ class Simulation:
         self.first_token = [HELD_FAILED] * n
         self.finished = [HELD_FAILED] * n
         self.cold = [False] * n
+        # The pool whose instance each request was sent to (0: none, refused or failed).
+        self.served_by = [0] * n
+        self.start_pools: list[int] = []  # the pool of each of ``starts``
+        self.hold_pools: list[int] = []  # the pool of each of ``gpu_holds``
+        self.pool_wakes: dict[int, int] = defaultdict(int)
+        self.pool_peak: dict[int, int] = defaultdict(int)
         self.held: list[_Held] = []
         self.wake_sent: dict[int, float] = {}
         self.scale_sent: dict[int, float] = {}
@@ -342,6 +370,60 @@ class Simulation:
             prompt_tokens=[r.prompt_tokens for i, r in enumerate(requests) if i not in self.refused],
         )
 
+    def pool_results(self) -> dict[int, SimResult]:
+        """Each pool's share of the finished run, by pool id, in the setup's order: the requests sent to
+        its instances (a request the gateway never sent, failed while held, counts in the pool its own
+        tier tried first; refused ones in no pool), its instances' GPU-hours held, the nodes its GPUs
+        kept paid (``node_billed_hours`` over its own holds; a node shared with another pool is paid in
+        both), and its own cold starts, wakes, starts and peak. The whole fleet's duty samples,
+        timeline and decisions are in ``run()``'s result only. One pool: the run's figures."""
+        requests = self.trace.requests
+        setup, end = self.setup, self.now
+        members: dict[int, list[int]] = {pool_id: [] for pool_id in self.pools}
+        for index, request in enumerate(requests):
+            pool_id = self.served_by[index]
+            if not pool_id:
+                if index in self.refused:
+                    continue
+                groups = self.groups_for(request)
+                assert not isinstance(groups, routing.ContextRefused)
+                pool_id = groups[0][0]
+            members[pool_id].append(index)
+        out: dict[int, SimResult] = {}
+        for pool_id, pool in self.pools.items():
+            mine = members[pool_id]
+            starts = [draw for draw, owner in zip(self.starts, self.start_pools, strict=True) if owner == pool_id]
+            holds = [hold for hold, owner in zip(self.gpu_holds, self.hold_pools, strict=True) if owner == pool_id]
+            out[pool_id] = SimResult(
+                label=pool.view.name,
+                requests=len(mine),
+                sla_ms=setup.sla_ms,
+                gpu_hours=sum(i.billed_s for i in self.instances.values() if i.pool_id == pool_id) / 3600,
+                ttft_s=[self.first_token[i] - requests[i].arrival_s for i in mine],
+                e2e_s=[self.finished[i] - requests[i].arrival_s for i in mine],
+                cold_waited=sum(1 for i in mine if self.cold[i]),
+                cold_starts=len(self.cold_measured.get(pool_id, [])),
+                wakes=self.pool_wakes.get(pool_id, 0),
+                failed=sum(1 for i in mine if not self.served_by[i]),
+                utilization=[],
+                timeline=[],
+                decisions=[],
+                instances_peak=self.pool_peak.get(pool_id, 0) if len(self.pools) > 1 else self.peak,
+                duration_s=end,
+                node_hours=node_billed_hours(
+                    holds, gpus_per_node=setup.gpus_per_node, release=setup.node_release, end=end
+                ),
+                gpus_per_node=setup.gpus_per_node,
+                start_failures=sum(1 for s in starts if s.fails),
+                starts_uncached=sum(1 for s in starts if not s.weights_cached),
+                image_pulls=sum(1 for s in starts if not s.image_present),
+                node_provisions=sum(1 for s in starts if s.provisioned),
+                e2e_sla_ms=setup.e2e_sla_ms,
+                sla_ms_per_1k_prompt_tokens=setup.sla_ms_per_1k_prompt_tokens,
+                prompt_tokens=[requests[i].prompt_tokens for i in mine],
+            )
+        return out
+
     # -- the fleet ------------------------------------------------------------------
 
     def _fleet_begin(self) -> None:
@@ -351,18 +433,22 @@ class Simulation:
             count = self.schedule[0] if self.schedule else 0
         else:
             for pool in self.setup.pools:
-                for _ in range(max(self.initial_instances, pool.view.min_instances)):
+                initial = self.initial_instances
+                count = initial if isinstance(initial, int) else initial.get(pool.view.id, 0)
+                for _ in range(max(count, pool.view.min_instances)):
                     self._warm_instance(pool.view.id)
             return
         pool_id = self.setup.pools[0].view.id
         for _ in range(count):
             self._warm_instance(pool_id)
 
-    def _free_gpu(self) -> int | None:
-        """A free GPU, packed: on a node already paid for, the fullest such node first, so that
-        other nodes can empty and be released; else the lowest-numbered free GPU."""
+    def _free_gpu(self, pool_id: int | None = None) -> int | None:
+        """A free GPU of the pool's group (default: the first pool's), packed: on a node already paid
+        for, the fullest such node first, so that other nodes can empty and be released; else the
+        lowest-numbered free GPU."""
+        group = self.group_of[self.setup.pools[0].view.id if pool_id is None else pool_id]
         taken = {i.gpu_id for i in self.instances.values() if i.occupies_device}
-        free = [gpu for gpu in range(1, self.setup.gpus + 1) if gpu not in taken]
+        free = [gpu for gpu in group.gpu_ids if gpu not in taken]
         if not free:
             return None
         per_node = self.setup.gpus_per_node
@@ -386,7 +472,7 @@ class Simulation:
             id=len(self.instances) + 1,
             pool_id=pool_id,
             gpu_id=gpu_id,
-            core=EngineCore(self.setup.engine),
+            core=EngineCore(self.engines[pool_id]),
             created_s=self.now,
             desired_changed_s=self.now,
         )
@@ -395,7 +481,7 @@ class Simulation:
 
     def _warm_instance(self, pool_id: int) -> _Instance | None:
         """An instance that is already serving: the references' instant capacity."""
-        gpu = self._free_gpu()
+        gpu = self._free_gpu(pool_id)
         if gpu is None:
             return None
         instance = self._new_instance(pool_id, gpu)
@@ -421,6 +507,10 @@ class Simulation:
         elif not instance.occupies_device:
             self._hold_close(instance, self.now)
         self.peak = max(self.peak, sum(1 for i in self.instances.values() if i.held_since_s is not None))
+        if len(self.pools) > 1:
+            pool_id = instance.pool_id
+            held = sum(1 for i in self.instances.values() if i.pool_id == pool_id and i.held_since_s is not None)
+            self.pool_peak[pool_id] = max(self.pool_peak[pool_id], held)
 
     def _bill_close(self, instance: _Instance, end: float) -> None:
         if instance.held_since_s is not None:
@@ -432,6 +522,7 @@ class Simulation:
         """End the instance's hold on its GPU, for the node bill."""
         if instance.occupied_since_s is not None:
             self.gpu_holds.append((instance.gpu_id, instance.occupied_since_s, end))
+            self.hold_pools.append(instance.pool_id)
             instance.occupied_since_s = None
 
     def _jittered(self, seconds: float) -> float:
@@ -449,12 +540,13 @@ class Simulation:
             self.setup.cold_start,
             self.start_random,
             at_s=self.now,
-            load_s=self._jittered(self.setup.engine.cold_start_s),
-            weight_bytes=self.weight_bytes,
+            load_s=self._jittered(self.engines[instance.pool_id].cold_start_s),
+            weight_bytes=self.weight_bytes[instance.pool_id],
             node_fresh=fresh,
         )
         instance.start = draw
         self.starts.append(draw)
+        self.start_pools.append(instance.pool_id)
         self._push(self.now + draw.total_s, "ready", instance.id, instance.token)
 
     def _ready(self, instance: _Instance, token: int) -> None:
@@ -475,6 +567,7 @@ class Simulation:
             self.cold_starts += 1
         elif instance.actual == WAKING:
             self.wakes += 1
+            self.pool_wakes[instance.pool_id] += 1
         self._set_actual(instance, READY)
         instance.ready_s = self.now
         self._release_held()
@@ -495,7 +588,13 @@ class Simulation:
         """Apply one action as the services would: a claim on the generation (or count) it saw."""
         if isinstance(action, LaunchInstance):
             active = [i for i in self.instances.values() if i.pool_id == action.pool_id and i.desired != STOPPED]
-            if len(active) != action.active_seen or self._gpu_taken(action.gpu_id):
+            # A GPU of another pool's group is refused as a taken one would be (placement, which
+            # finds a pool's GPUs by its GPU model, never chooses one).
+            if (
+                len(active) != action.active_seen
+                or self._gpu_taken(action.gpu_id)
+                or action.gpu_id not in self.group_of[action.pool_id].gpu_ids
+            ):
                 return False
             instance = self._new_instance(action.pool_id, action.gpu_id)
             self._begin_start(instance)
@@ -525,11 +624,11 @@ class Simulation:
             self._stop(instance)
         elif state == SLEEPING:
             instance.token += 1
-            self._push(self.now + self.setup.engine.sleep_s, "slept", instance.id, instance.token)
+            self._push(self.now + self.engines[instance.pool_id].sleep_s, "slept", instance.id, instance.token)
         elif previous == SLEEPING and instance.actual in (SLEEPING, READY):
             instance.token += 1
             self._set_actual(instance, WAKING)
-            self._push(self.now + self.setup.engine.wake_s, "ready", instance.id, instance.token)
+            self._push(self.now + self.engines[instance.pool_id].wake_s, "ready", instance.id, instance.token)
         else:
             self._begin_start(instance)
 
@@ -720,6 +819,7 @@ class Simulation:
         )
         outstanding = self.picker.outstanding
         outstanding[instance.id] = outstanding.get(instance.id, 0) + 1
+        self.served_by[index] = instance.pool_id
         instance.last_request_s = self.now
         if self.policy_mode:  # only the policy run's gateway scales out under pressure (``_pressure``)
             self._pressure(instance.pool_id)
@@ -906,10 +1006,10 @@ class Simulation:
     def _snapshot(self) -> FleetSnapshot:
         """The fleet as ``selectors.fleet_snapshot`` would build it from the agents' reports."""
         at = self._at(self.now)
-        pools = tuple(self._pool_view(pool) for pool in self.setup.pools)
+        pools = tuple(self._pool_view(pool) for pool in self.pools.values())
         instances = tuple(self._instance_view(i) for i in self.instances.values())
         by_gpu = {i.gpu_id: i for i in self.instances.values() if i.occupies_device}
-        gpus = tuple(self._gpu_view(gpu, by_gpu.get(gpu)) for gpu in range(1, self.setup.gpus + 1))
+        gpus = tuple(self._gpu_view(gpu, by_gpu.get(gpu)) for group in self.gpu_groups for gpu in group.gpu_ids)
         return FleetSnapshot(at=at, pools=pools, instances=instances, gpus=gpus)
 
     def _pool_view(self, pool: SimPool) -> PoolView:
@@ -1040,12 +1140,13 @@ class Simulation:
     def _gpu_view(self, gpu: int, instance: _Instance | None) -> GpuView:
         duty = instance.samples[-1].duty * 100 if instance is not None and instance.samples else 0.0
         node = node_of(gpu, self.setup.gpus_per_node)
+        device = self.device_of[gpu]
         return GpuView(
             id=gpu,
             node_id=node,
             uuid=f"GPU-simulated-{gpu}",
-            model_name=self.gpu_name,
-            memory_total_bytes=self.gpu_bytes,
+            model_name=device.device,
+            memory_total_bytes=device.memory_bytes,
             node_name=f"simulated-{node}",
             utilization_pct=duty,
         )
@@ -1055,12 +1156,3 @@ def _weight_bytes(engine: EngineModel) -> int:
     """The served model's weights, as the VRAM estimator counts them (what a start downloads)."""
     estimate = vram_estimate_for(PROFILES[engine.profile])
     return estimate.weight_bytes if estimate is not None else 0
-
-
-def _catalog_gpu_name(engine: EngineModel) -> str:
-    """The name NVML would report for the engine's GPU family and memory size."""
-    memory = GPU_FACTS[engine.gpu_model].memory_gib
-    for spec in catalog.GPUS:
-        if engine.gpu_model.upper() in spec.name.upper() and spec.memory_gib == memory:
-            return spec.name
-    return f"NVIDIA {engine.gpu_model}"

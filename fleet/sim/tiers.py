@@ -8,12 +8,23 @@ and oracle) as its own pool on its own GPU type, priced per GPU-hour from the pa
 The reference it is judged against is the fleet the method replaces: one always-on pool of
 H100s serving every request, sized for the peak (``compare.static_search`` on the whole trace).
 
-**Tiers are simulated apart.** A tier whose pool is full does not spill into another tier's
-pool (the gateway's ``FALLBACK`` order would try the next tier's warm instances first). That
-makes the tiered figures pessimistic for the policy where one tier's burst could have used
-another's idle instance, and leaves out the other tiers' extra load where it would have; each
-pool is sized and judged on its own traffic, which is what a per-tier policy sees of it. The
-split itself is exact: the same requests, the same tier as the gateway gives them.
+**Apart and together.** Each tier is compared apart (``tier_compare``: policy, static and oracle on
+its own sub-trace and pool), and the tiers are also run **together** (``together_run``): one
+simulation of all three pools, each on GPUs of its own with its own engine model, device and price
+(``SimPool.engine``, ``gpus``, ``device``, ``price_per_gpu_hour``), every request routed as the
+gateway routes it, so a request whose tier's pool has no ready instance goes to the next tier's in
+``routing.FALLBACK`` order (``Picker.pick``), and each pool's share of the run reported apart
+(``Simulation.pool_results``: the requests its instances served, its GPU-hours, the nodes its GPUs
+kept paid, its cold starts). The gateway falls back only where a pool has no ready instance (a
+busy one still takes the request): apart, such a request waits while its pool wakes, which makes the
+apart figures pessimistic where another tier's warm instance could have served it, and leaves out
+the load those requests put on that tier. Together, a request's own tier's pool records its arrival
+(pre-warm's history) and is the one the gateway wakes while it is held; the pool that serves it
+counts it in its latency windows and its pressure check. What the run together does not have is a
+static fleet or oracle of its own: the static reference stays one always-on H100 pool sized for the
+peak (``static_reference``), the oracle is the sum of the tiers' bounds apart, and each pool starts
+from its tier's static fleet apart (``together_initial``), as its policy run apart does. The split
+itself is exact: the same requests, the same tier as the gateway gives them.
 
 **MIG.** A MIG slice is modelled as the engine model on a share of the card
 (``fleet.demo.engine_server.device_model``, which the simulated engine server runs on a slice):
@@ -21,12 +32,15 @@ prefill at the slice's share of compute (``3g``: 3 of 7 compute slices), decode 
 memory bandwidth, a KV cache from the slice's memory. Each simulated "GPU" of an M pool is one
 slice; its price is the card's preset price divided by the slices of that profile one card
 holds (two ``3g.40gb`` per H100). The simulated placement sees whole cards, so an M pool is run
-as an exclusive pool of slices: what MIG placement would refuse (a card's other slices taken by
-another pool) is not modelled.
+as an exclusive pool of slices, each reported as a device of its own (``tier_device``: the card's
+name with the profile, the slice's memory): what MIG placement would refuse (a card's other slices
+taken by another pool) is not modelled, and the S pool's H100s and the M pool's slices are separate
+GPUs, never one card cut both ways.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -38,10 +52,12 @@ from typing import Any
 from fleet import catalog
 from fleet.demo.engine_server import device_model
 from fleet.policies import routing
+from fleet.policies.snapshot import PolicyConfig
 from fleet.sim.compare import Comparison, Progress, compare, price_preset, static_search
 from fleet.sim.engine import GPU_FACTS, PROFILES, EngineModel, engine_model_for, kv_cache_tokens_for
 from fleet.sim.result import SimResult
-from fleet.sim.setup import SimPool, SimSetup, request_tier, setup_build
+from fleet.sim.setup import SimPool, SimSetup, catalog_gpu_name, request_tier, setup_build
+from fleet.sim.simulate import Simulation
 from fleet.sim.traces import RateWindow, Trace, arrivals_from_rates, trace_from_arrivals
 
 TIERS = tuple(routing.FALLBACK)  # S, M, L
@@ -98,12 +114,23 @@ def tier_price(spec: TierSpec) -> Decimal | None:
     return price / mig_shares(spec.gpu, spec.mig_profile)[2]
 
 
+def tier_device(spec: TierSpec) -> tuple[str, float | None]:
+    """The name and memory (GiB; None: the card's) the tier's devices report: the card's catalogue
+    name, a MIG slice's with its profile and the slice's memory."""
+    engine = engine_model_for(spec.gpu)
+    if spec.mig_profile is None:
+        return catalog_gpu_name(engine), None
+    _, memory, _ = mig_shares(spec.gpu, spec.mig_profile)
+    return f"{catalog_gpu_name(engine)} MIG {spec.mig_profile}", GPU_FACTS[engine.gpu_model].memory_gib * memory
+
+
 def tier_setup(spec: TierSpec, *, seed: int = 0) -> SimSetup:
     """The tier's one-pool setup (``setup_build``) with the pool in the tier, so the simulator routes
     the tier's requests to it first. An autoscale prefill capacity in the settings is the H100's:
-    it is scaled to the tier's device."""
+    it is scaled to the tier's device (in a copy: the spec's settings, which other tiers' specs may
+    share, are left as they were)."""
     engine = tier_engine(spec)
-    values: dict[str, Any] = {key: dict(value) for key, value in spec.values.items()}
+    values: dict[str, Any] = copy.deepcopy(dict(spec.values))
     autoscale = values.get("policies", {}).get("autoscale")
     if autoscale and autoscale.get("prefill_tokens_per_s"):
         reference = engine_model_for("H100").prefill_tokens_per_s
@@ -175,9 +202,16 @@ class TieredComparison:
     static_meets_sla: bool
     static_gpu: str
     static_price: Decimal | None
+    # The same tiers in one simulation with the gateway's fallback (``together_run``); None: not run.
+    together: TogetherResult | None = None
 
     def spend(self, which: str) -> Decimal:
-        """The tiered fleets' spend summed over the tiers (``TierResult.spend``)."""
+        """The tiered fleets' spend summed over the tiers (``TierResult.spend``); ``together``: the tiers'
+        pools run in one simulation (``TogetherResult.spend``)."""
+        if which == "together":
+            if self.together is None:
+                raise ValueError(f"the tiers of {self.trace} were not run together")
+            return self.together.spend()
         return sum((tier.spend(which) for tier in self.tiers), Decimal(0))
 
     @property
@@ -186,7 +220,7 @@ class TieredComparison:
         return _money(self.static.paid_gpu_hours, self.static_price)
 
     def saved(self, which: str = "policy") -> float:
-        """Share of the static fleet's bill the tiered ``which`` fleet saves, in money."""
+        """Share of the static fleet's bill the tiered ``which`` fleet (``spend``) saves, in money."""
         static = self.static_spend
         return float(1 - self.spend(which) / static) if static else 0.0
 
@@ -212,9 +246,10 @@ def tiered_from(
     comparisons: Mapping[str, Comparison | None],
     static: tuple[int, bool, list[SimResult]],
     static_spec: TierSpec,
+    together: TogetherResult | None = None,
 ) -> TieredComparison:
-    """Assemble the tiered comparison from each tier's ``compare`` and the whole trace's ``static_search``
-    (computed apart so a benchmark can run them side by side)."""
+    """Assemble the tiered comparison from each tier's ``compare``, the whole trace's ``static_search`` and
+    the tiers run together (computed apart so a benchmark can run them side by side)."""
     if sorted(spec.tier for spec in specs) != sorted(TIERS):
         raise ValueError(f"one spec per tier {', '.join(TIERS)} is needed, got {[spec.tier for spec in specs]}")
     split = tier_split(trace)
@@ -236,6 +271,7 @@ def tiered_from(
         static_meets_sla=meets,
         static_gpu=tier_engine(static_spec).gpu_model,
         static_price=tier_price(static_spec),
+        together=together,
     )
 
 
@@ -263,11 +299,121 @@ def tiered_compare(
     *,
     seed: int = 0,
 ) -> TieredComparison:
-    """Split, compare every tier, search the static fleet, assemble: one after another."""
+    """Split, compare every tier, search the static fleet, run the tiers together (each pool starting
+    from its tier's static fleet), assemble: one after another."""
     split = tier_split(trace)
     comparisons = {spec.tier: tier_compare(split[spec.tier], spec, seed=seed) for spec in specs}
     static = static_reference(trace, static_spec, seed=seed)
-    return tiered_from(trace=trace, specs=specs, comparisons=comparisons, static=static, static_spec=static_spec)
+    together = together_run(trace, specs, seed=seed, initial=together_initial(comparisons))
+    return tiered_from(
+        trace=trace, specs=specs, comparisons=comparisons, static=static, static_spec=static_spec, together=together
+    )
+
+
+def together_initial(comparisons: Mapping[str, Comparison | None]) -> dict[str, int]:
+    """Each tier's warm instances at the start of the run together: its static fleet's size, as its policy
+    run apart starts (0 for a tier without requests; its pool's minimum still applies)."""
+    return {tier: comparison.static_instances if comparison else 0 for tier, comparison in comparisons.items()}
+
+
+def together_setup(specs: Sequence[TierSpec], *, seed: int = 0) -> SimSetup:
+    """Every tier's pool in one setup: pool ids 1, 2, ... in ``specs``' order, each with its tier, its
+    own GPUs, engine model, device and price (``tier_engine``, ``tier_device``, ``tier_price``), its
+    pool settings, and its policy settings as a per-pool override (``PolicyConfig.pools``; the first
+    tier's stand for the fleet). The SLA and routing settings are one for the whole fleet: specs that
+    differ in them are refused."""
+    if sorted(spec.tier for spec in specs) != sorted(TIERS):
+        raise ValueError(f"one spec per tier {', '.join(TIERS)} is needed, got {[spec.tier for spec in specs]}")
+    slas = {(spec.sla_ms, spec.sla_ms_per_1k_prompt_tokens) for spec in specs}
+    if len(slas) != 1:
+        raise ValueError(f"the tiers judged together need one SLA, got {sorted(slas)} (ms, ms per 1k prompt tokens)")
+    setups = [tier_setup(spec, seed=seed) for spec in specs]
+    if len({setup.routing for setup in setups}) != 1:
+        raise ValueError("the tiers judged together need one routing setting (the gateway's)")
+    pools = []
+    for pool_id, (spec, setup) in enumerate(zip(specs, setups, strict=True), start=1):
+        device, memory_gib = tier_device(spec)
+        pools.append(
+            SimPool(
+                view=replace(setup.pools[0].view, id=pool_id),
+                tier=spec.tier,
+                engine=setup.engine,
+                gpus=spec.gpus,
+                device=device,
+                device_memory_gib=memory_gib,
+                price_per_gpu_hour=tier_price(spec),
+            )
+        )
+    policies = {
+        kind: PolicyConfig(
+            kind=kind,
+            fleet=config.fleet,
+            pools={pool_id: setup.policies[kind].fleet for pool_id, setup in enumerate(setups, start=1)},
+        )
+        for kind, config in setups[0].policies.items()
+    }
+    return replace(setups[0], gpus=sum(spec.gpus for spec in specs), pools=tuple(pools), policies=policies)
+
+
+@dataclass(frozen=True)
+class TogetherResult:
+    """The tiers' pools run in one simulation (``together_run``): the whole run, each tier's pool's share
+    of it (``Simulation.pool_results``) and price, and how many requests each tier's routing sent and
+    how many a pool of another tier served (the gateway's fallback)."""
+
+    total: SimResult
+    pools: Mapping[str, SimResult]
+    prices: Mapping[str, Decimal | None]
+    routed: Mapping[str, int]
+    served_elsewhere: Mapping[str, int]
+
+    def spend(self, tier: str | None = None) -> Decimal:
+        """What the tier's pool was paid (paid device-hours x its price), or all pools' summed."""
+        tiers = list(self.pools) if tier is None else [tier]
+        return sum((_money(self.pools[t].paid_gpu_hours, self.prices[t]) for t in tiers), Decimal(0))
+
+    def hours(self, tier: str | None = None) -> float:
+        """Paid device-hours of the tier's pool, or of all pools."""
+        return sum(self.pools[t].paid_gpu_hours for t in (list(self.pools) if tier is None else [tier]))
+
+
+def together_run(
+    trace: Trace, specs: Sequence[TierSpec], *, seed: int = 0, initial: Mapping[str, int] | None = None
+) -> TogetherResult:
+    """The policy run of every tier's pool in one simulation (``together_setup``, ``pools_run``).
+    ``initial``: each tier's warm instances at the start (default one; at least the pool's minimum),
+    as each tier's policy run starts from its own static fleet in ``tier_compare``."""
+    return pools_run(trace, together_setup(specs, seed=seed), initial=initial)
+
+
+def pools_run(trace: Trace, setup: SimSetup, *, initial: Mapping[str, int] | None = None) -> TogetherResult:
+    """The policy run of a setup with at most one pool per tier: requests routed as the gateway routes
+    them, falling back to another tier's ready instances in ``routing.FALLBACK`` order where their own
+    tier's pool has none (or is absent); each pool's share and spend at its own price."""
+    tiers = [pool.tier for pool in setup.pools]
+    if len(set(tiers)) != len(tiers) or not set(tiers) <= set(TIERS):
+        raise ValueError(f"at most one pool per tier {', '.join(TIERS)} is needed, got {tiers}")
+    tier_of = {pool.view.id: pool.tier for pool in setup.pools}
+    counts = {pool.view.id: (1 if initial is None else initial.get(pool.tier, 0)) for pool in setup.pools}
+    simulation = Simulation(trace=trace, setup=setup, label="tiers together", initial_instances=counts)
+    total = simulation.run()
+    shares = simulation.pool_results()
+    routed = dict.fromkeys(TIERS, 0)  # by the request's own tier, whether or not its pool exists
+    elsewhere = dict.fromkeys(TIERS, 0)
+    for index, request in enumerate(trace.requests):
+        if index in simulation.refused:
+            continue
+        own = request_tier(request.prompt_tokens, request.output_tokens, setup.routing)
+        routed[own] += 1
+        served = simulation.served_by[index]
+        elsewhere[own] += bool(served) and tier_of[served] != own
+    return TogetherResult(
+        total=total,
+        pools={pool.tier: shares[pool.view.id] for pool in setup.pools},
+        prices={pool.tier: pool.price_per_gpu_hour for pool in setup.pools},
+        routed=routed,
+        served_elsewhere=elsewhere,
+    )
 
 
 # Document summaries (the method's long-context use case): prompts log-uniform over 8k..128k tokens,

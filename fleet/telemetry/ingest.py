@@ -9,7 +9,8 @@ stored (the reply was lost and the agent sent it again) is acknowledged and skip
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -303,7 +304,9 @@ _INSTANCE_FIELDS = (
     "desired_changed_at",
 )
 # The spec's fields that come from the pool's model profile, under the same names.
-_PROFILE_FIELDS = tuple(name for name in protocol.InstanceSpec.model_fields if name not in ("gpu_uuids", "mig_uuids"))
+PROFILE_SPEC_FIELDS = tuple(
+    name for name in protocol.InstanceSpec.model_fields if name not in ("gpu_uuids", "mig_uuids")
+)
 
 
 # An instance the reply names: every one that is, or should be, holding something.
@@ -318,7 +321,7 @@ def _instance_rows_query(*, node: int, reported: Iterable[int] = ()) -> QuerySet
         Instance.objects.filter(Q(gpu__node_id=node) | Q(mig_device__gpu__node_id=node))
         .filter(wanted)
         .order_by("pk")
-        .values(*_INSTANCE_FIELDS, *(f"pool__model_profile__{name}" for name in _PROFILE_FIELDS))
+        .values(*_INSTANCE_FIELDS, *(f"pool__model_profile__{name}" for name in PROFILE_SPEC_FIELDS))
     )
 
 
@@ -755,7 +758,7 @@ def _desired(rows: Iterable[dict[str, Any]]) -> list[protocol.DesiredInstance]:
             generation=row["generation"],
             state=row["desired_state"],
             spec=protocol.InstanceSpec(
-                **{name: row[f"pool__model_profile__{name}"] for name in _PROFILE_FIELDS},
+                **{name: row[f"pool__model_profile__{name}"] for name in PROFILE_SPEC_FIELDS},
                 gpu_uuids=[row["gpu__uuid"]] if row["gpu__uuid"] and not row["mig_device_id"] else [],
                 mig_uuids=[row["mig_device__uuid"]] if row["mig_device_id"] else [],
             ),
@@ -765,27 +768,50 @@ def _desired(rows: Iterable[dict[str, Any]]) -> list[protocol.DesiredInstance]:
     ]
 
 
-def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
-    """Batch jobs to run on the node's GPUs, and preempted ones whose container there must stop.
-
-    A preempted job drops out once its agent reported it stopped. Each job carries the
-    co-location policy's image size bound, which the agent enforces.
-    """
-    jobs = (
-        BatchJob.objects.filter(gpu__node=node, state__in=states.JOB_ON_NODE)
-        .exclude(state=BatchJob.State.PREEMPTED, actual_state="stopped")
-        .select_related("gpu")
-        .order_by("pk")
+def _batch_jobs_in_reply() -> QuerySet[BatchJob]:
+    """Batch jobs a node's reply carries: those to run on its GPUs, and preempted ones whose
+    container there must stop. A preempted job drops out once its agent reported it stopped."""
+    return BatchJob.objects.filter(state__in=states.JOB_ON_NODE).exclude(
+        state=BatchJob.State.PREEMPTED, actual_state="stopped"
     )
-    if not jobs:
-        return []
+
+
+def batch_image_max_bytes() -> int:
+    """The largest image a batch job may run, by the fleet's co-location policy (its defaults
+    where there is none): every batch job of a reply carries it, and the agent enforces it."""
     policy = Policy.objects.filter(kind=Policy.Kind.COLOCATE, pool__isnull=True).first()
     settings = (
         policy_settings_stored(kind=Policy.Kind.COLOCATE, settings=policy.settings, row=str(policy))
         if policy
         else policy_defaults(Policy.Kind.COLOCATE)
     )
-    max_image_bytes = int(settings["max_image_mb"] * MB)
+    return int(settings["max_image_mb"] * MB)
+
+
+@contextmanager
+def batch_image_bound_watch() -> Iterator[None]:
+    """Around a write of policies: if it changed ``batch_image_max_bytes``, which every batch job
+    of a reply carries and which moves no job's generation, tell the nodes whose reply carries
+    a batch job, once committed (the long poll)."""
+    before = batch_image_max_bytes()
+    yield
+    if batch_image_max_bytes() == before:
+        return
+
+    def tell() -> None:
+        nodes = _batch_jobs_in_reply().values_list("gpu__node_id", flat=True)
+        node_desired_changed(node_ids=set(nodes), why="colocate policy")
+
+    transaction.on_commit(tell)
+
+
+def batch_jobs_for(node: Node) -> list[protocol.DesiredBatchJob]:
+    """Batch jobs to run on the node's GPUs, and preempted ones whose container there must stop,
+    each with the image size bound its agent enforces."""
+    jobs = _batch_jobs_in_reply().filter(gpu__node=node).select_related("gpu").order_by("pk")
+    if not jobs:
+        return []
+    max_image_bytes = batch_image_max_bytes()
     return [
         protocol.DesiredBatchJob(
             job_id=job.pk,

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -434,10 +434,17 @@ def hours_rollup(*, start: datetime, end: datetime) -> int:
     return len(gpu_rows) + len(pool_rows)
 
 
-def _watermark(name: str, default: datetime) -> RollupWatermark:
-    """The watermark row, locked until the caller's transaction ends: one roller at a time."""
-    RollupWatermark.objects.get_or_create(name=name, defaults={"done_until": default})
-    return RollupWatermark.objects.select_for_update().get(name=name)
+def _watermark(name: str, default: Callable[[], datetime]) -> RollupWatermark:
+    """The watermark row, locked until the caller's transaction ends: one roller at a time.
+
+    ``default`` gives the first run's start; it is called only while there is no row yet, as
+    finding the start may read the oldest row of a large table.
+    """
+    mark = RollupWatermark.objects.select_for_update().filter(name=name).first()
+    if mark is None:
+        RollupWatermark.objects.get_or_create(name=name, defaults={"done_until": default()})
+        mark = RollupWatermark.objects.select_for_update().get(name=name)
+    return mark
 
 
 def _first_sample_minute(now: datetime) -> datetime:
@@ -458,7 +465,7 @@ def rollup_minutes_run(*, now: datetime | None = None) -> dict[str, Any]:
     started, rows, minutes = time.monotonic(), 0, 0
     while time.monotonic() - started < RUN_BUDGET_S:
         with transaction.atomic():
-            mark = _watermark("minute", _first_sample_minute(now))
+            mark = _watermark("minute", lambda: _first_sample_minute(now))
             if mark.done_until >= target:
                 break
             end = min(target, mark.done_until + CHUNK_MINUTES * MINUTE)
@@ -486,7 +493,7 @@ def rollup_hours_run(*, now: datetime | None = None) -> dict[str, Any]:
         minute_mark = RollupWatermark.objects.filter(name="minute").values_list("done_until", flat=True).first()
         if minute_mark is None:
             return {"hours": 0, "rows": 0, **usage}
-        mark = _watermark("hour", floor_hour(minute_mark))
+        mark = _watermark("hour", lambda: floor_hour(minute_mark))
         end = floor_hour(minute_mark) + HOUR
         recomputed_from = mark.done_until
         rows = hours_rollup(start=recomputed_from, end=end)
@@ -494,7 +501,7 @@ def rollup_hours_run(*, now: datetime | None = None) -> dict[str, Any]:
         mark.done_until = floor_hour(minute_mark)
         mark.save(update_fields=["done_until"])
         # Days whose every hour is done, again from the first day an hour was recomputed in.
-        day_mark = _watermark("day", floor_day(recomputed_from))
+        day_mark = _watermark("day", lambda: floor_day(recomputed_from))
         day_from, day_to = min(day_mark.done_until, floor_day(recomputed_from)), floor_day(mark.done_until)
         days = days_rollup(start=day_from, end=day_to) if day_from < day_to else 0
         day_mark.done_until = max(day_from, day_to)
@@ -533,6 +540,12 @@ def usage_hours_compute(*, start: datetime, end: datetime) -> list[UsageHour]:
     ]
 
 
+def _first_usage_hour(target: datetime) -> datetime:
+    """The first run's start: the hour of the oldest logged request, or ``target`` if none is older."""
+    oldest = RequestLog.objects.order_by("at").values_list("at", flat=True).first()
+    return min(utc_hour(oldest), target) if oldest else target
+
+
 def usage_rollup_run(*, now: datetime | None = None) -> dict[str, int]:
     """Roll the request log up into usage hours, from the ``usage`` watermark to the last complete hour.
 
@@ -543,8 +556,7 @@ def usage_rollup_run(*, now: datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     target = utc_hour(now - ROLLUP_LAG)
     with transaction.atomic():
-        oldest = RequestLog.objects.order_by("at").values_list("at", flat=True).first()
-        mark = _watermark("usage", min(utc_hour(oldest), target) if oldest else target)
+        mark = _watermark("usage", lambda: _first_usage_hour(target))
         if mark.done_until >= target:
             return {"usage_hours": 0, "usage_rows": 0}
         rows = usage_hours_compute(start=mark.done_until, end=target)

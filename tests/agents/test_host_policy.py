@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import httpx
@@ -20,6 +19,7 @@ from agents.agent import Agent, AgentConfig
 from agents.host_policy import HostPolicy, Refused, vllm_flag_name
 from agents.runtime import NODE_LABEL, DockerRuntime
 from tests.support.agent_process import RecordedGpus
+from tests.support.specs import instance_spec
 
 POLICY = HostPolicy(volume_prefixes=("/models",))
 
@@ -108,28 +108,6 @@ def test_only_paths_under_the_hosts_own_prefixes_are_mounted(tmp_path: Path) -> 
 # -- against the real Docker engine ----------------------------------------------------------
 
 
-def spec(image: str, **changes: Any) -> protocol.InstanceSpec:
-    fields: dict[str, Any] = dict(
-        image=image,
-        model="/models/qwen3",
-        served_name="qwen3",
-        max_model_len=2048,
-        max_num_seqs=4,
-        dtype="auto",
-        quantization="",
-        kv_cache_dtype="auto",
-        enable_prefix_caching=False,
-        enable_sleep_mode=False,
-        gpu_memory_utilization=0.5,
-        extra_args=[],
-        env={},
-        volumes={},
-        gpu_uuids=[],
-        mig_uuids=[],
-    )
-    return protocol.InstanceSpec(**{**fields, **changes})
-
-
 @pytest.fixture
 def docker_agent(docker_client: docker.DockerClient, node_name: str, tmp_path: Path) -> Iterator[Agent]:
     config = AgentConfig(
@@ -145,11 +123,11 @@ def test_the_agent_refuses_what_its_host_does_not_allow_whatever_the_panel_says(
     docker_agent: Agent, docker_client: docker.DockerClient, node_name: str, test_image: str
 ) -> None:
     asked = {
-        1: spec(test_image, volumes={"/": "/host"}),
-        2: spec(test_image, volumes={"/var/run/docker.sock": "/var/run/docker.sock"}),
-        3: spec(test_image, extra_args=["--trust_remote_code"]),
-        4: spec(test_image, env={"LD_PRELOAD": "/tmp/evil.so"}),
-        5: spec(test_image),  # nothing beyond what the host allows
+        1: instance_spec(image=test_image, volumes={"/": "/host"}),
+        2: instance_spec(image=test_image, volumes={"/var/run/docker.sock": "/var/run/docker.sock"}),
+        3: instance_spec(image=test_image, extra_args=["--trust_remote_code"]),
+        4: instance_spec(image=test_image, env={"LD_PRELOAD": "/tmp/evil.so"}),
+        5: instance_spec(image=test_image),  # nothing beyond what the host allows
     }
     desired = [protocol.DesiredInstance(instance_id=i, generation=1, state="running", spec=s) for i, s in asked.items()]
     docker_agent.act(protocol.Reply(ack_seq=0, desired=desired, report_interval_s=5.0))

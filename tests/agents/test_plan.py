@@ -8,13 +8,16 @@ from agents import protocol
 from agents.config import AgentConfig
 from agents.plan import MB, PORT_LABEL, instances_plan, job_plan
 from agents.runtime import ContainerState, ImageMissing
-from tests.agents.test_host_policy import spec
+from tests.support.specs import instance_spec
 
 
 def desired(instance_id: int, **overrides: object) -> protocol.DesiredInstance:
     image = str(overrides.pop("image", "vllm/vllm-openai:v0.11.0"))
     return protocol.DesiredInstance(
-        instance_id=instance_id, generation=3, state="running", spec=spec(image, gpu_uuids=["GPU-1"], **overrides)
+        instance_id=instance_id,
+        generation=3,
+        state="running",
+        spec=instance_spec(image=image, gpu_uuids=["GPU-1"], **overrides),
     )
 
 

@@ -26,7 +26,9 @@ PAGE_RANGE = "() => ['start', 'end'].map((end) => Date.parse(document.getElement
 
 def drag(page: Any, chart: str, start: float, end: float) -> None:
     """Drag across the plot area of ``chart`` from ``start`` to ``end`` (shares of its width), as a zoom."""
-    box = page.locator(f"#{chart} .nsewdrag").first.bounding_box()
+    area = page.locator(f"#{chart} .nsewdrag").first
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * start, y)
     page.mouse.down()
@@ -113,3 +115,107 @@ def test_a_page_refreshes_on_the_period_in_its_url_and_keeps_the_zoom(asgi_live_
     page.wait_for_function("document.getElementById('chart-latency') !== window.drawnBefore", timeout=WAIT_MS)
     all_at(page, zoomed, within_ms=1)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    # The page's own range was rendered, not the zoom the address bar holds: a reset finds the whole day drawn.
+    shown = page.evaluate(PAGE_RANGE)
+    assert shown[1] - shown[0] == 24 * 3_600_000 and "range=custom" in page.url
+
+
+def custom_range(start: Any, end: Any) -> str:
+    return f"range=custom&start={start:%Y-%m-%dT%H:%M}&end={end:%Y-%m-%dT%H:%M}"
+
+
+def test_the_overviews_line_chart_follows_the_range_except_the_default_live_hour(
+    asgi_live_server: Any, page: Any
+) -> None:
+    history_build()
+    end = timezone.now().replace(second=0, microsecond=0)
+    start = end - timedelta(hours=6)
+    sign_in(page, asgi_live_server.url, f"/?{custom_range(start, end)}")
+
+    # A chosen range: the line chart is drawn over it from rollups and linked with the heatmap.
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 2", timeout=WAIT_MS)
+    chosen = [start.timestamp() * 1000, end.timestamp() * 1000]
+    assert page.evaluate(RANGES) == [chosen, chosen]
+    assert page.evaluate("fleetTime.linked.map((div) => div.id)") == ["chart-live", "chart-heatmap"]
+    assert page.locator("#chart-live").get_attribute("data-live") == ""  # rollups: no reading extends it
+    assert page.locator("#live-note").count() == 0
+    screenshot(page, "overview-custom-range")
+
+    # A preset range ending now: the same, over the preset's span.
+    page.click("#range a:text-is('7d')")
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 2", timeout=WAIT_MS)
+    week = page.evaluate(PAGE_RANGE)
+    assert week[1] - week[0] == 7 * 24 * 3_600_000
+    assert page.evaluate(RANGES) == [week, week]
+
+    # 1h: the live chart is the page's range, linked, and still streams.
+    page.click("#range a:text-is('1h')")
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 2", timeout=WAIT_MS)
+    assert page.locator("#chart-live").get_attribute("data-live") == "fleet"
+    assert page.evaluate("fleetTime.linked.map((div) => div.id)") == ["chart-live", "chart-heatmap"]
+
+    # The default range: the live chart keeps streaming the last hour, on its own, and says so.
+    page.click("#range a:text-is('24h')")
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 1", timeout=WAIT_MS)
+    assert page.evaluate("fleetTime.linked.map((div) => div.id)") == ["chart-heatmap"]
+    assert page.locator("#chart-live").get_attribute("data-live") == "fleet"
+    assert "last hour" in page.locator("#live-note").inner_text()
+    hour = page.evaluate(RANGES.replace("fleetTime.linked", "[document.getElementById('chart-live')]"))[0]
+    assert 3_600_000 - 5_000 <= hour[1] - hour[0] <= 3_600_000 + 5_000
+    screenshot(page, "overview-default-range")
+
+
+def test_the_requests_chart_spans_the_filters_range(asgi_live_server: Any, page: Any) -> None:
+    history_build()
+    end = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=40)
+    sign_in(page, asgi_live_server.url, f"/requests/?{custom_range(start, end)}")
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 1", timeout=WAIT_MS)
+    chosen = [start.timestamp() * 1000, end.timestamp() * 1000]
+    assert page.evaluate(RANGES) == [chosen]
+    screenshot(page, "requests-range")
+
+    # Zoomed, the filter form asks for the zoomed range.
+    drag(page, "chart-latency", 0.4, 0.9)
+    page.wait_for_function("fleetTime.zoomed() !== null", timeout=WAIT_MS)
+    zoomed = page.evaluate(RANGES)[0]
+    page.select_option("#filters select[name=cold]", "no")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**cold=no**")
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 1", timeout=WAIT_MS)
+    shown = page.evaluate(PAGE_RANGE)
+    assert abs(shown[0] - zoomed[0]) <= 1000 and abs(shown[1] - zoomed[1]) <= 1000, (shown, zoomed)
+
+
+def test_a_zoom_is_in_the_url_so_a_reload_shows_the_same_span(asgi_live_server: Any, page: Any) -> None:
+    history_build()
+    end = timezone.now().replace(second=0, microsecond=0)
+    start = end - timedelta(hours=6)
+    path = f"/?{custom_range(start, end)}&refresh=5m"
+    sign_in(page, asgi_live_server.url, path)
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 2", timeout=WAIT_MS)
+    original, entries = page.url, page.evaluate("history.length")
+
+    # A zoom replaces the address (no new history entry); a reset puts the page's own back.
+    drag(page, "chart-heatmap", 0.2, 0.5)
+    page.wait_for_function("fleetTime.zoomed() !== null", timeout=WAIT_MS)
+    assert page.url != original and "range=custom" in page.url and "refresh=5m" in page.url
+    assert page.evaluate("history.length") == entries
+    assert "range=custom" in page.locator("#refresh a:text-is('30s')").get_attribute("href")
+    page.locator("#chart-live .nsewdrag").first.dblclick()
+    page.wait_for_function("fleetTime.zoomed() === null", timeout=WAIT_MS)
+    assert page.url == original
+
+    drag(page, "chart-live", 0.3, 0.6)
+    page.wait_for_function("fleetTime.zoomed() !== null", timeout=WAIT_MS)
+    zoomed = page.evaluate(RANGES)[0]
+    all_at(page, zoomed, within_ms=1)
+
+    # Reloaded, the server draws every chart over the zoomed span (to the second the URL holds).
+    page.reload()
+    page.wait_for_function("window.fleetTime && fleetTime.linked.length === 2", timeout=WAIT_MS)
+    all_at(page, zoomed, within_ms=1000)
+    shown = page.evaluate(PAGE_RANGE)
+    assert abs(shown[0] - zoomed[0]) <= 1000 and abs(shown[1] - zoomed[1]) <= 1000, (shown, zoomed)
+    assert page.locator("#refresh a.on").inner_text() == "5m"
+    screenshot(page, "overview-zoom-reloaded")

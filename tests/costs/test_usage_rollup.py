@@ -14,7 +14,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from fleet.costs.teams import BASES, Basis, request_log_key_usage, request_log_usage
+from fleet.costs.teams import BASES, Basis, request_log_key_usage, request_log_usage, usage_of_days
 from fleet.decide.services import request_logs_write
 from fleet.models import ApiKey, Pool, RequestLog, RollupWatermark, Team, UsageHour
 from fleet.telemetry.rollups import rollup_hours_run, usage_rollup_run
@@ -100,6 +100,26 @@ def test_the_run_rolls_complete_hours_up_per_pool_team_and_key_and_again_gives_t
     RollupWatermark.objects.filter(name="usage").update(done_until=utc(2025, 1, 10, 18))
     assert usage_rollup_run(now=RUN_AT) == {"usage_hours": 3, "usage_rows": 6}
     assert rollup_rows() == first
+
+
+def request_log_reads(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries if "fleet_requestlog" in q["sql"]]
+
+
+@pytest.mark.django_db
+def test_only_the_first_run_looks_for_the_oldest_request(history) -> None:
+    """The log grows by the day: a run reads the hours it rolls up, from the watermark, and no
+    more; only the first, with no watermark yet, looks for where the log starts."""
+    with CaptureQueriesContext(connection) as first:
+        assert usage_rollup_run(now=RUN_AT) == {"usage_hours": 3, "usage_rows": 6}
+    assert len(request_log_reads(first)) == 2, "the oldest request, then the hours from its hour"
+    with CaptureQueriesContext(connection) as nothing_due:
+        assert usage_rollup_run(now=RUN_AT) == {"usage_hours": 0, "usage_rows": 0}
+    assert request_log_reads(nothing_due) == []
+    log(utc(2025, 1, 10, 21, 5), Pool.objects.get(pk=history["pool"]), None, 10.0, (1, 1))
+    with CaptureQueriesContext(connection) as next_hour:
+        assert usage_rollup_run(now=RUN_AT + timedelta(hours=1)) == {"usage_hours": 1, "usage_rows": 1}
+    assert len(request_log_reads(next_hour)) == 1, "the new hour's requests only"
 
 
 @pytest.mark.django_db
@@ -224,3 +244,61 @@ def test_a_request_of_the_current_hour_reopens_nothing(history) -> None:
 def test_usage_is_read_between_two_times_only() -> None:
     with pytest.raises(TypeError, match="two datetimes"):
         request_log_usage(start=date(2025, 1, 1), end=date(2025, 2, 1), basis="tokens")
+
+
+# Three days cut at Kolkata midnights (18:30 UTC) and half hours: the first and last hold no whole
+# hour; the middle one is KOLKATA_RANGE. Every raw piece touches the next.
+HALF_HOUR_DAYS = [
+    (utc(2025, 1, 10, 18), utc(2025, 1, 10, 18, 30)),
+    KOLKATA_RANGE,
+    (utc(2025, 1, 10, 20, 30), utc(2025, 1, 10, 21)),
+]
+
+
+@pytest.mark.django_db
+def test_days_read_together_give_each_day_its_own_reads_decimals_in_three_queries(history) -> None:
+    """The request log's sources read all days in one query of the raw log, one of the rollup and the
+    watermark; each day's usage is its own read's, digit for digit, where one read per day costs five."""
+    ids, pool = history, history["pool"]
+    usage_rollup_run(now=RUN_AT)
+    with CaptureQueriesContext(connection) as together:
+        by_key = usage_of_days(source=request_log_key_usage, days=HALF_HOUR_DAYS, basis="gpu_seconds")
+    with CaptureQueriesContext(connection) as each:
+        own = [request_log_key_usage(start=start, end=end, basis="gpu_seconds") for start, end in HALF_HOUR_DAYS]
+    # By hand: a1 1000.5 ms at 18:10; the Kolkata day as above; 20:45's request names no key.
+    assert by_key == [
+        {(pool, ids["a1"]): Decimal("1.000500")},
+        expected(ids)[("kolkata", "key", "gpu_seconds")],
+        {},
+    ]
+    assert [{group: str(amount) for group, amount in day.items()} for day in by_key] == [
+        {group: str(amount) for group, amount in day.items()} for day in own
+    ]
+    # Apart: a raw read for each day holding no whole hour, the same three for the middle one.
+    assert (len(together), len(each)) == (3, 5)
+    by_team = usage_of_days(source=request_log_usage, days=HALF_HOUR_DAYS, basis="tokens")
+    assert by_team == [{(pool, ids["search"]): Decimal(120)}, expected(ids)[("kolkata", "team", "tokens")], {}]
+
+
+@pytest.mark.django_db
+def test_days_of_another_usage_source_are_asked_one_at_a_time() -> None:
+    asked = []
+
+    def source(*, start: object, end: object, basis: Basis) -> dict[tuple[int, int], Decimal]:
+        asked.append((start, end, basis))
+        return {(1, len(asked)): Decimal(len(asked))}
+
+    assert usage_of_days(source=source, days=HALF_HOUR_DAYS, basis="tokens") == [
+        {(1, 1): Decimal(1)},
+        {(1, 2): Decimal(2)},
+        {(1, 3): Decimal(3)},
+    ]
+    assert asked == [(start, end, "tokens") for start, end in HALF_HOUR_DAYS]
+
+
+@pytest.mark.django_db
+def test_days_out_of_order_or_overlapping_are_refused_before_any_read() -> None:
+    for days in (HALF_HOUR_DAYS[::-1], [(utc(2025, 1, 10, 18), utc(2025, 1, 10, 20)), KOLKATA_RANGE]):
+        with CaptureQueriesContext(connection) as queries, pytest.raises(ValueError, match="in time order"):
+            usage_of_days(source=request_log_usage, days=days, basis="tokens")
+        assert len(queries) == 0

@@ -86,7 +86,17 @@ def test_a_lone_bucket_is_drawn_and_reference_lines_are_marked_as_such() -> None
         assert "markers" in trace["mode"], trace["name"]
         assert not trace.get("meta"), trace["name"]
     assert latency["data"][3]["meta"] == {"reference": True}
-    rows = [{"pool": 1, "name": "chat", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "requests": 9, "attainment": 0.9}]
+    rows = [
+        {
+            "pool": 1,
+            "name": "chat",
+            "sla": "P95 TTFT <= 500 ms",
+            "target": 0.95,
+            "requests": 9,
+            "attainment": 0.9,
+            "met": False,
+        }
+    ]
     attainment = as_json(figures.sla_attainment(rows=rows))
     assert [trace.get("meta") for trace in attainment["data"]] == [None, {"reference": True}]
 
@@ -192,8 +202,8 @@ def test_a_budget_that_only_warns_is_drawn_without_a_hard_threshold() -> None:
 
 def test_sla_attainment_is_a_percentage_of_pools_with_traffic() -> None:
     rows = [
-        {"name": "chat-s", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": 0.975},
-        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": None},
+        {"name": "chat-s", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": 0.975, "met": True},
+        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": None, "met": False},
     ]
     figure = as_json(figures.sla_attainment(rows=rows))
     assert (figure["data"][0]["x"], figure["data"][0]["y"]) == (["chat-s"], [97.5])
@@ -225,9 +235,70 @@ def test_request_latency_separates_cold_starts() -> None:
         SimpleNamespace(at=AT[0], latency_ms=120.0, cold_start=False, tier="L", pool=pool),
         SimpleNamespace(at=AT[1], latency_ms=9000.0, cold_start=True, tier="S", pool=None),
     ]
-    figure = as_json(figures.request_latency(requests=requests))
+    figure = as_json(figures.request_latency(requests=requests, span=RANGE))
     assert [(t["name"], t["y"]) for t in figure["data"]] == [("warm", [120.0]), ("cold start", [9000.0])]
     assert axis_title(figure, "yaxis") == "latency (ms)"
+
+
+def test_request_latency_spans_the_filters_range_not_the_rows() -> None:
+    """Two rows a minute apart, filtered over a day: the axis is the day, the rows sit at its end."""
+    day = (T0 - timedelta(hours=23), T0 + timedelta(hours=1))
+    requests = [
+        SimpleNamespace(at=at, latency_ms=100.0, cold_start=False, tier="S", pool=None) for at in (AT[0], AT[1])
+    ]
+    figure = as_json(figures.request_latency(requests=requests, span=day))
+    layout = figure["layout"]
+    assert layout["xaxis"]["range"] == ["2026-11-24T09:00:00Z", "2026-11-25T09:00:00Z"]
+    assert layout["xaxis"]["autorange"] is False and layout["hovermode"] == "x"
+    assert layout["title"]["text"] == "Latency of the 2 requests listed"
+    assert figure["data"][0]["x"] == ["2026-11-25T08:00:00Z", "2026-11-25T08:01:00Z"]
+    one = as_json(figures.request_latency(requests=requests[:1], span=day))
+    assert one["layout"]["title"]["text"] == "Latency of the 1 request listed"
+
+
+def test_utilization_lines_draw_the_heatmap_grid_as_one_line_a_row_over_the_range() -> None:
+    """Minute columns 08:00 and 08:02 (none at 08:01), over 07:00-08:02:30: three points a line,
+    a gap at 08:01, and the 08:02 bucket, half in the range, marked partial from 08:02 to 08:02:30."""
+    grid = {
+        "at": [T0, T0 + timedelta(minutes=2)],
+        "step": timedelta(minutes=1),
+        "rows": [{"id": 1, "label": "rack1/0", "simulated": False}, {"id": 2, "label": "demo/0", "simulated": True}],
+        "by_node": False,
+        "utilization": [[40.0, 60.0], [None, 90.0]],
+    }
+    span = (T0 - timedelta(hours=1), T0 + timedelta(minutes=2, seconds=30))
+    figure = as_json(figures.utilization_lines(grid=grid, span=span))
+    columns = ["2026-11-25T08:00:00Z", "2026-11-25T08:01:00Z", "2026-11-25T08:02:00Z"]
+    assert [(t["name"], t["x"], t["y"]) for t in figure["data"]] == [
+        ("rack1/0", columns, [40.0, None, 60.0]),
+        ("demo/0 (simulated)", columns, [None, None, 90.0]),
+    ]
+    assert all(t["type"] == "scatter" and t["mode"] == "lines+markers" for t in figure["data"])
+    layout = figure["layout"]
+    assert layout["title"]["text"] == "GPU utilization (%), 1 min buckets"
+    assert layout["xaxis"]["range"] == ["2026-11-25T07:00:00Z", "2026-11-25T08:02:30Z"]
+    assert layout["xaxis"]["autorange"] is False and layout["hovermode"] == "x"
+    assert layout["yaxis"]["range"] == [0, 100] and axis_title(figure, "yaxis") == "utilization (%)"
+    assert partial_marks(figure) == (
+        [("2026-11-25T08:02:00Z", "2026-11-25T08:02:30Z")],
+        [("partial", "2026-11-25T08:02:30Z")],
+    )
+
+    by_node = {
+        "at": [T0],
+        "step": timedelta(days=1),
+        "rows": [{"id": 1, "label": "rack1 (8 GPUs)", "simulated": False}],
+        "by_node": True,
+        "utilization": [[40.0]],
+    }
+    layout = as_json(figures.utilization_lines(grid=by_node, span=(T0, T0 + timedelta(days=1))))["layout"]
+    assert layout["title"]["text"] == "GPU utilization by node (mean of its GPUs, %), 1 d buckets"
+    assert layout["showlegend"] is True
+
+    # 21 nodes: one more than a legend names; each line is still drawn, named on hover.
+    rows = [{"id": n, "label": f"rack{n} (8 GPUs)", "simulated": False} for n in range(21)]
+    many = as_json(figures.utilization_lines(grid={**by_node, "rows": rows, "utilization": [[40.0]] * 21}, span=span))
+    assert len(many["data"]) == 21 and many["layout"]["showlegend"] is False
 
 
 HOUR_MS = 3_600_000
@@ -331,11 +402,11 @@ def test_the_partial_bucket_is_marked_and_complete_ones_are_not() -> None:
 
 def test_sla_bars_are_coloured_met_or_not_against_each_pools_target() -> None:
     rows = [
-        {"name": "chat-s", "sla": "P95 TTFT <= 450 ms", "target": 0.95, "attainment": 0.97},
-        {"name": "chat-m", "sla": "P95 TTFT <= 600 ms", "target": 0.95, "attainment": 0.94},
-        {"name": "chat-l", "sla": "P99 TTFT <= 900 ms", "target": 0.99, "attainment": 0.985},
-        {"name": "code-l", "sla": "P90 E2E <= 9000 ms", "target": 0.90, "attainment": 0.90},
-        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": None},
+        {"name": "chat-s", "sla": "P95 TTFT <= 450 ms", "target": 0.95, "attainment": 0.97, "met": True},
+        {"name": "chat-m", "sla": "P95 TTFT <= 600 ms", "target": 0.95, "attainment": 0.94, "met": False},
+        {"name": "chat-l", "sla": "P99 TTFT <= 900 ms", "target": 0.99, "attainment": 0.985, "met": False},
+        {"name": "code-l", "sla": "P90 E2E <= 9000 ms", "target": 0.90, "attainment": 0.90, "met": True},
+        {"name": "quiet", "sla": "P95 TTFT <= 500 ms", "target": 0.95, "attainment": None, "met": False},
     ]
     figure = as_json(figures.sla_attainment(rows=rows))
     bars, target = figure["data"]
@@ -352,8 +423,8 @@ def test_sla_labels_sit_at_the_bars_base_clear_of_the_target_marks() -> None:
     100 %, the mark at 95 %) would be crossed by it. At the base, a label spans the bottom of the axis
     while the lowest target a pool may ask (P50) marks 50 %."""
     rows = [
-        {"name": "chat-s", "sla": "P95 TTFT <= 450 ms", "target": 0.95, "attainment": 1.0},
-        {"name": "batch", "sla": "P50 E2E <= 9000 ms", "target": 0.50, "attainment": 0.60},
+        {"name": "chat-s", "sla": "P95 TTFT <= 450 ms", "target": 0.95, "attainment": 1.0, "met": True},
+        {"name": "batch", "sla": "P50 E2E <= 9000 ms", "target": 0.50, "attainment": 0.60, "met": True},
     ]
     bars, target = as_json(figures.sla_attainment(rows=rows))["data"]
     assert (bars["textposition"], bars["insidetextanchor"]) == ("inside", "start")

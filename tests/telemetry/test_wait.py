@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from fleet.events import node_desired_changed, node_desired_group
 from fleet.models import Instance, ModelProfile, Node
 from fleet.telemetry import agent_api, ingest
 from tests.factories import make_gpu, make_instance, make_pool
+from tests.support.specs import instance_spec
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -235,30 +237,9 @@ def test_waits_through_the_panels_asgi_app_hold_no_thread_each(monkeypatch: pyte
 # -- what the generation covers: every item of the reply the agent acts on ----------------
 
 
-def spec(**changes: Any) -> protocol.InstanceSpec:
-    values: dict[str, Any] = dict(
-        image="vllm/vllm-openai:v0.10.1",
-        model="Qwen/Qwen3-4B",
-        served_name="chat",
-        max_model_len=8192,
-        max_num_seqs=64,
-        dtype="bfloat16",
-        quantization="",
-        kv_cache_dtype="auto",
-        enable_prefix_caching=True,
-        enable_sleep_mode=True,
-        gpu_memory_utilization=0.9,
-        extra_args=[],
-        env={"A": "1", "B": "2"},
-        volumes={},
-        gpu_uuids=["GPU-1"],
-        mig_uuids=[],
-    )
-    return protocol.InstanceSpec(**{**values, **changes})
-
-
 def desired(**changes: Any) -> list[protocol.DesiredInstance]:
-    return [protocol.DesiredInstance(instance_id=7, generation=3, state="running", spec=spec(**changes))]
+    spec = instance_spec(**{"env": {"A": "1", "B": "2"}, "gpu_uuids": ["GPU-1"], **changes})
+    return [protocol.DesiredInstance(instance_id=7, generation=3, state="running", spec=spec)]
 
 
 def test_the_generation_moves_with_a_spec_field_and_an_orphan_stop_not_with_map_order() -> None:
@@ -398,3 +379,114 @@ def test_a_pool_given_another_profile_in_the_admin_answers_the_wait(monkeypatch:
     assert response.json() == {"changed": True}
     assert [item.spec.model for item in ingest.node_desired(node).desired] == [other.model]
     assert current(node) != before
+
+
+# -- changes outside the admin's profile and pool pages, told through the same function ------
+
+
+def told_of_two(monkeypatch: pytest.MonkeyPatch) -> tuple[list[set[int]], tuple[Node, str], Node]:
+    """Two nodes, and the nodes each tell of ``fleet.telemetry.ingest`` names (passed on to
+    their waits, which hold for 30 s): the first node, with its token, is the one concerned."""
+    monkeypatch.setattr(agent_api, "WAIT_S", 30.0)
+    calls: list[set[int]] = []
+    tell = ingest.node_desired_changed
+
+    def recording(*, node_ids: Any, why: str) -> None:
+        calls.append({node_id for node_id in node_ids if node_id is not None})
+        tell(node_ids=node_ids, why=why)
+
+    monkeypatch.setattr(ingest, "node_desired_changed", recording)
+    other, _other_token = node_with_token("wait-b")
+    return calls, node_with_token("wait-a"), other
+
+
+def answered(token: str, node: Node, change: Callable[[], Any]) -> Any:
+    """The answer to a wait held on the node's current generation when ``change`` is made."""
+
+    async def scenario() -> Any:
+        waiting = asyncio.ensure_future(asking(token, await sync_to_async(current)(node))())
+        await subscribed(node)
+        await off_thread(change)()
+        return await asyncio.wait_for(waiting, 10)
+
+    return run(scenario)
+
+
+def test_a_profile_rewritten_by_the_service_answers_the_wait_of_its_instances_nodes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo's seeding writes its profiles through ``model_profile_update_or_create``."""
+    from fleet.decide.profiles import model_profile_update_or_create
+
+    calls, (node, token), other = told_of_two(monkeypatch)
+    pool = make_pool()
+    make_instance(pool, make_gpu(node))
+    profile = pool.model_profile
+    other_pool = make_pool("other", model_profile=ModelProfile.objects.create(name="other", model="m"))
+    make_instance(other_pool, make_gpu(other))
+    other_before = current(other)
+    # Rewritten as it is: nothing an agent acts on changed, nobody is told.
+    model_profile_update_or_create(name=profile.name, values={"max_num_seqs": profile.max_num_seqs})
+    assert calls == []
+
+    seqs = profile.max_num_seqs // 2
+    change = functools.partial(model_profile_update_or_create, name=profile.name, values={"max_num_seqs": seqs})
+    assert answered(token, node, change).json() == {"changed": True}
+    assert calls == [{node.pk}]
+    assert [item.spec.max_num_seqs for item in ingest.node_desired(node).desired] == [seqs]
+    assert current(other) == other_before
+
+
+def test_a_pool_given_another_profile_by_the_service_answers_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.decide.profiles import pool_update_or_create
+
+    calls, (node, token), other = told_of_two(monkeypatch)
+    pool = make_pool()
+    make_instance(pool, make_gpu(node))
+    make_instance(make_pool("other"), make_gpu(other))
+    # A setting the reply does not carry tells nobody.
+    pool_update_or_create(name=pool.name, values={"max_instances": pool.max_instances + 1})
+    assert calls == []
+
+    profile = ModelProfile.objects.exclude(pk=pool.model_profile_id).order_by("name").first()
+    assert profile is not None
+    change = functools.partial(pool_update_or_create, name=pool.name, values={"model_profile": profile})
+    assert answered(token, node, change).json() == {"changed": True}
+    assert calls == [{node.pk}]
+    assert [item.spec.model for item in ingest.node_desired(node).desired] == [profile.model]
+
+
+def test_the_colocation_image_bound_changed_in_the_admin_answers_the_waits_of_nodes_running_batch_jobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.contrib.auth.models import User
+
+    from fleet.models import BatchJob, Policy
+    from tests.admin.test_policy_form import change
+
+    calls, (node, token), other = told_of_two(monkeypatch)
+    make_instance(make_pool(), make_gpu(other))  # serves, runs no batch job: its reply has no bound
+    job = BatchJob.objects.create(
+        name="clean", image="cleaner:1", memory_bytes=2**30, state="running", gpu=make_gpu(node)
+    )
+    policy = Policy.objects.get(kind=Policy.Kind.COLOCATE, pool=None)
+    client = Client()
+    client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
+    settings = dict(min_free_memory_gib="4", max_duty_cycle_pct="30", max_image_mb="200")
+    other_before = current(other)
+    # A setting no reply carries (the policy's own threshold) tells nobody.
+    assert change(client, policy, **{**settings, "max_duty_cycle_pct": "40"}).status_code == 302
+    assert calls == []
+
+    posted = functools.partial(change, client, policy, **{**settings, "max_image_mb": "500"})
+    assert answered(token, node, posted).json() == {"changed": True}
+    assert calls == [{node.pk}]
+    assert [item.max_image_bytes for item in ingest.node_desired(node).batch_jobs] == [500 * 1_000_000]
+    assert current(other) == other_before
+    # Deleted, the policy's defaults apply: a change of the bound again.
+    calls.clear()
+    deleted = client.post(reverse("admin:fleet_policy_delete", args=[policy.pk]), {"post": "yes"})
+    assert deleted.status_code == 302
+    assert calls == [{node.pk}]
+    assert [item.max_image_bytes for item in ingest.node_desired(node).batch_jobs] == [200 * 1_000_000]
+    assert job.pk in [item.job_id for item in ingest.node_desired(node).batch_jobs]

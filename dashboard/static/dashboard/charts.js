@@ -11,6 +11,11 @@
 // - refresh: with refresh=30s|1m|5m in the URL (the picker, #refresh, carries the seconds) the
 //   page is rendered anew and swapped in by live.js every period, not while a pointer is down
 //   or over a chart; a zoom is kept across it.
+// - the URL: while zoomed, the address bar holds the zoomed range as the picker's custom range
+//   (range=custom&start=...&end=..., UTC to the second), so a reload or a shared link shows the
+//   same span, drawn by the server; a reset puts the page's own URL back. The refresh picker's
+//   links and the page's filter forms carry the zoomed range too. Timed refreshes still render
+//   the page's own URL (source()), so a reset finds the whole range drawn.
 //
 // A zoom is told from the range the server drew by its strings: the server writes ranges
 // with a zone (...Z), Plotly writes a hand zoom without one (UTC by its convention). live.js
@@ -24,6 +29,7 @@
   let zoom = null; // [from, to] as Plotly wrote them, while zoomed
   let pointerDown = false;
   let pointerOnChart = false;
+  const source = location.href; // the URL the page's range came from
 
   function ms(value) {
     if (typeof value === "number") return value;
@@ -35,6 +41,23 @@
 
   function iso(at) {
     return new Date(at).toISOString();
+  }
+
+  // An instant as the custom range's start and end take it: UTC, to the second.
+  function stamp(at) {
+    return new Date(Math.round(ms(at) / 1000) * 1000).toISOString().replace(".000Z", "Z");
+  }
+
+  // ``href`` with the zoomed range as its custom range, or ``href`` itself when not zoomed.
+  function withZoom(href) {
+    const url = new URL(href, location.href);
+    if (zoom) {
+      url.searchParams.set("range", "custom");
+      url.searchParams.set("start", stamp(zoom[0]));
+      url.searchParams.set("end", stamp(zoom[1]));
+      url.searchParams.delete("before");
+    }
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : url.href;
   }
 
   function pageRange() {
@@ -110,20 +133,22 @@
     others(div).forEach((other) => Plotly.Fx.unhover(other));
   }
 
-  // The range bar while zoomed: a link that loads the zoomed range, and its from/to fields set to it.
+  // The zoom shown outside the charts: in the address bar (replaced, not a new history entry), the
+  // refresh picker's links, and the range bar: a link that loads the zoomed range, its from/to fields set to it.
   function zoomShown() {
+    const target = withZoom(source);
+    if (new URL(target, location.href).href !== location.href) history.replaceState(history.state, "", target);
+    document.querySelectorAll("#refresh a[href]").forEach((link) => {
+      if (link.dataset.href === undefined) link.dataset.href = link.getAttribute("href");
+      link.setAttribute("href", withZoom(link.dataset.href));
+    });
     const bar = document.getElementById("range-zoom");
     if (bar) bar.hidden = !zoom;
     if (!zoom) return;
     const [from, to] = zoom.map((value) => iso(ms(value)));
     const load = document.getElementById("range-zoom-load");
     if (load) {
-      const url = new URL(location.href);
-      url.searchParams.set("range", "custom");
-      url.searchParams.set("start", from);
-      url.searchParams.set("end", to);
-      url.searchParams.delete("before");
-      load.href = url.pathname + url.search;
+      load.href = withZoom(source);
       load.textContent = `${from.slice(0, 16).replace("T", " ")} – ${to.slice(0, 16).replace("T", " ")} UTC`;
     }
     const fields = document.querySelectorAll("#range input[type=datetime-local]");
@@ -137,6 +162,7 @@
     const range = xRange(div);
     const page = pageRange();
     if (!range || !page || !same(range, page, SAME_WITHIN_MS)) return; // not over the page's range: on its own
+    others(null); // drops the charts a refresh swapped out
     linked.push(div);
     div.dataset.linked = "time";
     div.on("plotly_relayout", (update) => relayouted(div, update));
@@ -197,10 +223,31 @@
       reset();
     }
   });
+  // A filter form that carries the page's range (the requests page's) submits the zoomed range instead.
+  document.addEventListener("submit", (event) => {
+    const form = event.target;
+    if (!zoom || !(form instanceof HTMLFormElement) || form.closest("#range")) return;
+    const range = form.querySelector("input[name=range]");
+    if (!range) return;
+    range.value = "custom";
+    [
+      ["start", zoom[0]],
+      ["end", zoom[1]],
+    ].forEach(([name, at]) => {
+      let field = form.querySelector(`input[name=${name}]`);
+      if (!field) {
+        field = document.createElement("input");
+        field.type = "hidden";
+        field.name = name;
+        form.append(field);
+      }
+      field.value = stamp(at);
+    });
+  });
   document.addEventListener("DOMContentLoaded", () => {
     const main = document.querySelector("main");
     if (main) refreshEvery(main);
   });
 
-  window.fleetTime = { attach, swapped, reset, interacting, linked, zoomed: () => zoom };
+  window.fleetTime = { attach, swapped, reset, interacting, linked, zoomed: () => zoom, source: () => source };
 })();

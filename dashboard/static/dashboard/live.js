@@ -70,7 +70,9 @@
     refreshing = true;
     const started = Date.now();
     try {
-      const response = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      // The page's own URL, not a zoom charts.js put in the address bar: the zoom is kept on the charts.
+      const url = window.fleetTime ? window.fleetTime.source() : location.href;
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
       if (!response.ok || response.redirected) return false;
       const page = new DOMParser().parseFromString(await response.text(), "text/html");
       const fresh = page.querySelector("main");
