@@ -961,8 +961,8 @@ def decision_effects_read(
 ) -> tuple[dict[int, DecisionEffect], dict[int, DecisionMeta]]:
     """Every instance decision of [start, end) with its effect accrued inside it (``fleet.costs.effects``).
 
-    Reads the instances with their devices, then, per instance, its decisions in the range and its
-    newest decision before it (what was in effect when the range opened): six queries at most
+    Reads the instances with their devices, then, per instance, its newest decision before the
+    range (what was in effect when it opened) and its decisions in the range: five queries at most
     whatever the number of decisions. A scale-out is taken as the start, wake or launch it was
     done by. ``gpus`` (a window's cards) limits the GPUs priced; by default every card an
     instance is on.
@@ -1009,7 +1009,7 @@ def decision_effects_read(
     )
     # Read as a list of ids, not joined as a subquery: PostgreSQL would hash the whole decision
     # log (a week's is tens of thousands of rows) to find one decision per instance. Instances
-    # without one are dropped here: excluded in SQL, the subquery would run twice an instance.
+    # without one are dropped here: excluded in SQL, the subquery would run twice per instance.
     prior = [
         pk
         for pk in Instance.objects.filter(Q(pk__in=ids) if ids is not None else Q())
@@ -1018,16 +1018,14 @@ def decision_effects_read(
         .values_list("prior", flat=True)
         if pk is not None
     ]
-    in_range = Decision.objects.filter(instance__isnull=False, created_at__gte=start, created_at__lt=end)
+    in_range = Q(instance__isnull=False, created_at__gte=start, created_at__lt=end)
     if ids is not None:
-        in_range = in_range.filter(instance_id__in=ids)
-    # The time it took effect, read once (parsing timestamps is much of reading a week's log).
+        in_range &= Q(instance_id__in=ids)
+    # Those and the range's in one read, each with the time it took effect read once (parsing
+    # timestamps is much of reading a week's log).
     at = Coalesce("applied_at", "created_at")
     fields = ("pk", "instance_id", "action", "inputs__via", at, "policy_kind", "pool_id")
-    rows = [
-        *Decision.objects.filter(pk__in=prior).order_by().values_list(*fields),
-        *in_range.order_by().values_list(*fields),
-    ]
+    rows = Decision.objects.filter(Q(pk__in=prior) | in_range).order_by().values_list(*fields)
     decisions, meta = [], {}
     for pk, instance_id, action, via, at, kind, pool_id in rows:
         moved = via if action == "scale_out" and isinstance(via, str) and via else action

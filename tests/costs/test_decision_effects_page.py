@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
 
 from fleet.costs.money import money_cents
 from fleet.costs.selectors import decision_effects_read
-from fleet.models import Decision, Instance
-from tests.costs.history import price, states, utc
+from fleet.models import Decision, Instance, MigDevice
+from tests.costs.history import mig_device, price, states, utc
 from tests.factories import make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -66,3 +68,32 @@ def test_asked_decisions_read_their_instance_and_its_card_mates_only(settings) -
     # before it is the instance's last decision, taken as in effect, and the start still ends it.
     late, late_meta = decision_effects_read(start=utc(2024, 3, 1, 11), end=span["end"], decision_ids=[start_c.pk])
     assert shown(late[start_c.pk]) == shown(whole[start_c.pk]) and stop_c.pk in late_meta
+
+
+def test_a_mig_slice_is_priced_as_its_profile_s_share_of_the_card(settings) -> None:  # type: ignore[no-untyped-def]
+    """At 2.00/GPU-hour, an instance on a 3g.40gb slice stopped at 10:00 saves 3/7 x 2.00 = 0.857142.../h,
+    1.71 over the 2 h to 12:00; one on a slice whose profile the catalogue cannot read is priced as the
+    whole card: 2.00/h, 4.00. The same read for the page's rows alone."""
+    settings.FLEET_BILLING_TIMEZONE = "UTC"
+    price(GPU, "2.0000", date(2024, 1, 1))
+    node = make_node()
+    card, odd_card = (make_gpu(node, index, model_name=GPU, mig_mode="enabled") for index in (0, 1))
+    pool = make_pool("chat-m", tier="M", isolation="mig", mig_profile="3g.40gb")
+    sliced = make_instance(pool, card, mig_device=mig_device(card, "3g.40gb"))
+    odd_slice = mig_device(odd_card, "3g.40gb")
+    odd = make_instance(pool, odd_card, mig_device=odd_slice)
+    MigDevice.objects.filter(pk=odd_slice.pk).update(profile="half")  # as an agent might report it
+    stops = [decide(instance, "stop", utc(2024, 3, 1, 10)) for instance in (sliced, odd)]
+    start, end = utc(2024, 3, 1, 0), utc(2024, 3, 1, 12)
+
+    for effects, _ in (
+        decision_effects_read(start=start, end=end),
+        decision_effects_read(start=start, end=end, decision_ids=[stop.pk for stop in stops]),
+    ):
+        said = [
+            (effects[stop.pk].share, effects[stop.pk].per_hour, money_cents(effects[stop.pk].amount)) for stop in stops
+        ]
+        assert said == [
+            (Fraction(3, 7), Decimal(6) / Decimal(7), Decimal("1.71")),
+            (Fraction(1), Decimal(2), Decimal("4.00")),
+        ]

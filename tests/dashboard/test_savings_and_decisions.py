@@ -96,8 +96,8 @@ def test_the_savings_page_reads_in_a_fixed_number_of_queries(
 
 # Session and user (2); the headline: events (2), watermarks, GPU rollups, GPUs, MIG devices, instances' pools,
 # prices, GPUs seen before, GPUs that left, prices (11); the effects: instances with their devices, each
-# instance's last decision before the range (none here, so no row is read for it), the decisions in the range,
-# prices (4); pool names and the demo banner (2).
+# instance's last decision before the range, those and the range's decisions, prices (4); pool names and the
+# demo banner (2).
 SAVINGS_QUERIES = 19
 
 
@@ -120,8 +120,7 @@ def test_the_decisions_page_shows_each_effect_in_a_fixed_number_of_queries(
 
 # Session and user (2), the decisions, their pools (read once each, not joined per row), kinds, pools, people
 # and policies (6), the effects: the rows' instances, those and their card mates with their devices, each one's
-# last decision before the range (none here, so no row is read for it), the decisions in the range and prices (5),
-# the demo banner (1).
+# last decision before the range, those and the range's decisions, prices (5), the demo banner (1).
 QUERIES = 14
 
 
