@@ -4,6 +4,7 @@ one click through ``pool_settings_apply``, once, by someone who may change the p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +16,20 @@ from django.utils import timezone
 
 from fleet.decide.tuning import POOL_SPACE, TUNING_MIN_REQUESTS, pool_tuning_base, tuning_run_execute
 from fleet.models import Decision, Policy, Pool, RequestLog, TuningRun
+from fleet.project.celery import app as celery_app
 from tests.factories import make_pool
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def eager_tasks() -> Iterator[None]:
+    """The queued run is tuned in the test's process, as in the embedded mode, even where REDIS_URL
+    is set (no worker runs here): what the action queues is what a worker would run."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
 
 
 def log_requests(pool: Pool | None, count: int, *, start: Any, **changes: Any) -> None:
