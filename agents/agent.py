@@ -28,9 +28,11 @@ import httpx
 
 from agents import protocol
 from agents.batch import (
+    BatchAction,
     DesiredJob,
     Reap,
     StartJob,
+    StopJob,
     batch_observe,
     batch_reconcile,
     reap_plan,
@@ -462,7 +464,14 @@ class Agent:
     # -- acting -------------------------------------------------------------------------
 
     def act(self, reply: protocol.Reply) -> list[ActionResult]:
-        """Make the containers match the desired state in the reply."""
+        """Make the containers match the desired state in the reply.
+
+        Batch job containers the reply no longer wants are stopped first, then the instances
+        are reconciled, then jobs start: memory is freed before it is claimed, across jobs and
+        instances as ``reconcile`` orders it among instances. The panel preempts the jobs on a
+        sleeping card in the same change that wakes its instance, so the wake finds the job's
+        memory back; the wake waits for the job to exit (at most ``batch_stop_timeout_s``).
+        """
         self.desired = {item.instance_id: item for item in reply.desired}
         containers = self.runtime.list_managed()
         wanted, refused = instances_plan(
@@ -474,11 +483,13 @@ class Agent:
         )
         for refusal in refused:
             self._refuse(refusal)
+        jobs = self.batch_plan(reply.batch_jobs)
+        self.batch_apply([action for action in jobs if isinstance(action, StopJob)])
         actions = reconcile(wanted, containers, asleep=frozenset(self.asleep))
         results = apply(actions, self.runtime, sleep_control=HttpSleepControl(self.http, self.config.local_host))
         for result in results:
             self._record(result)
-        self.act_batch(reply.batch_jobs)
+        self.batch_apply([action for action in jobs if isinstance(action, StartJob)])
         self.act_reap(reply.stop_containers, wanted_instances={w.instance_id for w in wanted if w.state != "stopped"})
         return results
 
@@ -502,19 +513,29 @@ class Agent:
 
     def act_batch(self, jobs: list[protocol.DesiredBatchJob]) -> None:
         """Run, keep or stop the node's batch job containers as the reply says; failures wait for the next pass."""
+        self.batch_apply(self.batch_plan(jobs))
+
+    def batch_plan(self, jobs: list[protocol.DesiredBatchJob]) -> list[BatchAction]:
+        """The stops and starts that bring the job containers to the reply; none while the engine is unwell."""
         self._job_refused, self._job_errors = {}, {}
         try:
             self.jobs = [self._desired_job(job) for job in jobs]
             containers = self._batch_list()
         except RuntimeFailure as exc:  # the engine is unwell: leave job containers as they are
             log.warning("could not check batch jobs against the engine: %s", exc)
-            return
+            return []
         wanted_ids = {job.job_id for job in self.jobs}
         self._job_stopped_with = {key: code for key, code in self._job_stopped_with.items() if key[0] in wanted_ids}
+        if self.jobs_runtime is None:
+            return []
+        return batch_reconcile(self.jobs, containers, stop_timeout_s=self.config.batch_stop_timeout_s)
+
+    def batch_apply(self, actions: list[BatchAction]) -> None:
+        """Carry out ``batch_plan``'s actions in order; a failure is logged and kept for the report."""
         runtime = self.jobs_runtime
         if runtime is None:
             return
-        for action in batch_reconcile(self.jobs, containers, stop_timeout_s=self.config.batch_stop_timeout_s):
+        for action in actions:
             try:
                 if isinstance(action, StartJob):
                     runtime.batch_start(action.spec)

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fleet.sim.compare import compare  # noqa: E402
+from fleet.sim.compiled import compiled_modules  # noqa: E402
 from fleet.sim.engine import engine_model_for  # noqa: E402
 from fleet.sim.report import comparison_markdown  # noqa: E402
 from fleet.sim.setup import setup_build  # noqa: E402
@@ -77,10 +78,12 @@ def main() -> None:
     seconds, cpu = time.monotonic() - started, _cpu_s() - cpu
     report = comparison_markdown(comparison)
     requests = len(trace.requests)
+    done = [name for name, compiled in compiled_modules().items() if compiled]
+    build = f"compiled ({', '.join(done)})" if done else "plain Python"
     print(report)
     print(
         f"trace: {trace.name}, {args.hours:g} h at {args.rate:g} req/s mean: {requests:,} requests "
-        f"(generated in {generated:.1f} s), jobs {args.jobs}\n"
+        f"(generated in {generated:.1f} s), jobs {args.jobs}, simulator {build}\n"
         f"compare: {seconds:.1f} s, {requests / seconds:,.0f} trace requests/s "
         f"({cpu:.1f} s of CPU: {requests / cpu:,.0f} a CPU second) "
         f"(static {comparison.static_instances}, oracle peak {max(comparison.schedule, default=0)}); "

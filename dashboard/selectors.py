@@ -38,11 +38,13 @@ from fleet.costs.selectors import (
     run_rate,
     savings_attribution,
     savings_compute,
+    sleep_report,
     spend_report,
     team_spend,
     totals_by_instance,
     totals_by_pool,
 )
+from fleet.costs.sleep import SleepReport
 from fleet.costs.spend import ALLOCATED, UNALLOCATED, SpendReport
 from fleet.models import (
     Alert,
@@ -393,6 +395,8 @@ class CostPage:
     by_pool: list[PoolSpendRow]
     by_team: list[dict[str, Any]]
     per_million_tokens: list[TokenCostRow]
+    # What sleeping instances' cards cost and what batch work used of that time (``fleet.costs.sleep``).
+    sleep: SleepReport
 
 
 def cost_page(*, time_range: TimeRange) -> CostPage:
@@ -448,6 +452,7 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
         by_pool=by_pool,
         by_team=[{"name": name, "spend": amount} for name, amount in sorted(by_team_sum.items())],
         per_million_tokens=per_million,
+        sleep=sleep_report(start=time_range.start, end=time_range.end),
     )
 
 

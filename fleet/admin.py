@@ -38,6 +38,7 @@ from fleet.decide.tuning import (
     TuningRefused,
     tuning_run_apply,
     tuning_run_create,
+    tuning_runs_fail_lost,
 )
 from fleet.forms import JSON_FORM_FIELDS, InstanceForm, PercentField, PolicyKindForm, PoolForm, policy_form
 from fleet.models import (
@@ -65,7 +66,7 @@ from fleet.models import (
 )
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
-from fleet.tasks import tuning_run
+from fleet.tasks import tuning_run_queue
 from fleet.telemetry.agent_dist import install_command, install_problems
 from fleet.telemetry.ingest import batch_image_bound_watch, spec_change_tell
 
@@ -99,6 +100,23 @@ class ShownOnceAdmin(admin.ModelAdmin):
             **shown,
         }
         return TemplateResponse(request, "admin/fleet/shown_once.html", context)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records the panel writes itself (decisions, logged requests, tuning runs, state events, alerts): people
+    look, filter and export; nobody adds or edits one by hand, superusers included, and nobody deletes one
+    unless the admin says ``deletable``. One definition, so a new record's admin cannot forget a door."""
+
+    deletable = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.deletable and super().has_delete_permission(request, obj)
 
 
 class GpuInline(admin.TabularInline):
@@ -425,7 +443,7 @@ class PoolAdmin(admin.ModelAdmin):
         user = request.user.get_username()
         for pool in queryset:
             run = tuning_run_create(pool=pool, user=user, **form.cleaned_data)
-            transaction.on_commit(functools.partial(tuning_run.delay, run.pk))
+            transaction.on_commit(functools.partial(tuning_run_queue, run_id=run.pk))
             url = reverse("admin:fleet_tuningrun_change", args=[run.pk])
             self.message_user(
                 request,
@@ -456,7 +474,7 @@ class TuneForm(forms.Form):
 
 
 @admin.register(TuningRun)
-class TuningRunAdmin(admin.ModelAdmin):
+class TuningRunAdmin(ReadOnlyAdmin):
     """What each search found, read-only; a done run's settings apply in one click from its page."""
 
     change_form_template = "admin/fleet/tuningrun/change_form.html"
@@ -465,9 +483,9 @@ class TuningRunAdmin(admin.ModelAdmin):
     list_select_related = ("pool",)
     readonly_fields = ("spend", "attainment")
     fields = (
-        ("pool", "state", "requested_by", "created_at", "finished_at"),
+        ("pool", "state", "requested_by", "created_at", "heartbeat_at", "finished_at"),
         "error",
-        ("traffic_from", "traffic_to", "requests", "engine"),
+        ("traffic_from", "traffic_to", "requests", "engine", "sla"),
         ("max_evaluations", "evaluations", "meets_sla"),
         "spend",
         "attainment",
@@ -479,15 +497,6 @@ class TuningRunAdmin(admin.ModelAdmin):
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Whoever may start a run (``PoolAdmin.tune_settings``) sees what it found."""
         return super().has_view_permission(request, obj) or request.user.has_perms(TUNE_PERMISSIONS)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="paid GPU-hours (started from → found)")
     def spend(self, obj: TuningRun) -> str:
@@ -505,9 +514,15 @@ class TuningRunAdmin(admin.ModelAdmin):
         apply = path("<int:run_id>/apply/", self.admin_site.admin_view(self.apply_view), name="fleet_tuningrun_apply")
         return [apply, *super().get_urls()]
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """A run whose process is gone shows failed, not running forever."""
+        tuning_runs_fail_lost()
+        return super().changelist_view(request, extra_context)
+
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        tuning_runs_fail_lost()
         run = self.get_object(request, object_id)
         can_apply = (
             run is not None
@@ -594,17 +609,13 @@ class InstanceAdmin(admin.ModelAdmin):
 
 
 @admin.register(InstanceEvent)
-class InstanceEventAdmin(admin.ModelAdmin):
+class InstanceEventAdmin(ReadOnlyAdmin):
+    """The state history spend is computed from: deleting a row would rewrite what was paid."""
+
     list_display = ("at", "instance", "state", "generation", "gpu")
     list_filter = ("state",)
     list_select_related = ("instance__pool", "gpu__node")
     date_hierarchy = "at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Policy)
@@ -632,15 +643,15 @@ class PolicyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Policy, form: Any, change: bool) -> None:
         """The fleet's co-location policy bounds the image of every batch job a node runs: a
         change of that bound (here or by a delete) tells their agents (``batch_image_bound_watch``)."""
-        with batch_image_bound_watch():
+        with batch_image_bound_watch(saving=[obj]):
             super().save_model(request, obj, form, change)
 
     def delete_model(self, request: HttpRequest, obj: Policy) -> None:
-        with batch_image_bound_watch():
+        with batch_image_bound_watch(deleting=[obj]):
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Policy]) -> None:
-        with batch_image_bound_watch():
+        with batch_image_bound_watch(deleting=queryset):
             super().delete_queryset(request, queryset)
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
@@ -713,22 +724,14 @@ class ApiKeyAdmin(ShownOnceAdmin):
 
 
 @admin.register(Decision)
-class DecisionAdmin(admin.ModelAdmin):
+class DecisionAdmin(ReadOnlyAdmin):
+    """The log is the audit trail: nobody deletes from it, superusers included."""
+
     list_display = ("created_at", "policy_kind", "action", "pool", "instance", "batch_job", "reason")
     list_filter = ("policy_kind", "action", "pool")
     list_select_related = ("pool", "instance__pool", "batch_job")
     search_fields = ("reason",)
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """The log is the audit trail: nobody deletes from it, superusers included."""
-        return False
 
 
 @admin.register(BatchJob)
@@ -876,7 +879,8 @@ class AlertDeliveryInline(admin.TabularInline):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(ReadOnlyAdmin):
+    deletable = True
     list_display = ("started_at", "rule", "key", "state", "value", "fired_at", "resolved_at")
     list_filter = ("state", "rule__kind", "rule")
     list_select_related = ("rule",)
@@ -884,15 +888,9 @@ class AlertAdmin(admin.ModelAdmin):
     date_hierarchy = "started_at"
     inlines = [AlertDeliveryInline]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(RequestLog)
-class RequestLogAdmin(admin.ModelAdmin):
+class RequestLogAdmin(ReadOnlyAdmin):
     """Read-only: the gateway writes these; people only look, filter and export."""
 
     list_display = (
@@ -916,25 +914,11 @@ class RequestLogAdmin(admin.ModelAdmin):
     date_hierarchy = "at"
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(AlertDelivery)
-class AlertDeliveryAdmin(admin.ModelAdmin):
+class AlertDeliveryAdmin(ReadOnlyAdmin):
+    deletable = True
     list_display = ("created_at", "alert", "event", "channel", "target", "status", "attempts", "sent_at")
     list_filter = ("status", "channel", "event")
     list_select_related = ("alert__rule",)
     search_fields = ("target", "last_error")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

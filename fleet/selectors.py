@@ -77,6 +77,9 @@ from fleet.policies.windows import (
 # A judged request: when its first token came, its time to first token (ms) and its prompt tokens.
 JudgedRequest = tuple[datetime, float, int]
 
+# How old a report may be and still count as the reporter's present: the policies' cut, as a timedelta.
+SAMPLE_FRESH_FOR = timedelta(seconds=SAMPLE_FRESH_S)
+
 
 def nodes_overview() -> QuerySet[Node]:
     """Nodes with their GPU count and total GPU memory, in one query; live ones first, by name.
@@ -495,6 +498,33 @@ def _pool_windows(
     )
 
 
+def instance_samples_newest(
+    *, now: datetime, fresh_for: timedelta = SAMPLE_FRESH_FOR, instances: QuerySet[Instance] | None = None
+) -> QuerySet[InstanceSample]:
+    """Each instance's newest fresh report, in one query: the one definition of an instance's present queue,
+    read alike by the policies (``fleet_snapshot``), the idle clock's pages (``idle_snapshot``) and
+    ``/metrics`` (``instances_latest``), so a policy, a page and a metric never disagree on it.
+
+    Fresh: taken from ``now - fresh_for`` to ``now``, both ends included. A report after ``now`` (an agent's
+    clock ahead, or a snapshot of the past) is not read yet; an instance with no report in the window has
+    none. Of two reports of the same moment the one stored first counts: the order the ``(instance, at DESC)``
+    index keeps them in, which is what each reader got before, stated here rather than left to the query
+    plan. ``instances`` (None: every one) limits whose reports.
+
+    One probe of that index an instance, bounded by the window: not every report of the last minutes, which
+    for a fleet reporting every few seconds is most of the read.
+    """
+    newest = (
+        InstanceSample.objects.filter(instance_id=OuterRef("pk"), at__gte=now - fresh_for, at__lte=now)
+        .order_by("-at", "pk")
+        .values("pk")[:1]
+    )
+    owners = Instance.objects.all() if instances is None else instances
+    # An instance with none gives a NULL, which IN never matches: no second probe to filter it out.
+    ids = owners.order_by().annotate(sample_id=Subquery(newest)).values("sample_id")
+    return InstanceSample.objects.filter(pk__in=ids)
+
+
 def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     """The fleet as policies see it: enabled pools, their instances, GPUs and recent telemetry.
 
@@ -506,7 +536,8 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     history = now - timedelta(seconds=WINDOW_S * WINDOWS)
     pools = list(Pool.objects.filter(enabled=True).select_related("model_profile"))
     pool_ids = [pool.pk for pool in pools]
-    instances = list(Instance.objects.filter(pool_id__in=pool_ids).order_by("id"))
+    owners = Instance.objects.filter(pool_id__in=pool_ids)
+    instances = list(owners.order_by("id"))
     gpus = list(Gpu.objects.filter(decommissioned_at__isnull=True).select_related("node").order_by("id"))
     jobs = list(BatchJob.objects.exclude(state__in=states.JOB_ENDED))
     gpu_rows = list(GpuSample.objects.filter(at__gte=min(fresh, history), at__lte=now).order_by("gpu_id", "-at"))
@@ -516,7 +547,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         ).order_by("instance_id", "-at")
     )
     latest_gpu = _latest((s for s in gpu_rows if s.at >= fresh), "gpu_id")
-    latest_instance = _latest((s for s in instance_rows if s.at >= fresh), "instance_id")
+    latest_instance = {sample.instance_id: sample for sample in instance_samples_newest(now=now, instances=owners)}
     cold = _cold_starts(pool_ids)
     # From a window before the first: a slow first token still lands in the window it came in.
     judged = judged_requests(pools, history - timedelta(seconds=WINDOW_S), now)
@@ -603,18 +634,11 @@ def idle_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     """
     now = now or timezone.now()
     pools = list(Pool.objects.filter(enabled=True).select_related("model_profile"))
-    # Each instance's newest fresh report, one probe of the (instance, at DESC) index each: not every report
-    # of the last minutes, which for a fleet reporting every few seconds is most of the read.
-    newest = InstanceSample.objects.filter(
-        instance_id=OuterRef("pk"), at__gte=now - timedelta(seconds=SAMPLE_FRESH_S), at__lte=now
-    ).order_by("-at")
-    instances = list(
-        Instance.objects.filter(pool_id__in=[pool.pk for pool in pools])
-        .annotate(newest_sample=Subquery(newest.values("pk")[:1]))
-        .order_by("id")
+    owners = Instance.objects.filter(pool_id__in=[pool.pk for pool in pools])
+    instances = list(owners.order_by("id"))
+    samples = instance_samples_newest(now=now, instances=owners).only(
+        "instance_id", "requests_running", "requests_waiting"
     )
-    ids = [i.newest_sample for i in instances if i.newest_sample is not None]
-    samples = InstanceSample.objects.filter(pk__in=ids).only("instance_id", "requests_running", "requests_waiting")
     latest = {sample.instance_id: sample for sample in samples}
     return FleetSnapshot(
         at=now,
@@ -732,7 +756,6 @@ def join_tokens_recent(limit: int = 10) -> list[JoinToken]:
 
 RAW_MAX_RANGE = timedelta(hours=2)
 MINUTE_MAX_RANGE = timedelta(hours=25)
-SAMPLE_FRESH_FOR = timedelta(minutes=2)
 
 GPU_SERIES_FIELDS = ("utilization", "sm_activity", "memory_used", "power")
 
@@ -870,14 +893,12 @@ def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[Mappi
 
 
 def instances_latest(*, fresh_for: timedelta = SAMPLE_FRESH_FOR) -> list[Mapping[str, Any]]:
-    """Every instance's newest sample (queue, latency) with its pool, if fresh.
+    """Every instance's newest fresh sample (queue, latency) with its pool (``instance_samples_newest``).
 
     Rows are read-only mappings (not a TypedDict): the metrics exporter reads their fields by name in a loop.
     """
-    newest = InstanceSample.objects.filter(instance_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
-    ids = Instance.objects.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
     return list(
-        InstanceSample.objects.filter(pk__in=ids, at__gte=timezone.now() - fresh_for).values(
+        instance_samples_newest(now=timezone.now(), fresh_for=fresh_for).values(
             "instance_id",
             "requests_waiting",
             "requests_running",

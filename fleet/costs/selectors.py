@@ -41,6 +41,7 @@ from fleet.costs.effects import (
 )
 from fleet.costs.money import CONTEXT, ZERO, duration_us, money_cents, money_sum
 from fleet.costs.prices import PriceBook, RateRow
+from fleet.costs.sleep import JobMove, SleepReport, batch_runs, sleep_pieces, sleep_use
 from fleet.costs.spend import (
     BASELINE,
     GpuInfo,
@@ -54,6 +55,7 @@ from fleet.costs.spend import (
 )
 from fleet.costs.teams import Basis, UsageSource, team_shares
 from fleet.models import (
+    BatchJob,
     Budget,
     Decision,
     Gpu,
@@ -510,6 +512,55 @@ def _report(*, start: datetime, end: datetime, window: FleetWindow, prices: Pric
         utilization=window.utilization,
     )
     return SpendReport(start=start, end=end, currency=currency, lines=lines)
+
+
+def _job_moves(*, start: datetime, end: datetime) -> list[JobMove]:
+    """Where batch jobs ran, from their decisions: a ``colocate`` puts a job on the GPU its inputs
+    name, a ``preempt`` takes it off, as does its end (``finished_at``, kept even before ``start``: a
+    job that ended then is not running since). Moves in [start, end) and each job's last move
+    before ``start`` (where it was when the window opened)."""
+    moving = Q(batch_job__isnull=False, action__in=("colocate", "preempt"))
+    newest_before = (
+        Decision.objects.filter(moving, batch_job=OuterRef("pk"), applied_at__lt=start)
+        .order_by("-applied_at", "-id")
+        .values("pk")[:1]
+    )
+    prior = BatchJob.objects.annotate(prior=Subquery(newest_before)).exclude(prior=None).values("prior")
+    fields = ("batch_job_id", "applied_at", "action", "inputs")
+    rows = [
+        *Decision.objects.filter(pk__in=prior).values_list(*fields),
+        *Decision.objects.filter(moving, applied_at__gte=start, applied_at__lt=end).values_list(*fields),
+    ]
+    moves = [
+        JobMove(job_id, at, inputs.get("gpu") if action == "colocate" else None)
+        for job_id, at, action, inputs in rows
+        if at is not None
+    ]
+    ended = BatchJob.objects.filter(pk__in={move.job_id for move in moves}, finished_at__lt=end).values_list(
+        "pk", "finished_at"
+    )
+    return moves + [JobMove(job_id, at, None) for job_id, at in ended if at is not None]
+
+
+def sleep_report(*, start: datetime, end: datetime) -> SleepReport:
+    """What instances' sleep over [start, end) cost and what batch work used of it (``fleet.costs.sleep``).
+
+    Sleep is read whatever ``FLEET_COST_SLEEPING_HOLDS_GPU`` says (the report says where its
+    spend sits), at the share of the card spend gives it when sleeping holds the card.
+    """
+    holdings = Holdings.read(start=start, end=end, sleeping_holds_gpu=True)
+    holds = holds_from_events(holdings.events, start=start, end=end, states=holdings.states)
+    pieces = sleep_pieces(
+        allocations=allocations_split(holds, mig_slices=holdings.mig_slices),
+        runs=batch_runs(_job_moves(start=start, end=end), start=start, end=end),
+    )
+    return SleepReport(
+        start=start,
+        end=end,
+        currency=billing_currency(),
+        billed=settings.FLEET_COST_SLEEPING_HOLDS_GPU,
+        rows=sleep_use(pieces=pieces, gpus=holdings.gpus, prices=price_book()),
+    )
 
 
 def spend_reports_by_day(

@@ -22,6 +22,7 @@ ALLOCATED = "allocated"
 UNALLOCATED = "unallocated"
 BASELINE = "baseline"
 EFFECT = "effect"
+SLEEP = "sleep"
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,26 @@ def effect_lines(*, gpu: GpuInfo, start: datetime, end: datetime, share: Fractio
     if start >= end:
         return []
     return _line(kind=EFFECT, gpu=gpu, start=start, end=end, share=share, prices=prices, utilization=None)
+
+
+def sleep_lines(
+    *, gpu: GpuInfo, start: datetime, end: datetime, share: Fraction, prices: PriceBook, instance_id: int
+) -> list[CostLine]:
+    """A sleeping instance's share of its card over [start, end) (``fleet.costs.sleep``), priced as
+    any spend line: hours x share x price, split wherever the price changes."""
+    if start >= end:
+        return []
+    return _line(
+        kind=SLEEP,
+        gpu=gpu,
+        start=start,
+        end=end,
+        share=share,
+        prices=prices,
+        utilization=None,
+        instance_id=instance_id,
+        state="sleeping",
+    )
 
 
 @dataclass

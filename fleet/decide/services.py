@@ -31,6 +31,8 @@ from fleet.models import (
     Team,
 )
 from fleet.models.policies import static_minimum_problems
+from fleet.policies.colocate import wake_evictions
+from fleet.policies.vram import gib
 from fleet.telemetry.bulk import rows_insert, rows_update
 from fleet.telemetry.rollups import usage_reopen
 
@@ -196,6 +198,10 @@ def instance_desire(
     ``kind`` names who decided: a policy kind, ``manual`` for people, ``gateway`` for wake-ups.
     The update is conditional on the generation the caller read, so two policy workers
     acting on the same instance cannot both apply: the second gets ``StaleGeneration``.
+
+    An instance told to serve again (a wake, a start) first takes back the memory batch work
+    borrowed on its card (``batch_jobs_vacate``), in the same transaction: the agent's reply
+    carries the preemptions with the wake, and it stops job containers before it wakes a server.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -204,6 +210,8 @@ def instance_desire(
         )
         if claimed != 1:
             raise StaleGeneration(f"instance {instance.pk} changed since generation {instance.generation}")
+        if state == states.RUNNING and instance.desired_state != states.RUNNING:
+            batch_jobs_vacate(instance=instance, action=action, kind=kind, policy=policy, at=now)
         decision = Decision.objects.create(
             policy=policy,
             policy_kind=kind,
@@ -478,6 +486,86 @@ def batch_job_preempt(
     _decision_event(decision, {"batch_job": job.pk, "state": "preempted", "reason": reason})
     _agents_tell(why="preempt", gpu_ids=[job.gpu_id])
     return decision
+
+
+def batch_jobs_vacate(
+    *, instance: Instance, action: str, kind: str, policy: Policy | None, at: datetime
+) -> list[Decision]:
+    """Preempt (stop and requeue) the batch jobs on an instance's card that its serving again needs
+    the memory of; called by ``instance_desire`` inside its transaction, before the wake is logged.
+
+    Which jobs go is ``fleet.policies.colocate.wake_evictions``: all of them on an exclusive
+    instance's card, else as few as make the card's instance budgets (all but those desired
+    stopped, as placement counts them) and the jobs kept fit. Each preemption is logged as a
+    decision of the waker's kind, before the wake's own.
+    """
+    if instance.gpu_id is None or instance.mig_device_id is not None:
+        return []
+    jobs = list(
+        BatchJob.objects.select_for_update()
+        .filter(gpu_id=instance.gpu_id, state=BatchJob.State.RUNNING)
+        .order_by("priority", "-started_at", "-pk")
+    )
+    if not jobs:
+        return []
+    gpu = Gpu.objects.get(pk=instance.gpu_id)
+    holders = [
+        other
+        for other in Instance.objects.filter(gpu_id=gpu.pk, mig_device__isnull=True).select_related(
+            "pool__model_profile"
+        )
+        if other.pk == instance.pk
+        or states.instance_occupies_device(desired_state=other.desired_state, actual_state=other.actual_state)
+    ]
+    exclusive = any(other.pool.isolation == Pool.Isolation.EXCLUSIVE for other in holders)
+    budgets = sum(int(gpu.memory_total_bytes * other.pool.model_profile.gpu_memory_utilization) for other in holders)
+    evicted = wake_evictions(
+        memory_total_bytes=gpu.memory_total_bytes,
+        budgets_bytes=budgets,
+        exclusive=exclusive,
+        jobs=[(job.pk, job.memory_bytes) for job in jobs],
+    )
+    promised = budgets + sum(job.memory_bytes for job in jobs)
+    pool = instance.pool
+    decisions = []
+    for job in (job for job in jobs if job.pk in evicted):
+        BatchJob.objects.filter(pk=job.pk, state=BatchJob.State.RUNNING).update(
+            state=BatchJob.State.PREEMPTED,
+            preempted_at=at,
+            preemptions=F("preemptions") + 1,
+            generation=F("generation") + 1,
+            actual_state="",
+        )
+        why = (
+            "the card of an exclusive instance"
+            if exclusive
+            else f"{gib(promised)} promised > {gib(gpu.memory_total_bytes)} on the card"
+        )
+        promised -= job.memory_bytes
+        reason = (
+            f"batch job {job.pk} preempted and requeued: instance {instance.pk} of pool {pool.name} "
+            f"is told to serve ({action}) and takes back the memory it borrowed ({why})"
+        )
+        decision = Decision.objects.create(
+            policy=policy,
+            policy_kind=kind,
+            batch_job=job,
+            action="preempt",
+            reason=reason,
+            inputs={
+                "gpu": gpu.pk,
+                "instance": instance.pk,
+                "for": action,
+                "exclusive": exclusive,
+                "budgets_bytes": budgets,
+                "job_bytes": job.memory_bytes,
+                "memory_total_bytes": gpu.memory_total_bytes,
+            },
+            applied_at=at,
+        )
+        _decision_event(decision, {"batch_job": job.pk, "state": "preempted", "reason": reason})
+        decisions.append(decision)
+    return decisions
 
 
 def orphan_stop_request(

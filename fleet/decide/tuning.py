@@ -2,31 +2,47 @@
 settings (``fleet.sim.tune``) on its request log, and a person applies what it found in one click.
 
 The run replays the pool's own requests (``trace_from_request_log``) through the simulator, starting
-from the pool's settings as they stand when it begins (``pool_tuning_base``), judged by the pool's
-SLA (its latency bound at its percentile) on a fleet of up to the pool's ``max_instances`` GPUs of its
-model. It keeps only what the search changed; applying it goes through ``pool_settings_apply``, as
-``manage.py policy_apply`` does, logged as a decision by the person who clicked, and is refused
-(nothing changes) once applied or once the pool's settings are no longer those the run started from.
+from the pool's settings as they stand when it begins (``pool_tuning_base``), on the pool as
+``manage.py simulate --pool`` simulates it (``pool_sim_setup``: its SLA metric, a bound growing with the
+prompt, sleep mode), judged by every term of the pool's SLA (``pool_sla``) on a fleet of up to the
+pool's ``max_instances`` GPUs of its model, running its served model where the simulator has an engine
+model for it (``pool_engine``). It keeps only what the search changed; applying it goes through
+``pool_settings_apply``, as ``manage.py policy_apply`` does, logged as a decision by the person who
+clicked, and is refused (nothing changes) once applied or once the pool's settings or SLA are no longer
+those the run started from.
+
+A run takes minutes, so the request that asks for it never waits: a Celery worker runs it, or in the
+embedded default (Celery eager, no worker) a daemon thread of the server (``fleet.tasks.tuning_run_queue``).
+While it runs, a thread beats its ``heartbeat_at`` every ``TUNING_HEARTBEAT_S``; a process killed
+mid-run (a worker's OOM kill, a server restart) stops the beat, and a run silent for ``TUNING_LOST_AFTER``
+is failed as lost when its page or list is read (``tuning_runs_fail_lost``), never left running.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from fleet import selectors
 from fleet.decide.services import POOL_SETTINGS_FIELDS, pool_settings_apply
-from fleet.models import Decision, Gpu, Pool, RequestLog, TuningRun
+from fleet.models import Decision, Gpu, ModelProfile, Pool, RequestLog, TuningRun
 from fleet.policies.settings import SCHEMAS
-from fleet.sim.engine import DEFAULT_PROFILE, EngineModel, engine_model_for
+from fleet.sim.engine import DEFAULT_PROFILE, PROFILES, TTFT_BUCKETS, EngineModel, engine_model_for
+from fleet.sim.setup import pool_view_default, setup_build
 from fleet.sim.traces import trace_from_request_log
-from fleet.sim.tune import DEFAULT_SPACE, settings_file_values, tune
+from fleet.sim.tune import DEFAULT_SPACE, Candidate, settings_file_values, settings_patch, tune
+from fleet.sim_pool import pool_sim_setup
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +58,11 @@ TUNING_MAX_EVALUATIONS = 1 + sum(len(dimension.choices) - 1 for dimension in POO
 TUNING_MIN_REQUESTS = 500
 # The GPU simulated for a pool that names no GPU model and runs on none yet.
 TUNING_DEFAULT_GPU = "H100"
+# How often a running run shows it is alive, and how long a silence means the process running it is gone.
+# The beat comes from a thread of its own, not between simulations (one may take minutes on a busy pool), so
+# ten missed beats are a dead process, not a slow simulation.
+TUNING_HEARTBEAT_S = 30.0
+TUNING_LOST_AFTER = timedelta(minutes=5)
 
 
 class TuningRefused(ValueError):
@@ -77,14 +98,77 @@ def settings_changes(base: dict[str, Any], found: dict[str, Any]) -> dict[str, A
     return {key: value for key, value in (("pool", pool), ("policies", policies)) if value}
 
 
-def pool_engine(pool: Pool) -> EngineModel:
-    """The engine model simulated for the pool: its GPU model, else the one most of its instances run on,
-    else ``TUNING_DEFAULT_GPU``; the documented default served model (``ValueError`` for an unknown GPU)."""
+def engine_profile_for(profile: ModelProfile) -> str | None:
+    """The simulator's engine profile (``fleet.sim.engine.PROFILES``) serving the same model with the same
+    quantization as the pool's model profile; None where it has none."""
+    return next(
+        (
+            name
+            for name, facts in PROFILES.items()
+            if facts.model.lower() == profile.model.lower() and facts.quantization == profile.quantization
+        ),
+        None,
+    )
+
+
+def pool_engine(pool: Pool) -> tuple[EngineModel, str]:
+    """The engine model simulated for the pool, and how the run names it: its GPU model, else the one most of
+    its instances run on, else ``TUNING_DEFAULT_GPU``; its own served model where the simulator has an engine
+    model for it (``engine_profile_for``), else the documented default, named a stand-in so nobody reads the
+    figures as measured on the pool's model (``ValueError`` for an unknown GPU)."""
     gpu = pool.gpu_model
     if not gpu:
         models = Counter(Gpu.objects.filter(instances__pool=pool).values_list("model_name", flat=True))
         gpu = models.most_common(1)[0][0] if models else TUNING_DEFAULT_GPU
-    return engine_model_for(gpu, DEFAULT_PROFILE)
+    profile = engine_profile_for(pool.model_profile)
+    engine = engine_model_for(gpu, profile or DEFAULT_PROFILE)
+    label = f"{engine.gpu_model}, {engine.profile}"
+    if profile is None:
+        label = f"{label} (a stand-in: the simulator has no engine model for {pool.model_profile.model})"
+    return engine, label
+
+
+@dataclass(frozen=True)
+class PoolSla:
+    """A pool's SLA as the simulator judges a request by it (``SimSetup``'s terms)."""
+
+    sla_ms: float
+    sla_target: float
+    e2e_sla_ms: float | None
+    sla_ms_per_1k_prompt_tokens: float
+
+
+def pool_sla(pool: Pool) -> PoolSla:
+    """Every term of the pool's SLA, as the simulator takes them: a first-token pool's bound (growing with
+    the prompt where it says so) and its end-to-end bound where it has one; an end-to-end pool's bound (the
+    tighter of its two) on the whole answer. The first token comes before the end, so an end-to-end pool's
+    first-token bound is the TTFT bucket bound at or above its end-to-end one: it never binds, and a bucket
+    bound keeps the simulator's reading exact."""
+    target = pool.sla_percentile / 100
+    if pool.sla_metric == Pool.SlaMetric.E2E:
+        e2e = min(pool.sla_latency_ms, pool.sla_e2e_latency_ms or pool.sla_latency_ms)
+        first = next((bound for bound in TTFT_BUCKETS if bound * 1000 >= e2e), TTFT_BUCKETS[-1])
+        return PoolSla(sla_ms=first * 1000, sla_target=target, e2e_sla_ms=float(e2e), sla_ms_per_1k_prompt_tokens=0.0)
+    return PoolSla(
+        sla_ms=float(pool.sla_latency_ms),
+        sla_target=target,
+        e2e_sla_ms=None if pool.sla_e2e_latency_ms is None else float(pool.sla_e2e_latency_ms),
+        sla_ms_per_1k_prompt_tokens=pool.sla_ms_per_1k_prompt_tokens,
+    )
+
+
+def pool_view_fixed(*, pool: Pool, engine: EngineModel, gpus: int) -> dict[str, Any]:
+    """What the simulated pool takes from the panel's pool besides the settings the search may move (its SLA
+    metric, bound per 1k prompt tokens, sleep mode): its id and name, and the other fields of its view as
+    ``manage.py simulate --pool`` builds it (``pool_sim_setup``) that differ from a default simulated pool's."""
+    view = pool_sim_setup(pool_id=pool.pk, engine=engine, gpus=gpus, base=setup_build(engine=engine, gpus=gpus))
+    own, default = view.pools[0].view, pool_view_default(engine=engine, gpus=gpus)
+    return {
+        field.name: getattr(own, field.name)
+        for field in fields(default)
+        if field.name not in POOL_SETTINGS_FIELDS
+        and (field.name in ("id", "name") or getattr(own, field.name) != getattr(default, field.name))
+    }
 
 
 def tuning_run_create(
@@ -105,26 +189,90 @@ def tuning_run_create(
 
 def tuning_run_execute(run_id: int) -> TuningRun | None:
     """Run a queued run to its end: done with the settings found and the figures, or failed with the
-    reason. Never raises; None where the run is gone or not queued (another worker took it)."""
-    if not TuningRun.objects.filter(pk=run_id, state=TuningRun.State.QUEUED).update(state=TuningRun.State.RUNNING):
+    reason. Never raises; None where the run is gone or not queued (another worker took it, or a second
+    delivery of the task came after the first began: it never runs twice)."""
+    taken = TuningRun.objects.filter(pk=run_id, state=TuningRun.State.QUEUED).update(
+        state=TuningRun.State.RUNNING, heartbeat_at=timezone.now()
+    )
+    if not taken:
         return None
-    run = TuningRun.objects.select_related("pool").get(pk=run_id)
+    run = TuningRun.objects.select_related("pool__model_profile").get(pk=run_id)
     try:
-        _execute(run)
+        with tuning_heartbeat(run_id=run.pk):
+            _execute(run)
     except Exception as exc:
         log.exception("tuning run %s failed", run.pk)
         run.state, run.error = TuningRun.State.FAILED, str(exc) or type(exc).__name__
-    run.finished_at = timezone.now()
-    run.save()
+    return _finish(run)
+
+
+def _finish(run: TuningRun) -> TuningRun | None:
+    """Store the run's end, only while it is still running: one failed as lost meanwhile
+    (``tuning_runs_fail_lost``) stays failed, so what its page said last is what it is."""
+    with transaction.atomic():
+        state = TuningRun.objects.select_for_update().filter(pk=run.pk).values_list("state", flat=True).first()
+        if state != TuningRun.State.RUNNING:
+            log.warning("tuning run %s ended %s but is %s: its end is not stored", run.pk, run.state, state)
+            return None if state is None else TuningRun.objects.get(pk=run.pk)
+        run.finished_at = run.heartbeat_at = timezone.now()
+        run.save()
     return run
+
+
+@contextmanager
+def tuning_heartbeat(*, run_id: int) -> Iterator[None]:
+    """Beat the running run's ``heartbeat_at`` every ``TUNING_HEARTBEAT_S`` from a thread of its own while
+    the block runs: it beats while a long simulation holds the run's thread, and stops with the process."""
+    every_s, stop = TUNING_HEARTBEAT_S, threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(every_s):
+                try:
+                    TuningRun.objects.filter(pk=run_id, state=TuningRun.State.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:
+                    log.warning("tuning run %s: heartbeat not stored", run_id, exc_info=True)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=beat, name=f"fleet-tuning-heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every_s)
+
+
+def tuning_runs_fail_lost(*, now: datetime | None = None) -> int:
+    """Fail every running run silent for over ``TUNING_LOST_AFTER`` (no heartbeat since; a run from before
+    heartbeats, none since it was created): the process running it is gone, and nothing else would ever end
+    it. Returns how many. Celery does not run it again (``fleet.tasks.tuning_run``): a person starts a new one."""
+    now = now or timezone.now()
+    cutoff = now - TUNING_LOST_AFTER
+    silent = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, created_at__lt=cutoff)
+    minutes = TUNING_LOST_AFTER.total_seconds() / 60
+    lost = TuningRun.objects.filter(silent, state=TuningRun.State.RUNNING).update(
+        state=TuningRun.State.FAILED,
+        finished_at=now,
+        error=(
+            f"worker lost: no heartbeat for over {minutes:g} minutes while running (the process running it "
+            "stopped: killed, restarted or out of memory). Nothing was applied; start the run again."
+        ),
+    )
+    if lost:
+        log.warning("%s tuning run(s) failed as lost: no heartbeat since %s", lost, cutoff)
+    return lost
 
 
 def _execute(run: TuningRun) -> None:
     pool = run.pool
     if pool.max_instances < 1:
         raise ValueError(f"pool {pool.name} may run no instance (max_instances 0): there is nothing to tune")
-    engine = pool_engine(pool)
-    run.engine = f"{engine.gpu_model}, {engine.profile}"
+    engine, run.engine = pool_engine(pool)
+    sla, run.sla = pool_sla(pool), pool.sla_label
     run.base_settings = pool_tuning_base(pool)
     rows = (
         RequestLog.objects.filter(pool=pool, status=200, at__gte=run.traffic_from, at__lt=run.traffic_to)
@@ -140,17 +288,36 @@ def _execute(run: TuningRun) -> None:
             f"{pool.name} from {span}; at least {TUNING_MIN_REQUESTS} are needed. Nothing was applied."
         )
     assert trace is not None
+    # What the run read shows on its page while the search runs.
+    TuningRun.objects.filter(pk=run.pk, state=TuningRun.State.RUNNING).update(
+        engine=run.engine, sla=run.sla, base_settings=run.base_settings, requests=run.requests
+    )
+    fixed = pool_view_fixed(pool=pool, engine=engine, gpus=pool.max_instances)
+    base = settings_patch(run.base_settings, {"pool": fixed})
+    simulated = 0
+
+    def progress(_candidate: Candidate) -> None:
+        """Each simulation done shows on the run's page while it runs."""
+        nonlocal simulated
+        simulated += 1
+        TuningRun.objects.filter(pk=run.pk, state=TuningRun.State.RUNNING).update(
+            evaluations=simulated, heartbeat_at=timezone.now()
+        )
+
     tuned = tune(
         trace=trace,
         engine=engine,
         gpus=pool.max_instances,
-        base=run.base_settings,
+        base=base,
         space=POOL_SPACE,
-        sla_ms=float(pool.sla_latency_ms),
-        sla_target=pool.sla_percentile / 100,
+        sla_ms=sla.sla_ms,
+        sla_target=sla.sla_target,
+        e2e_sla_ms=sla.e2e_sla_ms,
+        sla_ms_per_1k_prompt_tokens=sla.sla_ms_per_1k_prompt_tokens,
         max_evaluations=run.max_evaluations,
+        progress=progress,
     )
-    run.settings = settings_changes(run.base_settings, tuned.best.values)
+    run.settings = settings_changes(base, tuned.best.values)
     run.evaluations = len(tuned.evaluated)
     run.meets_sla = tuned.meets_sla
     run.base_paid_gpu_hours = tuned.base.result.paid_gpu_hours
@@ -176,10 +343,10 @@ def tuning_run_apply(*, run: TuningRun, user: str) -> Decision:
         if not locked.settings:
             raise TuningRefused(f"tuning run {locked.pk} found no change to the pool's settings")
         pool = Pool.objects.select_for_update().get(pk=locked.pool_id)
-        if pool_tuning_base(pool) != locked.base_settings:
+        if pool_tuning_base(pool) != locked.base_settings or (locked.sla and pool.sla_label != locked.sla):
             raise TuningRefused(
-                f"pool {pool.name}'s settings changed since tuning run {locked.pk} read them: its result is stale; "
-                "run it again"
+                f"pool {pool.name}'s settings or SLA changed since tuning run {locked.pk} read them: its result is "
+                "stale; run it again"
             )
         decision = pool_settings_apply(
             pool=pool,

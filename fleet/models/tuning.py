@@ -24,7 +24,13 @@ class TuningRun(models.Model):
     state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED)
     error = models.TextField(blank=True, help_text="Why the run failed; nothing was applied.")
     finished_at = models.DateTimeField(null=True, blank=True)
-    engine = models.CharField(max_length=100, blank=True, help_text="The simulated GPU and served model.")
+    heartbeat_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The last sign of life of the process running it; a run silent too long is failed as lost.",
+    )
+    engine = models.CharField(max_length=255, blank=True, help_text="The simulated GPU and served model.")
+    sla = models.CharField("SLA", max_length=255, blank=True, help_text="The pool's SLA the candidates were judged by.")
     requests = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in the traffic replayed.")
     base_settings = models.JSONField(
         default=dict, blank=True, help_text="The pool's settings when the run read them, which the search started from."

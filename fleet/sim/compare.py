@@ -27,7 +27,12 @@ the count), and none fails.
   arrival. Failures: a count at which an interval alone has a failed request is not
   allowed (the SLA allows none); a count of 0 is allowed where the gateway can hold all
   of the interval's arrivals (they count as misses and wait for a later interval's
-  instances).
+  instances), and only where that wait can end: a run of intervals without instances
+  must end (a later interval's instances come) before its first held request's hold
+  time-out, its arrivals, all held at once, must fit in the gateway, and the last
+  interval leaves nothing held. Otherwise the held requests fail, in the replay as under
+  any policy that had no instance then (its instances would start cold, later still),
+  so the rule keeps the bound a bound; without it a week's replays failed requests.
 * The oracle's schedule is then **replayed** over the whole trace like the other fleets.
   There, requests carried over from a busier interval can push later arrivals out of the
   SLA, so the replay may miss it: ``oracle_meets_sla`` says whether it met it, and the
@@ -43,7 +48,9 @@ GPU-hours held (the bound counts instance time, not nodes). Spend = paid GPU-hou
 
 from __future__ import annotations
 
+import bisect
 import gc
+import itertools
 import math
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -259,45 +266,243 @@ def _misses(result: SimResult) -> int:
     return math.floor(len(result.ttft_s) * (1 - result.attainment) + 1e-6)
 
 
+@dataclass(frozen=True)
+class Holds:
+    """What the gateway's hold allows an interval with no instance (``fewest_instances``'s ``holds``):
+    per interval the arrivals it then holds (those it does not refuse) and the time of the first
+    from the trace's start (``math.inf`` where none), the interval length the schedule follows, and
+    the gateway's hold time-out and the most requests it holds at once."""
+
+    held: Sequence[int]
+    first_s: Sequence[float]
+    tick_s: float
+    timeout_s: float
+    max_held: int
+
+
+# The DP's state where the gateway holds nothing (else: the interval the oldest held request came in).
+_NOTHING_HELD = -1
+
+
 def fewest_instances(
-    table: Sequence[Sequence[int | None]], seconds: Sequence[float], allowed: int
+    table: Sequence[Sequence[int | None]],
+    seconds: Sequence[float],
+    allowed: int,
+    *,
+    holds: Holds | None = None,
 ) -> tuple[int, ...] | None:
     """The count per interval with the fewest GPU-seconds (sum of count x ``seconds``) whose misses
     (``table[i][count]``, None: not allowed) add up to at most ``allowed``; None where none does.
 
-    Exact: a dynamic programme over the misses spent so far (0..``allowed``), so it needs no
-    convexity of the miss curves. A count that misses no fewer than a smaller one is never
-    worth its cost and is left out. Ties go to the schedule with fewer misses.
+    Exact: a dynamic programme over the misses spent so far, so it needs no convexity of the miss
+    curves. A count that misses no fewer than a smaller one is never worth its cost and is left out.
+    Ties go to the schedule with fewer misses, then to the smaller count in the latest interval
+    (with ``holds``, then to nothing held before it), and so on back.
+
+    It keeps, after each interval, only the misses worth spending: those reached more cheaply than
+    with any fewer misses (the Pareto front of misses against cost), in increasing misses. A point
+    off that front is never on the best schedule's path (the same choices from the cheaper point
+    with fewer misses would reach fewer misses at no more cost), so the front gives the same costs,
+    choices and ties as a table over every budget 0..``allowed``, where a week (20,160 intervals, a
+    budget of 6,000 misses) was hundreds of millions of steps; a front is a few dozen points where
+    a miss costs a whole interval's arrivals. Where misses come cheap (an instance fewer for a few
+    misses in many intervals) fronts grow to hundreds of points, so a point is also dropped where
+    even its cheapest completion, by the Lagrangian bound of the intervals after it
+    (``_prune_limits``), costs more than a schedule known to meet the budget: it is on no best path
+    and ties with none, so the schedule is the same.
+
+    ``holds``: a count of 0 leaves an interval's arrivals held by the gateway until a later
+    interval's instances, and a replay fails any that waits past the hold time-out or finds the
+    gateway full. With ``holds`` a run of intervals with no instance is allowed only where the
+    first request held is released before it times out (a later interval with instances starts
+    strictly before its arrival + ``timeout_s``: at the same instant the simulator's time-out goes
+    first) and the run's arrivals, all held at once, fit in ``max_held``; the last interval leaves
+    nothing held (no later instance would serve it). A policy with no instance throughout such a run
+    fails the same requests (its instances start cold, later still), so the bound stays a bound.
+    The DP then keeps a front per state: nothing held, or held since interval r.
     """
-    inf = math.inf
-    best: list[float] = [0.0] + [inf] * allowed
-    choices: list[list[tuple[int, int]]] = []
-    for row, length in zip(table, seconds, strict=True):
-        options: list[tuple[int, int]] = []
-        for count, misses in enumerate(row):
-            if misses is not None and misses <= allowed and (not options or misses < options[-1][1]):
-                options.append((count, misses))
-        step: list[float] = [inf] * (allowed + 1)
-        choice: list[tuple[int, int]] = [(-1, -1)] * (allowed + 1)
-        for spent, cost in enumerate(best):
-            if cost == inf:
-                continue
+    price, rest, ceiling = _prune_limits(table, seconds, allowed, holds)
+    # fronts[state] = (misses spent, costs): increasing misses, strictly decreasing cost.
+    fronts: dict[int, tuple[list[int], list[float]]] = {_NOTHING_HELD: ([0], [0.0])}
+    held_count: dict[int, int] = {}
+    # Per interval and state reached: its front's misses and, per point, the count and the state before.
+    trail: list[dict[int, tuple[list[int], list[int], list[int]]]] = []
+    for index, (row, length) in enumerate(zip(table, seconds, strict=True)):
+        options = _options(row, allowed, holding=holds is not None)
+        moves: dict[int, list[tuple[int, int, int]]] = {}  # state after -> (count, misses, state before)
+        held_after: dict[int, int] = {}
+        for state in fronts:
             for count, misses in options:
-                total = spent + misses
-                if total <= allowed and cost + count * length < step[total]:
-                    step[total] = cost + count * length
-                    choice[total] = (count, spent)
-        best = step
-        choices.append(choice)
-    finite = [(cost, spent) for spent, cost in enumerate(best) if cost < inf]
-    if not finite:
+                if count >= len(row) and state == _NOTHING_HELD:
+                    continue  # an instance for an empty interval only releases what earlier ones left held
+                after = _held_after(state, count, index, holds, held_count)
+                if after is None:
+                    continue
+                target, held = after
+                moves.setdefault(target, []).append((count, misses, state))
+                if target != _NOTHING_HELD:
+                    held_after[target] = held
+        step: dict[int, tuple[list[int], list[float]]] = {}
+        kept: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        for target, sources in moves.items():
+            # Each source's points shifted by the option, merged in order of misses, then cost, then
+            # the smaller count (a sort finds the sources' runs already in order).
+            candidates: list[tuple[int, float, int, int]] = []
+            for count, misses, state in sources:
+                spent_from, cost_from = fronts[state]
+                more = count * length
+                reach = bisect.bisect_right(spent_from, allowed - misses)
+                candidates += [
+                    (spent + misses, cost + more, count, state)
+                    for spent, cost in zip(spent_from[:reach], cost_from[:reach], strict=True)
+                ]
+            candidates.sort()
+            spent_list: list[int] = []
+            cost_list: list[float] = []
+            counts: list[int] = []
+            befores: list[int] = []
+            last = math.inf
+            # A point whose cheapest completion (at least the rest's Lagrangian bound) costs more than
+            # a schedule known to meet the budget is on no best path: it still hides the points it
+            # dominates, but is not kept.
+            limit = ceiling - rest[index + 1] + price * allowed
+            for total, cost, count, state in candidates:
+                if cost < last:
+                    last = cost
+                    if cost + price * total > limit:
+                        continue
+                    spent_list.append(total)
+                    cost_list.append(cost)
+                    counts.append(count)
+                    befores.append(state)
+            if spent_list:
+                step[target] = (spent_list, cost_list)
+                kept[target] = (spent_list, counts, befores)
+        fronts, held_count = step, held_after
+        trail.append(kept)
+    final = fronts.get(_NOTHING_HELD)
+    if final is None:
         return None
-    _, spent = min(finite)
+    spent, state = final[0][-1], _NOTHING_HELD
     schedule: list[int] = []
-    for choice in reversed(choices):
-        count, spent = choice[spent]
+    for row, kept in zip(reversed(table), reversed(trail), strict=True):
+        spent_list, counts, befores = kept[state]
+        point = bisect.bisect_left(spent_list, spent)
+        count, state = counts[point], befores[point]
         schedule.append(count)
+        spent -= (row[count] if count < len(row) else 0) or 0
     return tuple(reversed(schedule))
+
+
+def _prune_limits(
+    table: Sequence[Sequence[int | None]], seconds: Sequence[float], allowed: int, holds: Holds | None
+) -> tuple[float, list[float], float]:
+    """What ``fewest_instances`` prunes its fronts with: a price per miss, the Lagrangian bound of
+    the intervals from each on (``rest[i]``: for any choice from interval i on that misses at most b,
+    cost >= ``rest[i]`` - price x b, the intervals' own cheapest of count x length + price x misses
+    summed), and the cost of one schedule that meets the budget (and the hold), ``math.inf`` where
+    none is found (nothing is pruned then).
+
+    The price is the LP relaxation's: every interval starts at its cheapest count, and the steps
+    along each miss curve's lower convex hull (misses saved for instance-seconds) are taken cheapest
+    per miss first until the misses fit the budget; the counts reached are the schedule. With the
+    hold, a count of 0 the gateway could not hold through is raised to the interval's cheapest
+    other count (which misses no more than all its arrivals). The bound ignores the hold, which
+    only forbids schedules, so it stays a bound."""
+    hulls: list[list[tuple[float, int, int]]] = []  # per interval: (cost, misses, count) on the lower hull
+    steps: list[tuple[float, int, int]] = []  # (price per miss saved, misses saved, interval)
+    for index, (row, length) in enumerate(zip(table, seconds, strict=True)):
+        hull: list[tuple[float, int, int]] = []
+        for count, misses in _options(row, allowed, holding=False):
+            point = (count * length, misses, count)
+            while hull and hull[-1][0] == point[0]:
+                hull.pop()  # as cheap with fewer misses
+            while len(hull) >= 2 and _slope(hull[-2], hull[-1]) >= _slope(hull[-1], point):
+                hull.pop()
+            hull.append(point)
+        if not hull:
+            return 0.0, [0.0] * (len(table) + 1), math.inf
+        hulls.append(hull)
+        steps += [(_slope(a, b), a[1] - b[1], index) for a, b in itertools.pairwise(hull)]
+    at = [0] * len(hulls)
+    misses = sum(hull[0][1] for hull in hulls)
+    price = 0.0
+    for slope, saved, index in sorted(steps):
+        if misses <= allowed:
+            break
+        price, misses = slope, misses - saved
+        at[index] += 1
+    if misses > allowed:
+        return 0.0, [0.0] * (len(table) + 1), math.inf
+    rest = [0.0] * (len(hulls) + 1)
+    for index in range(len(hulls) - 1, -1, -1):
+        rest[index] = rest[index + 1] + min(cost + price * misses for cost, misses, _ in hulls[index])
+    chosen = [hull[i][2] for hull, i in zip(hulls, at, strict=True)]
+    if holds is not None:
+        state, held_count = _NOTHING_HELD, dict[int, int]()
+        for index, row in enumerate(table):
+            after = _held_after(state, chosen[index], index, holds, held_count)
+            if after is None:
+                others = [(count * seconds[index], count) for count, _ in _options(row, allowed, holding=True) if count]
+                if not others:
+                    return price, rest, math.inf
+                chosen[index] = min(others)[1]
+                after = _NOTHING_HELD, 0
+            state, held_count = after[0], {after[0]: after[1]}
+        spent = sum((row[c] if c < len(row) else 0) or 0 for row, c in zip(table, chosen, strict=True))
+        if spent > allowed:
+            return price, rest, math.inf
+    ceiling = sum(count * length for count, length in zip(chosen, seconds, strict=True))
+    # Room for rounding in the sums (a relative 1e-9, far above a float sum's error), so a point
+    # is dropped only where its every completion costs more than the schedule found.
+    return price, rest, ceiling + 1e-9 * (abs(ceiling) + price * allowed + abs(rest[0]) + 1.0)
+
+
+def _slope(cheaper: tuple[float, int, int], dearer: tuple[float, int, int]) -> float:
+    """Instance-seconds a miss saved costs between two counts of one interval's hull."""
+    return (dearer[0] - cheaper[0]) / (cheaper[1] - dearer[1])
+
+
+def _options(row: Sequence[int | None], allowed: int, *, holding: bool) -> list[tuple[int, int]]:
+    """The counts worth trying in one interval, with their misses: those the interval alone allows
+    (not None) within the budget, each missing fewer than every smaller count kept, so a larger
+    count is never chosen for the same misses at more cost. With the gateway's hold in the DP
+    (``holding``), a count of 0 holds the arrivals while any other releases what is held, so
+    count 0 is kept apart from the others, and an interval with no arrival (its row ends at count 0)
+    may still take one instance, to release what earlier intervals left held."""
+    options: list[tuple[int, int]] = []
+    fewest: int | None = None  # the fewest misses among the counts kept that release held requests
+    for count, misses in enumerate(row):
+        if misses is None or misses > allowed:
+            continue
+        if holding and count == 0:
+            options.append((0, misses))
+        elif fewest is None or misses < fewest:
+            options.append((count, misses))
+            fewest = misses
+    if holding and len(row) == 1 and row[0] == 0:
+        options.append((1, 0))
+    return options
+
+
+def _held_after(
+    state: int, count: int, index: int, holds: Holds | None, held_count: dict[int, int]
+) -> tuple[int, int] | None:
+    """The DP's state after interval ``index`` at ``count`` from ``state`` and the requests then held,
+    or None where a held request would time out or find the gateway full (``fewest_instances``)."""
+    if holds is None:
+        return _NOTHING_HELD, 0
+    if count > 0:
+        return _NOTHING_HELD, 0
+    arrivals = holds.held[index]
+    oldest = index if state == _NOTHING_HELD else state
+    if state == _NOTHING_HELD and arrivals == 0:
+        return _NOTHING_HELD, 0
+    held = held_count.get(state, 0) + arrivals
+    released = (index + 1) * holds.tick_s  # the next interval's instances, the earliest there are
+    if held > holds.max_held or holds.first_s[oldest] + holds.timeout_s <= released or index == len(holds.held) - 1:
+        return None
+    return oldest, held
 
 
 def oracle_bound(
@@ -308,22 +513,33 @@ def oracle_bound(
     groups_known: dict[tuple[int, int], Groups] | None = None,
 ) -> OracleBound:
     """The oracle's lower bound (module docstring): each interval's miss curve up to the first count
-    that serves it with no miss (more instances cannot do better), then ``fewest_instances``.
-    ``groups_known`` as in ``static_search``."""
+    that serves it with no miss (more instances cannot do better, so none is probed), then
+    ``fewest_instances`` with the gateway's hold (``Holds``), so that no interval goes without
+    instances longer than its held requests can wait. ``groups_known`` as in ``static_search``."""
     intervals = trace_intervals(trace)
     # The gateway's answers per token counts, worked out once for all the probes.
     gateway = Simulation(
         trace=trace, setup=setup, label="oracle gateway", static_instances=0, groups_known=groups_known
     )
     table: list[list[int | None]] = []
-    judged = 0  # requests the SLA counts: all but those the gateway refuses outright
+    tick = tick_period_s()
+    counted: list[int] = []  # per interval, the requests the SLA counts: all but those the gateway refuses outright
+    held: list[int] = []  # per interval, those of them held where it has no instance
+    first_s: list[float] = []  # per interval, when the first of those came, from the trace's start
     for index, requests in enumerate(intervals):
         row: list[int | None] = [0]
+        # No instances: no need to simulate, the gateway's answer to each request is all there is.
+        judged = [request.arrival_s for request in requests if not gateway.refused_by_gateway(request)]
+        counted.append(len(judged))
+        # One arriving at the very tick meets the fleet before the tick changes it (arrivals go first
+        # at the same instant): it is held only where the interval before had no instance, in which case
+        # that interval's own hold decides. Left out here, so the rule forbids no schedule a policy
+        # could follow (a bound), at worst allowing one whose replay fails that request.
+        waiting = [arrival for arrival in judged if arrival > 0 or index == 0]
+        held.append(len(waiting))
+        first_s.append(index * tick + min(waiting) if waiting else math.inf)
         if requests:
-            # No instances: no need to simulate, the gateway's answer to each request is all there is.
-            counted = sum(1 for request in requests if not gateway.refused_by_gateway(request))
-            judged += counted
-            row = [_empty_misses(counted, setup)]
+            row = [_empty_misses(len(judged), setup)]
         for count in range(1, setup.gpus + 1):
             if row[-1] == 0:
                 break
@@ -336,8 +552,15 @@ def oracle_bound(
         if progress is not None:
             progress("oracle bound", (index + 1) / len(intervals))
     seconds = interval_seconds(trace)
-    allowed = misses_allowed(judged, setup.sla_target)
-    chosen = fewest_instances(table, seconds, allowed)
+    allowed = misses_allowed(sum(counted), setup.sla_target)
+    holds = Holds(
+        held=held,
+        first_s=first_s,
+        tick_s=tick,
+        timeout_s=setup.gateway.hold_timeout_s,
+        max_held=setup.gateway.max_held,
+    )
+    chosen = fewest_instances(table, seconds, allowed, holds=holds)
     feasible = chosen is not None
     if chosen is None:
         # No schedule of up to setup.gpus per interval meets the SLA even with every interval

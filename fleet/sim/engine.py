@@ -87,6 +87,9 @@ from pathlib import Path
 
 from fleet import catalog
 from fleet.policies.vram import ProfileFacts, vram_estimate_for
+from fleet.sim.compiled import compiled_fresh
+
+compiled_fresh(__file__)
 
 DEFAULT_PROFILE = "qwen3-4b-instruct-bf16"
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"

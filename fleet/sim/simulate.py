@@ -70,12 +70,15 @@ from fleet.policies.windows import (
     pool_windows,
 )
 from fleet.sim.billing import Hold, node_billed_hours, node_billed_now, node_of
+from fleet.sim.compiled import compiled_fresh, mypyc_attr
 from fleet.sim.engine import E2E_BUCKETS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
 from fleet.sim.result import HELD_FAILED, Decision, SimResult, TimelinePoint, percentile_of
 from fleet.sim.setup import GpuGroup, SimPool, SimSetup, gpu_groups, request_tier, tick_period_s
 from fleet.sim.startup import StartDraw, start_draw
 from fleet.sim.traces import Trace, TraceRequest
 from fleet.states import FAILED, READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
+
+compiled_fresh(__file__)
 
 WAKING = "waking"
 
@@ -138,8 +141,19 @@ class _Held:
     groups: list[list[int]]
 
 
+def _per_1k(setup: SimSetup) -> Any:
+    """The setup's ms per 1k prompt tokens as it was given (an int stays an int, as the result's repr
+    has it): read as an ``Any``, as a compiled module would otherwise make a float of it."""
+    return getattr(setup, "sla_ms_per_1k_prompt_tokens")  # noqa: B009 - an Any, not a float
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Simulation:
-    """One run of one fleet over one trace; ``run()`` returns its ``SimResult``."""
+    """One run of one fleet over one trace; ``run()`` returns its ``SimResult``.
+
+    Where the module is compiled (``fleet.sim.compiled``) this is a native class, whose instances take
+    no new attributes; a plain Python subclass may still override its methods (tests do, to step the
+    old way or to record what the policies decide)."""
 
     def __init__(
         self,
@@ -366,7 +380,7 @@ class Simulation:
             node_provisions=sum(1 for s in self.starts if s.provisioned),
             e2e_sla_ms=setup.e2e_sla_ms,
             refused=len(self.refused),
-            sla_ms_per_1k_prompt_tokens=setup.sla_ms_per_1k_prompt_tokens,
+            sla_ms_per_1k_prompt_tokens=_per_1k(setup),
             prompt_tokens=[r.prompt_tokens for i, r in enumerate(requests) if i not in self.refused],
         )
 
@@ -419,7 +433,7 @@ class Simulation:
                 image_pulls=sum(1 for s in starts if not s.image_present),
                 node_provisions=sum(1 for s in starts if s.provisioned),
                 e2e_sla_ms=setup.e2e_sla_ms,
-                sla_ms_per_1k_prompt_tokens=setup.sla_ms_per_1k_prompt_tokens,
+                sla_ms_per_1k_prompt_tokens=_per_1k(setup),
                 prompt_tokens=[requests[i].prompt_tokens for i in mine],
             )
         return out

@@ -36,6 +36,14 @@ as an exclusive pool of slices, each reported as a device of its own (``tier_dev
 name with the profile, the slice's memory): what MIG placement would refuse (a card's other slices
 taken by another pool) is not modelled, and the S pool's H100s and the M pool's slices are separate
 GPUs, never one card cut both ways.
+
+**Each tier's SLA is its pool's.** A tier is judged by the first-token bound its own pool states
+(``PoolView.sla_latency_ms`` plus ``sla_ms_per_1k_prompt_tokens`` per 1,000 prompt tokens, each
+request against its own ``agents.histograms.ttft_bound_ms``; ``tier_bound``), the same bound for its
+policy, static and oracle fleets apart and for its pool's share of the run together, so a long-context
+tier may allow long prefills without the yardstick of the other tiers moving. A spec may state its
+bound instead (``TierSpec.sla_ms``, ``sla_ms_per_1k_prompt_tokens``): the benchmark's long-prompt mix
+does, to judge a pool that is not told of the allowance by it.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import copy
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -52,7 +60,7 @@ from typing import Any
 from fleet import catalog
 from fleet.demo.engine_server import device_model
 from fleet.policies import routing
-from fleet.policies.snapshot import PolicyConfig
+from fleet.policies.snapshot import PolicyConfig, PoolView
 from fleet.sim.compare import Comparison, Progress, compare, price_preset, static_search
 from fleet.sim.engine import GPU_FACTS, PROFILES, EngineModel, engine_model_for, kv_cache_tokens_for
 from fleet.sim.result import SimResult
@@ -68,8 +76,8 @@ MIG_MEMORY = re.compile(r"\.(\d+)gb$")
 @dataclass(frozen=True)
 class TierSpec:
     """One tier's pool: its GPU type (a slice of it where ``mig_profile`` is set), how many it may
-    use, its settings (``setup_build`` values) and SLA; the price comes from the panel's presets
-    unless stated."""
+    use, its settings (``setup_build`` values) and SLA (None: the bound its pool states, ``tier_bound``);
+    the price comes from the panel's presets unless stated."""
 
     tier: str
     gpu: str
@@ -77,8 +85,21 @@ class TierSpec:
     values: Mapping[str, Any] = field(default_factory=dict)
     mig_profile: str | None = None
     price_per_gpu_hour: Decimal | None = None
-    sla_ms: float = 500.0
-    sla_ms_per_1k_prompt_tokens: float = 0.0
+    sla_ms: float | None = None
+    sla_ms_per_1k_prompt_tokens: float | None = None
+
+
+def tier_bound(spec: TierSpec) -> tuple[float, float]:
+    """The first-token bound the tier is judged by, ``(ms, ms per 1,000 prompt tokens)``: what the spec
+    states, else what its pool states (``pool.sla_latency_ms``, ``pool.sla_ms_per_1k_prompt_tokens``,
+    ``PoolView``'s defaults where unset). One figure for the tier's every fleet, and the one its pool's
+    policies aim at, so the benchmark never judges a pool by a bound it was not given."""
+    pool = spec.values.get("pool", {})
+    ms = spec.sla_ms if spec.sla_ms is not None else float(pool.get("sla_latency_ms", PoolView.sla_latency_ms))
+    per_1k = spec.sla_ms_per_1k_prompt_tokens
+    if per_1k is None:
+        per_1k = float(pool.get("sla_ms_per_1k_prompt_tokens", PoolView.sla_ms_per_1k_prompt_tokens))
+    return ms, per_1k
 
 
 def mig_shares(gpu: str, profile: str) -> tuple[float, float, int]:
@@ -130,6 +151,7 @@ def tier_setup(spec: TierSpec, *, seed: int = 0) -> SimSetup:
     it is scaled to the tier's device (in a copy: the spec's settings, which other tiers' specs may
     share, are left as they were)."""
     engine = tier_engine(spec)
+    sla_ms, per_1k = tier_bound(spec)
     values: dict[str, Any] = copy.deepcopy(dict(spec.values))
     autoscale = values.get("policies", {}).get("autoscale")
     if autoscale and autoscale.get("prefill_tokens_per_s"):
@@ -142,8 +164,8 @@ def tier_setup(spec: TierSpec, *, seed: int = 0) -> SimSetup:
         gpus=spec.gpus,
         values=values,
         seed=seed,
-        sla_ms=spec.sla_ms,
-        sla_ms_per_1k_prompt_tokens=spec.sla_ms_per_1k_prompt_tokens,
+        sla_ms=sla_ms,
+        sla_ms_per_1k_prompt_tokens=per_1k,
     )
     pools = tuple(SimPool(view=replace(pool.view, name=f"tier {spec.tier}"), tier=spec.tier) for pool in setup.pools)
     return replace(setup, pools=pools)
@@ -232,11 +254,17 @@ class TieredComparison:
 
     @property
     def attainment(self) -> float:
-        """Share of all judged requests within their tier's SLA (each tier's ``SimResult.attainment``,
-        weighed by the requests it judged)."""
-        judged = [(len(t.comparison.policy.ttft_s), t.comparison.policy.attainment) for t in self.tiers if t.comparison]
-        total = sum(n for n, _ in judged)
-        return sum(n * share for n, share in judged) / total if total else 1.0
+        """Share of all judged requests within their tier's SLA (``attainment_weighed`` over the tiers'
+        policy runs)."""
+        return attainment_weighed(t.comparison.policy for t in self.tiers if t.comparison)
+
+
+def attainment_weighed(results: Iterable[SimResult]) -> float:
+    """Share of the results' judged requests within each one's own SLA: each ``SimResult.attainment``
+    weighed by the requests it judged (1.0 where none was), so parts judged by different bounds add up."""
+    judged = [(len(result.ttft_s), result.attainment) for result in results]
+    total = sum(n for n, _ in judged)
+    return sum(n * share for n, share in judged) / total if total else 1.0
 
 
 def tiered_from(
@@ -320,13 +348,11 @@ def together_setup(specs: Sequence[TierSpec], *, seed: int = 0) -> SimSetup:
     """Every tier's pool in one setup: pool ids 1, 2, ... in ``specs``' order, each with its tier, its
     own GPUs, engine model, device and price (``tier_engine``, ``tier_device``, ``tier_price``), its
     pool settings, and its policy settings as a per-pool override (``PolicyConfig.pools``; the first
-    tier's stand for the fleet). The SLA and routing settings are one for the whole fleet: specs that
-    differ in them are refused."""
+    tier's stand for the fleet). The routing settings are one for the whole fleet: specs that differ in
+    them are refused. The setup's own SLA is the first tier's; each pool's share is judged by its own
+    tier's (``together_run``)."""
     if sorted(spec.tier for spec in specs) != sorted(TIERS):
         raise ValueError(f"one spec per tier {', '.join(TIERS)} is needed, got {[spec.tier for spec in specs]}")
-    slas = {(spec.sla_ms, spec.sla_ms_per_1k_prompt_tokens) for spec in specs}
-    if len(slas) != 1:
-        raise ValueError(f"the tiers judged together need one SLA, got {sorted(slas)} (ms, ms per 1k prompt tokens)")
     setups = [tier_setup(spec, seed=seed) for spec in specs]
     if len({setup.routing for setup in setups}) != 1:
         raise ValueError("the tiers judged together need one routing setting (the gateway's)")
@@ -359,13 +385,21 @@ def together_setup(specs: Sequence[TierSpec], *, seed: int = 0) -> SimSetup:
 class TogetherResult:
     """The tiers' pools run in one simulation (``together_run``): the whole run, each tier's pool's share
     of it (``Simulation.pool_results``) and price, and how many requests each tier's routing sent and
-    how many a pool of another tier served (the gateway's fallback)."""
+    how many a pool of another tier served (the gateway's fallback). Each pool's share is judged by its
+    own tier's SLA where the run was given them (``pools_run``'s ``bounds``); ``total`` by the setup's."""
 
     total: SimResult
     pools: Mapping[str, SimResult]
     prices: Mapping[str, Decimal | None]
     routed: Mapping[str, int]
     served_elsewhere: Mapping[str, int]
+
+    @property
+    def attainment(self) -> float:
+        """Share of the run's judged requests within the SLA of the pool whose share they are (each
+        pool's ``SimResult.attainment``, weighed by the requests it judged): the whole run's figure where
+        the tiers' bounds differ, which ``total``, judged by one bound, is not."""
+        return attainment_weighed(self.pools.values())
 
     def spend(self, tier: str | None = None) -> Decimal:
         """What the tier's pool was paid (paid device-hours x its price), or all pools' summed."""
@@ -378,18 +412,60 @@ class TogetherResult:
 
 
 def together_run(
-    trace: Trace, specs: Sequence[TierSpec], *, seed: int = 0, initial: Mapping[str, int] | None = None
+    trace: Trace,
+    specs: Sequence[TierSpec],
+    *,
+    seed: int = 0,
+    initial: Mapping[str, int] | None = None,
+    hold_static: bool = False,
 ) -> TogetherResult:
     """The policy run of every tier's pool in one simulation (``together_setup``, ``pools_run``).
     ``initial``: each tier's warm instances at the start (default one; at least the pool's minimum),
-    as each tier's policy run starts from its own static fleet in ``tier_compare``."""
-    return pools_run(trace, together_setup(specs, seed=seed), initial=initial)
+    as each tier's policy run starts from its own static fleet in ``tier_compare``. ``hold_static``:
+    each pool guarded at that size (``static_held``), so no tier's pool costs more than its static fleet.
+    Each pool's share is judged by its tier's bound (``tier_bound``), as the tier is apart."""
+    if hold_static:
+        counts = initial or {}
+        specs = [replace(spec, values=static_held(spec.values, replicas=counts.get(spec.tier, 0))) for spec in specs]
+    bounds = {spec.tier: tier_bound(spec) for spec in specs}
+    return pools_run(trace, together_setup(specs, seed=seed), initial=initial, bounds=bounds)
 
 
-def pools_run(trace: Trace, setup: SimSetup, *, initial: Mapping[str, int] | None = None) -> TogetherResult:
+def static_held(values: Mapping[str, Any], *, replicas: int) -> dict[str, Any]:
+    """The settings with the product's static-spend guard (``static_hold``) at ``replicas`` instances (0:
+    no guard), the rest as given: the operator states the always-on fleet a pool replaces, and the guard
+    refuses every scale-out past it (and holds it once the policy has paid as much over a day), so the
+    policy's bill stays at most the static fleet's. A copy: specs that share the settings keep theirs."""
+    held: dict[str, Any] = copy.deepcopy(dict(values))
+    policies = held.setdefault("policies", {})
+    policies["static_hold"] = {**(policies.get("static_hold") or {}), "static_replicas": replicas}
+    return held
+
+
+def one_pool_policy(trace: Trace, spec: TierSpec, *, count: int, seed: int = 0, hold_static: bool = False) -> SimResult:
+    """The policy run of the whole trace on one pool of ``spec``'s device, from ``count`` instances (the
+    static fleet ``static_reference`` found, as ``compare`` starts its policy run); ``hold_static``: guarded
+    at that size (``static_held``). The single-pool figure the tiers' saving is read beside: what the
+    policies save without any split."""
+    if hold_static:
+        spec = replace(spec, values=static_held(spec.values, replicas=count))
+    label = f"policy from {count}" + (f", static hold {count}" if hold_static else "")
+    return Simulation(trace=trace, setup=tier_setup(spec, seed=seed), label=label, initial_instances=count).run()
+
+
+def pools_run(
+    trace: Trace,
+    setup: SimSetup,
+    *,
+    initial: Mapping[str, int] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+) -> TogetherResult:
     """The policy run of a setup with at most one pool per tier: requests routed as the gateway routes
     them, falling back to another tier's ready instances in ``routing.FALLBACK`` order where their own
-    tier's pool has none (or is absent); each pool's share and spend at its own price."""
+    tier's pool has none (or is absent); each pool's share and spend at its own price. ``bounds``: each
+    tier's first-token bound, ``(ms, ms per 1k prompt tokens)``, that its pool's share is judged by (a
+    request another tier's pool served is judged by that pool's); a tier left out, or no ``bounds``:
+    the setup's SLA."""
     tiers = [pool.tier for pool in setup.pools]
     if len(set(tiers)) != len(tiers) or not set(tiers) <= set(TIERS):
         raise ValueError(f"at most one pool per tier {', '.join(TIERS)} is needed, got {tiers}")
@@ -407,9 +483,15 @@ def pools_run(trace: Trace, setup: SimSetup, *, initial: Mapping[str, int] | Non
         routed[own] += 1
         served = simulation.served_by[index]
         elsewhere[own] += bool(served) and tier_of[served] != own
+    judged = {
+        pool.tier: replace(shares[pool.view.id], sla_ms=bound[0], sla_ms_per_1k_prompt_tokens=bound[1])
+        if bounds and (bound := bounds.get(pool.tier)) is not None
+        else shares[pool.view.id]
+        for pool in setup.pools
+    }
     return TogetherResult(
         total=total,
-        pools={pool.tier: shares[pool.view.id] for pool in setup.pools},
+        pools=judged,
         prices={pool.tier: pool.price_per_gpu_hour for pool in setup.pools},
         routed=routed,
         served_elsewhere=elsewhere,

@@ -109,11 +109,30 @@ def pool_fields_check(pool: Mapping[str, Any], *, gpus: int) -> None:
 
 
 def setup_for(
-    values: Mapping[str, Any], *, engine: EngineModel, gpus: int, seed: int, sla_ms: float, sla_target: float
+    values: Mapping[str, Any],
+    *,
+    engine: EngineModel,
+    gpus: int,
+    seed: int,
+    sla_ms: float,
+    sla_target: float,
+    e2e_sla_ms: float | None = None,
+    sla_ms_per_1k_prompt_tokens: float = 0.0,
 ) -> SimSetup:
-    """The setup a candidate runs on, validated as the admin validates (``SettingsInvalid``, a ``ValueError``)."""
+    """The setup a candidate runs on, validated as the admin validates (``SettingsInvalid``, a ``ValueError``),
+    judged by every term of the SLA given (``SimSetup``: the first-token bound, its growth with the prompt,
+    the end-to-end bound)."""
     pool_fields_check(values.get("pool", {}), gpus=gpus)
-    return setup_build(engine=engine, gpus=gpus, values=values, seed=seed, sla_ms=sla_ms, sla_target=sla_target)
+    return setup_build(
+        engine=engine,
+        gpus=gpus,
+        values=values,
+        seed=seed,
+        sla_ms=sla_ms,
+        sla_target=sla_target,
+        e2e_sla_ms=e2e_sla_ms,
+        sla_ms_per_1k_prompt_tokens=sla_ms_per_1k_prompt_tokens,
+    )
 
 
 @dataclass(frozen=True)
@@ -174,10 +193,19 @@ class _Run:
     sla_ms: float
     sla_target: float
     initial_instances: int
+    e2e_sla_ms: float | None = None
+    sla_ms_per_1k_prompt_tokens: float = 0.0
 
     def simulate(self, values: Values) -> SimResult:
         setup = setup_for(
-            values, engine=self.engine, gpus=self.gpus, seed=self.seed, sla_ms=self.sla_ms, sla_target=self.sla_target
+            values,
+            engine=self.engine,
+            gpus=self.gpus,
+            seed=self.seed,
+            sla_ms=self.sla_ms,
+            sla_target=self.sla_target,
+            e2e_sla_ms=self.e2e_sla_ms,
+            sla_ms_per_1k_prompt_tokens=self.sla_ms_per_1k_prompt_tokens,
         )
         count = max(self.initial_instances, values.get("pool", {}).get("min_instances", 0), 1)
         return Simulation(trace=self.trace, setup=setup, label="tune", initial_instances=min(count, self.gpus)).run()
@@ -206,6 +234,8 @@ def tune(
     seed: int = 0,
     sla_ms: float = 500.0,
     sla_target: float = 0.999,
+    e2e_sla_ms: float | None = None,
+    sla_ms_per_1k_prompt_tokens: float = 0.0,
     rounds: int = 2,
     max_evaluations: int = 40,
     initial_instances: int = 1,
@@ -215,8 +245,12 @@ def tune(
     """Coordinate descent from ``base`` over ``space`` (see the module's docstring); every run is seeded with
     ``seed`` and the dimensions' order each round is drawn from ``random.Random(seed)``. A candidate the
     validation refuses is recorded in ``Tuned.refused`` and not run. ``workers`` > 1 simulates a dimension's
-    values in that many processes at once (the same runs, the same result)."""
-    shared = _Run(trace, engine, gpus, seed, sla_ms, sla_target, initial_instances)
+    values in that many processes at once (the same runs, the same result). Every candidate is judged by the
+    same SLA: ``sla_ms`` to the first token (plus ``sla_ms_per_1k_prompt_tokens`` per 1,000 prompt tokens)
+    and, where set, ``e2e_sla_ms`` for the whole answer, met by ``sla_target`` of the requests."""
+    shared = _Run(
+        trace, engine, gpus, seed, sla_ms, sla_target, initial_instances, e2e_sla_ms, sla_ms_per_1k_prompt_tokens
+    )
     order_random = random.Random(seed)
     seen: dict[str, Candidate] = {}
     refused: list[tuple[Values, str]] = []
@@ -244,7 +278,16 @@ def tune(
                 continue
             if raw not in effective:
                 try:
-                    setup = setup_for(values, engine=engine, gpus=gpus, seed=seed, sla_ms=sla_ms, sla_target=sla_target)
+                    setup = setup_for(
+                        values,
+                        engine=engine,
+                        gpus=gpus,
+                        seed=seed,
+                        sla_ms=sla_ms,
+                        sla_target=sla_target,
+                        e2e_sla_ms=e2e_sla_ms,
+                        sla_ms_per_1k_prompt_tokens=sla_ms_per_1k_prompt_tokens,
+                    )
                 except ValueError as exc:
                     refused.append((values, str(exc)))
                     refused_keys.add(raw)

@@ -779,7 +779,15 @@ def _batch_jobs_in_reply() -> QuerySet[BatchJob]:
 def batch_image_max_bytes() -> int:
     """The largest image a batch job may run, by the fleet's co-location policy (its defaults
     where there is none): every batch job of a reply carries it, and the agent enforces it."""
-    policy = Policy.objects.filter(kind=Policy.Kind.COLOCATE, pool__isnull=True).first()
+    return _batch_image_bound(_fleet_colocate_policy())
+
+
+def _fleet_colocate_policy() -> Policy | None:
+    return Policy.objects.filter(kind=Policy.Kind.COLOCATE, pool__isnull=True).first()
+
+
+def _batch_image_bound(policy: Policy | None) -> int:
+    """``batch_image_max_bytes`` of ``policy`` as the fleet's co-location policy (None: there is none)."""
     settings = (
         policy_settings_stored(kind=Policy.Kind.COLOCATE, settings=policy.settings, row=str(policy))
         if policy
@@ -789,13 +797,28 @@ def batch_image_max_bytes() -> int:
 
 
 @contextmanager
-def batch_image_bound_watch() -> Iterator[None]:
-    """Around a write of policies: if it changed ``batch_image_max_bytes``, which every batch job
-    of a reply carries and which moves no job's generation, tell the nodes whose reply carries
-    a batch job, once committed (the long poll)."""
-    before = batch_image_max_bytes()
+def batch_image_bound_watch(*, saving: Iterable[Policy] = (), deleting: Iterable[Policy] = ()) -> Iterator[None]:
+    """Around a write of policies, each named (``saving``, ``deleting``): if it changed
+    ``batch_image_max_bytes``, which every batch job of a reply carries and which moves no job's
+    generation, tell the nodes whose reply carries a batch job, once committed (the long poll).
+
+    The fleet's co-location policy is read once, before the write; what it is after follows from the rows
+    named: one saved as the fleet's co-location policy is it, the stored one saved as something else or
+    deleted leaves the defaults, anything else leaves it as it was. A row written but not named is not seen.
+    """
+    saving = list(saving)
+    stored = _fleet_colocate_policy()
+    # Read before the write: a deleted row loses its primary key.
+    gone = stored is not None and stored.pk in {policy.pk for policy in deleting}
     yield
-    if batch_image_max_bytes() == before:
+    fleet = [policy for policy in saving if policy.kind == Policy.Kind.COLOCATE and policy.pool_id is None]
+    if fleet:
+        after = fleet[-1]
+    elif stored is not None and (gone or stored.pk in {policy.pk for policy in saving}):
+        after = None
+    else:
+        return
+    if _batch_image_bound(after) == _batch_image_bound(stored):
         return
 
     def tell() -> None:

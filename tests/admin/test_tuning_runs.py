@@ -1,9 +1,11 @@
 """Tuning a pool's settings from the admin: the Pool action queues a ``TuningRun`` on the pool's own request
-log, the task (eager here) stores what the search found or why it failed, and a done run's settings apply in
-one click through ``pool_settings_apply``, once, by someone who may change the pool and its policies."""
+log, the task (in a thread of the server here, as in the embedded mode) stores what the search found or why it
+failed, and a done run's settings apply in one click through ``pool_settings_apply``, once, by someone who may
+change the pool and its policies."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from django.utils import timezone
 from fleet.decide.tuning import POOL_SPACE, TUNING_MIN_REQUESTS, pool_tuning_base, tuning_run_execute
 from fleet.models import Decision, Policy, Pool, RequestLog, TuningRun
 from fleet.project.celery import app as celery_app
+from fleet.tasks import TUNING_THREAD_PREFIX
 from tests.factories import make_pool
 
 pytestmark = pytest.mark.django_db
@@ -24,12 +27,22 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def eager_tasks() -> Iterator[None]:
-    """The queued run is tuned in the test's process, as in the embedded mode, even where REDIS_URL
-    is set (no worker runs here): what the action queues is what a worker would run."""
+    """The queued run is tuned in the test's process, as in the embedded mode (a daemon thread the action
+    starts), even where REDIS_URL is set (no worker runs here): what the action queues is what a worker
+    would run. A test that lets a run start reads the database from another thread, so it is transactional."""
     previous = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = True
     yield
+    finish_runs()
     celery_app.conf.task_always_eager = previous
+
+
+def finish_runs(timeout_s: float = 120.0) -> None:
+    """Wait for the runs the action started in threads of this process to end."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(TUNING_THREAD_PREFIX):
+            thread.join(timeout_s)
+            assert not thread.is_alive(), f"{thread.name} still running after {timeout_s:g} s"
 
 
 def log_requests(pool: Pool | None, count: int, *, start: Any, **changes: Any) -> None:
@@ -57,6 +70,7 @@ def operator(username: str = "operator", *, codenames: tuple[str, ...] = ("chang
     return client
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_in_the_span(
     admin_client: Client, django_capture_on_commit_callbacks: Any
 ) -> None:
@@ -82,6 +96,7 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
 
     with django_capture_on_commit_callbacks(execute=True):
         text = tune_action(admin_client, pool, days=2, max_evaluations=3, tune="Tune").content.decode()
+    finish_runs()
 
     run = TuningRun.objects.get()
     assert "queued for chat-l on its last 2 days" in text
@@ -102,6 +117,7 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
     assert not Decision.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_too_little_traffic_fails_with_its_count_and_applies_nothing(
     admin_client: Client, django_capture_on_commit_callbacks: Any
 ) -> None:
@@ -109,6 +125,7 @@ def test_too_little_traffic_fails_with_its_count_and_applies_nothing(
     log_requests(pool, 100, start=timezone.now() - timedelta(hours=1))
     with django_capture_on_commit_callbacks(execute=True):
         tune_action(admin_client, pool, days=3, max_evaluations=2, tune="Tune")
+    finish_runs()
 
     run = TuningRun.objects.get()
     assert run.state == "failed" and run.finished_at is not None

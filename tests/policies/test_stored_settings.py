@@ -8,12 +8,12 @@ import pytest
 
 from fleet import selectors
 from fleet.gateway.table import routing_table_load
-from fleet.management.commands.simulate import setup_from_db
 from fleet.models import BatchJob, Policy
 from fleet.policies import settings as policy_settings
 from fleet.policies.routing import RoutingSettings
 from fleet.sim.engine import engine_model_for
 from fleet.sim.setup import setup_build
+from fleet.sim_pool import pool_sim_setup
 from fleet.telemetry import ingest
 from tests.factories import GIB, make_gpu, make_node, make_pool
 
@@ -41,7 +41,7 @@ def nothing_reported_yet(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _simulated_policies(pool_id: int):  # type: ignore[no-untyped-def]
     engine = engine_model_for("H100")
-    return setup_from_db(pool_id=pool_id, engine=engine, gpus=2, base=setup_build(engine=engine, gpus=2))
+    return pool_sim_setup(pool_id=pool_id, engine=engine, gpus=2, base=setup_build(engine=engine, gpus=2))
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

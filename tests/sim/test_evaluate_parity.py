@@ -96,6 +96,11 @@ def production_actions(
     return applied
 
 
+class _PatchableSimulation(Simulation):
+    """A plain Python subclass, whose instances take patched methods also where the simulator is
+    compiled (``make sim-compiled``: ``Simulation`` is then a native class, whose own instances do not)."""
+
+
 def simulator_actions(
     monkeypatch: pytest.MonkeyPatch, fleet: FleetSnapshot, now: datetime, times: list[datetime]
 ) -> list[Action]:
@@ -104,7 +109,7 @@ def simulator_actions(
     start = now - timedelta(hours=1)
     trace = Trace(name="hand", start=start, requests=(TraceRequest(0.0, 100, 1),))
     setup = replace(setup_build(engine=engine_model_for("H100"), gpus=1), policies=policy_configs_build())
-    simulation = Simulation(trace=trace, setup=setup, label="policy")
+    simulation = _PatchableSimulation(trace=trace, setup=setup, label="policy")
     simulation.now = (now - start).total_seconds()
     simulation.request_times[fleet.pools[0].id] = list(times)
     monkeypatch.setattr(simulation, "_snapshot", lambda: fleet)

@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from fleet.sim.compare import compare, oracle_bound, static_search
+from fleet.sim.compiled import compiled_fresh
 from fleet.sim.engine import engine_model_for
 from fleet.sim.report import comparison_markdown
 from fleet.sim.setup import setup_build, tick_period_s
@@ -225,3 +227,19 @@ def test_a_seeded_comparison_gives_the_recorded_report_and_results(case: str) ->
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     assert (digest(comparison_markdown(comparison)), digest(repr(results))) == _PINNED[case]
+
+
+def test_a_compiled_module_older_than_its_source_refuses_to_load(tmp_path: Path) -> None:
+    """``compiled_fresh`` (each compiled module calls it with its ``__file__`` at import): a build older than
+    its source would run the old code, so it raises; a build newer than its source, or a plain ``.py``, passes."""
+    source = tmp_path / "simulate.py"
+    built = tmp_path / "simulate.cpython-311-x86_64-linux-gnu.so"
+    source.write_text("")
+    built.write_bytes(b"")
+    os.utime(source, (100, 100))
+    os.utime(built, (200, 200))
+    compiled_fresh(str(built))
+    os.utime(source, (300, 300))
+    with pytest.raises(ImportError, match="make sim-compiled"):
+        compiled_fresh(str(built))
+    compiled_fresh(str(source))

@@ -3,15 +3,18 @@ the same requests, each tier priced by its device, and the money totals worked o
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleet.policies import routing
 from fleet.sim.compare import Comparison, OracleBound
+from fleet.sim.engine import engine_model_for
 from fleet.sim.result import SimResult
 from fleet.sim.tiers import (
     TieredComparison,
@@ -19,11 +22,14 @@ from fleet.sim.tiers import (
     TierSpec,
     document_summaries,
     mig_shares,
+    one_pool_policy,
+    static_held,
     tier_engine,
     tier_price,
     tier_setup,
     tier_split,
     tiered_compare,
+    together_run,
 )
 from fleet.sim.traces import trace_load
 from tests.sim.toy import sim_result, trace_of
@@ -190,3 +196,56 @@ def test_document_summaries_are_seeded_and_within_their_stated_range() -> None:
     below = sum(p < 32_768 for p in prompts) / len(prompts)
     assert 0.35 < below < 0.65
     assert {len(t.requests) for t in tier_split(trace).values()} == {0, len(prompts)}  # all S: RCF capped at 5
+
+
+def test_static_held_sets_the_guard_and_leaves_the_given_settings_alone() -> None:
+    """The guard at the stated size over the trace's settings; the other policies' settings, and any of the
+    guard's own (its window), kept; the mapping passed in unchanged (tier specs share it)."""
+    given: dict[str, dict[str, Any]] = {"pool": {"min_instances": 1}, "policies": {"autoscale": {"breach_windows": 1}}}
+    held = static_held(given, replicas=4)
+    assert held == {
+        "pool": {"min_instances": 1},
+        "policies": {"autoscale": {"breach_windows": 1}, "static_hold": {"static_replicas": 4}},
+    }
+    assert "static_hold" not in given["policies"]
+    windowed = {"policies": {"static_hold": {"window_hours": 6}}}
+    assert static_held(windowed, replicas=2)["policies"]["static_hold"] == {"window_hours": 6, "static_replicas": 2}
+
+
+def l_burst() -> Any:
+    """600 L-tier requests (RCF 512/512 x 256/256 = 1.0) in the first second: 600 outstanding on one ready
+    instance is 2.3 x its 256 sequences, far over the band's top (the gateway's pressure scales out)."""
+    return trace_of(*((i / 600, 512, 256) for i in range(600)))
+
+
+def test_together_hold_static_keeps_each_pool_at_its_static_size() -> None:
+    """From one L40S (the L tier's static fleet, as ``together_initial`` gives it), the unguarded L pool
+    scales out under the burst; held at that size it never bills a second one."""
+    initial = {"S": 0, "M": 0, "L": 1}
+    free = together_run(l_burst(), SPECS, initial=initial)
+    held = together_run(l_burst(), SPECS, initial=initial, hold_static=True)
+    assert free.pools["L"].instances_peak > 1
+    assert held.pools["L"].instances_peak == 1
+    assert held.pools["L"].requests == 600
+
+
+def test_one_pool_policy_starts_from_the_static_fleet_and_holds_it_when_asked() -> None:
+    """The same burst on one H100 pool from one instance: free, the policy adds instances; held at the
+    static size of one, it serves all 600 on that one."""
+    spec = replace(STATIC, gpus=4)
+    free = one_pool_policy(l_burst(), spec, count=1)
+    held = one_pool_policy(l_burst(), spec, count=1, hold_static=True)
+    assert free.instances_peak > 1
+    assert (held.instances_peak, held.requests, held.failed) == (1, 600, 0)
+    assert held.label == "policy from 1, static hold 1"
+
+
+def test_the_fleet_rate_settings_carry_the_calibrated_h100_prefill_rate() -> None:
+    """``tiers.json``'s fleet-rate row runs ``servegen-fleet.json``, whose autoscale prefill capacity is the
+    calibrated H100 engine's (``tier_setup`` scales it to each tier's device): a stale figure (the eager
+    engine's 42,613 tokens/s against about 79,700) read every card as nearly twice as loaded as it was."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "sim"
+    fleet = json.loads((bench / "tiers.json").read_text(encoding="utf-8"))["servegen_fleet"]
+    values = json.loads((bench / fleet["policy_settings"]).read_text(encoding="utf-8"))
+    stated = values["policies"]["autoscale"]["prefill_tokens_per_s"]
+    assert stated == pytest.approx(engine_model_for("H100").prefill_tokens_per_s, rel=0.01)

@@ -19,14 +19,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from fleet import selectors
 from fleet.models import Pool, PriceRate, RequestLog
-from fleet.policies.routing import RoutingSettings
 from fleet.sim.compare import compare, price_preset
 from fleet.sim.engine import DEFAULT_PROFILE, EngineModel, engine_model_for
 from fleet.sim.report import comparison_html, comparison_markdown
-from fleet.sim.setup import SimPool, SimSetup, pool_view_default, setup_build
+from fleet.sim.setup import SimSetup, setup_build
 from fleet.sim.traces import Trace, TraceError, trace_from_request_log, trace_load
+from fleet.sim_pool import pool_sim_setup
 
 
 class ProgressBar:
@@ -100,44 +99,6 @@ def price_lookup(engine: EngineModel, given: str | None) -> Decimal | None:
         .first()
     )
     return rate.price_per_gpu_hour if rate else price_preset(engine.gpu_model)
-
-
-def setup_from_db(*, pool_id: int, engine: EngineModel, gpus: int, base: SimSetup) -> SimSetup:
-    """One of the panel's pools with the policy and routing settings stored for it.
-
-    The pool keeps its id, so per-pool policy overrides apply. Simulated GPUs hold one
-    instance each, so the pool runs exclusive, with at most ``gpus`` instances.
-    """
-    try:
-        pool = Pool.objects.select_related("model_profile").get(pk=pool_id)
-    except Pool.DoesNotExist as exc:
-        raise CommandError(f"--pool {pool_id}: no such pool") from exc
-    view = pool_view_default(
-        engine=engine,
-        gpus=gpus,
-        id=pool.pk,
-        name=pool.name,
-        min_instances=min(pool.min_instances, gpus),
-        max_instances=min(pool.max_instances, gpus),
-        sla_metric=pool.sla_metric,
-        sla_percentile=pool.sla_percentile,
-        sla_latency_ms=pool.sla_latency_ms,
-        sla_e2e_latency_ms=pool.sla_e2e_latency_ms,
-        sla_ms_per_1k_prompt_tokens=pool.sla_ms_per_1k_prompt_tokens,
-        util_band_low=pool.util_band_low,
-        util_band_high=pool.util_band_high,
-        idle_minimize_after_s=pool.idle_minimize_after_s,
-        idle_stop_after_s=pool.idle_stop_after_s,
-        prewarm_margin_s=pool.prewarm_margin_s,
-        enable_sleep_mode=pool.model_profile.enable_sleep_mode,
-    )
-    values, enabled = selectors.routing_policy_settings()
-    return replace(
-        base,
-        pools=(SimPool(view, tier=pool.tier),),
-        policies=selectors.policy_configs(),
-        routing=RoutingSettings.from_settings(values, enabled=enabled),
-    )
 
 
 class Command(BaseCommand):
@@ -219,7 +180,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         setup = self._setup(engine, options)
         if options["pool"] is not None:
-            setup = setup_from_db(pool_id=options["pool"], engine=engine, gpus=options["gpus"], base=setup)
+            try:
+                setup = pool_sim_setup(pool_id=options["pool"], engine=engine, gpus=options["gpus"], base=setup)
+            except Pool.DoesNotExist as exc:
+                raise CommandError(f"--pool {options['pool']}: no such pool") from exc
         progress = (
             None
             if options["quiet"]

@@ -1,0 +1,96 @@
+"""A batch job on a sleeping card, against the database: started and logged, then preempted first by the wake."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from fleet.decide.evaluate import policies_evaluate, pool_wake
+from fleet.decide.services import instance_desire
+from fleet.models import BatchJob, Decision, GpuSample, Instance, Node
+from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
+
+pytestmark = pytest.mark.django_db
+
+# The L4 of the factories: 24 GiB; the chat preset's budget is 0.9 of it.
+BUDGET = int(24 * GIB * 0.9)
+
+
+@pytest.fixture
+def card():  # type: ignore[no-untyped-def]
+    node = make_node()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.ONLINE)
+    gpu = make_gpu(node)
+    GpuSample.objects.create(
+        gpu=gpu, at=timezone.now() - timedelta(seconds=5), utilization_gpu_pct=0, memory_used_bytes=GIB
+    )
+    return gpu
+
+
+def sleeping(pool, gpu):  # type: ignore[no-untyped-def]
+    return make_instance(pool, gpu, desired_state="sleeping", actual_state="sleeping")
+
+
+def test_an_evaluation_starts_a_job_on_a_sleeping_exclusive_card_and_logs_the_loan(card) -> None:  # type: ignore[no-untyped-def]
+    instance = sleeping(make_pool(isolation="exclusive"), card)
+    job = BatchJob.objects.create(name="embed", image="embedder:1", memory_bytes=16 * GIB)
+
+    evaluation = policies_evaluate(kinds=["colocate"])
+
+    [decision] = evaluation.applied
+    job.refresh_from_db()
+    assert (job.state, job.gpu_id) == ("running", card.pk)
+    # Free: 24 - max(1 used, 21.6 promised - 21.6 lent + 1 foreign) = 23 GiB >= 16 + 4 margin.
+    assert decision.inputs["free_bytes"] == 23 * GIB
+    assert decision.inputs["lent_bytes"] == BUDGET
+    assert decision.inputs["sleeping_instances"] == [instance.pk]
+    assert f"its instances sleep ({instance.pk})" in decision.reason
+
+
+def test_the_gateways_wake_preempts_the_job_first_in_the_same_change(card) -> None:  # type: ignore[no-untyped-def]
+    pool = make_pool(isolation="exclusive")
+    instance = sleeping(pool, card)
+    job = BatchJob.objects.create(name="embed", image="embedder:1", memory_bytes=16 * GIB)
+    policies_evaluate(kinds=["colocate"])
+
+    wake = pool_wake(pool=pool, reason="a request for chat-l is held")
+    assert isinstance(wake, Decision)
+
+    job.refresh_from_db()
+    instance.refresh_from_db()
+    assert (job.state, job.preemptions, instance.desired_state) == ("preempted", 1, "running")
+    preempt = Decision.objects.get(batch_job=job, action="preempt")
+    assert preempt.pk < wake.pk  # logged before the wake, in its transaction
+    assert (preempt.policy_kind, preempt.inputs["instance"], preempt.inputs["for"]) == ("gateway", instance.pk, "wake")
+    assert preempt.reason.startswith(f"batch job {job.pk} preempted and requeued: instance {instance.pk}")
+    # The card is no longer asleep: the requeued job does not go back on it.
+    assert policies_evaluate(kinds=["colocate"]).applied == []
+
+
+def test_a_wake_on_a_shared_card_preempts_only_what_no_longer_fits(card) -> None:  # type: ignore[no-untyped-def]
+    instance = sleeping(make_pool(), card)
+    small = BatchJob.objects.create(name="small", image="j:1", memory_bytes=2 * GIB, state="running", gpu=card)
+    instance_desire(instance=instance, state="running", reason="wake", action="wake", kind="manual")
+    small.refresh_from_db()
+    assert small.state == "running"  # 21.6 budget + 2 GiB <= 24 GiB
+
+    instance.refresh_from_db()
+    instance_desire(instance=instance, state="sleeping", reason="sleep", action="sleep", kind="manual")
+    Instance.objects.filter(pk=instance.pk).update(actual_state="sleeping")
+    instance.refresh_from_db()
+    big = BatchJob.objects.create(name="big", image="j:1", memory_bytes=GIB, state="running", gpu=card)
+    instance_desire(instance=instance, state="running", reason="wake", action="wake", kind="manual")
+    # 21.6 + 2 + 1 = 24.6 GiB > 24: the newest (big, same priority) goes, the small one fits again and stays.
+    assert list(BatchJob.objects.order_by("pk").values_list("state", flat=True)) == ["running", "preempted"]
+    assert big.pk == Decision.objects.get(action="preempt").batch_job_id
+
+
+def test_a_sleep_or_a_stop_preempts_nothing(card) -> None:  # type: ignore[no-untyped-def]
+    instance = make_instance(make_pool(isolation="exclusive"), card, actual_state="ready")
+    BatchJob.objects.create(name="j", image="j:1", memory_bytes=GIB, state="running", gpu=card)
+    instance_desire(instance=instance, state="sleeping", reason="idle", action="sleep", kind="idle_reclaim")
+    instance.refresh_from_db()
+    instance_desire(instance=instance, state="stopped", reason="idle", action="stop", kind="idle_reclaim")
+    assert not Decision.objects.filter(action="preempt").exists()
