@@ -26,6 +26,7 @@ from fleet.costs.recommendations import Recommendation, recommendations
 from fleet.costs.selectors import (
     Attribution,
     BusyShare,
+    Holdings,
     billing_currency,
     busy_share,
     cost_per_million_tokens,
@@ -401,7 +402,8 @@ class CostPage:
 
 def cost_page(*, time_range: TimeRange) -> CostPage:
     """Spend of the range from rollups: over time (busy/idle/unallocated), by pool, by team, per token."""
-    window = fleet_window(start=time_range.start, end=time_range.end, raw=False)
+    holdings = Holdings.read(start=time_range.start, end=time_range.end)
+    window = fleet_window(start=time_range.start, end=time_range.end, raw=False, holdings=holdings)
     report = spend_report(start=time_range.start, end=time_range.end, window=window)
     # Keyed by int | None as the totals are: spend whose instance has no known pool reads "unknown pool".
     names: dict[int | None, str] = dict(Pool.objects.values_list("pk", "name"))
@@ -452,7 +454,7 @@ def cost_page(*, time_range: TimeRange) -> CostPage:
         by_pool=by_pool,
         by_team=[{"name": name, "spend": amount} for name, amount in sorted(by_team_sum.items())],
         per_million_tokens=per_million,
-        sleep=sleep_report(start=time_range.start, end=time_range.end),
+        sleep=sleep_report(start=time_range.start, end=time_range.end, holdings=holdings),
     )
 
 
@@ -621,7 +623,8 @@ class SavingsPage:
 def savings_page(*, time_range: TimeRange) -> SavingsPage:
     """Decisions' attributed savings of the range by kind, pool and day, beside the headline of the
     same range read as the costs page reads spend (rollups, up to the last complete minute)."""
-    window = fleet_window(start=time_range.start, end=time_range.end, raw=False)
+    holdings = Holdings.read(start=time_range.start, end=time_range.end)
+    window = fleet_window(start=time_range.start, end=time_range.end, raw=False, holdings=holdings)
     attribution = savings_attribution(start=time_range.start, end=time_range.end, window=window)
     names = dict(Pool.objects.values_list("pk", "name"))
     return SavingsPage(

@@ -478,10 +478,16 @@ def gpu_activity(
 
 
 def fleet_window(
-    *, start: datetime, end: datetime, sleeping_holds_gpu: bool | None = None, raw: bool = True
+    *,
+    start: datetime,
+    end: datetime,
+    sleeping_holds_gpu: bool | None = None,
+    raw: bool = True,
+    holdings: Holdings | None = None,
 ) -> FleetWindow:
-    """What spend arithmetic needs of [start, end); ``raw=False`` for history pages (``Tiers``)."""
-    holdings = Holdings.read(start=start, end=end, sleeping_holds_gpu=sleeping_holds_gpu)
+    """What spend arithmetic needs of [start, end); ``raw=False`` for history pages (``Tiers``).
+    ``holdings``: the range's, already read for another figure of the same page."""
+    holdings = holdings or Holdings.read(start=start, end=end, sleeping_holds_gpu=sleeping_holds_gpu)
     tiers = Tiers.for_window(start=start, end=end, raw=raw)
     up, utilization = gpu_activity(start=start, end=end, tiers=tiers)
     return holdings.window(start=start, end=end, up=up, utilization=utilization, complete_until=tiers.complete_until)
@@ -542,14 +548,16 @@ def _job_moves(*, start: datetime, end: datetime) -> list[JobMove]:
     return moves + [JobMove(job_id, at, None) for job_id, at in ended if at is not None]
 
 
-def sleep_report(*, start: datetime, end: datetime) -> SleepReport:
+def sleep_report(*, start: datetime, end: datetime, holdings: Holdings | None = None) -> SleepReport:
     """What instances' sleep over [start, end) cost and what batch work used of it (``fleet.costs.sleep``).
 
     Sleep is read whatever ``FLEET_COST_SLEEPING_HOLDS_GPU`` says (the report says where its
     spend sits), at the share of the card spend gives it when sleeping holds the card.
+    ``holdings``: the range's, already read for its spend (its events are the same whichever
+    states hold a card).
     """
-    holdings = Holdings.read(start=start, end=end, sleeping_holds_gpu=True)
-    holds = holds_from_events(holdings.events, start=start, end=end, states=holdings.states)
+    holdings = holdings or Holdings.read(start=start, end=end)
+    holds = holds_from_events(holdings.events, start=start, end=end, states=gpu_holding_states(sleeping_holds_gpu=True))
     pieces = sleep_pieces(
         allocations=allocations_split(holds, mig_slices=holdings.mig_slices),
         runs=batch_runs(_job_moves(start=start, end=end), start=start, end=end),
