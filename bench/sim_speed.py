@@ -5,7 +5,8 @@ scaled to a ``--rate`` requests-a-second mean, token lengths drawn from the Azur
 conversation trace; the comparison is ``compare`` as ``manage.py simulate`` runs it (static
 search, oracle bound, replay and repair, policy run) on ``--gpus`` simulated H100s with the
 benchmark's conversation settings. The figure is the trace's requests / the comparison's
-wall-clock seconds (trace generation is timed apart). ``--profile`` prints cProfile's top
+wall-clock seconds (trace generation is timed apart); the CPU seconds and peak resident
+memory of this process and of the forked one (``--jobs 2``) are printed apart. ``--profile`` prints cProfile's top
 entries by cumulative time. The same arguments give the same report (its digest is printed).
 
     python bench/sim_speed.py --hours 2 --rate 10
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import pstats
+import resource
 import sys
 import time
 from pathlib import Path
@@ -36,10 +38,20 @@ from fleet.sim.traces import RateSeries, rate_series_load, trace_from_rate_serie
 SERIES = os.environ.get("SIM_SERIES", str(ROOT / "fleet" / "sim" / "traces" / "servegen_m-mid_rate_10min.csv"))
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process and its finished children (the forked process of ``--jobs 2``)."""
+def _cpu_s() -> tuple[float, float]:
+    """CPU seconds of this process, and of its finished children (the forked process of ``--jobs 2``):
+    apart, so a run shows how evenly its two processes shared the work."""
     used = os.times()
-    return used.user + used.system + used.children_user + used.children_system
+    return used.user + used.system, used.children_user + used.children_system
+
+
+def _peak_gb() -> tuple[float, float]:
+    """Peak resident memory (GB) of this process (trace generation included) and of the largest finished
+    child (the forked process): what a week's comparison needs of the machine."""
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6,
+    )
 
 
 def main() -> None:
@@ -66,7 +78,7 @@ def main() -> None:
     setup = setup_build(engine=engine_model_for("H100"), gpus=args.gpus, values=values, seed=args.seed)
 
     profiler = cProfile.Profile() if args.profile else None
-    started, cpu = time.monotonic(), _cpu_s()
+    started, (own_before, forked_before) = time.monotonic(), _cpu_s()
     if profiler:
         profiler.enable()
     # Without --jobs the call is the one earlier versions take too, so the script measures them alike.
@@ -75,7 +87,10 @@ def main() -> None:
     )
     if profiler:
         profiler.disable()
-    seconds, cpu = time.monotonic() - started, _cpu_s() - cpu
+    seconds, (own, forked) = time.monotonic() - started, _cpu_s()
+    own, forked = own - own_before, forked - forked_before
+    cpu = own + forked
+    peak, forked_peak = _peak_gb()
     report = comparison_markdown(comparison)
     requests = len(trace.requests)
     done = [name for name, compiled in compiled_modules().items() if compiled]
@@ -85,7 +100,8 @@ def main() -> None:
         f"trace: {trace.name}, {args.hours:g} h at {args.rate:g} req/s mean: {requests:,} requests "
         f"(generated in {generated:.1f} s), jobs {args.jobs}, simulator {build}\n"
         f"compare: {seconds:.1f} s, {requests / seconds:,.0f} trace requests/s "
-        f"({cpu:.1f} s of CPU: {requests / cpu:,.0f} a CPU second) "
+        f"({cpu:.1f} s of CPU: {requests / cpu:,.0f} a CPU second; this process {own:.1f} s, "
+        f"peak {peak:.2f} GB resident; forked {forked:.1f} s, peak {forked_peak:.2f} GB) "
         f"(static {comparison.static_instances}, oracle peak {max(comparison.schedule, default=0)}); "
         f"report digest {hashlib.sha256(report.encode()).hexdigest()[:16]}"
     )
