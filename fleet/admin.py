@@ -347,8 +347,12 @@ INSTANCE_ACTIONS: dict[str, str] = {
 
 
 class InstanceInline(admin.TabularInline):
+    """A pool's instances, to look at. Deleting one here would take its state history (what its spend is
+    computed from) with it unasked: an instance is stopped through its desired state on its own page."""
+
     model = Instance
     extra = 0
+    can_delete = False
     show_change_link = True
     fields = readonly_fields = (
         "gpu",

@@ -565,7 +565,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         profile = pool.model_profile
         serving = [i for i in instances if i.pool_id == pool.pk and i.desired_state == Instance.Desired.RUNNING]
         pool_views.append(
-            _pool_view(
+            pool_view(
                 pool,
                 estimate=vram_estimate_for(profile),
                 cold_start_s=cold.get(pool.pk),
@@ -642,12 +642,12 @@ def idle_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
     latest = {sample.instance_id: sample for sample in samples}
     return FleetSnapshot(
         at=now,
-        pools=tuple(_pool_view(pool) for pool in pools),
+        pools=tuple(pool_view(pool) for pool in pools),
         instances=tuple(_instance_view(i, latest.get(i.pk)) for i in instances),
     )
 
 
-def _pool_view(pool: Pool, **figures: Any) -> PoolView:
+def pool_view(pool: Pool, **figures: Any) -> PoolView:
     """The pool's view: its own settings and its profile's, with ``figures`` (its windows, cold start,
     last scalings, memory estimate) where the caller computed them."""
     profile = pool.model_profile
@@ -865,14 +865,18 @@ def gpus_latest(*, fresh_for: timedelta | None = SAMPLE_FRESH_FOR) -> list[Mappi
     this stays fast however long the table grows. GPUs whose newest sample is older than
     ``fresh_for`` (None: any age) are left out: a host that stopped reporting must not
     show its last utilization as if it were current. So are cards that left the fleet.
+    A reading dated after now (a host's clock ahead, within what ingest allows) is not read yet,
+    as ``instance_samples_newest`` has it: it would hide the card's fresh readings until then.
     Rows are read-only mappings (not a TypedDict): the metrics exporter reads their fields by name in a loop.
     """
-    newest = GpuSample.objects.filter(gpu_id=OuterRef("pk")).order_by("-at").values("pk")[:1]
-    live = Gpu.objects.filter(decommissioned_at__isnull=True)
-    ids = live.annotate(sample_id=Subquery(newest)).exclude(sample_id=None).values("sample_id")
-    samples = GpuSample.objects.filter(pk__in=ids)
+    now = timezone.now()
+    readings = GpuSample.objects.filter(gpu_id=OuterRef("pk"), at__lte=now)
     if fresh_for is not None:
-        samples = samples.filter(at__gte=timezone.now() - fresh_for)
+        readings = readings.filter(at__gte=now - fresh_for)
+    newest = readings.order_by("-at", "pk").values("pk")[:1]
+    live = Gpu.objects.filter(decommissioned_at__isnull=True)
+    ids = live.annotate(sample_id=Subquery(newest)).values("sample_id")  # none: NULL, which IN never matches
+    samples = GpuSample.objects.filter(pk__in=ids)
     return list(
         samples.values(
             "gpu_id",

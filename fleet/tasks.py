@@ -19,7 +19,7 @@ from django.db import connection, connections
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.budgets import budgets_evaluate
 from fleet.decide.evaluate import policies_evaluate
-from fleet.decide.tuning import tuning_run_execute
+from fleet.decide.tuning import tuning_run_execute, tuning_run_oldest_queued
 from fleet.policies.registry import ORDER
 from fleet.telemetry import rollups
 
@@ -80,26 +80,50 @@ def tuning_run(run_id: int) -> dict[str, Any]:
     return {"run": run_id, "state": None if run is None else run.state}
 
 
-TUNING_THREAD_PREFIX = "fleet-tuning-run-"
+TUNING_THREAD_NAME = "fleet-tuning-runs"
+_tuning_lock = threading.Lock()
+_tuning_thread: threading.Thread | None = None
 
 
 def tuning_run_queue(*, run_id: int) -> None:
     """Hand a queued run to what runs it, without waiting for it: a Celery worker; in the embedded default,
-    where Celery is eager and would run it inside the request that asked, a daemon thread of this process
-    (as ``fleet.project.scheduler`` runs the periodic tasks). A server stopped mid-run takes the thread with
-    it; the run's heartbeat stops and it is failed as lost."""
+    where Celery is eager and would run it inside the request that asked, this process's tuning thread
+    (``tuning_runs_embedded``)."""
     if not tuning_run.app.conf.task_always_eager:
         tuning_run.delay(run_id)
         return
-    threading.Thread(
-        target=_tuning_run_in_thread, args=(run_id,), name=f"{TUNING_THREAD_PREFIX}{run_id}", daemon=True
-    ).start()
+    tuning_runs_embedded()
 
 
-def _tuning_run_in_thread(run_id: int) -> None:
+def tuning_runs_embedded() -> None:
+    """Start this process's tuning thread, unless it runs: a daemon thread (as ``fleet.project.scheduler``
+    runs the periodic tasks) that runs the queued runs one at a time, oldest first, and ends when none is
+    left. Each is minutes of simulation on the server's own CPU: tuning every pool at once takes one
+    core, not all of them from serving. A run an earlier server queued and never ran is run too (the
+    embedded scheduler starts the thread with the server). A server stopped mid-run takes the thread
+    with it; the run's heartbeat stops and it is failed as lost."""
+    global _tuning_thread
+    with _tuning_lock:
+        if _tuning_thread is not None and _tuning_thread.is_alive():
+            return
+        _tuning_thread = threading.Thread(target=_tuning_runs_in_thread, name=TUNING_THREAD_NAME, daemon=True)
+        _tuning_thread.start()
+
+
+def _tuning_runs_in_thread() -> None:
+    global _tuning_thread
     try:
-        tuning_run.apply(args=(run_id,))
+        while True:
+            # The check and the thread's end under the lock ``tuning_runs_embedded`` takes: a run queued
+            # (committed) as the thread ends is either seen here or finds the thread gone and starts one.
+            with _tuning_lock:
+                run_id = tuning_run_oldest_queued()
+                if run_id is None:
+                    _tuning_thread = None
+                    return
+            tuning_run.apply(args=(run_id,))
     except Exception:
-        log.exception("tuning run %s: its thread failed before the run could record why", run_id)
+        # The database gone before a run could be taken: it stays queued for the next run queued or server.
+        log.exception("tuning runs: the embedded thread stopped; queued runs wait for the next one")
     finally:
         connections.close_all()  # this thread's own connections

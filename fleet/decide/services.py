@@ -463,28 +463,53 @@ def batch_job_preempt(
     inputs: dict[str, Any] | None = None,
 ) -> Decision:
     """Stop a running batch job and requeue it; the GPU stays recorded so its agent stops the container."""
-    now = timezone.now()
     with transaction.atomic():
-        claimed = BatchJob.objects.filter(pk=job.pk, generation=job.generation, state=BatchJob.State.RUNNING).update(
-            state=BatchJob.State.PREEMPTED,
-            preempted_at=now,
-            preemptions=F("preemptions") + 1,
-            generation=F("generation") + 1,
-            actual_state="",
-        )
-        if claimed != 1:
-            raise StaleGeneration(f"batch job {job.pk} changed since generation {job.generation}")
-        decision = Decision.objects.create(
-            policy=policy,
-            policy_kind=kind,
-            batch_job=job,
-            action="preempt",
+        decision = _job_preempted(
+            job=job,
+            generation=job.generation,
+            at=timezone.now(),
             reason=reason,
+            kind=kind,
+            policy=policy,
             inputs=inputs or {},
-            applied_at=now,
         )
-    _decision_event(decision, {"batch_job": job.pk, "state": "preempted", "reason": reason})
     _agents_tell(why="preempt", gpu_ids=[job.gpu_id])
+    return decision
+
+
+def _job_preempted(
+    *,
+    job: BatchJob,
+    generation: int | None,
+    at: datetime,
+    reason: str,
+    kind: str,
+    policy: Policy | None,
+    inputs: dict[str, Any],
+) -> Decision:
+    """The one preemption step, inside the caller's transaction: a running job is marked preempted
+    (requeued; its card kept, so its agent stops the container) and the decision logged. Conditional
+    on the job still running and, where ``generation`` is given, on the generation the caller read."""
+    rows = BatchJob.objects.filter(pk=job.pk, state=BatchJob.State.RUNNING)
+    claimed = (rows if generation is None else rows.filter(generation=generation)).update(
+        state=BatchJob.State.PREEMPTED,
+        preempted_at=at,
+        preemptions=F("preemptions") + 1,
+        generation=F("generation") + 1,
+        actual_state="",
+    )
+    if claimed != 1:
+        raise StaleGeneration(f"batch job {job.pk} changed since generation {job.generation}")
+    decision = Decision.objects.create(
+        policy=policy,
+        policy_kind=kind,
+        batch_job=job,
+        action="preempt",
+        reason=reason,
+        inputs=inputs,
+        applied_at=at,
+    )
+    _decision_event(decision, {"batch_job": job.pk, "state": "preempted", "reason": reason})
     return decision
 
 
@@ -529,13 +554,6 @@ def batch_jobs_vacate(
     pool = instance.pool
     decisions = []
     for job in (job for job in jobs if job.pk in evicted):
-        BatchJob.objects.filter(pk=job.pk, state=BatchJob.State.RUNNING).update(
-            state=BatchJob.State.PREEMPTED,
-            preempted_at=at,
-            preemptions=F("preemptions") + 1,
-            generation=F("generation") + 1,
-            actual_state="",
-        )
         why = (
             "the card of an exclusive instance"
             if exclusive
@@ -546,25 +564,18 @@ def batch_jobs_vacate(
             f"batch job {job.pk} preempted and requeued: instance {instance.pk} of pool {pool.name} "
             f"is told to serve ({action}) and takes back the memory it borrowed ({why})"
         )
-        decision = Decision.objects.create(
-            policy=policy,
-            policy_kind=kind,
-            batch_job=job,
-            action="preempt",
-            reason=reason,
-            inputs={
-                "gpu": gpu.pk,
-                "instance": instance.pk,
-                "for": action,
-                "exclusive": exclusive,
-                "budgets_bytes": budgets,
-                "job_bytes": job.memory_bytes,
-                "memory_total_bytes": gpu.memory_total_bytes,
-            },
-            applied_at=at,
+        inputs = {
+            "gpu": gpu.pk,
+            "instance": instance.pk,
+            "for": action,
+            "exclusive": exclusive,
+            "budgets_bytes": budgets,
+            "job_bytes": job.memory_bytes,
+            "memory_total_bytes": gpu.memory_total_bytes,
+        }
+        decisions.append(
+            _job_preempted(job=job, generation=None, at=at, reason=reason, kind=kind, policy=policy, inputs=inputs)
         )
-        _decision_event(decision, {"batch_job": job.pk, "state": "preempted", "reason": reason})
-        decisions.append(decision)
     return decisions
 
 

@@ -12,7 +12,8 @@ clicked, and is refused (nothing changes) once applied or once the pool's settin
 those the run started from.
 
 A run takes minutes, so the request that asks for it never waits: a Celery worker runs it, or in the
-embedded default (Celery eager, no worker) a daemon thread of the server (``fleet.tasks.tuning_run_queue``).
+embedded default (Celery eager, no worker) the server's one tuning thread, a run at a time
+(``fleet.tasks.tuning_runs_embedded``).
 While it runs, a thread beats its ``heartbeat_at`` every ``TUNING_HEARTBEAT_S``; a process killed
 mid-run (a worker's OOM kill, a server restart) stops the beat, and a run silent for ``TUNING_LOST_AFTER``
 is failed as lost when its page or list is read (``tuning_runs_fail_lost``), never left running.
@@ -184,6 +185,16 @@ def tuning_run_create(
         traffic_from=now - timedelta(days=days),
         traffic_to=now,
         max_evaluations=max_evaluations,
+    )
+
+
+def tuning_run_oldest_queued() -> int | None:
+    """The id of the run queued first and not yet taken, if any: the next the embedded default runs."""
+    return (
+        TuningRun.objects.filter(state=TuningRun.State.QUEUED)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
     )
 
 

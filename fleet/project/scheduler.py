@@ -46,8 +46,9 @@ def scheduler_start() -> bool:
     if not settings.FLEET_INPROCESS_SCHEDULER or _started.is_set():
         return False
     _started.set()
-    import fleet.tasks  # noqa: F401 - registers the tasks with the Celery app
+    import fleet.tasks  # registers the tasks with the Celery app
 
     threading.Thread(target=_loop, name="fleet-scheduler", daemon=True).start()
+    fleet.tasks.tuning_runs_embedded()  # the tuning runs an earlier server queued and never ran
     log.info("in-process scheduler started (embedded default: no Celery beat)")
     return True

@@ -9,6 +9,9 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from fleet.admin import ReadOnlyAdmin
+from fleet.models import Instance
+from tests.admin.test_validation import pool_form
+from tests.factories import make_instance, make_pool
 
 pytestmark = pytest.mark.django_db
 
@@ -43,3 +46,24 @@ def test_the_add_page_refuses_a_superuser(admin_client: Client, name: str) -> No
     url = reverse(f"admin:{opts.app_label}_{opts.model_name}_add")
     assert admin_client.get(url).status_code == 403
     assert admin_client.post(url, {}).status_code == 403
+
+
+def test_a_pools_page_deletes_none_of_its_instances_and_their_history(admin_client: Client) -> None:
+    """The pool page lists its instances; a delete posted there (the box Django would draw) deletes nothing:
+    the instance's state events, which its spend is computed from, would go with it."""
+    pool = make_pool("chat-m", tier="M")
+    instance = make_instance(pool)
+    instance.events.create(at=instance.created_at, state="running", generation=1)
+    url = reverse("admin:fleet_pool_change", args=[pool.pk])
+    assert "instances-0-DELETE" not in admin_client.get(url).content.decode()
+    form = pool_form(
+        **{
+            "instances-TOTAL_FORMS": "1",
+            "instances-INITIAL_FORMS": "1",
+            "instances-0-id": str(instance.pk),
+            "instances-0-pool": str(pool.pk),
+            "instances-0-DELETE": "on",
+        }
+    )
+    assert admin_client.post(url, form).status_code == 302
+    assert Instance.objects.filter(pk=instance.pk).exists() and instance.events.count() == 1

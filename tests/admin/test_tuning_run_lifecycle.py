@@ -15,10 +15,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from fleet.decide import tuning
-from fleet.decide.tuning import tuning_heartbeat, tuning_run_execute, tuning_runs_fail_lost
+from fleet.decide.tuning import tuning_heartbeat, tuning_run_create, tuning_run_execute, tuning_runs_fail_lost
 from fleet.models import Pool, TuningRun
-from tests.admin.test_tuning_runs import eager_tasks, finish_runs, log_requests, tune_action  # noqa: F401
+from fleet.tasks import tuning_runs_embedded
 from tests.factories import make_pool
+from tests.support.tuning import finish_runs, log_requests, tune_action
+
+pytestmark = pytest.mark.usefixtures("eager_tasks")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -146,3 +149,55 @@ def test_the_heartbeat_beats_from_its_own_thread_while_the_run_holds_its_own(mon
     done.refresh_from_db()
     assert run.heartbeat_at is not None and timezone.now() - run.heartbeat_at < timedelta(seconds=5)
     assert done.heartbeat_at == hour_ago
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_queued_together_run_one_at_a_time_oldest_first(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuning three pools in one action queues three runs; the embedded server runs them on its one tuning
+    thread, one after the other in the order queued, so they take one core from serving, not three."""
+    pools = [make_pool(name, min_instances=1, max_instances=1) for name in ("a-l", "b-l", "c-l")]
+    for pool in pools:
+        log_requests(pool, 600, start=timezone.now() - timedelta(hours=1))
+    running, most, calls = [0], [0], [0]
+    lock = threading.Lock()
+    real_tune = tuning.tune
+
+    def counted_tune(**arguments: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls[0] += 1
+        time.sleep(0.2)  # long enough for a second thread, were there one, to start its own
+        try:
+            return real_tune(**arguments)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(tuning, "tune", counted_tune)
+    data = {"action": "tune_settings", "_selected_action": [pool.pk for pool in pools]}
+    admin_client.post(reverse("admin:fleet_pool_changelist"), {**data, "days": 1, "max_evaluations": 1, "tune": 1})
+    finish_runs()
+
+    runs = list(TuningRun.objects.order_by("pk"))
+    assert [run.state for run in runs] == ["done"] * 3
+    assert (most[0], calls[0]) == (1, 3)
+    ends = [run.finished_at for run in runs if run.finished_at is not None]
+    assert len(ends) == 3 and ends == sorted(ends)  # queued first, ended first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_an_earlier_server_queued_and_never_ran_is_run_when_the_next_one_starts() -> None:
+    """A server stopped with a run still queued (its thread gone before it took it): the next server's
+    embedded scheduler starts the tuning thread, which runs it."""
+    pool = make_pool(min_instances=1, max_instances=1)
+    log_requests(pool, 600, start=timezone.now() - timedelta(hours=1))
+    left = tuning_run_create(pool=pool, user="admin", days=1, max_evaluations=1)
+
+    tuning_runs_embedded()  # what ``scheduler_start`` calls as the server starts
+    finish_runs()
+
+    left.refresh_from_db()
+    assert (left.state, left.evaluations) == ("done", 1)

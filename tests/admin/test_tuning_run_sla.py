@@ -25,8 +25,8 @@ from fleet.decide.tuning import (
 )
 from fleet.models import ModelProfile, Pool, TuningRun
 from fleet.sim.engine import DEFAULT_PROFILE, engine_model_for
-from tests.admin.test_tuning_runs import log_requests
 from tests.factories import chat_profile, make_pool
+from tests.support.tuning import log_requests
 
 pytestmark = pytest.mark.django_db
 

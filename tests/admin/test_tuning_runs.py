@@ -5,8 +5,6 @@ change the pool and its policies."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,48 +15,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from fleet.decide.tuning import POOL_SPACE, TUNING_MIN_REQUESTS, pool_tuning_base, tuning_run_execute
-from fleet.models import Decision, Policy, Pool, RequestLog, TuningRun
-from fleet.project.celery import app as celery_app
-from fleet.tasks import TUNING_THREAD_PREFIX
+from fleet.models import Decision, Policy, Pool, TuningRun
 from tests.factories import make_pool
+from tests.support.tuning import finish_runs, log_requests, tune_action
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def eager_tasks() -> Iterator[None]:
-    """The queued run is tuned in the test's process, as in the embedded mode (a daemon thread the action
-    starts), even where REDIS_URL is set (no worker runs here): what the action queues is what a worker
-    would run. A test that lets a run start reads the database from another thread, so it is transactional."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    finish_runs()
-    celery_app.conf.task_always_eager = previous
-
-
-def finish_runs(timeout_s: float = 120.0) -> None:
-    """Wait for the runs the action started in threads of this process to end."""
-    for thread in threading.enumerate():
-        if thread.name.startswith(TUNING_THREAD_PREFIX):
-            thread.join(timeout_s)
-            assert not thread.is_alive(), f"{thread.name} still running after {timeout_s:g} s"
-
-
-def log_requests(pool: Pool | None, count: int, *, start: Any, **changes: Any) -> None:
-    """``count`` requests one second apart from ``start``: 200-token prompts, 8 tokens out, answered."""
-    values: dict[str, Any] = dict(
-        endpoint="chat", model="m", rcf=1.0, tier="L", status=200, prompt_tokens=200, output_tokens=8, latency_ms=90.0
-    )
-    values.update(changes)
-    RequestLog.objects.bulk_create(
-        RequestLog(pool=pool, at=start + timedelta(seconds=i), **values) for i in range(count)
-    )
-
-
-def tune_action(client: Client, pool: Pool, **form: Any) -> Any:
-    data = {"action": "tune_settings", "_selected_action": [pool.pk], **form}
-    return client.post(reverse("admin:fleet_pool_changelist"), data, follow=True)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_tasks")]
 
 
 def operator(username: str = "operator", *, codenames: tuple[str, ...] = ("change_pool", "change_policy")) -> Client:

@@ -96,11 +96,14 @@ class Demo:
         return records
 
 
-def make_run(repo: Path, port: int, *args: str) -> subprocess.Popen[str]:
+def make_run(repo: Path, port: int, *args: str, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """``make run`` as a person starts it; ``sigint_ignored``: as a shell starts a script's background
+    job (``make run &``), with SIGINT ignored, which the demo must still stop on."""
     venv = Path(sys.prefix)
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "FLEET_VAR_DIR"}}
+    command = ["make", "run", f"VENV={venv}", f"PORT={port}", *args, "-o", f"{venv}/.runtime"]
     return subprocess.Popen(
-        ["make", "run", f"VENV={venv}", f"PORT={port}", *args, "-o", f"{venv}/.runtime"],
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command] if sigint_ignored else command,
         cwd=repo,
         env={**env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,

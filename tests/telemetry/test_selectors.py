@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from fleet import selectors
@@ -53,6 +54,17 @@ def test_latest_per_gpu_takes_each_gpus_newest_sample() -> None:
     latest = {row["index"]: row["utilization_gpu_pct"] for row in selectors.gpus_latest(fresh_for=None)}
     assert latest == {0: 20.0, 1: 70.0}
     assert selectors.gpus_latest() == []  # all older than two minutes
+
+
+def test_latest_per_gpu_is_not_hidden_by_a_reading_from_a_clock_ahead() -> None:
+    """A host whose clock ran a minute ahead (ingest allows two) sent a reading dated after now; the
+    card's fresh reading taken since is its present one, and the early one is not read before its time."""
+    gpu = make_gpu(make_node(), 0)
+    now = timezone.now()
+    GpuSample.objects.create(gpu=gpu, at=now + timedelta(minutes=1), utilization_gpu_pct=90.0)
+    GpuSample.objects.create(gpu=gpu, at=now - timedelta(seconds=10), utilization_gpu_pct=30.0)
+    assert [row["utilization_gpu_pct"] for row in selectors.gpus_latest()] == [30.0]
+    assert [row["utilization_gpu_pct"] for row in selectors.gpus_latest(fresh_for=None)] == [30.0]
 
 
 def test_periodic_tasks_are_registered_once() -> None:

@@ -62,6 +62,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        # Ctrl-C stops the demo however it was started: a shell starts a script's background job
+        # (``make run &``) with SIGINT ignored, and Python then leaves it ignored, so a later
+        # ``kill -INT`` (or the Ctrl-C of a terminal it was brought to) would do nothing.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if opts["speedup"] <= 0 or opts["hosts"] < 1 or opts["gpus_per_host"] < 1:
             raise CommandError("--speedup, --hosts and --gpus-per-host must be positive")
         options = DemoOptions(
