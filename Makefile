@@ -77,8 +77,8 @@ bench-sim-speed: $(VENV)/.dev
 sim-compiled: $(VENV)/.dev
 	$(BIN)/python -m fleet.sim.compiled
 
-sim-pure:
-	rm -f fleet/sim/*.so fleet_sim__mypyc.*.so
+sim-pure: | $(BIN)/python
+	$(BIN)/python -c 'from fleet.sim.compiled import compiled_remove; compiled_remove()'
 
 # The whole method: requests split by RCF tier, each tier its own pool and GPU type, in money
 # (bench/sim/tiers.json); SIM_TRACES=azure-code,... runs some of the traces, SIM_JOBS the processes.

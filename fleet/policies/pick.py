@@ -7,7 +7,6 @@ keeps: the gateway's monotonic seconds, the simulator's simulated ones.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
@@ -45,24 +44,27 @@ class Picker:
         least often, so an idle pool is used round-robin, then to the first listed. An
         instance cooling down after a failure is passed over until its cool-down ends.
         """
+        outstanding, picks, cooldown = self.outstanding, self.picks, self.cooldown
         for group in groups:
             best: C | None = None
-            best_rank = (math.inf, 0)
+            # The best's rank: (outstanding, picks), compared in that order.
+            best_outstanding, best_picks = 0, 0
             for pool_id in group:
                 for candidate in ready(pool_id):
                     instance_id = candidate.instance_id
                     if instance_id == exclude:
                         continue
-                    until = self.cooldown.get(instance_id)
-                    if until is not None:
-                        if until > now:
-                            continue
-                        del self.cooldown[instance_id]
-                    rank = (self.outstanding.get(instance_id, 0), self.picks.get(instance_id, 0))
-                    if rank < best_rank:
-                        best, best_rank = candidate, rank
+                    if cooldown:
+                        until = cooldown.get(instance_id)
+                        if until is not None:
+                            if until > now:
+                                continue
+                            del cooldown[instance_id]
+                    load, picked = outstanding.get(instance_id, 0), picks.get(instance_id, 0)
+                    if best is None or load < best_outstanding or (load == best_outstanding and picked < best_picks):
+                        best, best_outstanding, best_picks = candidate, load, picked
             if best is not None:
-                self.picks[best.instance_id] = best_rank[1] + 1
+                picks[best.instance_id] = best_picks + 1
                 return best
         return None
 

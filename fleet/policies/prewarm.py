@@ -20,6 +20,7 @@ running or starting."""
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -120,14 +121,15 @@ class TrafficHistory:
         """Count the requests in [``since(now)``, ``now``) (others are ignored), drop the slots that left the
         look-back and return the profile as of ``now``."""
         since = self.since(now)
-        for moment in sorted(t for t in timestamps if since <= t < now):
-            self._add(moment)
+        self._add(sorted(t for t in timestamps if since <= t < now))
         self.until = now
         start = lookback_start(now, lookback_days=self.lookback_days, slot_minutes=self.slot_minutes)
         while self.slots and self.slots[0][0] < start:
             began, count = self.slots.popleft()
             self._count(began, -count)
-        while self.recent and self.recent[0] < now - timedelta(seconds=RECENT_S):
+            self.counted += 1
+        recent_from = now - timedelta(seconds=RECENT_S)
+        while self.recent and self.recent[0] < recent_from:
             self.recent.popleft()
             self.counted += 1
         occurrences = Counter((start + timedelta(days=offset)).weekday() for offset in range(self.lookback_days))
@@ -140,14 +142,23 @@ class TrafficHistory:
             recent_per_s=len(self.recent) / RECENT_S,
         )
 
-    def _add(self, moment: datetime) -> None:
-        began = slot_start(moment, self.slot_minutes)
-        if self.slots and self.slots[-1][0] == began:
-            self.slots[-1] = (began, self.slots[-1][1] + 1)
-        else:
-            self.slots.append((began, 1))
-        self._count(began, 1)
-        self.recent.append(moment)
+    def _add(self, moments: list[datetime]) -> None:
+        """Count request times given in time order, a slot at a time: the requests of one slot are
+        found by bisection and counted together, so the work per slot, not per request."""
+        self.recent.extend(moments)
+        self.counted += len(moments)
+        first = 0
+        while first < len(moments):
+            began = slot_start(moments[first], self.slot_minutes)
+            # The next slot's start (midnight where the day's last slot is cut short).
+            ends = slot_start(began + timedelta(minutes=self.slot_minutes), self.slot_minutes)
+            last = bisect_left(moments, ends, lo=first)
+            if self.slots and self.slots[-1][0] == began:
+                self.slots[-1] = (began, self.slots[-1][1] + last - first)
+            else:
+                self.slots.append((began, last - first))
+            self._count(began, last - first)
+            first = last
 
     def _count(self, began: datetime, requests: int) -> None:
         slot = slot_index(began, self.slot_minutes)
@@ -158,7 +169,6 @@ class TrafficHistory:
             del self.weekly[weekly]
         if not self.daily[slot]:
             del self.daily[slot]
-        self.counted += 1
 
 
 def traffic_profile_learn(

@@ -69,25 +69,28 @@ def pool_windows(
     ``over_bound``, where given, the share of each window's requests over their own TTFT bound
     (``over_bound_share``).
     """
+    samples_in = _by_window(now, samples, lambda sample: sample.at)
+    duty_in = _by_window(now, duty, lambda entry: entry[0])
     windows = []
     for back in range(WINDOWS, 0, -1):
         start, end = now - timedelta(seconds=back * WINDOW_S), now - timedelta(seconds=(back - 1) * WINDOW_S)
-        busy = [value for at, value in duty if start <= at < end]
-        mine = [sample for sample in samples if start <= sample.at < end]
+        busy = [value for _, value in duty_in[back]]
+        mine = samples_in[back]
         if not busy and mine:
             busy = [(s.requests_running or 0) / max_num_seqs for s in mine if s.requests_running is not None]
+        waiting, running, kv_cache, prompt_rate = _by_instance(mine)
         windows.append(
             PoolWindow(
                 start=start,
                 end=end,
                 utilization=sum(busy) / len(busy) if busy else None,
-                queue=per_instance_total(_by_instance(mine, lambda s: s.requests_waiting)),
+                queue=per_instance_total(waiting),
                 latency_ms=latency(start, end, mine),
                 e2e_latency_ms=e2e_latency(start, end, mine) if e2e_latency is not None else None,
                 over_bound_share=over_bound(start, end) if over_bound is not None else None,
-                running=per_instance_mean(_by_instance(mine, lambda s: s.requests_running)),
-                kv_cache=per_instance_mean(_by_instance(mine, lambda s: s.kv_cache_usage)),
-                prompt_tokens_rate=per_instance_mean(_by_instance(mine, lambda s: s.prompt_tokens_rate)),
+                running=per_instance_mean(running),
+                kv_cache=per_instance_mean(kv_cache),
+                prompt_tokens_rate=per_instance_mean(prompt_rate),
             )
         )
     return tuple(windows)
@@ -107,9 +110,41 @@ def cold_start_median(durations: Sequence[float]) -> float | None:
     return median(durations[-COLD_STARTS_CONSIDERED:]) if durations else None
 
 
-def _by_instance(samples: Iterable[S], value: Callable[[S], float | None]) -> dict[int, list[float]]:
-    values: dict[int, list[float]] = defaultdict(list)
+T = TypeVar("T")
+
+
+def _by_window(now: datetime, entries: Iterable[T], at: Callable[[T], datetime]) -> dict[int, list[T]]:
+    """``entries`` per window, in their given order, keyed by how many windows back from ``now`` the window
+    starts (``WINDOWS`` the oldest, 1 the last); entries in none of the windows are left out.
+
+    One pass: the window ``back`` is [now - back * WINDOW_S, now - (back - 1) * WINDOW_S), so an entry
+    at ``at`` falls in window ceil((now - at) / WINDOW_S), exact in timedelta's whole microseconds."""
+    width = timedelta(seconds=WINDOW_S)
+    windows: dict[int, list[T]] = {back: [] for back in range(1, WINDOWS + 1)}
+    for entry in entries:
+        back = -((at(entry) - now) // width)
+        if 1 <= back <= WINDOWS:
+            windows[back].append(entry)
+    return windows
+
+
+def _by_instance(
+    samples: Iterable[S],
+) -> tuple[dict[int, list[float]], dict[int, list[float]], dict[int, list[float]], dict[int, list[float]]]:
+    """Each instance's reported values, in one pass: waiting and running requests, KV-cache usage and
+    prompt tokens a second (a value not reported is left out)."""
+    waiting: dict[int, list[float]] = defaultdict(list)
+    running: dict[int, list[float]] = defaultdict(list)
+    kv_cache: dict[int, list[float]] = defaultdict(list)
+    prompt_rate: dict[int, list[float]] = defaultdict(list)
     for sample in samples:
-        if (number := value(sample)) is not None:
-            values[sample.instance_id].append(number)
-    return values
+        instance = sample.instance_id
+        if sample.requests_waiting is not None:
+            waiting[instance].append(sample.requests_waiting)
+        if sample.requests_running is not None:
+            running[instance].append(sample.requests_running)
+        if sample.kv_cache_usage is not None:
+            kv_cache[instance].append(sample.kv_cache_usage)
+        if sample.prompt_tokens_rate is not None:
+            prompt_rate[instance].append(sample.prompt_tokens_rate)
+    return waiting, running, kv_cache, prompt_rate

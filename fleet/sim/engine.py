@@ -82,7 +82,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fleet import catalog
@@ -161,6 +161,12 @@ class EngineModel:
     prefill_attention_s: float = 0.0
     # A decode step's KV-cache read: seconds per token of context over all running sequences.
     decode_s_per_context_token: float = 0.0
+
+    def __reduce__(self) -> tuple[type[EngineModel], tuple[object, ...]]:
+        """Pickled as its constructor's arguments: compiled (``make sim-compiled``) a frozen class's
+        default pickle sets its fields one by one, which frozen refuses, and the benchmarks' processes
+        send engine models back with their results (``bench/tiers.py``)."""
+        return (EngineModel, tuple(getattr(self, field.name) for field in fields(self)))
 
     def prefill_extra_s(self, tokens: int, attention: int) -> float:
         """What a step's prompt chunks add to its decode part: ``tokens`` prompt tokens whose chunks
