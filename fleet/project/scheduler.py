@@ -49,6 +49,7 @@ def scheduler_start() -> bool:
     import fleet.tasks  # registers the tasks with the Celery app
 
     threading.Thread(target=_loop, name="fleet-scheduler", daemon=True).start()
-    fleet.tasks.tuning_runs_embedded()  # the tuning runs an earlier server queued and never ran
+    if current_app.conf.task_always_eager:  # no worker: run the tuning runs an earlier server left queued
+        fleet.tasks.tuning_runs_embedded()
     log.info("in-process scheduler started (embedded default: no Celery beat)")
     return True
