@@ -445,9 +445,11 @@ class PoolAdmin(admin.ModelAdmin):
             }
             return TemplateResponse(request, "admin/fleet/pool/tune_settings.html", context)
         user = request.user.get_username()
-        for pool in queryset:
-            run = tuning_run_create(pool=pool, user=user, **form.cleaned_data)
-            transaction.on_commit(functools.partial(tuning_run_queue, run_id=run.pk))
+        with transaction.atomic():  # every run queued, then handed on: none starts while the next is written
+            runs = [(pool, tuning_run_create(pool=pool, user=user, **form.cleaned_data)) for pool in queryset]
+            for _pool, run in runs:
+                transaction.on_commit(functools.partial(tuning_run_queue, run_id=run.pk))
+        for pool, run in runs:
             url = reverse("admin:fleet_tuningrun_change", args=[run.pk])
             self.message_user(
                 request,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import shared_task
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 
 from fleet.costs.alerts import alerts_evaluate
 from fleet.costs.budgets import budgets_evaluate
@@ -81,6 +82,9 @@ def tuning_run(run_id: int) -> dict[str, Any]:
 
 
 TUNING_THREAD_NAME = "fleet-tuning-runs"
+# How many times in a row the tuning thread tries again after a database error (SQLite takes one writer at a
+# time; a server's database restarting), waiting 1, 2, 4 ... s, before it stops and leaves the runs queued.
+TUNING_DB_RETRIES = 5
 _tuning_lock = threading.Lock()
 _tuning_thread: threading.Thread | None = None
 
@@ -112,18 +116,29 @@ def tuning_runs_embedded() -> None:
 
 def _tuning_runs_in_thread() -> None:
     global _tuning_thread
+    failures = 0
     try:
         while True:
-            # The check and the thread's end under the lock ``tuning_runs_embedded`` takes: a run queued
-            # (committed) as the thread ends is either seen here or finds the thread gone and starts one.
-            with _tuning_lock:
-                run_id = tuning_run_oldest_queued()
-                if run_id is None:
-                    _tuning_thread = None
-                    return
-            tuning_run.apply(args=(run_id,))
+            try:
+                # The check and the thread's end under the lock ``tuning_runs_embedded`` takes: a run queued
+                # (committed) as the thread ends is either seen here or finds the thread gone and starts one.
+                with _tuning_lock:
+                    run_id = tuning_run_oldest_queued()
+                    if run_id is None:
+                        _tuning_thread = None
+                        return
+                tuning_run.apply(args=(run_id,))
+                failures = 0
+            except DatabaseError:
+                # A run not yet taken is still queued (one taken records its own failure, or is failed as lost).
+                failures += 1
+                if failures > TUNING_DB_RETRIES:
+                    raise
+                log.warning("tuning runs: database error, trying again (%s of %s)", failures, TUNING_DB_RETRIES)
+                connections.close_all()
+                time.sleep(2.0 ** (failures - 1))
     except Exception:
-        # The database gone before a run could be taken: it stays queued for the next run queued or server.
+        # The database gone for good: the runs stay queued for the next run queued or the next server.
         log.exception("tuning runs: the embedded thread stopped; queued runs wait for the next one")
     finally:
         connections.close_all()  # this thread's own connections

@@ -10,10 +10,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+import fleet.tasks
 from fleet.decide import tuning
 from fleet.decide.tuning import tuning_heartbeat, tuning_run_create, tuning_run_execute, tuning_runs_fail_lost
 from fleet.models import Pool, TuningRun
@@ -201,3 +203,26 @@ def test_a_run_an_earlier_server_queued_and_never_ran_is_run_when_the_next_one_s
 
     left.refresh_from_db()
     assert (left.state, left.evaluations) == ("done", 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_before_a_run_is_taken_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite takes one writer at a time (the request that queued the run may still be writing): the thread
+    waits a second and tries again rather than leaving the run queued until the next one is."""
+    pool = make_pool(min_instances=1, max_instances=1)
+    log_requests(pool, 600, start=timezone.now() - timedelta(hours=1))
+    run = tuning_run_create(pool=pool, user="admin", days=1, max_evaluations=1)
+    calls = [0]
+
+    def locked_once() -> int | None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OperationalError("database table is locked")
+        return tuning.tuning_run_oldest_queued()
+
+    monkeypatch.setattr(fleet.tasks, "tuning_run_oldest_queued", locked_once)
+    tuning_runs_embedded()
+    finish_runs()
+
+    run.refresh_from_db()
+    assert (run.state, calls[0]) == ("done", 3)  # refused, then the run, then none left
