@@ -50,8 +50,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     require(shutil.which("make") is not None, "make is not installed")
     repo = clean_copy(tmp_path_factory.mktemp("first-run") / "repo")
     port = free_port()
-    # Started as a script's background job is (SIGINT ignored): the stop test's Ctrl-C must stop it
-    # all the same, and does for a terminal's job, whose SIGINT is not ignored, by the same handler.
+    # Started as a shell starts a script's background job (SIGINT ignored): the stop test's Ctrl-C must
+    # stop it all the same. A terminal's job, whose SIGINT is not ignored, goes through the same handler.
     process = make_run(repo, port, sigint_ignored=True)
     running = Demo(process, Output(process), repo, port)
     try:
