@@ -34,13 +34,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SERIES = ROOT / "fleet" / "sim" / "traces" / "servegen_m-mid_rate_10min.csv"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def series_arguments(parser: argparse.ArgumentParser, *, gpu: str, mean_rate: float) -> None:
+    """The arguments of a run on the rate series: the series, the lengths, the simulated fleet and the rate."""
     parser.add_argument("--series", default=str(SERIES), help="A rate series CSV (traces.rate_series_load).")
     parser.add_argument("--lengths", default="azure-conv", help="The trace token lengths are drawn from.")
-    parser.add_argument("--gpu", default="A100")
+    parser.add_argument("--gpu", default=gpu)
     parser.add_argument("--gpus", type=int, default=8)
-    parser.add_argument("--mean-rate", type=float, default=1.0, help="Requests a second over the first week.")
+    parser.add_argument("--mean-rate", type=float, default=mean_rate, help="Requests a second over the first week.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    series_arguments(parser, gpu="A100", mean_rate=1.0)
     parser.add_argument("--tune-days", type=int, default=3)
     parser.add_argument("--test-days", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)

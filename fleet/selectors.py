@@ -50,7 +50,7 @@ from fleet.models import (
     RequestLog,
 )
 from fleet.policies import static_hold
-from fleet.policies.autoscale import over_bound_share_allowed
+from fleet.policies.autoscale import SCALE_MOVES_HORIZON_S, SCALE_MOVES_KEPT, over_bound_share_allowed
 from fleet.policies.settings import DAY, SCHEMAS, policy_defaults, policy_settings_stored
 from fleet.policies.snapshot import (
     BatchJobView,
@@ -560,6 +560,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         .values("pool_id", "action")
         .annotate(last=Max("created_at"))
     }
+    moves = _scale_moves(pool_ids, now)
     pool_views = []
     for pool in pools:
         profile = pool.model_profile
@@ -571,6 +572,7 @@ def fleet_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
                 cold_start_s=cold.get(pool.pk),
                 last_scale_out_at=scaled.get((pool.pk, "scale_out")),
                 last_scale_in_at=scaled.get((pool.pk, "scale_in")),
+                scale_moves=moves.get(pool.pk, ()),
                 windows=_pool_windows(pool, serving, gpu_rows, instance_rows, now, judged.get(pool.pk)),
             )
         )
@@ -645,6 +647,26 @@ def idle_snapshot(*, now: datetime | None = None) -> FleetSnapshot:
         pools=tuple(pool_view(pool) for pool in pools),
         instances=tuple(_instance_view(i, latest.get(i.pk)) for i in instances),
     )
+
+
+def _scale_moves(pool_ids: list[int], now: datetime) -> dict[int, tuple[tuple[datetime, str], ...]]:
+    """Each pool's newest scale-outs and scale-ins (autoscale's and the gateway's), oldest first, at most
+    ``SCALE_MOVES_KEPT`` of the last ``SCALE_MOVES_HORIZON_S``: what autoscale's scale-in back-off reads."""
+    rows = (
+        Decision.objects.filter(
+            pool_id__in=pool_ids,
+            policy_kind__in=["autoscale", "gateway"],
+            action__in=["scale_out", "scale_in"],
+            created_at__gte=now - timedelta(seconds=SCALE_MOVES_HORIZON_S),
+            created_at__lte=now,
+        )
+        .order_by("created_at", "id")
+        .values_list("pool_id", "created_at", "action")
+    )
+    moves: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
+    for pool_id, created_at, action in rows:
+        moves[pool_id].append((created_at, action))
+    return {pool_id: tuple(found[-SCALE_MOVES_KEPT:]) for pool_id, found in moves.items()}
 
 
 def pool_view(pool: Pool, **figures: Any) -> PoolView:

@@ -22,7 +22,13 @@ is older than its cool-down. Scale in by one when the last
 under ``scale_in_latency_ratio`` x its bound (for a growing bound: at most that ratio of the share
 of requests over their bound the SLA allows) and a queue of at most ``scale_in_max_queue``, and
 neither a scale-out nor a scale-in happened within the scale-in cool-down; and only where
-the load spread over one instance fewer stays inside the band. The gap between the two
+the load spread over one instance fewer stays inside the band. That spread is a linear guess, and
+sequences are not linear: each request runs longer in a bigger batch, so one instance fewer can
+hold well over twice the sequences, and the gateway scales out again at once. A scale-in undone
+like that (a scale-out within ``scale_in_backoff_max_s``, ``scale_in_reversals``) doubles the
+cool-down before the next, each one in a row, up to that same figure (``scale_in_cooldown``): a
+pool whose load sits just where the guess fails stops paying a cold start every few minutes, and a
+scale-in that holds that long (traffic really fell) clears the back-off. The gap between the two
 conditions is the hysteresis. Never below ``min_instances`` nor above ``max_instances``; scale-in leaves the
 last one to idle reclaim, which knows when nobody asks, and stops a busy instance only
 where ``scale_in_drain`` says the engine finishes what it holds (the least loaded one).
@@ -30,7 +36,7 @@ where ``scale_in_drain`` says the engine finishes what it holds (the least loade
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -47,6 +53,11 @@ from fleet.policies.snapshot import (
 from fleet.states import RUNNING, STOPPED
 
 KIND = "autoscale"
+# The scale moves a pool's view carries (``PoolView.scale_moves``), newest kept: 17 undone scale-ins in a row
+# (34 moves) double even a 1 s cool-down past the longest back-off, a day.
+SCALE_MOVES_KEPT = 36
+# How far back the panel reads them: a pool whose newest move is older than a day is past any cool-down.
+SCALE_MOVES_HORIZON_S = 2 * 86_400
 
 
 def sequence_load(running: float | None, max_num_seqs: int) -> float | None:
@@ -140,6 +151,31 @@ def windows_since_last_action(pool: PoolView) -> tuple[PoolWindow, ...]:
     return pool.windows if last is None else tuple(w for w in pool.windows if w.start >= last)
 
 
+def scale_in_reversals(moves: Sequence[tuple[datetime, str]], within_s: float) -> int:
+    """How many of the pool's last scale-ins in a row were undone: each followed, before any other move and
+    within ``within_s``, by a scale-out. ``moves``: (when, "scale_out" or "scale_in"), oldest first. A
+    scale-in not (yet) followed by a scale-out ends the count, so one that holds clears the back-off."""
+    count = 0
+    after: tuple[datetime, str] | None = None
+    for moment, action in reversed(moves):
+        if action == "scale_in":
+            if after is None or after[1] != "scale_out" or (after[0] - moment).total_seconds() > within_s:
+                break
+            count += 1
+        after = (moment, action)
+    return count
+
+
+def scale_in_cooldown(settings: Mapping[str, Any], reversals: int) -> float:
+    """The seconds a scale-in waits after the pool's last scale-out or scale-in: ``scale_in_cooldown_s``,
+    doubled for each of ``reversals`` undone scale-ins in a row, up to ``scale_in_backoff_max_s`` (0: never
+    doubled; a cap under the cool-down leaves the cool-down as it is)."""
+    base, cap = float(settings["scale_in_cooldown_s"]), float(settings["scale_in_backoff_max_s"])
+    if reversals <= 0 or cap <= base:
+        return base
+    return min(base * (1 << min(reversals, 32)), cap)
+
+
 def _since(now: datetime, moment: datetime | None) -> float:
     return float("inf") if moment is None else (now - moment).total_seconds()
 
@@ -185,12 +221,21 @@ def _pool(
         and len(serving) > max(pool.min_instances, 1)
         and since_last >= settings["scale_in_cooldown_s"]
     ):
+        reversals = scale_in_reversals(pool.scale_moves, settings["scale_in_backoff_max_s"])
+        cooldown = scale_in_cooldown(settings, reversals)
+        if since_last < cooldown:
+            return []
         last = windows[-1]
         latency = "no latency measured" if last.latency_ms is None else f"latency {last.latency_ms:.0f} ms"
         reason = (
             f"pool {pool.name} under its band for {calm} window(s): load {window_load(pool, last, settings):.0%} "
             f"< {pool.util_band_low:.0%}, {latency}, queue {last.queue or 0:g}"
         )
+        if cooldown > settings["scale_in_cooldown_s"]:
+            reason = (
+                f"{reason}; cool-down backed off to {cooldown:.0f} s: the last {reversals} scale-in(s) were undone "
+                f"within {settings['scale_in_backoff_max_s']:g} s"
+            )
         return _in(pool, serving, reason, policy_id, windows, settings)
     return []
 

@@ -140,6 +140,15 @@ SCHEMAS: dict[str, dict[str, Setting]] = {
             label="Scale-in cooldown",
             unit="s",
         ),
+        "scale_in_backoff_max_s": Setting(
+            3600,
+            0,
+            DAY,
+            "A scale-in undone by a scale-out within this long was premature: each one in a row doubles the "
+            "scale-in cooldown before the next, up to this long. 0: no back-off.",
+            label="Scale-in back-off up to",
+            unit="s",
+        ),
         "scale_in_max_queue": Setting(
             0.5,
             0,

@@ -76,6 +76,9 @@ class PoolView:
     cold_start_s: float | None = None
     last_scale_out_at: datetime | None = None
     last_scale_in_at: datetime | None = None
+    # The pool's newest scale-outs and scale-ins (autoscale's and the gateway's), oldest first, at most
+    # ``autoscale.SCALE_MOVES_KEPT``: what ``autoscale.scale_in_reversals`` reads.
+    scale_moves: tuple[tuple[datetime, str], ...] = ()
     windows: tuple[PoolWindow, ...] = ()
     # The static-spend guard (``fleet.policies.static_hold``), filled where the pool's ``static_hold``
     # policy states a static size: the billed instance-hours (``held_hours``) since the start of its

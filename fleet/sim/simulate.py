@@ -40,7 +40,7 @@ import itertools
 import math
 import random
 import sys
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -50,6 +50,7 @@ from agents.histograms import histogram_observe, pool_latency, ttft_bound_ms
 from fleet import states
 from fleet.policies import placement, pressure, prewarm, routing, static_hold
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance, PoolDecision
+from fleet.policies.autoscale import SCALE_MOVES_KEPT
 from fleet.policies.pick import Picker
 from fleet.policies.registry import policies_run
 from fleet.policies.snapshot import (
@@ -251,6 +252,8 @@ class Simulation:
         ] = {}
         self.cold_measured: dict[int, list[float]] = defaultdict(list)
         self.last_scale: dict[tuple[int, str], float] = {}
+        # Each pool's newest scale-outs and scale-ins, (s, action), as the panel reads them from its decisions.
+        self.scale_moves: dict[int, deque[tuple[float, str]]] = defaultdict(lambda: deque(maxlen=SCALE_MOVES_KEPT))
         # The static-spend guard: each pool's billed runs (start, end s) and its last decision of each action.
         self.billed_runs: dict[int, list[tuple[float, float]]] = defaultdict(list)
         self.static_last: dict[tuple[int, str], float] = {}
@@ -626,6 +629,7 @@ class Simulation:
         self.decisions.append(Decision(self.now, action.kind, action.action, action.reason))
         if action.action in ("scale_out", "scale_in"):
             self.last_scale[(action.pool_id, action.action)] = self.now
+            self.scale_moves[action.pool_id].append((self.now, action.action))
         return True
 
     def _gpu_taken(self, gpu_id: int) -> bool:
@@ -1036,6 +1040,7 @@ class Simulation:
                 cold_start_s=cold_start_median(self.cold_measured.get(view.id, [])),
                 last_scale_out_at=self._moment((view.id, "scale_out")),
                 last_scale_in_at=self._moment((view.id, "scale_in")),
+                scale_moves=tuple((self._at(t_s), action) for t_s, action in self.scale_moves.get(view.id, ())),
                 windows=self._windows(view),
             )
         )

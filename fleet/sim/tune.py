@@ -60,8 +60,8 @@ def _autoscale(**fields: Any) -> Patch:
 
 
 # The settings that decide what autoscale spends and misses: the band, the scale-out triggers (the pool's
-# latency bound at its percentile, the queue, breaches in a row) and cool-downs, the scale-in hysteresis and
-# cool-down, and the floor of instances.
+# latency bound at its percentile, the queue, breaches in a row) and cool-downs, the scale-in hysteresis,
+# cool-down, draining and back-off, and the floor of instances.
 DEFAULT_SPACE: tuple[Dimension, ...] = (
     Dimension("min_instances", tuple(_pool(min_instances=n) for n in (0, 1, 2, 3))),
     Dimension(
@@ -77,6 +77,15 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
     Dimension("scale_out_cooldown_s", tuple(_autoscale(scale_out_cooldown_s=s) for s in (0, 30, 60, 120))),
     Dimension("scale_in_windows", tuple(_autoscale(scale_in_windows=n) for n in (1, 2, 3, 6))),
     Dimension("scale_in_cooldown_s", tuple(_autoscale(scale_in_cooldown_s=s) for s in (60, 120, 300, 600))),
+    # Under steady traffic no instance is ever idle: only a draining scale-in takes the pool down a card, and
+    # whether that pays depends on how long a scale-in the gateway undoes backs off: the two move together.
+    Dimension(
+        "scale_in_drain",
+        (
+            _autoscale(scale_in_drain=False),
+            *(_autoscale(scale_in_drain=True, scale_in_backoff_max_s=s) for s in (0, 900, 3600, 14_400)),
+        ),
+    ),
 )
 
 

@@ -14,6 +14,7 @@ from fleet import selectors
 from fleet.decide.evaluate import Evaluation, action_record, policies_evaluate, pool_wake
 from fleet.decide.services import StaleGeneration, batch_job_preempt, batch_job_start, instance_launch
 from fleet.models import BatchJob, Decision, GpuSample, Instance, InstanceEvent, InstanceSample, Node, Policy
+from fleet.policies.autoscale import SCALE_MOVES_HORIZON_S, SCALE_MOVES_KEPT
 from fleet.policies.idle import idle_reclaim
 from fleet.policies.placement import PlacementRefused
 from fleet.schedules import EVALUATE_TASK
@@ -84,6 +85,41 @@ def test_the_snapshot_reads_latest_telemetry_foreign_memory_latency_and_history(
     assert pool_view.cold_start_s == 50
     assert pool_view.last_scale_out_at is not None and pool_view.last_scale_in_at is None
     assert pool_view.estimate is not None and pool_view.estimate.kv_tokens == 8192
+
+
+def test_the_snapshot_carries_each_pools_scale_moves_from_its_decisions(fleet) -> None:  # type: ignore[no-untyped-def]
+    """Autoscale's scale-in back-off reads a pool's newest scale-outs and scale-ins, autoscale's and the
+    gateway's, oldest first: not other actions, other pools' moves, moves from the future, nor those older
+    than the horizon; at most ``SCALE_MOVES_KEPT`` of them."""
+    _node, _gpu, pool = fleet
+    other = make_pool(name="other")
+    now = timezone.now()
+
+    def logged(seconds_ago: float, action: str, kind: str = "autoscale", of=pool) -> None:  # type: ignore[no-untyped-def]
+        decision = Decision.objects.create(policy_kind=kind, pool=of, action=action, reason="r")
+        Decision.objects.filter(pk=decision.pk).update(created_at=now - timedelta(seconds=seconds_ago))
+
+    logged(SCALE_MOVES_HORIZON_S + 60, "scale_in")  # past the horizon
+    logged(900, "scale_in")
+    logged(890, "scale_out", kind="gateway")
+    logged(800, "stop", kind="idle_reclaim")
+    logged(700, "scale_in", of=other)
+    logged(600, "scale_in")
+    logged(-60, "scale_out")  # a minute ahead of the snapshot's now
+
+    view = selectors.fleet_snapshot(now=now).pool(pool.pk)
+    assert view.scale_moves == (
+        (now - timedelta(seconds=900), "scale_in"),
+        (now - timedelta(seconds=890), "scale_out"),
+        (now - timedelta(seconds=600), "scale_in"),
+    )
+    for back in range(SCALE_MOVES_KEPT + 5):
+        logged(500 - back, "scale_out")
+    kept = selectors.fleet_snapshot(now=now).pool(pool.pk).scale_moves
+    assert len(kept) == SCALE_MOVES_KEPT and kept[-1] == (
+        now - timedelta(seconds=500 - SCALE_MOVES_KEPT - 4),
+        "scale_out",
+    )
 
 
 def test_the_snapshot_windows_carry_vllm_load_figures_as_means_per_instance(fleet) -> None:  # type: ignore[no-untyped-def]
