@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 from fleet.policies.settings import SettingsInvalid
+from fleet.policies.static_hold import minimum_conflict
 from fleet.sim.compare import saved_against, static_search
 from fleet.sim.engine import EngineModel
 from fleet.sim.result import SimResult
@@ -61,7 +62,7 @@ def _autoscale(**fields: Any) -> Patch:
 
 # The settings that decide what autoscale spends and misses: the band, the scale-out triggers (the pool's
 # latency bound at its percentile, the queue, breaches in a row) and cool-downs, the scale-in hysteresis,
-# cool-down, draining and back-off, and the floor of instances.
+# cool-down, draining and back-off, the floor of instances, and the static-spend guard's size.
 DEFAULT_SPACE: tuple[Dimension, ...] = (
     Dimension("min_instances", tuple(_pool(min_instances=n) for n in (0, 1, 2, 3))),
     Dimension(
@@ -86,6 +87,9 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
             *(_autoscale(scale_in_drain=True, scale_in_backoff_max_s=s) for s in (0, 900, 3600, 14_400)),
         ),
     ),
+    # The static-spend guard at a static size (0: none): never above it, and held there once the policy has not
+    # saved over its window (``fleet.policies.static_hold``).
+    Dimension("static_replicas", tuple({"static_hold": {"static_replicas": n}} for n in (0, 1, 2, 3, 4))),
 )
 
 
@@ -132,6 +136,18 @@ def setup_for(
     judged by every term of the SLA given (``SimSetup``: the first-token bound, its growth with the prompt,
     the end-to-end bound)."""
     pool_fields_check(values.get("pool", {}), gpus=gpus)
+    policies = values.get("policies", {})
+    autoscale, guard = policies.get("autoscale", {}), policies.get("static_hold", {})
+    if autoscale is not None and guard is not None:  # the admin's check where both apply to the pool
+        conflict = minimum_conflict(
+            pool="tuned",
+            min_instances=values.get("pool", {}).get("min_instances", 0),
+            static_replicas=guard.get("static_replicas", 0),
+            autoscale="autoscale",
+            guard="static_hold",
+        )
+        if conflict:
+            raise SettingsInvalid({"__all__": [conflict]})
     return setup_build(
         engine=engine,
         gpus=gpus,

@@ -50,6 +50,26 @@ def test_a_trace_one_instance_serves_tunes_the_floor_down_to_one() -> None:
     assert len(tuned.evaluated) == 2  # floors 2 and 1; the default band written out is not simulated again
 
 
+def test_a_static_size_below_the_floor_is_refused_as_the_admin_refuses_it() -> None:
+    """The static-spend guard's size is in the search; with a floor of 2, a static size of 1 is the conflict the
+    admin refuses (``static_hold.minimum_conflict``), listed and never run. A size of 2 runs: the steady trace
+    of one prompt a second at a floor of 2 costs what it cost without the guard."""
+    trace = trace_of(*steady(600))
+    space = (
+        Dimension(
+            "static_replicas",
+            ({"static_hold": {"static_replicas": 1}}, {"static_hold": {"static_replicas": 2}}),
+        ),
+    )
+    base = settings_patch(QUIET, {"pool": {"min_instances": 2}})
+    tuned = tune(trace=trace, engine=TOY, gpus=2, base=base, space=space, seed=0)
+    [(values, message)] = tuned.refused
+    assert values["policies"]["static_hold"] == {"static_replicas": 1}
+    assert "minimum of 2 instances, above its static size of 1" in message
+    assert [c.values["policies"].get("static_hold") for c in tuned.evaluated] == [None, {"static_replicas": 2}]
+    assert tuned.evaluated[1].result.paid_gpu_hours == pytest.approx(tuned.base.result.paid_gpu_hours)
+
+
 def test_a_burst_tunes_the_scale_out_trigger_to_fewer_breaches() -> None:
     """Five minutes at one 200-token prompt a second (0.21 s of work each, one instance keeps up), then five
     minutes at five a second: 5 x 0.21 = 1.05 s of prefill a second, more than one instance has, so its queue
