@@ -3,8 +3,8 @@
 Under steady traffic no instance is idle, so autoscale scales in only by draining (``scale_in_drain``). It
 guesses the load on one instance fewer linearly, but one H100 fewer holds far more than twice the sequences
 (each request runs longer in a bigger batch), so the gateway scales out again within minutes. This runs the
-day with draining off, and on with the back-off off (``scale_in_backoff_max_s`` 0), at its default (an hour)
-and at four hours, beside the static fleet (``fleet.sim.tune.forward_rows``: each policy run from the static
+day with draining off, and on with the back-off off (``scale_in_backoff_max_s`` 0), at an hour and at its
+default (four hours), beside the static fleet (``fleet.sim.tune.forward_rows``: each policy run from the static
 fleet, savings against it). Plain Python (no Django)::
 
     python bench/backoff.py --day 4 --mean-rate 30 --workers 2
@@ -48,8 +48,8 @@ def main() -> None:
     settings = {
         "no draining (the default)": autoscale(),
         "draining, no back-off": autoscale(scale_in_drain=True, scale_in_backoff_max_s=0),
-        "draining, back-off up to 1 h (the default)": autoscale(scale_in_drain=True),
-        "draining, back-off up to 4 h": autoscale(scale_in_drain=True, scale_in_backoff_max_s=14_400),
+        "draining, back-off up to 1 h": autoscale(scale_in_drain=True, scale_in_backoff_max_s=3600),
+        "draining, back-off up to 4 h (the default)": autoscale(scale_in_drain=True),
     }
     began = time.monotonic()
     rows = forward_rows(

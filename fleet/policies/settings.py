@@ -141,7 +141,7 @@ SCHEMAS: dict[str, dict[str, Setting]] = {
             unit="s",
         ),
         "scale_in_backoff_max_s": Setting(
-            3600,
+            14_400,
             0,
             DAY,
             "A scale-in undone by a scale-out within this long was premature: each one in a row doubles the "

@@ -60,9 +60,9 @@ def test_the_cool_down_doubles_up_to_the_cap(reversals: int, cap: int, expected:
     assert scale_in_cooldown(settings, reversals) == expected
 
 
-def test_the_defaults_back_off_up_to_an_hour() -> None:
+def test_the_defaults_back_off_up_to_four_hours() -> None:
     defaults = policy_defaults("autoscale")
-    assert (defaults["scale_in_cooldown_s"], defaults["scale_in_backoff_max_s"]) == (300, 3600)
+    assert (defaults["scale_in_cooldown_s"], defaults["scale_in_backoff_max_s"]) == (300, 14_400)
 
 
 def decide(scale_moves: tuple[tuple[datetime, str], ...], **settings: Any) -> list[Any]:
@@ -89,20 +89,20 @@ def test_after_two_undone_scale_ins_the_next_waits_four_cool_downs() -> None:
     late = tuple((seconds - 90, action) for seconds, action in twice)  # the last scale-out 1,200 s ago
     [action] = decide(moves(*late))
     assert action.action == "scale_in"
-    assert "cool-down backed off to 1200 s: the last 2 scale-in(s) were undone within 3600 s" in action.reason
+    assert "cool-down backed off to 1200 s: the last 2 scale-in(s) were undone within 14400 s" in action.reason
 
 
 def test_a_scale_in_undone_within_the_cap_counts() -> None:
     """The scale-in 1,000 s ago held for ten minutes, and the scale-out 400 s ago undid it: within the default
-    cap of an hour, so it counts, and the next waits 600 s."""
+    cap of four hours, so it counts, and the next waits 600 s."""
     history = moves((1000, IN), (400, OUT))
     assert decide(history) == []
     assert decide(history, scale_in_backoff_max_s=500) != []  # 600 s later: past a cap of 500 s
 
 
 def test_a_scale_in_that_held_clears_the_back_off() -> None:
-    """Undone twice, then one held for over an hour (the cap) before traffic rose: the scale-out 400 s ago came
-    4,600 s after the scale-in. The next scale-in waits the plain 300 s."""
-    history = moves((9000, IN), (8990, OUT), (8800, IN), (8790, OUT), (5000, IN), (400, OUT))
+    """Undone twice, then one held for over four hours (the cap) before traffic rose: the scale-out 400 s ago
+    came 14,600 s after the scale-in. The next scale-in waits the plain 300 s."""
+    history = moves((20_000, IN), (19_990, OUT), (19_800, IN), (19_790, OUT), (15_000, IN), (400, OUT))
     [action] = decide(history)
     assert action.action == "scale_in" and "cool-down" not in action.reason
