@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.sim.engine import engine_model_for
-from fleet.sim.traces import rate_series_load, trace_from_rate_series, trace_load
+from fleet.sim.engine import EngineModel, engine_model_for
+from fleet.sim.traces import RateSeries, Trace, rate_series_load, trace_from_rate_series, trace_load
 from fleet.sim.tune import (
     DEFAULT_SPACE,
     Candidate,
+    Values,
     forward_markdown,
     forward_rows,
     series_days,
@@ -57,6 +58,9 @@ def main() -> None:
         default=",".join(d.name for d in DEFAULT_SPACE),
         help="The dimensions of fleet.sim.tune.DEFAULT_SPACE to search, comma-separated (default: all).",
     )
+    parser.add_argument(
+        "--tuned", help="Evaluate this settings file forward (one an earlier run wrote) instead of tuning anew."
+    )
     parser.add_argument("--output", default="var/tuned.json")
     parser.add_argument("--markdown", default="var/tune.md")
     args = parser.parse_args()
@@ -66,12 +70,43 @@ def main() -> None:
     scale = args.mean_rate / week.mean_rate
     lengths = trace_load(args.lengths)
     engine = engine_model_for(args.gpu)
-    train = trace_from_rate_series(
-        series_days(series, first_day=1, days=args.tune_days), lengths=lengths, seed=args.seed, scale=scale
-    )
     test_first = args.tune_days + 1
     test = trace_from_rate_series(
         series_days(series, first_day=test_first, days=args.test_days), lengths=lengths, seed=args.seed, scale=scale
+    )
+    if args.tuned:
+        values = json.loads(Path(args.tuned).read_text(encoding="utf-8"))
+        summary = f"settings read from {args.tuned}"
+    else:
+        values, summary = _tuned(args, series=series, engine=engine, lengths=lengths, scale=scale)
+    conv = json.loads((ROOT / "bench/sim/azure-conv.json").read_text(encoding="utf-8"))
+    print(f"evaluating on {test.name}: {len(test.requests):,} requests", flush=True)
+    rows = forward_rows(
+        trace=test,
+        engine=engine,
+        gpus=args.gpus,
+        settings={"defaults": {}, "bench/sim/azure-conv.json": conv, f"tuned on days 1-{args.tune_days}": values},
+        seed=args.seed,
+        workers=args.workers,
+    )
+    title = (
+        f"Days {test_first}-{test_first + args.test_days - 1} of {series.name}, {args.mean_rate:g} req/s mean over "
+        f"days 1-7 (scale {scale:.3g}), lengths {args.lengths}, simulated {engine.gpu_model} x{args.gpus}, "
+        f"seed {args.seed}; tuned: {summary}"
+    )
+    table = forward_markdown(rows, title=title)
+    print(table)
+    markdown = ROOT / args.markdown
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(table, encoding="utf-8")
+
+
+def _tuned(
+    args: argparse.Namespace, *, series: RateSeries, engine: EngineModel, lengths: Trace, scale: float
+) -> tuple[Values, str]:
+    """Tune on days 1..``--tune-days``; write the settings to ``--output``; return them and the search's summary."""
+    train = trace_from_rate_series(
+        series_days(series, first_day=1, days=args.tune_days), lengths=lengths, seed=args.seed, scale=scale
     )
     # The engine's prefill rate is a measured figure (sim_fit measures a user's own), not a tuned one.
     base = {"policies": {"autoscale": {"prefill_tokens_per_s": round(engine.prefill_tokens_per_s)}}}
@@ -104,27 +139,7 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {output}", flush=True)
-
-    conv = json.loads((ROOT / "bench/sim/azure-conv.json").read_text(encoding="utf-8"))
-    print(f"evaluating on {test.name}: {len(test.requests):,} requests", flush=True)
-    rows = forward_rows(
-        trace=test,
-        engine=engine,
-        gpus=args.gpus,
-        settings={"defaults": {}, "bench/sim/azure-conv.json": conv, f"tuned on days 1-{args.tune_days}": values},
-        seed=args.seed,
-        workers=args.workers,
-    )
-    title = (
-        f"Days {test_first}-{test_first + args.test_days - 1} of {series.name}, {args.mean_rate:g} req/s mean over "
-        f"days 1-7 (scale {scale:.3g}), lengths {args.lengths}, simulated {engine.gpu_model} x{args.gpus}, "
-        f"seed {args.seed}; tuned: {tuned.summary}"
-    )
-    table = forward_markdown(rows, title=title)
-    print(table)
-    markdown = ROOT / args.markdown
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(table, encoding="utf-8")
+    return values, tuned.summary
 
 
 if __name__ == "__main__":
