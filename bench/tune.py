@@ -52,7 +52,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--max-evaluations", type=int, default=24)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="Candidates simulated at once while tuning.")
+    parser.add_argument(
+        "--forward-workers",
+        type=int,
+        default=1,
+        help="Settings sets run at once on the days after (each holds those days' requests: about 18 GB for four "
+        "days at 30 req/s).",
+    )
+    parser.add_argument("--headroom", type=float, default=0.0, help="As simulate_tune --headroom.")
     parser.add_argument(
         "--space",
         default=",".join(d.name for d in DEFAULT_SPACE),
@@ -87,7 +95,7 @@ def main() -> None:
         gpus=args.gpus,
         settings={"defaults": {}, "bench/sim/azure-conv.json": conv, f"tuned on days 1-{args.tune_days}": values},
         seed=args.seed,
-        workers=args.workers,
+        workers=args.forward_workers,
     )
     title = (
         f"Days {test_first}-{test_first + args.test_days - 1} of {series.name}, {args.mean_rate:g} req/s mean over "
@@ -131,6 +139,7 @@ def _tuned(
         rounds=args.rounds,
         max_evaluations=args.max_evaluations,
         workers=args.workers,
+        headroom=args.headroom,
         progress=say,
     )
     print(tuned.summary, flush=True)

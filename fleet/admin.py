@@ -34,6 +34,7 @@ from fleet.decide.services import (
 )
 from fleet.decide.tuning import (
     TUNING_DAYS,
+    TUNING_HEADROOM,
     TUNING_MAX_EVALUATIONS,
     TuningRefused,
     tuning_run_apply,
@@ -477,6 +478,15 @@ class TuneForm(forms.Form):
         initial=TUNING_MAX_EVALUATIONS,
         help_text="Simulations at most, each replaying all the traffic; the default is one round of the search.",
     )
+    headroom = forms.FloatField(
+        min_value=0.0,
+        max_value=3.0,
+        initial=TUNING_HEADROOM,
+        help_text=(
+            "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its rate "
+            "(0.25: a quarter more). Each candidate checked there is one more simulation; 0 checks none."
+        ),
+    )
 
 
 @admin.register(TuningRun)
@@ -487,7 +497,7 @@ class TuningRunAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "pool", "state", "requested_by", "requests", "spend", "attainment", "applied_at")
     list_filter = ("state", "pool")
     list_select_related = ("pool",)
-    readonly_fields = ("spend", "attainment")
+    readonly_fields = ("spend", "attainment", "at_headroom")
     fields = (
         ("pool", "state", "requested_by", "created_at", "heartbeat_at", "finished_at"),
         "error",
@@ -495,6 +505,7 @@ class TuningRunAdmin(ReadOnlyAdmin):
         ("max_evaluations", "evaluations", "meets_sla"),
         "spend",
         "attainment",
+        ("headroom", "holds_headroom", "at_headroom"),
         "settings",
         "base_settings",
         ("applied_at", "applied_by", "applied_decision"),
@@ -515,6 +526,12 @@ class TuningRunAdmin(ReadOnlyAdmin):
         if obj.base_attainment is None or obj.tuned_attainment is None:
             return "-"
         return f"{obj.base_attainment:.2%} → {obj.tuned_attainment:.2%}"
+
+    @admin.display(description="within the SLA at the headroom (found)")
+    def at_headroom(self, obj: TuningRun) -> str:
+        if obj.headroom_attainment is None:
+            return "-"
+        return f"{obj.headroom_attainment:.2%} at {1 + obj.headroom:g}x the traffic"
 
     def get_urls(self) -> list[URLPattern]:
         apply = path("<int:run_id>/apply/", self.admin_site.admin_view(self.apply_view), name="fleet_tuningrun_apply")

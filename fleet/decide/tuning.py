@@ -57,6 +57,10 @@ POOL_SPACE = tuple(dimension for dimension in DEFAULT_SPACE if dimension.name !=
 TUNING_MAX_EVALUATIONS = 1 + sum(len(dimension.choices) - 1 for dimension in POOL_SPACE)
 # Fewer requests than this say too little about the pool's traffic to tune on.
 TUNING_MIN_REQUESTS = 500
+# Room for growth asked of a run by default: the settings it finds also meet the SLA at a quarter more traffic
+# than the days it replays (``fleet.sim.tune``'s headroom), so the cheapest settings that just meet it on the
+# past are not what the pool gets the day its traffic grows.
+TUNING_HEADROOM = 0.25
 # The GPU simulated for a pool that names no GPU model and runs on none yet.
 TUNING_DEFAULT_GPU = "H100"
 # How often a running run shows it is alive, and how long a silence means the process running it is gone.
@@ -173,11 +177,18 @@ def pool_view_fixed(*, pool: Pool, engine: EngineModel, gpus: int) -> dict[str, 
 
 
 def tuning_run_create(
-    *, pool: Pool, user: str, days: int = TUNING_DAYS, max_evaluations: int = TUNING_MAX_EVALUATIONS
+    *,
+    pool: Pool,
+    user: str,
+    days: int = TUNING_DAYS,
+    max_evaluations: int = TUNING_MAX_EVALUATIONS,
+    headroom: float = TUNING_HEADROOM,
 ) -> TuningRun:
     """A queued run over the pool's last ``days`` days of traffic; the caller queues ``fleet.tuning_run``."""
     if days < 1 or max_evaluations < 1:
         raise ValueError(f"days ({days}) and max_evaluations ({max_evaluations}) must be at least 1")
+    if headroom < 0:
+        raise ValueError(f"headroom ({headroom:g}) must be 0 or more")
     now = timezone.now()
     return TuningRun.objects.create(
         pool=pool,
@@ -185,6 +196,7 @@ def tuning_run_create(
         traffic_from=now - timedelta(days=days),
         traffic_to=now,
         max_evaluations=max_evaluations,
+        headroom=headroom,
     )
 
 
@@ -326,6 +338,7 @@ def _execute(run: TuningRun) -> None:
         e2e_sla_ms=sla.e2e_sla_ms,
         sla_ms_per_1k_prompt_tokens=sla.sla_ms_per_1k_prompt_tokens,
         max_evaluations=run.max_evaluations,
+        headroom=run.headroom,
         progress=progress,
     )
     run.settings = settings_changes(base, tuned.best.values)
@@ -335,6 +348,8 @@ def _execute(run: TuningRun) -> None:
     run.tuned_paid_gpu_hours = tuned.best.result.paid_gpu_hours
     run.base_attainment = tuned.base.result.attainment
     run.tuned_attainment = tuned.best.result.attainment
+    run.holds_headroom = tuned.holds_headroom
+    run.headroom_attainment = None if tuned.best_at_headroom is None else tuned.best_at_headroom.attainment
     run.state, run.error = TuningRun.State.DONE, ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -21,6 +22,14 @@ class TuningRun(models.Model):
     traffic_from = models.DateTimeField(help_text="The request log from this time ...")
     traffic_to = models.DateTimeField(help_text="... up to (not including) this one.")
     max_evaluations = models.PositiveIntegerField(help_text="At most this many simulations.")
+    headroom = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(3.0)],
+        help_text=(
+            "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its "
+            "rate (0: not asked)."
+        ),
+    )
     state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED)
     error = models.TextField(blank=True, help_text="Why the run failed; nothing was applied.")
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -46,6 +55,12 @@ class TuningRun(models.Model):
     tuned_paid_gpu_hours = models.FloatField(null=True, blank=True)
     base_attainment = models.FloatField(null=True, blank=True, help_text="Share of requests within the SLA.")
     tuned_attainment = models.FloatField(null=True, blank=True, help_text="Share of requests within the SLA.")
+    holds_headroom = models.BooleanField(
+        null=True, blank=True, help_text="Whether the settings found also meet the SLA at the headroom."
+    )
+    headroom_attainment = models.FloatField(
+        null=True, blank=True, help_text="The settings found: share of requests within the SLA at the headroom."
+    )
     applied_decision = models.OneToOneField(
         "fleet.Decision", on_delete=models.SET_NULL, null=True, blank=True, related_name="tuning_run"
     )

@@ -7,6 +7,13 @@ judged by the same SLA (``SimResult.meets_sla``) and spend (``SimResult.paid_gpu
 fewest paid GPU-hours among candidates that meet the SLA; where none does, the best attainment (then the
 fewest paid GPU-hours), and the result says so.
 
+Settings chosen on past traffic meet the traffic that comes next only if they have room for its growth: the
+cheapest candidate on the past is often the one that just meets the SLA there. With ``headroom`` > 0 the
+candidates that meet the SLA are then run, cheapest first, on the same traffic at ``1 + headroom`` times its
+rate (``Trace.rate_scaled``: fresh arrivals at that rate per minute, the trace's own clock and lengths), and
+the first that meets the SLA there too is chosen. Where none does, the one with the best attainment there
+(then the fewest paid GPU-hours on the past traffic) is chosen, and the result says so.
+
 The search is coordinate descent over a small grid (``DEFAULT_SPACE``): from the base settings, each
 dimension in turn (in an order drawn from ``random.Random(seed)`` each round) tries each of its values with
 the others held, keeping any that improves the objective, for a few rounds or until a round changes
@@ -24,8 +31,8 @@ import copy
 import json
 import multiprocessing
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -179,16 +186,43 @@ class Candidate:
         return (1, -self.result.attainment, self.result.paid_gpu_hours)
 
 
+@dataclass(frozen=True)
+class HeadroomCheck:
+    """A candidate that meets the SLA on the past traffic, run again on it at ``1 + headroom`` times the rate."""
+
+    candidate: Candidate
+    result: SimResult
+
+    @property
+    def meets_sla(self) -> bool:
+        return self.result.meets_sla(self.candidate.sla_target)
+
+
 @dataclass
 class Tuned:
     best: Candidate
     base: Candidate
     evaluated: list[Candidate] = field(default_factory=list)
     refused: list[tuple[Values, str]] = field(default_factory=list)
+    # The headroom asked for (0: none) and the candidates run at it, in the order they were run.
+    headroom: float = 0.0
+    checks: list[HeadroomCheck] = field(default_factory=list)
 
     @property
     def meets_sla(self) -> bool:
         return self.best.meets_sla
+
+    @property
+    def best_at_headroom(self) -> SimResult | None:
+        """The chosen settings' run at the headroom; None where none was asked for or no candidate met the SLA
+        on the past traffic (nothing was run at the headroom)."""
+        return next((check.result for check in self.checks if check.candidate is self.best), None)
+
+    @property
+    def holds_headroom(self) -> bool | None:
+        """Whether the chosen settings meet the SLA at the headroom too; None where nothing was run there."""
+        at = self.best_at_headroom
+        return None if at is None else at.meets_sla(self.best.sla_target)
 
     @property
     def summary(self) -> str:
@@ -200,6 +234,14 @@ class Tuned:
         )
         if not self.meets_sla:
             text += "; NO candidate meets the SLA: these are the settings with the best attainment"
+        if (at := self.best_at_headroom) is not None:
+            failed = sum(1 for check in self.checks if not check.meets_sla)
+            text += (
+                f"; at {1 + self.headroom:g}x the traffic {len(self.checks)} candidate(s) run, {failed} missed the "
+                f"SLA there; the chosen one: {at.paid_gpu_hours:.3f} paid GPU-hours at {at.attainment:.3%}"
+            )
+            if not self.holds_headroom:
+                text += "; NO candidate meets the SLA at that headroom: these have the best attainment there"
         return text
 
 
@@ -249,6 +291,26 @@ def _worker_simulate(values: Values) -> SimResult:
     return _WORKER.simulate(values)
 
 
+def _processes(shared: _Run, workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
+    """``workers`` forked processes that each hold ``shared`` (None for one: the runs stay in this process)."""
+    if workers <= 1:
+        return None
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init,
+        initargs=(shared,),
+    )
+
+
+def _simulate_all(
+    shared: _Run, pool: concurrent.futures.ProcessPoolExecutor | None, batch: Sequence[Values]
+) -> Iterator[SimResult]:
+    """Each of ``batch`` run on ``shared``'s traffic, in ``pool``'s processes where there is one; yielded in
+    ``batch``'s order as each is done (in this process, one at a time: a caller's progress shows each)."""
+    return pool.map(_worker_simulate, batch) if pool else (shared.simulate(dict(v)) for v in batch)
+
+
 def tune(
     *,
     trace: Trace,
@@ -265,6 +327,7 @@ def tune(
     max_evaluations: int = 40,
     initial_instances: int = 1,
     workers: int = 1,
+    headroom: float = 0.0,
     progress: Callable[[Candidate], None] | None = None,
 ) -> Tuned:
     """Coordinate descent from ``base`` over ``space`` (see the module's docstring); every run is seeded with
@@ -272,7 +335,10 @@ def tune(
     validation refuses is recorded in ``Tuned.refused`` and not run. ``workers`` > 1 simulates a dimension's
     values in that many processes at once (the same runs, the same result). Every candidate is judged by the
     same SLA: ``sla_ms`` to the first token (plus ``sla_ms_per_1k_prompt_tokens`` per 1,000 prompt tokens)
-    and, where set, ``e2e_sla_ms`` for the whole answer, met by ``sla_target`` of the requests."""
+    and, where set, ``e2e_sla_ms`` for the whole answer, met by ``sla_target`` of the requests. ``headroom``:
+    see the module's docstring; the traffic at the headroom is drawn with ``seed`` + 1."""
+    if headroom < 0:
+        raise ValueError(f"headroom must be 0 or more, got {headroom:g}")
     shared = _Run(
         trace, engine, gpus, seed, sla_ms, sla_target, initial_instances, e2e_sla_ms, sla_ms_per_1k_prompt_tokens
     )
@@ -280,16 +346,7 @@ def tune(
     seen: dict[str, Candidate] = {}
     refused: list[tuple[Values, str]] = []
     refused_keys: set[str] = set()
-    pool = (
-        concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_worker_init,
-            initargs=(shared,),
-        )
-        if workers > 1
-        else None
-    )
+    pool = _processes(shared, workers)
 
     # Each settings mapping's key, by what it runs: settings equal in effect (a default written out or left
     # implicit) share one simulation.
@@ -323,7 +380,7 @@ def tune(
             if key in seen or key in wanted or len(seen) + len(wanted) >= max_evaluations:
                 continue
             wanted[key] = values
-        runs = list(pool.map(_worker_simulate, wanted.values())) if pool else map(shared.simulate, wanted.values())
+        runs = _simulate_all(shared, pool, list(wanted.values()))
         for (key, values), result in zip(wanted.items(), runs, strict=True):
             seen[key] = Candidate(values=values, result=result, sla_target=sla_target)
             if progress is not None:
@@ -350,7 +407,25 @@ def tune(
     finally:
         if pool is not None:
             pool.shutdown()
-    return Tuned(best=best, base=first[0], evaluated=list(seen.values()), refused=refused)
+    tuned = Tuned(best=best, base=first[0], evaluated=list(seen.values()), refused=refused, headroom=headroom)
+    if headroom > 0 and best.meets_sla:
+        _headroom_choose(tuned, replace(shared, trace=trace.rate_scaled(1 + headroom, seed=seed + 1)))
+    return tuned
+
+
+def _headroom_choose(tuned: Tuned, stressed: _Run) -> None:
+    """Run the candidates that meet the SLA on ``stressed`` (the traffic at the headroom), cheapest first and
+    one at a time (the traffic is larger than the past's: two at once may not fit in memory where one
+    candidate's run on the past did), until one meets it there too; choose that one, or where none does, the
+    one with the best attainment there (then the fewest paid GPU-hours on the past traffic)."""
+    for candidate in sorted((c for c in tuned.evaluated if c.meets_sla), key=lambda c: c.objective):
+        check = HeadroomCheck(candidate, stressed.simulate(candidate.values))
+        tuned.checks.append(check)
+        if check.meets_sla:
+            tuned.best = candidate
+            return
+    best = min(tuned.checks, key=lambda c: (-c.result.attainment, c.candidate.result.paid_gpu_hours))
+    tuned.best = best.candidate
 
 
 def settings_file_values(values: Mapping[str, Any]) -> Values:
@@ -409,16 +484,12 @@ def forward_rows(
     static = runs[count - 1]
     rows = [ForwardRow(f"static ({count} always on)", static, 0.0, static.meets_sla(sla_target))]
     shared = _Run(trace, engine, gpus, seed, sla_ms, sla_target, count)
-    if workers > 1:
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_worker_init,
-            initargs=(shared,),
-        ) as pool:
-            results = list(pool.map(_worker_simulate, settings.values()))
-    else:
-        results = [shared.simulate(dict(values)) for values in settings.values()]
+    pool = _processes(shared, workers)
+    try:
+        results = list(_simulate_all(shared, pool, [dict(values) for values in settings.values()]))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     for label, result in zip(settings, results, strict=True):
         rows.append(ForwardRow(label, result, saved_against(result, static), result.meets_sla(sla_target)))
     return rows

@@ -180,7 +180,8 @@ def test_runs_queued_together_run_one_at_a_time_oldest_first(
 
     monkeypatch.setattr(tuning, "tune", counted_tune)
     data = {"action": "tune_settings", "_selected_action": [pool.pk for pool in pools]}
-    admin_client.post(reverse("admin:fleet_pool_changelist"), {**data, "days": 1, "max_evaluations": 1, "tune": 1})
+    form = {"days": 1, "max_evaluations": 1, "headroom": 0, "tune": 1}
+    admin_client.post(reverse("admin:fleet_pool_changelist"), {**data, **form})
     finish_runs()
 
     runs = list(TuningRun.objects.order_by("pk"))

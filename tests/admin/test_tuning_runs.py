@@ -40,7 +40,9 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
     10 + 30. The pool holds 2 instances at least on its 2 GPUs, so the settings it starts from pay both for
     the trace's 600 s: 2 x 600 / 3600 = 0.333 GPU-hours, all within the SLA (a 200-token prompt takes
     milliseconds). Within the 3 simulations asked for the search (seed 0) tries only queue thresholds, none
-    of which lowers that floor: it finds no change, and there is nothing to apply."""
+    of which lowers that floor: it finds no change, and there is nothing to apply. With the headroom asked for
+    (a quarter more traffic) the cheapest of the three, the settings it started from, is run again at 1.25
+    requests a second: two instances serve that within the SLA too, and the page says so."""
     pool = make_pool(min_instances=2, max_instances=2)
     other = make_pool("other-l")
     now = timezone.now()
@@ -56,7 +58,7 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
     assert not TuningRun.objects.exists()
 
     with django_capture_on_commit_callbacks(execute=True):
-        text = tune_action(admin_client, pool, days=2, max_evaluations=3, tune="Tune").content.decode()
+        text = tune_action(admin_client, pool, days=2, max_evaluations=3, headroom=0.25, tune="Tune").content.decode()
     finish_runs()
 
     run = TuningRun.objects.get()
@@ -71,8 +73,10 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
     assert run.tuned_paid_gpu_hours == run.base_paid_gpu_hours
     assert (run.base_attainment, run.tuned_attainment, run.meets_sla) == (1.0, 1.0, True)
     assert run.settings == {}
+    assert (run.headroom, run.holds_headroom, run.headroom_attainment) == (0.25, True, 1.0)
     page = admin_client.get(reverse("admin:fleet_tuningrun_change", args=[run.pk])).content.decode()
     assert "0.333 → 0.333" in page and 'id="tuning-apply"' not in page
+    assert "100.00% at 1.25x the traffic" in page
     refused = admin_client.post(reverse("admin:fleet_tuningrun_apply", args=[run.pk]), follow=True)
     assert "Nothing changed" in refused.content.decode() and "found no change" in refused.content.decode()
     assert not Decision.objects.exists()
@@ -97,6 +101,18 @@ def test_too_little_traffic_fails_with_its_count_and_applies_nothing(
     assert "Nothing changed" in text and "is failed, not done" in text
     assert not Decision.objects.exists()
     assert tuning_run_execute(run.pk) is None  # not queued: a second delivery of the task does nothing
+
+
+@pytest.mark.parametrize("headroom", ["-0.1", "3.5", "a lot"])
+def test_a_headroom_outside_0_to_3_is_refused_on_the_form_and_queues_nothing(
+    admin_client: Client, headroom: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    pool = make_pool()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = tune_action(admin_client, pool, days=3, max_evaluations=2, headroom=headroom, tune="Tune")
+    assert response.status_code == 200 and 'id="tune-settings"' in response.content.decode()
+    assert response.context["form"].errors["headroom"]
+    assert not TuningRun.objects.exists()
 
 
 def done_run(pool: Pool) -> TuningRun:

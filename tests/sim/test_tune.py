@@ -70,6 +70,48 @@ def test_a_static_size_below_the_floor_is_refused_as_the_admin_refuses_it() -> N
     assert tuned.evaluated[1].result.paid_gpu_hours == pytest.approx(tuned.base.result.paid_gpu_hours)
 
 
+def test_headroom_chooses_the_cheapest_candidate_that_also_meets_the_sla_at_more_traffic() -> None:
+    """One 200-token prompt a second, evenly spaced, is 0.21 s of work a second: one instance serves it all
+    within 500 ms, so without headroom the search takes the floor of 1. At 1.5x that rate, drawn as Poisson
+    arrivals, one instance queues in the bursts (about 96% within) and two do not: with headroom 0.5 the
+    candidates that met the SLA are run again there cheapest first, the floor of 1 misses, the floor of 2
+    meets it and is chosen, and the floor of 3 (dearer still) is never run at the headroom."""
+    trace = trace_of(*steady(600))
+    space = (Dimension("min_instances", tuple({"pool": {"min_instances": n}} for n in (1, 2, 3))),)
+    base = settings_patch(QUIET, {"pool": {"min_instances": 2}})
+    plain = tune(trace=trace, engine=TOY, gpus=4, base=base, space=space, seed=0)
+    assert plain.best.values["pool"]["min_instances"] == 1
+    assert plain.checks == [] and plain.holds_headroom is None
+
+    tuned = tune(trace=trace, engine=TOY, gpus=4, base=base, space=space, seed=0, headroom=0.5)
+    assert [c.result for c in tuned.evaluated] == [c.result for c in plain.evaluated]  # the same search
+    assert [c.candidate.values["pool"]["min_instances"] for c in tuned.checks] == [1, 2]
+    assert [c.meets_sla for c in tuned.checks] == [False, True]
+    assert tuned.checks[0].result.attainment < 0.99
+    assert tuned.checks[0].result.requests > 1.3 * len(trace.requests)  # the traffic at 1.5x
+    assert tuned.best.values["pool"]["min_instances"] == 2
+    assert tuned.meets_sla and tuned.holds_headroom is True
+    assert "at 1.5x the traffic 2 candidate(s) run, 1 missed the SLA there" in tuned.summary
+
+
+def test_where_no_candidate_meets_the_sla_at_the_headroom_the_best_attainment_there_is_chosen_and_said() -> None:
+    """At 4x the traffic neither a floor of 1 nor of 2 meets 99.9% on a fleet of two cards: the one with the
+    better attainment there, 2, is chosen and the summary says no candidate holds. Negative headroom is refused
+    before anything runs."""
+    trace = trace_of(*steady(600))
+    space = (Dimension("min_instances", tuple({"pool": {"min_instances": n}} for n in (1, 2))),)
+    base = settings_patch(QUIET, {"pool": {"min_instances": 1}})
+    tuned = tune(trace=trace, engine=TOY, gpus=2, base=base, space=space, seed=0, headroom=3.0)
+    assert [c.meets_sla for c in tuned.checks] == [False, False]
+    low, high = (c.result.attainment for c in tuned.checks)
+    assert low < high
+    assert tuned.best.values["pool"]["min_instances"] == 2
+    assert tuned.meets_sla and tuned.holds_headroom is False
+    assert "NO candidate meets the SLA at that headroom" in tuned.summary
+    with pytest.raises(ValueError, match="headroom must be 0 or more"):
+        tune(trace=trace, engine=TOY, gpus=2, base=base, space=space, headroom=-0.1)
+
+
 def test_a_burst_tunes_the_scale_out_trigger_to_fewer_breaches() -> None:
     """Five minutes at one 200-token prompt a second (0.21 s of work each, one instance keeps up), then five
     minutes at five a second: 5 x 0.21 = 1.05 s of prefill a second, more than one instance has, so its queue
@@ -181,14 +223,9 @@ def test_policy_apply_checks_the_minimum_against_the_static_size_once_both_are_w
     assert Policy.objects.get(kind="static_hold", pool=pool).settings["static_replicas"] == 3
 
 
-@pytest.mark.django_db
-def test_simulate_tune_writes_a_file_setup_build_reads(tmp_path: Path) -> None:
-    """Two minutes at two requests a second, searched over the floor only from the defaults (floor 0):
-    what it writes is a settings file, and ``setup_build`` takes it as the simulator's settings."""
-    trace = tmp_path / "trace.csv"
-    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{t * 0.5},300,5\n" for t in range(240)))
-    output = tmp_path / "tuned.json"
-    out, err = StringIO(), StringIO()
+def simulate_tune(trace: Path, output: Path, *options: str) -> str:
+    """``simulate_tune`` on a trace file over the floor only, 2 GPUs, 3 simulations at most; what it printed."""
+    out = StringIO()
     call_command(
         "simulate_tune",
         f"--trace={trace}",
@@ -196,12 +233,30 @@ def test_simulate_tune_writes_a_file_setup_build_reads(tmp_path: Path) -> None:
         "--space=min_instances",
         "--max-evaluations=3",
         f"--output={output}",
+        *options,
         stdout=out,
-        stderr=err,
+        stderr=StringIO(),
     )
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_simulate_tune_writes_a_file_setup_build_reads(tmp_path: Path) -> None:
+    """Two minutes at two requests a second, searched over the floor only from the defaults (floor 0):
+    what it writes is a settings file, and ``setup_build`` takes it as the simulator's settings. A headroom
+    below 0 is refused before anything runs or is written; one of 0.5 runs the search's choice at 1.5x."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{t * 0.5},300,5\n" for t in range(240)))
+    output = tmp_path / "tuned.json"
+    printed = simulate_tune(trace, output)
     written = json.loads(output.read_text())
     assert set(written) == {"pool", "policies"}
-    assert "candidates simulated" in out.getvalue()
+    assert "candidates simulated" in printed and "the traffic" not in printed
     setup_build(engine=TOY, gpus=2, values=written)
     with pytest.raises(CommandError, match="unknown dimensions"):
-        call_command("simulate_tune", f"--trace={trace}", "--space=nope", f"--output={output}", stdout=StringIO())
+        simulate_tune(trace, output, "--space=nope")
+    output.unlink()
+    with pytest.raises(CommandError, match=r"--headroom -0\.5: room for growth is 0 or more"):
+        simulate_tune(trace, output, "--headroom=-0.5")
+    assert not output.exists()
+    assert "at 1.5x the traffic" in simulate_tune(trace, output, "--headroom=0.5") and output.exists()

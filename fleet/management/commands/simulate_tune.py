@@ -66,6 +66,15 @@ class Command(BaseCommand):
         parser.add_argument("--max-evaluations", type=int, default=40)
         parser.add_argument("--workers", type=int, default=1, help="Simulations run at once.")
         parser.add_argument(
+            "--headroom",
+            type=float,
+            default=0.0,
+            help=(
+                "Room for growth: choose the cheapest settings that also meet the SLA on the same traffic at "
+                "1 + HEADROOM times its rate (0.25: a quarter more), or say that none does (default 0: none)."
+            ),
+        )
+        parser.add_argument(
             "--space",
             default=",".join(d.name for d in DEFAULT_SPACE),
             help=f"Dimensions to search, comma-separated, of: {', '.join(d.name for d in DEFAULT_SPACE)}.",
@@ -81,6 +90,8 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        if options["headroom"] < 0:
+            raise CommandError(f"--headroom {options['headroom']:g}: room for growth is 0 or more")
         names = options["space"].split(",")
         unknown = set(names) - {d.name for d in DEFAULT_SPACE}
         if unknown:
@@ -108,6 +119,7 @@ class Command(BaseCommand):
                 rounds=options["rounds"],
                 max_evaluations=options["max_evaluations"],
                 workers=options["workers"],
+                headroom=options["headroom"],
                 progress=say,
             )
         except ValueError as exc:
