@@ -34,7 +34,6 @@ from fleet.decide.services import (
 )
 from fleet.decide.tuning import (
     TUNING_DAYS,
-    TUNING_HEADROOM,
     TUNING_MAX_EVALUATIONS,
     TuningRefused,
     tuning_run_apply,
@@ -67,6 +66,7 @@ from fleet.models import (
 )
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
+from fleet.sim.tune import DEFAULT_HEADROOM
 from fleet.tasks import tuning_run_queue
 from fleet.telemetry.agent_dist import install_command, install_problems
 from fleet.telemetry.ingest import batch_image_bound_watch, spec_change_tell
@@ -481,7 +481,7 @@ class TuneForm(forms.Form):
     headroom = forms.FloatField(
         min_value=0.0,
         max_value=3.0,
-        initial=TUNING_HEADROOM,
+        initial=DEFAULT_HEADROOM,
         help_text=(
             "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its rate "
             "(0.25: a quarter more). Each candidate checked there is one more simulation; 0 checks none."

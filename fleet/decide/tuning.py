@@ -42,7 +42,7 @@ from fleet.policies.settings import SCHEMAS
 from fleet.sim.engine import DEFAULT_PROFILE, PROFILES, TTFT_BUCKETS, EngineModel, engine_model_for
 from fleet.sim.setup import pool_view_default, setup_build
 from fleet.sim.traces import trace_from_request_log
-from fleet.sim.tune import DEFAULT_SPACE, Candidate, settings_file_values, settings_patch, tune
+from fleet.sim.tune import DEFAULT_HEADROOM, DEFAULT_SPACE, Candidate, settings_file_values, settings_patch, tune
 from fleet.sim_pool import pool_sim_setup
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ POOL_SPACE = tuple(dimension for dimension in DEFAULT_SPACE if dimension.name !=
 TUNING_MAX_EVALUATIONS = 1 + sum(len(dimension.choices) - 1 for dimension in POOL_SPACE)
 # Fewer requests than this say too little about the pool's traffic to tune on.
 TUNING_MIN_REQUESTS = 500
-# Room for growth asked of a run by default: the settings it finds also meet the SLA at a quarter more traffic
-# than the days it replays (``fleet.sim.tune``'s headroom), so the cheapest settings that just meet it on the
-# past are not what the pool gets the day its traffic grows.
-TUNING_HEADROOM = 0.25
 # The GPU simulated for a pool that names no GPU model and runs on none yet.
 TUNING_DEFAULT_GPU = "H100"
 # How often a running run shows it is alive, and how long a silence means the process running it is gone.
@@ -182,7 +178,7 @@ def tuning_run_create(
     user: str,
     days: int = TUNING_DAYS,
     max_evaluations: int = TUNING_MAX_EVALUATIONS,
-    headroom: float = TUNING_HEADROOM,
+    headroom: float = DEFAULT_HEADROOM,
 ) -> TuningRun:
     """A queued run over the pool's last ``days`` days of traffic; the caller queues ``fleet.tuning_run``."""
     if days < 1 or max_evaluations < 1:

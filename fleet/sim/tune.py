@@ -46,6 +46,10 @@ from fleet.sim.simulate import Simulation
 from fleet.sim.traces import RateSeries, Trace
 
 DAY_S = 86_400.0
+# Room for growth asked by default of a search from the admin or ``simulate_tune``: the settings chosen also meet
+# the SLA at a quarter more traffic than the past they were tuned on, so the cheapest settings that only just
+# meet it there are not what the pool gets the day its traffic grows. Traffic that grows faster asks for more.
+DEFAULT_HEADROOM = 0.25
 Values = dict[str, Any]
 # A change to the settings: {section: {key: value}}, section "pool" or a policy kind under "policies".
 Patch = Mapping[str, Mapping[str, Any]]

@@ -243,15 +243,17 @@ def simulate_tune(trace: Path, output: Path, *options: str) -> str:
 @pytest.mark.django_db
 def test_simulate_tune_writes_a_file_setup_build_reads(tmp_path: Path) -> None:
     """Two minutes at two requests a second, searched over the floor only from the defaults (floor 0):
-    what it writes is a settings file, and ``setup_build`` takes it as the simulator's settings. A headroom
-    below 0 is refused before anything runs or is written; one of 0.5 runs the search's choice at 1.5x."""
+    what it writes is a settings file, and ``setup_build`` takes it as the simulator's settings. By default
+    the choice is run again at 1.25x the traffic; a headroom of 0 runs nothing more, one below 0 is refused
+    before anything runs or is written, one of 0.5 runs the choice at 1.5x."""
     trace = tmp_path / "trace.csv"
     trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{t * 0.5},300,5\n" for t in range(240)))
     output = tmp_path / "tuned.json"
     printed = simulate_tune(trace, output)
     written = json.loads(output.read_text())
     assert set(written) == {"pool", "policies"}
-    assert "candidates simulated" in printed and "the traffic" not in printed
+    assert "candidates simulated" in printed and "at 1.25x the traffic" in printed
+    assert "the traffic" not in simulate_tune(trace, output, "--headroom=0")
     setup_build(engine=TOY, gpus=2, values=written)
     with pytest.raises(CommandError, match="unknown dimensions"):
         simulate_tune(trace, output, "--space=nope")

@@ -13,8 +13,8 @@ from typing import Any
 from django.test import Client
 from django.urls import reverse
 
-from fleet.decide.tuning import TUNING_HEADROOM
 from fleet.models import Pool, RequestLog
+from fleet.sim.tune import DEFAULT_HEADROOM
 from fleet.tasks import TUNING_THREAD_NAME
 
 
@@ -39,5 +39,5 @@ def log_requests(pool: Pool | None, count: int, *, start: Any, **changes: Any) -
 
 def tune_action(client: Client, pool: Pool, **form: Any) -> Any:
     """The action's form posted as the browser posts it: the fields left alone keep their initial values."""
-    data = {"action": "tune_settings", "_selected_action": [pool.pk], "headroom": TUNING_HEADROOM, **form}
+    data = {"action": "tune_settings", "_selected_action": [pool.pk], "headroom": DEFAULT_HEADROOM, **form}
     return client.post(reverse("admin:fleet_pool_changelist"), data, follow=True)

@@ -26,7 +26,7 @@ from fleet.sim.traces import (
     trace_from_request_log,
     trace_load,
 )
-from fleet.sim.tune import DEFAULT_SPACE, Candidate, series_days, settings_file_values, tune
+from fleet.sim.tune import DEFAULT_HEADROOM, DEFAULT_SPACE, Candidate, series_days, settings_file_values, tune
 
 
 def days_parse(text: str) -> tuple[int, int]:
@@ -68,10 +68,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--headroom",
             type=float,
-            default=0.0,
+            default=DEFAULT_HEADROOM,
             help=(
                 "Room for growth: choose the cheapest settings that also meet the SLA on the same traffic at "
-                "1 + HEADROOM times its rate (0.25: a quarter more), or say that none does (default 0: none)."
+                f"1 + HEADROOM times its rate, or say that none does (default {DEFAULT_HEADROOM:g}; 0: none)."
             ),
         )
         parser.add_argument(
