@@ -23,6 +23,7 @@ from fleet.sim.traces import RateSeries, Trace, rate_series_load, trace_from_rat
 from fleet.sim.tune import (
     DEFAULT_SPACE,
     Candidate,
+    HeadroomCheck,
     Values,
     forward_markdown,
     forward_rows,
@@ -120,11 +121,13 @@ def _tuned(
     base = {"policies": {"autoscale": {"prefill_tokens_per_s": round(engine.prefill_tokens_per_s)}}}
     began = time.monotonic()
 
-    def say(candidate: Candidate) -> None:
-        r = candidate.result
+    def say(candidate: Candidate, *, at_headroom: HeadroomCheck | None = None) -> None:
+        r = candidate.result if at_headroom is None else at_headroom.result
+        meets = candidate.meets_sla if at_headroom is None else at_headroom.meets_sla
+        where = "" if at_headroom is None else f"at {1 + args.headroom:g}x: "
         print(
-            f"[{time.monotonic() - began:6.0f} s] {r.paid_gpu_hours:8.3f} paid GPU-h {r.attainment:.4%} "
-            f"{'meets' if candidate.meets_sla else 'misses'} {json.dumps(candidate.values, sort_keys=True)}",
+            f"[{time.monotonic() - began:6.0f} s] {where}{r.paid_gpu_hours:8.3f} paid GPU-h {r.attainment:.4%} "
+            f"{'meets' if meets else 'misses'} {json.dumps(candidate.values, sort_keys=True)}",
             flush=True,
         )
 
@@ -141,6 +144,7 @@ def _tuned(
         workers=args.workers,
         headroom=args.headroom,
         progress=say,
+        checked=lambda check: say(check.candidate, at_headroom=check),
     )
     print(tuned.summary, flush=True)
     values = settings_file_values(tuned.best.values)

@@ -42,7 +42,15 @@ from fleet.policies.settings import SCHEMAS
 from fleet.sim.engine import DEFAULT_PROFILE, PROFILES, TTFT_BUCKETS, EngineModel, engine_model_for
 from fleet.sim.setup import pool_view_default, setup_build
 from fleet.sim.traces import trace_from_request_log
-from fleet.sim.tune import DEFAULT_HEADROOM, DEFAULT_SPACE, Candidate, settings_file_values, settings_patch, tune
+from fleet.sim.tune import (
+    DEFAULT_HEADROOM,
+    DEFAULT_SPACE,
+    Candidate,
+    HeadroomCheck,
+    settings_file_values,
+    settings_patch,
+    tune,
+)
 from fleet.sim_pool import pool_sim_setup
 
 log = logging.getLogger(__name__)
@@ -315,8 +323,9 @@ def _execute(run: TuningRun) -> None:
     base = settings_patch(run.base_settings, {"pool": fixed})
     simulated = 0
 
-    def progress(_candidate: Candidate) -> None:
-        """Each simulation done shows on the run's page while it runs."""
+    def progress(_done: Candidate | HeadroomCheck) -> None:
+        """Each simulation done (a candidate, or one run again at the headroom) shows on the run's page while it
+        runs."""
         nonlocal simulated
         simulated += 1
         TuningRun.objects.filter(pk=run.pk, state=TuningRun.State.RUNNING).update(
@@ -336,9 +345,10 @@ def _execute(run: TuningRun) -> None:
         max_evaluations=run.max_evaluations,
         headroom=run.headroom,
         progress=progress,
+        checked=progress,
     )
     run.settings = settings_changes(base, tuned.best.values)
-    run.evaluations = len(tuned.evaluated)
+    run.evaluations = len(tuned.evaluated) + len(tuned.checks)
     run.meets_sla = tuned.meets_sla
     run.base_paid_gpu_hours = tuned.base.result.paid_gpu_hours
     run.tuned_paid_gpu_hours = tuned.best.result.paid_gpu_hours

@@ -21,7 +21,9 @@ class TuningRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     traffic_from = models.DateTimeField(help_text="The request log from this time ...")
     traffic_to = models.DateTimeField(help_text="... up to (not including) this one.")
-    max_evaluations = models.PositiveIntegerField(help_text="At most this many simulations.")
+    max_evaluations = models.PositiveIntegerField(
+        help_text="At most this many candidates simulated (each one run again at the headroom is one more)."
+    )
     headroom = models.FloatField(
         default=0.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(3.0)],
@@ -49,7 +51,9 @@ class TuningRun(models.Model):
         blank=True,
         help_text="What the search changed, in the shape policy_apply reads: {pool: {...}, policies: {kind: {...}}}.",
     )
-    evaluations = models.PositiveIntegerField(null=True, blank=True, help_text="Simulations run.")
+    evaluations = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Simulations run: the candidates, and those run again at the headroom."
+    )
     meets_sla = models.BooleanField(null=True, blank=True, help_text="Whether the settings found meet the SLA.")
     base_paid_gpu_hours = models.FloatField(null=True, blank=True)
     tuned_paid_gpu_hours = models.FloatField(null=True, blank=True)

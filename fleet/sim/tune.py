@@ -333,6 +333,7 @@ def tune(
     workers: int = 1,
     headroom: float = 0.0,
     progress: Callable[[Candidate], None] | None = None,
+    checked: Callable[[HeadroomCheck], None] | None = None,
 ) -> Tuned:
     """Coordinate descent from ``base`` over ``space`` (see the module's docstring); every run is seeded with
     ``seed`` and the dimensions' order each round is drawn from ``random.Random(seed)``. A candidate the
@@ -340,7 +341,8 @@ def tune(
     values in that many processes at once (the same runs, the same result). Every candidate is judged by the
     same SLA: ``sla_ms`` to the first token (plus ``sla_ms_per_1k_prompt_tokens`` per 1,000 prompt tokens)
     and, where set, ``e2e_sla_ms`` for the whole answer, met by ``sla_target`` of the requests. ``headroom``:
-    see the module's docstring; the traffic at the headroom is drawn with ``seed`` + 1."""
+    see the module's docstring; the traffic at the headroom is drawn with ``seed`` + 1. ``progress`` is told
+    of each candidate simulated, ``checked`` of each run at the headroom."""
     if headroom < 0:
         raise ValueError(f"headroom must be 0 or more, got {headroom:g}")
     shared = _Run(
@@ -413,11 +415,11 @@ def tune(
             pool.shutdown()
     tuned = Tuned(best=best, base=first[0], evaluated=list(seen.values()), refused=refused, headroom=headroom)
     if headroom > 0 and best.meets_sla:
-        _headroom_choose(tuned, replace(shared, trace=trace.rate_scaled(1 + headroom, seed=seed + 1)))
+        _headroom_choose(tuned, replace(shared, trace=trace.rate_scaled(1 + headroom, seed=seed + 1)), checked)
     return tuned
 
 
-def _headroom_choose(tuned: Tuned, stressed: _Run) -> None:
+def _headroom_choose(tuned: Tuned, stressed: _Run, checked: Callable[[HeadroomCheck], None] | None) -> None:
     """Run the candidates that meet the SLA on ``stressed`` (the traffic at the headroom), cheapest first and
     one at a time (the traffic is larger than the past's: two at once may not fit in memory where one
     candidate's run on the past did), until one meets it there too; choose that one, or where none does, the
@@ -425,6 +427,8 @@ def _headroom_choose(tuned: Tuned, stressed: _Run) -> None:
     for candidate in sorted((c for c in tuned.evaluated if c.meets_sla), key=lambda c: c.objective):
         check = HeadroomCheck(candidate, stressed.simulate(candidate.values))
         tuned.checks.append(check)
+        if checked is not None:
+            checked(check)
         if check.meets_sla:
             tuned.best = candidate
             return

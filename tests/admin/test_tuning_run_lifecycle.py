@@ -19,6 +19,7 @@ import fleet.tasks
 from fleet.decide import tuning
 from fleet.decide.tuning import tuning_heartbeat, tuning_run_create, tuning_run_execute, tuning_runs_fail_lost
 from fleet.models import Pool, TuningRun
+from fleet.sim.tune import DEFAULT_HEADROOM
 from fleet.tasks import tuning_runs_embedded
 from tests.factories import make_pool
 from tests.support.tuning import finish_runs, log_requests, tune_action
@@ -45,7 +46,7 @@ def test_the_action_returns_while_the_run_runs_in_the_background_and_its_page_sh
     monkeypatch.setattr(tuning, "tune", held_tune)
 
     try:
-        text = tune_action(admin_client, pool, days=1, max_evaluations=1, tune="Tune").content.decode()
+        text = tune_action(admin_client, pool, days=1, max_evaluations=1, headroom=0, tune="Tune").content.decode()
 
         assert "queued for chat-l on its last 1 days" in text
         assert searching.wait(60), "the run never started"
@@ -203,7 +204,8 @@ def test_a_run_an_earlier_server_queued_and_never_ran_is_run_when_the_next_one_s
     finish_runs()
 
     left.refresh_from_db()
-    assert (left.state, left.evaluations) == ("done", 1)
+    assert (left.state, left.evaluations) == ("done", 2)  # its settings, then again at the default headroom
+    assert (left.headroom, left.holds_headroom) == (DEFAULT_HEADROOM, True)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -56,10 +56,11 @@ def test_an_end_to_end_pools_bound_is_on_the_whole_answer_and_its_first_token_bo
 
 def long_prompt_run(pool: Pool) -> TuningRun:
     """The pool's 600 answered requests, one a second, of 8,000-token prompts and 8 tokens out, tuned with
-    one simulation (the settings it starts from) on its one GPU: each prompt's prefill alone takes 8,000 /
-    80,000 tokens a second (the H100 model's prefill rate) = 100 ms, and each is done before the next comes."""
+    one simulation (the settings it starts from, no headroom asked) on its one GPU: each prompt's prefill
+    alone takes 8,000 / 80,000 tokens a second (the H100 model's prefill rate) = 100 ms, and each is done
+    before the next comes."""
     log_requests(pool, 600, start=timezone.now() - timedelta(hours=1), prompt_tokens=8000, output_tokens=8)
-    run = tuning_run_create(pool=pool, user="admin", days=1, max_evaluations=1)
+    run = tuning_run_create(pool=pool, user="admin", days=1, max_evaluations=1, headroom=0)
     tuning_run_execute(run.pk)
     run.refresh_from_db()
     assert (run.state, run.error, run.requests, run.evaluations) == ("done", "", 600, 1)

@@ -65,7 +65,7 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
     assert "queued for chat-l on its last 2 days" in text
     assert (run.state, run.error, run.requested_by, run.requests) == ("done", "", "admin", 600)
     assert run.traffic_to - run.traffic_from == timedelta(days=2)
-    assert run.evaluations == 3  # the settings it starts from, then queue thresholds 2 and 10
+    assert run.evaluations == 4  # the settings it starts from, queue thresholds 2 and 10, and the first again
     assert run.engine.startswith("H100")
     assert run.base_settings == pool_tuning_base(pool)
     assert run.base_settings["pool"]["min_instances"] == 2
