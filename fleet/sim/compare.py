@@ -60,7 +60,7 @@ from decimal import Decimal
 from typing import Any
 
 from fleet.presets import PRICE_PRESETS
-from fleet.sim.result import SimResult
+from fleet.sim.result import SimOutcome, SimResult
 from fleet.sim.setup import SimSetup, tick_period_s
 from fleet.sim.simulate import Groups, Simulation
 from fleet.sim.traces import Trace, TraceRequest
@@ -121,7 +121,7 @@ class Comparison:
         return (Decimal(str(result.paid_gpu_hours)) * self.price_per_gpu_hour).quantize(Decimal("0.01"))
 
 
-def saved_against(result: SimResult, static: SimResult) -> float:
+def saved_against(result: SimResult | SimOutcome, static: SimResult | SimOutcome) -> float:
     """The share of a static fleet's bill ``result`` saves: 1 - its paid GPU-hours / the static fleet's (0 where
     the static fleet paid nothing). ``Comparison.saved`` and the tuner's forward evaluation both read it."""
     return 1 - result.paid_gpu_hours / static.paid_gpu_hours if static.paid_gpu_hours else 0.0

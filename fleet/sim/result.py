@@ -115,7 +115,40 @@ class SimResult:
 
     def meets_sla(self, target: float) -> bool:
         """At least ``target`` of requests within the SLA and none failed."""
-        return self.failed == 0 and self.attainment >= target
+        return sla_met(failed=self.failed, attainment=self.attainment, target=target)
+
+    def outcome(self) -> SimOutcome:
+        """What the run comes to, without its per-request lists."""
+        return SimOutcome(
+            label=self.label,
+            requests=self.requests,
+            paid_gpu_hours=self.paid_gpu_hours,
+            attainment=self.attainment,
+            failed=self.failed,
+            cold_starts=self.cold_starts,
+        )
+
+
+def sla_met(*, failed: int, attainment: float, target: float) -> bool:
+    """A run meets its SLA: at least ``target`` of its requests within it and none failed."""
+    return failed == 0 and attainment >= target
+
+
+@dataclass(frozen=True)
+class SimOutcome:
+    """What a run comes to (``SimResult.outcome``), without the per-request lists: what a settings search keeps
+    of each candidate it ran. The lists hold a few numbers a request, gigabytes for days of traffic at tens of
+    requests a second; a search holding every candidate's ran out of memory."""
+
+    label: str
+    requests: int
+    paid_gpu_hours: float
+    attainment: float
+    failed: int
+    cold_starts: int
+
+    def meets_sla(self, target: float) -> bool:
+        return sla_met(failed=self.failed, attainment=self.attainment, target=target)
 
 
 def percentile_of(values: Sequence[float], percentile: float) -> float:

@@ -3,9 +3,10 @@
 Each candidate is a settings mapping in the shape ``setup_build`` reads (``{"pool": {...}, "policies":
 {...}}``), validated as the admin validates it (``policy_settings_validate`` for the policies, the pool's own
 checks for the band and the instance bounds), run through the same ``Simulation`` over the same trace and
-judged by the same SLA (``SimResult.meets_sla``) and spend (``SimResult.paid_gpu_hours``). The objective: the
-fewest paid GPU-hours among candidates that meet the SLA; where none does, the best attainment (then the
-fewest paid GPU-hours), and the result says so.
+judged by the same SLA (``result.sla_met``) and spend (``SimResult.paid_gpu_hours``); each run is kept as its
+``SimOutcome``, the figures without the per-request lists. The objective: the fewest paid GPU-hours among
+candidates that meet the SLA; where none does, the best attainment (then the fewest paid GPU-hours), and the
+result says so.
 
 Settings chosen on past traffic meet the traffic that comes next only if they have room for its growth: the
 cheapest candidate on the past is often the one that just meets the SLA there. With ``headroom`` > 0 the
@@ -40,7 +41,7 @@ from fleet.policies.settings import SettingsInvalid
 from fleet.policies.static_hold import minimum_conflict
 from fleet.sim.compare import saved_against, static_search
 from fleet.sim.engine import EngineModel
-from fleet.sim.result import SimResult
+from fleet.sim.result import SimOutcome, SimResult
 from fleet.sim.setup import SimSetup, setup_build
 from fleet.sim.simulate import Simulation
 from fleet.sim.traces import RateSeries, Trace
@@ -174,7 +175,7 @@ def setup_for(
 @dataclass(frozen=True)
 class Candidate:
     values: Values
-    result: SimResult
+    result: SimOutcome
     sla_target: float
 
     @property
@@ -195,7 +196,7 @@ class HeadroomCheck:
     """A candidate that meets the SLA on the past traffic, run again on it at ``1 + headroom`` times the rate."""
 
     candidate: Candidate
-    result: SimResult
+    result: SimOutcome
 
     @property
     def meets_sla(self) -> bool:
@@ -217,7 +218,7 @@ class Tuned:
         return self.best.meets_sla
 
     @property
-    def best_at_headroom(self) -> SimResult | None:
+    def best_at_headroom(self) -> SimOutcome | None:
         """The chosen settings' run at the headroom; None where none was asked for or no candidate met the SLA
         on the past traffic (nothing was run at the headroom)."""
         return next((check.result for check in self.checks if check.candidate is self.best), None)
@@ -290,9 +291,11 @@ def _worker_init(shared: _Run) -> None:
     _WORKER = shared
 
 
-def _worker_simulate(values: Values) -> SimResult:
+def _worker_outcome(values: Values) -> SimOutcome:
+    """A candidate's run, reduced in its worker to what the search keeps (``SimOutcome``): the per-request lists
+    never cross to the parent."""
     assert _WORKER is not None
-    return _WORKER.simulate(values)
+    return _WORKER.simulate(values).outcome()
 
 
 def _processes(shared: _Run, workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
@@ -307,12 +310,13 @@ def _processes(shared: _Run, workers: int) -> concurrent.futures.ProcessPoolExec
     )
 
 
-def _simulate_all(
+def _outcomes(
     shared: _Run, pool: concurrent.futures.ProcessPoolExecutor | None, batch: Sequence[Values]
-) -> Iterator[SimResult]:
-    """Each of ``batch`` run on ``shared``'s traffic, in ``pool``'s processes where there is one; yielded in
-    ``batch``'s order as each is done (in this process, one at a time: a caller's progress shows each)."""
-    return pool.map(_worker_simulate, batch) if pool else (shared.simulate(dict(v)) for v in batch)
+) -> Iterator[SimOutcome]:
+    """Each of ``batch`` run on ``shared``'s traffic, in ``pool``'s processes where there is one, reduced to its
+    ``SimOutcome`` where it ran; yielded in ``batch``'s order as each is done (in this process one at a time:
+    a caller's progress shows each, and only one run's lists are held at once)."""
+    return pool.map(_worker_outcome, batch) if pool else (shared.simulate(dict(v)).outcome() for v in batch)
 
 
 def tune(
@@ -386,7 +390,7 @@ def tune(
             if key in seen or key in wanted or len(seen) + len(wanted) >= max_evaluations:
                 continue
             wanted[key] = values
-        runs = _simulate_all(shared, pool, list(wanted.values()))
+        runs = _outcomes(shared, pool, list(wanted.values()))
         for (key, values), result in zip(wanted.items(), runs, strict=True):
             seen[key] = Candidate(values=values, result=result, sla_target=sla_target)
             if progress is not None:
@@ -425,7 +429,7 @@ def _headroom_choose(tuned: Tuned, stressed: _Run, checked: Callable[[HeadroomCh
     candidate's run on the past did), until one meets it there too; choose that one, or where none does, the
     one with the best attainment there (then the fewest paid GPU-hours on the past traffic)."""
     for candidate in sorted((c for c in tuned.evaluated if c.meets_sla), key=lambda c: c.objective):
-        check = HeadroomCheck(candidate, stressed.simulate(candidate.values))
+        check = HeadroomCheck(candidate, stressed.simulate(candidate.values).outcome())
         tuned.checks.append(check)
         if checked is not None:
             checked(check)
@@ -468,7 +472,7 @@ def series_days(series: RateSeries, *, first_day: int, days: int) -> RateSeries:
 @dataclass(frozen=True)
 class ForwardRow:
     label: str
-    result: SimResult
+    result: SimOutcome
     saved: float
     meets_sla: bool
 
@@ -489,12 +493,13 @@ def forward_rows(
     higher); savings against the static fleet (``saved_against``). ``workers`` runs the settings sets at once."""
     base = setup_for({}, engine=engine, gpus=gpus, seed=seed, sla_ms=sla_ms, sla_target=sla_target)
     count, _, runs = static_search(trace=trace, setup=base)
-    static = runs[count - 1]
+    static = runs[count - 1].outcome()
+    del runs  # each run's per-request lists: the rows keep the figures
     rows = [ForwardRow(f"static ({count} always on)", static, 0.0, static.meets_sla(sla_target))]
     shared = _Run(trace, engine, gpus, seed, sla_ms, sla_target, count)
     pool = _processes(shared, workers)
     try:
-        results = list(_simulate_all(shared, pool, [dict(values) for values in settings.values()]))
+        results = list(_outcomes(shared, pool, [dict(values) for values in settings.values()]))
     finally:
         if pool is not None:
             pool.shutdown()

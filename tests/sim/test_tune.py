@@ -10,8 +10,18 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from fleet.sim.result import SimOutcome
 from fleet.sim.setup import setup_build
-from fleet.sim.tune import Dimension, settings_file_values, settings_patch, tune
+from fleet.sim.simulate import Simulation
+from fleet.sim.tune import (
+    Dimension,
+    forward_markdown,
+    forward_rows,
+    settings_file_values,
+    settings_patch,
+    setup_for,
+    tune,
+)
 from tests.sim.toy import TOY, trace_of
 
 # Idle reclaim and pre-warm off: the cases are about autoscale and the floor of instances alone.
@@ -92,6 +102,42 @@ def test_headroom_chooses_the_cheapest_candidate_that_also_meets_the_sla_at_more
     assert tuned.best.values["pool"]["min_instances"] == 2
     assert tuned.meets_sla and tuned.holds_headroom is True
     assert "at 1.5x the traffic 2 candidate(s) run, 1 missed the SLA there" in tuned.summary
+
+
+def test_the_search_keeps_each_runs_figures_not_its_per_request_lists() -> None:
+    """Days of traffic at tens of requests a second are millions of requests: a search that kept every
+    candidate's per-request lists ran out of memory. It keeps each run's ``SimOutcome``: the same figures the
+    whole result gives (the same run, simulated again here), judged by the same ``meets_sla``."""
+    trace = trace_of(*steady(600))
+    space = (Dimension("min_instances", tuple({"pool": {"min_instances": n}} for n in (1, 2))),)
+    base = settings_patch(QUIET, {"pool": {"min_instances": 2}})
+    tuned = tune(trace=trace, engine=TOY, gpus=2, base=base, space=space, seed=0, workers=2, headroom=0.5)
+    for kept in [*(c.result for c in tuned.evaluated), *(c.result for c in tuned.checks)]:
+        assert isinstance(kept, SimOutcome) and not hasattr(kept, "ttft_s")
+    whole = setup_for(tuned.base.values, engine=TOY, gpus=2, seed=0, sla_ms=500.0, sla_target=0.999)
+    result = Simulation(trace=trace, setup=whole, label="tune", initial_instances=2).run()
+    assert tuned.base.result == result.outcome()
+    assert (result.outcome().paid_gpu_hours, result.outcome().attainment) == (result.paid_gpu_hours, result.attainment)
+    for target in (0.9, 0.999, 1.0):
+        assert result.outcome().meets_sla(target) == result.meets_sla(target)
+
+
+def test_forward_rows_judge_each_settings_set_against_the_static_fleet_of_the_same_days() -> None:
+    """One 200-token prompt a second for 600 s: the static search finds one always-on instance enough (599.2 s
+    billed from the first arrival to the last answer, 0.166 GPU-hours). A floor of 2 pays twice that, saved
+    1 - 2 = -100%; the quiet defaults hold the one instance, saved 0%. In two processes, each row keeps the
+    run's figures, not its lists."""
+    trace = trace_of(*steady(600))
+    settings = {"floor 2": settings_patch(QUIET, {"pool": {"min_instances": 2}}), "quiet": QUIET}
+    rows = forward_rows(trace=trace, engine=TOY, gpus=2, settings=settings, workers=2)
+    assert [row.label for row in rows] == ["static (1 always on)", "floor 2", "quiet"]
+    static, floor, quiet = (row.result for row in rows)
+    assert static.paid_gpu_hours == pytest.approx(600 / 3600, rel=0.01)
+    assert floor.paid_gpu_hours == pytest.approx(2 * static.paid_gpu_hours)
+    assert quiet.paid_gpu_hours == pytest.approx(static.paid_gpu_hours)
+    assert [row.saved for row in rows] == pytest.approx([0.0, -1.0, 0.0])
+    assert all(row.meets_sla and isinstance(row.result, SimOutcome) for row in rows)
+    assert "| floor 2 | 600 | 0.333 | -100.0% | 100.000% | yes | 0 |" in forward_markdown(rows, title="toy")
 
 
 def test_where_no_candidate_meets_the_sla_at_the_headroom_the_best_attainment_there_is_chosen_and_said() -> None:
