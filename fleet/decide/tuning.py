@@ -380,6 +380,12 @@ def tuning_run_apply(*, run: TuningRun, user: str) -> Decision:
                 f"pool {pool.name}'s settings or SLA changed since tuning run {locked.pk} read them: its result is "
                 "stale; run it again"
             )
+        growth = ""
+        if locked.headroom_attainment is not None:
+            growth = (
+                f"; at {1 + locked.headroom:g}x the traffic {locked.headroom_attainment:.3%} within "
+                f"({'meets' if locked.holds_headroom else 'misses'} the SLA)"
+            )
         decision = pool_settings_apply(
             pool=pool,
             values=locked.settings,
@@ -387,7 +393,7 @@ def tuning_run_apply(*, run: TuningRun, user: str) -> Decision:
             reason=(
                 f"tuning run {locked.pk} applied by {user}: {locked.tuned_paid_gpu_hours:.3f} paid GPU-hours at "
                 f"{locked.tuned_attainment:.3%} within the SLA, against {locked.base_paid_gpu_hours:.3f} at "
-                f"{locked.base_attainment:.3%} with the settings it started from"
+                f"{locked.base_attainment:.3%} with the settings it started from{growth}"
             ),
         )
         locked.applied_decision, locked.applied_at, locked.applied_by = decision, timezone.now(), user

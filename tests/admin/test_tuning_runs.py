@@ -132,6 +132,9 @@ def done_run(pool: Pool) -> TuningRun:
         tuned_paid_gpu_hours=1.0,
         base_attainment=0.99,
         tuned_attainment=0.98,
+        headroom=0.25,
+        holds_headroom=True,
+        headroom_attainment=0.9995,
     )
 
 
@@ -155,6 +158,7 @@ def test_apply_writes_the_settings_through_the_services_once_as_one_decision_by_
     assert (decision.action, decision.pool_id, decision.inputs["user"]) == ("settings_applied", pool.pk, "operator")
     assert decision.inputs["before"]["pool"] == {"min_instances": 2}
     assert f"tuning run {run.pk} applied by operator" in decision.reason
+    assert "at 1.25x the traffic 99.950% within (meets the SLA)" in decision.reason
     assert f"Decision {decision.pk}" in text
     run.refresh_from_db()
     assert (run.applied_decision, run.applied_by, run.applied_at is not None) == (decision, "operator", True)
