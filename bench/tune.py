@@ -58,8 +58,8 @@ def main() -> None:
         "--forward-workers",
         type=int,
         default=1,
-        help="Settings sets run at once on the days after (each holds those days' requests: about 18 GB for four "
-        "days at 30 req/s).",
+        help="Settings sets run at once on the days after (each process holds those days' requests and a run's "
+        "results: two, for four days at 30 req/s, ran out of 23 GB).",
     )
     parser.add_argument("--headroom", type=float, default=0.0, help="As simulate_tune --headroom.")
     parser.add_argument(
