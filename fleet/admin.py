@@ -64,6 +64,7 @@ from fleet.models import (
     Team,
     TuningRun,
 )
+from fleet.models.tuning import TUNING_MAX_HEADROOM
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
 from fleet.sim.tune import DEFAULT_HEADROOM
@@ -480,7 +481,7 @@ class TuneForm(forms.Form):
     )
     headroom = forms.FloatField(
         min_value=0.0,
-        max_value=3.0,
+        max_value=TUNING_MAX_HEADROOM,
         initial=DEFAULT_HEADROOM,
         help_text=(
             "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its rate "
@@ -494,7 +495,17 @@ class TuningRunAdmin(ReadOnlyAdmin):
     """What each search found, read-only; a done run's settings apply in one click from its page."""
 
     change_form_template = "admin/fleet/tuningrun/change_form.html"
-    list_display = ("created_at", "pool", "state", "requested_by", "requests", "spend", "attainment", "applied_at")
+    list_display = (
+        "created_at",
+        "pool",
+        "state",
+        "requested_by",
+        "requests",
+        "spend",
+        "attainment",
+        "holds_headroom",
+        "applied_at",
+    )
     list_filter = ("state", "pool")
     list_select_related = ("pool",)
     readonly_fields = ("spend", "attainment", "at_headroom")

@@ -38,6 +38,7 @@ from django.utils import timezone
 from fleet import selectors
 from fleet.decide.services import POOL_SETTINGS_FIELDS, pool_settings_apply
 from fleet.models import Decision, Gpu, ModelProfile, Pool, RequestLog, TuningRun
+from fleet.models.tuning import TUNING_MAX_HEADROOM
 from fleet.policies.settings import SCHEMAS
 from fleet.sim.engine import DEFAULT_PROFILE, PROFILES, TTFT_BUCKETS, EngineModel, engine_model_for
 from fleet.sim.setup import pool_view_default, setup_build
@@ -191,8 +192,8 @@ def tuning_run_create(
     """A queued run over the pool's last ``days`` days of traffic; the caller queues ``fleet.tuning_run``."""
     if days < 1 or max_evaluations < 1:
         raise ValueError(f"days ({days}) and max_evaluations ({max_evaluations}) must be at least 1")
-    if headroom < 0:
-        raise ValueError(f"headroom ({headroom:g}) must be 0 or more")
+    if not 0 <= headroom <= TUNING_MAX_HEADROOM:
+        raise ValueError(f"headroom ({headroom:g}) must lie within 0 and {TUNING_MAX_HEADROOM:g}")
     now = timezone.now()
     return TuningRun.objects.create(
         pool=pool,

@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+# The most room for growth a run may ask: four times the traffic replayed is a rehearsal of another pool.
+TUNING_MAX_HEADROOM = 3.0
+
 
 class TuningRun(models.Model):
     """One search of a pool's settings (``fleet.sim.tune``) on its request log over ``traffic_from`` ..
@@ -26,7 +29,7 @@ class TuningRun(models.Model):
     )
     headroom = models.FloatField(
         default=0.0,
-        validators=[MinValueValidator(0.0), MaxValueValidator(3.0)],
+        validators=[MinValueValidator(0.0), MaxValueValidator(TUNING_MAX_HEADROOM)],
         help_text=(
             "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its "
             "rate (0: not asked)."

@@ -14,7 +14,13 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.decide.tuning import POOL_SPACE, TUNING_MIN_REQUESTS, pool_tuning_base, tuning_run_execute
+from fleet.decide.tuning import (
+    POOL_SPACE,
+    TUNING_MIN_REQUESTS,
+    pool_tuning_base,
+    tuning_run_create,
+    tuning_run_execute,
+)
 from fleet.models import Decision, Policy, Pool, TuningRun
 from tests.factories import make_pool
 from tests.support.tuning import finish_runs, log_requests, tune_action
@@ -77,6 +83,8 @@ def test_the_action_queues_a_run_that_tunes_on_the_pools_own_answered_requests_i
     page = admin_client.get(reverse("admin:fleet_tuningrun_change", args=[run.pk])).content.decode()
     assert "0.333 → 0.333" in page and 'id="tuning-apply"' not in page
     assert "100.00% at 1.25x the traffic" in page
+    listed = admin_client.get(reverse("admin:fleet_tuningrun_changelist")).content.decode()
+    assert "Holds headroom" in listed and 'alt="True"' in listed  # the column, and this run holds it
     refused = admin_client.post(reverse("admin:fleet_tuningrun_apply", args=[run.pk]), follow=True)
     assert "Nothing changed" in refused.content.decode() and "found no change" in refused.content.decode()
     assert not Decision.objects.exists()
@@ -112,6 +120,13 @@ def test_a_headroom_outside_0_to_3_is_refused_on_the_form_and_queues_nothing(
         response = tune_action(admin_client, pool, days=3, max_evaluations=2, headroom=headroom, tune="Tune")
     assert response.status_code == 200 and 'id="tune-settings"' in response.content.decode()
     assert response.context["form"].errors["headroom"]
+    assert not TuningRun.objects.exists()
+
+
+@pytest.mark.parametrize("headroom", [-0.1, 3.5])
+def test_a_run_asked_for_in_code_takes_the_forms_bounds_on_the_headroom(headroom: float) -> None:
+    with pytest.raises(ValueError, match=r"headroom \(.*\) must lie within 0 and 3"):
+        tuning_run_create(pool=make_pool(), user="admin", headroom=headroom)
     assert not TuningRun.objects.exists()
 
 
