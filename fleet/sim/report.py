@@ -123,12 +123,31 @@ def policy_activity(result: SimResult) -> str:
     return f"{result.label} fleet: {'; '.join(parts)}"
 
 
+def batch_summary(result: SimResult) -> str:
+    """What sleeping cost and what its freed memory ran (``SimResult.batch``); empty without batch work."""
+    work = result.batch
+    if work is None:
+        return ""
+    billed = "billed" if work.asleep_billed else "not billed (FLEET_COST_SLEEPING_HOLDS_GPU off)"
+    used = "" if work.asleep_used is None else f" ({work.asleep_used:.1%})"
+    return (
+        f"Sleeping and batch work ({result.label} fleet): instances spent {work.asleep_gpu_hours:.3f} "
+        f"GPU-hours asleep, {billed}; batch jobs ran on their cards for {work.used_gpu_hours:.3f} of them{used}: "
+        f"{work.run_hours:.3f} job-hours, "
+        f"of which {work.done_hours:.3f} in the {work.done} job(s) of {work.jobs} that finished, "
+        f"{work.lost_hours:.3f} thrown away by {work.preemptions} preemption(s) and {work.unfinished_hours:.3f} "
+        f"still running at the end."
+    )
+
+
 def comparison_markdown(comparison: Comparison) -> str:
     rows = [_row(comparison, r) for r in (comparison.policy, comparison.static, comparison.oracle)]
     utilization = "; ".join(
         f"{r.label}: {utilization_summary(r)}" for r in (comparison.policy, comparison.static, comparison.oracle)
     )
     notes = "".join(f"\nNote: {note}.\n" for note in comparison.notes)
+    batch = batch_summary(comparison.policy)
+    notes += f"\n{batch}\n" if batch else ""
     return (
         f"### {comparison.trace} on simulated {comparison.gpu_model}\n\n{comparison_summary(comparison)}\n\n"
         f"{_table(rows)}\n{notes}\nGPU duty cycle of serving instances (5 s samples), {utilization}.\n"

@@ -34,6 +34,38 @@ class Decision:
     reason: str
 
 
+@dataclass(frozen=True)
+class BatchWork:
+    """What co-located batch work (``SimSetup.batch``) did in a policy run, and what sleeping cost.
+
+    ``asleep_gpu_hours``: GPU-hours instances spent asleep on their cards (in ``gpu_hours`` where
+    ``asleep_billed``: ``SimSetup.sleeping_holds_gpu``); ``used_gpu_hours``: those with batch jobs
+    running on the card, the rest idle while asleep (split as the costs page splits it,
+    ``fleet.costs.sleep``). A job-hour is one job's hour on a card: those of runs that finished
+    (``done_hours``), of runs preempted (``lost_hours``: the work is thrown away, the job starts over)
+    and of runs still going at the trace's end (``unfinished_hours``)."""
+
+    jobs: int
+    done: int
+    preemptions: int
+    done_hours: float
+    lost_hours: float
+    unfinished_hours: float
+    asleep_gpu_hours: float
+    used_gpu_hours: float
+    asleep_billed: bool
+
+    @property
+    def run_hours(self) -> float:
+        """Every job-hour run, finished, lost or still going."""
+        return self.done_hours + self.lost_hours + self.unfinished_hours
+
+    @property
+    def asleep_used(self) -> float | None:
+        """The share of the asleep GPU-hours batch jobs ran in (None where nothing slept)."""
+        return self.used_gpu_hours / self.asleep_gpu_hours if self.asleep_gpu_hours > 0 else None
+
+
 @dataclass
 class SimResult:
     label: str
@@ -68,6 +100,8 @@ class SimResult:
     # prompt tokens of the requests in ``ttft_s``, in the same order, to judge each against its own bound.
     sla_ms_per_1k_prompt_tokens: float = 0.0
     prompt_tokens: list[int] = field(default_factory=list)
+    # What co-located batch work did (``SimSetup.batch``, policy runs only); None: no batch work was queued.
+    batch: BatchWork | None = None
 
     @property
     def paid_gpu_hours(self) -> float:

@@ -3,6 +3,7 @@ engine model, built as the admin would validate them (``setup_build``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -69,6 +70,52 @@ class SimPool:
 
 
 @dataclass(frozen=True)
+class BatchLoad:
+    """Batch work queued from the trace's start for the co-location policy (``fleet.policies.colocate``)
+    to place: ``jobs`` jobs, each needing ``memory_gib`` of GPU memory and ``run_s`` seconds on a card to
+    finish. A preempted job is requeued and starts over, as production's are (a ``BatchJob`` has no
+    checkpoint). A wake that preempts jobs waits ``evict_s`` for them to leave its card before it
+    reloads the weights (the agent stops a card's job containers before it wakes a server)."""
+
+    jobs: int
+    memory_gib: float
+    run_s: float
+    evict_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"batch jobs must be a whole number of at least 1, got {self.jobs!r}")
+        for name in ("memory_gib", "run_s", "evict_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"batch {name} must be a number, got {value!r}")
+        if self.memory_gib <= 0 or self.run_s <= 0:
+            raise ValueError(
+                f"batch memory_gib and run_s must be above 0, got {self.memory_gib:g} GiB and {self.run_s:g} s"
+            )
+        if self.evict_s < 0:
+            raise ValueError(f"batch evict_s must be 0 or more, got {self.evict_s:g}")
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * catalog.GIB)
+
+
+def batch_load_build(values: Mapping[str, Any]) -> BatchLoad:
+    """A ``BatchLoad`` from a settings section (``{"jobs": 40, "memory_gib": 20, "run_s": 1800}``)."""
+    known = {"jobs", "memory_gib", "run_s", "evict_s"}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"the batch section must be an object with {', '.join(sorted(known))}")
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown batch settings {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
+    missing = {"jobs", "memory_gib", "run_s"} - set(values)
+    if missing:
+        raise ValueError(f"the batch section needs {', '.join(sorted(missing))}")
+    return BatchLoad(**values)
+
+
+@dataclass(frozen=True)
 class SimSetup:
     # The GPUs and engine model of every pool without GPUs of its own (``SimPool.gpus``, ``gpu_groups``).
     engine: EngineModel
@@ -93,6 +140,8 @@ class SimSetup:
     node_release: bool = True
     # What a start has to do and how long each part takes (``fleet.sim.startup``).
     cold_start: ColdStartModel = field(default_factory=ColdStartModel)
+    # Batch work for co-location to place on the memory sleeping instances lend (policy runs only); None: none.
+    batch: BatchLoad | None = None
 
 
 def pool_view_default(*, engine: EngineModel, gpus: int, **fields: Any) -> PoolView:
@@ -123,11 +172,14 @@ def setup_build(
     sla_ms_per_1k_prompt_tokens: float = 0.0,
 ) -> SimSetup:
     """A one-pool setup from a settings mapping: ``{"pool": {...PoolView fields}, "policies":
-    {kind: {...} | null}, "routing": {...}}``; policy settings are validated as the admin does."""
+    {kind: {...} | null}, "routing": {...}, "batch": {...BatchLoad fields}}``; policy settings are
+    validated as the admin does."""
     values = values or {}
-    unknown = set(values) - {"pool", "policies", "routing"}
+    unknown = set(values) - {"pool", "policies", "routing", "batch"}
     if unknown:
-        raise ValueError(f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing")
+        raise ValueError(
+            f"unknown settings sections {', '.join(sorted(unknown))}; expected pool, policies, routing, batch"
+        )
     if sla_ms_per_1k_prompt_tokens < 0:
         raise ValueError(f"the SLA's ms per 1k prompt tokens must be 0 or more, got {sla_ms_per_1k_prompt_tokens:g}")
     return SimSetup(
@@ -143,6 +195,7 @@ def setup_build(
         sla_target=sla_target,
         e2e_sla_ms=e2e_sla_ms,
         sla_ms_per_1k_prompt_tokens=sla_ms_per_1k_prompt_tokens,
+        batch=batch_load_build(values["batch"]) if values.get("batch") is not None else None,
     )
 
 

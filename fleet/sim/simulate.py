@@ -44,16 +44,31 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from agents.histograms import histogram_observe, pool_latency, ttft_bound_ms
 from fleet import states
+from fleet.costs.allocation import Allocation
+from fleet.costs.prices import PriceBook
+from fleet.costs.sleep import JobMove, SleepReport, batch_runs, sleep_pieces, sleep_use
+from fleet.costs.spend import GpuInfo
 from fleet.policies import placement, pressure, prewarm, routing, static_hold
-from fleet.policies.actions import Action, DesireInstance, LaunchInstance, PoolDecision
+from fleet.policies.actions import (
+    Action,
+    DesireInstance,
+    LaunchInstance,
+    PoolDecision,
+    PreemptBatchJob,
+    StartBatchJob,
+)
 from fleet.policies.autoscale import SCALE_MOVES_KEPT
+from fleet.policies.colocate import wake_evictions
 from fleet.policies.pick import Picker
 from fleet.policies.registry import policies_run
 from fleet.policies.snapshot import (
+    BatchJobView,
     FleetSnapshot,
     GpuView,
     InstanceView,
@@ -73,15 +88,35 @@ from fleet.policies.windows import (
 from fleet.sim.billing import Hold, node_billed_hours, node_billed_now, node_of
 from fleet.sim.compiled import compiled_fresh, mypyc_attr
 from fleet.sim.engine import E2E_BUCKETS, PROFILES, TTFT_BUCKETS, EngineCore, EngineModel, SimRequest
-from fleet.sim.result import HELD_FAILED, Decision, SimResult, TimelinePoint, percentile_of
+from fleet.sim.result import HELD_FAILED, BatchWork, Decision, SimResult, TimelinePoint, percentile_of
 from fleet.sim.setup import GpuGroup, SimPool, SimSetup, gpu_groups, request_tier, tick_period_s
 from fleet.sim.startup import StartDraw, start_draw
 from fleet.sim.traces import Trace, TraceRequest
-from fleet.states import FAILED, READY, RUNNING, SLEEPING, STARTING, STOPPED, STOPPING
+from fleet.states import (
+    FAILED,
+    JOB_DONE,
+    JOB_PREEMPTED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_WAITING,
+    READY,
+    RUNNING,
+    SLEEPING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+)
 
 compiled_fresh(__file__)
 
 WAKING = "waking"
+
+# What an instance asleep keeps of its memory budget (the CUDA context and buffers): vLLM's sleep mode
+# frees "up to 90%+" of the GPU memory a server used (docs.vllm.ai, "Sleep Mode"); the simulator takes
+# the least of that, 90%, so the memory it lends batch work is not overstated.
+ASLEEP_KEEPS = 0.1
+# The kind of the decision that preempts a card's batch jobs when the simulated fleet hands the card back.
+CARD_RELEASE = "card_release"
 
 Groups = list[list[int]] | routing.ContextRefused
 
@@ -125,6 +160,7 @@ class _Instance:
     start: StartDraw | None = None
     samples: list[_Sample] = field(default_factory=list)
     prompt_tokens_reported: int = 0
+    asleep_since_s: float | None = None
 
     @property
     def occupies_device(self) -> bool:
@@ -134,6 +170,18 @@ class _Instance:
     def instance_id(self) -> int:
         """Its id as the gateway's pick reads it (a ``Candidate``)."""
         return self.id
+
+
+@dataclass
+class _Job:
+    """A batch job (``SimSetup.batch``), as the panel's ``BatchJob`` row holds it."""
+
+    id: int
+    state: str = JOB_QUEUED
+    generation: int = 1
+    gpu_id: int | None = None
+    started_s: float = 0.0
+    preemptions: int = 0
 
 
 @dataclass
@@ -270,6 +318,15 @@ class Simulation:
         self.interval_arrivals = 0
         self.interval_ttft: list[float] = []
         self.peak = 0
+        # Batch work (policy runs only): the jobs, each card's start of its current run of jobs, what they did.
+        self.batch = setup.batch if self.policy_mode else None
+        self.jobs = [_Job(id=n + 1) for n in range(self.batch.jobs)] if self.batch is not None else []
+        # (job, s, GPU or None: off it), as the panel's colocate and preempt decisions record the moves.
+        self.job_moves: list[tuple[int, float, int | None]] = []
+        self.job_done_s = 0.0
+        self.job_lost_s = 0.0
+        # Each sleep of an instance: (instance, GPU, asleep from s, to s).
+        self.sleeps: list[tuple[int, int, float, float]] = []
 
     # -- events ------------------------------------------------------------------
 
@@ -338,6 +395,8 @@ class Simulation:
                 self._slept(self.instances[a], b)
             elif kind == "expire":
                 self._expire(a)
+            elif kind == "job":
+                self._job_end(a, b)
             elif kind == "sample":
                 self._sample()
                 if self.done < total:
@@ -359,6 +418,7 @@ class Simulation:
             self._bill_close(instance, end)
             self._hold_close(instance, end)
         setup = self.setup
+        batch = self._batch_work(end)
         return SimResult(
             label=self.label,
             requests=total,
@@ -387,6 +447,43 @@ class Simulation:
             refused=len(self.refused),
             sla_ms_per_1k_prompt_tokens=_per_1k(setup),
             prompt_tokens=[r.prompt_tokens for i, r in enumerate(requests) if i not in self.refused],
+            batch=batch,
+        )
+
+    def _batch_work(self, end: float) -> BatchWork | None:
+        """What the batch work did by ``end`` (the runs still going count as unfinished), and the sleep it
+        used as the costs page splits it (``fleet.costs.sleep``: each sleep cut where jobs ran on its card)."""
+        if self.batch is None:
+            return None
+        sleeps = [
+            *self.sleeps,
+            *((i.id, i.gpu_id, i.asleep_since_s, end) for i in self.instances.values() if i.asleep_since_s is not None),
+        ]
+        allocations = [
+            Allocation(instance, gpu, None, self._at(first), self._at(last), Fraction(1), SLEEPING)
+            for instance, gpu, first, last in sleeps
+        ]
+        moves = [JobMove(job, self._at(t_s), gpu) for job, t_s, gpu in self.job_moves]
+        runs = batch_runs(moves, start=self.trace.start, end=self._at(end))
+        per_node = self.setup.gpus_per_node
+        gpus = {gpu: GpuInfo(gpu, node_of(gpu, per_node), self.device_of[gpu].device) for _, gpu, _, _ in sleeps}
+        # Unpriced (the comparison prices GPU-hours): the split's GPU-hours are what is read.
+        pieces = sleep_pieces(allocations=allocations, runs=runs)
+        rows = sleep_use(pieces=pieces, gpus=gpus, prices=PriceBook([], tz=ZoneInfo("UTC")))
+        split = SleepReport(
+            start=self.trace.start, end=self._at(end), currency="", billed=self.setup.sleeping_holds_gpu, rows=rows
+        )
+        running = [job for job in self.jobs if job.state == JOB_RUNNING]
+        return BatchWork(
+            jobs=len(self.jobs),
+            done=sum(1 for job in self.jobs if job.state == JOB_DONE),
+            preemptions=sum(job.preemptions for job in self.jobs),
+            done_hours=self.job_done_s / 3600,
+            lost_hours=self.job_lost_s / 3600,
+            unfinished_hours=sum(end - job.started_s for job in running) / 3600,
+            asleep_gpu_hours=float(split.slept.gpu_hours),
+            used_gpu_hours=float(split.used.gpu_hours),
+            asleep_billed=split.billed,
         )
 
     def pool_results(self) -> dict[int, SimResult]:
@@ -517,6 +614,11 @@ class Simulation:
             self._bill_close(instance, self.now)
         if now_holding and instance.held_since_s is None:
             instance.held_since_s = self.now
+        if instance.asleep_since_s is not None and state != SLEEPING:
+            self.sleeps.append((instance.id, instance.gpu_id, instance.asleep_since_s, self.now))
+            instance.asleep_since_s = None
+        elif state == SLEEPING and instance.asleep_since_s is None:
+            instance.asleep_since_s = self.now
         instance.actual = state
         # Its node is paid while the instance takes its GPU as placement counts it (until its
         # process exits, or while it is still wanted: a failed start waiting for its restart).
@@ -525,6 +627,11 @@ class Simulation:
             self.nodes_used.add(node_of(instance.gpu_id, self.setup.gpus_per_node))
         elif not instance.occupies_device:
             self._hold_close(instance, self.now)
+            if self.batch is not None and self._jobs_on(instance.gpu_id) and not self._gpu_taken(instance.gpu_id):
+                # The simulated fleet rents a card while an instance holds it: handed back, its jobs go too.
+                for job in self._jobs_on(instance.gpu_id):
+                    reason = f"batch job {job.id} preempted and requeued: its card is handed back"
+                    self._job_preempt(job, reason, CARD_RELEASE)
         self.peak = max(self.peak, sum(1 for i in self.instances.values() if i.held_since_s is not None))
         if len(self.pools) > 1:
             pool_id = instance.pool_id
@@ -605,6 +712,11 @@ class Simulation:
 
     def _apply(self, action: Action) -> bool:
         """Apply one action as the services would: a claim on the generation (or count) it saw."""
+        if isinstance(action, (StartBatchJob, PreemptBatchJob)):
+            if not self._job_claim(action):
+                return False
+            self.decisions.append(Decision(self.now, action.kind, action.action, action.reason))
+            return True
         if isinstance(action, LaunchInstance):
             active = [i for i in self.instances.values() if i.pool_id == action.pool_id and i.desired != STOPPED]
             # A GPU of another pool's group is refused as a taken one would be (placement, which
@@ -621,7 +733,7 @@ class Simulation:
             instance = self.instances[action.instance_id]
             if instance.generation != action.generation or instance.desired == action.state:
                 return False
-            self._desire(instance, action.state)
+            self._desire(instance, action.state, action.kind)
         elif isinstance(action, PoolDecision):
             self.static_last[(action.pool_id, action.action)] = self.now
         else:
@@ -635,7 +747,7 @@ class Simulation:
     def _gpu_taken(self, gpu_id: int) -> bool:
         return any(i.gpu_id == gpu_id and i.occupies_device for i in self.instances.values())
 
-    def _desire(self, instance: _Instance, state: str) -> None:
+    def _desire(self, instance: _Instance, state: str, kind: str) -> None:
         previous = instance.desired
         instance.desired = state
         instance.generation += 1
@@ -647,10 +759,85 @@ class Simulation:
             self._push(self.now + self.engines[instance.pool_id].sleep_s, "slept", instance.id, instance.token)
         elif previous == SLEEPING and instance.actual in (SLEEPING, READY):
             instance.token += 1
+            evicting = self._wake_evict(instance, kind)
             self._set_actual(instance, WAKING)
-            self._push(self.now + self.engines[instance.pool_id].wake_s, "ready", instance.id, instance.token)
+            wake_s = self.engines[instance.pool_id].wake_s + (self.batch.evict_s if evicting and self.batch else 0.0)
+            self._push(self.now + wake_s, "ready", instance.id, instance.token)
         else:
             self._begin_start(instance)
+
+    # -- batch work ----------------------------------------------------------------
+
+    def _jobs_on(self, gpu_id: int) -> list[_Job]:
+        """The jobs running on a card, newest first (the order a wake preempts them in: equal priorities)."""
+        running = [job for job in self.jobs if job.state == JOB_RUNNING and job.gpu_id == gpu_id]
+        return sorted(running, key=lambda job: (-job.started_s, -job.id))
+
+    def _job_claim(self, action: StartBatchJob | PreemptBatchJob) -> bool:
+        """Start or preempt a job as ``batch_job_start`` / ``batch_job_preempt`` do: a claim on its generation."""
+        job = self.jobs[action.job_id - 1]
+        if job.generation != action.generation:
+            return False
+        if isinstance(action, StartBatchJob):
+            # Only a card an instance holds is rented, so co-location sees no other (``_memory_used``).
+            if job.state not in JOB_WAITING or not self._gpu_taken(action.gpu_id):
+                return False
+            job.state, job.gpu_id, job.started_s = JOB_RUNNING, action.gpu_id, self.now
+            job.generation += 1
+            self.job_moves.append((job.id, self.now, action.gpu_id))
+            assert self.batch is not None
+            self._push(self.now + self.batch.run_s, "job", job.id, job.generation)
+            return True
+        if job.state != JOB_RUNNING:
+            return False
+        self._job_leave(job, JOB_PREEMPTED)
+        return True
+
+    def _job_leave(self, job: _Job, state: str) -> None:
+        """A job's run ends, finished or preempted."""
+        ran = self.now - job.started_s
+        if state == JOB_DONE:
+            self.job_done_s += ran
+        else:
+            self.job_lost_s += ran
+            job.preemptions += 1
+        job.state, job.gpu_id = state, None
+        job.generation += 1
+        self.job_moves.append((job.id, self.now, None))
+
+    def _job_preempt(self, job: _Job, reason: str, kind: str) -> None:
+        self._job_leave(job, JOB_PREEMPTED)
+        self.decisions.append(Decision(self.now, kind, "preempt", reason))
+
+    def _job_end(self, job_id: int, generation: int) -> None:
+        job = self.jobs[job_id - 1]
+        if job.generation == generation and job.state == JOB_RUNNING:
+            self._job_leave(job, JOB_DONE)
+
+    def _wake_evict(self, instance: _Instance, kind: str) -> bool:
+        """Preempt the jobs a woken instance needs the memory of (``batch_jobs_vacate``, by
+        ``colocate.wake_evictions``): whether any went."""
+        jobs = self._jobs_on(instance.gpu_id)
+        if not jobs:
+            return False
+        view = self.pools[instance.pool_id].view
+        total = self.device_of[instance.gpu_id].memory_bytes
+        assert self.batch is not None
+        evicted = wake_evictions(
+            memory_total_bytes=total,
+            budgets_bytes=view.reservation_bytes(total),
+            exclusive=view.isolation == "exclusive",
+            jobs=[(job.id, self.batch.memory_bytes) for job in jobs],
+        )
+        for job in jobs:
+            if job.id in evicted:
+                self._job_preempt(
+                    job,
+                    f"batch job {job.id} preempted and requeued: instance {instance.id} of pool {view.name} "
+                    "is told to serve and takes back the memory it borrowed",
+                    kind,
+                )
+        return bool(evicted)
 
     # -- requests -----------------------------------------------------------------
 
@@ -1030,7 +1217,19 @@ class Simulation:
         instances = tuple(self._instance_view(i) for i in self.instances.values())
         by_gpu = {i.gpu_id: i for i in self.instances.values() if i.occupies_device}
         gpus = tuple(self._gpu_view(gpu, by_gpu.get(gpu)) for group in self.gpu_groups for gpu in group.gpu_ids)
-        return FleetSnapshot(at=at, pools=pools, instances=instances, gpus=gpus)
+        jobs = tuple(self._job_view(job) for job in self.jobs if job.state != JOB_DONE)
+        return FleetSnapshot(at=at, pools=pools, instances=instances, gpus=gpus, batch_jobs=jobs)
+
+    def _job_view(self, job: _Job) -> BatchJobView:
+        assert self.batch is not None
+        return BatchJobView(
+            id=job.id,
+            state=job.state,
+            generation=job.generation,
+            memory_bytes=self.batch.memory_bytes,
+            created_at=self.trace.start,
+            gpu_id=job.gpu_id,
+        )
 
     def _pool_view(self, pool: SimPool) -> PoolView:
         view = pool.view
@@ -1182,8 +1381,19 @@ class Simulation:
             model_name=device.device,
             memory_total_bytes=device.memory_bytes,
             node_name=f"simulated-{node}",
+            memory_used_bytes=self._memory_used(gpu, instance),
             utilization_pct=duty,
         )
+
+    def _memory_used(self, gpu: int, instance: _Instance | None) -> int | None:
+        """What NVML would read as used on a rented card (its instance's budget, ``ASLEEP_KEEPS`` of it
+        asleep, and its jobs); None without batch work (nothing reads it) and on a card no instance holds
+        (the simulated fleet does not rent it, so batch work never goes there)."""
+        if self.batch is None or instance is None:
+            return None
+        budget = self.pools[instance.pool_id].view.reservation_bytes(self.device_of[gpu].memory_bytes)
+        kept = int(budget * ASLEEP_KEEPS) if instance.actual == SLEEPING else budget
+        return kept + len(self._jobs_on(gpu)) * self.batch.memory_bytes
 
 
 def _weight_bytes(engine: EngineModel) -> int:

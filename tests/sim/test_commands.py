@@ -116,3 +116,23 @@ def test_simulate_replays_the_gateways_request_log() -> None:
     out = StringIO()
     call_command("simulate", "--trace=request-log", "--gpus=2", "--quiet", stdout=out, stderr=StringIO())
     assert "Trace request log, 60 requests" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_simulate_runs_the_batch_work_its_settings_queue(tmp_path: Path) -> None:
+    """Requests for 10 s, then one at 400 s: the instance sleeps after 60 s idle (the tick at 90 s), the
+    next tick lends its card to both jobs, which finish a minute later, well before the wake."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{t},200,5\n" for t in [*range(11), 400]))
+    settings = tmp_path / "settings.json"
+    pool = {"enable_sleep_mode": True, "idle_minimize_after_s": 60, "idle_stop_after_s": 3600}
+    batch = {"jobs": 2, "memory_gib": 10, "run_s": 60}
+    settings.write_text(json.dumps({"pool": pool, "policies": {"autoscale": None}, "batch": batch}))
+    out = StringIO()
+    call_command("simulate", f"--trace={trace}", "--gpus=1", f"--policy-settings={settings}", "--quiet", stdout=out)
+    assert "Sleeping and batch work (policy fleet)" in out.getvalue()
+    assert "ran on their cards for 0.017 of them (" in out.getvalue()  # both jobs on the card from 120 s to 180 s
+    assert "0.033 in the 2 job(s) of 2 that finished, 0.000 thrown away by 0 preemption(s)" in out.getvalue()
+    settings.write_text(json.dumps({"batch": {"jobs": 2, "memory_gib": 10}}))
+    with pytest.raises(CommandError, match=r"^settings: the batch section needs run_s$"):
+        call_command("simulate", f"--trace={trace}", f"--policy-settings={settings}", "--quiet", stdout=StringIO())
