@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fleet.sim.engine import EngineModel, engine_model_for
+from fleet.sim.headroom import headroom_traffic
 from fleet.sim.traces import RateSeries, Trace, rate_series_load, trace_from_rate_series, trace_load
 from fleet.sim.tune import (
     DEFAULT_SPACE,
@@ -124,7 +125,7 @@ def _tuned(
     def say(candidate: Candidate, *, at_headroom: HeadroomCheck | None = None) -> None:
         r = candidate.result if at_headroom is None else at_headroom.result
         meets = candidate.meets_sla if at_headroom is None else at_headroom.meets_sla
-        where = "" if at_headroom is None else f"at {1 + args.headroom:g}x: "
+        where = "" if at_headroom is None else f"at {headroom_traffic(args.headroom)}: "
         print(
             f"[{time.monotonic() - began:6.0f} s] {where}{r.paid_gpu_hours:8.3f} paid GPU-h {r.attainment:.4%} "
             f"{'meets' if meets else 'misses'} {json.dumps(candidate.values, sort_keys=True)}",

@@ -64,10 +64,9 @@ from fleet.models import (
     Team,
     TuningRun,
 )
-from fleet.models.tuning import TUNING_MAX_HEADROOM
 from fleet.policies.settings import SCHEMAS
 from fleet.policies.vram import vram_estimate_for
-from fleet.sim.tune import DEFAULT_HEADROOM
+from fleet.sim.headroom import DEFAULT_HEADROOM, MAX_HEADROOM, headroom_traffic
 from fleet.tasks import tuning_run_queue
 from fleet.telemetry.agent_dist import install_command, install_problems
 from fleet.telemetry.ingest import batch_image_bound_watch, spec_change_tell
@@ -481,7 +480,7 @@ class TuneForm(forms.Form):
     )
     headroom = forms.FloatField(
         min_value=0.0,
-        max_value=TUNING_MAX_HEADROOM,
+        max_value=MAX_HEADROOM,
         initial=DEFAULT_HEADROOM,
         help_text=(
             "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its rate "
@@ -542,7 +541,7 @@ class TuningRunAdmin(ReadOnlyAdmin):
     def at_headroom(self, obj: TuningRun) -> str:
         if obj.headroom_attainment is None:
             return "-"
-        return f"{obj.headroom_attainment:.2%} at {1 + obj.headroom:g}x the traffic"
+        return f"{obj.headroom_attainment:.2%} at {headroom_traffic(obj.headroom)}"
 
     def get_urls(self) -> list[URLPattern]:
         apply = path("<int:run_id>/apply/", self.admin_site.admin_view(self.apply_view), name="fleet_tuningrun_apply")

@@ -38,13 +38,12 @@ from django.utils import timezone
 from fleet import selectors
 from fleet.decide.services import POOL_SETTINGS_FIELDS, pool_settings_apply
 from fleet.models import Decision, Gpu, ModelProfile, Pool, RequestLog, TuningRun
-from fleet.models.tuning import TUNING_MAX_HEADROOM
 from fleet.policies.settings import SCHEMAS
 from fleet.sim.engine import DEFAULT_PROFILE, PROFILES, TTFT_BUCKETS, EngineModel, engine_model_for
+from fleet.sim.headroom import DEFAULT_HEADROOM, headroom_refused, headroom_traffic
 from fleet.sim.setup import pool_view_default, setup_build
 from fleet.sim.traces import trace_from_request_log
 from fleet.sim.tune import (
-    DEFAULT_HEADROOM,
     DEFAULT_SPACE,
     Candidate,
     HeadroomCheck,
@@ -192,8 +191,8 @@ def tuning_run_create(
     """A queued run over the pool's last ``days`` days of traffic; the caller queues ``fleet.tuning_run``."""
     if days < 1 or max_evaluations < 1:
         raise ValueError(f"days ({days}) and max_evaluations ({max_evaluations}) must be at least 1")
-    if not 0 <= headroom <= TUNING_MAX_HEADROOM:
-        raise ValueError(f"headroom ({headroom:g}) must lie within 0 and {TUNING_MAX_HEADROOM:g}")
+    if (why := headroom_refused(headroom)) is not None:
+        raise ValueError(why)
     now = timezone.now()
     return TuningRun.objects.create(
         pool=pool,
@@ -384,7 +383,7 @@ def tuning_run_apply(*, run: TuningRun, user: str) -> Decision:
         growth = ""
         if locked.headroom_attainment is not None:
             growth = (
-                f"; at {1 + locked.headroom:g}x the traffic {locked.headroom_attainment:.3%} within "
+                f"; at {headroom_traffic(locked.headroom)} {locked.headroom_attainment:.3%} within "
                 f"({'meets' if locked.holds_headroom else 'misses'} the SLA)"
             )
         decision = pool_settings_apply(

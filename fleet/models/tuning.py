@@ -5,8 +5,7 @@ from __future__ import annotations
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-# The most room for growth a run may ask: four times the traffic replayed is a rehearsal of another pool.
-TUNING_MAX_HEADROOM = 3.0
+from fleet.sim.headroom import MAX_HEADROOM
 
 
 class TuningRun(models.Model):
@@ -29,7 +28,7 @@ class TuningRun(models.Model):
     )
     headroom = models.FloatField(
         default=0.0,
-        validators=[MinValueValidator(0.0), MaxValueValidator(TUNING_MAX_HEADROOM)],
+        validators=[MinValueValidator(0.0), MaxValueValidator(MAX_HEADROOM)],
         help_text=(
             "Room for growth: the settings chosen also meet the SLA on the same traffic at 1 + this times its "
             "rate (0: not asked)."

@@ -41,16 +41,13 @@ from fleet.policies.settings import SettingsInvalid
 from fleet.policies.static_hold import minimum_conflict
 from fleet.sim.compare import saved_against, static_search
 from fleet.sim.engine import EngineModel
+from fleet.sim.headroom import headroom_refused, headroom_traffic
 from fleet.sim.result import SimOutcome, SimResult
 from fleet.sim.setup import SimSetup, setup_build
 from fleet.sim.simulate import Simulation
 from fleet.sim.traces import RateSeries, Trace
 
 DAY_S = 86_400.0
-# Room for growth asked by default of a search from the admin or ``simulate_tune``: the settings chosen also meet
-# the SLA at a quarter more traffic than the past they were tuned on, so the cheapest settings that only just
-# meet it there are not what the pool gets the day its traffic grows. Traffic that grows faster asks for more.
-DEFAULT_HEADROOM = 0.25
 Values = dict[str, Any]
 # A change to the settings: {section: {key: value}}, section "pool" or a policy kind under "policies".
 Patch = Mapping[str, Mapping[str, Any]]
@@ -218,16 +215,21 @@ class Tuned:
         return self.best.meets_sla
 
     @property
-    def best_at_headroom(self) -> SimOutcome | None:
+    def _best_check(self) -> HeadroomCheck | None:
         """The chosen settings' run at the headroom; None where none was asked for or no candidate met the SLA
         on the past traffic (nothing was run at the headroom)."""
-        return next((check.result for check in self.checks if check.candidate is self.best), None)
+        return next((check for check in self.checks if check.candidate is self.best), None)
+
+    @property
+    def best_at_headroom(self) -> SimOutcome | None:
+        check = self._best_check
+        return None if check is None else check.result
 
     @property
     def holds_headroom(self) -> bool | None:
         """Whether the chosen settings meet the SLA at the headroom too; None where nothing was run there."""
-        at = self.best_at_headroom
-        return None if at is None else at.meets_sla(self.best.sla_target)
+        check = self._best_check
+        return None if check is None else check.meets_sla
 
     @property
     def summary(self) -> str:
@@ -239,13 +241,14 @@ class Tuned:
         )
         if not self.meets_sla:
             text += "; NO candidate meets the SLA: these are the settings with the best attainment"
-        if (at := self.best_at_headroom) is not None:
+        if (chosen := self._best_check) is not None:
             failed = sum(1 for check in self.checks if not check.meets_sla)
+            at = chosen.result
             text += (
-                f"; at {1 + self.headroom:g}x the traffic {len(self.checks)} candidate(s) run, {failed} missed the "
+                f"; at {headroom_traffic(self.headroom)} {len(self.checks)} candidate(s) run, {failed} missed the "
                 f"SLA there; the chosen one: {at.paid_gpu_hours:.3f} paid GPU-hours at {at.attainment:.3%}"
             )
-            if not self.holds_headroom:
+            if not chosen.meets_sla:
                 text += "; NO candidate meets the SLA at that headroom: these have the best attainment there"
         return text
 
@@ -347,8 +350,8 @@ def tune(
     and, where set, ``e2e_sla_ms`` for the whole answer, met by ``sla_target`` of the requests. ``headroom``:
     see the module's docstring; the traffic at the headroom is drawn with ``seed`` + 1. ``progress`` is told
     of each candidate simulated, ``checked`` of each run at the headroom."""
-    if headroom < 0:
-        raise ValueError(f"headroom must be 0 or more, got {headroom:g}")
+    if (why := headroom_refused(headroom)) is not None:
+        raise ValueError(why)
     shared = _Run(
         trace, engine, gpus, seed, sla_ms, sla_target, initial_instances, e2e_sla_ms, sla_ms_per_1k_prompt_tokens
     )

@@ -19,7 +19,7 @@ import fleet.tasks
 from fleet.decide import tuning
 from fleet.decide.tuning import tuning_heartbeat, tuning_run_create, tuning_run_execute, tuning_runs_fail_lost
 from fleet.models import Pool, TuningRun
-from fleet.sim.tune import DEFAULT_HEADROOM
+from fleet.sim.headroom import DEFAULT_HEADROOM
 from fleet.tasks import tuning_runs_embedded
 from tests.factories import make_pool
 from tests.support.tuning import finish_runs, log_requests, tune_action

@@ -154,8 +154,9 @@ def test_where_no_candidate_meets_the_sla_at_the_headroom_the_best_attainment_th
     assert tuned.best.values["pool"]["min_instances"] == 2
     assert tuned.meets_sla and tuned.holds_headroom is False
     assert "NO candidate meets the SLA at that headroom" in tuned.summary
-    with pytest.raises(ValueError, match="headroom must be 0 or more"):
-        tune(trace=trace, engine=TOY, gpus=2, base=base, space=space, headroom=-0.1)
+    for wrong in (-0.1, 3.5, float("nan")):
+        with pytest.raises(ValueError, match=rf"^headroom \({wrong:g}\) must lie within 0 and 3$"):
+            tune(trace=trace, engine=TOY, gpus=2, base=base, space=space, headroom=wrong)
 
 
 def test_a_burst_tunes_the_scale_out_trigger_to_fewer_breaches() -> None:
@@ -304,7 +305,9 @@ def test_simulate_tune_writes_a_file_setup_build_reads(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="unknown dimensions"):
         simulate_tune(trace, output, "--space=nope")
     output.unlink()
-    with pytest.raises(CommandError, match=r"--headroom -0\.5: room for growth is 0 or more"):
+    with pytest.raises(CommandError, match=r"^--headroom: headroom \(-0\.5\) must lie within 0 and 3$"):
         simulate_tune(trace, output, "--headroom=-0.5")
+    with pytest.raises(CommandError, match=r"^--headroom: headroom \(5\) must lie within 0 and 3$"):
+        simulate_tune(trace, output, "--headroom=5")
     assert not output.exists()
     assert "at 1.5x the traffic" in simulate_tune(trace, output, "--headroom=0.5") and output.exists()

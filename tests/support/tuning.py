@@ -14,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from fleet.models import Pool, RequestLog
-from fleet.sim.tune import DEFAULT_HEADROOM
+from fleet.sim.headroom import DEFAULT_HEADROOM
 from fleet.tasks import TUNING_THREAD_NAME
 
 

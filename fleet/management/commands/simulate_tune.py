@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from fleet.management.commands.simulate import engine_file_read, settings_file_read
 from fleet.models import RequestLog
 from fleet.sim.engine import DEFAULT_PROFILE, engine_model_for
+from fleet.sim.headroom import DEFAULT_HEADROOM, headroom_refused
 from fleet.sim.traces import (
     Trace,
     TraceError,
@@ -26,7 +27,7 @@ from fleet.sim.traces import (
     trace_from_request_log,
     trace_load,
 )
-from fleet.sim.tune import DEFAULT_HEADROOM, DEFAULT_SPACE, Candidate, series_days, settings_file_values, tune
+from fleet.sim.tune import DEFAULT_SPACE, Candidate, series_days, settings_file_values, tune
 
 
 def days_parse(text: str) -> tuple[int, int]:
@@ -90,8 +91,9 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        if options["headroom"] < 0:
-            raise CommandError(f"--headroom {options['headroom']:g}: room for growth is 0 or more")
+        # Refused before the traffic is read (the request log or a week of a rate series takes a while).
+        if (why := headroom_refused(options["headroom"])) is not None:
+            raise CommandError(f"--headroom: {why}")
         names = options["space"].split(",")
         unknown = set(names) - {d.name for d in DEFAULT_SPACE}
         if unknown:
