@@ -219,8 +219,8 @@ def _pool(
         len(windows) == calm
         and all(_comfortable(pool, window, settings, len(serving)) for window in windows)
         and len(serving) > max(pool.min_instances, 1)
-        and since_last >= settings["scale_in_cooldown_s"]
     ):
+        # The one cool-down check: ``scale_in_cooldown_s``, backed off after undone scale-ins.
         reversals = scale_in_reversals(pool.scale_moves, settings["scale_in_backoff_max_s"])
         cooldown = scale_in_cooldown(settings, reversals)
         if since_last < cooldown:
