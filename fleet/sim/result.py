@@ -160,6 +160,7 @@ class SimResult:
             attainment=self.attainment,
             failed=self.failed,
             cold_starts=self.cold_starts,
+            actions=self.actions,
         )
 
 
@@ -180,6 +181,8 @@ class SimOutcome:
     attainment: float
     failed: int
     cold_starts: int
+    # How many actions of each (kind, action) took effect (``SimResult.actions``): a few dozen counts.
+    actions: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def meets_sla(self, target: float) -> bool:
         return sla_met(failed=self.failed, attainment=self.attainment, target=target)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from fleet.sim.result import SimOutcome
+from fleet.sim.result import Decision, SimOutcome
 from fleet.sim.setup import setup_build
 from fleet.sim.simulate import Simulation
 from fleet.sim.tune import (
@@ -22,7 +22,7 @@ from fleet.sim.tune import (
     setup_for,
     tune,
 )
-from tests.sim.toy import TOY, trace_of
+from tests.sim.toy import TOY, sim_result, trace_of
 
 # Idle reclaim and pre-warm off: the cases are about autoscale and the floor of instances alone.
 QUIET = {"policies": {"idle_reclaim": None, "prewarm": None}}
@@ -120,6 +120,17 @@ def test_the_search_keeps_each_runs_figures_not_its_per_request_lists() -> None:
     assert (result.outcome().paid_gpu_hours, result.outcome().attainment) == (result.paid_gpu_hours, result.attainment)
     for target in (0.9, 0.999, 1.0):
         assert result.outcome().meets_sla(target) == result.meets_sla(target)
+
+
+def test_an_outcome_keeps_what_acted() -> None:
+    """``bench/backoff.py`` prints each forward row's scale moves: the outcome counts the actions that took effect."""
+    decisions = [
+        Decision(30.0, "autoscale", "scale_out", ""),
+        Decision(60.0, "idle_reclaim", "sleep", ""),
+        Decision(90.0, "autoscale", "scale_out", ""),
+    ]
+    outcome = sim_result(decisions=decisions).outcome()
+    assert outcome.actions == {("autoscale", "scale_out"): 2, ("idle_reclaim", "sleep"): 1}
 
 
 def test_forward_rows_judge_each_settings_set_against_the_static_fleet_of_the_same_days() -> None:
