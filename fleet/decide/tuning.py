@@ -59,7 +59,7 @@ TUNING_DAYS = 3
 # The search's settings less the pool's latency bound: in the panel that bound is the SLA the pool
 # promises and is judged by (the overview, the alerts), not a setting to trade for spend.
 POOL_SPACE = tuple(dimension for dimension in DEFAULT_SPACE if dimension.name != "sla_latency_ms")
-# One round of the search: the settings it starts from, then each dimension's other values once (31). A
+# One round of the search: the settings it starts from, then each dimension's other values once (34). A
 # simulation replays about 13,000 requests a CPU-second (one day at 0.5 a second: 3.2 s), so on three days
 # of such a pool the round takes minutes.
 TUNING_MAX_EVALUATIONS = 1 + sum(len(dimension.choices) - 1 for dimension in POOL_SPACE)

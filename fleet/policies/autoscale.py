@@ -128,9 +128,12 @@ def _breaches(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -
 
 def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any], serving: int) -> bool:
     """Under the band, and still inside it once one of ``serving`` instances has gone (its load
-    spread over the rest), so that a scale-in does not call for the next scale-out."""
+    spread over the rest, times ``scale_in_load_margin``), so that a scale-in does not call for the
+    next scale-out."""
     load = window_load(pool, window, settings)
-    if load is None or load >= pool.util_band_low or load * serving / max(serving - 1, 1) > pool.util_band_high:
+    if load is None or load >= pool.util_band_low:
+        return False
+    if load * serving / max(serving - 1, 1) * settings["scale_in_load_margin"] > pool.util_band_high:
         return False
     if window.queue is not None and window.queue > settings["scale_in_max_queue"]:
         return False
@@ -231,6 +234,14 @@ def _pool(
             f"pool {pool.name} under its band for {calm} window(s): load {window_load(pool, last, settings):.0%} "
             f"< {pool.util_band_low:.0%}, {latency}, queue {last.queue or 0:g}"
         )
+        margin = settings["scale_in_load_margin"]
+        if margin != 1:
+            fewer = len(serving) - 1
+            guess = (window_load(pool, last, settings) or 0.0) * len(serving) / fewer
+            reason = (
+                f"{reason}; {fewer} instance(s) would carry {guess:.0%}, x margin {margin:g} <= "
+                f"{pool.util_band_high:.0%}"
+            )
         if cooldown > settings["scale_in_cooldown_s"]:
             reason = (
                 f"{reason}; cool-down backed off to {cooldown:.0f} s: the last {reversals} scale-in(s) were undone "

@@ -164,6 +164,16 @@ SCHEMAS: dict[str, dict[str, Setting]] = {
             "SIGTERM) within the agent's stop grace; off, scale-in waits for an instance with nothing in flight.",
             label="Scale in by draining a busy instance",
         ),
+        "scale_in_load_margin": Setting(
+            1.0,
+            1.0,
+            4.0,
+            "A scale-in guesses the load on one instance fewer as the pool's load spread over the rest, and goes "
+            "only while that guess times this stays within the band's top. The guess is a one-minute mean; the "
+            "gateway scales out on the requests outstanding at any moment, so above 1 leaves room for the peaks.",
+            label="Scale-in load margin",
+            unit="×",
+        ),
         "scale_in_latency_ratio": Setting(
             0.7,
             0.1,

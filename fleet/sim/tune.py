@@ -71,7 +71,7 @@ def _autoscale(**fields: Any) -> Patch:
 
 # The settings that decide what autoscale spends and misses: the band, the scale-out triggers (the pool's
 # latency bound at its percentile, the queue, breaches in a row) and cool-downs, the scale-in hysteresis,
-# cool-down, draining and back-off, the floor of instances, and the static-spend guard's size.
+# cool-down, draining, back-off and load margin, the floor of instances, and the static-spend guard's size.
 DEFAULT_SPACE: tuple[Dimension, ...] = (
     Dimension("min_instances", tuple(_pool(min_instances=n) for n in (0, 1, 2, 3))),
     Dimension(
@@ -96,6 +96,8 @@ DEFAULT_SPACE: tuple[Dimension, ...] = (
             *(_autoscale(scale_in_drain=True, scale_in_backoff_max_s=s) for s in (0, 900, 3600, 14_400)),
         ),
     ),
+    # How much room a scale-in leaves on one instance fewer for the peaks its one-minute mean hides.
+    Dimension("scale_in_load_margin", tuple(_autoscale(scale_in_load_margin=m) for m in (1.0, 1.3, 1.6, 2.0))),
     # The static-spend guard at a static size (0: none): never above it, and held there once the policy has not
     # saved over its window (``fleet.policies.static_hold``).
     Dimension("static_replicas", tuple({"static_hold": {"static_replicas": n}} for n in (0, 1, 2, 3, 4))),

@@ -119,3 +119,20 @@ def test_simulated_windows_read_the_end_to_end_latency_in_vllms_buckets(monkeypa
     seen = autoscale_snapshots(monkeypatch)
     Simulation(trace=trace, setup=setup, label="policy").run()
     assert seen[0].pools[0].windows[-1].e2e_latency_ms == pytest.approx(980)
+
+
+@pytest.mark.parametrize(("margin", "expected"), [(1.0, ["scale_in"]), (1.6, ["scale_in"]), (1.7, [])])
+def test_the_scale_in_load_margin_leaves_room_for_the_peaks_on_one_instance_fewer(
+    margin: float, expected: list[str]
+) -> None:
+    """Load 0.2 on two instances guesses 0.2 x 2 / 1 = 0.4 on one. Times 1.6 that is 0.64, within the band's
+    top (0.65): the scale-in goes. Times 1.7 it is 0.68, over it: the pool holds its two."""
+    snap = snapshot(
+        pools=[pool(windows=CALM, gpu_memory_utilization=0.3)],
+        instances=[instance(i, last_request_at=ago(10 * i), gpu_id=1) for i in (1, 2)],
+        gpus=[gpu(1), gpu(2)],
+    )
+    actions = autoscale(snap, config("autoscale", **SETTINGS, scale_in_load_margin=margin), NOW)
+    assert [a.action for a in actions] == expected
+    if margin == 1.6:
+        assert "; 1 instance(s) would carry 40%, x margin 1.6 <= 65%; stopping instance 2" in actions[0].reason
