@@ -4,10 +4,11 @@ Under steady traffic no instance is idle, so autoscale scales in only by drainin
 guesses the load on one instance fewer linearly, but one H100 fewer holds far more than twice the sequences
 (each request runs longer in a bigger batch), so the gateway scales out again within minutes. This runs the
 day with draining off, and on with the back-off off (``scale_in_backoff_max_s`` 0), at an hour and at its
-default (four hours), beside the static fleet (``fleet.sim.tune.forward_rows``: each policy run from the static
-fleet, savings against it). Plain Python (no Django)::
+default (four hours), then with the four hours and a scale-in load margin (``scale_in_load_margin``: the guess
+times 1.3 or 1.6 must stay within the band), beside the static fleet (``fleet.sim.tune.forward_rows``: each
+policy run from the static fleet, savings against it). Plain Python (no Django)::
 
-    python bench/backoff.py --day 4 --mean-rate 30 --workers 2
+    python bench/backoff.py --day 6 --mean-rate 30 --workers 2
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main() -> None:
         "draining, no back-off": autoscale(scale_in_drain=True, scale_in_backoff_max_s=0),
         "draining, back-off up to 1 h": autoscale(scale_in_drain=True, scale_in_backoff_max_s=3600),
         "draining, back-off up to 4 h (the default)": autoscale(scale_in_drain=True),
+        "the same, scale-in load margin 1.3": autoscale(scale_in_drain=True, scale_in_load_margin=1.3),
+        "the same, scale-in load margin 1.6": autoscale(scale_in_drain=True, scale_in_load_margin=1.6),
     }
     began = time.monotonic()
     rows = forward_rows(
