@@ -126,6 +126,11 @@ def _breaches(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]) -
     return found
 
 
+def one_fewer_load(load: float, serving: int) -> float:
+    """The scale-in's guess of the load on one of ``serving`` instances fewer: the load spread over the rest."""
+    return load * serving / max(serving - 1, 1)
+
+
 def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any], serving: int) -> bool:
     """Under the band, and still inside it once one of ``serving`` instances has gone (its load
     spread over the rest, times ``scale_in_load_margin``), so that a scale-in does not call for the
@@ -133,7 +138,7 @@ def _comfortable(pool: PoolView, window: PoolWindow, settings: Mapping[str, Any]
     load = window_load(pool, window, settings)
     if load is None or load >= pool.util_band_low:
         return False
-    if load * serving / max(serving - 1, 1) * settings["scale_in_load_margin"] > pool.util_band_high:
+    if one_fewer_load(load, serving) * settings["scale_in_load_margin"] > pool.util_band_high:
         return False
     if window.queue is not None and window.queue > settings["scale_in_max_queue"]:
         return False
@@ -236,10 +241,9 @@ def _pool(
         )
         margin = settings["scale_in_load_margin"]
         if margin != 1:
-            fewer = len(serving) - 1
-            guess = (window_load(pool, last, settings) or 0.0) * len(serving) / fewer
+            guess = one_fewer_load(window_load(pool, last, settings) or 0.0, len(serving))
             reason = (
-                f"{reason}; {fewer} instance(s) would carry {guess:.0%}, x margin {margin:g} <= "
+                f"{reason}; {len(serving) - 1} instance(s) would carry {guess:.0%}, x margin {margin:g} <= "
                 f"{pool.util_band_high:.0%}"
             )
         if cooldown > settings["scale_in_cooldown_s"]:
