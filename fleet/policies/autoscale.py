@@ -234,14 +234,15 @@ def _pool(
         if since_last < cooldown:
             return []
         last = windows[-1]
+        load = window_load(pool, last, settings) or 0.0  # measured: ``_comfortable`` passed this window
         latency = "no latency measured" if last.latency_ms is None else f"latency {last.latency_ms:.0f} ms"
         reason = (
-            f"pool {pool.name} under its band for {calm} window(s): load {window_load(pool, last, settings):.0%} "
+            f"pool {pool.name} under its band for {calm} window(s): load {load:.0%} "
             f"< {pool.util_band_low:.0%}, {latency}, queue {last.queue or 0:g}"
         )
         margin = settings["scale_in_load_margin"]
         if margin != 1:
-            guess = one_fewer_load(window_load(pool, last, settings) or 0.0, len(serving))
+            guess = one_fewer_load(load, len(serving))
             reason = (
                 f"{reason}; {len(serving) - 1} instance(s) would carry {guess:.0%}, x margin {margin:g} <= "
                 f"{pool.util_band_high:.0%}"

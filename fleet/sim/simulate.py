@@ -627,9 +627,10 @@ class Simulation:
             self.nodes_used.add(node_of(instance.gpu_id, self.setup.gpus_per_node))
         elif not instance.occupies_device:
             self._hold_close(instance, self.now)
-            if self.batch is not None and self._jobs_on(instance.gpu_id) and not self._gpu_taken(instance.gpu_id):
+            jobs = self._jobs_on(instance.gpu_id) if self.batch is not None else []
+            if jobs and not self._gpu_taken(instance.gpu_id):
                 # The simulated fleet rents a card while an instance holds it: handed back, its jobs go too.
-                for job in self._jobs_on(instance.gpu_id):
+                for job in jobs:
                     reason = f"batch job {job.id} preempted and requeued: its card is handed back"
                     self._job_preempt(job, reason, CARD_RELEASE)
         self.peak = max(self.peak, sum(1 for i in self.instances.values() if i.held_since_s is not None))
