@@ -383,7 +383,9 @@ def instance_launch(
 
     The pool's row is locked and its count of instances that are not desired stopped must
     still be ``active_seen``: two workers scaling the same pool out at once launch one
-    instance, and the second gets ``StaleGeneration``.
+    instance, and the second gets ``StaleGeneration``. Like a wake, the new instance takes
+    back the memory batch work borrowed on its card (``batch_jobs_vacate``), in the same
+    transaction, before the launch is logged.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -398,6 +400,7 @@ def instance_launch(
         instance = Instance(pool=pool, gpu=gpu, mig_device=mig_device, expires_at=expires_at)
         instance.full_clean()
         instance.save()
+        batch_jobs_vacate(instance=instance, action=action, kind=kind, policy=policy, at=now)
         decision = Decision.objects.create(
             policy=policy,
             policy_kind=kind,
@@ -516,8 +519,9 @@ def _job_preempted(
 def batch_jobs_vacate(
     *, instance: Instance, action: str, kind: str, policy: Policy | None, at: datetime
 ) -> list[Decision]:
-    """Preempt (stop and requeue) the batch jobs on an instance's card that its serving again needs
-    the memory of; called by ``instance_desire`` inside its transaction, before the wake is logged.
+    """Preempt (stop and requeue) the batch jobs on an instance's card that its serving (again) needs
+    the memory of; called by ``instance_desire`` and ``instance_launch`` inside their transaction,
+    before the wake, start or launch is logged.
 
     Which jobs go is ``fleet.policies.colocate.wake_evictions``: all of them on an exclusive
     instance's card, else as few as make the card's instance budgets (all but those desired

@@ -5,7 +5,9 @@ need plus ``min_free_memory_gib`` and whose duty cycle is under ``max_duty_cycle
 higher priority first, then oldest. Free memory is the GPU's memory minus the larger of
 what NVML says is used and what the panel has promised there (instances still starting
 hold less than their budget). GPUs with MIG enabled are never used, nor GPUs with an
-exclusive instance awake on them. A running job is preempted (stopped and requeued) when its
+exclusive instance awake on them. A job only borrows the memory: an instance placed on its
+card (``fleet.policies.placement``, which prefers cards with no jobs to preempt) or woken there
+takes it back first, in the same change. A running job is preempted (stopped and requeued) when its
 GPU's duty cycle reaches the bound, because inference wants the compute, or when free memory
 falls under the margin, because an instance wants the memory.
 

@@ -2,8 +2,10 @@
 
 A device fits when the profile's vLLM budget (``gpu_memory_utilization`` x device memory)
 covers what the model needs (weights + one full-length sequence of KV cache + overhead)
-and the device has that budget free: its memory minus what the panel already promised
-there (other instances' budgets, running batch jobs) minus what foreign processes hold.
+and the device has that budget free: its memory minus the other instances' budgets minus
+what foreign processes hold. Batch jobs only borrow memory: inference takes it back, so a
+new instance preempts the jobs it needs the memory of (all of them on an exclusive card, as
+a wake does), and a device that needs no preemption is chosen before one that does.
 Isolation decides which devices are candidates: ``exclusive`` a whole GPU with nothing
 of ours on it, ``mig`` a free MIG slice of the pool's profile, ``shared`` any GPU with room
 that holds no exclusive instance. Shared placement packs the fullest GPU that fits, so
@@ -28,6 +30,9 @@ class Placement:
     reservation_bytes: int
     free_bytes: int
     explanation: str
+    # Whether the instance takes back memory batch jobs borrowed there (they are preempted):
+    # a device that needs no preemption is chosen first.
+    preempts_batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,15 +84,23 @@ def placement_choose(snapshot: FleetSnapshot, *, pool_id: int) -> Placement | Pl
             _mig_candidates(snapshot, pool, gpu, fits, misses)
             continue
         budget, short = _need(pool, gpu.memory_total_bytes)
-        free = gpu.memory_total_bytes - snapshot.gpu_reserved_bytes(gpu.id) - gpu.foreign_memory_bytes
+        budgets = snapshot.gpu_budgets_bytes(gpu.id)
+        free = gpu.memory_total_bytes - budgets - gpu.foreign_memory_bytes
         if short is None and budget > free:
             short = (
-                f"{gib(free)} free ({gib(gpu.memory_total_bytes)} - {gib(snapshot.gpu_reserved_bytes(gpu.id))} "
-                f"promised - {gib(gpu.foreign_memory_bytes)} foreign) < budget {gib(budget)}"
+                f"{gib(free)} free ({gib(gpu.memory_total_bytes)} - {gib(budgets)} promised to instances "
+                f"- {gib(gpu.foreign_memory_bytes)} foreign) < budget {gib(budget)}"
             )
         if short is not None:
             misses.append(f"{gpu.node_name}/{gpu.uuid}: {short}")
             continue
+        explanation = f"{gpu.node_name}/{gpu.model_name}: budget {gib(budget)} of {gib(free)} free"
+        borrowed = snapshot.gpu_batch_bytes(gpu.id)
+        # An exclusive instance takes back everything batch work borrowed on its card, a shared
+        # one what its budget needs (``colocate.wake_evictions``, applied by ``instance_launch``).
+        preempts = borrowed > 0 if pool.isolation == "exclusive" else budget > free - borrowed
+        if preempts:
+            explanation += f", taking back memory lent to batch jobs ({gib(borrowed)} running)"
         fits.append(
             Placement(
                 pool_id=pool.id,
@@ -95,11 +108,19 @@ def placement_choose(snapshot: FleetSnapshot, *, pool_id: int) -> Placement | Pl
                 mig_device_id=None,
                 reservation_bytes=budget,
                 free_bytes=free,
-                explanation=f"{gpu.node_name}/{gpu.model_name}: budget {gib(budget)} of {gib(free)} free",
+                explanation=explanation,
+                preempts_batch=preempts,
             )
         )
     if fits:
-        return min(fits, key=lambda placement: (placement.free_bytes - placement.reservation_bytes, placement.gpu_id))
+        return min(
+            fits,
+            key=lambda placement: (
+                placement.preempts_batch,
+                placement.free_bytes - placement.reservation_bytes,
+                placement.gpu_id,
+            ),
+        )
     estimate = pool.estimate.arithmetic() if pool.estimate else "model architecture unknown to the catalogue"
     detail = "; ".join(misses[:6]) or "no GPUs reported"
     more = f" and {len(misses) - 6} more" if len(misses) > 6 else ""

@@ -237,11 +237,17 @@ class FleetSnapshot:
             if instance.gpu_id == gpu_id and instance.mig_device_id is None and instance.occupies_device
         ]
 
+    def gpu_budgets_bytes(self, gpu_id: int) -> int:
+        """The budgets of the instances that hold (or will hold) memory on the GPU as a whole."""
+        return sum(self.reservation_bytes(instance) for instance in self.gpu_instances(gpu_id))
+
+    def gpu_batch_bytes(self, gpu_id: int) -> int:
+        """The memory of the batch jobs running on the GPU: borrowed, taken back when inference wants it."""
+        return sum(job.memory_bytes for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == JOB_RUNNING)
+
     def gpu_reserved_bytes(self, gpu_id: int) -> int:
         """Memory the panel has promised on a GPU: its instances' budgets and its running batch jobs."""
-        instances = sum(self.reservation_bytes(instance) for instance in self.gpu_instances(gpu_id))
-        jobs = sum(job.memory_bytes for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == JOB_RUNNING)
-        return instances + jobs
+        return self.gpu_budgets_bytes(gpu_id) + self.gpu_batch_bytes(gpu_id)
 
     def mig_device_taken(self, mig_id: int) -> bool:
         return any(instance.mig_device_id == mig_id and instance.occupies_device for instance in self.instances)

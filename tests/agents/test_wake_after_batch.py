@@ -27,6 +27,10 @@ class OrderedEngine(FakeEngine):
         self.log.append(f"start job {spec.job_id}")
         return super().batch_start(spec)
 
+    def start(self, spec):  # type: ignore[no-untyped-def]
+        self.log.append(f"start instance {spec.instance_id}")
+        return super().start(spec)
+
 
 def agent_with(tmp_path: Path, log: list[str]) -> tuple[Agent, OrderedEngine]:
     engine = OrderedEngine(log)
@@ -64,6 +68,23 @@ def test_the_preempted_job_leaves_the_card_before_the_instance_wakes(tmp_path: P
     assert log == [f"stop {job}", "POST /wake_up"]
     [sample] = agent.sense().batch_jobs
     assert (sample.state, sample.exit_code) == ("stopped", 143)
+
+
+def test_the_preempted_job_leaves_the_card_before_a_new_instance_starts_there(tmp_path: Path) -> None:
+    """A launch on a card a job borrowed (no instance held it) preempts the job in the same change."""
+    log: list[str] = []
+    agent, engine = agent_with(tmp_path, log)
+    job = engine.add_job(1, 1)
+    reply = protocol.Reply(
+        ack_seq=0,
+        desired=[protocol.DesiredInstance(instance_id=6, generation=1, state="running", spec=instance_spec())],
+        batch_jobs=[desired_job(1, 2, "stopped", image=IMAGE)],
+        report_interval_s=5.0,
+    )
+
+    agent.act(reply)
+
+    assert log == [f"stop {job}", "start instance 6"]
 
 
 def test_a_job_starts_after_its_card_was_put_to_sleep(tmp_path: Path) -> None:

@@ -94,3 +94,31 @@ def test_a_sleep_or_a_stop_preempts_nothing(card) -> None:  # type: ignore[no-un
     instance.refresh_from_db()
     instance_desire(instance=instance, state="stopped", reason="idle", action="stop", kind="idle_reclaim")
     assert not Decision.objects.filter(action="preempt").exists()
+
+
+def test_a_job_on_an_empty_card_gives_it_back_to_an_exclusive_launch(card) -> None:  # type: ignore[no-untyped-def]
+    """Co-location puts work on a card no instance holds; an exclusive pool that needs the card
+    launches there anyway, preempting the job in the launch's own change (it was refused: the
+    job's 16 GiB left 8 of the card's 24 GiB free, under the 21.6 GiB budget)."""
+    job = BatchJob.objects.create(name="embed", image="embedder:1", memory_bytes=16 * GIB)
+    policies_evaluate(kinds=["colocate"])
+    job.refresh_from_db()
+    assert (job.state, job.gpu_id) == ("running", card.pk)
+    pool = make_pool(isolation="exclusive")
+
+    launch = pool_wake(pool=pool, reason="a request for chat-l is held")
+
+    assert isinstance(launch, Decision), launch
+    assert (launch.action, launch.instance.gpu_id) == ("launch", card.pk)
+    assert "taking back memory lent to batch jobs (16.0 GiB running)" in launch.reason
+    job.refresh_from_db()
+    assert (job.state, job.preemptions) == ("preempted", 1)
+    preempt = Decision.objects.get(batch_job=job, action="preempt")
+    assert preempt.pk < launch.pk  # in the launch's transaction, before it
+    assert (preempt.policy_kind, preempt.inputs["instance"], preempt.inputs["for"]) == (
+        "gateway",
+        launch.instance_id,
+        "launch",
+    )
+    # The card now holds an exclusive instance: the requeued job does not go back on it.
+    assert policies_evaluate(kinds=["colocate"]).applied == []

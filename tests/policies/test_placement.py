@@ -66,10 +66,46 @@ def test_an_instance_told_to_stop_holds_its_gpu_until_its_process_has_exited(act
     assert "holds 1 instance(s); exclusive pools need an empty GPU" in refused.message
 
 
-def test_running_batch_jobs_count_as_promised_memory() -> None:
-    job = BatchJobView(id=1, state="running", generation=1, memory_bytes=60 * GIB, created_at=NOW, gpu_id=1)
-    refused = place(pools=[pool(gpu_memory_utilization=SMALL)], gpus=[gpu(1)], batch_jobs=[job])
-    assert isinstance(refused, PlacementRefused)
+def job(gib_: int, gpu_id: int = 1) -> BatchJobView:
+    return BatchJobView(
+        id=gpu_id, state="running", generation=1, memory_bytes=gib_ * GIB, created_at=NOW, gpu_id=gpu_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("isolation", "utilization", "job_gib", "preempts"),
+    [
+        # Shared, budget 24 GiB of 80: a 56 GiB job leaves exactly 24 beside it; 57 GiB must go.
+        ("shared", SMALL, 56, False),
+        ("shared", SMALL, 57, True),
+        # Exclusive, budget 72 GiB: the card's jobs go whatever their size, as a wake's do.
+        ("exclusive", 0.9, 1, True),
+    ],
+)
+def test_batch_jobs_only_borrow_memory_a_new_instance_takes_back(
+    isolation: str, utilization: float, job_gib: int, preempts: bool
+) -> None:
+    placed = place(
+        pools=[pool(isolation=isolation, gpu_memory_utilization=utilization)], gpus=[gpu(1)], batch_jobs=[job(job_gib)]
+    )
+    assert isinstance(placed, Placement)
+    assert (placed.gpu_id, placed.free_bytes, placed.preempts_batch) == (1, 80 * GIB, preempts)
+    assert ("taking back memory lent to batch jobs" in placed.explanation) is preempts
+
+
+def test_a_card_with_no_job_to_preempt_is_chosen_first() -> None:
+    # Card 1 is the tighter fit for the shared pool (a 40 GiB instance of pool 2 on it) but its
+    # 30 GiB job would have to go; card 2's 10 GiB job may stay beside the 24 GiB budget.
+    pools = [pool(1, gpu_memory_utilization=SMALL), pool(2, gpu_memory_utilization=0.5)]
+    placed = place(
+        pools=pools,
+        gpus=[gpu(1), gpu(2)],
+        instances=[instance(5, pool_id=2, gpu_id=1)],
+        batch_jobs=[job(30), job(10, 2)],
+    )
+    assert isinstance(placed, Placement) and (placed.gpu_id, placed.preempts_batch) == (2, False)
+    exclusive = place(pools=[pool(1, isolation="exclusive")], gpus=[gpu(1), gpu(2)], batch_jobs=[job(10)])
+    assert isinstance(exclusive, Placement) and (exclusive.gpu_id, exclusive.preempts_batch) == (2, False)
 
 
 def test_mig_pools_take_a_free_slice_of_their_profile() -> None:
