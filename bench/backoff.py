@@ -6,7 +6,8 @@ guesses the load on one instance fewer linearly, but one H100 fewer holds far mo
 day with draining off, and on with the back-off off (``scale_in_backoff_max_s`` 0), at an hour and at its
 default (four hours), then with the four hours and a scale-in load margin (``scale_in_load_margin``: the guess
 times 1.3 or 1.6 must stay within the band), beside the static fleet (``fleet.sim.tune.forward_rows``: each
-policy run from the static fleet, savings against it). Plain Python (no Django)::
+policy run from the static fleet, savings against it). ``--rows`` runs only the rows whose label holds one of
+the words given (the static fleet always). Plain Python (no Django)::
 
     python bench/backoff.py --day 6 --mean-rate 30 --workers 2
 """
@@ -32,13 +33,9 @@ def main() -> None:
     parser.add_argument("--day", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rows", nargs="*", default=[], help="Only the rows whose label holds one of these words.")
     args = parser.parse_args()
 
-    series = rate_series_load(args.series)
-    scale = args.mean_rate / series_days(series, first_day=1, days=7).mean_rate
-    trace = trace_from_rate_series(
-        series_days(series, first_day=args.day, days=1), lengths=trace_load(args.lengths), seed=args.seed, scale=scale
-    )
     engine = engine_model_for(args.gpu)
     # The engine's prefill rate is a measured figure (sim_fit measures a user's own), as bench/tune.py's base.
     prefill = {"prefill_tokens_per_s": round(engine.prefill_tokens_per_s)}
@@ -54,6 +51,15 @@ def main() -> None:
         "the same, scale-in load margin 1.3": autoscale(scale_in_drain=True, scale_in_load_margin=1.3),
         "the same, scale-in load margin 1.6": autoscale(scale_in_drain=True, scale_in_load_margin=1.6),
     }
+    if args.rows:
+        settings = {label: values for label, values in settings.items() if any(word in label for word in args.rows)}
+        if not settings:
+            parser.error(f"no row's label holds any of {args.rows}")
+    series = rate_series_load(args.series)
+    scale = args.mean_rate / series_days(series, first_day=1, days=7).mean_rate
+    trace = trace_from_rate_series(
+        series_days(series, first_day=args.day, days=1), lengths=trace_load(args.lengths), seed=args.seed, scale=scale
+    )
     began = time.monotonic()
     rows = forward_rows(
         trace=trace, engine=engine, gpus=args.gpus, settings=settings, seed=args.seed, workers=args.workers
