@@ -31,7 +31,7 @@ from fleet.models import (
     Team,
 )
 from fleet.models.policies import static_minimum_problems
-from fleet.policies.colocate import wake_evictions
+from fleet.policies.colocate import card_lends, wake_evictions
 from fleet.policies.vram import gib
 from fleet.telemetry.bulk import rows_insert, rows_update
 from fleet.telemetry.rollups import usage_reopen
@@ -428,9 +428,16 @@ def batch_job_start(
     policy: Policy | None = None,
     inputs: dict[str, Any] | None = None,
 ) -> Decision:
-    """Put a waiting batch job on a GPU; conditional on the generation read, like ``instance_desire``."""
+    """Put a waiting batch job on a GPU; conditional on the generation read, like ``instance_desire``.
+
+    The card is locked and read again first: an instance launched or woken on it since the policy read
+    the fleet (``batch_jobs_vacate`` takes the same lock) may have taken it from batch work
+    (``colocate.card_lends``), and then ``StaleGeneration`` and nothing changes."""
     now = timezone.now()
     with transaction.atomic():
+        taken = _card_taken(gpu)
+        if taken:
+            raise StaleGeneration(f"batch job {job.pk} not started on GPU {gpu.pk}: {taken}")
         claimed = BatchJob.objects.filter(pk=job.pk, generation=job.generation, state__in=states.JOB_WAITING).update(
             state=BatchJob.State.RUNNING,
             gpu=gpu,
@@ -455,6 +462,24 @@ def batch_job_start(
     _decision_event(decision, {"batch_job": job.pk, "gpu": gpu.pk, "state": "running", "reason": reason})
     _agents_tell(why="colocate", node_ids=[gpu.node_id])
     return decision
+
+
+def _card_taken(gpu: Gpu) -> str | None:
+    """Why the card no longer lends to batch work (``colocate.card_lends``), read under its row's lock; None
+    where it does. Call inside a transaction."""
+    Gpu.objects.select_for_update().filter(pk=gpu.pk).exists()
+    holders = [
+        instance
+        for instance in Instance.objects.filter(gpu_id=gpu.pk, mig_device__isnull=True).select_related("pool")
+        if states.instance_occupies_device(desired_state=instance.desired_state, actual_state=instance.actual_state)
+    ]
+    asleep = bool(holders) and all(
+        (i.desired_state, i.actual_state) == (states.SLEEPING, states.SLEEPING) for i in holders
+    )
+    exclusive = [i.pk for i in holders if i.pool.isolation == Pool.Isolation.EXCLUSIVE]
+    if card_lends(asleep=asleep, exclusive=bool(exclusive)):
+        return None
+    return f"exclusive instance {', '.join(map(str, exclusive))} holds it"
 
 
 def batch_job_preempt(
@@ -530,6 +555,8 @@ def batch_jobs_vacate(
     """
     if instance.gpu_id is None or instance.mig_device_id is not None:
         return []
+    # The card's lock first: a job start on it (``batch_job_start``) waits, then finds the card taken.
+    gpu = Gpu.objects.select_for_update().get(pk=instance.gpu_id)
     jobs = list(
         BatchJob.objects.select_for_update()
         .filter(gpu_id=instance.gpu_id, state=BatchJob.State.RUNNING)
@@ -537,7 +564,6 @@ def batch_jobs_vacate(
     )
     if not jobs:
         return []
-    gpu = Gpu.objects.get(pk=instance.gpu_id)
     holders = [
         other
         for other in Instance.objects.filter(gpu_id=gpu.pk, mig_device__isnull=True).select_related(

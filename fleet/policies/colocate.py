@@ -82,13 +82,19 @@ def wake_evictions(
     return evicted
 
 
+def card_lends(*, asleep: bool, exclusive: bool) -> bool:
+    """Whether a whole card's instances leave it to batch work: all asleep (``gpu_asleep``), or none
+    exclusive. The services read it again under the card's lock when a job starts (``batch_job_start``)."""
+    return asleep or not exclusive
+
+
 def _usable(snapshot: FleetSnapshot, gpu: GpuView) -> bool:
     return (
         gpu.node_online
         and not gpu.mig_enabled
-        and (
-            gpu_asleep(snapshot, gpu)
-            or not any(snapshot.pool(i.pool_id).isolation == "exclusive" for i in snapshot.gpu_instances(gpu.id))
+        and card_lends(
+            asleep=gpu_asleep(snapshot, gpu),
+            exclusive=any(snapshot.pool(i.pool_id).isolation == "exclusive" for i in snapshot.gpu_instances(gpu.id)),
         )
     )
 

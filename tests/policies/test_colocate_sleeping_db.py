@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from fleet.decide.evaluate import policies_evaluate, pool_wake
-from fleet.decide.services import instance_desire
+from fleet.decide.services import StaleGeneration, batch_job_start, instance_desire
 from fleet.models import BatchJob, Decision, GpuSample, Instance, Node
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 
@@ -122,3 +122,23 @@ def test_a_job_on_an_empty_card_gives_it_back_to_an_exclusive_launch(card) -> No
     )
     # The card now holds an exclusive instance: the requeued job does not go back on it.
     assert policies_evaluate(kinds=["colocate"]).applied == []
+
+
+def test_a_job_start_decided_before_a_launch_on_its_card_finds_it_taken(card) -> None:  # type: ignore[no-untyped-def]
+    """Co-location read the card empty and decided to start a job there, but the gateway launched an exclusive
+    instance on it first: the start, applied after, reads the card again under its lock and is refused; the job
+    stays queued and nothing is logged. Once that instance sleeps, the card lends again."""
+    job = BatchJob.objects.create(name="embed", image="embedder:1", memory_bytes=16 * GIB)
+    launch = pool_wake(pool=make_pool(isolation="exclusive"), reason="a request for chat-l is held")
+    assert isinstance(launch, Decision)
+
+    with pytest.raises(StaleGeneration, match=f"not started on GPU {card.pk}: exclusive instance {launch.instance_id}"):
+        batch_job_start(job=job, gpu=card, reason="decided on the card empty", kind="colocate")
+
+    job.refresh_from_db()
+    assert (job.state, job.gpu_id, job.generation) == ("queued", None, 1)
+    assert not Decision.objects.filter(batch_job=job).exists()
+    Instance.objects.filter(pk=launch.instance_id).update(desired_state="sleeping", actual_state="sleeping")
+    batch_job_start(job=job, gpu=card, reason="its instance sleeps", kind="colocate")
+    job.refresh_from_db()
+    assert (job.state, job.gpu_id) == ("running", card.pk)
