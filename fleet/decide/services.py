@@ -467,12 +467,8 @@ def batch_job_start(
 def _card_taken(gpu: Gpu) -> str | None:
     """Why the card no longer lends to batch work (``colocate.card_lends``), read under its row's lock; None
     where it does. Call inside a transaction."""
-    Gpu.objects.select_for_update().filter(pk=gpu.pk).exists()
-    holders = [
-        instance
-        for instance in Instance.objects.filter(gpu_id=gpu.pk, mig_device__isnull=True).select_related("pool")
-        if states.instance_occupies_device(desired_state=instance.desired_state, actual_state=instance.actual_state)
-    ]
+    Gpu.objects.select_for_update().get(pk=gpu.pk)
+    holders = _card_holders(gpu.pk)
     asleep = bool(holders) and all(
         (i.desired_state, i.actual_state) == (states.SLEEPING, states.SLEEPING) for i in holders
     )
@@ -480,6 +476,19 @@ def _card_taken(gpu: Gpu) -> str | None:
     if card_lends(asleep=asleep, exclusive=bool(exclusive)):
         return None
     return f"exclusive instance {', '.join(map(str, exclusive))} holds it"
+
+
+def _card_holders(gpu_id: int, *, including: int | None = None) -> list[Instance]:
+    """The instances on a whole card that hold or will hold its memory, as placement counts them
+    (``states.instance_occupies_device``), and ``including`` whatever its state."""
+    return [
+        instance
+        for instance in Instance.objects.filter(gpu_id=gpu_id, mig_device__isnull=True).select_related(
+            "pool__model_profile"
+        )
+        if instance.pk == including
+        or states.instance_occupies_device(desired_state=instance.desired_state, actual_state=instance.actual_state)
+    ]
 
 
 def batch_job_preempt(
@@ -564,14 +573,7 @@ def batch_jobs_vacate(
     )
     if not jobs:
         return []
-    holders = [
-        other
-        for other in Instance.objects.filter(gpu_id=gpu.pk, mig_device__isnull=True).select_related(
-            "pool__model_profile"
-        )
-        if other.pk == instance.pk
-        or states.instance_occupies_device(desired_state=other.desired_state, actual_state=other.actual_state)
-    ]
+    holders = _card_holders(gpu.pk, including=instance.pk)
     exclusive = any(other.pool.isolation == Pool.Isolation.EXCLUSIVE for other in holders)
     budgets = sum(int(gpu.memory_total_bytes * other.pool.model_profile.gpu_memory_utilization) for other in holders)
     evicted = wake_evictions(

@@ -50,20 +50,28 @@ def agent_with(tmp_path: Path, log: list[str]) -> tuple[Agent, OrderedEngine]:
     return agent, engine
 
 
+def serve_and_preempt(*, instance_id: int, generation: int) -> protocol.Reply:
+    """The panel's one change: the instance told to serve (a wake or a launch), batch job 1 preempted on its card."""
+    return protocol.Reply(
+        ack_seq=0,
+        desired=[
+            protocol.DesiredInstance(
+                instance_id=instance_id, generation=generation, state="running", spec=instance_spec()
+            )
+        ],
+        batch_jobs=[desired_job(1, 2, "stopped", image=IMAGE)],
+        report_interval_s=5.0,
+    )
+
+
 def test_the_preempted_job_leaves_the_card_before_the_instance_wakes(tmp_path: Path) -> None:
     log: list[str] = []
     agent, engine = agent_with(tmp_path, log)
     engine.add("5", 2)  # the instance's server, asleep
     agent.asleep.add("5")
     job = engine.add_job(1, 1)  # the batch job on the memory its sleep freed
-    reply = protocol.Reply(
-        ack_seq=0,
-        desired=[protocol.DesiredInstance(instance_id=5, generation=2, state="running", spec=instance_spec())],
-        batch_jobs=[desired_job(1, 2, "stopped", image=IMAGE)],
-        report_interval_s=5.0,
-    )
 
-    agent.act(reply)
+    agent.act(serve_and_preempt(instance_id=5, generation=2))
 
     assert log == [f"stop {job}", "POST /wake_up"]
     [sample] = agent.sense().batch_jobs
@@ -75,14 +83,8 @@ def test_the_preempted_job_leaves_the_card_before_a_new_instance_starts_there(tm
     log: list[str] = []
     agent, engine = agent_with(tmp_path, log)
     job = engine.add_job(1, 1)
-    reply = protocol.Reply(
-        ack_seq=0,
-        desired=[protocol.DesiredInstance(instance_id=6, generation=1, state="running", spec=instance_spec())],
-        batch_jobs=[desired_job(1, 2, "stopped", image=IMAGE)],
-        report_interval_s=5.0,
-    )
 
-    agent.act(reply)
+    agent.act(serve_and_preempt(instance_id=6, generation=1))
 
     assert log == [f"stop {job}", "start instance 6"]
 
