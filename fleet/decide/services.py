@@ -232,11 +232,17 @@ def instance_desire(
 
 
 def instance_add(*, instance: Instance, reason: str, kind: str, inputs: dict[str, Any] | None = None) -> Decision:
-    """Save an instance someone placed by hand, with the decision that says who and why."""
+    """Save an instance someone placed by hand, with the decision that says who and why.
+
+    One placed to serve takes back the memory batch work borrowed on its card, as a launch does
+    (``batch_jobs_vacate``, logged before the add in the same transaction).
+    """
     now = timezone.now()
     with transaction.atomic():
         instance.full_clean()
         instance.save()
+        if instance.desired_state == states.RUNNING:
+            batch_jobs_vacate(instance=instance, action="add", kind=kind, policy=None, at=now)
         decision = Decision.objects.create(
             policy_kind=kind,
             pool_id=instance.pool_id,
@@ -554,8 +560,8 @@ def batch_jobs_vacate(
     *, instance: Instance, action: str, kind: str, policy: Policy | None, at: datetime
 ) -> list[Decision]:
     """Preempt (stop and requeue) the batch jobs on an instance's card that its serving (again) needs
-    the memory of; called by ``instance_desire`` and ``instance_launch`` inside their transaction,
-    before the wake, start or launch is logged.
+    the memory of; called by ``instance_desire``, ``instance_launch`` and ``instance_add`` inside
+    their transaction, before the wake, start, launch or add is logged.
 
     Which jobs go is ``fleet.policies.colocate.wake_evictions``: all of them on an exclusive
     instance's card, else as few as make the card's instance budgets (all but those desired

@@ -10,8 +10,8 @@ from django.urls import reverse
 
 from fleet.decide import services
 from fleet.decide.services import instance_desire
-from fleet.models import Decision, Instance
-from tests.factories import make_gpu, make_instance, make_node, make_pool
+from fleet.models import BatchJob, Decision, Instance
+from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
 
@@ -91,6 +91,30 @@ def test_an_instance_added_in_the_admin_is_a_decision_by_its_person(admin_client
     instance = Instance.objects.get()
     decision = Decision.objects.get(instance=instance)
     assert (decision.policy_kind, decision.action, decision.inputs) == ("manual", "add", {"user": "admin"})
+
+
+def test_an_instance_added_to_serve_takes_back_the_memory_a_batch_job_borrowed(admin_client: Client) -> None:
+    """As a launch does: placed stopped, the job on the card stays; placed to serve, it is preempted in
+    the add's own change and logged before it, as the person's."""
+    pool, gpu = make_pool(isolation="exclusive"), make_gpu(make_node())
+    job = BatchJob.objects.create(name="embed", image="embedder:1", memory_bytes=16 * GIB, state="running", gpu=gpu)
+    add = {"pool": pool.pk, "gpu": gpu.pk, "mig_device": "", "desired_state": "stopped", "last_error": ""}
+
+    assert admin_client.post(reverse("admin:fleet_instance_add"), add).status_code == 302
+    job.refresh_from_db()
+    assert (job.state, job.gpu_id) == ("running", gpu.pk)
+
+    assert (
+        admin_client.post(reverse("admin:fleet_instance_add"), {**add, "desired_state": "running"}).status_code == 302
+    )
+
+    job.refresh_from_db()
+    assert (job.state, job.preemptions) == ("preempted", 1)
+    serving = Instance.objects.get(desired_state="running")
+    preempt, added = Decision.objects.get(batch_job=job), Decision.objects.get(instance=serving)
+    assert preempt.pk < added.pk
+    assert (preempt.action, preempt.policy_kind, preempt.inputs["instance"]) == ("preempt", "manual", serving.pk)
+    assert (preempt.inputs["for"], added.action) == ("add", "add")
 
 
 def test_the_pools_page_lists_its_instances_without_editing_them(admin_client: Client) -> None:
