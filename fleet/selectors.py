@@ -738,11 +738,16 @@ def _gpu_view(
     pools = {pool.id for pool in snapshot.pools}
     holding = states.gpu_holding_states(sleeping_holds_gpu=False)
     used = sample.memory_used_bytes if sample else None
-    ours = sum(
-        int(gpu.memory_total_bytes * snapshot.pool(i.pool_id).gpu_memory_utilization)
-        for i in instances
-        if i.gpu_id == gpu.pk and i.mig_device_id is None and i.actual_state in holding and i.pool_id in pools
-    ) + sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == states.JOB_RUNNING)
+    foreign = _memory_foreign(
+        memory_total_bytes=gpu.memory_total_bytes,
+        used_bytes=used,
+        holding=[
+            snapshot.pool(i.pool_id).gpu_memory_utilization
+            for i in instances
+            if i.gpu_id == gpu.pk and i.mig_device_id is None and i.actual_state in holding and i.pool_id in pools
+        ],
+        jobs_bytes=sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == states.JOB_RUNNING),
+    )
     foreign_containers = sum(
         1
         for c in gpu.node.containers
@@ -760,8 +765,45 @@ def _gpu_view(
         memory_used_bytes=used,
         utilization_pct=sample.utilization_gpu_pct if sample else None,
         sm_activity_pct=sample.sm_activity_pct if sample else None,
-        foreign_memory_bytes=max(0, used - ours) if used is not None else 0,
+        foreign_memory_bytes=foreign,
         foreign_containers=foreign_containers,
+    )
+
+
+def _memory_foreign(
+    *, memory_total_bytes: int, used_bytes: int | None, holding: Iterable[float], jobs_bytes: int
+) -> int:
+    """What NVML counts used beyond what is ours: the budgets of the instances holding memory (their
+    pools' fractions of the card, ``holding``) and the running batch jobs' memory; 0 without a reading."""
+    if used_bytes is None:
+        return 0
+    ours = sum(int(memory_total_bytes * fraction) for fraction in holding) + jobs_bytes
+    return max(0, used_bytes - ours)
+
+
+def gpu_foreign_bytes(gpu: Gpu, *, now: datetime | None = None) -> int:
+    """A card's foreign memory as the fleet snapshot counts it (``GpuView.foreign_memory_bytes``),
+    read for that card alone: its latest fresh sample beyond the budgets of its instances in enabled
+    pools that hold memory and its running batch jobs. For a change made under the card's lock
+    (``services.batch_jobs_vacate``)."""
+    now = now or timezone.now()
+    sample = (
+        GpuSample.objects.filter(gpu=gpu, at__gte=now - timedelta(seconds=SAMPLE_FRESH_S), at__lte=now)
+        .order_by("-at")
+        .first()
+    )
+    holding = Instance.objects.filter(
+        gpu=gpu,
+        mig_device__isnull=True,
+        actual_state__in=states.gpu_holding_states(sleeping_holds_gpu=False),
+        pool__enabled=True,
+    ).values_list("pool__model_profile__gpu_memory_utilization", flat=True)
+    running = BatchJob.objects.filter(gpu=gpu, state=states.JOB_RUNNING)
+    return _memory_foreign(
+        memory_total_bytes=gpu.memory_total_bytes,
+        used_bytes=sample.memory_used_bytes if sample else None,
+        holding=list(holding),
+        jobs_bytes=running.aggregate(total=Sum("memory_bytes"))["total"] or 0,
     )
 
 

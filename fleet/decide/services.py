@@ -33,6 +33,7 @@ from fleet.models import (
 from fleet.models.policies import static_minimum_problems
 from fleet.policies.colocate import card_lends, wake_evictions
 from fleet.policies.vram import gib
+from fleet.selectors import gpu_foreign_bytes
 from fleet.telemetry.bulk import rows_insert, rows_update
 from fleet.telemetry.rollups import usage_reopen
 
@@ -565,8 +566,9 @@ def batch_jobs_vacate(
 
     Which jobs go is ``fleet.policies.colocate.wake_evictions``: all of them on an exclusive
     instance's card, else as few as make the card's instance budgets (all but those desired
-    stopped, as placement counts them) and the jobs kept fit. Each preemption is logged as a
-    decision of the waker's kind, before the wake's own.
+    stopped, as placement counts them), its foreign memory (``selectors.gpu_foreign_bytes``) and
+    the jobs kept fit. Each preemption is logged as a decision of the waker's kind, before the
+    wake's own.
     """
     if instance.gpu_id is None or instance.mig_device_id is not None:
         return []
@@ -582,20 +584,23 @@ def batch_jobs_vacate(
     holders = _card_holders(gpu.pk, including=instance.pk)
     exclusive = any(other.pool.isolation == Pool.Isolation.EXCLUSIVE for other in holders)
     budgets = sum(int(gpu.memory_total_bytes * other.pool.model_profile.gpu_memory_utilization) for other in holders)
+    foreign = gpu_foreign_bytes(gpu, now=at)
     evicted = wake_evictions(
         memory_total_bytes=gpu.memory_total_bytes,
         budgets_bytes=budgets,
+        foreign_bytes=foreign,
         exclusive=exclusive,
         jobs=[(job.pk, job.memory_bytes) for job in jobs],
     )
-    promised = budgets + sum(job.memory_bytes for job in jobs)
+    promised = budgets + foreign + sum(job.memory_bytes for job in jobs)
     pool = instance.pool
     decisions = []
     for job in (job for job in jobs if job.pk in evicted):
         why = (
             "the card of an exclusive instance"
             if exclusive
-            else f"{gib(promised)} promised > {gib(gpu.memory_total_bytes)} on the card"
+            else f"{gib(promised)} held or promised ({gib(foreign)} foreign) "
+            f"> {gib(gpu.memory_total_bytes)} on the card"
         )
         promised -= job.memory_bytes
         reason = (
@@ -608,6 +613,7 @@ def batch_jobs_vacate(
             "for": action,
             "exclusive": exclusive,
             "budgets_bytes": budgets,
+            "foreign_bytes": foreign,
             "job_bytes": job.memory_bytes,
             "memory_total_bytes": gpu.memory_total_bytes,
         }

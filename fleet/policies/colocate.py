@@ -62,20 +62,27 @@ def sleep_lent_bytes(snapshot: FleetSnapshot, gpu: GpuView) -> int:
 
 
 def wake_evictions(
-    *, memory_total_bytes: int, budgets_bytes: int, exclusive: bool, jobs: Sequence[tuple[int, int]]
+    *,
+    memory_total_bytes: int,
+    budgets_bytes: int,
+    foreign_bytes: int,
+    exclusive: bool,
+    jobs: Sequence[tuple[int, int]],
 ) -> list[int]:
-    """The jobs an instance told to serve again must preempt on its card, from ``jobs`` as
+    """The jobs an instance told to serve (again) must preempt on its card, from ``jobs`` as
     (job id, memory) in the order they should go (lowest priority, newest first).
 
     On a card of an exclusive instance all go: jobs ran there only on memory its sleep lent. On
     a shared card they go one by one until the instances' budgets (``budgets_bytes``, the woken
-    one's included) and the jobs kept fit in the card's memory. The margin is this policy's to
-    apply at its next evaluation; a wake takes back only what it needs, now.
+    or launched one's included), the foreign processes' memory (``GpuView.foreign_memory_bytes``)
+    and the jobs kept fit in the card's memory. Placement asks the same question of a launch
+    (``Placement.preempts_batch``). The margin is this policy's to apply at its next evaluation;
+    a wake takes back only what it needs, now.
     """
     kept = sum(memory for _, memory in jobs)
     evicted: list[int] = []
     for job_id, memory in jobs:
-        if not exclusive and budgets_bytes + kept <= memory_total_bytes:
+        if not exclusive and budgets_bytes + foreign_bytes + kept <= memory_total_bytes:
             break
         evicted.append(job_id)
         kept -= memory

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.policies.actions import Action, DesireInstance, LaunchInstance
+from fleet.policies.colocate import wake_evictions
 from fleet.policies.snapshot import FleetSnapshot, GpuView, PoolView
 from fleet.policies.vram import gib
 from fleet.states import READY, RUNNING, SLEEPING, STOPPED
@@ -97,8 +98,16 @@ def placement_choose(snapshot: FleetSnapshot, *, pool_id: int) -> Placement | Pl
         explanation = f"{gpu.node_name}/{gpu.model_name}: budget {gib(budget)} of {gib(free)} free"
         borrowed = snapshot.gpu_batch_bytes(gpu.id)
         # An exclusive instance takes back everything batch work borrowed on its card, a shared
-        # one what its budget needs (``colocate.wake_evictions``, applied by ``instance_launch``).
-        preempts = borrowed > 0 if pool.isolation == "exclusive" else budget > free - borrowed
+        # one what its budget needs: the rule ``instance_launch`` applies (``batch_jobs_vacate``).
+        preempts = bool(
+            wake_evictions(
+                memory_total_bytes=gpu.memory_total_bytes,
+                budgets_bytes=budgets + budget,
+                foreign_bytes=gpu.foreign_memory_bytes,
+                exclusive=pool.isolation == "exclusive",
+                jobs=[(job.id, job.memory_bytes) for job in snapshot.gpu_batch_jobs(gpu.id)],
+            )
+        )
         if preempts:
             explanation += f", taking back memory lent to batch jobs ({gib(borrowed)} running)"
         fits.append(

@@ -241,9 +241,13 @@ class FleetSnapshot:
         """The budgets of the instances that hold (or will hold) memory on the GPU as a whole."""
         return sum(self.reservation_bytes(instance) for instance in self.gpu_instances(gpu_id))
 
+    def gpu_batch_jobs(self, gpu_id: int) -> list[BatchJobView]:
+        """The batch jobs running on the GPU."""
+        return [job for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == JOB_RUNNING]
+
     def gpu_batch_bytes(self, gpu_id: int) -> int:
         """The memory of the batch jobs running on the GPU: borrowed, taken back when inference wants it."""
-        return sum(job.memory_bytes for job in self.batch_jobs if job.gpu_id == gpu_id and job.state == JOB_RUNNING)
+        return sum(job.memory_bytes for job in self.gpu_batch_jobs(gpu_id))
 
     def gpu_reserved_bytes(self, gpu_id: int) -> int:
         """Memory the panel has promised on a GPU: its instances' budgets and its running batch jobs."""

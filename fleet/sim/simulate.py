@@ -827,6 +827,7 @@ class Simulation:
         evicted = wake_evictions(
             memory_total_bytes=total,
             budgets_bytes=view.reservation_bytes(total),
+            foreign_bytes=0,  # a simulated card holds only the simulation's instances and jobs
             exclusive=view.isolation == "exclusive",
             jobs=[(job.id, self.batch.memory_bytes) for job in jobs],
         )

@@ -96,7 +96,19 @@ def test_never_on_a_mig_card_even_asleep() -> None:
 
 def test_a_wake_evicts_every_job_from_an_exclusive_card_and_as_few_as_fit_from_a_shared_one() -> None:
     jobs = [(3, 2 * GIB), (2, 4 * GIB), (1, 6 * GIB)]  # in eviction order
-    assert wake_evictions(memory_total_bytes=80 * GIB, budgets_bytes=8 * GIB, exclusive=True, jobs=jobs) == [3, 2, 1]
+
+    def evicted(budgets_gib: int, *, exclusive: bool = False, foreign_gib: int = 0) -> list[int]:
+        return wake_evictions(
+            memory_total_bytes=80 * GIB,
+            budgets_bytes=budgets_gib * GIB,
+            foreign_bytes=foreign_gib * GIB,
+            exclusive=exclusive,
+            jobs=jobs,
+        )
+
+    assert evicted(8, exclusive=True) == [3, 2, 1]
     # Shared, 72 GiB of budgets: 72 + 12 = 84 > 80; without job 3, 82 > 80; without job 2 too, 78 fits.
-    assert wake_evictions(memory_total_bytes=80 * GIB, budgets_bytes=72 * GIB, exclusive=False, jobs=jobs) == [3, 2]
-    assert wake_evictions(memory_total_bytes=80 * GIB, budgets_bytes=68 * GIB, exclusive=False, jobs=jobs) == []
+    assert evicted(72) == [3, 2]
+    assert evicted(68) == []  # 68 + 12 = 80 fits
+    # Memory foreign processes hold counts as the budgets do: 68 + 1 + 12 = 81 > 80, 68 + 1 + 10 fits.
+    assert evicted(68, foreign_gib=1) == [3]

@@ -10,6 +10,7 @@ from django.utils import timezone
 from fleet.decide.evaluate import policies_evaluate, pool_wake
 from fleet.decide.services import StaleGeneration, batch_job_start, instance_desire
 from fleet.models import BatchJob, Decision, GpuSample, Instance, Node
+from fleet.selectors import fleet_snapshot, gpu_foreign_bytes
 from tests.factories import GIB, make_gpu, make_instance, make_node, make_pool
 
 pytestmark = pytest.mark.django_db
@@ -142,3 +143,39 @@ def test_a_job_start_decided_before_a_launch_on_its_card_finds_it_taken(card) ->
     batch_job_start(job=job, gpu=card, reason="its instance sleeps", kind="colocate")
     job.refresh_from_db()
     assert (job.state, job.gpu_id) == ("running", card.pk)
+
+
+def used(gpu, gib: float) -> None:  # type: ignore[no-untyped-def]
+    """A fresh NVML reading of the card: ``gib`` GiB in use."""
+    GpuSample.objects.create(gpu=gpu, at=timezone.now(), utilization_gpu_pct=0, memory_used_bytes=int(gib * GIB))
+
+
+def test_a_launch_on_a_shared_card_counts_foreign_memory_as_its_placement_did(card) -> None:  # type: ignore[no-untyped-def]
+    """A 2 GiB job and 1 GiB held by a process the fleet does not know on a 24 GiB card: a shared pool's
+    21.6 GiB budget fits the card (23 GiB free) but not beside both, 21.6 + 1 + 2 = 24.6 > 24. Placement
+    says the launch takes the memory back; the launch's own change preempts the job by the same count."""
+    job = BatchJob.objects.create(name="small", image="j:1", memory_bytes=2 * GIB, state="running", gpu=card)
+    used(card, 3)
+
+    launch = pool_wake(pool=make_pool(), reason="a request for chat-l is held")
+
+    assert isinstance(launch, Decision), launch
+    assert "taking back memory lent to batch jobs (2.0 GiB running)" in launch.reason
+    job.refresh_from_db()
+    assert job.state == "preempted"
+    preempt = Decision.objects.get(batch_job=job, action="preempt")
+    assert (preempt.inputs["foreign_bytes"], preempt.inputs["budgets_bytes"]) == (GIB, BUDGET)
+    assert "(1.0 GiB foreign) > 24.0 GiB on the card" in preempt.reason
+
+
+def test_a_cards_foreign_memory_read_alone_is_the_snapshots(card) -> None:  # type: ignore[no-untyped-def]
+    """One definition, two reads: 23 GiB used on the 24 GiB card, where a ready instance holds its 21.6
+    GiB budget, a sleeping one nothing and a running job 1 GiB: 23 - 21.6 - 1 = 0.4 GiB foreign."""
+    pool = make_pool()
+    make_instance(pool, card, actual_state="ready")
+    sleeping(pool, card)
+    BatchJob.objects.create(name="j", image="j:1", memory_bytes=GIB, state="running", gpu=card)
+    used(card, 23)
+
+    [view] = fleet_snapshot().gpus
+    assert gpu_foreign_bytes(card) == view.foreign_memory_bytes == 23 * GIB - BUDGET - GIB

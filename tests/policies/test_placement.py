@@ -93,6 +93,19 @@ def test_batch_jobs_only_borrow_memory_a_new_instance_takes_back(
     assert ("taking back memory lent to batch jobs" in placed.explanation) is preempts
 
 
+@pytest.mark.parametrize(("foreign_gib", "preempts"), [(0, False), (1, True)])
+def test_memory_foreign_processes_hold_counts_in_what_a_launch_takes_back(foreign_gib: int, preempts: bool) -> None:
+    # Budget 24 GiB of 80 beside a 56 GiB job: it fits exactly with nothing foreign; with 1 GiB
+    # foreign the budget still fits the card (80 - 1 = 79 free) but not beside the job, which goes.
+    placed = place(
+        pools=[pool(gpu_memory_utilization=SMALL)],
+        gpus=[gpu(1, foreign_memory_bytes=foreign_gib * GIB, memory_used_bytes=(56 + foreign_gib) * GIB)],
+        batch_jobs=[job(56)],
+    )
+    assert isinstance(placed, Placement)
+    assert (placed.free_bytes, placed.preempts_batch) == ((80 - foreign_gib) * GIB, preempts)
+
+
 def test_a_card_with_no_job_to_preempt_is_chosen_first() -> None:
     # Card 1 is the tighter fit for the shared pool (a 40 GiB instance of pool 2 on it) but its
     # 30 GiB job would have to go; card 2's 10 GiB job may stay beside the 24 GiB budget.
