@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
@@ -736,17 +736,13 @@ def _gpu_view(
     snapshot count as foreign.
     """
     pools = {pool.id for pool in snapshot.pools}
-    holding = states.gpu_holding_states(sleeping_holds_gpu=False)
     used = sample.memory_used_bytes if sample else None
     foreign = _memory_foreign(
-        memory_total_bytes=gpu.memory_total_bytes,
+        gpu,
         used_bytes=used,
-        holding=[
-            snapshot.pool(i.pool_id).gpu_memory_utilization
-            for i in instances
-            if i.gpu_id == gpu.pk and i.mig_device_id is None and i.actual_state in holding and i.pool_id in pools
-        ],
-        jobs_bytes=sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == states.JOB_RUNNING),
+        instances=instances,
+        fraction=lambda i: snapshot.pool(i.pool_id).gpu_memory_utilization if i.pool_id in pools else None,
+        jobs=jobs,
     )
     foreign_containers = sum(
         1
@@ -771,39 +767,51 @@ def _gpu_view(
 
 
 def _memory_foreign(
-    *, memory_total_bytes: int, used_bytes: int | None, holding: Iterable[float], jobs_bytes: int
+    gpu: Gpu,
+    *,
+    used_bytes: int | None,
+    instances: Iterable[Any],
+    fraction: Callable[[Any], float | None],
+    jobs: Iterable[Any],
 ) -> int:
-    """What NVML counts used beyond what is ours: the budgets of the instances holding memory (their
-    pools' fractions of the card, ``holding``) and the running batch jobs' memory; 0 without a reading."""
+    """What NVML counts used on ``gpu`` beyond what is ours; 0 without a reading. Ours: the budgets of
+    the instances holding memory on the whole card (``states.gpu_holding_states``, as placement counts
+    them; ``fraction``: their pool's share of the card, None for a pool the fleet does not run, whose
+    memory is foreign) and the memory of the batch jobs running there. ``instances`` and ``jobs`` may
+    be more than the card's: only its own count."""
     if used_bytes is None:
         return 0
-    ours = sum(int(memory_total_bytes * fraction) for fraction in holding) + jobs_bytes
-    return max(0, used_bytes - ours)
+    holding = states.gpu_holding_states(sleeping_holds_gpu=False)
+    budgets = sum(
+        int(gpu.memory_total_bytes * share)
+        for i in instances
+        if i.gpu_id == gpu.pk
+        and i.mig_device_id is None
+        and i.actual_state in holding
+        and (share := fraction(i)) is not None
+    )
+    borrowed = sum(j.memory_bytes for j in jobs if j.gpu_id == gpu.pk and j.state == states.JOB_RUNNING)
+    return max(0, used_bytes - budgets - borrowed)
 
 
-def gpu_foreign_bytes(gpu: Gpu, *, now: datetime | None = None) -> int:
-    """A card's foreign memory as the fleet snapshot counts it (``GpuView.foreign_memory_bytes``),
-    read for that card alone: its latest fresh sample beyond the budgets of its instances in enabled
-    pools that hold memory and its running batch jobs. For a change made under the card's lock
-    (``services.batch_jobs_vacate``)."""
+def gpu_foreign_bytes(
+    gpu: Gpu, *, instances: Iterable[Instance], jobs: Iterable[BatchJob], now: datetime | None = None
+) -> int:
+    """A card's foreign memory as the fleet snapshot counts it (``GpuView.foreign_memory_bytes``), for a
+    change made under the card's lock (``services.batch_jobs_vacate``): its latest fresh sample, beyond
+    the card's ``instances`` and ``jobs`` the caller read (every one that may hold memory there)."""
     now = now or timezone.now()
     sample = (
         GpuSample.objects.filter(gpu=gpu, at__gte=now - timedelta(seconds=SAMPLE_FRESH_S), at__lte=now)
         .order_by("-at")
         .first()
     )
-    holding = Instance.objects.filter(
-        gpu=gpu,
-        mig_device__isnull=True,
-        actual_state__in=states.gpu_holding_states(sleeping_holds_gpu=False),
-        pool__enabled=True,
-    ).values_list("pool__model_profile__gpu_memory_utilization", flat=True)
-    running = BatchJob.objects.filter(gpu=gpu, state=states.JOB_RUNNING)
     return _memory_foreign(
-        memory_total_bytes=gpu.memory_total_bytes,
+        gpu,
         used_bytes=sample.memory_used_bytes if sample else None,
-        holding=list(holding),
-        jobs_bytes=running.aggregate(total=Sum("memory_bytes"))["total"] or 0,
+        instances=instances,
+        fraction=lambda i: i.pool.model_profile.gpu_memory_utilization if i.pool.enabled else None,
+        jobs=jobs,
     )
 
 

@@ -584,7 +584,8 @@ def batch_jobs_vacate(
     holders = _card_holders(gpu.pk, including=instance.pk)
     exclusive = any(other.pool.isolation == Pool.Isolation.EXCLUSIVE for other in holders)
     budgets = sum(int(gpu.memory_total_bytes * other.pool.model_profile.gpu_memory_utilization) for other in holders)
-    foreign = gpu_foreign_bytes(gpu, now=at)
+    # Every instance that may hold memory there is among the holders (``instance_occupies_device``).
+    foreign = gpu_foreign_bytes(gpu, instances=holders, jobs=jobs, now=at)
     evicted = wake_evictions(
         memory_total_bytes=gpu.memory_total_bytes,
         budgets_bytes=budgets,

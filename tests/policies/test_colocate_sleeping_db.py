@@ -170,12 +170,15 @@ def test_a_launch_on_a_shared_card_counts_foreign_memory_as_its_placement_did(ca
 
 def test_a_cards_foreign_memory_read_alone_is_the_snapshots(card) -> None:  # type: ignore[no-untyped-def]
     """One definition, two reads: 23 GiB used on the 24 GiB card, where a ready instance holds its 21.6
-    GiB budget, a sleeping one nothing and a running job 1 GiB: 23 - 21.6 - 1 = 0.4 GiB foreign."""
+    GiB budget, a sleeping one nothing and a running job 1 GiB: 23 - 21.6 - 1 = 0.4 GiB foreign. A
+    ready instance of a disabled pool is not the fleet's to count: its memory is part of the foreign."""
     pool = make_pool()
     make_instance(pool, card, actual_state="ready")
     sleeping(pool, card)
+    make_instance(make_pool("retired", enabled=False), card, actual_state="ready")
     BatchJob.objects.create(name="j", image="j:1", memory_bytes=GIB, state="running", gpu=card)
     used(card, 23)
 
     [view] = fleet_snapshot().gpus
-    assert gpu_foreign_bytes(card) == view.foreign_memory_bytes == 23 * GIB - BUDGET - GIB
+    read = gpu_foreign_bytes(card, instances=Instance.objects.all(), jobs=BatchJob.objects.all())
+    assert read == view.foreign_memory_bytes == 23 * GIB - BUDGET - GIB
