@@ -168,10 +168,11 @@ def test_a_launch_on_a_shared_card_counts_foreign_memory_as_its_placement_did(ca
     assert "(1.0 GiB foreign) > 24.0 GiB on the card" in preempt.reason
 
 
-def test_a_cards_foreign_memory_read_alone_is_the_snapshots(card) -> None:  # type: ignore[no-untyped-def]
-    """One definition, two reads: 23 GiB used on the 24 GiB card, where a ready instance holds its 21.6
-    GiB budget, a sleeping one nothing and a running job 1 GiB: 23 - 21.6 - 1 = 0.4 GiB foreign. A
-    ready instance of a disabled pool is not the fleet's to count: its memory is part of the foreign."""
+def test_a_wakes_read_of_foreign_memory_is_the_snapshots(card) -> None:  # type: ignore[no-untyped-def]
+    """One definition, two reads: the snapshot's, and a wake's from the rows it holds under the card's
+    lock. 23 GiB used on the 24 GiB card, where a ready instance holds its 21.6 GiB budget, a sleeping
+    one nothing and a running job 1 GiB: 23 - 21.6 - 1 = 0.4 GiB foreign. A ready instance of a
+    disabled pool is not the fleet's to count: its memory is part of the foreign."""
     pool = make_pool()
     make_instance(pool, card, actual_state="ready")
     sleeping(pool, card)
