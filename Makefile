@@ -8,7 +8,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 WHEELHOUSE ?= $(or $(AGENT_WHEELHOUSE),var/wheelhouse)
 
-.PHONY: run serve test test-fast lint format migrate admin static bench bench-ingest bench-replicas bench-charts bench-gateway bench-sim bench-sim-speed sim-compiled sim-pure bench-tiers bench-litellm-venv gateway agent-wheels clean
+.PHONY: run serve test test-fast lint format migrate admin static bench bench-ingest bench-replicas bench-charts bench-wake bench-gateway bench-sim bench-sim-speed sim-compiled sim-pure bench-tiers bench-litellm-venv gateway agent-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,10 @@ bench-replicas: $(VENV)/.dev
 
 bench-charts: $(VENV)/.dev
 	$(BIN)/python bench/chart_queries.py
+
+# What taking back batch memory adds to a wake (a scratch database bench_wake on BENCH_DATABASE_URL's server).
+bench-wake: $(VENV)/.dev
+	$(BIN)/python bench/wake_cost.py
 
 # The gateway alone, for dedicated gateway processes (the panel also serves it under /v1/).
 gateway: migrate
