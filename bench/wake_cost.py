@@ -101,7 +101,8 @@ def timed(card: Callable[[str, int], Any], kind: str, wakes: int) -> tuple[list[
 
 
 def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1]
+    """The 95th percentile as the other benches read it (``statistics.quantiles``, inclusive): never past the worst."""
+    return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
 def main() -> None:
