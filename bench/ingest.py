@@ -40,7 +40,6 @@ import json
 import multiprocessing
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +48,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.chart_queries import percentile  # noqa: E402
+
 DB_NAME = "bench_tele"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -119,7 +122,6 @@ def prepare(url: str, hosts: int) -> list[tuple[str, str]]:
     os.environ["DATABASE_URL"] = url
     os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleet.project.settings")
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
@@ -411,10 +413,8 @@ def measured(
 
 
 def pct(values: list[float], q: int) -> float:
-    """The q-th percentile in milliseconds."""
-    if len(values) < 2:
-        return values[0] * 1000 if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
+    """The q-th percentile (``chart_queries.percentile``) of seconds, in milliseconds."""
+    return percentile(values, q) * 1000
 
 
 def per_report(run: dict[str, Any], key: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chart_queries import admin_sql, setup_django  # noqa: E402
+from bench.chart_queries import admin_sql, percentile, setup_django  # noqa: E402
 
 GIB = 1024**3
 WARMUP = 5
@@ -100,11 +100,6 @@ def timed(card: Callable[[str, int], Any], kind: str, wakes: int) -> tuple[list[
     return walls, cpus, (Decision.objects.filter(action="preempt").count() - before) / (WARMUP + wakes)
 
 
-def p95(values: list[float]) -> float:
-    """The 95th percentile as the other benches read it (``statistics.quantiles``, inclusive): never past the worst."""
-    return statistics.quantiles(values, n=20, method="inclusive")[-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wakes", type=int, default=200, help="measured wakes a row")
@@ -140,8 +135,8 @@ def main() -> None:
             median = statistics.median(walls)
             baseline = baseline or median
             print(
-                f"| {label} | {preempted:.1f} | {median:.2f} | {p95(walls):.2f} | {statistics.median(cpus):.2f} "
-                f"| {p95(cpus):.2f} | {median / baseline:.2f}x |"
+                f"| {label} | {preempted:.1f} | {median:.2f} | {percentile(walls, 95):.2f} "
+                f"| {statistics.median(cpus):.2f} | {percentile(cpus, 95):.2f} | {median / baseline:.2f}x |"
             )
     finally:
         from django.db import connections
