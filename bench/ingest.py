@@ -50,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.chart_queries import percentile  # noqa: E402
+from bench.chart_queries import admin_sql, percentile  # noqa: E402
 
 DB_NAME = "bench_tele"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -108,13 +108,6 @@ async def trivial_asgi(scope: dict[str, Any], receive: Callable[..., Any], send:
 
 def database_url(base: str, name: str) -> str:
     return base.rsplit("/", 1)[0] + "/" + name
-
-
-def admin_sql(base: str, sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(sql)
 
 
 def prepare(url: str, hosts: int) -> list[tuple[str, str]]:
